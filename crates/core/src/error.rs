@@ -1,0 +1,378 @@
+//! The one error taxonomy of the runtime.
+//!
+//! Every failure a caller can see is an [`Error`]: a [`ErrorKind`] that says
+//! *what* failed, a message in words, an [`ErrorContext`] that says *where*
+//! (pool, worker, session, pipeline step, field, request id), and whether a
+//! retry may help. Crates never invent their own public error types; they build
+//! an `Error` with the constructor that names the failure and add context on
+//! the way up with [`Error::with_context`] and friends.
+//!
+//! ```
+//! use dspex_core::{Error, ErrorKind};
+//!
+//! let err = Error::new(ErrorKind::Overloaded, "queue of pool `general` is full (64 waiting)")
+//!     .with_pool("general");
+//! assert_eq!(err.kind(), ErrorKind::Overloaded);
+//! assert!(err.is_retryable());
+//! assert_eq!(err.context().pool.as_deref(), Some("general"));
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What failed. The kind decides the default retry advice and how the router
+/// and supervisors react (for example `Unsupported` on the native path means
+/// "run it in Python", `WorkerCrashed` means "the pool replaces the worker").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A signature string or spec was rejected (DSPy would reject it too).
+    InvalidSignature,
+    /// An input or output value does not match its field's type.
+    Validation,
+    /// The LM's completion could not be parsed into the signature's outputs.
+    Parse,
+    /// A program, pipeline or request description is malformed.
+    InvalidRequest,
+    /// The native engine does not implement this feature; Python can run it.
+    Unsupported,
+    /// The language model service answered with an error.
+    Lm,
+    /// The network transport to a service failed before an answer arrived.
+    Transport,
+    /// The request's deadline passed.
+    Timeout,
+    /// The request was cancelled by its caller.
+    Cancelled,
+    /// A bounded queue was full; the request was shed.
+    Overloaded,
+    /// The Python worker running the request died.
+    WorkerCrashed,
+    /// The worker broke the wire protocol.
+    Protocol,
+    /// Python code raised an exception.
+    Python,
+    /// A named thing (session, pool, program, actor) does not exist.
+    NotFound,
+    /// Configuration is invalid or incomplete.
+    Config,
+    /// An operating-system call failed.
+    Io,
+    /// A bug in this runtime; please report it.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The stable snake_case name used in JSON and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidSignature => "invalid_signature",
+            ErrorKind::Validation => "validation",
+            ErrorKind::Parse => "parse",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Lm => "lm",
+            ErrorKind::Transport => "transport",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::WorkerCrashed => "worker_crashed",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Python => "python",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Config => "config",
+            ErrorKind::Io => "io",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// Whether a retry of the same request may succeed, absent better knowledge.
+    pub fn default_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Transport
+                | ErrorKind::Timeout
+                | ErrorKind::Overloaded
+                | ErrorKind::WorkerCrashed
+                | ErrorKind::Protocol
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a failure happened. Every part is optional; layers fill in what they
+/// know as the error travels up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorContext {
+    /// Pool name, e.g. `general`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Worker name, e.g. `worker:general:1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Session id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Pipeline step name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Signature field name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Request or trace id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl ErrorContext {
+    fn is_empty(&self) -> bool {
+        self.pool.is_none()
+            && self.worker.is_none()
+            && self.session.is_none()
+            && self.step.is_none()
+            && self.field.is_none()
+            && self.request_id.is_none()
+    }
+}
+
+/// A classified runtime error. See the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    #[serde(default, skip_serializing_if = "ErrorContext::is_empty")]
+    context: ErrorContext,
+    retryable: bool,
+    /// The name DSPy (or Python) gives this error, e.g. `ValueError` or
+    /// `AdapterParseError`, where the failure mirrors one of DSPy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    python_type: Option<String>,
+    /// A Python traceback, for errors raised in a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceback: Option<String>,
+}
+
+impl Error {
+    /// A new error of `kind` with the kind's default retry advice.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            context: ErrorContext::default(),
+            retryable: kind.default_retryable(),
+            python_type: None,
+            traceback: None,
+        }
+    }
+
+    /// An `Unsupported` error: the native engine cannot run this, Python can.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Unsupported, message)
+    }
+
+    /// An `Internal` error (a bug in this runtime).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Internal, message)
+    }
+
+    /// An `InvalidRequest` error.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidRequest, message)
+    }
+
+    /// What failed.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, without context.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Where it failed.
+    pub fn context(&self) -> &ErrorContext {
+        &self.context
+    }
+
+    /// Whether retrying the same request may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// DSPy's (or Python's) name for this error, where it mirrors one.
+    pub fn python_type(&self) -> Option<&str> {
+        self.python_type.as_deref()
+    }
+
+    /// The Python traceback, for errors raised in a worker.
+    pub fn traceback(&self) -> Option<&str> {
+        self.traceback.as_deref()
+    }
+
+    /// Override the retry advice.
+    pub fn with_retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+
+    /// Record DSPy's name for this error.
+    pub fn with_python_type(mut self, name: impl Into<String>) -> Self {
+        self.python_type = Some(name.into());
+        self
+    }
+
+    /// Attach a Python traceback.
+    pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
+        self.traceback = Some(traceback.into());
+        self
+    }
+
+    /// Merge context: fields already set are kept (the innermost layer knows best).
+    pub fn with_context(mut self, ctx: ErrorContext) -> Self {
+        let c = &mut self.context;
+        c.pool = c.pool.take().or(ctx.pool);
+        c.worker = c.worker.take().or(ctx.worker);
+        c.session = c.session.take().or(ctx.session);
+        c.step = c.step.take().or(ctx.step);
+        c.field = c.field.take().or(ctx.field);
+        c.request_id = c.request_id.take().or(ctx.request_id);
+        self
+    }
+
+    /// Set the pool, unless already set.
+    pub fn with_pool(mut self, pool: impl Into<String>) -> Self {
+        self.context.pool.get_or_insert_with(|| pool.into());
+        self
+    }
+
+    /// Set the worker, unless already set.
+    pub fn with_worker(mut self, worker: impl Into<String>) -> Self {
+        self.context.worker.get_or_insert_with(|| worker.into());
+        self
+    }
+
+    /// Set the session, unless already set.
+    pub fn with_session(mut self, session: impl Into<String>) -> Self {
+        self.context.session.get_or_insert_with(|| session.into());
+        self
+    }
+
+    /// Set the pipeline step, unless already set.
+    pub fn with_step(mut self, step: impl Into<String>) -> Self {
+        self.context.step.get_or_insert_with(|| step.into());
+        self
+    }
+
+    /// Set the field, unless already set.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.context.field.get_or_insert_with(|| field.into());
+        self
+    }
+
+    /// Set the request id, unless already set.
+    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
+        self.context.request_id.get_or_insert_with(|| id.into());
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)?;
+        let c = &self.context;
+        let parts = [
+            ("pool", &c.pool),
+            ("worker", &c.worker),
+            ("session", &c.session),
+            ("step", &c.step),
+            ("field", &c.field),
+            ("request", &c.request_id),
+        ];
+        let mut first = true;
+        for (name, value) in parts {
+            if let Some(v) = value {
+                f.write_str(if first { " (" } else { ", " })?;
+                write!(f, "{name} {v}")?;
+                first = false;
+            }
+        }
+        if !first {
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        let retryable = matches!(
+            err.kind(),
+            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        );
+        Error::new(ErrorKind::Io, err.to_string()).with_retryable(retryable)
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_includes_context_in_order() {
+        let err = Error::new(ErrorKind::WorkerCrashed, "python exited with signal 9")
+            .with_worker("worker:general:0")
+            .with_pool("general")
+            .with_request_id("r-1");
+        assert_eq!(
+            err.to_string(),
+            "worker_crashed: python exited with signal 9 (pool general, worker worker:general:0, request r-1)"
+        );
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn inner_context_wins() {
+        let err = Error::new(ErrorKind::Validation, "bad").with_field("inner");
+        let err = err.with_context(ErrorContext {
+            field: Some("outer".into()),
+            step: Some("s".into()),
+            ..Default::default()
+        });
+        assert_eq!(err.context().field.as_deref(), Some("inner"));
+        assert_eq!(err.context().step.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn serde_roundtrip_keeps_everything() {
+        let err = Error::new(ErrorKind::Parse, "no fields")
+            .with_python_type("AdapterParseError")
+            .with_traceback("Traceback ...")
+            .with_retryable(true);
+        let json = serde_json::to_string(&err).unwrap();
+        let back: Error = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, err);
+        assert_eq!(back.python_type(), Some("AdapterParseError"));
+    }
+
+    #[test]
+    fn io_errors_convert() {
+        let err: Error = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow").into();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(err.is_retryable());
+        assert!(!ErrorKind::Validation.default_retryable());
+        assert_eq!(ErrorKind::NotFound.to_string(), "not_found");
+    }
+}

@@ -1,0 +1,27 @@
+//! # dspex-core
+//!
+//! The data and contracts every part of dspex shares: [`Signature`]s and their
+//! [`Field`]s and [`FieldType`]s, [`Example`]s and [`Prediction`]s, serializable
+//! [`ProgramSpec`]s, configuration, and the one error taxonomy ([`Error`]).
+//!
+//! This crate does no I/O, spawns nothing and starts no actors; the engine
+//! (`dspex-native`), the Python bridge and the actor tree build on it.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod example;
+pub mod program;
+pub mod signature;
+
+pub use config::{LmConfig, Secret};
+pub use error::{Error, ErrorContext, ErrorKind, Result};
+pub use example::{Example, Map, Prediction, Usage};
+pub use program::{AdapterKind, ClassSignature, FieldDecl, ModuleKind, ProgramSpec, SignatureSpec};
+pub use signature::{
+    check_field_name, cleandoc, infer_prefix, Constraint, DspyType, Field, FieldRole, FieldSpec, FieldType, LiteralValue, Signature,
+    SignatureBuilder,
+};
+
+/// JSON values, as used for every field value.
+pub use serde_json::Value;

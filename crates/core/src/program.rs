@@ -1,0 +1,166 @@
+//! Serializable descriptions of programs: what to run, independent of where.
+//!
+//! A [`ProgramSpec`] names a DSPy module (`Predict`, `ChainOfThought`, …), its
+//! signature (as DSPy's string syntax or a class-style [`SignatureSpec`]), its
+//! demos and its LM settings. The router hands the same spec to the native
+//! engine or to a Python worker, so both run the same program.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::LmConfig;
+use crate::example::Map;
+
+/// A signature as users write it: DSPy's string syntax, or the fields of a
+/// class-based signature.
+///
+/// In JSON, a string or `{"instructions", "inputs": [...], "outputs": [...]}`:
+///
+/// ```
+/// use dspex_core::SignatureSpec;
+///
+/// let s: SignatureSpec = serde_json::from_str(r#""question -> answer""#).unwrap();
+/// assert!(matches!(s, SignatureSpec::Text(_)));
+/// let c: SignatureSpec = serde_json::from_str(
+///     r#"{"instructions": "Be brief.", "inputs": [{"name": "q"}], "outputs": [{"name": "a", "type": "int"}]}"#,
+/// ).unwrap();
+/// assert!(matches!(c, SignatureSpec::Class(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SignatureSpec {
+    /// `"question, context: list[str] -> answer"`.
+    Text(String),
+    /// The fields of a class-based signature.
+    Class(ClassSignature),
+}
+
+impl From<&str> for SignatureSpec {
+    fn from(s: &str) -> Self {
+        SignatureSpec::Text(s.to_string())
+    }
+}
+
+/// A class-based signature: docstring instructions and declared fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassSignature {
+    /// The docstring (cleaned like `inspect.cleandoc`); empty or absent means DSPy's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// Input fields in order.
+    #[serde(default)]
+    pub inputs: Vec<FieldDecl>,
+    /// Output fields in order.
+    #[serde(default)]
+    pub outputs: Vec<FieldDecl>,
+}
+
+/// One declared field of a [`ClassSignature`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDecl {
+    /// Field name.
+    pub name: String,
+    /// Python type annotation, e.g. `list[str]`; absent means `str`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+    /// Description (`desc=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
+    /// Prompt prefix (`prefix=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Pydantic constraints such as `{"ge": 0, "le": 1}`, in order.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub constraints: Map,
+}
+
+/// Which DSPy module a program is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleKind {
+    /// `dspy.Predict`.
+    #[default]
+    Predict,
+    /// `dspy.ChainOfThought`.
+    ChainOfThought,
+}
+
+impl ModuleKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleKind::Predict => "predict",
+            ModuleKind::ChainOfThought => "chain_of_thought",
+        }
+    }
+}
+
+/// How prompts are formatted and completions parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterKind {
+    /// `dspy.ChatAdapter` (`[[ ## field ## ]]` sections), DSPy's default.
+    #[default]
+    Chat,
+    /// `dspy.JSONAdapter` (a JSON object).
+    Json,
+}
+
+impl AdapterKind {
+    /// `"chat"` or `"json"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterKind::Chat => "chat",
+            AdapterKind::Json => "json",
+        }
+    }
+}
+
+/// A runnable program description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramSpec {
+    /// The module.
+    #[serde(default)]
+    pub module: ModuleKind,
+    /// The signature.
+    pub signature: SignatureSpec,
+    /// Few-shot demos, each a map of field values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub demos: Vec<Map>,
+    /// Prompt format.
+    #[serde(default)]
+    pub adapter: AdapterKind,
+    /// LM settings for this program; the runtime's default LM otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm: Option<LmConfig>,
+    /// Extra LM call arguments (`temperature`, `n`, `max_tokens`, ...), as `Predict(**config)`.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub config: Map,
+}
+
+impl ProgramSpec {
+    /// A `Predict` program for `signature`.
+    pub fn predict(signature: impl Into<SignatureSpec>) -> ProgramSpec {
+        ProgramSpec {
+            module: ModuleKind::Predict,
+            signature: signature.into(),
+            demos: Vec::new(),
+            adapter: AdapterKind::Chat,
+            lm: None,
+            config: Map::new(),
+        }
+    }
+
+    /// A `ChainOfThought` program for `signature`.
+    pub fn chain_of_thought(signature: impl Into<SignatureSpec>) -> ProgramSpec {
+        ProgramSpec { module: ModuleKind::ChainOfThought, ..ProgramSpec::predict(signature) }
+    }
+
+    /// Set one LM call argument.
+    pub fn with_config(mut self, key: &str, value: Value) -> ProgramSpec {
+        self.config.insert(key.to_string(), value);
+        self
+    }
+}

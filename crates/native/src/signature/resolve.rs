@@ -1,0 +1,528 @@
+//! Turning annotation expressions into types, as DSPy's `_parse_type_node`
+//! and `make_signature` do — including the order in which they fail.
+//!
+//! Anything DSPy would accept or reject in a way this module does not model
+//! exactly becomes `Unsupported`: the router then sends the program to Python,
+//! where DSPy itself gives the answer.
+
+use dspex_core::{DspyType, FieldType, LiteralValue};
+
+use super::parser::{BinOp, Const, Expr};
+
+/// A Python object an annotation evaluates to.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Py {
+    /// A type the engine represents.
+    Type(FieldType),
+    /// A bare `typing` special form: `Union`, `Optional`, `Literal`, ...
+    SpecialForm(&'static str),
+    /// A bare `typing` generic alias such as `typing.List` (not a type by DSPy's test).
+    Alias(&'static str),
+    /// A module (`dspy`, `typing`).
+    Module(&'static str),
+    /// A constant.
+    Const(Const),
+    /// A tuple of objects.
+    Tuple(Vec<Py>),
+    /// A generic or union pydantic cannot build a schema for; `bad` is the
+    /// `repr` of the part it chokes on.
+    Unschematizable { display: String, bad: String },
+    /// Something DSPy resolves that is not a type, known only by its `str`
+    /// and class (`<attribute 'real' of 'int' objects>`).
+    Opaque { display: String, class: &'static str },
+}
+
+/// Why resolution stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ResolveError {
+    /// DSPy raises this exception with this message.
+    Dspy { category: &'static str, message: String },
+    /// DSPy's behaviour here is not modelled natively.
+    Unsupported(String),
+}
+
+fn value_error(message: String) -> ResolveError {
+    ResolveError::Dspy { category: "ValueError", message }
+}
+
+fn unsupported(what: impl Into<String>) -> ResolveError {
+    ResolveError::Unsupported(what.into())
+}
+
+const SPECIAL_FORMS: &[&str] = &[
+    "Union", "Optional", "Literal", "ClassVar", "Final", "NoReturn", "Never", "Self", "LiteralString", "TypeAlias",
+    "Concatenate", "TypeGuard", "Unpack", "Required", "NotRequired",
+];
+
+/// `typing` aliases and the `__name__` of their origin.
+const ALIASES: &[(&str, &str)] = &[
+    ("List", "list"),
+    ("Dict", "dict"),
+    ("Set", "set"),
+    ("FrozenSet", "frozenset"),
+    ("Tuple", "tuple"),
+    ("Type", "type"),
+    ("Callable", "Callable"),
+    ("Sequence", "Sequence"),
+    ("MutableSequence", "MutableSequence"),
+    ("Mapping", "Mapping"),
+    ("MutableMapping", "MutableMapping"),
+    ("Iterable", "Iterable"),
+    ("Iterator", "Iterator"),
+    ("Collection", "Collection"),
+    ("Container", "Container"),
+    ("AbstractSet", "Set"),
+    ("MutableSet", "MutableSet"),
+    ("Deque", "deque"),
+    ("DefaultDict", "defaultdict"),
+    ("OrderedDict", "OrderedDict"),
+    ("Counter", "Counter"),
+    ("ChainMap", "ChainMap"),
+    ("Generator", "Generator"),
+    ("AsyncGenerator", "AsyncGenerator"),
+    ("Awaitable", "Awaitable"),
+    ("Coroutine", "Coroutine"),
+    ("AsyncIterable", "AsyncIterable"),
+    ("AsyncIterator", "AsyncIterator"),
+    ("Reversible", "Reversible"),
+    ("Sized", "Sized"),
+    ("Hashable", "Hashable"),
+    ("ByteString", "ByteString"),
+    ("MappingView", "MappingView"),
+    ("KeysView", "KeysView"),
+    ("ItemsView", "ItemsView"),
+    ("ValuesView", "ValuesView"),
+    ("ContextManager", "AbstractContextManager"),
+    ("AsyncContextManager", "AbstractAsyncContextManager"),
+    ("Pattern", "Pattern"),
+    ("Match", "Match"),
+];
+
+fn alias_class(name: &str) -> &'static str {
+    match name {
+        "Tuple" => "typing._TupleType",
+        "Callable" => "typing._CallableType",
+        _ => "typing._SpecialGenericAlias",
+    }
+}
+
+fn builtin(name: &str) -> Option<FieldType> {
+    Some(match name {
+        "int" => FieldType::Int,
+        "str" => FieldType::Str,
+        "float" => FieldType::Float,
+        "bool" => FieldType::Bool,
+        "list" => FieldType::List(None),
+        "tuple" => FieldType::Tuple(None),
+        "dict" => FieldType::Dict(None),
+        "set" => FieldType::Set(None),
+        "frozenset" => FieldType::FrozenSet(None),
+        "complex" => FieldType::Complex,
+        "bytes" => FieldType::Bytes,
+        _ => return None,
+    })
+}
+
+/// A name from `typing.__dict__` (DSPy looks there first).
+fn typing_name(name: &str) -> Option<Result<Py, ResolveError>> {
+    if let Some(form) = SPECIAL_FORMS.iter().find(|f| **f == name) {
+        return Some(Ok(Py::SpecialForm(form)));
+    }
+    if let Some((alias, _)) = ALIASES.iter().find(|(a, _)| *a == name) {
+        return Some(Ok(Py::Alias(alias)));
+    }
+    Some(Ok(match name {
+        "Any" => Py::Type(FieldType::Any),
+        "Text" => Py::Type(FieldType::Str),
+        "TYPE_CHECKING" => Py::Const(Const::Bool(false)),
+        // Present in `typing.__dict__` but nothing a signature can use natively.
+        "Annotated" | "Generic" | "Protocol" | "TypeVar" | "ParamSpec" | "TypeVarTuple" | "ForwardRef" | "NewType"
+        | "NamedTuple" | "TypedDict" | "IO" | "TextIO" | "BinaryIO" | "AnyStr" | "T" | "KT" | "VT" | "T_co"
+        | "V_co" | "VT_co" | "T_contra" | "CT_co" | "cast" | "overload" | "final" | "get_type_hints"
+        | "get_origin" | "get_args" | "collections" | "functools" | "operator" | "sys" | "types" | "warnings"
+        | "contextlib" | "re" | "io" | "abstractmethod" | "ABCMeta" | "defaultdict" | "SupportsInt"
+        | "SupportsFloat" | "SupportsComplex" | "SupportsBytes" | "SupportsIndex" | "SupportsAbs"
+        | "SupportsRound" => return Some(Err(unsupported(format!("`{name}` from typing")))),
+        _ => return None,
+    }))
+}
+
+/// DSPy's `resolve_name`: typing names, `NoneType`, builtins, then importable modules.
+fn resolve_name(name: &str) -> Result<Py, ResolveError> {
+    if let Some(found) = typing_name(name) {
+        return found;
+    }
+    if name == "NoneType" {
+        return Ok(Py::Type(FieldType::None));
+    }
+    if let Some(t) = builtin(name) {
+        return Ok(Py::Type(t));
+    }
+    if name == "bytearray" {
+        return Ok(Py::Unschematizable { display: "<class 'bytearray'>".into(), bad: "<class 'bytearray'>".into() });
+    }
+    match name {
+        "dspy" => Ok(Py::Module("dspy")),
+        "typing" => Ok(Py::Module("typing")),
+        // `importlib.import_module` would succeed for any installed module.
+        _ if is_common_module(name) => Err(unsupported(format!("module `{name}` used as a type"))),
+        _ => Err(value_error(format!("Unknown name: {name}"))),
+    }
+}
+
+fn is_common_module(name: &str) -> bool {
+    const MODULES: &[&str] = &[
+        "os", "sys", "re", "json", "math", "time", "datetime", "decimal", "uuid", "pathlib", "enum", "types",
+        "collections", "pydantic", "numpy", "pandas", "abc", "io", "string", "random", "itertools", "functools",
+        "operator", "copy", "logging", "asyncio", "inspect", "ast", "builtins", "dataclasses", "fractions",
+        "ipaddress", "litellm", "openai", "requests", "httpx", "PIL",
+    ];
+    MODULES.contains(&name)
+}
+
+/// Python's `repr()` of a resolved object (what pydantic and tuples print).
+pub(crate) fn py_repr(p: &Py) -> String {
+    match p {
+        Py::Type(t) => type_repr(t),
+        Py::SpecialForm(f) => format!("typing.{f}"),
+        Py::Alias(a) => format!("typing.{a}"),
+        Py::Module(m) => format!("<module '{m}'>"),
+        Py::Const(c) => c.repr(),
+        Py::Tuple(items) => {
+            let inner: Vec<String> = items.iter().map(py_repr).collect();
+            if inner.len() == 1 {
+                format!("({},)", inner[0])
+            } else {
+                format!("({})", inner.join(", "))
+            }
+        }
+        Py::Unschematizable { display, .. } => display.clone(),
+        Py::Opaque { display, .. } => display.clone(),
+    }
+}
+
+/// Python's `str()` of a resolved object.
+fn py_str(p: &Py) -> String {
+    match p {
+        Py::Const(c) => c.str(),
+        other => py_repr(other),
+    }
+}
+
+fn py_class(p: &Py) -> String {
+    match p {
+        Py::Type(_) | Py::Unschematizable { .. } => "type".into(),
+        Py::SpecialForm("Literal") => "typing._LiteralSpecialForm".into(),
+        Py::SpecialForm(_) => "typing._SpecialForm".into(),
+        Py::Alias(a) => alias_class(a).into(),
+        Py::Module(_) => "module".into(),
+        Py::Const(c) => c.class_name().into(),
+        Py::Tuple(_) => "tuple".into(),
+        Py::Opaque { class, .. } => (*class).into(),
+    }
+}
+
+/// `repr()` of a type, as `typing` prints it.
+fn type_repr(t: &FieldType) -> String {
+    let args = |items: &[&FieldType]| items.iter().map(|t| type_repr(t)).collect::<Vec<_>>().join(", ");
+    match t {
+        FieldType::Str => "<class 'str'>".into(),
+        FieldType::Int => "<class 'int'>".into(),
+        FieldType::Float => "<class 'float'>".into(),
+        FieldType::Bool => "<class 'bool'>".into(),
+        FieldType::Bytes => "<class 'bytes'>".into(),
+        FieldType::Complex => "<class 'complex'>".into(),
+        FieldType::None => "<class 'NoneType'>".into(),
+        FieldType::Any => "typing.Any".into(),
+        FieldType::List(None) => "<class 'list'>".into(),
+        FieldType::Set(None) => "<class 'set'>".into(),
+        FieldType::FrozenSet(None) => "<class 'frozenset'>".into(),
+        FieldType::Dict(None) => "<class 'dict'>".into(),
+        FieldType::Tuple(None) => "<class 'tuple'>".into(),
+        FieldType::List(Some(i)) => format!("list[{}]", args(&[i])),
+        FieldType::Set(Some(i)) => format!("set[{}]", args(&[i])),
+        FieldType::FrozenSet(Some(i)) => format!("frozenset[{}]", args(&[i])),
+        FieldType::Dict(Some((k, v))) => format!("dict[{}]", args(&[k, v])),
+        FieldType::Tuple(Some(items)) => format!("tuple[{}]", args(&items.iter().collect::<Vec<_>>())),
+        FieldType::VarTuple(i) => format!("tuple[{}, ...]", args(&[i])),
+        FieldType::Union(items) => {
+            let non_none: Vec<&FieldType> = items.iter().filter(|t| **t != FieldType::None).collect();
+            if items.len() == 2 && non_none.len() == 1 {
+                format!("typing.Optional[{}]", args(&non_none))
+            } else {
+                format!("typing.Union[{}]", args(&items.iter().collect::<Vec<_>>()))
+            }
+        }
+        FieldType::Literal(values) => {
+            let inner: Vec<String> = values
+                .iter()
+                .map(|v| match v {
+                    LiteralValue::Str(s) => crate::py::str_repr(s),
+                    other => other.py_str(),
+                })
+                .collect();
+            format!("typing.Literal[{}]", inner.join(", "))
+        }
+        FieldType::Dspy(d) => format!("<class 'dspy.{}'>", d.name()),
+        FieldType::Other { name, args: a } => {
+            if a.is_empty() {
+                format!("typing.{name}")
+            } else {
+                format!("typing.{name}[{}]", args(&a.iter().collect::<Vec<_>>()))
+            }
+        }
+        // `FieldType` is non-exhaustive for users, not for this crate.
+        #[allow(unreachable_patterns)]
+        _ => t.annotation_name(),
+    }
+}
+
+/// Evaluate an annotation expression as `_parse_type_node` does.
+pub(crate) fn resolve(expr: &Expr) -> Result<Py, ResolveError> {
+    match expr {
+        Expr::Name(id) => resolve_name(id),
+        Expr::Attribute(base, attr) => {
+            let base = resolve(base)?;
+            match base {
+                Py::Module("dspy") => match DspyType::from_name(attr) {
+                    Some(t) => Ok(Py::Type(FieldType::Dspy(t))),
+                    None => Err(unsupported(format!("`dspy.{attr}` as a type"))),
+                },
+                Py::Module("typing") => match typing_name(attr) {
+                    Some(found) => found,
+                    None => Err(unsupported(format!("`typing.{attr}` as a type"))),
+                },
+                Py::Type(FieldType::Int) | Py::Type(FieldType::Float) | Py::Type(FieldType::Complex)
+                    if matches!(attr.as_str(), "real" | "imag") =>
+                {
+                    let owner = match base {
+                        Py::Type(FieldType::Int) => "int",
+                        Py::Type(FieldType::Float) => "float",
+                        _ => "complex",
+                    };
+                    let class = if owner == "int" { "getset_descriptor" } else { "member_descriptor" };
+                    Ok(Py::Opaque { display: format!("<attribute '{attr}' of '{owner}' objects>"), class })
+                }
+                _ => Err(unsupported(format!("attribute `{attr}` in a type annotation"))),
+            }
+        }
+        Expr::Subscript(base, slice) => {
+            let base = resolve(base)?;
+            let args: Vec<Py> = match slice.as_ref() {
+                Expr::Tuple(items) => items.iter().map(resolve).collect::<Result<_, _>>()?,
+                other => vec![resolve(other)?],
+            };
+            subscript(base, args)
+        }
+        Expr::BinOp(left, BinOp::BitOr, right) => {
+            let l = resolve(left)?;
+            let r = resolve(right)?;
+            Ok(make_union(vec![l, r]))
+        }
+        Expr::Tuple(items) => Ok(Py::Tuple(items.iter().map(resolve).collect::<Result<_, _>>()?)),
+        Expr::Constant(c) => Ok(Py::Const(c.clone())),
+        Expr::Call { func, .. } if matches!(func.as_ref(), Expr::Name(n) if n == "Field") => {
+            Err(unsupported("`Field(...)` as a type annotation"))
+        }
+        other => Err(value_error(format!(
+            "Failed to parse string-base Signature due to unhandled AST node type in annotation: {}. Please consider using class-based DSPy Signatures instead.",
+            other.dump()
+        ))),
+    }
+}
+
+fn is_none(p: &Py) -> bool {
+    matches!(p, Py::Type(FieldType::None) | Py::Const(Const::None))
+}
+
+/// `typing.Union[members]`: flattened, deduplicated, `None` as `NoneType`.
+fn make_union(members: Vec<Py>) -> Py {
+    let members: Vec<Py> = members
+        .into_iter()
+        .map(|m| if is_none(&m) { Py::Type(FieldType::None) } else { m })
+        .collect();
+    if members.iter().all(|m| matches!(m, Py::Type(_))) {
+        let types = members
+            .into_iter()
+            .filter_map(|m| match m {
+                Py::Type(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        return Py::Type(FieldType::union(types));
+    }
+    let mut flat: Vec<Py> = Vec::new();
+    for m in members {
+        if !flat.contains(&m) {
+            flat.push(m);
+        }
+    }
+    if flat.len() == 1 {
+        return flat.pop().unwrap_or(Py::Type(FieldType::None));
+    }
+    let display = format!("typing.Union[{}]", flat.iter().map(py_repr).collect::<Vec<_>>().join(", "));
+    match flat.iter().find(|m| !matches!(m, Py::Type(_))) {
+        Some(Py::Unschematizable { bad, .. }) => Py::Unschematizable { display, bad: bad.clone() },
+        Some(Py::Const(c)) => Py::Unschematizable { display, bad: c.repr() },
+        _ => Py::Opaque { display, class: "typing._UnionGenericAlias" },
+    }
+}
+
+/// A generic argument as a type (`None` means `NoneType`); pydantic fails on constants.
+fn type_arg(p: Py) -> Result<Result<FieldType, String>, ResolveError> {
+    match p {
+        Py::Type(t) => Ok(Ok(t)),
+        Py::Const(Const::None) => Ok(Ok(FieldType::None)),
+        Py::Const(c) => Ok(Err(c.repr())),
+        Py::Unschematizable { bad, .. } => Ok(Err(bad)),
+        Py::SpecialForm(f) if matches!(f, "Optional" | "Union" | "Literal") => Ok(Err(format!("typing.{f}"))),
+        other => Err(unsupported(format!("`{}` as a type argument", py_repr(&other)))),
+    }
+}
+
+fn subscript(base: Py, args: Vec<Py>) -> Result<Py, ResolveError> {
+    match base {
+        Py::SpecialForm("Union") => Ok(make_union(args)),
+        Py::SpecialForm("Optional") => {
+            if args.len() != 1 {
+                return Err(value_error("Optional must have exactly one type argument".into()));
+            }
+            let mut args = args;
+            args.push(Py::Type(FieldType::None));
+            Ok(make_union(args))
+        }
+        Py::SpecialForm("Literal") => {
+            let mut values: Vec<LiteralValue> = Vec::new();
+            for a in args {
+                let items = match a {
+                    Py::Const(Const::Str { value, .. }) => vec![LiteralValue::Str(value)],
+                    Py::Const(Const::Int(i)) => vec![LiteralValue::Int(
+                        i64::try_from(i).map_err(|_| unsupported("a Literal integer beyond 64 bits"))?,
+                    )],
+                    Py::Const(Const::Bool(b)) => vec![LiteralValue::Bool(b)],
+                    Py::Const(Const::None) => vec![LiteralValue::None],
+                    Py::Type(FieldType::Literal(inner)) => inner,
+                    other => return Err(unsupported(format!("`{}` inside Literal[...]", py_repr(&other)))),
+                };
+                for v in items {
+                    if !values.contains(&v) {
+                        values.push(v);
+                    }
+                }
+            }
+            Ok(Py::Type(FieldType::Literal(values)))
+        }
+        Py::Alias(alias) => {
+            let origin = ALIASES.iter().find(|(a, _)| *a == alias).map(|(_, o)| *o).unwrap_or(alias);
+            let expected = match alias {
+                "List" | "Set" | "FrozenSet" => Some(1),
+                "Dict" => Some(2),
+                _ => None,
+            };
+            if let Some(n) = expected {
+                if args.len() != n {
+                    let which = if args.len() > n { "many" } else { "few" };
+                    return Err(ResolveError::Dspy {
+                        category: "TypeError",
+                        message: format!("Too {which} arguments for typing.{alias}; actual {}, expected {n}", args.len()),
+                    });
+                }
+            }
+            match alias {
+                "List" | "Set" | "FrozenSet" | "Dict" | "Tuple" => generic(origin, args),
+                _ => {
+                    let mut types = Vec::new();
+                    for a in args {
+                        match type_arg(a)? {
+                            Ok(t) => types.push(t),
+                            Err(_) => return Err(unsupported(format!("typing.{alias} with a non-type argument"))),
+                        }
+                    }
+                    Ok(Py::Type(FieldType::Other { name: origin.to_string(), args: types }))
+                }
+            }
+        }
+        Py::Type(FieldType::List(None)) => generic("list", args),
+        Py::Type(FieldType::Set(None)) => generic("set", args),
+        Py::Type(FieldType::FrozenSet(None)) => generic("frozenset", args),
+        Py::Type(FieldType::Dict(None)) => generic("dict", args),
+        Py::Type(FieldType::Tuple(None)) => generic("tuple", args),
+        other => Err(unsupported(format!("subscripting `{}`", py_repr(&other)))),
+    }
+}
+
+fn generic(origin: &str, args: Vec<Py>) -> Result<Py, ResolveError> {
+    // `tuple[T, ...]`
+    if origin == "tuple" && args.len() == 2 && args[1] == Py::Const(Const::Ellipsis) {
+        let mut args = args;
+        args.pop();
+        return match type_arg(args.remove(0))? {
+            Ok(t) => Ok(Py::Type(FieldType::VarTuple(Box::new(t)))),
+            Err(bad) => Ok(Py::Unschematizable { display: format!("tuple[{bad}, ...]"), bad }),
+        };
+    }
+    let n = args.len();
+    let mut types = Vec::with_capacity(n);
+    for a in args {
+        match type_arg(a)? {
+            Ok(t) => types.push(t),
+            Err(bad) => {
+                return Ok(Py::Unschematizable { display: format!("{origin}[...]"), bad });
+            }
+        }
+    }
+    let one = |types: &mut Vec<FieldType>| Box::new(types.remove(0));
+    Ok(Py::Type(match (origin, n) {
+        ("list", 1) => FieldType::List(Some(one(&mut types))),
+        ("set", 1) => FieldType::Set(Some(one(&mut types))),
+        ("frozenset", 1) => FieldType::FrozenSet(Some(one(&mut types))),
+        ("dict", 2) => {
+            let k = types.remove(0);
+            FieldType::dict(k, types.remove(0))
+        }
+        ("tuple", _) if n > 0 => FieldType::Tuple(Some(types)),
+        _ => return Err(unsupported(format!("{origin}[...] with {n} type arguments"))),
+    }))
+}
+
+/// `make_signature`'s check: is this object a type (or typing form)?
+/// On failure, DSPy's message.
+pub(crate) fn check_is_type(p: &Py) -> Result<(), ResolveError> {
+    let ok = matches!(p, Py::Type(_) | Py::SpecialForm(_) | Py::Unschematizable { .. })
+        || matches!(p, Py::Opaque { class: "typing._UnionGenericAlias", .. });
+    if ok {
+        return Ok(());
+    }
+    if let Py::Module(_) = p {
+        // DSPy's message includes the module's file path.
+        return Err(unsupported("a module used as a field type"));
+    }
+    Err(value_error(format!(
+        "Field types must be types, but received: {} of type <class '{}'>.",
+        py_str(p),
+        py_class(p)
+    )))
+}
+
+/// The message pydantic gives when it cannot build a schema for `bad`.
+pub(crate) fn schema_error_message(bad: &str) -> String {
+    format!(
+        "Unable to generate pydantic-core schema for {bad}. Set `arbitrary_types_allowed=True` in the model_config to ignore this error or implement `__get_pydantic_core_schema__` on your type to fully support it.\n\nIf you got this error by calling handler(<some type>) within `__get_pydantic_core_schema__` then you likely need to call `handler.generate_schema(<some type>)` since we do not call `__get_pydantic_core_schema__` on `<some type>` otherwise to avoid infinite recursion.\n\nFor further information visit https://errors.pydantic.dev/{}/u/schema-for-unknown-type",
+        crate::PYDANTIC_DOCS_VERSION
+    )
+}
+
+/// pydantic's schema step: the final type, or its error.
+pub(crate) fn into_field_type(p: Py) -> Result<FieldType, ResolveError> {
+    match p {
+        Py::Type(t) => Ok(t),
+        Py::Unschematizable { bad, .. } => {
+            Err(ResolveError::Dspy { category: "PydanticSchemaGenerationError", message: schema_error_message(&bad) })
+        }
+        Py::SpecialForm(f @ ("Optional" | "Union" | "Literal")) => Err(ResolveError::Dspy {
+            category: "PydanticSchemaGenerationError",
+            message: schema_error_message(&format!("typing.{f}")),
+        }),
+        other => Err(unsupported(format!("`{}` as a field type", py_repr(&other)))),
+    }
+}

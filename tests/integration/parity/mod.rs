@@ -1,0 +1,4 @@
+//! The native engine against fixtures produced by real DSPy 3.4.1
+//! (`python/parity/generate_fixtures.py`).
+
+mod signatures;
