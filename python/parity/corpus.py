@@ -371,3 +371,22 @@ METRIC_CASES = [
     {"id": "passage-unicode", "fn": "answer_passage_match", "answer": "São Paulo", "passages": ["I flew to sao paulo?", "São Paulo, Brazil"]},
     {"id": "passage-punct", "fn": "answer_passage_match", "answer": "U.S.A.", "passages": ["born in the usa in 1990"]},
 ]
+
+# ---------------------------------------------------------------- lax reading
+# Text an LM may put in a typed field, read as DSPy reads it: json_repair.loads,
+# then ast.literal_eval when that yields nothing.
+LAX_CASES = [
+    "42", " 1e3 ", '"x"', "null", "true", "42 apples", "forty-two", "True", "None", "", "'pos'", "(1, 2)",
+    "[1] [2]", '{"a":1} {"a":2}', '{"a":1}, {"b":2}', "[1], [2]", 'Sure: {"a": True, "b": None}', "{1, 2}",
+    '{"a": "x" "b": 2}', '{"a": yes}', "[yes, no]", '{"text": "He said "hi" ok"}', '{"a": 1 /* c */, "b": 2}',
+    '{"a": [1, 2', "{a: 1, b: two words}", '["a" "b"]', '{"a": "unterminated}', '{"a": (1, 2)}', "[1, 2, ...]",
+    '{"a": 1.5e3, "b": -2, "c": .5}', '{"key": "value\\nline"}', "{'a': 'it\\'s'}", '{"a": True, "b": False, "c": None}',
+    "[1 2 3]", '[{"a": 1}, {"a": 2}]', '{"n": 42.0}', 'answer: {"x": 1}', "['a', 'b']", "```json\n[1, 2, 3]\n```",
+    "```\n{\"items\": [1, 2, 3],}\n```", "[1, 2, 3,]", '["a", "b"', "{'a': 1, 'b': 2}", '{answer: "yes"}',
+    '{"answer": "yes" // trailing comment\n}', '["a", "b"]', "[1, 2]", '{"a": 1, "b": 2.5}', "{'a': 1}",
+    '[{"a": [1, 2]}, {"b": []}]', '{"k": [1, 2.5, null, true]}', '[1, "a"]', "Literal['pos']", "maybe", "0",
+    "about three", "- item one\n- item two", "1, 2, 3", "a, b", '{"a": {"b": {"c": [1, {"d": 2}]}}}',
+    "{\"a\": 'mixed\" quotes'}", '{"a": "line1\nline2"}', '  {"a": 1}  trailing words', "[[1, 2], [3, 4]]",
+    '{"a": -0.0, "b": 1E-7}', '{"emoji": "🚀", "é": "ü"}', "{'nested': {'x': [None, False]}}", "[]", "{}",
+    '{"a": "x",}', "[,1]", '{"a" 1}', "# comment\n[1]", "/* block */ {\"a\": 1}", "{\"a\": 'single'}",
+]

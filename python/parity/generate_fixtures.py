@@ -35,7 +35,7 @@ from dspy.adapters.utils import get_annotation_name, translate_field_type  # noq
 from dspy.evaluate import metrics  # noqa: E402
 from dspy.signatures.signature import _parse_type_node  # noqa: E402
 
-from corpus import FORMAT_CASES, METRIC_CASES, PARSE_CASES, SIGNATURE_CASES  # noqa: E402
+from corpus import FORMAT_CASES, LAX_CASES, METRIC_CASES, PARSE_CASES, SIGNATURE_CASES  # noqa: E402
 
 EXPECTED_DSPY_VERSION = "3.4.1"
 
@@ -205,6 +205,30 @@ def run_metrics():
     return out
 
 
+def run_lax():
+    import ast
+
+    import json_repair
+
+    out = []
+    for i, text in enumerate(LAX_CASES):
+        repaired = json_repair.loads(text)
+        entry = {"id": f"lax-{i:02d}", "text": text, "json_repair": jsonable(repaired)}
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            entry["literal_eval"] = "fails"
+        else:
+            plain = jsonable(value)
+            try:
+                json.dumps(plain)
+                entry["literal_eval"] = {"value": plain}
+            except TypeError:  # Ellipsis, complex, ...: not modelled natively
+                entry["literal_eval"] = "unsupported"
+        out.append(entry)
+    return out
+
+
 def write(path: str, data) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(data, fh, ensure_ascii=False, indent=1)
@@ -228,6 +252,7 @@ def main() -> int:
             "format.json": run_format(),
             "parse.json": run_parse(),
             "metrics.json": run_metrics(),
+            "lax.json": run_lax(),
         }
     for name, data in results.items():
         write(os.path.join(out_dir, name), {"dspy_version": dspy.__version__, "cases": data})

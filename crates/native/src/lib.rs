@@ -17,11 +17,16 @@
 //! runs such programs in Python instead.
 #![warn(missing_docs)]
 
+pub mod adapter;
+mod lax;
+pub mod lm;
 pub mod py;
+mod predict;
 pub mod schema;
 pub mod signature;
 mod unicode;
 
+pub use predict::chain_of_thought_signature;
 pub use signature::{parse_signature, parse_signature_uncached, parse_type, signature_from_class, signature_from_spec};
 
 /// The pydantic minor version whose messages (and documentation links) the

@@ -248,6 +248,37 @@ pub(crate) fn parse_params(field_string: &str) -> Result<Params, SyntaxError> {
     p.def()
 }
 
+/// Parse `src` as Python's `ast.parse(src, mode="eval")` does: one expression,
+/// or several separated by commas (a tuple).
+pub(crate) fn parse_expression(src: &str) -> Result<Expr, SyntaxError> {
+    let mut p = Parser { toks: tokenize(src), pos: 0 };
+    while p.eat_op(";") {}
+    let first = p.star_or_expr().map_err(|f| match f {
+        Fail::Error(e) => e,
+        Fail::NoMatch => p.error_here(),
+    })?;
+    let expr = if p.is_op(",") {
+        let mut items = vec![first];
+        while p.eat_op(",") {
+            if matches!(p.peek(), Tok::End | Tok::Op(";")) {
+                break;
+            }
+            items.push(p.star_or_expr().map_err(|f| match f {
+                Fail::Error(e) => e,
+                Fail::NoMatch => p.error_here(),
+            })?);
+        }
+        Expr::Tuple(items)
+    } else {
+        first
+    };
+    while p.eat_op(";") {}
+    match p.peek() {
+        Tok::End => Ok(expr),
+        _ => Err(p.error_here()),
+    }
+}
+
 impl Parser {
     fn peek(&self) -> &Tok {
         &self.toks[self.pos.min(self.toks.len() - 1)].tok

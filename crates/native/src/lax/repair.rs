@@ -1,0 +1,651 @@
+//! A lenient JSON reader following `json_repair.loads`' rules.
+//!
+//! Valid JSON is read as Python's `json.loads` reads it. Otherwise the text is
+//! scanned the way `json_repair` scans it: prose before a value is skipped
+//! (a bare scalar outside any container is not a value, so the result is the
+//! empty string), objects and arrays tolerate missing quotes, single and
+//! curly quotes, missing commas, colons and closers, trailing commas,
+//! comments and ```json fences, and several top-level values become a list.
+//!
+//! `json_repair` has many more heuristics for badly broken text; where an
+//! input relies on those, the result here may differ. The parity corpus
+//! (`tests/fixtures/parity/parse.json`) pins the behaviour that matters for
+//! DSPy's adapters.
+
+use super::PyObj;
+
+const DELIMS: [char; 4] = ['"', '\'', '“', '”'];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ctx {
+    Key,
+    Value,
+    Array,
+}
+
+struct Parser {
+    s: Vec<char>,
+    i: usize,
+    ctx: Vec<Ctx>,
+}
+
+/// `json_repair.loads(text)`; the empty string where nothing could be read.
+pub(crate) fn loads(text: &str) -> PyObj {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        return PyObj::from_json(&v);
+    }
+    let mut p = Parser { s: text.chars().collect(), i: 0, ctx: Vec::new() };
+    p.top_level()
+}
+
+fn is_space(c: char) -> bool {
+    crate::py::is_space(c)
+}
+
+fn strictly_empty(v: &PyObj) -> bool {
+    match v {
+        PyObj::Str(s) => s.is_empty(),
+        PyObj::List(l) => l.is_empty(),
+        PyObj::Dict(d) => d.is_empty(),
+        _ => false,
+    }
+}
+
+fn truthy(v: &PyObj) -> bool {
+    match v {
+        PyObj::None => false,
+        PyObj::Bool(b) => *b,
+        PyObj::Int(i) => *i != 0,
+        PyObj::Float(f) => *f != 0.0,
+        PyObj::Str(s) => !s.is_empty(),
+        PyObj::Bytes(b) => !b.is_empty(),
+        PyObj::List(l) | PyObj::Tuple(l) | PyObj::Set(l) => !l.is_empty(),
+        PyObj::Dict(d) => !d.is_empty(),
+    }
+}
+
+fn same_shape(a: &PyObj, b: &PyObj) -> bool {
+    match (a, b) {
+        (PyObj::Dict(x), PyObj::Dict(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|((ka, va), (kb, vb))| ka == kb && same_shape(va, vb))
+        }
+        (PyObj::List(x), PyObj::List(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_shape(a, b)),
+        (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+    }
+}
+
+impl Parser {
+    fn at(&self, k: isize) -> Option<char> {
+        let idx = self.i as isize + k;
+        if idx < 0 {
+            return None;
+        }
+        self.s.get(idx as usize).copied()
+    }
+
+    fn cur(&self) -> Option<char> {
+        self.s.get(self.i).copied()
+    }
+
+    fn current(&self) -> Option<Ctx> {
+        self.ctx.last().copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while self.cur().is_some_and(is_space) {
+            self.i += 1;
+        }
+    }
+
+    fn skip_ws_and_comments(&mut self) {
+        loop {
+            self.skip_ws();
+            match (self.cur(), self.at(1)) {
+                (Some('#'), _) | (Some('/'), Some('/' | '*')) => self.skip_comment(),
+                _ => return,
+            }
+        }
+    }
+
+    fn skip_comment(&mut self) {
+        match (self.cur(), self.at(1)) {
+            (Some('#'), _) | (Some('/'), Some('/')) => {
+                let mut stops = vec!['\n', '\r'];
+                if self.cur() == Some('#') {
+                    if self.ctx.contains(&Ctx::Array) {
+                        stops.push(']');
+                    }
+                    if self.ctx.contains(&Ctx::Value) {
+                        stops.push('}');
+                    }
+                    if self.ctx.contains(&Ctx::Key) {
+                        stops.push(':');
+                    }
+                }
+                while self.cur().is_some_and(|c| !stops.contains(&c)) {
+                    self.i += 1;
+                }
+            }
+            (Some('/'), Some('*')) => {
+                self.i += 2;
+                while let Some(c) = self.cur() {
+                    self.i += 1;
+                    if c == '/' && self.at(-2) == Some('*') {
+                        break;
+                    }
+                }
+            }
+            (Some('/'), _) => self.i += 1,
+            _ => {}
+        }
+    }
+
+    fn top_level(&mut self) -> PyObj {
+        let first = self.parse_json();
+        if self.i >= self.s.len() {
+            return first;
+        }
+        let mut values = vec![first];
+        while self.i < self.s.len() {
+            self.ctx.clear();
+            let comma_separated = self.next_is_comma_separated();
+            let before = self.i;
+            let v = self.parse_json();
+            if truthy(&v) {
+                let last = values.last();
+                if !comma_separated && last.is_some_and(|l| same_shape(l, &v)) {
+                    values.pop();
+                } else if last.is_some_and(|l| !truthy(l)) {
+                    values.pop();
+                }
+                values.push(v);
+            } else if self.i == before {
+                self.i += 1;
+            }
+        }
+        if values.len() == 1 {
+            values.pop().unwrap_or(PyObj::Str(String::new()))
+        } else {
+            PyObj::List(values)
+        }
+    }
+
+    fn next_is_comma_separated(&self) -> bool {
+        let mut k = self.i;
+        while self.s.get(k).is_some_and(|c| is_space(*c)) {
+            k += 1;
+        }
+        if self.s.get(k) == Some(&',') {
+            return true;
+        }
+        let mut k = self.i as isize - 1;
+        while k >= 0 && is_space(self.s[k as usize]) {
+            k -= 1;
+        }
+        k >= 0 && self.s[k as usize] == ','
+    }
+
+    fn parse_json(&mut self) -> PyObj {
+        loop {
+            let Some(c) = self.cur() else { return PyObj::Str(String::new()) };
+            match c {
+                '{' => {
+                    self.i += 1;
+                    return self.parse_object();
+                }
+                '[' => {
+                    self.i += 1;
+                    return self.parse_array(']');
+                }
+                '(' if !self.ctx.is_empty() || self.paren_starts_top_level_value() => {
+                    let explicit = self.paren_is_tuple();
+                    self.i += 1;
+                    let items = self.parse_array(')');
+                    return match items {
+                        PyObj::List(mut v) if !explicit && v.len() == 1 => v.pop().unwrap_or(PyObj::None),
+                        other => other,
+                    };
+                }
+                c if !self.ctx.is_empty() && (DELIMS.contains(&c) || crate::unicode::is_alpha(c)) => return self.parse_string(),
+                c if !self.ctx.is_empty() && (c.is_ascii_digit() || c == '-' || c == '.') => return self.parse_number(),
+                '#' | '/' => {
+                    self.skip_comment();
+                    if !self.ctx.is_empty() {
+                        return PyObj::Str(String::new());
+                    }
+                }
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    /// A top-level `(` starts a value only at the start of a line and when
+    /// what follows looks like one (not prose such as "note (see below):").
+    fn paren_starts_top_level_value(&self) -> bool {
+        let mut k = self.i as isize - 1;
+        while k >= 0 {
+            let c = self.s[k as usize];
+            if c == '\n' || c == '\r' {
+                break;
+            }
+            if !is_space(c) {
+                return false;
+            }
+            k -= 1;
+        }
+        let mut j = self.i + 1;
+        while self.s.get(j).is_some_and(|c| is_space(*c)) {
+            j += 1;
+        }
+        let Some(&first) = self.s.get(j) else { return false };
+        let rest: String = self.s[j..(j + 5).min(self.s.len())].iter().collect::<String>().to_lowercase();
+        matches!(first, ')' | '{' | '[' | '(' | '-' | '.')
+            || DELIMS.contains(&first)
+            || first.is_ascii_digit()
+            || rest.starts_with("true")
+            || rest.starts_with("null")
+            || rest.starts_with("none")
+            || rest.starts_with("false")
+    }
+
+    fn paren_is_tuple(&self) -> bool {
+        let mut depth = 0i32;
+        let mut saw = false;
+        let mut k = self.i + 1;
+        while let Some(&c) = self.s.get(k) {
+            match c {
+                '(' | '[' | '{' => depth += 1,
+                ')' if depth == 0 => return !saw,
+                ')' | ']' | '}' => depth -= 1,
+                ',' if depth == 0 => return true,
+                c if !is_space(c) && depth == 0 => saw = true,
+                _ => {}
+            }
+            k += 1;
+        }
+        !saw
+    }
+
+    fn parse_object(&mut self) -> PyObj {
+        let mut obj: Vec<(PyObj, PyObj)> = Vec::new();
+        let start = self.i;
+        loop {
+            self.skip_ws_and_comments();
+            match self.cur() {
+                None | Some('}') => break,
+                Some(',') => {
+                    self.i += 1;
+                    continue;
+                }
+                Some(':') => self.i += 1,
+                _ => {}
+            }
+            self.ctx.push(Ctx::Key);
+            let mut key = String::new();
+            while self.cur().is_some() {
+                key = match self.parse_string() {
+                    PyObj::Str(s) => s,
+                    other => other.py_str(),
+                };
+                if key.is_empty() {
+                    self.skip_ws_and_comments();
+                }
+                if !key.is_empty() || matches!(self.cur(), Some(':' | '}') | None) {
+                    break;
+                }
+            }
+            self.ctx.pop();
+            self.skip_ws_and_comments();
+            match self.cur() {
+                None | Some('}') => continue,
+                _ => self.i += 1, // the ':' (or whatever stands in for it)
+            }
+            self.ctx.push(Ctx::Value);
+            self.skip_ws_and_comments();
+            let value = match self.cur() {
+                Some(',') | Some('}') => PyObj::Str(String::new()),
+                _ => self.parse_json(),
+            };
+            self.ctx.pop();
+            let k = PyObj::Str(key);
+            match obj.iter_mut().find(|(ok, _)| *ok == k) {
+                Some(slot) => slot.1 = value,
+                None => obj.push((k, value)),
+            }
+            if matches!(self.cur(), Some(',' | '\'' | '"')) {
+                self.i += 1;
+            }
+            if self.cur() == Some(']') && self.ctx.contains(&Ctx::Array) {
+                break;
+            }
+        }
+        if self.cur() == Some('}') {
+            self.i += 1;
+        }
+        // `{1, 2}`: an empty object with content but no `:` is read as an array.
+        if obj.is_empty() && self.i > start + 1 {
+            let body: String = self.s[start..self.i.saturating_sub(1)].iter().collect();
+            if !body.trim().is_empty() && !body.contains(':') {
+                self.i = start;
+                self.ctx.push(Ctx::Key);
+                let arr = self.parse_array('}');
+                self.ctx.pop();
+                return arr;
+            }
+        }
+        if self.ctx.is_empty() {
+            self.skip_ws();
+            if self.cur() == Some(',') {
+                self.i += 1;
+                self.skip_ws();
+                if self.cur().is_some_and(|c| DELIMS.contains(&c)) {
+                    if let PyObj::Dict(more) = self.parse_object() {
+                        for (k, v) in more {
+                            match obj.iter_mut().find(|(ok, _)| *ok == k) {
+                                Some(slot) => slot.1 = v,
+                                None => obj.push((k, v)),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        PyObj::Dict(obj)
+    }
+
+    fn parse_array(&mut self, close: char) -> PyObj {
+        let mut arr = Vec::new();
+        self.ctx.push(Ctx::Array);
+        loop {
+            self.skip_ws_and_comments();
+            let Some(c) = self.cur() else { break };
+            if c == close || c == '}' || c == ']' {
+                break;
+            }
+            if c == ',' {
+                self.i += 1;
+                continue;
+            }
+            let value = if DELIMS.contains(&c) && self.quoted_is_key() {
+                self.parse_object()
+            } else if DELIMS.contains(&c) {
+                self.parse_string()
+            } else {
+                self.parse_json()
+            };
+            if strictly_empty(&value) && !matches!(self.cur(), Some(x) if x == close || x == ',') {
+                self.i += 1;
+            } else if value == PyObj::Str("...".into()) && self.at(-1) == Some('.') {
+                // a stray `...` placeholder
+            } else {
+                arr.push(value);
+            }
+        }
+        self.ctx.pop();
+        if self.cur() == Some(close) {
+            self.i += 1;
+        }
+        PyObj::List(arr)
+    }
+
+    /// Inside an array, a quoted string followed by `:` starts an object missing its `{`.
+    fn quoted_is_key(&self) -> bool {
+        let Some(q) = self.cur() else { return false };
+        let close = if q == '“' { '”' } else { q };
+        let mut k = self.i + 1;
+        while let Some(&c) = self.s.get(k) {
+            if c == '\\' {
+                k += 2;
+                continue;
+            }
+            if c == close {
+                break;
+            }
+            k += 1;
+        }
+        k += 1;
+        while self.s.get(k).is_some_and(|c| is_space(*c)) {
+            k += 1;
+        }
+        self.s.get(k) == Some(&':')
+    }
+
+    fn parse_number(&mut self) -> PyObj {
+        let start = self.i;
+        let mut text = String::new();
+        let in_array = self.current() == Some(Ctx::Array);
+        while let Some(c) = self.cur() {
+            let ok = "0123456789-.eE/,_".contains(c) || (c == '+' && text.ends_with(['e', 'E']));
+            if !ok || (in_array && c == ',') {
+                break;
+            }
+            if c != '_' {
+                text.push(c);
+            }
+            self.i += 1;
+        }
+        if self.cur().is_some_and(crate::unicode::is_alpha) {
+            self.i = start;
+            return self.parse_string();
+        }
+        if text.ends_with(['+', '-', 'e', 'E', '/', ',']) {
+            text.pop();
+            self.i -= 1;
+        }
+        if text.contains(',') {
+            return PyObj::Str(text);
+        }
+        if text.contains(['.', 'e', 'E']) {
+            return match py_float(&text) {
+                Some(f) => PyObj::Float(f),
+                None => PyObj::Str(text),
+            };
+        }
+        match text.parse::<i128>() {
+            Ok(i) => PyObj::Int(i),
+            Err(_) => PyObj::Str(text),
+        }
+    }
+
+    fn literal(&mut self) -> Option<PyObj> {
+        let start = self.i;
+        for (word, value) in [("true", PyObj::Bool(true)), ("false", PyObj::Bool(false)), ("null", PyObj::None), ("none", PyObj::None)] {
+            let n = word.chars().count();
+            let matches = (0..n).all(|k| self.s.get(start + k).map(|c| c.to_ascii_lowercase()) == word.chars().nth(k));
+            if matches {
+                let next = self.s.get(start + n).copied();
+                if next.is_none_or(|c| is_space(c) || matches!(c, ',' | ')' | ']' | '}')) {
+                    self.i = start + n;
+                    return Some(value);
+                }
+            }
+        }
+        None
+    }
+
+    fn parse_string(&mut self) -> PyObj {
+        if matches!(self.cur(), Some('#' | '/')) {
+            self.skip_comment();
+            return PyObj::Str(String::new());
+        }
+        while self.cur().is_some_and(|c| !DELIMS.contains(&c) && !c.is_alphanumeric()) {
+            self.i += 1;
+        }
+        let Some(c) = self.cur() else { return PyObj::Str(String::new()) };
+        let ctx = self.current();
+        if c.is_alphanumeric() {
+            if matches!(c.to_ascii_lowercase(), 't' | 'f' | 'n') && ctx != Some(Ctx::Key) {
+                if let Some(v) = self.literal() {
+                    return v;
+                }
+            }
+            return PyObj::Str(self.unquoted());
+        }
+        let close = if c == '“' { '”' } else { c };
+        self.i += 1;
+        // ```json fences inside a string position
+        if self.s[self.i..].starts_with(&['`', '`', '`', 'j', 's', 'o', 'n']) {
+            self.i += 7;
+            return self.parse_json();
+        }
+        let mut out = String::new();
+        loop {
+            let Some(ch) = self.cur() else { break };
+            if ch == '\\' {
+                let next = self.at(1);
+                let replacement = match next {
+                    Some('n') => Some('\n'),
+                    Some('t') => Some('\t'),
+                    Some('r') => Some('\r'),
+                    Some('b') => Some('\x08'),
+                    Some('f') => Some('\x0c'),
+                    Some('/') => Some('/'),
+                    Some('\\') => Some('\\'),
+                    Some(q) if DELIMS.contains(&q) => Some(q),
+                    Some('u') => {
+                        let hex: String = self.s.iter().skip(self.i + 2).take(4).collect();
+                        match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                            Some(ch) if hex.len() == 4 => {
+                                out.push(ch);
+                                self.i += 6;
+                                continue;
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                match replacement {
+                    Some(r) => {
+                        out.push(r);
+                        self.i += 2;
+                    }
+                    None => {
+                        out.push('\\');
+                        self.i += 1;
+                    }
+                }
+                continue;
+            }
+            if ch == close {
+                // A closing quote that does not end the value is part of the text.
+                let mut k = self.i + 1;
+                while self.s.get(k).is_some_and(|c| is_space(*c)) {
+                    k += 1;
+                }
+                let next = self.s.get(k).copied();
+                let ends = match ctx {
+                    Some(Ctx::Key) => next.is_none() || matches!(next, Some(':' | '}' | ',')),
+                    Some(Ctx::Value) => next.is_none() || matches!(next, Some(',' | '}' | ']')) || next.is_some_and(|c| DELIMS.contains(&c)),
+                    Some(Ctx::Array) => {
+                        next.is_none() || matches!(next, Some(',' | ']' | '}')) || next.is_some_and(|c| DELIMS.contains(&c))
+                    }
+                    None => true,
+                };
+                if ends || !self.s[k..].contains(&close) {
+                    self.i += 1;
+                    return PyObj::Str(out);
+                }
+            }
+            // A string missing its closing quote ends at the structure around it.
+            let unclosed = !self.s[self.i..].contains(&close);
+            let structural = match ctx {
+                Some(Ctx::Key) => ch == ':',
+                Some(Ctx::Value) => ch == '}' || ch == ',',
+                Some(Ctx::Array) => ch == ']' || ch == ',',
+                None => false,
+            };
+            if structural && unclosed {
+                break;
+            }
+            out.push(ch);
+            self.i += 1;
+        }
+        PyObj::Str(out.trim_end().to_string())
+    }
+
+    /// A string missing its quotes, ending where the structure around it resumes.
+    fn unquoted(&mut self) -> String {
+        let ctx = self.current();
+        let mut out = String::new();
+        if ctx == Some(Ctx::Key) {
+            while let Some(c) = self.cur() {
+                if c == ':' || is_space(c) {
+                    break;
+                }
+                out.push(c);
+                self.i += 1;
+            }
+            // A key followed by more words is not a key (an LM's comment, say).
+            if self.cur().is_some_and(is_space) {
+                self.skip_ws();
+                if !matches!(self.cur(), Some(':' | ',')) {
+                    return String::new();
+                }
+            }
+            return out;
+        }
+        while let Some(c) = self.cur() {
+            let stop = match ctx {
+                Some(Ctx::Key) => c == ':' || is_space(c),
+                Some(Ctx::Value) => c == ',' || c == '}' || c == '\n',
+                Some(Ctx::Array) => c == ',' || c == ']',
+                None => is_space(c),
+            };
+            if stop {
+                break;
+            }
+            out.push(c);
+            self.i += 1;
+        }
+        out.trim_end().to_string()
+    }
+}
+
+/// Python's `float(text)` for the forms `json_repair` produces.
+fn py_float(text: &str) -> Option<f64> {
+    let t = text.trim();
+    if t.is_empty() || t.contains("__") {
+        return None;
+    }
+    t.replace('_', "").parse::<f64>().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> PyObj {
+        PyObj::Str(v.into())
+    }
+
+    #[test]
+    fn valid_json_first() {
+        assert_eq!(loads("42"), PyObj::Int(42));
+        assert_eq!(loads(" 1e3 "), PyObj::Float(1000.0));
+        assert_eq!(loads("\"x\""), s("x"));
+        assert_eq!(loads("null"), PyObj::None);
+    }
+
+    #[test]
+    fn bare_scalars_are_not_values() {
+        assert_eq!(loads("42 apples"), s(""));
+        assert_eq!(loads("forty-two"), s(""));
+        assert_eq!(loads("True"), s(""));
+        assert_eq!(loads(""), s(""));
+    }
+
+    #[test]
+    fn repairs() {
+        assert_eq!(loads("['a', 'b']"), PyObj::List(vec![s("a"), s("b")]));
+        assert_eq!(loads("```json\n[1, 2, 3]\n```"), PyObj::List(vec![PyObj::Int(1), PyObj::Int(2), PyObj::Int(3)]));
+        assert_eq!(loads("[1, 2, 3,]"), PyObj::List(vec![PyObj::Int(1), PyObj::Int(2), PyObj::Int(3)]));
+        assert_eq!(loads("[\"a\", \"b\""), PyObj::List(vec![s("a"), s("b")]));
+        assert_eq!(loads("{'a': 1, 'b': 2}"), PyObj::Dict(vec![(s("a"), PyObj::Int(1)), (s("b"), PyObj::Int(2))]));
+        assert_eq!(loads("{answer: \"yes\"}"), PyObj::Dict(vec![(s("answer"), s("yes"))]));
+        assert_eq!(loads("{\"answer\": \"yes\" // c\n}"), PyObj::Dict(vec![(s("answer"), s("yes"))]));
+        assert_eq!(loads("Sure: {\"a\": True, \"b\": None}"), PyObj::Dict(vec![(s("a"), PyObj::Bool(true)), (s("b"), PyObj::None)]));
+        assert_eq!(loads("[1] [2]"), PyObj::List(vec![PyObj::Int(2)]));
+        assert_eq!(loads("{\"a\": [1, 2"), PyObj::Dict(vec![(s("a"), PyObj::List(vec![PyObj::Int(1), PyObj::Int(2)]))]));
+    }
+}
