@@ -36,3 +36,45 @@ impl Mismatches {
         assert!(self.0.is_empty(), "{} of {total} cases differ from DSPy:\n{}", self.0.len(), self.0.join("\n"));
     }
 }
+
+/// The Python interpreter of the project's venv (`DSPEX_PYTHON`, else `.venv/bin/python`).
+///
+/// Tests that need real DSPy call this; a missing venv fails them with a
+/// pointer to the setup script rather than skipping silently.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("DSPEX_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = repo_root().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "this test needs Python with dspy==3.4.1: run `scripts/setup-python` (or set DSPEX_PYTHON)"
+    );
+    venv
+}
+
+/// Run a Python snippet with `args` (JSON) on stdin; returns its stdout parsed as JSON.
+pub fn run_python(script: &str, args: &Value) -> Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("DSPY_CACHEDIR", std::env::temp_dir().join("dspex-test-dspy-cache"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python");
+    child.stdin.take().expect("stdin").write_all(args.to_string().as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("python ran");
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("python printed no JSON ({e}):\n{stdout}"))
+}
+
+/// A multi-threaded runtime for tests that run servers and clients together.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}

@@ -2,5 +2,6 @@
 //! (`python/parity/generate_fixtures.py`).
 
 mod format;
+mod metrics;
 mod parse;
 mod signatures;

@@ -1,6 +1,24 @@
-//! Language models: the [`LanguageModel`] trait and an OpenAI-compatible client.
+//! Language models: the [`LanguageModel`] trait, an OpenAI-compatible HTTP
+//! client ([`OpenAiClient`]), and a local OpenAI-compatible server
+//! ([`server::LmServer`]) for tests, benchmarks and offline demos.
+//!
+//! Every call carries one absolute deadline ([`LmRequest::deadline`]): retries,
+//! back-off sleeps and streaming reads all stop when it passes.
 
+pub mod offline;
+mod openai;
+pub mod server;
+mod sse;
+
+use std::pin::Pin;
+use std::time::Instant;
+
+use dspex_core::{Map, Result, Usage};
+use futures_util::future::BoxFuture;
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
+
+pub use openai::OpenAiClient;
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -36,4 +54,77 @@ impl Message {
     pub fn assistant(content: impl Into<String>) -> Message {
         Message { role: Role::Assistant, content: content.into() }
     }
+}
+
+/// One call to a chat model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LmRequest {
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Call arguments merged into the request body (`temperature`, `n`,
+    /// `max_tokens`, `response_format`, ...).
+    pub params: Map,
+    /// When the caller stops waiting.
+    pub deadline: Option<Instant>,
+    /// Sent as `X-Request-Id` so server logs can be correlated.
+    pub request_id: Option<String>,
+}
+
+impl LmRequest {
+    /// A request for these messages with no extra parameters.
+    pub fn new(messages: Vec<Message>) -> LmRequest {
+        LmRequest { messages, ..Default::default() }
+    }
+}
+
+/// What the model answered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LmResponse {
+    /// One text per choice (`n`); `None` where the service returned no content.
+    pub outputs: Vec<Option<String>>,
+    /// Token usage, when the service reports it.
+    pub usage: Option<Usage>,
+    /// The model the service says it used.
+    pub model: Option<String>,
+}
+
+/// One event of a streamed completion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LmEvent {
+    /// New text for choice `index`.
+    Delta {
+        /// Choice index.
+        index: usize,
+        /// The new text.
+        text: String,
+    },
+    /// The stream ended; the full response.
+    Done(LmResponse),
+}
+
+/// A streamed completion: deltas, then one `Done`.
+pub type LmStream = Pin<Box<dyn Stream<Item = Result<LmEvent>> + Send>>;
+
+/// A chat model. Implementations must honour [`LmRequest::deadline`].
+pub trait LanguageModel: Send + Sync + 'static {
+    /// Complete the conversation.
+    fn complete(&self, request: LmRequest) -> BoxFuture<'_, Result<LmResponse>>;
+
+    /// Stream the completion. The default completes, then yields the text as one delta.
+    fn stream(&self, request: LmRequest) -> BoxFuture<'_, Result<LmStream>> {
+        Box::pin(async move {
+            let response = self.complete(request).await?;
+            let mut events: Vec<Result<LmEvent>> = Vec::new();
+            for (index, text) in response.outputs.iter().enumerate() {
+                if let Some(text) = text {
+                    events.push(Ok(LmEvent::Delta { index, text: text.clone() }));
+                }
+            }
+            events.push(Ok(LmEvent::Done(response)));
+            Ok(Box::pin(futures_util::stream::iter(events)) as LmStream)
+        })
+    }
+
+    /// A short description for logs and metadata (the model name).
+    fn describe(&self) -> String;
 }

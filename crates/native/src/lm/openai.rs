@@ -1,0 +1,368 @@
+//! An OpenAI-compatible chat-completions client.
+//!
+//! TLS: with the default `tls` feature, HTTPS goes through rustls with the
+//! *ring* provider and Mozilla's root certificates compiled in, so the build
+//! needs no system certificate store and no C toolchain beyond what ring
+//! uses; without it, only `http://` endpoints (local servers) work.
+
+use std::time::{Duration, Instant};
+
+use dspex_core::{Error, ErrorKind, LmConfig, Map, Result, Usage, Value};
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use tracing::{debug, warn};
+
+use super::sse::SseDecoder;
+use super::{LanguageModel, LmEvent, LmRequest, LmResponse, LmStream};
+
+const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Retry timing: exponential back-off with jitter, capped.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << attempt.min(16)).min(self.max);
+        // "Equal jitter": half fixed, half random, so retries spread out but never collapse to zero.
+        let half = exp / 2;
+        half + Duration::from_micros(fastrand::u64(0..=half.as_micros() as u64))
+    }
+}
+
+/// A client for `POST {base_url}/chat/completions`.
+///
+/// Retries 408, 429, 5xx and transport failures with exponential back-off
+/// and jitter, honouring `Retry-After`; never past the request's deadline.
+#[derive(Debug, Clone)]
+pub struct OpenAiClient {
+    http: reqwest::Client,
+    url: String,
+    model: String,
+    api_key: Option<String>,
+    defaults: Map,
+    max_retries: u32,
+    attempt_timeout: Option<Duration>,
+    backoff: Backoff,
+}
+
+fn transport(e: reqwest::Error, url: &str) -> Error {
+    Error::new(ErrorKind::Transport, format!("request to {url} failed: {e}")).with_retryable(true)
+}
+
+fn status_error(status: reqwest::StatusCode, body: &str) -> Error {
+    let retryable = status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error();
+    let snippet: String = body.chars().take(500).collect();
+    Error::new(ErrorKind::Lm, format!("LM service answered {status}: {snippet}")).with_retryable(retryable)
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let secs: f64 = v.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+fn parse_usage(v: &Value) -> Option<Usage> {
+    let u = v.get("usage")?;
+    if u.is_null() {
+        return None;
+    }
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Some(Usage { prompt_tokens: n("prompt_tokens"), completion_tokens: n("completion_tokens"), total_tokens: n("total_tokens") })
+}
+
+fn parse_response(body: &str) -> Result<LmResponse> {
+    let v: Value = serde_json::from_str(body).map_err(|e| {
+        Error::new(ErrorKind::Lm, format!("LM service returned invalid JSON ({e}): {}", body.chars().take(200).collect::<String>()))
+    })?;
+    let choices = v.get("choices").and_then(Value::as_array).ok_or_else(|| {
+        Error::new(ErrorKind::Lm, format!("LM response has no `choices`: {}", body.chars().take(200).collect::<String>()))
+    })?;
+    let mut outputs = vec![None; choices.len()];
+    for (pos, c) in choices.iter().enumerate() {
+        let index = c.get("index").and_then(Value::as_u64).map_or(pos, |i| i as usize);
+        let text = c.pointer("/message/content").and_then(Value::as_str).map(str::to_string);
+        if index < outputs.len() {
+            outputs[index] = text;
+        }
+    }
+    Ok(LmResponse { outputs, usage: parse_usage(&v), model: v.get("model").and_then(Value::as_str).map(str::to_string) })
+}
+
+impl OpenAiClient {
+    /// A client for the service and model in `config`.
+    pub fn new(config: &LmConfig) -> Result<OpenAiClient> {
+        let base = config.base_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::new(ErrorKind::Config, format!("LM base URL must start with http:// or https://, got {base:?}")));
+        }
+        if base.starts_with("https://") && !cfg!(feature = "tls") {
+            return Err(Error::new(ErrorKind::Config, "HTTPS LM endpoints need dspex-native's `tls` feature"));
+        }
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Config, format!("cannot build HTTP client: {e}")))?;
+        let mut defaults = Map::new();
+        if let Some(t) = config.temperature {
+            defaults.insert("temperature".into(), Value::from(t));
+        }
+        if let Some(m) = config.max_tokens {
+            defaults.insert("max_tokens".into(), Value::from(m));
+        }
+        // LiteLLM's provider prefix is not part of the model's name at the service.
+        let model = config.model.strip_prefix("openai/").unwrap_or(&config.model).to_string();
+        Ok(OpenAiClient {
+            http,
+            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            model,
+            api_key: config.api_key.as_ref().map(|k| k.expose().to_string()),
+            defaults,
+            max_retries: config.max_retries,
+            attempt_timeout: config.timeout(),
+            backoff: Backoff { base: Duration::from_millis(250), max: Duration::from_secs(8) },
+        })
+    }
+
+    /// Shorten the back-off (tests and benchmarks).
+    pub fn with_backoff(mut self, base: Duration, max: Duration) -> OpenAiClient {
+        self.backoff = Backoff { base, max };
+        self
+    }
+
+    fn body(&self, request: &LmRequest, stream: bool) -> Value {
+        let mut body = Map::new();
+        body.insert("model".into(), Value::String(self.model.clone()));
+        body.insert("messages".into(), serde_json::to_value(&request.messages).unwrap_or(Value::Null));
+        for (k, v) in self.defaults.iter().chain(request.params.iter()) {
+            body.insert(k.clone(), v.clone());
+        }
+        if stream {
+            body.insert("stream".into(), Value::Bool(true));
+        }
+        Value::Object(body)
+    }
+
+    /// Send with retries; returns the first successful (2xx) response.
+    async fn send(&self, request: &LmRequest, body: &Value) -> Result<reqwest::Response> {
+        let payload = body.to_string();
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            let remaining = match request.deadline {
+                Some(d) => match d.checked_duration_since(started) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => return Err(Error::new(ErrorKind::Timeout, "deadline passed before the LM call")),
+                },
+                None => None,
+            };
+            let timeout = match (self.attempt_timeout, remaining) {
+                (Some(a), Some(r)) => Some(a.min(r)),
+                (a, r) => a.or(r),
+            };
+            let mut req = self
+                .http
+                .post(&self.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(payload.clone());
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
+            if let Some(key) = &self.api_key {
+                req = req.bearer_auth(key);
+            }
+            if let Some(id) = &request.request_id {
+                req = req.header("x-request-id", id);
+            }
+            let (err, hint) = match req.send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let hint = retry_after(resp.headers());
+                    let text = resp.text().await.unwrap_or_default();
+                    (status_error(status, &text), hint)
+                }
+                Err(e) if e.is_timeout() => {
+                    let deadline_hit = request.deadline.is_some_and(|d| Instant::now() >= d);
+                    if deadline_hit {
+                        return Err(Error::new(ErrorKind::Timeout, format!("LM call to {} ran past the deadline", self.url)));
+                    }
+                    (Error::new(ErrorKind::Timeout, format!("LM attempt timed out after {:?}", started.elapsed())).with_retryable(true), None)
+                }
+                Err(e) => (transport(e, &self.url), None),
+            };
+            if !err.is_retryable() || attempt >= self.max_retries {
+                return Err(err);
+            }
+            let delay = hint.unwrap_or_else(|| self.backoff.delay(attempt));
+            if request.deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                warn!(url = %self.url, attempt, "no time left to retry the LM call");
+                return Err(err);
+            }
+            debug!(url = %self.url, attempt, ?delay, error = %err, "retrying LM call");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn complete_inner(&self, request: LmRequest) -> Result<LmResponse> {
+        let body = self.body(&request, false);
+        let resp = self.send(&request, &body).await?;
+        let text = match request.deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), resp.text())
+                .await
+                .map_err(|_| Error::new(ErrorKind::Timeout, "LM response body ran past the deadline"))?,
+            None => resp.text().await,
+        }
+        .map_err(|e| transport(e, &self.url))?;
+        parse_response(&text)
+    }
+
+    async fn stream_inner(&self, request: LmRequest) -> Result<LmStream> {
+        let body = self.body(&request, true);
+        let resp = self.send(&request, &body).await?;
+        let url = self.url.clone();
+        let deadline = request.deadline;
+        struct State {
+            bytes: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+            decoder: SseDecoder,
+            pending: std::collections::VecDeque<Result<LmEvent>>,
+            texts: Vec<String>,
+            usage: Option<Usage>,
+            model: Option<String>,
+            done: bool,
+        }
+        let state = State {
+            bytes: resp.bytes_stream().boxed(),
+            decoder: SseDecoder::default(),
+            pending: Default::default(),
+            texts: Vec::new(),
+            usage: None,
+            model: None,
+            done: false,
+        };
+        fn absorb(st: &mut State, payload: &str) {
+            if payload.trim() == "[DONE]" {
+                st.done = true;
+                return;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(payload) else {
+                st.pending.push_back(Err(Error::new(ErrorKind::Lm, format!("bad stream event: {payload}"))));
+                st.done = true;
+                return;
+            };
+            if let Some(u) = parse_usage(&v) {
+                st.usage = Some(u);
+            }
+            if st.model.is_none() {
+                st.model = v.get("model").and_then(Value::as_str).map(str::to_string);
+            }
+            for (pos, c) in v.get("choices").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let index = c.get("index").and_then(Value::as_u64).map_or(pos, |i| i as usize);
+                if let Some(text) = c.pointer("/delta/content").and_then(Value::as_str) {
+                    if text.is_empty() {
+                        continue;
+                    }
+                    if st.texts.len() <= index {
+                        st.texts.resize(index + 1, String::new());
+                    }
+                    st.texts[index].push_str(text);
+                    st.pending.push_back(Ok(LmEvent::Delta { index, text: text.to_string() }));
+                }
+            }
+        }
+        let stream = futures_util::stream::unfold(Some(state), move |st| {
+            let url = url.clone();
+            async move {
+                let mut st = st?;
+                loop {
+                    if let Some(ev) = st.pending.pop_front() {
+                        return Some((ev, Some(st)));
+                    }
+                    if st.done {
+                        let response = LmResponse {
+                            outputs: std::mem::take(&mut st.texts).into_iter().map(Some).collect(),
+                            usage: st.usage,
+                            model: st.model.take(),
+                        };
+                        return Some((Ok(LmEvent::Done(response)), None));
+                    }
+                    let next = match deadline {
+                        Some(d) => match tokio::time::timeout_at(d.into(), st.bytes.next()).await {
+                            Ok(n) => n,
+                            Err(_) => {
+                                return Some((Err(Error::new(ErrorKind::Timeout, "LM stream ran past the deadline")), None))
+                            }
+                        },
+                        None => st.bytes.next().await,
+                    };
+                    match next {
+                        Some(Ok(chunk)) => {
+                            for payload in st.decoder.push(&chunk) {
+                                absorb(&mut st, &payload);
+                            }
+                        }
+                        Some(Err(e)) => return Some((Err(transport(e, &url)), None)),
+                        None => {
+                            if let Some(payload) = st.decoder.finish() {
+                                absorb(&mut st, &payload);
+                            }
+                            st.done = true;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+impl LanguageModel for OpenAiClient {
+    fn complete(&self, request: LmRequest) -> BoxFuture<'_, Result<LmResponse>> {
+        Box::pin(self.complete_inner(request))
+    }
+
+    fn stream(&self, request: LmRequest) -> BoxFuture<'_, Result<LmStream>> {
+        Box::pin(self.stream_inner(request))
+    }
+
+    fn describe(&self) -> String {
+        format!("openai-compatible:{} at {}", self.model, self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) };
+        for attempt in 0..8 {
+            let d = b.delay(attempt);
+            let exp = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(1));
+            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn responses_parse() {
+        let r = parse_response(r#"{"model":"m","choices":[{"index":1,"message":{"content":"b"}},{"index":0,"message":{"content":null}}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#).unwrap();
+        assert_eq!(r.outputs, vec![None, Some("b".into())]);
+        assert_eq!(r.usage.unwrap().total_tokens, 5);
+        assert_eq!(parse_response("{}").unwrap_err().kind(), ErrorKind::Lm);
+        assert_eq!(parse_response("nope").unwrap_err().kind(), ErrorKind::Lm);
+    }
+
+    #[test]
+    fn config_is_checked() {
+        assert_eq!(OpenAiClient::new(&LmConfig::new("m").with_base_url("ftp://x")).unwrap_err().kind(), ErrorKind::Config);
+        let c = OpenAiClient::new(&LmConfig::new("openai/gpt-x").with_base_url("http://127.0.0.1:1/v1/")).unwrap();
+        assert_eq!(c.url, "http://127.0.0.1:1/v1/chat/completions");
+        assert_eq!(c.model, "gpt-x");
+    }
+}

@@ -1,0 +1,346 @@
+//! A small OpenAI-compatible HTTP server on 127.0.0.1.
+//!
+//! It answers `POST …/chat/completions` (plain JSON or SSE streaming) from a
+//! [`Responder`], records every request body, and sets `TCP_NODELAY` so a
+//! call costs microseconds, not Nagle's 40 ms. Tests use it with scripted
+//! replies; the offline demo serves [`super::offline::OfflineResponder`]; the
+//! benchmarks use it as an LM with a fixed latency. Both the native client
+//! and DSPy (through LiteLLM's `api_base`) talk to it.
+//!
+//! ```no_run
+//! # async fn demo() -> dspex_core::Result<()> {
+//! use dspex_native::lm::server::{LmServer, Reply, Scripted};
+//!
+//! let server = LmServer::start(Scripted::new(vec![Reply::text("[[ ## answer ## ]]\n4")])).await?;
+//! println!("base URL: {}", server.base_url());
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dspex_core::{Error, ErrorKind, Result, Value};
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// What the server answers to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A completion: one text per choice, after `delay`.
+    Text {
+        /// One text per choice.
+        choices: Vec<String>,
+        /// Time before the answer starts.
+        delay: Duration,
+    },
+    /// An HTTP error status with a body and optional `Retry-After` seconds.
+    Status {
+        /// HTTP status code.
+        code: u16,
+        /// Response body.
+        body: String,
+        /// `Retry-After` header.
+        retry_after: Option<u64>,
+    },
+    /// Never answer (the client's deadline must fire).
+    Hang,
+    /// Close the connection without answering.
+    Drop,
+}
+
+impl Reply {
+    /// One choice with this text, answered at once.
+    pub fn text(s: impl Into<String>) -> Reply {
+        Reply::Text { choices: vec![s.into()], delay: Duration::ZERO }
+    }
+
+    /// An error status.
+    pub fn status(code: u16) -> Reply {
+        Reply::Status { code, body: format!("{{\"error\": {{\"message\": \"status {code}\"}}}}"), retry_after: None }
+    }
+
+    /// The same reply, after `delay`.
+    pub fn delayed(self, d: Duration) -> Reply {
+        match self {
+            Reply::Text { choices, .. } => Reply::Text { choices, delay: d },
+            other => other,
+        }
+    }
+}
+
+/// Decides the reply to each request (given its JSON body).
+pub trait Responder: Send + Sync + 'static {
+    /// The reply to `request`.
+    fn respond(&self, request: &Value) -> Reply;
+}
+
+impl<F> Responder for F
+where
+    F: Fn(&Value) -> Reply + Send + Sync + 'static,
+{
+    fn respond(&self, request: &Value) -> Reply {
+        self(request)
+    }
+}
+
+/// Replies from a queue, in order; the last one repeats when the queue runs out.
+#[derive(Debug)]
+pub struct Scripted {
+    queue: Mutex<VecDeque<Reply>>,
+    last: Mutex<Option<Reply>>,
+}
+
+impl Scripted {
+    /// Replies in this order.
+    pub fn new(replies: Vec<Reply>) -> Scripted {
+        Scripted { queue: Mutex::new(replies.into()), last: Mutex::new(None) }
+    }
+
+    /// Add a reply at the end of the queue.
+    pub fn push(&self, reply: Reply) {
+        self.queue.lock().push_back(reply);
+    }
+}
+
+impl Responder for Scripted {
+    fn respond(&self, _request: &Value) -> Reply {
+        match self.queue.lock().pop_front() {
+            Some(r) => {
+                *self.last.lock() = Some(r.clone());
+                r
+            }
+            None => self.last.lock().clone().unwrap_or_else(|| Reply::Status {
+                code: 500,
+                body: "{\"error\": {\"message\": \"no scripted reply left\"}}".into(),
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+/// A running server. Stops when dropped.
+pub struct LmServer {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Value>>>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for LmServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LmServer").field("addr", &self.addr).finish()
+    }
+}
+
+impl Drop for LmServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LmServer {
+    /// Listen on an ephemeral port of 127.0.0.1.
+    pub async fn start(responder: impl Responder) -> Result<LmServer> {
+        Self::start_on("127.0.0.1:0", responder).await
+    }
+
+    /// Listen on `addr`.
+    pub async fn start_on(addr: &str, responder: impl Responder) -> Result<LmServer> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot listen on {addr}: {e}")))?;
+        let addr = listener.local_addr()?;
+        let requests: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let responder: Arc<dyn Responder> = Arc::new(responder);
+        let recorded = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let responder = responder.clone();
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let _ = serve(stream, responder, recorded).await;
+                });
+            }
+        });
+        Ok(LmServer { addr, requests, task })
+    }
+
+    /// The socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, for `base_url` / `api_base`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Every request body received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.requests.lock().clone()
+    }
+
+    /// Forget the recorded requests.
+    pub fn clear_requests(&self) {
+        self.requests.lock().clear();
+    }
+}
+
+async fn serve(stream: TcpStream, responder: Arc<dyn Responder>, recorded: Arc<Mutex<Vec<Value>>>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).await? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).await?;
+        if !path.ends_with("/chat/completions") {
+            respond_raw(&mut write, 404, "application/json", b"{\"error\": {\"message\": \"not found\"}}", &[]).await?;
+            continue;
+        }
+        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        recorded.lock().push(request.clone());
+        let stream_mode = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let model = request.get("model").and_then(Value::as_str).unwrap_or("local").to_string();
+        match responder.respond(&request) {
+            Reply::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return Ok(());
+            }
+            Reply::Drop => return Ok(()),
+            Reply::Status { code, body, retry_after } => {
+                let extra: Vec<(String, String)> =
+                    retry_after.map(|s| vec![("Retry-After".to_string(), s.to_string())]).unwrap_or_default();
+                respond_raw(&mut write, code, "application/json", body.as_bytes(), &extra).await?;
+            }
+            Reply::Text { choices, delay } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if stream_mode {
+                    stream_reply(&mut write, &model, &choices).await?;
+                } else {
+                    let body = completion_body(&model, &choices);
+                    respond_raw(&mut write, 200, "application/json", body.as_bytes(), &[]).await?;
+                }
+            }
+        }
+    }
+}
+
+fn usage(choices: &[String]) -> Value {
+    let completion: usize = choices.iter().map(|c| c.split_whitespace().count()).sum();
+    serde_json::json!({"prompt_tokens": 10, "completion_tokens": completion, "total_tokens": 10 + completion})
+}
+
+fn completion_body(model: &str, choices: &[String]) -> String {
+    let choices_json: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            serde_json::json!({"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"})
+        })
+        .collect();
+    serde_json::json!({
+        "id": "chatcmpl-local",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": choices_json,
+        "usage": usage(choices),
+    })
+    .to_string()
+}
+
+async fn respond_raw(
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    code: u16,
+    content_type: &str,
+    body: &[u8],
+    extra: &[(String, String)],
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        reason(code),
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    w.write_all(&out).await
+}
+
+async fn stream_reply(w: &mut tokio::net::tcp::OwnedWriteHalf, model: &str, choices: &[String]) -> std::io::Result<()> {
+    w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n").await?;
+    async fn chunk(w: &mut tokio::net::tcp::OwnedWriteHalf, data: &str) -> std::io::Result<()> {
+        let payload = format!("data: {data}\n\n");
+        w.write_all(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes()).await?;
+        w.flush().await
+    }
+    for (i, text) in choices.iter().enumerate() {
+        // Word-sized pieces, like a real model's tokens.
+        let mut piece = String::new();
+        for ch in text.chars() {
+            piece.push(ch);
+            if ch.is_whitespace() && piece.len() >= 4 {
+                let ev = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
+                    "choices": [{"index": i, "delta": {"content": piece}, "finish_reason": null}]});
+                chunk(w, &ev.to_string()).await?;
+                piece.clear();
+            }
+        }
+        if !piece.is_empty() {
+            let ev = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
+                "choices": [{"index": i, "delta": {"content": piece}, "finish_reason": null}]});
+            chunk(w, &ev.to_string()).await?;
+        }
+    }
+    let last = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage(choices)});
+    chunk(w, &last.to_string()).await?;
+    chunk(w, "[DONE]").await?;
+    w.write_all(b"0\r\n\r\n").await?;
+    w.flush().await
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}

@@ -1,0 +1,145 @@
+//! Checking values against field types.
+//!
+//! [`check_inputs`] tells a caller, before any LM call, which input does not
+//! match its declared type: the error names the field, the expected type
+//! and the offending value. Output values are checked (and coerced, as
+//! pydantic does) when a completion is parsed.
+//!
+//! ```
+//! use dspex_native::{parse_signature, validate::check_inputs};
+//! use serde_json::json;
+//!
+//! let sig = parse_signature("question, k: int -> answer", None).unwrap();
+//! assert!(check_inputs(&sig, json!({"question": "q", "k": 3}).as_object().unwrap()).is_ok());
+//! let err = check_inputs(&sig, json!({"question": "q", "k": "three"}).as_object().unwrap()).unwrap_err();
+//! assert_eq!(err.message(), "input `k` expects int, got 'three'");
+//! assert_eq!(err.context().field.as_deref(), Some("k"));
+//! ```
+
+use dspex_core::{DspyType, Error, ErrorKind, FieldType, LiteralValue, Map, Result, Signature, Value};
+
+use crate::py;
+
+/// Whether `value` is a valid value of type `ty` (ints count as floats; a
+/// `str` field also takes a list of strings, as DSPy allows).
+pub fn matches_type(ty: &FieldType, value: &Value) -> bool {
+    let all = |items: &Vec<Value>, t: &Option<Box<FieldType>>| match t {
+        Some(t) => items.iter().all(|v| matches_type(t, v)),
+        None => true,
+    };
+    match (ty, value) {
+        (FieldType::Any, _) => true,
+        (FieldType::Str, Value::String(_)) => true,
+        (FieldType::Str, Value::Array(items)) => items.iter().all(Value::is_string),
+        (FieldType::Bytes, Value::String(_)) => true,
+        (FieldType::Int, Value::Number(n)) => n.is_i64() || n.is_u64(),
+        (FieldType::Int, Value::Bool(_)) => true,
+        (FieldType::Float, Value::Number(_)) => true,
+        (FieldType::Bool, Value::Bool(_)) => true,
+        (FieldType::None, Value::Null) => true,
+        (FieldType::List(t) | FieldType::Set(t) | FieldType::FrozenSet(t), Value::Array(items)) => all(items, t),
+        (FieldType::Tuple(None), Value::Array(_)) => true,
+        (FieldType::Tuple(Some(members)), Value::Array(items)) => {
+            members.len() == items.len() && members.iter().zip(items).all(|(t, v)| matches_type(t, v))
+        }
+        (FieldType::VarTuple(t), Value::Array(items)) => items.iter().all(|v| matches_type(t, v)),
+        (FieldType::Dict(None), Value::Object(_)) => true,
+        (FieldType::Dict(Some((k, v))), Value::Object(map)) => map.iter().all(|(key, val)| {
+            let key_ok = match k.as_ref() {
+                FieldType::Str | FieldType::Any => true,
+                FieldType::Int => key.parse::<i64>().is_ok(),
+                other => matches_type(other, &Value::String(key.clone())),
+            };
+            key_ok && matches_type(v, val)
+        }),
+        (FieldType::Literal(values), v) => values.iter().any(|l| literal_matches(l, v)),
+        (FieldType::Union(members), v) => members.iter().any(|t| matches_type(t, v)),
+        (FieldType::Dspy(DspyType::History), Value::Object(o)) => {
+            o.len() == 1 && o.get("messages").and_then(Value::as_array).is_some_and(|m| m.iter().all(Value::is_object))
+        }
+        _ => false,
+    }
+}
+
+fn literal_matches(l: &LiteralValue, v: &Value) -> bool {
+    match (l, v) {
+        (LiteralValue::Str(a), Value::String(b)) => a == b,
+        (LiteralValue::Int(a), Value::Number(n)) => n.as_i64() == Some(*a),
+        (LiteralValue::Bool(a), Value::Bool(b)) => a == b,
+        (LiteralValue::None, Value::Null) => true,
+        _ => false,
+    }
+}
+
+/// Check every provided input against its field's type. Inputs that are
+/// missing, `null`, or were declared without a type are not checked (DSPy
+/// does not either); names not in the signature are ignored.
+pub fn check_inputs(sig: &Signature, inputs: &Map) -> Result<()> {
+    for field in sig.inputs() {
+        let Some(value) = inputs.get(field.name()) else { continue };
+        if value.is_null() || !field.type_declared() {
+            continue;
+        }
+        if !matches_type(field.ty(), value) {
+            let mut shown = py::value_repr(value);
+            if shown.chars().count() > 200 {
+                shown = shown.chars().take(200).collect::<String>() + "…";
+            }
+            return Err(Error::new(
+                ErrorKind::Validation,
+                format!("input `{}` expects {}, got {shown}", field.name(), field.ty().annotation_name()),
+            )
+            .with_field(field.name()));
+        }
+    }
+    Ok(())
+}
+
+/// Names of inputs the signature declares but `inputs` lacks (and whose type
+/// does not allow `None`), as DSPy warns about.
+pub fn missing_inputs(sig: &Signature, inputs: &Map) -> Vec<String> {
+    sig.inputs()
+        .iter()
+        .filter(|f| !inputs.contains_key(f.name()) && f.default().is_none() && !f.ty().allows_none())
+        .map(|f| f.name().to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_type;
+    use serde_json::json;
+
+    fn ok(t: &str, v: Value) -> bool {
+        matches_type(&parse_type(t).unwrap(), &v)
+    }
+
+    #[test]
+    fn types() {
+        assert!(ok("list[int]", json!([1, 2])));
+        assert!(!ok("list[int]", json!([1, "2"])));
+        assert!(ok("float", json!(1)));
+        assert!(!ok("int", json!(1.5)));
+        assert!(ok("dict[int, str]", json!({"1": "a"})));
+        assert!(!ok("dict[int, str]", json!({"x": "a"})));
+        assert!(ok("Optional[Literal['a', 1]]", json!(1)));
+        assert!(ok("Optional[Literal['a', 1]]", json!(null)));
+        assert!(!ok("Literal['a', 1]", json!("b")));
+        assert!(ok("tuple[int, str]", json!([1, "a"])));
+        assert!(!ok("tuple[int, str]", json!([1])));
+        assert!(ok("str", json!(["a", "b"])));
+        assert!(ok("dspy.History", json!({"messages": [{"q": "x"}]})));
+        assert!(!ok("dspy.History", json!({"messages": "x"})));
+    }
+
+    #[test]
+    fn errors_name_field_type_and_value() {
+        let sig = crate::parse_signature("a: list[int], b -> c", None).unwrap();
+        let err = check_inputs(&sig, json!({"a": [1, "x"], "b": 3}).as_object().unwrap()).unwrap_err();
+        assert_eq!(err.message(), "input `a` expects list[int], got [1, 'x']");
+        // `b` is untyped: anything goes, as in DSPy.
+        assert!(check_inputs(&sig, json!({"a": [1], "b": 3}).as_object().unwrap()).is_ok());
+        assert_eq!(missing_inputs(&sig, json!({"a": [1]}).as_object().unwrap()), vec!["b".to_string()]);
+    }
+}
