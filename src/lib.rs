@@ -1,1 +1,40 @@
-//! dspex
+//! # dspex
+//!
+//! An embeddable Rust runtime for DSPy programs.
+//!
+//! This facade re-exports what an application needs: the data model
+//! ([`Signature`], [`Prediction`], [`ProgramSpec`], [`Error`]) and the native
+//! engine ([`native`]): DSPy-identical signature parsing, prompt formatting
+//! and completion parsing, and native `Predict` / `ChainOfThought` over any
+//! OpenAI-compatible LM.
+//!
+//! ```
+//! use dspex::{native, AdapterKind};
+//! use serde_json::json;
+//!
+//! let sig = native::parse_signature("question -> answer: int", None)?;
+//! let messages = native::adapter::format(AdapterKind::Chat, &sig, &[], json!({"question": "2+2?"}).as_object().unwrap())?;
+//! assert_eq!(messages.len(), 2);
+//! let fields = native::adapter::parse(AdapterKind::Chat, &sig, "[[ ## answer ## ]]\n4")?;
+//! assert_eq!(fields["answer"], json!(4));
+//! # Ok::<(), dspex::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub use dspex_core::{
+    AdapterKind, ClassSignature, Error, ErrorContext, ErrorKind, Example, Field, FieldDecl, FieldRole, FieldSpec,
+    FieldType, LmConfig, Map, ModuleKind, Prediction, ProgramSpec, Result, Signature, SignatureSpec, Usage, Value,
+};
+
+/// The native engine (`dspex-native`).
+pub use dspex_native as native;
+
+// The README's and the guides' code blocks are compiled and run as doctests:
+// an example in the docs that does not run is a bug.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/getting-started.md")]
+pub struct GettingStartedDoctests;

@@ -72,11 +72,18 @@ fn native_predict_sends_what_dspy_predict_sends() {
             json!([{"question": "2+3?", "reasoning": "add", "answer": "5"}, {"question": "q2", "answer": "a2"}]),
             "[[ ## reasoning ## ]]\nr\n\n[[ ## answer ## ]]\nParis",
         ),
-        ("question -> answer, tags: list[str]", ModuleKind::Predict, AdapterKind::Json, json!([]), "{\"answer\": \"Paris\", \"tags\": [\"geo\"]}"),
+        (
+            "question -> answer, tags: list[str]",
+            ModuleKind::Predict,
+            AdapterKind::Json,
+            json!([]),
+            "{\"answer\": \"Paris\", \"tags\": [\"geo\"]}",
+        ),
     ];
     for (sig, module, adapter, demos, reply) in cases {
         let server = rt.block_on(LmServer::start(Scripted::new(vec![Reply::text(reply)]))).unwrap();
-        let inputs = json!({"question": "What is the capital of France?", "context": ["Paris is in France.", "Lyon too."]});
+        let inputs =
+            json!({"question": "What is the capital of France?", "context": ["Paris is in France.", "Lyon too."]});
         let inputs = inputs.as_object().cloned().unwrap();
         let inputs: Map = inputs.into_iter().filter(|(k, _)| sig.contains(k.as_str())).collect();
         let mut spec = ProgramSpec::predict(SignatureSpec::Text(sig.into()));
@@ -112,7 +119,10 @@ fn program_compiled_by_dspy_runs_natively() {
     server.clear_requests();
     let pred = rt.block_on(async {
         let lm = OpenAiClient::new(&LmConfig::new("openai/offline").with_base_url(server.base_url())).unwrap();
-        program.call(&lm, json!({"question": "What is 17 + 25?"}).as_object().unwrap(), &CallOptions::default()).await.unwrap()
+        program
+            .call(&lm, json!({"question": "What is 17 + 25?"}).as_object().unwrap(), &CallOptions::default())
+            .await
+            .unwrap()
     });
     assert_eq!(pred.fields["answer"], "42");
     let native = server.requests().last().cloned().unwrap();

@@ -66,7 +66,10 @@ fn deadline_bounds_a_hung_service() {
     runtime().block_on(async {
         let server = LmServer::start(Scripted::new(vec![Reply::Hang])).await.unwrap();
         let started = Instant::now();
-        let req = LmRequest { deadline: Some(Instant::now() + Duration::from_millis(150)), ..LmRequest::new(vec![Message::user("x")]) };
+        let req = LmRequest {
+            deadline: Some(Instant::now() + Duration::from_millis(150)),
+            ..LmRequest::new(vec![Message::user("x")])
+        };
         let err = client(&server).complete(req).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout);
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
@@ -78,9 +81,12 @@ fn transport_failures_are_retryable() {
     runtime().block_on(async {
         // Bind then drop a listener so the port is (almost certainly) closed.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let lm = OpenAiClient::new(&LmConfig { max_retries: 1, ..LmConfig::new("m").with_base_url(format!("http://127.0.0.1:{port}/v1")) })
-            .unwrap()
-            .with_backoff(Duration::from_millis(1), Duration::from_millis(2));
+        let lm = OpenAiClient::new(&LmConfig {
+            max_retries: 1,
+            ..LmConfig::new("m").with_base_url(format!("http://127.0.0.1:{port}/v1"))
+        })
+        .unwrap()
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(2));
         let err = lm.complete(LmRequest::new(vec![Message::user("x")])).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Transport);
         assert!(err.is_retryable());
@@ -116,7 +122,8 @@ fn sse_stream_yields_chunks_in_order_then_done() {
 
         // Through a native ChainOfThought: chunks tagged by field, then the prediction.
         let program = NativeProgram::from_spec(&ProgramSpec::chain_of_thought("question -> answer: int")).unwrap();
-        let mut events = program.stream(lm.clone(), &obj(json!({"question": "2+2?"})), &CallOptions::default()).await.unwrap();
+        let mut events =
+            program.stream(lm.clone(), &obj(json!({"question": "2+2?"})), &CallOptions::default()).await.unwrap();
         let mut fields_seen = Vec::new();
         let mut last = None;
         while let Some(ev) = events.next().await {
@@ -163,7 +170,8 @@ fn chat_parse_failure_falls_back_to_json_adapter() {
         *strict.predictor_mut() = p;
         server.clear_requests();
         let fresh = LmServer::start(Scripted::new(vec![Reply::text("no headers")])).await.unwrap();
-        let err = strict.call(&client(&fresh), &obj(json!({"question": "q"})), &CallOptions::default()).await.unwrap_err();
+        let err =
+            strict.call(&client(&fresh), &obj(json!({"question": "q"})), &CallOptions::default()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Parse);
         assert_eq!(err.python_type(), Some("AdapterParseError"));
         assert_eq!(fresh.requests().len(), 1);

@@ -1,6 +1,8 @@
 //! Integration tests over the public API, in one binary (shared helpers in `support`).
 
+mod cli;
 mod dspy_parity;
 mod lm_client;
 mod parity;
+mod robustness;
 mod support;

@@ -46,10 +46,7 @@ pub fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let venv = repo_root().join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "this test needs Python with dspy==3.4.1: run `scripts/setup-python` (or set DSPEX_PYTHON)"
-    );
+    assert!(venv.exists(), "this test needs Python with dspy==3.4.1: run `scripts/setup-python` (or set DSPEX_PYTHON)");
     venv
 }
 

@@ -143,8 +143,17 @@ impl ErrorContext {
 }
 
 /// A classified runtime error. See the [module docs](self).
+///
+/// The fields live behind one box so `Result<T, Error>` stays pointer-sized
+/// on the happy path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Error {
+    inner: Box<Inner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Inner {
     kind: ErrorKind,
     message: String,
     #[serde(default, skip_serializing_if = "ErrorContext::is_empty")]
@@ -163,12 +172,14 @@ impl Error {
     /// A new error of `kind` with the kind's default retry advice.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
-            kind,
-            message: message.into(),
-            context: ErrorContext::default(),
-            retryable: kind.default_retryable(),
-            python_type: None,
-            traceback: None,
+            inner: Box::new(Inner {
+                kind,
+                message: message.into(),
+                context: ErrorContext::default(),
+                retryable: kind.default_retryable(),
+                python_type: None,
+                traceback: None,
+            }),
         }
     }
 
@@ -189,55 +200,55 @@ impl Error {
 
     /// What failed.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.inner.kind
     }
 
     /// The message, without context.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 
     /// Where it failed.
     pub fn context(&self) -> &ErrorContext {
-        &self.context
+        &self.inner.context
     }
 
     /// Whether retrying the same request may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.inner.retryable
     }
 
     /// DSPy's (or Python's) name for this error, where it mirrors one.
     pub fn python_type(&self) -> Option<&str> {
-        self.python_type.as_deref()
+        self.inner.python_type.as_deref()
     }
 
     /// The Python traceback, for errors raised in a worker.
     pub fn traceback(&self) -> Option<&str> {
-        self.traceback.as_deref()
+        self.inner.traceback.as_deref()
     }
 
     /// Override the retry advice.
     pub fn with_retryable(mut self, retryable: bool) -> Self {
-        self.retryable = retryable;
+        self.inner.retryable = retryable;
         self
     }
 
     /// Record DSPy's name for this error.
     pub fn with_python_type(mut self, name: impl Into<String>) -> Self {
-        self.python_type = Some(name.into());
+        self.inner.python_type = Some(name.into());
         self
     }
 
     /// Attach a Python traceback.
     pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
-        self.traceback = Some(traceback.into());
+        self.inner.traceback = Some(traceback.into());
         self
     }
 
     /// Merge context: fields already set are kept (the innermost layer knows best).
     pub fn with_context(mut self, ctx: ErrorContext) -> Self {
-        let c = &mut self.context;
+        let c = &mut self.inner.context;
         c.pool = c.pool.take().or(ctx.pool);
         c.worker = c.worker.take().or(ctx.worker);
         c.session = c.session.take().or(ctx.session);
@@ -249,45 +260,45 @@ impl Error {
 
     /// Set the pool, unless already set.
     pub fn with_pool(mut self, pool: impl Into<String>) -> Self {
-        self.context.pool.get_or_insert_with(|| pool.into());
+        self.inner.context.pool.get_or_insert_with(|| pool.into());
         self
     }
 
     /// Set the worker, unless already set.
     pub fn with_worker(mut self, worker: impl Into<String>) -> Self {
-        self.context.worker.get_or_insert_with(|| worker.into());
+        self.inner.context.worker.get_or_insert_with(|| worker.into());
         self
     }
 
     /// Set the session, unless already set.
     pub fn with_session(mut self, session: impl Into<String>) -> Self {
-        self.context.session.get_or_insert_with(|| session.into());
+        self.inner.context.session.get_or_insert_with(|| session.into());
         self
     }
 
     /// Set the pipeline step, unless already set.
     pub fn with_step(mut self, step: impl Into<String>) -> Self {
-        self.context.step.get_or_insert_with(|| step.into());
+        self.inner.context.step.get_or_insert_with(|| step.into());
         self
     }
 
     /// Set the field, unless already set.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.context.field.get_or_insert_with(|| field.into());
+        self.inner.context.field.get_or_insert_with(|| field.into());
         self
     }
 
     /// Set the request id, unless already set.
     pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
-        self.context.request_id.get_or_insert_with(|| id.into());
+        self.inner.context.request_id.get_or_insert_with(|| id.into());
         self
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)?;
-        let c = &self.context;
+        write!(f, "{}: {}", self.inner.kind, self.inner.message)?;
+        let c = &self.inner.context;
         let parts = [
             ("pool", &c.pool),
             ("worker", &c.worker),

@@ -19,8 +19,8 @@ pub use error::{Error, ErrorContext, ErrorKind, Result};
 pub use example::{Example, Map, Prediction, Usage};
 pub use program::{AdapterKind, ClassSignature, FieldDecl, ModuleKind, ProgramSpec, SignatureSpec};
 pub use signature::{
-    check_field_name, cleandoc, infer_prefix, Constraint, DspyType, Field, FieldRole, FieldSpec, FieldType, LiteralValue, Signature,
-    SignatureBuilder,
+    check_field_name, cleandoc, infer_prefix, Constraint, DspyType, Field, FieldRole, FieldSpec, FieldType,
+    LiteralValue, Memo, Signature, SignatureBuilder,
 };
 
 /// JSON values, as used for every field value.

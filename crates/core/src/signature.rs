@@ -354,9 +354,7 @@ impl FieldType {
             FieldType::List(t) | FieldType::Set(t) | FieldType::FrozenSet(t) => {
                 t.as_deref().is_none_or(FieldType::is_native_value)
             }
-            FieldType::Dict(kv) => kv
-                .as_ref()
-                .is_none_or(|(k, v)| k.is_native_value() && v.is_native_value()),
+            FieldType::Dict(kv) => kv.as_ref().is_none_or(|(k, v)| k.is_native_value() && v.is_native_value()),
             FieldType::Tuple(items) => items.as_ref().is_none_or(|i| i.iter().all(FieldType::is_native_value)),
             FieldType::VarTuple(t) => t.is_native_value(),
             FieldType::Union(items) => items.iter().all(FieldType::is_native_value),
@@ -454,9 +452,11 @@ impl Constraint {
     /// The constraint's value as JSON.
     pub fn value(&self) -> Value {
         match self {
-            Constraint::Gt(n) | Constraint::Ge(n) | Constraint::Lt(n) | Constraint::Le(n) | Constraint::MultipleOf(n) => {
-                Value::Number(n.clone())
-            }
+            Constraint::Gt(n)
+            | Constraint::Ge(n)
+            | Constraint::Lt(n)
+            | Constraint::Le(n)
+            | Constraint::MultipleOf(n) => Value::Number(n.clone()),
             Constraint::MinLength(n) | Constraint::MaxLength(n) => Value::from(*n),
             Constraint::AllowInfNan(b) => Value::Bool(*b),
         }
@@ -467,7 +467,10 @@ impl Constraint {
         let bad = || {
             Error::new(
                 ErrorKind::InvalidSignature,
-                format!("constraint `{key}` needs a {} value, got {value}", if key.ends_with("length") { "non-negative integer" } else { "numeric" }),
+                format!(
+                    "constraint `{key}` needs a {} value, got {value}",
+                    if key.ends_with("length") { "non-negative integer" } else { "numeric" }
+                ),
             )
         };
         let num = || match value {
@@ -534,7 +537,7 @@ impl Field {
         self.desc.len() == self.name.len() + 3
             && self.desc.starts_with("${")
             && self.desc.ends_with('}')
-            && &self.desc[2..self.desc.len() - 1] == self.name
+            && self.desc[2..self.desc.len() - 1] == self.name
     }
     /// Pydantic constraints, in declaration order.
     pub fn constraints(&self) -> &[Constraint] {
@@ -619,6 +622,9 @@ impl FieldSpec {
     }
 }
 
+/// A value the engine derives from a signature alone and caches on it.
+pub type Memo = Arc<dyn std::any::Any + Send + Sync>;
+
 /// Number of memo slots a signature carries for the engine's cached renderings.
 pub const MEMO_SLOTS: usize = 4;
 
@@ -628,7 +634,8 @@ pub struct Signature {
     instructions: String,
     fields: Vec<Field>,
     n_inputs: usize,
-    memo: Arc<[OnceLock<Arc<str>>; MEMO_SLOTS]>,
+    all_native: bool,
+    memo: Arc<[OnceLock<Memo>; MEMO_SLOTS]>,
 }
 
 impl PartialEq for Signature {
@@ -680,7 +687,7 @@ impl Signature {
 
     /// Whether every field's type can run natively.
     pub fn is_native(&self) -> bool {
-        self.fields.iter().all(|f| f.ty.is_native())
+        self.all_native
     }
 
     /// A new signature with different instructions (`with_instructions`).
@@ -744,8 +751,14 @@ impl Signature {
     /// A slot for a rendering the engine derives from this signature alone
     /// (for example a system message), computed once and shared by clones.
     /// Slots are assigned by the engine; the signature does not interpret them.
-    pub fn memo(&self, slot: usize) -> Option<&OnceLock<Arc<str>>> {
+    pub fn memo(&self, slot: usize) -> Option<&OnceLock<Memo>> {
         self.memo.get(slot)
+    }
+}
+
+impl AsRef<Signature> for Signature {
+    fn as_ref(&self) -> &Signature {
+        self
     }
 }
 
@@ -813,8 +826,11 @@ impl SignatureBuilder {
                     )
                     .with_python_type("ValueError"));
                 }
-                return Err(Error::new(ErrorKind::InvalidSignature, format!("field `{}` is declared twice", spec.name))
-                    .with_field(spec.name.clone()));
+                return Err(Error::new(
+                    ErrorKind::InvalidSignature,
+                    format!("field `{}` is declared twice", spec.name),
+                )
+                .with_field(spec.name.clone()));
             }
         }
         Ok(self.build_unchecked())
@@ -827,8 +843,18 @@ impl SignatureBuilder {
         };
         let n_inputs = self.inputs.len();
         let make = |spec: FieldSpec, role: FieldRole| Field {
-            prefix: spec.prefix.unwrap_or_else(|| format!("{}:", infer_prefix(&spec.name))),
-            desc: spec.desc.unwrap_or_else(|| format!("${{{}}}", spec.name)),
+            prefix: spec.prefix.unwrap_or_else(|| {
+                let mut p = infer_prefix(&spec.name);
+                p.push(':');
+                p
+            }),
+            desc: spec.desc.unwrap_or_else(|| {
+                let mut d = String::with_capacity(spec.name.len() + 3);
+                d.push_str("${");
+                d.push_str(&spec.name);
+                d.push('}');
+                d
+            }),
             name: spec.name,
             role,
             ty: spec.ty,
@@ -836,13 +862,14 @@ impl SignatureBuilder {
             type_declared: spec.type_declared,
             default: spec.default,
         };
-        let fields = self
+        let fields: Vec<Field> = self
             .inputs
             .into_iter()
             .map(|s| make(s, FieldRole::Input))
             .chain(self.outputs.into_iter().map(|s| make(s, FieldRole::Output)))
             .collect();
-        Signature { instructions, fields, n_inputs, memo: Arc::new(Default::default()) }
+        let all_native = fields.iter().all(|f: &Field| f.ty.is_native());
+        Signature { instructions, fields, n_inputs, all_native, memo: Arc::new(Default::default()) }
     }
 }
 
@@ -875,13 +902,35 @@ pub fn check_field_name(name: &str) -> Result<()> {
 
 /// DSPy's default instructions: ``Given the fields `a`, produce the fields `b`.``
 pub fn default_instructions(inputs: &[FieldSpec], outputs: &[FieldSpec]) -> String {
-    let list = |fields: &[FieldSpec]| fields.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", ");
-    format!("Given the fields {}, produce the fields {}.", list(inputs), list(outputs))
+    let mut out = String::with_capacity(48 + 6 * (inputs.len() + outputs.len()));
+    let list = |out: &mut String, fields: &[FieldSpec]| {
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push('`');
+            out.push_str(&f.name);
+            out.push('`');
+        }
+    };
+    out.push_str("Given the fields ");
+    list(&mut out, inputs);
+    out.push_str(", produce the fields ");
+    list(&mut out, outputs);
+    out.push('.');
+    out
 }
 
 /// DSPy's `infer_prefix`: `camelCaseText` → `Camel Case Text`,
 /// `text2number` → `Text 2 Number`, `HTMLParser` → `HTML Parser`.
 pub fn infer_prefix(name: &str) -> String {
+    if name.is_ascii() {
+        return infer_prefix_ascii(name.as_bytes());
+    }
+    infer_prefix_general(name)
+}
+
+fn infer_prefix_general(name: &str) -> String {
     let chars: Vec<char> = name.chars().collect();
     // re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     let mut s1: Vec<char> = Vec::with_capacity(chars.len() + 4);
@@ -914,6 +963,71 @@ pub fn infer_prefix(name: &str) -> String {
         .join(" ")
 }
 
+/// `infer_prefix` for ASCII names, in one pass: word boundaries are found on
+/// the bytes, then each word is title-cased unless it is all upper case.
+fn infer_prefix_ascii(b: &[u8]) -> String {
+    // Step 1: `(.)([A-Z][a-z]+)` inserts a break before an upper-case letter that
+    // starts a lower-case run (not at the very start).
+    let mut breaks = vec![false; b.len() + 1];
+    let mut i = 0;
+    while i + 1 < b.len() {
+        if b[i] != b'\n' && b[i + 1].is_ascii_uppercase() && b.get(i + 2).is_some_and(u8::is_ascii_lowercase) {
+            breaks[i + 1] = true;
+            let mut j = i + 2;
+            while j < b.len() && b[j].is_ascii_lowercase() {
+                j += 1;
+            }
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    // Steps 2-4 run on the text with step 1's underscores; an inserted `_`
+    // separates the pair, so a pair only counts where no break was inserted.
+    let pair_pass = |breaks: &mut Vec<bool>, first: &dyn Fn(u8) -> bool, second: &dyn Fn(u8) -> bool| {
+        let mut i = 0;
+        while i + 1 < b.len() {
+            if !breaks[i + 1] && first(b[i]) && second(b[i + 1]) {
+                breaks[i + 1] = true;
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+    };
+    pair_pass(&mut breaks, &|a| a.is_ascii_lowercase() || a.is_ascii_digit(), &|c| c.is_ascii_uppercase());
+    pair_pass(&mut breaks, &|a| a.is_ascii_alphabetic(), &|c| c.is_ascii_digit());
+    pair_pass(&mut breaks, &|a| a.is_ascii_digit(), &|c| c.is_ascii_alphabetic());
+    let mut out = String::with_capacity(b.len() + 8);
+    let mut word_start = 0;
+    let emit = |out: &mut String, word: &[u8], first: bool| {
+        if !first {
+            out.push(' ');
+        }
+        let upper = word.iter().any(u8::is_ascii_uppercase) && !word.iter().any(u8::is_ascii_lowercase);
+        for (k, &c) in word.iter().enumerate() {
+            let c = if upper {
+                c
+            } else if k == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            out.push(c as char);
+        }
+    };
+    let mut first = true;
+    for k in 0..=b.len() {
+        let split = k == b.len() || b[k] == b'_' || breaks[k];
+        if split {
+            emit(&mut out, &b[word_start..k], first);
+            first = false;
+            word_start = if k < b.len() && b[k] == b'_' { k + 1 } else { k };
+        }
+    }
+    out
+}
+
 /// Non-overlapping left-to-right `re.sub("(A)(B)", r"\1_\2")`.
 fn insert_between(chars: &[char], first: impl Fn(char) -> bool, second: impl Fn(char) -> bool) -> Vec<char> {
     let mut out = Vec::with_capacity(chars.len() + 4);
@@ -941,9 +1055,9 @@ fn decimal_like(c: char) -> bool {
     // Nd digits come in contiguous runs of ten starting at a code point ending in 0 or 6;
     // `char::is_numeric` also admits No/Nl (like '²' or 'Ⅻ'), which Python's \d rejects.
     const ND_ZEROS: &[u32] = &[
-        0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66, 0xDE6, 0xE50, 0xED0,
-        0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50,
-        0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10,
+        0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66, 0xDE6, 0xE50, 0xED0, 0xF20,
+        0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0,
+        0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10,
     ];
     let cp = c as u32;
     ND_ZEROS.iter().any(|&z| cp >= z && cp < z + 10)
@@ -1069,6 +1183,37 @@ mod tests {
         assert_eq!(infer_prefix("a2B"), "A 2 B");
         assert_eq!(infer_prefix("é"), "É");
         assert_eq!(infer_prefix("question"), "Question");
+        // Outputs of DSPy's own infer_prefix; both implementations must agree.
+        let cases = [
+            ("camelCaseText", "Camel Case Text"),
+            ("HTMLParser", "HTML Parser"),
+            ("text2number", "Text 2 Number"),
+            ("x_1", "X 1"),
+            ("y2z", "Y 2 Z"),
+            ("ABC", "ABC"),
+            ("getHTTPResponseCode", "Get HTTP Response Code"),
+            ("a2B", "A 2 B"),
+            ("__a__b", "  A  B"),
+            ("a__b", "A  B"),
+            ("_", " "),
+            ("A", "A"),
+            ("aB", "A B"),
+            ("AbcDEF", "Abc DEF"),
+            ("v2Beta3Gamma", "V 2 Beta 3 Gamma"),
+            ("MAX_LEN", "MAX LEN"),
+            ("snake_Case_Text", "Snake  Case  Text"),
+            ("iPhone12Pro", "I Phone 12 Pro"),
+            ("a1b2c3", "A 1 B 2 C 3"),
+            ("ab12CD34ef", "Ab 12 CD 34 Ef"),
+            ("XMLHttp2Request", "XML Http 2 Request"),
+            ("a_", "A "),
+            ("9lives", "9 Lives"),
+            ("x9Y", "X 9 Y"),
+        ];
+        for (name, want) in cases {
+            assert_eq!(infer_prefix(name), want, "{name}");
+            assert_eq!(infer_prefix_general(name), want, "{name} (general path)");
+        }
     }
 
     #[test]
@@ -1111,7 +1256,8 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err.message(), "Input and output fields must have distinct names, but found duplicates: 'a, b'.");
-        let err = Signature::builder().input(FieldSpec::untyped("a")).input(FieldSpec::untyped("a")).build().unwrap_err();
+        let err =
+            Signature::builder().input(FieldSpec::untyped("a")).input(FieldSpec::untyped("a")).build().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidSignature);
         assert!(Signature::builder().input(FieldSpec::untyped("my-field")).build().is_err());
     }

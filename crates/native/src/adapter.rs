@@ -29,7 +29,8 @@ use crate::lm::Message;
 use crate::{py, schema};
 
 const CUSTOM_TYPE_MARKER: &str = "<<CUSTOM-TYPE-START-IDENTIFIER>>";
-const INCOMPLETE_DEMO_PREFIX: &str = "This is an example of the task, though some input or output fields are not supplied.";
+const INCOMPLETE_DEMO_PREFIX: &str =
+    "This is an example of the task, though some input or output fields are not supplied.";
 const MISSING_IN_INCOMPLETE_DEMO: &str = "Not supplied for this particular example. ";
 const MISSING_IN_COMPLETE_DEMO: &str = "Not supplied for this conversation history message. ";
 
@@ -40,6 +41,9 @@ fn memo_slot(kind: AdapterKind) -> usize {
     }
 }
 
+/// Memo slot of the output-map template (keys in signature order, null values).
+const OUTPUT_TEMPLATE_SLOT: usize = 2;
+
 fn adapter_name(kind: AdapterKind) -> &'static str {
     match kind {
         AdapterKind::Chat => "ChatAdapter",
@@ -48,6 +52,9 @@ fn adapter_name(kind: AdapterKind) -> &'static str {
 }
 
 fn require_native(sig: &Signature) -> Result<()> {
+    if sig.is_native() {
+        return Ok(());
+    }
     match sig.fields().iter().find(|f| !f.ty().is_native()) {
         None => Ok(()),
         Some(f) => Err(Error::unsupported(format!(
@@ -175,9 +182,11 @@ fn structure_sections(fields: &[Field]) -> Result<String> {
     Ok(py::strip(&out).to_string())
 }
 
-fn system_message(kind: AdapterKind, sig: &Signature) -> Result<Arc<str>> {
-    if let Some(cached) = sig.memo(memo_slot(kind)).and_then(|m| m.get()) {
-        return Ok(cached.clone());
+fn system_message(kind: AdapterKind, sig: &Signature) -> Result<Arc<String>> {
+    if let Some(cached) =
+        sig.memo(memo_slot(kind)).and_then(|m| m.get()).and_then(|m| m.clone().downcast::<String>().ok())
+    {
+        return Ok(cached);
     }
     let mut out = String::with_capacity(512);
     out.push_str("Your input fields are:\n");
@@ -217,7 +226,7 @@ fn system_message(kind: AdapterKind, sig: &Signature) -> Result<Arc<str>> {
         out.push_str("\n        ");
         out.push_str(line);
     }
-    let msg: Arc<str> = out.into();
+    let msg = Arc::new(out);
     if let Some(slot) = sig.memo(memo_slot(kind)) {
         let _ = slot.set(msg.clone());
     }
@@ -304,7 +313,10 @@ fn assistant_content(kind: AdapterKind, sig: &Signature, values: &Map, missing: 
         AdapterKind::Json => {
             let mut obj = Map::new();
             for f in sig.outputs() {
-                obj.insert(f.name().to_string(), values.get(f.name()).cloned().unwrap_or_else(|| missing_value.clone()));
+                obj.insert(
+                    f.name().to_string(),
+                    values.get(f.name()).cloned().unwrap_or_else(|| missing_value.clone()),
+                );
             }
             Ok(py::json_dumps_indent2(&Value::Object(obj)))
         }
@@ -375,7 +387,8 @@ pub fn format(kind: AdapterKind, sig: &Signature, demos: &[Map], inputs: &Map) -
     require_native(sig)?;
     let history = sig.inputs().iter().find(|f| *f.ty() == FieldType::Dspy(DspyType::History));
     let mut messages = Vec::with_capacity(2 + demos.len() * 2);
-    messages.push(Message::system(system_message(kind, sig)?.to_string()));
+    let system = system_message(kind, sig)?;
+    messages.push(Message::system(system.as_str()));
     format_demos(kind, sig, demos, &mut messages)?;
     match history {
         Some(h) => {
@@ -478,90 +491,456 @@ enum ParseValueError {
     Unsupported(Error),
 }
 
-/// DSPy's `apply_output_field_defaults`, keeping signature order.
-fn complete_outputs(sig: &Signature, mut fields: Map) -> Map {
-    let mut out = Map::new();
-    for f in sig.outputs() {
-        if let Some(v) = fields.remove(f.name()) {
-            out.insert(f.name().to_string(), v);
-        } else if let Some(d) = f.default() {
-            out.insert(f.name().to_string(), d.clone());
-        } else if f.ty().allows_none() {
-            out.insert(f.name().to_string(), Value::Null);
-        }
-    }
-    out
-}
-
 /// Whether the line, after Python's strip(), starts with `[[ ## name ## ]]`;
 /// returns the name and the header's length in characters.
 fn match_header(line: &str) -> Option<(&str, usize)> {
     let rest = line.strip_prefix("[[ ## ")?;
-    let name_len: usize = rest.char_indices().take_while(|(_, c)| crate::unicode::is_word(*c)).map(|(_, c)| c.len_utf8()).sum();
+    let name_len: usize =
+        rest.char_indices().take_while(|(_, c)| crate::unicode::is_word(*c)).map(|(_, c)| c.len_utf8()).sum();
     if name_len == 0 {
         return None;
     }
     let (name, tail) = rest.split_at(name_len);
-    tail.starts_with(" ## ]]").then(|| (name, 6 + name.chars().count() + 6))
+    let name_chars = if name.is_ascii() { name.len() } else { name.chars().count() };
+    tail.starts_with(" ## ]]").then_some((name, 12 + name_chars))
+}
+
+/// A value parsed without the general lax pipeline, where the result is
+/// certain to be the same: plain strings, JSON numbers and booleans.
+fn parse_text_fast(text: &str, ty: &FieldType) -> Option<Value> {
+    match ty {
+        FieldType::Str => Some(Value::String(text.to_string())),
+        FieldType::Int | FieldType::Float => {
+            let is_int = json_number_is_int(text)?;
+            match ty {
+                FieldType::Int if is_int => text.parse::<i64>().ok().map(Value::from),
+                FieldType::Float => {
+                    let f: f64 = text.parse().ok()?;
+                    // Leave huge or non-finite values to the general path.
+                    (f.is_finite() && f.abs() < 9.0e15).then(|| Value::from(f))
+                }
+                _ => None,
+            }
+        }
+        FieldType::Bool => match text {
+            "True" | "true" => Some(Value::Bool(true)),
+            "False" | "false" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether `text` is exactly one JSON number; `Some(true)` for integers.
+fn json_number_is_int(text: &str) -> Option<bool> {
+    let b = text.as_bytes();
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+        }
+        _ => return None,
+    }
+    let mut int = true;
+    if b.get(i) == Some(&b'.') {
+        int = false;
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        int = false;
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    (i == b.len()).then_some(int)
+}
+
+/// Reads a JSON object in one pass, decoding the signature's outputs where
+/// the result is certain (strings into `str`, numbers into `int`/`float`,
+/// booleans into `bool`, scalars into `str` as Python prints them) and
+/// skipping everything else. `fast` turns false where the general path must
+/// decide.
+struct FastObject<'s> {
+    sig: &'s Signature,
+    found: &'s mut Outputs,
+    fast: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut FastObject<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut FastObject<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let outputs = self.sig.outputs();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match outputs.iter().position(|f| f.name() == key) {
+                // Python dicts keep the last duplicate: later members overwrite.
+                Some(idx) => match map.next_value_seed(FieldValue(outputs[idx].ty()))? {
+                    Some(v) => self.found.set(idx, v),
+                    None => self.fast = false,
+                },
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One member's value for a field type; `None` where the general path must decide.
+struct FieldValue<'t>(&'t FieldType);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldValue<'_> {
+    type Value = Option<Value>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Option<Value>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldValue<'_> {
+    type Value = Option<Value>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Option<Value>, E> {
+        Ok((*self.0 == FieldType::Str).then(|| Value::String(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Option<Value>, E> {
+        Ok((*self.0 == FieldType::Str).then_some(Value::String(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Option<Value>, E> {
+        Ok(match self.0 {
+            FieldType::Int => Some(Value::from(v)),
+            FieldType::Float if v.unsigned_abs() < (1 << 53) => Some(Value::from(v as f64)),
+            FieldType::Str => Some(Value::String(v.to_string())),
+            _ => None,
+        })
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Option<Value>, E> {
+        Ok(match self.0 {
+            FieldType::Int => Some(Value::from(v)),
+            FieldType::Float if v < (1 << 53) => Some(Value::from(v as f64)),
+            FieldType::Str => Some(Value::String(v.to_string())),
+            _ => None,
+        })
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Option<Value>, E> {
+        Ok(match self.0 {
+            FieldType::Float if v.is_finite() => Some(Value::from(v)),
+            // Integers past 2^64 arrive as floats here; Python would print them as integers.
+            FieldType::Str if v.is_finite() && !(v.fract() == 0.0 && v.abs() >= 1.8e19) => {
+                Some(Value::String(py::float_repr(v)))
+            }
+            _ => None,
+        })
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Option<Value>, E> {
+        Ok(match self.0 {
+            FieldType::Bool => Some(Value::Bool(v)),
+            FieldType::Str => Some(Value::String(if v { "True" } else { "False" }.to_string())),
+            _ => None,
+        })
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Option<Value>, E> {
+        Ok((*self.0 == FieldType::Str).then(|| Value::String("None".to_string())))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Option<Value>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Option<Value>, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+/// One section of a chat completion: a header's name and its text.
+struct Section<'a> {
+    name: &'a str,
+    /// The text after the header on its own line (already stripped).
+    first: &'a str,
+    /// Whether `first` ran to the end of its line (nothing stripped off its end).
+    first_to_eol: bool,
+    /// Byte range of the lines after the header line.
+    body: Option<(usize, usize)>,
+    /// Whether every line break from the header line through the body is a
+    /// plain `\n`, so the joined text is a slice of the completion.
+    plain: bool,
+}
+
+impl Section<'_> {
+    /// `"\n".join(lines).strip()` for the section, borrowing where the result is a slice.
+    fn text<'s>(&'s self, completion: &'s str) -> std::borrow::Cow<'s, str> {
+        use std::borrow::Cow;
+        if self.plain {
+            match (self.first.is_empty(), self.body) {
+                (true, None) => return Cow::Borrowed(""),
+                (true, Some((a, b))) => return Cow::Borrowed(py::strip(&completion[a..b])),
+                (false, None) => return Cow::Borrowed(self.first),
+                (false, Some((_, b))) if self.first_to_eol => {
+                    let start = self.first.as_ptr() as usize - completion.as_ptr() as usize;
+                    return Cow::Borrowed(py::strip(&completion[start..b]));
+                }
+                (false, Some(_)) => {}
+            }
+        }
+        // General case: the body's lines (as splitlines finds them) joined by "\n".
+        let mut parts: Vec<&str> = Vec::new();
+        if !self.first.is_empty() {
+            parts.push(self.first);
+        }
+        if let Some((a, b)) = self.body {
+            parts.extend(py::splitlines(&completion[a..b]));
+        }
+        Cow::Owned(py::strip(&parts.join("\n")).to_string())
+    }
 }
 
 fn parse_chat(sig: &Signature, completion: &str) -> Result<Map> {
-    // Sections: (header, lines), the first without a header.
-    let mut sections: Vec<(Option<&str>, Vec<&str>)> = vec![(None, Vec::new())];
-    for line in py::splitlines(completion) {
-        let stripped = py::strip(line);
-        if let Some((name, header_chars)) = match_header(stripped) {
+    if !py::has_other_breaks(completion) {
+        return parse_chat_newlines(sig, completion);
+    }
+    parse_chat_lines(sig, completion)
+}
+
+/// `parse_chat` line by line, for any kind of line break.
+fn parse_chat_lines(sig: &Signature, completion: &str) -> Result<Map> {
+    let mut found = Outputs::new(sig);
+    let mut current: Option<Section<'_>> = None;
+    // Whether the break ending the previous line was a plain "\n".
+    let mut prev_break_plain = true;
+    for (start, end, next) in py::lines_with_breaks(completion) {
+        let line = &completion[start..end];
+        // Only a line whose first non-blank character is `[` can be a header.
+        let first = line.bytes().find(|b| !matches!(b, b' ' | b'\t'));
+        let header = if first == Some(b'[') || first.is_some_and(|b| !(0x20..0x80).contains(&b)) {
+            match_header(py::strip(line))
+        } else {
+            None
+        };
+        if let Some((name, header_chars)) = header {
+            if let Some(done) = current.take() {
+                take_section(sig, completion, &done, &mut found)?;
+            }
             // DSPy slices the *unstripped* line at the stripped match's end.
             let rest = rest_after(line, header_chars);
-            sections.push((Some(name), if rest.is_empty() { Vec::new() } else { vec![rest] }));
-        } else if let Some(last) = sections.last_mut() {
-            last.1.push(line);
+            let first_to_eol =
+                rest.is_empty() || rest.as_ptr() as usize + rest.len() == line.as_ptr() as usize + line.len();
+            current = Some(Section { name, first: rest, first_to_eol, body: None, plain: true });
+        } else if let Some(last) = current.as_mut() {
+            // The break before this line now sits inside the section's text.
+            last.plain &= prev_break_plain;
+            match &mut last.body {
+                Some((_, b)) => *b = end,
+                None => last.body = Some((start, end)),
+            }
         }
+        prev_break_plain = next == end || (next == end + 1 && completion.as_bytes()[end] == b'\n');
     }
-    let mut fields = Map::new();
-    for (name, lines) in sections {
-        let Some(name) = name else { continue };
-        if fields.contains_key(name) {
+    if let Some(done) = current.take() {
+        take_section(sig, completion, &done, &mut found)?;
+    }
+    finish(AdapterKind::Chat, sig, completion, found)
+}
+
+/// `parse_chat` for text whose only line break is `\n`: headers are found by
+/// substring search instead of visiting every line; the sections' text is
+/// then exactly the slice between them.
+fn parse_chat_newlines(sig: &Signature, completion: &str) -> Result<Map> {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    let finder = FINDER.get_or_init(|| memchr::memmem::Finder::new("[[ ## "));
+    let bytes = completion.as_bytes();
+    // The body of a section runs from after its header line to the line before the next header.
+    let close = |section: &mut Section<'_>, header_end: usize, next_line_start: usize| {
+        if next_line_start > header_end + 1 {
+            section.body = Some((header_end + 1, next_line_start - 1));
+        }
+    };
+    let mut found = Outputs::new(sig);
+    let mut current: Option<(Section<'_>, usize)> = None;
+    let mut from = 0;
+    while let Some(rel) = finder.find(&bytes[from..]) {
+        let pos = from + rel;
+        let line_start = memchr::memrchr(b'\n', &bytes[..pos]).map_or(0, |k| k + 1);
+        let line_end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |k| pos + k);
+        from = line_end.max(pos + 1).min(bytes.len());
+        // A header starts its (stripped) line.
+        if !completion[line_start..pos].chars().all(py::is_space) {
             continue;
         }
-        let Some(field) = sig.output(name) else { continue };
-        let text = py::strip(&lines.join("\n")).to_string();
-        match parse_value(PyObj::Str(text.clone()), field.ty()) {
-            Ok(v) => {
-                fields.insert(name.to_string(), v.to_json());
-            }
-            Err(ParseValueError::Unsupported(e)) => return Err(e.with_field(name)),
-            Err(ParseValueError::Invalid(msg)) => {
-                return Err(parse_error(
-                    AdapterKind::Chat,
-                    sig,
-                    completion,
-                    Some(format!(
-                        "Failed to parse field {name} with value {text} from the LM response. Error message: {msg}"
-                    )),
-                    None,
-                )
-                .with_field(name))
-            }
+        let line = &completion[line_start..line_end];
+        let Some((name, header_chars)) = match_header(py::strip(line)) else {
+            continue;
+        };
+        if let Some((mut done, header_end)) = current.take() {
+            close(&mut done, header_end, line_start);
+            take_section(sig, completion, &done, &mut found)?;
+        }
+        let rest = rest_after(line, header_chars);
+        let first_to_eol =
+            rest.is_empty() || rest.as_ptr() as usize + rest.len() == line.as_ptr() as usize + line.len();
+        current = Some((Section { name, first: rest, first_to_eol, body: None, plain: true }, line_end));
+        if from >= bytes.len() {
+            break;
         }
     }
-    finish(AdapterKind::Chat, sig, completion, fields)
+    if let Some((mut done, header_end)) = current.take() {
+        // The text's last line ends at its end, or before a final "\n".
+        let end = if completion.ends_with('\n') { bytes.len() } else { bytes.len() + 1 };
+        close(&mut done, header_end, end);
+        take_section(sig, completion, &done, &mut found)?;
+    }
+    finish(AdapterKind::Chat, sig, completion, found)
+}
+
+/// Parse one section's value into `found` (the first section of a name wins).
+fn take_section(sig: &Signature, completion: &str, section: &Section<'_>, found: &mut Outputs) -> Result<()> {
+    let outputs = sig.outputs();
+    let Some(idx) = outputs.iter().position(|f| f.name() == section.name) else {
+        return Ok(());
+    };
+    if found.has(idx) {
+        return Ok(());
+    }
+    let field = &outputs[idx];
+    let text = section.text(completion);
+    if let Some(v) = parse_text_fast(&text, field.ty()) {
+        found.set(idx, v);
+        return Ok(());
+    }
+    match parse_value(PyObj::Str(text.to_string()), field.ty()) {
+        Ok(v) => {
+            found.set(idx, v.to_json());
+            Ok(())
+        }
+        Err(ParseValueError::Unsupported(e)) => Err(e.with_field(section.name)),
+        Err(ParseValueError::Invalid(msg)) => {
+            let name = section.name;
+            Err(parse_error(
+                AdapterKind::Chat,
+                sig,
+                completion,
+                Some(format!(
+                    "Failed to parse field {name} with value {text} from the LM response. Error message: {msg}"
+                )),
+                None,
+            )
+            .with_field(name))
+        }
+    }
 }
 
 /// The remainder of `line` after `skip` characters, stripped.
 fn rest_after(line: &str, skip: usize) -> &str {
-    let start = line.char_indices().nth(skip).map_or(line.len(), |(i, _)| i);
+    let start = if line.is_ascii() {
+        skip.min(line.len())
+    } else {
+        line.char_indices().nth(skip).map_or(line.len(), |(i, _)| i)
+    };
     py::strip(&line[start..])
 }
 
-fn finish(kind: AdapterKind, sig: &Signature, completion: &str, fields: Map) -> Result<Map> {
-    let fields = complete_outputs(sig, fields);
-    let complete = fields.len() == sig.outputs().len() && sig.outputs().iter().all(|f| fields.contains_key(f.name()));
-    if !complete {
-        let parsed: Vec<String> = fields.keys().cloned().collect();
+/// Output values being collected, already in signature order (keys are
+/// inserted up front so values are written by position, without hashing).
+struct Outputs {
+    map: Map,
+    /// Which outputs have a value: a bit per output (up to 64), then a list.
+    bits: u64,
+    more: Vec<bool>,
+}
+
+impl Outputs {
+    fn new(sig: &Signature) -> Outputs {
+        // Cloning a prepared map copies stored hashes instead of hashing keys again.
+        let template = sig.memo(OUTPUT_TEMPLATE_SLOT).map(|slot| {
+            slot.get_or_init(|| {
+                let mut map = Map::with_capacity(sig.outputs().len());
+                for f in sig.outputs() {
+                    map.insert(f.name().to_string(), Value::Null);
+                }
+                Arc::new(map)
+            })
+            .clone()
+        });
+        let map = match template.and_then(|t| t.downcast::<Map>().ok()) {
+            Some(t) => Map::clone(&t),
+            None => sig.outputs().iter().map(|f| (f.name().to_string(), Value::Null)).collect(),
+        };
+        let n = sig.outputs().len();
+        Outputs { map, bits: 0, more: if n > 64 { vec![false; n - 64] } else { Vec::new() } }
+    }
+
+    fn has(&self, idx: usize) -> bool {
+        if idx < 64 {
+            self.bits & (1 << idx) != 0
+        } else {
+            self.more[idx - 64]
+        }
+    }
+
+    fn set(&mut self, idx: usize, v: Value) {
+        if let Some((_, slot)) = self.map.iter_mut().nth(idx) {
+            *slot = v;
+        }
+        if idx < 64 {
+            self.bits |= 1 << idx;
+        } else {
+            self.more[idx - 64] = true;
+        }
+    }
+}
+
+/// DSPy's `apply_output_field_defaults` and the final check that every output is there.
+fn finish(kind: AdapterKind, sig: &Signature, completion: &str, mut found: Outputs) -> Result<Map> {
+    let mut missing = Vec::new();
+    for (idx, f) in sig.outputs().iter().enumerate() {
+        if found.has(idx) {
+            continue;
+        }
+        if let Some(d) = f.default() {
+            found.set(idx, d.clone());
+        } else if !f.ty().allows_none() {
+            missing.push(idx);
+        }
+    }
+    if !missing.is_empty() {
+        let parsed: Vec<String> = sig
+            .outputs()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !missing.contains(i))
+            .map(|(_, f)| f.name().to_string())
+            .collect();
         return Err(parse_error(kind, sig, completion, None, Some(parsed)));
     }
-    Ok(fields)
+    Ok(found.map)
 }
 
 /// The first balanced `{...}` in `text` (the recursive regex DSPy uses).
@@ -586,6 +965,17 @@ fn first_balanced_object(text: &str) -> Option<&str> {
 }
 
 fn parse_json(sig: &Signature, completion: &str) -> Result<Map> {
+    // Valid JSON objects (the common case) skip the repair reader, and only
+    // the members the signature asks for are decoded.
+    {
+        use serde::de::DeserializeSeed;
+        let mut found = Outputs::new(sig);
+        let mut reader = FastObject { sig, found: &mut found, fast: true };
+        let mut de = serde_json::Deserializer::from_str(completion);
+        if (&mut reader).deserialize(&mut de).is_ok() && de.end().is_ok() && reader.fast {
+            return finish(AdapterKind::Json, sig, completion, found);
+        }
+    }
     let mut response = completion;
     let mut parsed = repair_loads(completion);
     if !matches!(parsed, PyObj::Dict(_)) {
@@ -617,13 +1007,14 @@ fn parse_json(sig: &Signature, completion: &str) -> Result<Map> {
             acc
         });
     let keys: Vec<String> = kept.iter().map(|(k, _)| k.clone()).collect();
-    let mut fields = Map::new();
+    let outputs = sig.outputs();
+    let mut found = Outputs::new(sig);
     for (k, v) in kept {
-        let Some(field) = sig.output(&k) else { continue };
-        match parse_value(v, field.ty()) {
-            Ok(v) => {
-                fields.insert(k, v.to_json());
-            }
+        let Some(idx) = outputs.iter().position(|f| f.name() == k) else {
+            continue;
+        };
+        match parse_value(v, outputs[idx].ty()) {
+            Ok(v) => found.set(idx, v.to_json()),
             Err(ParseValueError::Unsupported(e)) => return Err(e.with_field(k)),
             Err(ParseValueError::Invalid(msg)) => {
                 return Err(parse_error(
@@ -637,7 +1028,7 @@ fn parse_json(sig: &Signature, completion: &str) -> Result<Map> {
             }
         }
     }
-    finish(AdapterKind::Json, sig, response, fields)
+    finish(AdapterKind::Json, sig, response, found)
 }
 
 /// Parse a completion into the signature's output fields, as the adapter of
@@ -647,5 +1038,44 @@ pub fn parse(kind: AdapterKind, sig: &Signature, completion: &str) -> Result<Map
     match kind {
         AdapterKind::Chat => parse_chat(sig, completion),
         AdapterKind::Json => parse_json(sig, completion),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_signature;
+
+    /// The substring-search path and the line-by-line path agree.
+    #[test]
+    fn chat_parse_paths_agree() {
+        let sig = parse_signature("q -> reasoning, answer, n: int, items: list[str]", None).unwrap();
+        let texts = [
+            "[[ ## reasoning ## ]]\nr1\nr2\n\n[[ ## answer ## ]]\nA\n[[ ## n ## ]]\n3\n[[ ## items ## ]]\n[\"x\"]\n",
+            "pre [[ ## answer ## ]] not a header\n  [[ ## answer ## ]]  A  \n  more  \n[[ ## reasoning ## ]]\n[[ ## n ## ]] 4\n[[ ## items ## ]]\n[]",
+            "[[ ## answer ## ]]\n\n\n[[ ## answer ## ]]\nsecond\n[[ ## n ## ]]\nx\n",
+            "[[ ## reasoning ## ]]",
+            "\u{3000}[[ ## answer ## ]]\ttab\n[[ ## n ## ]]\n1\n[[ ## items ## ]]\n['a']\n[[ ## reasoning ## ]]\nend\n\n",
+            "[[ ## answer ## ]][[ ## n ## ]]\n",
+            "",
+        ];
+        for t in texts {
+            let a = parse_chat_newlines(&sig, t).map_err(|e| e.to_string());
+            let b = parse_chat_lines(&sig, t).map_err(|e| e.to_string());
+            assert_eq!(a, b, "{t:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn chat_parse_paths_agree_on_anything(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "[[ ## answer ## ]]", "[[ ## n ## ]]", "[[ ## reasoning ## ]]", "[[ ## items ## ]]", "\n", " ", "\t", "x",
+            "42", "['a']", "[[ ## ", " ## ]]", "\u{3000}", "é", "[", "]"]), 0..30)) {
+            let sig = parse_signature("q -> reasoning, answer, n: int, items: list[str]", None).unwrap();
+            let t = parts.concat();
+            let a = parse_chat_newlines(&sig, &t).map_err(|e| e.to_string());
+            let b = parse_chat_lines(&sig, &t).map_err(|e| e.to_string());
+            proptest::prop_assert_eq!(a, b);
+        }
     }
 }

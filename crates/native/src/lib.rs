@@ -21,16 +21,17 @@ pub mod adapter;
 mod lax;
 pub mod lm;
 pub mod metrics;
-pub mod py;
 mod predict;
-pub mod template;
-pub mod validate;
+pub mod py;
 pub mod schema;
 pub mod signature;
+pub mod template;
 mod unicode;
+pub mod validate;
 
 pub use predict::{
-    chain_of_thought_signature, CallOptions, ChainOfThought, InputCheck, NativeProgram, Predict, PredictEvent, PredictStream,
+    chain_of_thought_signature, CallOptions, ChainOfThought, InputCheck, NativeProgram, Predict, PredictEvent,
+    PredictStream,
 };
 pub use signature::{parse_signature, parse_signature_uncached, parse_type, signature_from_class, signature_from_spec};
 

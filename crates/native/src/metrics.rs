@@ -136,7 +136,8 @@ pub fn answer_exact_match(answers: &[&str], prediction: &str, frac: f64) -> bool
 fn dpr_regex() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        Regex::new(r"(?i)([\p{L}\p{N}\p{M}]+)|([^\p{Z}\p{C}])").unwrap_or_else(|_| Regex::new("$^").unwrap_or_else(|_| std::process::abort()))
+        Regex::new(r"(?i)([\p{L}\p{N}\p{M}]+)|([^\p{Z}\p{C}])")
+            .unwrap_or_else(|_| Regex::new("$^").unwrap_or_else(|_| std::process::abort()))
     })
 }
 

@@ -13,8 +13,7 @@
 //! use dspex_native::{parse_signature, ChainOfThought, CallOptions};
 //! use serde_json::json;
 //!
-//! let sig = parse_signature("question -> answer", None)?;
-//! let cot = ChainOfThought::new(&sig)?;
+//! let cot = ChainOfThought::new(parse_signature("question -> answer", None)?)?;
 //! let inputs = json!({"question": "What is 2 + 2?"});
 //! let pred = cot.call(lm, inputs.as_object().unwrap(), &CallOptions::default()).await?;
 //! println!("{} because {}", pred.fields["answer"], pred.fields["reasoning"]);
@@ -181,8 +180,12 @@ impl Predict {
     pub fn load_state(&mut self, state: &Value) -> Result<()> {
         let bad = |what: &str| Error::invalid_request(format!("saved predictor state: {what}"));
         let sig_state = state.get("signature").ok_or_else(|| bad("missing `signature`"))?;
-        let instructions = sig_state.get("instructions").and_then(Value::as_str).ok_or_else(|| bad("missing `signature.instructions`"))?;
-        let fields = sig_state.get("fields").and_then(Value::as_array).ok_or_else(|| bad("missing `signature.fields`"))?;
+        let instructions = sig_state
+            .get("instructions")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("missing `signature.instructions`"))?;
+        let fields =
+            sig_state.get("fields").and_then(Value::as_array).ok_or_else(|| bad("missing `signature.fields`"))?;
         if fields.len() != self.signature.fields().len() {
             return Err(bad(&format!(
                 "it has {} fields, the program's signature `{}` has {}",
@@ -195,7 +198,8 @@ impl Predict {
             .iter()
             .map(|f| {
                 let prefix = f.get("prefix").and_then(Value::as_str).ok_or_else(|| bad("a field without `prefix`"))?;
-                let desc = f.get("description").and_then(Value::as_str).ok_or_else(|| bad("a field without `description`"))?;
+                let desc =
+                    f.get("description").and_then(Value::as_str).ok_or_else(|| bad("a field without `description`"))?;
                 Ok((prefix.to_string(), desc.to_string()))
             })
             .collect::<Result<_>>()?;
@@ -419,11 +423,7 @@ fn prediction(parsed: Vec<Map>, usage: Usage) -> Prediction {
     let mut it = parsed.into_iter();
     let first = it.next().unwrap_or_default();
     let rest: Vec<Map> = it.collect();
-    let completions = if rest.is_empty() {
-        Vec::new()
-    } else {
-        std::iter::once(first.clone()).chain(rest).collect()
-    };
+    let completions = if rest.is_empty() { Vec::new() } else { std::iter::once(first.clone()).chain(rest).collect() };
     Prediction { fields: first, completions, usage: Some(usage) }
 }
 
@@ -436,8 +436,8 @@ pub struct ChainOfThought {
 
 impl ChainOfThought {
     /// Chain of thought over `signature`.
-    pub fn new(signature: &Signature) -> Result<ChainOfThought> {
-        let extended = chain_of_thought_signature(signature)?;
+    pub fn new(signature: impl AsRef<Signature>) -> Result<ChainOfThought> {
+        let extended = chain_of_thought_signature(signature.as_ref())?;
         Ok(ChainOfThought { predict: Predict::new(extended) })
     }
 
@@ -478,7 +478,8 @@ impl NativeProgram {
                 f.ty().annotation_name()
             )));
         }
-        let configure = |p: Predict| p.with_demos(spec.demos.clone()).with_adapter(spec.adapter).with_config(spec.config.clone());
+        let configure =
+            |p: Predict| p.with_demos(spec.demos.clone()).with_adapter(spec.adapter).with_config(spec.config.clone());
         Ok(match spec.module {
             ModuleKind::Predict => NativeProgram::Predict(configure(Predict::new(sig))),
             ModuleKind::ChainOfThought => {
@@ -511,7 +512,9 @@ impl NativeProgram {
     pub fn load_saved(&mut self, saved: &Value, name: Option<&str>) -> Result<()> {
         let obj = saved.as_object().ok_or_else(|| Error::invalid_request("saved program is not a JSON object"))?;
         let state = match name {
-            Some(n) => obj.get(n).ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no predictor `{n}` in the saved program")))?,
+            Some(n) => obj
+                .get(n)
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no predictor `{n}` in the saved program")))?,
             None if obj.contains_key("signature") => saved,
             None => {
                 let names: Vec<&String> = obj.keys().filter(|k| k.as_str() != "metadata").collect();

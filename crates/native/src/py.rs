@@ -10,14 +10,38 @@
 use serde_json::{Number, Value};
 
 /// Python's `str.isspace()` for one character.
+#[inline]
 pub fn is_space(c: char) -> bool {
-    matches!(c, '\t'..='\r' | '\x1c'..='\x1f' | ' ' | '\u{85}' | '\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}')
+    if c.is_ascii() {
+        return is_ascii_space(c as u8);
+    }
+    matches!(c, '\u{85}' | '\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}')
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}')
+}
+
+#[inline]
+fn is_ascii_space(b: u8) -> bool {
+    // \t \n \x0b \x0c \r, \x1c-\x1f, space
+    matches!(b, 9..=13 | 28..=32)
 }
 
 /// Python's `str.strip()` with no arguments.
 pub fn strip(s: &str) -> &str {
-    s.trim_matches(is_space)
+    let b = s.as_bytes();
+    let mut start = 0;
+    while start < b.len() && b[start] < 0x80 && is_ascii_space(b[start]) {
+        start += 1;
+    }
+    let mut end = b.len();
+    while end > start && b[end - 1] < 0x80 && is_ascii_space(b[end - 1]) {
+        end -= 1;
+    }
+    let inner = &s[start..end];
+    // Non-ASCII whitespace at either end: take the general path.
+    if inner.as_bytes().first().is_some_and(|&x| x >= 0x80) || inner.as_bytes().last().is_some_and(|&x| x >= 0x80) {
+        return inner.trim_matches(is_space);
+    }
+    inner
 }
 
 /// Python's `str.splitlines()` (without `keepends`).
@@ -27,7 +51,8 @@ pub fn splitlines(s: &str) -> Vec<&str> {
     let mut start = 0;
     let mut iter = s.char_indices().peekable();
     while let Some((i, c)) = iter.next() {
-        let is_break = matches!(c, '\n' | '\r' | '\x0b' | '\x0c' | '\x1c' | '\x1d' | '\x1e' | '\u{85}' | '\u{2028}' | '\u{2029}');
+        let is_break =
+            matches!(c, '\n' | '\r' | '\x0b' | '\x0c' | '\x1c' | '\x1d' | '\x1e' | '\u{85}' | '\u{2028}' | '\u{2029}');
         if is_break {
             out.push(&s[start..i]);
             let mut end = i + c.len_utf8();
@@ -42,6 +67,65 @@ pub fn splitlines(s: &str) -> Vec<&str> {
         out.push(&s[start..]);
     }
     out
+}
+
+/// Whether `s` has a line break other than `\n` (as `str.splitlines()` counts them).
+pub fn has_other_breaks(s: &str) -> bool {
+    let b = s.as_bytes();
+    memchr::memchr3(b'\r', 0x0b, 0x0c, b).is_some()
+        || memchr::memchr3(0x1c, 0x1d, 0x1e, b).is_some()
+        || (!s.is_ascii() && s.contains(['\u{85}', '\u{2028}', '\u{2029}']))
+}
+
+/// Lines as `str.splitlines()` finds them: `(start, end, next)` byte offsets,
+/// where `s[end..next]` is the line break (empty for the last line).
+pub fn lines_with_breaks(s: &str) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    let bytes = s.as_bytes();
+    let mut pos = 0usize;
+    // Usually `\n` is the only break: then memchr finds every line end.
+    let only_newlines = !has_other_breaks(s);
+    std::iter::from_fn(move || {
+        if pos >= bytes.len() {
+            return None;
+        }
+        let start = pos;
+        if only_newlines {
+            return Some(match memchr::memchr(b'\n', &bytes[pos..]) {
+                Some(k) => {
+                    pos = start + k + 1;
+                    (start, start + k, start + k + 1)
+                }
+                None => {
+                    pos = bytes.len();
+                    (start, bytes.len(), bytes.len())
+                }
+            });
+        }
+        let mut i = pos;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let len = match b {
+                b'\n' | 0x0b | 0x0c | 0x1c..=0x1e => 1,
+                b'\r' => {
+                    if bytes.get(i + 1) == Some(&b'\n') {
+                        2
+                    } else {
+                        1
+                    }
+                }
+                0xc2 if bytes.get(i + 1) == Some(&0x85) => 2,
+                0xe2 if bytes.get(i + 1) == Some(&0x80) && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) => 3,
+                _ => 0,
+            };
+            if len > 0 {
+                pos = i + len;
+                return Some((start, i, i + len));
+            }
+            i += 1;
+        }
+        pos = bytes.len();
+        Some((start, bytes.len(), bytes.len()))
+    })
 }
 
 /// Python's `textwrap.dedent`: remove the longest common leading run of
@@ -426,6 +510,10 @@ mod tests {
         assert_eq!(splitlines("a\r\nb\rc\x0bd\n"), vec!["a", "b", "c", "d"]);
         assert_eq!(splitlines(""), Vec::<&str>::new());
         assert_eq!(splitlines("\n"), vec![""]);
+        for text in ["a\r\nb\rc\x0bd\n", "", "\n", "x\u{2028}y\u{85}z", "no break"] {
+            let spans: Vec<&str> = lines_with_breaks(text).map(|(a, b, _)| &text[a..b]).collect();
+            assert_eq!(spans, splitlines(text), "{text:?}");
+        }
         assert_eq!(dedent("  a\n    b\n \n  c"), "a\n  b\n\nc");
         assert_eq!(dedent("\ta\n  b"), "\ta\n  b");
     }

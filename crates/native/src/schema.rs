@@ -79,11 +79,8 @@ pub fn json_schema(t: &FieldType) -> Result<Value> {
         FieldType::VarTuple(inner) => obj(vec![ty("array"), ("items", json_schema(inner)?)]),
         FieldType::Union(members) => {
             // pydantic makes a union with None "nullable": null goes last.
-            let mut any_of = members
-                .iter()
-                .filter(|m| **m != FieldType::None)
-                .map(json_schema)
-                .collect::<Result<Vec<_>>>()?;
+            let mut any_of =
+                members.iter().filter(|m| **m != FieldType::None).map(json_schema).collect::<Result<Vec<_>>>()?;
             if members.contains(&FieldType::None) {
                 any_of.push(obj(vec![ty("null")]));
             }
@@ -113,24 +110,23 @@ pub fn json_schema(t: &FieldType) -> Result<Value> {
 /// outputs).
 pub fn field_structure(field: &Field) -> Result<String> {
     let t = field.ty();
-    let note: Option<String> = if field.role() == FieldRole::Input
-        || matches!(t, FieldType::Str | FieldType::Dspy(DspyType::Reasoning))
-    {
-        None
-    } else {
-        match t {
-            FieldType::Bool => Some("must be True or False".into()),
-            FieldType::Int => Some("must be a single int value".into()),
-            FieldType::Float => Some("must be a single float value".into()),
-            FieldType::Literal(values) => Some(format!(
-                "must exactly match (no extra characters) one of: {}",
-                values.iter().map(LiteralValue::py_str).collect::<Vec<_>>().join("; ")
-            )),
-            // `Code` carries a long description instead of its schema.
-            FieldType::Dspy(DspyType::Code) => None,
-            other => Some(format!("must adhere to the JSON schema: {}", py::json_dumps(&json_schema(other)?))),
-        }
-    };
+    let note: Option<String> =
+        if field.role() == FieldRole::Input || matches!(t, FieldType::Str | FieldType::Dspy(DspyType::Reasoning)) {
+            None
+        } else {
+            match t {
+                FieldType::Bool => Some("must be True or False".into()),
+                FieldType::Int => Some("must be a single int value".into()),
+                FieldType::Float => Some("must be a single float value".into()),
+                FieldType::Literal(values) => Some(format!(
+                    "must exactly match (no extra characters) one of: {}",
+                    values.iter().map(LiteralValue::py_str).collect::<Vec<_>>().join("; ")
+                )),
+                // `Code` carries a long description instead of its schema.
+                FieldType::Dspy(DspyType::Code) => None,
+                other => Some(format!("must adhere to the JSON schema: {}", py::json_dumps(&json_schema(other)?))),
+            }
+        };
     Ok(match note {
         Some(n) => format!("{{{}}}        # note: the value you produce {n}", field.name()),
         None => format!("{{{}}}", field.name()),
@@ -153,7 +149,10 @@ mod tests {
         assert_eq!(schema("Literal[1, 'a']"), r#"{"enum": [1, "a"]}"#);
         assert_eq!(schema("Literal[True, False]"), r#"{"type": "boolean", "enum": [true, false]}"#);
         assert_eq!(schema("Literal['a', None]"), r#"{"enum": ["a", null]}"#);
-        assert_eq!(schema("tuple[int]"), r#"{"type": "array", "maxItems": 1, "minItems": 1, "prefixItems": [{"type": "integer"}]}"#);
+        assert_eq!(
+            schema("tuple[int]"),
+            r#"{"type": "array", "maxItems": 1, "minItems": 1, "prefixItems": [{"type": "integer"}]}"#
+        );
         assert_eq!(schema("set"), r#"{"type": "array", "items": {}, "uniqueItems": true}"#);
         assert_eq!(schema("Optional[Any]"), r#"{"anyOf": [{}, {"type": "null"}]}"#);
         assert_eq!(schema("list[None]"), r#"{"type": "array", "items": {"type": "null"}}"#);

@@ -73,8 +73,11 @@ fn value_filter(v: minijinja::Value) -> std::result::Result<String, minijinja::E
     })
 }
 
-fn cache() -> &'static Mutex<HashMap<(Option<String>, String), PromptTemplate>> {
-    static CACHE: OnceLock<Mutex<HashMap<(Option<String>, String), PromptTemplate>>> = OnceLock::new();
+/// (system template, user template) → compiled pair.
+type TemplateCache = Mutex<HashMap<(Option<String>, String), PromptTemplate>>;
+
+fn cache() -> &'static TemplateCache {
+    static CACHE: OnceLock<TemplateCache> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
@@ -164,11 +167,13 @@ mod tests {
 
     #[test]
     fn values_render_like_dspy_and_templates_are_cached() {
-        let t = PromptTemplate::new(None, "{{ inputs.x | value }} {{ inputs.y | value }} {{ inputs.z | value }}").unwrap();
+        let t =
+            PromptTemplate::new(None, "{{ inputs.x | value }} {{ inputs.y | value }} {{ inputs.z | value }}").unwrap();
         let sig = parse_signature("x, y, z -> a", None).unwrap();
         let m = t.render(&sig, &[], json!({"x": [1, "a"], "y": true, "z": null}).as_object().unwrap()).unwrap();
         assert_eq!(m[0].content, "[1, \"a\"] True None");
-        let again = PromptTemplate::new(None, "{{ inputs.x | value }} {{ inputs.y | value }} {{ inputs.z | value }}").unwrap();
+        let again =
+            PromptTemplate::new(None, "{{ inputs.x | value }} {{ inputs.y | value }} {{ inputs.z | value }}").unwrap();
         assert!(Arc::ptr_eq(&t.env, &again.env));
     }
 }

@@ -76,7 +76,9 @@ fn literal_matches(l: &LiteralValue, v: &Value) -> bool {
 /// does not either); names not in the signature are ignored.
 pub fn check_inputs(sig: &Signature, inputs: &Map) -> Result<()> {
     for field in sig.inputs() {
-        let Some(value) = inputs.get(field.name()) else { continue };
+        let Some(value) = inputs.get(field.name()) else {
+            continue;
+        };
         if value.is_null() || !field.type_declared() {
             continue;
         }

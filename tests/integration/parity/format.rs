@@ -43,7 +43,10 @@ fn prompts_format_like_dspy() {
                     bad.check(id, "message count", got_list.len(), want_list.len());
                     for (i, (g, w)) in got_list.iter().zip(&want_list).enumerate() {
                         if g != w {
-                            bad.push(id, format!("message {i}:\n   got: {:?}\n  want: {:?}", g["content"], w["content"]));
+                            bad.push(
+                                id,
+                                format!("message {i}:\n   got: {:?}\n  want: {:?}", g["content"], w["content"]),
+                            );
                         }
                     }
                 }

@@ -25,7 +25,12 @@ fn completions_parse_like_dspy() {
                 bad.check(id, "fields", normalise(&Value::Object(fields)), normalise(&Value::Object(want.clone())));
             }
             (_, Value::Object(want), Err(e)) if e.kind() == ErrorKind::Parse => {
-                bad.check(id, "category", e.python_type().unwrap_or("-"), want["category"].as_str().unwrap_or_default());
+                bad.check(
+                    id,
+                    "category",
+                    e.python_type().unwrap_or("-"),
+                    want["category"].as_str().unwrap_or_default(),
+                );
                 bad.check(id, "message", e.message(), want["message"].as_str().unwrap_or_default());
             }
             (_, _, Ok(fields)) => bad.push(id, format!("parsed natively to {fields:?}, DSPy fails")),

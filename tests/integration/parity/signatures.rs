@@ -39,7 +39,12 @@ fn signatures_parse_like_dspy() {
                 }
             }
             (_, Value::Object(want), Err(e)) => {
-                bad.check(id, "category", e.python_type().unwrap_or("-"), want["category"].as_str().unwrap_or_default());
+                bad.check(
+                    id,
+                    "category",
+                    e.python_type().unwrap_or("-"),
+                    want["category"].as_str().unwrap_or_default(),
+                );
                 bad.check(id, "message", e.message(), want["message"].as_str().unwrap_or_default());
             }
             (_, _, Ok(_)) => bad.push(id, format!("{text:?}: accepted natively, DSPy rejects it")),

@@ -71,7 +71,9 @@ impl PyObj {
                     Value::from(*i as f64)
                 }
             }
-            PyObj::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or_else(|| Value::String(py::float_repr(*f))),
+            PyObj::Float(f) => {
+                serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or_else(|| Value::String(py::float_repr(*f)))
+            }
             PyObj::Str(s) => Value::String(s.clone()),
             PyObj::Bytes(b) => Value::String(String::from_utf8_lossy(b).into_owned()),
             PyObj::List(items) | PyObj::Tuple(items) | PyObj::Set(items) => {
@@ -197,9 +199,9 @@ pub(crate) fn literal_eval(text: &str) -> Result<Option<PyObj>, dspex_core::Erro
     match literal_eval_expr(text.trim_start_matches([' ', '\t'])) {
         Ok(obj) => Ok(Some(obj)),
         Err(LiteralEvalError::Malformed) => Ok(None),
-        Err(LiteralEvalError::Unsupported(what)) => Err(dspex_core::Error::unsupported(format!(
-            "ast.literal_eval of {what} is not modelled natively"
-        ))),
+        Err(LiteralEvalError::Unsupported(what)) => {
+            Err(dspex_core::Error::unsupported(format!("ast.literal_eval of {what} is not modelled natively")))
+        }
     }
 }
 
@@ -213,7 +215,10 @@ mod tests {
         assert_eq!(ok("'pos'"), PyObj::Str("pos".into()));
         assert_eq!(ok("None"), PyObj::None);
         assert_eq!(ok(" (1, -2.5)"), PyObj::Tuple(vec![PyObj::Int(1), PyObj::Float(-2.5)]));
-        assert_eq!(ok("{'a': [True]}"), PyObj::Dict(vec![(PyObj::Str("a".into()), PyObj::List(vec![PyObj::Bool(true)]))]));
+        assert_eq!(
+            ok("{'a': [True]}"),
+            PyObj::Dict(vec![(PyObj::Str("a".into()), PyObj::List(vec![PyObj::Bool(true)]))])
+        );
         assert_eq!(ok("set()"), PyObj::Set(vec![]));
         assert_eq!(literal_eval("abc").unwrap(), None);
         assert_eq!(literal_eval("a b").unwrap(), None);

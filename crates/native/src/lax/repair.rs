@@ -153,9 +153,10 @@ impl Parser {
             let v = self.parse_json();
             if truthy(&v) {
                 let last = values.last();
-                if !comma_separated && last.is_some_and(|l| same_shape(l, &v)) {
-                    values.pop();
-                } else if last.is_some_and(|l| !truthy(l)) {
+                // A repeated object is an update (keep the newest); an empty value is dropped.
+                let replaces =
+                    (!comma_separated && last.is_some_and(|l| same_shape(l, &v))) || last.is_some_and(|l| !truthy(l));
+                if replaces {
                     values.pop();
                 }
                 values.push(v);
@@ -187,7 +188,9 @@ impl Parser {
 
     fn parse_json(&mut self) -> PyObj {
         loop {
-            let Some(c) = self.cur() else { return PyObj::Str(String::new()) };
+            let Some(c) = self.cur() else {
+                return PyObj::Str(String::new());
+            };
             match c {
                 '{' => {
                     self.i += 1;
@@ -206,8 +209,12 @@ impl Parser {
                         other => other,
                     };
                 }
-                c if !self.ctx.is_empty() && (DELIMS.contains(&c) || crate::unicode::is_alpha(c)) => return self.parse_string(),
-                c if !self.ctx.is_empty() && (c.is_ascii_digit() || c == '-' || c == '.') => return self.parse_number(),
+                c if !self.ctx.is_empty() && (DELIMS.contains(&c) || crate::unicode::is_alpha(c)) => {
+                    return self.parse_string()
+                }
+                c if !self.ctx.is_empty() && (c.is_ascii_digit() || c == '-' || c == '.') => {
+                    return self.parse_number()
+                }
                 '#' | '/' => {
                     self.skip_comment();
                     if !self.ctx.is_empty() {
@@ -237,7 +244,9 @@ impl Parser {
         while self.s.get(j).is_some_and(|c| is_space(*c)) {
             j += 1;
         }
-        let Some(&first) = self.s.get(j) else { return false };
+        let Some(&first) = self.s.get(j) else {
+            return false;
+        };
         let rest: String = self.s[j..(j + 5).min(self.s.len())].iter().collect::<String>().to_lowercase();
         matches!(first, ')' | '{' | '[' | '(' | '-' | '.')
             || DELIMS.contains(&first)
@@ -449,7 +458,9 @@ impl Parser {
 
     fn literal(&mut self) -> Option<PyObj> {
         let start = self.i;
-        for (word, value) in [("true", PyObj::Bool(true)), ("false", PyObj::Bool(false)), ("null", PyObj::None), ("none", PyObj::None)] {
+        for (word, value) in
+            [("true", PyObj::Bool(true)), ("false", PyObj::Bool(false)), ("null", PyObj::None), ("none", PyObj::None)]
+        {
             let n = word.chars().count();
             let matches = (0..n).all(|k| self.s.get(start + k).map(|c| c.to_ascii_lowercase()) == word.chars().nth(k));
             if matches {
@@ -471,7 +482,9 @@ impl Parser {
         while self.cur().is_some_and(|c| !DELIMS.contains(&c) && !c.is_alphanumeric()) {
             self.i += 1;
         }
-        let Some(c) = self.cur() else { return PyObj::Str(String::new()) };
+        let Some(c) = self.cur() else {
+            return PyObj::Str(String::new());
+        };
         let ctx = self.current();
         if c.is_alphanumeric() {
             if matches!(c.to_ascii_lowercase(), 't' | 'f' | 'n') && ctx != Some(Ctx::Key) {
@@ -489,8 +502,7 @@ impl Parser {
             return self.parse_json();
         }
         let mut out = String::new();
-        loop {
-            let Some(ch) = self.cur() else { break };
+        while let Some(ch) = self.cur() {
             if ch == '\\' {
                 let next = self.at(1);
                 let replacement = match next {
@@ -536,9 +548,15 @@ impl Parser {
                 let next = self.s.get(k).copied();
                 let ends = match ctx {
                     Some(Ctx::Key) => next.is_none() || matches!(next, Some(':' | '}' | ',')),
-                    Some(Ctx::Value) => next.is_none() || matches!(next, Some(',' | '}' | ']')) || next.is_some_and(|c| DELIMS.contains(&c)),
+                    Some(Ctx::Value) => {
+                        next.is_none()
+                            || matches!(next, Some(',' | '}' | ']'))
+                            || next.is_some_and(|c| DELIMS.contains(&c))
+                    }
                     Some(Ctx::Array) => {
-                        next.is_none() || matches!(next, Some(',' | ']' | '}')) || next.is_some_and(|c| DELIMS.contains(&c))
+                        next.is_none()
+                            || matches!(next, Some(',' | ']' | '}'))
+                            || next.is_some_and(|c| DELIMS.contains(&c))
                     }
                     None => true,
                 };
@@ -644,8 +662,14 @@ mod tests {
         assert_eq!(loads("{'a': 1, 'b': 2}"), PyObj::Dict(vec![(s("a"), PyObj::Int(1)), (s("b"), PyObj::Int(2))]));
         assert_eq!(loads("{answer: \"yes\"}"), PyObj::Dict(vec![(s("answer"), s("yes"))]));
         assert_eq!(loads("{\"answer\": \"yes\" // c\n}"), PyObj::Dict(vec![(s("answer"), s("yes"))]));
-        assert_eq!(loads("Sure: {\"a\": True, \"b\": None}"), PyObj::Dict(vec![(s("a"), PyObj::Bool(true)), (s("b"), PyObj::None)]));
+        assert_eq!(
+            loads("Sure: {\"a\": True, \"b\": None}"),
+            PyObj::Dict(vec![(s("a"), PyObj::Bool(true)), (s("b"), PyObj::None)])
+        );
         assert_eq!(loads("[1] [2]"), PyObj::List(vec![PyObj::Int(2)]));
-        assert_eq!(loads("{\"a\": [1, 2"), PyObj::Dict(vec![(s("a"), PyObj::List(vec![PyObj::Int(1), PyObj::Int(2)]))]));
+        assert_eq!(
+            loads("{\"a\": [1, 2"),
+            PyObj::Dict(vec![(s("a"), PyObj::List(vec![PyObj::Int(1), PyObj::Int(2)]))])
+        );
     }
 }

@@ -30,7 +30,7 @@ impl fmt::Display for ValidationError {
         for e in &self.errors {
             f.write_str("\n")?;
             if !e.loc.is_empty() {
-                write!(f, "{}\n", e.loc.join("."))?;
+                writeln!(f, "{}", e.loc.join("."))?;
             }
             write!(
                 f,
@@ -217,7 +217,11 @@ fn validate(t: &FieldType, v: &PyObj, strict: bool) -> Result<PyObj, Vec<LineErr
             PyObj::Str(_) => Ok(v.clone()),
             PyObj::Bytes(b) if !strict => match String::from_utf8(b.clone()) {
                 Ok(s) => Ok(PyObj::Str(s)),
-                Err(_) => Err(err("string_unicode", "Input should be a valid string, unable to parse raw data as a unicode string", v)),
+                Err(_) => Err(err(
+                    "string_unicode",
+                    "Input should be a valid string, unable to parse raw data as a unicode string",
+                    v,
+                )),
             },
             _ => Err(err("string_type", "Input should be a valid string", v)),
         },
@@ -232,7 +236,11 @@ fn validate(t: &FieldType, v: &PyObj, strict: bool) -> Result<PyObj, Vec<LineErr
                 if !f.is_finite() {
                     Err(err("finite_number", "Input should be a finite number", v))
                 } else if f.fract() != 0.0 {
-                    Err(err("int_from_float", "Input should be a valid integer, got a number with a fractional part", v))
+                    Err(err(
+                        "int_from_float",
+                        "Input should be a valid integer, got a number with a fractional part",
+                        v,
+                    ))
                 } else if f.abs() >= 9.223_372_036_854_776e18 {
                     Err(err("int_parsing_size", "Unable to parse input string as an integer, exceeded maximum size", v))
                 } else {
@@ -241,7 +249,9 @@ fn validate(t: &FieldType, v: &PyObj, strict: bool) -> Result<PyObj, Vec<LineErr
             }
             PyObj::Str(s) if !strict => match parse_int_str(s) {
                 Some(i) => Ok(PyObj::Int(i)),
-                None => Err(err("int_parsing", "Input should be a valid integer, unable to parse string as an integer", v)),
+                None => {
+                    Err(err("int_parsing", "Input should be a valid integer, unable to parse string as an integer", v))
+                }
             },
             _ => Err(err("int_type", "Input should be a valid integer", v)),
         },
@@ -251,7 +261,9 @@ fn validate(t: &FieldType, v: &PyObj, strict: bool) -> Result<PyObj, Vec<LineErr
             PyObj::Bool(b) if !strict => Ok(PyObj::Float(if *b { 1.0 } else { 0.0 })),
             PyObj::Str(s) if !strict => match parse_float_str(s) {
                 Some(f) => Ok(PyObj::Float(f)),
-                None => Err(err("float_parsing", "Input should be a valid number, unable to parse string as a number", v)),
+                None => {
+                    Err(err("float_parsing", "Input should be a valid number, unable to parse string as a number", v))
+                }
             },
             _ => Err(err("float_type", "Input should be a valid number", v)),
         },
@@ -353,7 +365,9 @@ fn validate(t: &FieldType, v: &PyObj, strict: bool) -> Result<PyObj, Vec<LineErr
             let PyObj::Dict(pairs) = v else {
                 return Err(err("dict_type", "Input should be a valid dictionary", v));
             };
-            let Some((kt, vt)) = kv else { return Ok(v.clone()) };
+            let Some((kt, vt)) = kv else {
+                return Ok(v.clone());
+            };
             let mut out = Vec::new();
             let mut errors = Vec::new();
             for (k, x) in pairs {
@@ -433,11 +447,9 @@ fn validate(t: &FieldType, v: &PyObj, strict: bool) -> Result<PyObj, Vec<LineErr
             }
             Err(errors)
         }
-        other => Err(err(
-            "unsupported",
-            format!("validation of `{}` is not modelled natively", other.annotation_name()),
-            v,
-        )),
+        other => {
+            Err(err("unsupported", format!("validation of `{}` is not modelled natively", other.annotation_name()), v))
+        }
     }
 }
 
@@ -454,7 +466,9 @@ mod tests {
     use crate::parse_type;
 
     fn check(t: &str, v: PyObj) -> Result<PyObj, String> {
-        validate_python(&parse_type(t).unwrap(), &v).map_err(|e| e.to_string().replace("For further information visit https://errors.pydantic.dev/2.14/v/", "URL:"))
+        validate_python(&parse_type(t).unwrap(), &v).map_err(|e| {
+            e.to_string().replace("For further information visit https://errors.pydantic.dev/2.14/v/", "URL:")
+        })
     }
 
     fn s(x: &str) -> PyObj {
@@ -498,6 +512,9 @@ mod tests {
         assert_eq!(check("Literal[1, 2]", PyObj::Float(1.0)), Ok(PyObj::Int(1)));
         assert_eq!(check("Literal[True]", PyObj::Int(1)), Ok(PyObj::Bool(true)));
         assert!(check("Literal['a', 'b', 'c']", s("x")).unwrap_err().contains("Input should be 'a', 'b' or 'c'"));
-        assert_eq!(check("set[int]", PyObj::List(vec![PyObj::Int(1), PyObj::Int(1)])), Ok(PyObj::Set(vec![PyObj::Int(1)])));
+        assert_eq!(
+            check("set[int]", PyObj::List(vec![PyObj::Int(1), PyObj::Int(1)])),
+            Ok(PyObj::Set(vec![PyObj::Int(1)]))
+        );
     }
 }

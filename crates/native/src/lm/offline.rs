@@ -43,7 +43,9 @@ const CAPITALS: &[(&str, &str)] = &[
 
 /// Output fields named in a DSPy system message: (name, type).
 fn output_fields(system: &str) -> Vec<(String, String)> {
-    let Some(start) = system.find("Your output fields are:\n") else { return Vec::new() };
+    let Some(start) = system.find("Your output fields are:\n") else {
+        return Vec::new();
+    };
     let section = &system[start + "Your output fields are:\n".len()..];
     let end = section.find("\nAll interactions will be structured").unwrap_or(section.len());
     section[..end]
@@ -65,10 +67,7 @@ fn known_answer(question: &str) -> Option<(String, Option<i64>)> {
             return Some((capital.to_string(), None));
         }
     }
-    let nums: Vec<i64> = q
-        .split(|c: char| !c.is_ascii_digit() && c != '-')
-        .filter_map(|t| t.parse().ok())
-        .collect();
+    let nums: Vec<i64> = q.split(|c: char| !c.is_ascii_digit() && c != '-').filter_map(|t| t.parse().ok()).collect();
     if nums.len() == 2 {
         let (a, b) = (nums[0], nums[1]);
         let v = if q.contains('+') || q.contains("plus") || q.contains("sum") {
@@ -99,7 +98,9 @@ fn last_user_text(messages: &[Value]) -> String {
 
 fn first_input_value(user: &str) -> String {
     // The text after the first `[[ ## name ## ]]` header, up to the next blank line.
-    let Some(pos) = user.find(" ## ]]\n") else { return user.lines().next().unwrap_or_default().to_string() };
+    let Some(pos) = user.find(" ## ]]\n") else {
+        return user.lines().next().unwrap_or_default().to_string();
+    };
     let rest = &user[pos + " ## ]]\n".len()..];
     rest.split("\n\n").next().unwrap_or_default().to_string()
 }
@@ -107,10 +108,7 @@ fn first_input_value(user: &str) -> String {
 fn value_for(name: &str, ty: &str, question: &str) -> Value {
     let known = known_answer(question);
     let short: String = question.chars().take(60).collect();
-    let inner = ty
-        .strip_prefix("Union[")
-        .and_then(|t| t.strip_suffix(", NoneType]"))
-        .unwrap_or(ty);
+    let inner = ty.strip_prefix("Union[").and_then(|t| t.strip_suffix(", NoneType]")).unwrap_or(ty);
     match inner {
         "int" => Value::from(known.and_then(|(_, n)| n).unwrap_or(42)),
         "float" => Value::from(known.and_then(|(_, n)| n).map_or(0.9, |n| n as f64)),
@@ -122,7 +120,9 @@ fn value_for(name: &str, ty: &str, question: &str) -> Value {
         t if t.starts_with("list") => Value::Array(vec![Value::String(format!("offline item for: {short}"))]),
         t if t.starts_with("dict") => Value::Object(Default::default()),
         _ if name == "reasoning" || name == "rationale" => Value::String(match &known {
-            Some((a, _)) => format!("[offline LM] The question \"{short}\" has a known answer: {a}."),
+            Some((a, _)) => {
+                format!("[offline LM] The question \"{short}\" has a known answer: {a}.")
+            }
             None => format!("[offline LM] Considering \"{short}\" step by step."),
         }),
         _ => Value::String(match known {

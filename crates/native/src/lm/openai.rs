@@ -71,15 +71,25 @@ fn parse_usage(v: &Value) -> Option<Usage> {
         return None;
     }
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    Some(Usage { prompt_tokens: n("prompt_tokens"), completion_tokens: n("completion_tokens"), total_tokens: n("total_tokens") })
+    Some(Usage {
+        prompt_tokens: n("prompt_tokens"),
+        completion_tokens: n("completion_tokens"),
+        total_tokens: n("total_tokens"),
+    })
 }
 
 fn parse_response(body: &str) -> Result<LmResponse> {
     let v: Value = serde_json::from_str(body).map_err(|e| {
-        Error::new(ErrorKind::Lm, format!("LM service returned invalid JSON ({e}): {}", body.chars().take(200).collect::<String>()))
+        Error::new(
+            ErrorKind::Lm,
+            format!("LM service returned invalid JSON ({e}): {}", body.chars().take(200).collect::<String>()),
+        )
     })?;
     let choices = v.get("choices").and_then(Value::as_array).ok_or_else(|| {
-        Error::new(ErrorKind::Lm, format!("LM response has no `choices`: {}", body.chars().take(200).collect::<String>()))
+        Error::new(
+            ErrorKind::Lm,
+            format!("LM response has no `choices`: {}", body.chars().take(200).collect::<String>()),
+        )
     })?;
     let mut outputs = vec![None; choices.len()];
     for (pos, c) in choices.iter().enumerate() {
@@ -89,7 +99,11 @@ fn parse_response(body: &str) -> Result<LmResponse> {
             outputs[index] = text;
         }
     }
-    Ok(LmResponse { outputs, usage: parse_usage(&v), model: v.get("model").and_then(Value::as_str).map(str::to_string) })
+    Ok(LmResponse {
+        outputs,
+        usage: parse_usage(&v),
+        model: v.get("model").and_then(Value::as_str).map(str::to_string),
+    })
 }
 
 impl OpenAiClient {
@@ -97,7 +111,10 @@ impl OpenAiClient {
     pub fn new(config: &LmConfig) -> Result<OpenAiClient> {
         let base = config.base_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::new(ErrorKind::Config, format!("LM base URL must start with http:// or https://, got {base:?}")));
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("LM base URL must start with http:// or https://, got {base:?}"),
+            ));
         }
         if base.starts_with("https://") && !cfg!(feature = "tls") {
             return Err(Error::new(ErrorKind::Config, "HTTPS LM endpoints need dspex-native's `tls` feature"));
@@ -189,9 +206,16 @@ impl OpenAiClient {
                 Err(e) if e.is_timeout() => {
                     let deadline_hit = request.deadline.is_some_and(|d| Instant::now() >= d);
                     if deadline_hit {
-                        return Err(Error::new(ErrorKind::Timeout, format!("LM call to {} ran past the deadline", self.url)));
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("LM call to {} ran past the deadline", self.url),
+                        ));
                     }
-                    (Error::new(ErrorKind::Timeout, format!("LM attempt timed out after {:?}", started.elapsed())).with_retryable(true), None)
+                    (
+                        Error::new(ErrorKind::Timeout, format!("LM attempt timed out after {:?}", started.elapsed()))
+                            .with_retryable(true),
+                        None,
+                    )
                 }
                 Err(e) => (transport(e, &self.url), None),
             };
@@ -295,7 +319,10 @@ impl OpenAiClient {
                         Some(d) => match tokio::time::timeout_at(d.into(), st.bytes.next()).await {
                             Ok(n) => n,
                             Err(_) => {
-                                return Some((Err(Error::new(ErrorKind::Timeout, "LM stream ran past the deadline")), None))
+                                return Some((
+                                    Err(Error::new(ErrorKind::Timeout, "LM stream ran past the deadline")),
+                                    None,
+                                ))
                             }
                         },
                         None => st.bytes.next().await,
@@ -360,7 +387,10 @@ mod tests {
 
     #[test]
     fn config_is_checked() {
-        assert_eq!(OpenAiClient::new(&LmConfig::new("m").with_base_url("ftp://x")).unwrap_err().kind(), ErrorKind::Config);
+        assert_eq!(
+            OpenAiClient::new(&LmConfig::new("m").with_base_url("ftp://x")).unwrap_err().kind(),
+            ErrorKind::Config
+        );
         let c = OpenAiClient::new(&LmConfig::new("openai/gpt-x").with_base_url("http://127.0.0.1:1/v1/")).unwrap();
         assert_eq!(c.url, "http://127.0.0.1:1/v1/chat/completions");
         assert_eq!(c.model, "gpt-x");

@@ -158,7 +158,9 @@ impl LmServer {
         let recorded = requests.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let responder = responder.clone();
                 let recorded = recorded.clone();
@@ -191,7 +193,11 @@ impl LmServer {
     }
 }
 
-async fn serve(stream: TcpStream, responder: Arc<dyn Responder>, recorded: Arc<Mutex<Vec<Value>>>) -> std::io::Result<()> {
+async fn serve(
+    stream: TcpStream,
+    responder: Arc<dyn Responder>,
+    recorded: Arc<Mutex<Vec<Value>>>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {

@@ -22,7 +22,10 @@ pub(crate) enum Number {
 /// A string or bytes literal, escapes already decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum StrLit {
-    Str { value: String, u_prefix: bool },
+    Str {
+        value: String,
+        u_prefix: bool,
+    },
     Bytes(Vec<u8>),
     /// An f-string; kept as its raw text, it is never a valid annotation.
     FStr,
@@ -47,8 +50,8 @@ pub(crate) struct Token {
 
 const OPS: &[&str] = &[
     "**=", "//=", ">>=", "<<=", "...", "->", ":=", "**", "//", "<<", ">>", "<=", ">=", "==", "!=", "+=", "-=", "*=",
-    "/=", "%=", "&=", "|=", "^=", "@=", "(", ")", "[", "]", "{", "}", ",", ":", ";", ".", "+", "-", "*", "/", "%",
-    "@", "|", "&", "^", "~", "<", ">", "=",
+    "/=", "%=", "&=", "|=", "^=", "@=", "(", ")", "[", "]", "{", "}", ",", ":", ";", ".", "+", "-", "*", "/", "%", "@",
+    "|", "&", "^", "~", "<", ">", "=",
 ];
 
 fn is_id_start(c: char) -> bool {
@@ -100,7 +103,9 @@ pub(crate) fn tokenize(src: &str) -> Vec<Token> {
             c if is_id_start(c) || (!c.is_ascii() && !c.is_whitespace()) => {
                 // Python reads a run of identifier-ish characters, then checks it.
                 let start = i;
-                while i < chars.len() && (is_id_continue(chars[i]) || (!chars[i].is_ascii() && !chars[i].is_whitespace())) {
+                while i < chars.len()
+                    && (is_id_continue(chars[i]) || (!chars[i].is_ascii() && !chars[i].is_whitespace()))
+                {
                     i += 1;
                 }
                 let word: String = chars[start..i].iter().collect();
@@ -149,8 +154,16 @@ pub(crate) fn tokenize(src: &str) -> Vec<Token> {
                 }
             },
             _ => {
-                let rest: String = chars[i..(i + 3).min(chars.len())].iter().collect();
-                let Some(op) = OPS.iter().find(|op| rest.starts_with(**op)) else {
+                let next = |k: usize| chars.get(i + k).copied();
+                let Some(op) = (if c.is_ascii()
+                    && matches!(c, '(' | ')' | '[' | ']' | '{' | '}' | ',' | ':' | ';')
+                    && !(c == ':' && next(1) == Some('='))
+                {
+                    // Single-character punctuation: the common case, decided at once.
+                    OPS.iter().find(|op| op.len() == 1 && op.starts_with(c))
+                } else {
+                    OPS.iter().find(|op| op.chars().enumerate().all(|(k, oc)| next(k) == Some(oc)))
+                }) else {
                     // `$`, `?`, `!`, backtick: CPython's parser answers "invalid syntax".
                     push(&mut toks, Tok::Error("invalid syntax".into()), line);
                     return toks;
@@ -238,9 +251,7 @@ fn lex_number(chars: &[char], i: &mut usize) -> Result<Number, String> {
         if digits.is_empty() || is_id_continue(at(*i)) {
             return Err(format!("invalid {name} literal"));
         }
-        return i128::from_str_radix(&digits, radix)
-            .map(Number::Int)
-            .map_err(|_| format!("invalid {name} literal"));
+        return i128::from_str_radix(&digits, radix).map(Number::Int).map_err(|_| format!("invalid {name} literal"));
     }
     let int_part = digits_run(i, &|c: char| c.is_ascii_digit()).map_err(|_| "invalid decimal literal".to_string())?;
     let mut is_float = false;
@@ -285,7 +296,7 @@ fn lex_number(chars: &[char], i: &mut usize) -> Result<Number, String> {
     let _ = start;
     if int_part.len() > 1 && int_part.starts_with('0') && int_part.chars().any(|c| c != '0') {
         return Err(
-            "leading zeros in decimal integer literals are not permitted; use an 0o prefix for octal integers".into(),
+            "leading zeros in decimal integer literals are not permitted; use an 0o prefix for octal integers".into()
         );
     }
     Ok(match int_part.parse::<i128>() {
@@ -402,7 +413,11 @@ fn unescape(body: &str) -> Result<String, String> {
                 let v = if hex.len() == len { u32::from_str_radix(&hex, 16).ok() } else { None };
                 match v.and_then(char::from_u32) {
                     Some(ch) => out.push(ch),
-                    None => return Err(format!("(unicode error) 'unicodeescape' codec can't decode bytes: truncated \\{n}XXXX escape")),
+                    None => {
+                        return Err(format!(
+                            "(unicode error) 'unicodeescape' codec can't decode bytes: truncated \\{n}XXXX escape"
+                        ))
+                    }
                 }
             }
             'N' => return Err("(unicode error) named unicode escapes are not supported here".into()),
@@ -448,7 +463,10 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(err("1abc"), "invalid decimal literal");
-        assert_eq!(err("01"), "leading zeros in decimal integer literals are not permitted; use an 0o prefix for octal integers");
+        assert_eq!(
+            err("01"),
+            "leading zeros in decimal integer literals are not permitted; use an 0o prefix for octal integers"
+        );
         assert_eq!(err("a→b"), "invalid character '→' (U+2192)");
         assert_eq!(err("'abc"), "unterminated string literal (detected at line 1)");
         assert_eq!(err("(]"), "closing parenthesis ']' does not match opening parenthesis '('");

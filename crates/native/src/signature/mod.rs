@@ -92,7 +92,9 @@ pub(crate) fn literal_eval_expr(text: &str) -> std::result::Result<PyObj, Litera
             Expr::Dict(pairs) => {
                 let mut out: Vec<(PyObj, PyObj)> = Vec::new();
                 for (k, v) in pairs {
-                    let Some(k) = k else { return Err(LiteralEvalError::Malformed) };
+                    let Some(k) = k else {
+                        return Err(LiteralEvalError::Malformed);
+                    };
                     let k = convert(k)?;
                     if matches!(k, PyObj::List(_) | PyObj::Dict(_) | PyObj::Set(_)) {
                         return Err(LiteralEvalError::Unsupported("an unhashable dict key"));
@@ -111,7 +113,9 @@ pub(crate) fn literal_eval_expr(text: &str) -> std::result::Result<PyObj, Litera
                 (UnaryOp::UAdd, v @ (PyObj::Int(_) | PyObj::Float(_))) => v,
                 _ => return Err(LiteralEvalError::Malformed),
             },
-            Expr::BinOp(_, BinOp::Add | BinOp::Sub, right) if matches!(right.as_ref(), Expr::Constant(Const::Complex(_))) => {
+            Expr::BinOp(_, BinOp::Add | BinOp::Sub, right)
+                if matches!(right.as_ref(), Expr::Constant(Const::Complex(_))) =>
+            {
                 return Err(LiteralEvalError::Unsupported("complex arithmetic"))
             }
             Expr::Call { func, args, keywords }
@@ -207,11 +211,8 @@ pub fn parse_signature_uncached(text: &str, instructions: Option<&str>) -> Resul
     let (inputs_str, outputs_str) = text.split_once("->").unwrap_or((text, ""));
     let inputs = parse_side(inputs_str)?;
     let outputs = parse_side(outputs_str)?;
-    let mut dups: Vec<&str> = inputs
-        .iter()
-        .filter(|(n, _)| outputs.iter().any(|(m, _)| m == n))
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let mut dups: Vec<&str> =
+        inputs.iter().filter(|(n, _)| outputs.iter().any(|(m, _)| m == n)).map(|(n, _)| n.as_str()).collect();
     if !dups.is_empty() {
         dups.sort_unstable();
         dups.dedup();
@@ -289,9 +290,12 @@ pub fn signature_from_spec(spec: &SignatureSpec) -> Result<Arc<Signature>> {
 
 const CACHE_CAPACITY: usize = 4096;
 
+/// (signature text, instructions, parsed signature)
+type CacheEntry = (Box<str>, Option<Box<str>>, Arc<Signature>);
+
 #[derive(Default)]
 struct Cache {
-    map: HashMap<u64, Vec<(Box<str>, Option<Box<str>>, Arc<Signature>)>>,
+    map: HashMap<u64, Vec<CacheEntry>>,
     order: VecDeque<u64>,
 }
 
@@ -312,9 +316,7 @@ fn key(text: &str, instructions: Option<&str>) -> u64 {
 pub fn parse_signature(text: &str, instructions: Option<&str>) -> Result<Arc<Signature>> {
     let k = key(text, instructions);
     if let Some(entries) = cache().read().map.get(&k) {
-        if let Some((_, _, sig)) =
-            entries.iter().find(|(t, i, _)| &**t == text && i.as_deref() == instructions)
-        {
+        if let Some((_, _, sig)) = entries.iter().find(|(t, i, _)| &**t == text && i.as_deref() == instructions) {
             return Ok(sig.clone());
         }
     }
@@ -374,7 +376,8 @@ mod tests {
         assert_eq!(sig.outputs()[0].prefix(), "Score (1-10):");
         assert_eq!(sig.outputs()[0].constraints().len(), 2);
         let bad: ClassSignature =
-            serde_json::from_value(serde_json::json!({"outputs": [{"name": "x", "constraints": {"nope": 1}}]})).unwrap();
+            serde_json::from_value(serde_json::json!({"outputs": [{"name": "x", "constraints": {"nope": 1}}]}))
+                .unwrap();
         assert_eq!(signature_from_class(&bad).unwrap_err().context().field.as_deref(), Some("x"));
     }
 }

@@ -138,7 +138,9 @@ impl Expr {
             }
             Expr::Constant(c) => format!("Constant(value={})", c.repr()),
             Expr::JoinedStr => "JoinedStr(values=[])".into(),
-            Expr::Attribute(v, attr) => format!("Attribute(value={}, attr={}, ctx=Load())", v.dump(), py::str_repr(attr)),
+            Expr::Attribute(v, attr) => {
+                format!("Attribute(value={}, attr={}, ctx=Load())", v.dump(), py::str_repr(attr))
+            }
             Expr::Subscript(v, s) => format!("Subscript(value={}, slice={}, ctx=Load())", v.dump(), s.dump()),
             Expr::Call { func, args, keywords } => {
                 let kws = keywords
@@ -236,6 +238,9 @@ enum Fail {
 
 type PResult<T> = Result<T, Fail>;
 
+/// Positional and keyword arguments of a call.
+type CallArgs = (Vec<Expr>, Vec<(Option<String>, Expr)>);
+
 struct Parser {
     toks: Vec<Token>,
     pos: usize,
@@ -320,11 +325,17 @@ impl Parser {
     /// The error for the current token: a pending tokenizer error, or "invalid syntax".
     fn error_here(&self) -> SyntaxError {
         match self.peek() {
-            Tok::Error(msg) => SyntaxError { message: msg.clone(), line: self.line(), unsupported: msg.starts_with("(unicode error) named") },
+            Tok::Error(msg) => SyntaxError {
+                message: msg.clone(),
+                line: self.line(),
+                unsupported: msg.starts_with("(unicode error) named"),
+            },
             // Comprehensions are valid Python the native parser does not model.
-            Tok::Name(n) if n == "for" => {
-                SyntaxError { message: "comprehensions are not supported by the native signature parser".into(), line: self.line(), unsupported: true }
-            }
+            Tok::Name(n) if n == "for" => SyntaxError {
+                message: "comprehensions are not supported by the native signature parser".into(),
+                line: self.line(),
+                unsupported: true,
+            },
             _ => SyntaxError { message: "invalid syntax".into(), line: self.line(), unsupported: false },
         }
     }
@@ -468,7 +479,9 @@ impl Parser {
             Err(Fail::NoMatch) => return Err(self.error_here()),
         };
         let starts_expr = match self.peek() {
-            Tok::Name(n) => !is_keyword(n) || matches!(n.as_str(), "True" | "False" | "None" | "not" | "lambda" | "await"),
+            Tok::Name(n) => {
+                !is_keyword(n) || matches!(n.as_str(), "True" | "False" | "None" | "not" | "lambda" | "await")
+            }
             Tok::Number(_) | Tok::Str(_) => true,
             Tok::Op(o) => matches!(*o, "{" | "~" | "..." | "["),
             _ => false,
@@ -590,27 +603,40 @@ impl Parser {
         }
     }
 
-    fn binary_level(&mut self, level: usize) -> PResult<Expr> {
-        const LEVELS: &[&[(&str, BinOp)]] = &[
-            &[("|", BinOp::BitOr)],
-            &[("^", BinOp::BitXor)],
-            &[("&", BinOp::BitAnd)],
-            &[("<<", BinOp::LShift), (">>", BinOp::RShift)],
-            &[("+", BinOp::Add), ("-", BinOp::Sub)],
-            &[("*", BinOp::Mult), ("/", BinOp::Div), ("//", BinOp::FloorDiv), ("%", BinOp::Mod), ("@", BinOp::MatMult)],
-        ];
-        if level == LEVELS.len() {
-            return self.factor();
-        }
-        let mut left = self.binary_level(level + 1)?;
-        loop {
-            let Some(op) = LEVELS[level].iter().find(|(s, _)| self.is_op(s)).map(|(_, op)| *op) else {
-                return Ok(left);
-            };
+    /// The binary operator at the cursor and its precedence (higher binds tighter).
+    fn binary_op(&self) -> Option<(BinOp, u8)> {
+        let Tok::Op(op) = self.peek() else {
+            return None;
+        };
+        Some(match *op {
+            "|" => (BinOp::BitOr, 0),
+            "^" => (BinOp::BitXor, 1),
+            "&" => (BinOp::BitAnd, 2),
+            "<<" => (BinOp::LShift, 3),
+            ">>" => (BinOp::RShift, 3),
+            "+" => (BinOp::Add, 4),
+            "-" => (BinOp::Sub, 4),
+            "*" => (BinOp::Mult, 5),
+            "/" => (BinOp::Div, 5),
+            "//" => (BinOp::FloorDiv, 5),
+            "%" => (BinOp::Mod, 5),
+            "@" => (BinOp::MatMult, 5),
+            _ => return None,
+        })
+    }
+
+    /// Binary operators by precedence climbing (all left-associative).
+    fn binary_level(&mut self, min: u8) -> PResult<Expr> {
+        let mut left = self.factor()?;
+        while let Some((op, prec)) = self.binary_op() {
+            if prec < min {
+                break;
+            }
             self.bump();
-            let right = self.binary_level(level + 1).map_err(|f| self.hard(f))?;
+            let right = self.binary_level(prec + 1).map_err(|f| self.hard(f))?;
             left = Expr::BinOp(Box::new(left), op, Box::new(right));
         }
+        Ok(left)
     }
 
     fn bitor(&mut self) -> PResult<Expr> {
@@ -719,7 +745,7 @@ impl Parser {
         Ok(Expr::Tuple(items))
     }
 
-    fn call_args(&mut self) -> PResult<(Vec<Expr>, Vec<(Option<String>, Expr)>)> {
+    fn call_args(&mut self) -> PResult<CallArgs> {
         let mut args = Vec::new();
         let mut keywords = Vec::new();
         while !self.is_op(")") {
@@ -776,7 +802,8 @@ impl Parser {
                     self.bump();
                     parts.push(s);
                 }
-                concat_strings(parts).ok_or_else(|| Fail::Error(self.error_msg("cannot mix bytes and nonbytes literals")))
+                concat_strings(parts)
+                    .ok_or_else(|| Fail::Error(self.error_msg("cannot mix bytes and nonbytes literals")))
             }
             Tok::Op("...") => {
                 self.bump();
@@ -930,8 +957,14 @@ mod tests {
         assert_eq!(err("a, /, /"), "/ may appear only once (<unknown>, line 1)");
         assert_eq!(err("a: int = "), "expected default value expression (<unknown>, line 1)");
         assert_eq!(err("a: (int"), "invalid syntax (<unknown>, line 1)");
-        assert_eq!(err("a: {int"), "closing parenthesis ')' does not match opening parenthesis '{' (<unknown>, line 1)");
-        assert_eq!(err("a: list["), "closing parenthesis ')' does not match opening parenthesis '[' (<unknown>, line 1)");
+        assert_eq!(
+            err("a: {int"),
+            "closing parenthesis ')' does not match opening parenthesis '{' (<unknown>, line 1)"
+        );
+        assert_eq!(
+            err("a: list["),
+            "closing parenthesis ')' does not match opening parenthesis '[' (<unknown>, line 1)"
+        );
         assert_eq!(err("a)"), "unmatched ')' (<unknown>, line 1)");
         assert_eq!(err("class"), "invalid syntax (<unknown>, line 1)");
         assert_eq!(err("None"), "invalid syntax (<unknown>, line 1)");
@@ -956,9 +989,15 @@ mod tests {
             "Call(func=Name(id='f', ctx=Load()), args=[Name(id='a', ctx=Load()), Starred(value=Name(id='c', ctx=Load()), ctx=Load())], keywords=[keyword(arg='b', value=Constant(value=1)), keyword(value=Name(id='d', ctx=Load()))])"
         );
         assert_eq!(dump("a: x[1:2]"), "Subscript(value=Name(id='x', ctx=Load()), slice=Slice(lower=Constant(value=1), upper=Constant(value=2)), ctx=Load())");
-        assert_eq!(dump("a: x if y else z"), "IfExp(test=Name(id='y', ctx=Load()), body=Name(id='x', ctx=Load()), orelse=Name(id='z', ctx=Load()))");
+        assert_eq!(
+            dump("a: x if y else z"),
+            "IfExp(test=Name(id='y', ctx=Load()), body=Name(id='x', ctx=Load()), orelse=Name(id='z', ctx=Load()))"
+        );
         assert_eq!(dump("a: x and y"), "BoolOp(op=And(), values=[Name(id='x', ctx=Load()), Name(id='y', ctx=Load())])");
-        assert_eq!(dump("a: x < y"), "Compare(left=Name(id='x', ctx=Load()), ops=[Lt()], comparators=[Name(id='y', ctx=Load())])");
+        assert_eq!(
+            dump("a: x < y"),
+            "Compare(left=Name(id='x', ctx=Load()), ops=[Lt()], comparators=[Name(id='y', ctx=Load())])"
+        );
         assert_eq!(dump("a: {1: 2}"), "Dict(keys=[Constant(value=1)], values=[Constant(value=2)])");
         assert_eq!(dump("a: {1, 2}"), "Set(elts=[Constant(value=1), Constant(value=2)])");
         assert_eq!(dump("a: (1,)"), "Tuple(elts=[Constant(value=1)], ctx=Load())");

@@ -50,8 +50,21 @@ fn unsupported(what: impl Into<String>) -> ResolveError {
 }
 
 const SPECIAL_FORMS: &[&str] = &[
-    "Union", "Optional", "Literal", "ClassVar", "Final", "NoReturn", "Never", "Self", "LiteralString", "TypeAlias",
-    "Concatenate", "TypeGuard", "Unpack", "Required", "NotRequired",
+    "Union",
+    "Optional",
+    "Literal",
+    "ClassVar",
+    "Final",
+    "NoReturn",
+    "Never",
+    "Self",
+    "LiteralString",
+    "TypeAlias",
+    "Concatenate",
+    "TypeGuard",
+    "Unpack",
+    "Required",
+    "NotRequired",
 ];
 
 /// `typing` aliases and the `__name__` of their origin.
@@ -138,11 +151,12 @@ fn typing_name(name: &str) -> Option<Result<Py, ResolveError>> {
         // Present in `typing.__dict__` but nothing a signature can use natively.
         "Annotated" | "Generic" | "Protocol" | "TypeVar" | "ParamSpec" | "TypeVarTuple" | "ForwardRef" | "NewType"
         | "NamedTuple" | "TypedDict" | "IO" | "TextIO" | "BinaryIO" | "AnyStr" | "T" | "KT" | "VT" | "T_co"
-        | "V_co" | "VT_co" | "T_contra" | "CT_co" | "cast" | "overload" | "final" | "get_type_hints"
-        | "get_origin" | "get_args" | "collections" | "functools" | "operator" | "sys" | "types" | "warnings"
-        | "contextlib" | "re" | "io" | "abstractmethod" | "ABCMeta" | "defaultdict" | "SupportsInt"
-        | "SupportsFloat" | "SupportsComplex" | "SupportsBytes" | "SupportsIndex" | "SupportsAbs"
-        | "SupportsRound" => return Some(Err(unsupported(format!("`{name}` from typing")))),
+        | "V_co" | "VT_co" | "T_contra" | "CT_co" | "cast" | "overload" | "final" | "get_type_hints" | "get_origin"
+        | "get_args" | "collections" | "functools" | "operator" | "sys" | "types" | "warnings" | "contextlib"
+        | "re" | "io" | "abstractmethod" | "ABCMeta" | "defaultdict" | "SupportsInt" | "SupportsFloat"
+        | "SupportsComplex" | "SupportsBytes" | "SupportsIndex" | "SupportsAbs" | "SupportsRound" => {
+            return Some(Err(unsupported(format!("`{name}` from typing"))))
+        }
         _ => return None,
     }))
 }
@@ -172,10 +186,43 @@ fn resolve_name(name: &str) -> Result<Py, ResolveError> {
 
 fn is_common_module(name: &str) -> bool {
     const MODULES: &[&str] = &[
-        "os", "sys", "re", "json", "math", "time", "datetime", "decimal", "uuid", "pathlib", "enum", "types",
-        "collections", "pydantic", "numpy", "pandas", "abc", "io", "string", "random", "itertools", "functools",
-        "operator", "copy", "logging", "asyncio", "inspect", "ast", "builtins", "dataclasses", "fractions",
-        "ipaddress", "litellm", "openai", "requests", "httpx", "PIL",
+        "os",
+        "sys",
+        "re",
+        "json",
+        "math",
+        "time",
+        "datetime",
+        "decimal",
+        "uuid",
+        "pathlib",
+        "enum",
+        "types",
+        "collections",
+        "pydantic",
+        "numpy",
+        "pandas",
+        "abc",
+        "io",
+        "string",
+        "random",
+        "itertools",
+        "functools",
+        "operator",
+        "copy",
+        "logging",
+        "asyncio",
+        "inspect",
+        "ast",
+        "builtins",
+        "dataclasses",
+        "fractions",
+        "ipaddress",
+        "litellm",
+        "openai",
+        "requests",
+        "httpx",
+        "PIL",
     ];
     MODULES.contains(&name)
 }
@@ -243,7 +290,9 @@ fn type_repr(t: &FieldType) -> String {
         FieldType::Set(Some(i)) => format!("set[{}]", args(&[i])),
         FieldType::FrozenSet(Some(i)) => format!("frozenset[{}]", args(&[i])),
         FieldType::Dict(Some((k, v))) => format!("dict[{}]", args(&[k, v])),
-        FieldType::Tuple(Some(items)) => format!("tuple[{}]", args(&items.iter().collect::<Vec<_>>())),
+        FieldType::Tuple(Some(items)) => {
+            format!("tuple[{}]", args(&items.iter().collect::<Vec<_>>()))
+        }
         FieldType::VarTuple(i) => format!("tuple[{}, ...]", args(&[i])),
         FieldType::Union(items) => {
             let non_none: Vec<&FieldType> = items.iter().filter(|t| **t != FieldType::None).collect();
@@ -337,10 +386,8 @@ fn is_none(p: &Py) -> bool {
 
 /// `typing.Union[members]`: flattened, deduplicated, `None` as `NoneType`.
 fn make_union(members: Vec<Py>) -> Py {
-    let members: Vec<Py> = members
-        .into_iter()
-        .map(|m| if is_none(&m) { Py::Type(FieldType::None) } else { m })
-        .collect();
+    let members: Vec<Py> =
+        members.into_iter().map(|m| if is_none(&m) { Py::Type(FieldType::None) } else { m }).collect();
     if members.iter().all(|m| matches!(m, Py::Type(_))) {
         let types = members
             .into_iter()
@@ -396,9 +443,11 @@ fn subscript(base: Py, args: Vec<Py>) -> Result<Py, ResolveError> {
             for a in args {
                 let items = match a {
                     Py::Const(Const::Str { value, .. }) => vec![LiteralValue::Str(value)],
-                    Py::Const(Const::Int(i)) => vec![LiteralValue::Int(
-                        i64::try_from(i).map_err(|_| unsupported("a Literal integer beyond 64 bits"))?,
-                    )],
+                    Py::Const(Const::Int(i)) => {
+                        vec![LiteralValue::Int(
+                            i64::try_from(i).map_err(|_| unsupported("a Literal integer beyond 64 bits"))?,
+                        )]
+                    }
                     Py::Const(Const::Bool(b)) => vec![LiteralValue::Bool(b)],
                     Py::Const(Const::None) => vec![LiteralValue::None],
                     Py::Type(FieldType::Literal(inner)) => inner,
@@ -424,7 +473,10 @@ fn subscript(base: Py, args: Vec<Py>) -> Result<Py, ResolveError> {
                     let which = if args.len() > n { "many" } else { "few" };
                     return Err(ResolveError::Dspy {
                         category: "TypeError",
-                        message: format!("Too {which} arguments for typing.{alias}; actual {}, expected {n}", args.len()),
+                        message: format!(
+                            "Too {which} arguments for typing.{alias}; actual {}, expected {n}",
+                            args.len()
+                        ),
                     });
                 }
             }

@@ -1,0 +1,76 @@
+//! Property tests: parsers never panic, whatever the input.
+
+use dspex_core::AdapterKind;
+use dspex_native::{adapter, parse_signature_uncached, parse_type};
+use proptest::prelude::*;
+
+/// Strings biased towards the syntax the parsers care about.
+fn tricky() -> impl Strategy<Value = String> {
+    let atoms = prop::sample::select(vec![
+        "->",
+        ",",
+        ":",
+        "[",
+        "]",
+        "(",
+        ")",
+        "{",
+        "}",
+        "'",
+        "\"",
+        "|",
+        "=",
+        "*",
+        "/",
+        "\\",
+        "#",
+        "\n",
+        " ",
+        "a",
+        "_x",
+        "int",
+        "list",
+        "Optional",
+        "Literal",
+        "dspy.",
+        "Union",
+        "1",
+        "0x",
+        "1e",
+        "é",
+        "→",
+        "[[ ## ",
+        " ## ]]",
+        "answer",
+        "completed",
+        "```json",
+        "True",
+        "None",
+        "null",
+        "…",
+        "\u{0}",
+        "\t",
+    ]);
+    prop_oneof![prop::collection::vec(atoms, 0..40).prop_map(|v| v.concat()), any::<String>(),]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn signature_parser_never_panics(s in tricky()) {
+        let _ = parse_signature_uncached(&s, None);
+        let _ = parse_type(&s);
+    }
+
+    #[test]
+    fn completion_parsers_never_panic(s in tricky()) {
+        let sig = parse_signature_uncached("q -> answer, n: int, items: list[str], flag: bool, choice: Literal['a', 'b'], maybe: Optional[dict[str, float]], t: tuple[int, str]", None).unwrap();
+        let _ = adapter::parse(AdapterKind::Chat, &sig, &s);
+        let _ = adapter::parse(AdapterKind::Json, &sig, &s);
+        let wrapped = format!("[[ ## answer ## ]]\nx\n[[ ## n ## ]]\n{s}\n[[ ## items ## ]]\n{s}\n[[ ## maybe ## ]]\n{s}");
+        let _ = adapter::parse(AdapterKind::Chat, &sig, &wrapped);
+        let json_wrapped = format!("{{\"answer\": {s}, \"n\": {s}}}");
+        let _ = adapter::parse(AdapterKind::Json, &sig, &json_wrapped);
+    }
+}
