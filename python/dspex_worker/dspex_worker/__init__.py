@@ -1,0 +1,25 @@
+"""dspex_worker: the Python side of the dspex runtime.
+
+A worker process reads request frames from one pipe and writes response frames
+to another (their descriptors are given in ``DSPEX_REQ_FD`` / ``DSPEX_RESP_FD``),
+runs commands from a registry on a thread pool, and never writes frames to
+stdout or stderr, so ``print()`` in user code cannot corrupt the protocol.
+
+User commands are plain functions registered with :func:`command`::
+
+    from dspex_worker import command
+
+    @command("shout")
+    def shout(ctx, text: str) -> dict:
+        return {"text": text.upper()}
+
+Modules listed in ``DSPEX_WORKER_MODULES`` (comma separated) are imported at
+start-up, and their commands are announced in the worker's ``hello``.
+"""
+
+from .registry import Context, command, registry
+
+__all__ = ["Context", "command", "registry", "PROTOCOL_VERSION"]
+
+PROTOCOL_VERSION = 1
+__version__ = "0.1.0"

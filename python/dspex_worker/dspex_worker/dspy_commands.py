@@ -1,0 +1,447 @@
+"""DSPy commands: run modules, evaluate, optimize, save/load, stream, format/parse.
+
+Every command configures the LM for its own request with ``dspy.context`` (never
+``dspy.configure``, which only the first configuring thread may call), so
+requests on different threads never see each other's settings.
+
+Programs are described as in the Rust ``ProgramSpec``::
+
+    {"module": "predict" | "chain_of_thought" | "react" | "program_of_thought"
+               | "multi_chain_comparison" | "best_of_n" | "refine",
+     "signature": "question -> answer" | {"instructions", "inputs": [...], "outputs": [...]},
+     "demos": [{...}], "adapter": "chat" | "json", "config": {...},
+     "params": {...},        # module-specific (tools, max_iters, M, N, reward_fn, threshold)
+     "state": {...}}         # a saved program state (what `program.save` writes)
+
+LMs are ``{"model", "base_url", "api_key", "temperature", "max_tokens",
+"num_retries", "cache"}`` or ``{"dummy": [answers...]}`` for DSPy's DummyLM.
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+import importlib
+import json
+import math
+import os
+import shutil
+import threading
+import warnings
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+import dspy  # noqa: E402
+from dspy.adapters.chat_adapter import ChatAdapter  # noqa: E402
+from dspy.adapters.json_adapter import JSONAdapter  # noqa: E402
+from dspy.signatures.signature import _parse_type_node  # noqa: E402
+
+from .registry import CommandError, InvalidArguments, Unsupported, command  # noqa: E402
+
+if os.environ.get("DSPEX_DSPY_DISK_CACHE", "0") != "1":
+    # DSPy's disk cache stays off unless the pool asks for it.
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=os.environ.get("DSPEX_DSPY_MEMORY_CACHE", "1") == "1")
+
+
+# ---------------------------------------------------------------- values
+
+
+def jsonable(value):
+    """A JSON-friendly copy of a DSPy value (models dumped, tuples and sets as lists)."""
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((jsonable(v) for v in value), key=repr)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "toDict"):
+        return jsonable(value.toDict())
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def prediction_fields(pred) -> dict:
+    return {k: jsonable(pred[k]) for k in pred.keys()}
+
+
+# ---------------------------------------------------------------- signatures and programs
+
+
+def resolve_type(type_str: str | None):
+    if type_str is None:
+        return str
+    return _parse_type_node(ast.parse(type_str, mode="eval").body)
+
+
+def build_signature(spec, instructions: str | None = None):
+    """A DSPy signature from a string or a class-style description."""
+    if isinstance(spec, str):
+        return dspy.Signature(spec, instructions)
+    if not isinstance(spec, dict):
+        raise InvalidArguments(f"signature must be a string or an object, got {type(spec).__name__}")
+    fields = {}
+    for role, maker in (("inputs", dspy.InputField), ("outputs", dspy.OutputField)):
+        for field in spec.get(role, []):
+            kwargs = {}
+            if "desc" in field:
+                kwargs["desc"] = field["desc"]
+            if "prefix" in field:
+                kwargs["prefix"] = field["prefix"]
+            kwargs.update(field.get("constraints", {}))
+            fields[field["name"]] = (resolve_type(field.get("type")), maker(**kwargs))
+    return dspy.Signature(fields, spec.get("instructions") or instructions)
+
+
+def import_object(path: str):
+    """``package.module:name`` or ``package.module.name``."""
+    if ":" in path:
+        module, _, name = path.partition(":")
+    else:
+        module, _, name = path.rpartition(".")
+    if not module or not name:
+        raise InvalidArguments(f"{path!r} is not an import path (package.module:name)")
+    try:
+        obj = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except (ImportError, AttributeError) as exc:
+        raise InvalidArguments(f"cannot import {path!r}: {exc}") from exc
+
+
+def _predictors(module):
+    return [p for _, p in module.named_predictors()]
+
+
+def build_program(spec: dict):
+    """A DSPy module from a program description (see the module docs)."""
+    if not isinstance(spec, dict) or "signature" not in spec:
+        raise InvalidArguments("program needs at least a `signature`")
+    kind = spec.get("module", "predict")
+    sig = build_signature(spec["signature"], spec.get("instructions"))
+    config = spec.get("config") or {}
+    params = spec.get("params") or {}
+    if kind == "predict":
+        module = dspy.Predict(sig, **config)
+    elif kind == "chain_of_thought":
+        module = dspy.ChainOfThought(sig, **config)
+    elif kind == "react":
+        tools = [import_object(t) for t in params.get("tools", [])]
+        if not tools:
+            raise InvalidArguments("react needs `params.tools`: import paths of the tool functions")
+        module = dspy.ReAct(sig, tools=tools, max_iters=int(params.get("max_iters", 5)))
+    elif kind == "program_of_thought":
+        if shutil.which("deno") is None:
+            raise Unsupported(
+                "ProgramOfThought runs generated code in DSPy's sandboxed interpreter, which needs Deno "
+                "(https://deno.land) on the worker's PATH; it is not installed here"
+            )
+        module = dspy.ProgramOfThought(sig, max_iters=int(params.get("max_iters", 3)))
+    elif kind == "multi_chain_comparison":
+        module = dspy.MultiChainComparison(sig, M=int(params.get("M", 3)))
+    elif kind in ("best_of_n", "refine"):
+        inner = build_program({**spec, "module": params.get("inner", "chain_of_thought"), "params": {}})
+        reward = import_object(params["reward_fn"]) if "reward_fn" in params else (lambda args, pred: 1.0)
+        cls = dspy.BestOfN if kind == "best_of_n" else dspy.Refine
+        module = cls(module=inner, N=int(params.get("N", 3)), reward_fn=reward, threshold=float(params.get("threshold", 1.0)))
+    else:
+        raise InvalidArguments(f"unknown module {kind!r}")
+    demos = spec.get("demos")
+    if demos:
+        for predictor in _predictors(module):
+            predictor.demos = [dspy.Example(**d) for d in demos]
+    if spec.get("state"):
+        load_state(module, spec["state"])
+    return module
+
+
+def load_state(module, state: dict) -> None:
+    """Apply a saved state (what ``program.save(path)`` writes, as a dict)."""
+    if not isinstance(state, dict):
+        raise InvalidArguments("state must be an object (the JSON `program.save` writes)")
+    state = {k: v for k, v in state.items() if k != "metadata"}
+    if isinstance(module, dspy.Predict):
+        module.load_state(state)
+        return
+    names = [name for name, _ in module.named_predictors()]
+    if "signature" in state and len(names) == 1:
+        # One predictor's state, for a module with one predictor.
+        state = {names[0]: state}
+    module.load_state(state)
+
+
+def dump_state(module) -> dict:
+    state = module.dump_state()
+    return jsonable(state)
+
+
+# ---------------------------------------------------------------- LMs
+
+_lm_cache: dict = {}
+_lm_lock = threading.Lock()
+
+
+def build_lm(spec: dict | None, ctx=None):
+    if spec is None:
+        raise InvalidArguments("no LM given: pass `lm` ({model, base_url, api_key} or {dummy: [...]})")
+    if "dummy" in spec:
+        answers = spec["dummy"]
+        adapter = JSONAdapter() if spec.get("adapter") == "json" else None
+        return dspy.utils.DummyLM(answers, follow_examples=bool(spec.get("follow_examples")), adapter=adapter)
+    model = spec.get("model")
+    if not model:
+        raise InvalidArguments("LM spec needs `model`")
+    if "/" not in model:
+        model = f"openai/{model}"
+    kwargs = {"cache": bool(spec.get("cache", False)), "num_retries": int(spec.get("num_retries", 0))}
+    for key in ("temperature", "max_tokens"):
+        if spec.get(key) is not None:
+            kwargs[key] = spec[key]
+    if spec.get("base_url"):
+        kwargs["api_base"] = spec["base_url"]
+    kwargs["api_key"] = spec.get("api_key") or os.environ.get("OPENAI_API_KEY") or "unused"
+    key = json.dumps([model, sorted(kwargs.items())], default=str)
+    with _lm_lock:
+        lm = _lm_cache.get(key)
+        if lm is None:
+            lm = dspy.LM(model, **kwargs)
+            if len(_lm_cache) > 64:
+                _lm_cache.clear()
+            _lm_cache[key] = lm
+    return lm
+
+
+def adapter_for(name: str | None):
+    return JSONAdapter() if name == "json" else ChatAdapter()
+
+
+def lm_context(ctx, lm_spec, adapter: str | None = None, **extra):
+    lm = build_lm(lm_spec, ctx)
+    settings = {"lm": lm, "adapter": adapter_for(adapter), "track_usage": True, **extra}
+    timeout = ctx.time_left() if ctx is not None else None
+    if timeout is not None and not isinstance(lm, dspy.utils.DummyLM):
+        # The request's remaining time bounds the LM call (LiteLLM's timeout).
+        lm.kwargs["timeout"] = max(timeout, 0.001)
+    return dspy.context(**settings)
+
+
+def _usage(pred) -> dict | None:
+    try:
+        usage = pred.get_lm_usage()
+    except AttributeError:
+        return None
+    if not usage:
+        return None
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for per_model in usage.values():
+        for k in total:
+            total[k] += int(per_model.get(k) or 0)
+    return total
+
+
+# ---------------------------------------------------------------- commands
+
+
+@command("dspy.run")
+def run(ctx, program: dict, inputs: dict, lm: dict | None = None):
+    """Run a program on one input; returns its fields (and token usage)."""
+    module = build_program(program)
+    with lm_context(ctx, lm, program.get("adapter")):
+        if program.get("module") == "multi_chain_comparison":
+            pred = module(**inputs)
+        else:
+            pred = module(**inputs)
+    ctx.check()
+    return {"fields": prediction_fields(pred), "usage": _usage(pred)}
+
+
+@command("dspy.parallel")
+def parallel(ctx, program: dict, inputs: list, lm: dict | None = None, num_threads: int = 4):
+    """Run a program over many inputs with dspy.Parallel."""
+    module = build_program(program)
+    with lm_context(ctx, lm, program.get("adapter")):
+        runner = dspy.Parallel(num_threads=int(num_threads), disable_progress_bar=True)
+        results = runner([(module, dspy.Example(**i).with_inputs(*i.keys())) for i in inputs])
+    return {"results": [prediction_fields(r) if r is not None else None for r in results]}
+
+
+@command("dspy.stream")
+def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
+    """Run a program with dspy.streamify: chunks per output field, then the fields."""
+    module = build_program(program)
+    predictors = _predictors(module)
+    listeners = []
+    for predictor in predictors:
+        for name in predictor.signature.output_fields:
+            listeners.append(dspy.streaming.StreamListener(signature_field_name=name, predict=predictor))
+    streaming = dspy.streamify(module, stream_listeners=listeners, async_streaming=False)
+    final = None
+    with lm_context(ctx, lm, program.get("adapter")):
+        for item in streaming(**inputs):
+            ctx.check()
+            if isinstance(item, dspy.Prediction):
+                final = item
+            elif isinstance(item, dspy.streaming.StreamResponse):
+                ctx.emit({"field": item.signature_field_name, "text": item.chunk})
+    if final is None:
+        raise CommandError("the stream ended without a prediction", kind="lm")
+    return {"fields": prediction_fields(final), "usage": _usage(final)}
+
+
+@command("dspy.format")
+def format_messages(ctx, signature, inputs: dict | None = None, demos: list | None = None, adapter: str = "chat", module: str = "predict"):
+    """The messages DSPy's adapter builds (parity and shadow checks)."""
+    sig = build_signature(signature)
+    if module == "chain_of_thought":
+        sig = dspy.ChainOfThought(sig).predict.signature
+    inputs = dict(inputs or {})
+    for key, value in list(inputs.items()):
+        field = sig.input_fields.get(key)
+        if field is not None and field.annotation is dspy.History and isinstance(value, dict):
+            inputs[key] = dspy.History(**value)
+    return {"messages": adapter_for(adapter).format(sig, [dict(d) for d in (demos or [])], inputs)}
+
+
+@command("dspy.parse")
+def parse_completion(ctx, signature, completion: str, adapter: str = "chat", module: str = "predict"):
+    """Parse a completion with DSPy's adapter."""
+    sig = build_signature(signature)
+    if module == "chain_of_thought":
+        sig = dspy.ChainOfThought(sig).predict.signature
+    return {"fields": jsonable(adapter_for(adapter).parse(sig, completion))}
+
+
+def _examples(rows: list, input_keys: list | None):
+    out = []
+    for row in rows:
+        ex = dspy.Example(**row)
+        keys = input_keys or [k for k in row if k not in ("answer",)]
+        out.append(ex.with_inputs(*keys))
+    return out
+
+
+def resolve_metric(name: str):
+    from dspy.evaluate import metrics
+
+    if name in ("exact_match", "answer_exact_match"):
+        return metrics.answer_exact_match
+    if name in ("passage_match", "answer_passage_match"):
+        return metrics.answer_passage_match
+    return import_object(name)
+
+
+class _Progress:
+    """Wraps a metric so every evaluation is reported as a progress event."""
+
+    def __init__(self, ctx, metric, total: int | None, phase: str):
+        self.ctx, self.metric, self.total, self.phase = ctx, metric, total, phase
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, example, pred, trace=None, *args, **kwargs):
+        self.ctx.check()
+        score = self.metric(example, pred, trace, *args, **kwargs) if trace is not None else self.metric(example, pred, *args, **kwargs)
+        with self.lock:
+            self.done += 1
+            done = self.done
+        self.ctx.emit({"event": "progress", "phase": self.phase, "done": done, "total": self.total})
+        return score
+
+
+@command("dspy.evaluate")
+def evaluate(ctx, program: dict, devset: list, metric: str = "exact_match", lm: dict | None = None, input_keys: list | None = None, num_threads: int = 1):
+    """Score a program on a dev set with dspy.Evaluate."""
+    module = build_program(program)
+    examples = _examples(devset, input_keys)
+    scorer = _Progress(ctx, resolve_metric(metric), len(examples), "evaluate")
+    with lm_context(ctx, lm, program.get("adapter")):
+        evaluator = dspy.Evaluate(devset=examples, metric=scorer, num_threads=int(num_threads), display_progress=False)
+        result = evaluator(module)
+    rows = []
+    for example, pred, score in getattr(result, "results", []) or []:
+        rows.append({"example": jsonable(example.toDict()), "prediction": prediction_fields(pred) if pred else None, "score": jsonable(score)})
+    return {"score": float(getattr(result, "score", result)), "results": rows}
+
+
+OPTIMIZERS = {
+    "LabeledFewShot": "dspy.teleprompt:LabeledFewShot",
+    "BootstrapFewShot": "dspy.teleprompt:BootstrapFewShot",
+    "BootstrapFewShotWithRandomSearch": "dspy.teleprompt:BootstrapFewShotWithRandomSearch",
+    "MIPROv2": "dspy.teleprompt:MIPROv2",
+    "COPRO": "dspy.teleprompt:COPRO",
+    "GEPA": "dspy.teleprompt:GEPA",
+}
+
+
+@command("dspy.optimize")
+def optimize(
+    ctx,
+    optimizer: str,
+    program: dict,
+    trainset: list,
+    metric: str = "exact_match",
+    lm: dict | None = None,
+    valset: list | None = None,
+    input_keys: list | None = None,
+    params: dict | None = None,
+    compile_params: dict | None = None,
+):
+    """Compile a program with a DSPy optimizer; progress is streamed; returns the saved state."""
+    if optimizer not in OPTIMIZERS:
+        raise InvalidArguments(f"unknown optimizer {optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+    cls = import_object(OPTIMIZERS[optimizer])
+    module = build_program(program)
+    train = _examples(trainset, input_keys)
+    scorer = _Progress(ctx, resolve_metric(metric), None, "optimize")
+    init = dict(params or {})
+    if optimizer != "LabeledFewShot":
+        init.setdefault("metric", scorer)
+    if optimizer == "GEPA" and "reflection_lm" not in init:
+        init["reflection_lm"] = build_lm(lm, ctx)
+    compile_kwargs = dict(compile_params or {})
+    if valset is not None and optimizer in ("BootstrapFewShotWithRandomSearch", "MIPROv2", "GEPA"):
+        compile_kwargs["valset"] = _examples(valset, input_keys)
+    ctx.emit({"event": "started", "optimizer": optimizer, "trainset": len(train)})
+    with lm_context(ctx, lm, program.get("adapter")):
+        compiled = cls(**init).compile(module, trainset=train, **compile_kwargs)
+    ctx.emit({"event": "finished", "optimizer": optimizer, "evaluations": scorer.done})
+    return {"state": dump_state(compiled), "demos": sum(len(p.demos) for p in _predictors(compiled))}
+
+
+@command("dspy.state")
+def state(ctx, program: dict):
+    """Build a program (with its demos and optional saved state) and return its state."""
+    return {"state": dump_state(build_program(program))}
+
+
+@command("dspy.inspect")
+def inspect_program(ctx, program: dict):
+    """Predictors of a program: names, signatures, demos."""
+    module = build_program(program)
+    out = []
+    for name, predictor in module.named_predictors():
+        sig = predictor.signature
+        out.append(
+            {
+                "name": name,
+                "signature": sig.signature,
+                "instructions": sig.instructions,
+                "fields": [{"name": k, "role": v.json_schema_extra["__dspy_field_type"], "prefix": v.json_schema_extra["prefix"], "desc": v.json_schema_extra["desc"]} for k, v in sig.fields.items()],
+                "demos": len(predictor.demos),
+            }
+        )
+    return {"predictors": out}
+
+
+def warm_up() -> None:
+    """Exercise signature parsing and formatting once, so the first request is not slow."""
+    sig = dspy.Signature("question -> answer")
+    ChatAdapter().format(sig, [], {"question": "warm-up"})

@@ -1,0 +1,99 @@
+"""Framing and codecs of the dspex wire protocol.
+
+A frame is a 4-byte big-endian length of the rest, one codec tag byte
+(0 JSON, 1 MessagePack) and the payload. Messages are dicts with a ``type``.
+The Rust side (``crates/bridge/src/protocol.rs``) implements the same rules;
+``tests/fixtures/protocol/golden.json`` holds frames both suites decode and
+re-encode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import msgpack
+
+JSON = 0
+MSGPACK = 1
+CODECS = {"json": JSON, "msgpack": MSGPACK}
+HEADER = struct.Struct(">IB")
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """The peer broke the framing rules."""
+
+
+def encode_payload(tag: int, message) -> bytes:
+    if tag == MSGPACK:
+        return msgpack.packb(message, use_bin_type=True)
+    if tag == JSON:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    raise ProtocolError(f"unknown codec tag {tag}")
+
+
+def decode_payload(tag: int, payload: bytes):
+    try:
+        if tag == MSGPACK:
+            return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        if tag == JSON:
+            return json.loads(payload)
+    except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
+        raise ProtocolError(f"undecodable {('JSON', 'MessagePack')[tag]} payload: {exc}") from exc
+    raise ProtocolError(f"unknown codec tag {tag}")
+
+
+def encode_frame(tag: int, message) -> bytes:
+    payload = encode_payload(tag, message)
+    return HEADER.pack(len(payload) + 1, tag) + payload
+
+
+class FrameReader:
+    """Reads whole frames from a descriptor with blocking, buffered reads."""
+
+    def __init__(self, fd: int, max_frame: int = DEFAULT_MAX_FRAME, chunk: int = 256 * 1024):
+        self.fd = fd
+        self.max_frame = max_frame
+        self.chunk = chunk
+        self.buf = bytearray()
+
+    def _fill(self, need: int) -> bool:
+        while len(self.buf) < need:
+            data = os.read(self.fd, max(self.chunk, need - len(self.buf)))
+            if not data:
+                return False
+            self.buf += data
+        return True
+
+    def read(self):
+        """The next ``(tag, message)``, or ``None`` at end of input."""
+        if not self._fill(5):
+            if self.buf:
+                raise ProtocolError("input ended inside a frame header")
+            return None
+        length, tag = HEADER.unpack_from(self.buf)
+        if length < 1 or length > self.max_frame:
+            raise ProtocolError(f"frame of {length} bytes is outside 1..{self.max_frame}")
+        if not self._fill(4 + length):
+            raise ProtocolError("input ended inside a frame")
+        payload = bytes(self.buf[5 : 4 + length])
+        del self.buf[: 4 + length]
+        return tag, decode_payload(tag, payload)
+
+
+class FrameWriter:
+    """Writes whole frames; one frame, one ``write`` call where the pipe allows."""
+
+    def __init__(self, fd: int, lock):
+        self.fd = fd
+        self.lock = lock
+
+    def send(self, tag: int, message) -> None:
+        frame = encode_frame(tag, message)
+        with self.lock:
+            view = memoryview(frame)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]

@@ -1,0 +1,135 @@
+"""The command registry, the per-request context, and classified errors."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class CommandError(Exception):
+    """An error with a kind from the runtime's taxonomy and retry advice."""
+
+    kind = "python"
+    retryable = False
+
+    def __init__(self, message: str, *, kind: str | None = None, retryable: bool | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class InvalidArguments(CommandError):
+    kind = "invalid_request"
+
+
+class NotFound(CommandError):
+    kind = "not_found"
+
+
+class Unsupported(CommandError):
+    kind = "unsupported"
+
+
+class Cancelled(CommandError):
+    kind = "cancelled"
+
+
+class DeadlineExceeded(CommandError):
+    kind = "timeout"
+    retryable = True
+
+
+class Context:
+    """What a command knows about the request it serves."""
+
+    __slots__ = ("request_id", "session", "trace_id", "deadline", "stream", "cancelled", "_emit", "_seq")
+
+    def __init__(self, request_id, session=None, trace_id=None, deadline=None, stream=False, emit=None):
+        self.request_id = request_id
+        self.session = session
+        self.trace_id = trace_id
+        #: ``time.monotonic()`` value after which the caller has given up, or None.
+        self.deadline = deadline
+        self.stream = stream
+        self.cancelled = threading.Event()
+        self._emit = emit
+        self._seq = 0
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (never negative), or None without one."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def check(self) -> None:
+        """Raise if the request was cancelled or its deadline passed."""
+        if self.cancelled.is_set():
+            raise Cancelled(f"request {self.request_id} was cancelled")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded(f"request {self.request_id} ran past its deadline")
+
+    def emit(self, data: Any) -> None:
+        """Send a stream chunk (ignored when the caller did not ask for a stream)."""
+        if self.stream and self._emit is not None:
+            self._seq += 1
+            self._emit(self._seq, data)
+
+
+@dataclass
+class Command:
+    name: str
+    func: Callable[..., Any]
+    #: Run on the reader thread (cheap commands only): no thread hand-off.
+    inline: bool = False
+    doc: str = ""
+    signature: inspect.Signature | None = field(default=None, repr=False)
+
+    def call(self, ctx: Context, args: dict) -> Any:
+        if args and self.signature is not None:
+            try:
+                self.signature.bind(ctx, **args)
+            except TypeError as exc:
+                raise InvalidArguments(f"{self.name}: {exc}") from exc
+        return self.func(ctx, **args)
+
+
+class Registry:
+    def __init__(self):
+        self._commands: dict[str, Command] = {}
+
+    def register(self, name: str, func: Callable[..., Any], *, inline: bool = False) -> Command:
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError):
+            sig = None
+        doc = (inspect.getdoc(func) or "").split("\n", 1)[0]
+        cmd = Command(name, func, inline=inline, doc=doc, signature=sig)
+        self._commands[name] = cmd
+        return cmd
+
+    def get(self, name: str) -> Command:
+        try:
+            return self._commands[name]
+        except KeyError:
+            raise NotFound(f"no command {name!r} in this worker") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._commands)
+
+
+registry = Registry()
+
+
+def command(name: str | None = None, *, inline: bool = False):
+    """Register a function ``f(ctx, **args)`` as a worker command."""
+
+    def wrap(func):
+        registry.register(name or func.__name__, func, inline=inline)
+        return func
+
+    return wrap

@@ -1,0 +1,236 @@
+"""The worker process: handshake, frame loop, dispatch, shutdown."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import platform
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+from . import PROTOCOL_VERSION
+from .protocol import CODECS, DEFAULT_MAX_FRAME, JSON, FrameReader, FrameWriter, ProtocolError
+from .registry import CommandError, Context, DeadlineExceeded, registry
+
+log = logging.getLogger("dspex_worker")
+_local = threading.local()
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record):
+        record.request_id = getattr(_local, "request_id", "-")
+        return True
+
+
+def _setup_logging(worker_id: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(logging.Formatter(f"%(levelname)s {worker_id} req=%(request_id)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("DSPEX_WORKER_LOG_LEVEL", "INFO").upper())
+    # LiteLLM and httpx are chatty at INFO.
+    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def classify(exc: BaseException) -> dict:
+    """The wire form of an exception: type, kind, message, traceback, retryable."""
+    kind, retryable = "python", False
+    if isinstance(exc, CommandError):
+        kind, retryable = exc.kind, exc.retryable
+    else:
+        name = type(exc).__name__
+        mro = {c.__name__ for c in type(exc).__mro__}
+        if "AdapterParseError" in mro:
+            kind = "parse"
+        elif "ContextWindowExceededError" in mro:
+            kind = "lm"
+        elif "Timeout" in name or "TimeoutError" in mro:
+            kind, retryable = "timeout", True
+        elif "RateLimit" in name or "LMRateLimitError" in mro or "LMServerError" in mro:
+            kind, retryable = "lm", True
+        elif "Connection" in name or "LMTransportError" in mro:
+            kind, retryable = "transport", True
+        elif "LMError" in mro or "APIError" in mro:
+            kind = "lm"
+    return {
+        "type": type(exc).__name__,
+        "kind": kind,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "retryable": retryable,
+    }
+
+
+class Worker:
+    def __init__(self, req_fd: int, resp_fd: int, *, concurrency: int, max_frame: int, worker_id: str):
+        self.reader = FrameReader(req_fd, max_frame=max_frame)
+        self.writer = FrameWriter(resp_fd, threading.Lock())
+        self.concurrency = concurrency
+        self.worker_id = worker_id
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dspex-req")
+        self.in_flight: dict = {}
+        self.lock = threading.Lock()
+
+    # -- replies -------------------------------------------------------------
+    def _respond(self, tag, rid, ok=None, error=None):
+        msg = {"type": "response", "id": rid}
+        if error is not None:
+            msg["error"] = error
+        else:
+            msg["ok"] = ok
+        self.writer.send(tag, msg)
+
+    def _run(self, tag, cmd, ctx: Context, args: dict, stream: bool) -> None:
+        _local.request_id = ctx.trace_id or ctx.request_id
+        try:
+            ctx.check()
+            result = cmd.call(ctx, args)
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+            if not isinstance(exc, CommandError):
+                log.warning("command %s failed: %s: %s", cmd.name, type(exc).__name__, exc)
+            error = classify(exc)
+            if stream:
+                self.writer.send(tag, {"type": "end", "id": ctx.request_id})
+            self._respond(tag, ctx.request_id, error=error)
+        else:
+            if stream:
+                self.writer.send(tag, {"type": "end", "id": ctx.request_id})
+            self._respond(tag, ctx.request_id, ok=result)
+        finally:
+            _local.request_id = "-"
+            if not cmd.inline:
+                with self.lock:
+                    self.in_flight.pop(ctx.request_id, None)
+
+    def _request(self, tag: int, msg: dict) -> None:
+        rid = msg.get("id")
+        op = msg.get("op")
+        args = msg.get("args") or {}
+        stream = bool(msg.get("stream"))
+        deadline_ms = msg.get("deadline_ms")
+        deadline = time.monotonic() + deadline_ms / 1000.0 if deadline_ms is not None else None
+        try:
+            cmd = registry.get(op)
+            if not isinstance(args, dict):
+                raise CommandError("request args must be a map", kind="invalid_request")
+        except CommandError as exc:
+            self._respond(tag, rid, error=classify(exc))
+            return
+
+        def emit(seq, data):
+            self.writer.send(tag, {"type": "chunk", "id": rid, "seq": seq, "data": data})
+
+        ctx = Context(rid, session=msg.get("session"), trace_id=msg.get("trace_id"), deadline=deadline, stream=stream, emit=emit)
+        if cmd.inline:
+            self._run(tag, cmd, ctx, args, stream)
+            return
+        with self.lock:
+            self.in_flight[rid] = ctx
+        self.pool.submit(self._run, tag, cmd, ctx, args, stream)
+
+    # -- main loop -----------------------------------------------------------
+    def hello(self) -> dict:
+        dspy_version = None
+        if "dspy" in sys.modules:
+            dspy_version = getattr(sys.modules["dspy"], "__version__", None)
+        return {
+            "type": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "worker": self.worker_id,
+            "python": platform.python_version(),
+            "dspy": dspy_version,
+            "codecs": sorted(CODECS),
+            "commands": registry.names(),
+            "max_concurrency": self.concurrency,
+        }
+
+    def serve(self) -> int:
+        self.writer.send(JSON, self.hello())
+        while True:
+            try:
+                frame = self.reader.read()
+            except ProtocolError as exc:
+                log.error("protocol error from the runtime: %s", exc)
+                return 3
+            if frame is None:
+                # The runtime is gone (or closed our request pipe): leave now,
+                # even if a long DSPy call is still running on a pool thread.
+                return 0
+            tag, msg = frame
+            kind = msg.get("type") if isinstance(msg, dict) else None
+            if kind == "request":
+                self._request(tag, msg)
+            elif kind == "ping":
+                self.writer.send(tag, {"type": "pong", "seq": msg.get("seq"), "in_flight": len(self.in_flight)})
+            elif kind == "cancel":
+                with self.lock:
+                    ctx = self.in_flight.get(msg.get("id"))
+                if ctx is not None:
+                    ctx.cancelled.set()
+            elif kind == "shutdown":
+                self._drain(float(msg.get("grace_ms", 5000)) / 1000.0)
+                return 0
+            else:
+                log.error("unexpected message from the runtime: %r", kind)
+                return 3
+
+    def _drain(self, grace: float) -> None:
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            with self.lock:
+                if not self.in_flight:
+                    return
+            time.sleep(0.01)
+        log.warning("shutting down with %d requests still running", len(self.in_flight))
+
+
+def _load_user_modules() -> None:
+    names = [m.strip() for m in os.environ.get("DSPEX_WORKER_MODULES", "").split(",") if m.strip()]
+    for name in names:
+        importlib.import_module(name)
+
+
+def _warm_up() -> None:
+    """Import DSPy and exercise the signature machinery once, before `hello`."""
+    from . import dspy_commands  # noqa: F401  (imports dspy, registers dspy.* commands)
+
+    dspy_commands.warm_up()
+
+
+def main() -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    worker_id = os.environ.get("DSPEX_WORKER_ID", f"worker:{os.getpid()}")
+    _setup_logging(worker_id)
+    try:
+        req_fd = int(os.environ["DSPEX_REQ_FD"])
+        resp_fd = int(os.environ["DSPEX_RESP_FD"])
+    except (KeyError, ValueError):
+        print("dspex_worker: DSPEX_REQ_FD and DSPEX_RESP_FD must name the protocol pipes", file=sys.stderr)
+        sys.exit(2)
+    from . import builtins  # noqa: F401  (registers the built-in commands)
+
+    try:
+        if os.environ.get("DSPEX_WORKER_PRELOAD_DSPY", "1") != "0":
+            _warm_up()
+        _load_user_modules()
+    except Exception:  # noqa: BLE001 - report and exit: the runtime shows this text
+        traceback.print_exc()
+        sys.exit(4)
+    worker = Worker(
+        req_fd,
+        resp_fd,
+        concurrency=int(os.environ.get("DSPEX_WORKER_CONCURRENCY", "4")),
+        max_frame=int(os.environ.get("DSPEX_MAX_FRAME", str(DEFAULT_MAX_FRAME))),
+        worker_id=worker_id,
+    )
+    code = worker.serve()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,168 @@
+"""DSPy commands, with DSPy's DummyLM (no network)."""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+QA = {"module": "predict", "signature": "question -> answer"}
+
+
+def dummy(*answers, **extra):
+    return {"dummy": list(answers), **extra}
+
+
+def test_predict_and_chain_of_thought(worker):
+    resp, _ = worker.call("dspy.run", {"program": QA, "inputs": {"question": "2+2?"}, "lm": dummy({"answer": "4"})})
+    assert resp["ok"]["fields"] == {"answer": "4"}
+    cot = {"module": "chain_of_thought", "signature": "question -> answer: int"}
+    resp, _ = worker.call("dspy.run", {"program": cot, "inputs": {"question": "2+2?"}, "lm": dummy({"reasoning": "add", "answer": "4"})})
+    assert resp["ok"]["fields"] == {"reasoning": "add", "answer": 4}
+
+
+def test_class_style_signature_and_demos(worker):
+    program = {
+        "module": "predict",
+        "signature": {"instructions": "Rate it.", "inputs": [{"name": "text", "desc": "what to rate"}],
+                      "outputs": [{"name": "score", "type": "int", "constraints": {"ge": 0, "le": 10}}]},
+        "demos": [{"text": "great", "score": 9}],
+    }
+    resp, _ = worker.call("dspy.run", {"program": program, "inputs": {"text": "fine"}, "lm": dummy({"score": "6"})})
+    assert resp["ok"]["fields"] == {"score": 6}
+    resp, _ = worker.call("dspy.inspect", {"program": program})
+    (pred,) = resp["ok"]["predictors"]
+    assert pred["instructions"] == "Rate it." and pred["demos"] == 1
+    assert pred["fields"][0]["desc"] == "what to rate"
+
+
+def test_missing_lm_and_bad_programs_are_invalid_requests(worker):
+    resp, _ = worker.call("dspy.run", {"program": QA, "inputs": {"question": "x"}})
+    assert resp["error"]["kind"] == "invalid_request"
+    resp, _ = worker.call("dspy.run", {"program": {"module": "nope", "signature": "a -> b"}, "inputs": {}, "lm": dummy()})
+    assert resp["error"]["kind"] == "invalid_request"
+    resp, _ = worker.call("dspy.run", {"program": {"module": "predict"}, "inputs": {}, "lm": dummy()})
+    assert resp["error"]["kind"] == "invalid_request"
+    resp, _ = worker.call("dspy.run", {"program": QA, "inputs": {"question": "x"}, "lm": {"temperature": 0}})
+    assert resp["error"]["kind"] == "invalid_request"
+    resp, _ = worker.call("dspy.run", {"program": {"module": "react", "signature": "q -> a"}, "inputs": {"q": "x"}, "lm": dummy()})
+    assert resp["error"]["kind"] == "invalid_request"
+    resp, _ = worker.call("dspy.run", {"program": {"module": "react", "signature": "q -> a", "params": {"tools": ["nowhere:fn"]}}, "inputs": {"q": "x"}, "lm": dummy()})
+    assert resp["error"]["kind"] == "invalid_request"
+
+
+def test_react_calls_a_tool(worker):
+    lm = dummy(
+        {"next_thought": "I should add.", "next_tool_name": "add", "next_tool_args": {"a": 2, "b": 3}},
+        {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
+        {"reasoning": "2 + 3 = 5", "answer": "5"},
+    )
+    program = {"module": "react", "signature": "question -> answer", "params": {"tools": ["tools_for_tests:add"], "max_iters": 4}}
+    resp, _ = worker.call("dspy.run", {"program": program, "inputs": {"question": "What is 2 + 3?"}, "lm": lm})
+    fields = resp["ok"]["fields"]
+    assert fields["answer"] == "5"
+    assert "5" in str(fields["trajectory"]), fields["trajectory"]
+
+
+def test_program_of_thought_says_what_is_missing(worker):
+    resp, _ = worker.call("dspy.run", {"program": {"module": "program_of_thought", "signature": "q -> a"}, "inputs": {"q": "1+1"}, "lm": dummy()})
+    if shutil.which("deno") is None:
+        assert resp["error"]["kind"] == "unsupported"
+        assert "Deno" in resp["error"]["message"]
+
+
+def test_multi_chain_comparison_best_of_n_refine(worker):
+    mcc = {"module": "multi_chain_comparison", "signature": "question -> answer", "params": {"M": 2}}
+    completions = [{"reasoning": "a", "answer": "4"}, {"reasoning": "b", "answer": "4"}]
+    resp, _ = worker.call("dspy.run", {"program": mcc, "inputs": {"question": "2+2?", "completions": completions},
+                                       "lm": dummy({"rationale": "both say 4", "answer": "4"})})
+    assert resp["ok"]["fields"]["answer"] == "4"
+    for kind in ("best_of_n", "refine"):
+        program = {"module": kind, "signature": "question -> answer", "params": {"N": 2, "reward_fn": "tools_for_tests:always_one", "threshold": 1.0}}
+        resp, _ = worker.call("dspy.run", {"program": program, "inputs": {"question": "2+2?"}, "lm": dummy({"reasoning": "r", "answer": "4"}, {"reasoning": "r", "answer": "4"})})
+        assert resp["ok"]["fields"]["answer"] == "4", (kind, resp)
+
+
+def test_parallel(worker):
+    lm = dummy({"answer": "a"}, {"answer": "b"}, {"answer": "c"})
+    resp, _ = worker.call("dspy.parallel", {"program": QA, "inputs": [{"question": "1"}, {"question": "2"}, {"question": "3"}], "lm": lm, "num_threads": 1})
+    assert sorted(r["answer"] for r in resp["ok"]["results"]) == ["a", "b", "c"]
+
+
+def test_format_and_parse_expose_dspys_adapters(worker):
+    resp, _ = worker.call("dspy.format", {"signature": "question, history: dspy.History -> answer", "adapter": "json",
+                                          "inputs": {"question": "And Italy?", "history": {"messages": [{"question": "France?", "answer": "Paris"}]}}})
+    messages = resp["ok"]["messages"]
+    assert messages[0]["role"] == "system" and len(messages) == 4
+    resp, _ = worker.call("dspy.parse", {"signature": "q -> n: int", "completion": "[[ ## n ## ]]\n42", "module": "chain_of_thought"})
+    assert resp["error"]["kind"] == "parse"
+    resp, _ = worker.call("dspy.parse", {"signature": "q -> n: int", "completion": "[[ ## n ## ]]\n42"})
+    assert resp["ok"]["fields"] == {"n": 42}
+
+
+def test_evaluate_streams_progress(worker):
+    devset = [{"question": "2+2?", "answer": "4"}, {"question": "3+3?", "answer": "6"}]
+    resp, chunks = worker.call("dspy.evaluate", {"program": QA, "devset": devset, "metric": "exact_match",
+                                                 "input_keys": ["question"], "lm": dummy({"answer": "4"}, {"answer": "5"})}, stream=True)
+    assert resp["ok"]["score"] == 50.0
+    assert [c["data"]["done"] for c in chunks] == [1, 2]
+    assert len(resp["ok"]["results"]) == 2
+
+
+def test_optimizers_compile_and_state_round_trips(worker):
+    trainset = [{"question": "2+2?", "answer": "4"}, {"question": "1+3?", "answer": "4"}]
+    resp, _ = worker.call("dspy.optimize", {"optimizer": "LabeledFewShot", "program": QA, "trainset": trainset,
+                                            "input_keys": ["question"], "params": {"k": 2}, "lm": dummy()})
+    state = resp["ok"]["state"]
+    assert resp["ok"]["demos"] == 2
+    lm = dummy({"answer": "4"}, {"answer": "4"}, {"answer": "4"}, {"answer": "4"})
+    resp, chunks = worker.call("dspy.optimize", {"optimizer": "BootstrapFewShot", "program": QA, "trainset": trainset,
+                                                 "input_keys": ["question"], "metric": "tools_for_tests:answer_is_four",
+                                                 "params": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0}, "lm": lm}, stream=True)
+    assert resp["ok"]["demos"] >= 1, resp
+    events = [c["data"]["event"] for c in chunks]
+    assert events[0] == "started" and events[-1] == "finished" and "progress" in events
+    # The saved state loads back into a fresh program and is used.
+    saved = resp["ok"]["state"]
+    resp, _ = worker.call("dspy.state", {"program": {**QA, "state": saved}})
+    assert resp["ok"]["state"]["demos"] == saved["demos"]
+    resp, _ = worker.call("dspy.run", {"program": {**QA, "state": state}, "inputs": {"question": "5+5?"}, "lm": dummy({"answer": "10"})})
+    assert resp["ok"]["fields"] == {"answer": "10"}
+    resp, _ = worker.call("dspy.optimize", {"optimizer": "Nope", "program": QA, "trainset": trainset, "lm": dummy()})
+    assert resp["error"]["kind"] == "invalid_request"
+
+
+def test_unknown_metric_path(worker):
+    resp, _ = worker.call("dspy.evaluate", {"program": QA, "devset": [{"question": "q", "answer": "a"}], "metric": "nowhere:metric", "lm": dummy()})
+    assert resp["error"]["kind"] == "invalid_request"
+
+
+def test_jsonable_and_error_classification():
+    import enum
+
+    from dspex_worker.dspy_commands import jsonable
+    from dspex_worker.server import classify
+
+    class Color(enum.Enum):
+        RED = "red"
+
+    assert jsonable({"a": (1, 2), "b": {3, 1}, "c": Color.RED, "d": float("nan"), "e": object}) == {
+        "a": [1, 2], "b": [1, 3], "c": "red", "d": "nan", "e": str(object)}
+
+    class FakeTimeout(Exception):
+        pass
+
+    FakeTimeout.__name__ = "APITimeoutError"
+    assert classify(FakeTimeout("slow"))["kind"] == "timeout"
+
+    class RateLimitError(Exception):
+        pass
+
+    assert classify(RateLimitError("429"))["retryable"]
+
+    class APIConnectionError(Exception):
+        pass
+
+    assert classify(APIConnectionError("down"))["kind"] == "transport"

@@ -1,0 +1,207 @@
+"""The frame loop: handshake, codecs, errors, streams, deadlines, cancel, faults."""
+
+import json
+import os
+import struct
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import JSON, MSGPACK, spawn_worker, wait_exit
+from dspex_worker.protocol import FrameReader, ProtocolError, decode_payload, encode_frame, encode_payload
+
+
+def test_hello_announces_the_worker(worker):
+    hello = worker.hello
+    assert hello["protocol"] == 1
+    assert hello["pid"] == os.getpid()
+    assert set(hello["codecs"]) == {"json", "msgpack"}
+    assert {"noop", "echo", "dspy.run", "dspy.optimize", "dspy.format"} <= set(hello["commands"])
+    assert hello["max_concurrency"] == 4
+
+
+@pytest.mark.parametrize("tag", [JSON, MSGPACK])
+def test_echo_round_trips_in_both_codecs(worker, tag):
+    payload = {"text": "héllo «x»", "n": 3, "f": 1.5, "list": [1, None, True], "nested": {"a": [{}]}}
+    resp, _ = worker.call("echo", payload, tag=tag)
+    assert resp["ok"] == payload
+
+
+def test_unknown_command_and_bad_arguments_are_classified(worker):
+    resp, _ = worker.call("nope")
+    assert resp["error"]["kind"] == "not_found"
+    resp, _ = worker.call("sleep", {"secnds": 1})
+    assert resp["error"]["kind"] == "invalid_request"
+    assert "secnds" in resp["error"]["message"]
+    worker.send({"type": "request", "id": 99, "op": "echo", "args": [1, 2]})
+    resp = worker.recv()
+    assert resp["id"] == 99 and resp["error"]["kind"] == "invalid_request"
+
+
+def test_exceptions_carry_type_message_and_traceback(worker):
+    resp, _ = worker.call("fail", {"message": "kaput"})
+    err = resp["error"]
+    assert err["type"] == "ValueError" and err["message"] == "kaput" and err["kind"] == "python"
+    assert "Traceback" in err["traceback"] and not err["retryable"]
+    resp, _ = worker.call("fail", {"message": "later", "kind": "unsupported"})
+    assert resp["error"]["kind"] == "unsupported"
+
+
+def test_printing_does_not_corrupt_frames(worker):
+    resp, _ = worker.call("print", {"lines": 50, "text": "\x00\x00\x00\x05garbage"})
+    assert resp["ok"] == {"printed": 50}
+    resp, _ = worker.call("echo", {"still": "fine"})
+    assert resp["ok"] == {"still": "fine"}
+
+
+def test_stream_chunks_arrive_in_order_before_the_response(worker):
+    resp, chunks = worker.call("count", {"n": 5}, stream=True)
+    assert [c["data"]["i"] for c in chunks] == [1, 2, 3, 4, 5]
+    assert [c["seq"] for c in chunks] == [1, 2, 3, 4, 5]
+    assert resp["ok"] == {"n": 5}
+    # Without `stream`, the same command sends no chunks.
+    resp, chunks = worker.call("count", {"n": 3})
+    assert chunks == [] and resp["ok"] == {"n": 3}
+
+
+def test_deadline_is_enforced(worker):
+    started = time.monotonic()
+    resp, _ = worker.call("sleep", {"seconds": 5}, deadline_ms=100)
+    assert resp["error"]["kind"] == "timeout" and resp["error"]["retryable"]
+    assert time.monotonic() - started < 2
+    resp, _ = worker.call("noop", deadline_ms=0)
+    assert resp["error"]["kind"] == "timeout"
+
+
+def test_cancel_stops_a_running_command(worker):
+    rid = worker.request("sleep", {"seconds": 10})
+    time.sleep(0.05)
+    worker.send({"type": "cancel", "id": rid})
+    resp = worker.recv()
+    assert resp["id"] == rid and resp.get("error", {}).get("kind") == "cancelled", resp
+
+
+def test_many_requests_in_flight_complete_out_of_order(worker):
+    slow = worker.request("sleep", {"seconds": 0.3})
+    fast = worker.request("sleep", {"seconds": 0.01})
+    first, second = worker.recv(), worker.recv()
+    assert (first["id"], second["id"]) == (fast, slow)
+
+
+def test_ping_pong_and_shutdown(worker):
+    worker.send({"type": "ping", "seq": 7})
+    pong = worker.recv()
+    assert pong == {"type": "pong", "seq": 7, "in_flight": 0}
+    worker.send({"type": "shutdown", "grace_ms": 100})
+    worker.thread.join(2)
+    assert worker.result["code"] == 0
+
+
+def test_codec_helpers_reject_garbage():
+    with pytest.raises(ProtocolError):
+        decode_payload(JSON, b"{not json")
+    with pytest.raises(ProtocolError):
+        decode_payload(MSGPACK, b"\xc1")
+    with pytest.raises(ProtocolError):
+        decode_payload(7, b"{}")
+    with pytest.raises(ProtocolError):
+        encode_payload(9, {})
+    r, w = os.pipe()
+    os.write(w, struct.pack(">IB", 10**9, 0))
+    os.close(w)
+    with pytest.raises(ProtocolError):
+        FrameReader(r, max_frame=1024).read()
+    r, w = os.pipe()
+    os.write(w, encode_frame(JSON, {"a": 1})[:-2])
+    os.close(w)
+    with pytest.raises(ProtocolError):
+        FrameReader(r).read()
+
+
+def test_golden_frames_decode_and_reencode():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "tests", "fixtures", "protocol", "golden.json")
+    with open(path) as fh:
+        golden = json.load(fh)
+    for case in golden["frames"]:
+        frame = bytes.fromhex(case["hex"])
+        length, tag = struct.unpack(">IB", frame[:5])
+        assert length == len(frame) - 4
+        message = decode_payload(tag, frame[5:])
+        assert message == case["message"], case["name"]
+        assert encode_frame(tag, message) == frame, case["name"]
+
+
+# ---------------------------------------------------------------- child processes
+
+
+def test_child_worker_handshakes_and_exits_on_eof():
+    client = spawn_worker()
+    hello = client.recv()
+    assert hello["type"] == "hello" and hello["pid"] == client.proc.pid
+    rid = client.request("sleep", {"seconds": 30, "check": False})
+    time.sleep(0.1)
+    os.close(client.req_w)  # the runtime goes away
+    started = time.monotonic()
+    assert wait_exit(client.proc) == 0
+    assert time.monotonic() - started < 2, "EOF ends the worker even during a long call"
+    assert rid == 1
+
+
+def test_child_worker_exits_on_garbage_and_reports_it():
+    client = spawn_worker()
+    client.recv()
+    client.send_raw(b"\x00\x00\x00\x03\x09ab")
+    assert wait_exit(client.proc) == 3
+    assert b"protocol error" in client.proc.stderr.read()
+
+
+def test_child_worker_loads_user_modules(tmp_path):
+    mod = tmp_path / "my_commands.py"
+    mod.write_text(textwrap.dedent(
+        """
+        from dspex_worker import command
+
+        @command("shout")
+        def shout(ctx, text):
+            return {"text": text.upper(), "request": ctx.request_id}
+        """
+    ))
+    client = spawn_worker({"DSPEX_WORKER_MODULES": "my_commands", "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}" + os.pathsep + os.path.dirname(os.path.dirname(__file__))})
+    hello = client.recv()
+    assert "shout" in hello["commands"]
+    resp, _ = client.call("shout", {"text": "hi"})
+    assert resp["ok"] == {"text": "HI", "request": 1}
+    os.close(client.req_w)
+    assert wait_exit(client.proc) == 0
+
+
+def test_child_worker_reports_a_broken_user_module():
+    client = spawn_worker({"DSPEX_WORKER_MODULES": "definitely_not_a_module"})
+    assert wait_exit(client.proc) == 4
+    assert b"definitely_not_a_module" in client.proc.stderr.read()
+
+
+def test_child_worker_needs_its_descriptors():
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPEX_")}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-m", "dspex_worker"], env=env, capture_output=True, timeout=30)
+    assert out.returncode == 2 and b"DSPEX_REQ_FD" in out.stderr
+
+
+def test_child_worker_crash_closes_the_pipe():
+    client = spawn_worker()
+    client.recv()
+    client.request("crash", {"code": 7})
+    assert client.reader.read() is None
+    assert wait_exit(client.proc) == 7
+
+
+def test_info_reports_limits_and_caps(worker):
+    resp, _ = worker.call("info")
+    info = resp["ok"]
+    assert info["pid"] == os.getpid()
+    assert "OMP_NUM_THREADS" in info["env"]
