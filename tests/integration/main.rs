@@ -1,5 +1,6 @@
 //! Integration tests over the public API, in one binary (shared helpers in `support`).
 
+mod bridge;
 mod cli;
 mod dspy_parity;
 mod lm_client;

@@ -199,7 +199,7 @@ def _load_user_modules() -> None:
 
 def _warm_up() -> None:
     """Import DSPy and exercise the signature machinery once, before `hello`."""
-    from . import dspy_commands  # noqa: F401  (imports dspy, registers dspy.* commands)
+    from . import dspy_commands, sessions  # noqa: F401  (imports dspy, registers dspy.* and session.* commands)
 
     dspy_commands.warm_up()
 

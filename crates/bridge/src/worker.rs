@@ -1,0 +1,956 @@
+//! One Python worker process and the requests in flight on it.
+//!
+//! [`Worker::spawn`] starts `python -m dspex_worker` with two dedicated pipes
+//! (requests in, responses out), waits for its `hello`, and returns a handle
+//! that is *ready*. Requests are correlated by id; many may be in flight at
+//! once. A reader task owns the response pipe: it never waits on anything but
+//! the pipe (streams apply backpressure through bounded channels), so a slow
+//! caller cannot stall the dispatcher.
+//!
+//! Failures are always classified, never hangs:
+//! - the process dies → every in-flight request fails with `WorkerCrashed`
+//!   (retryable) at once;
+//! - the worker breaks the protocol (oversize frame, unknown codec tag,
+//!   undecodable payload, unexpected id) → the worker is killed and its
+//!   requests fail with `Protocol`;
+//! - a request's deadline passes → the caller gets `Timeout`, the worker is
+//!   told to cancel, and if the request is still running after the hung-grace
+//!   period the worker is killed (a pool then replaces it).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use dspex_core::{Error, ErrorKind, Result, Value};
+use futures_util::Stream;
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::process::{self, ChildLimits, SpawnSpec};
+use crate::protocol::{decode_frame, encode_frame, Codec, Hello, Message, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use crate::runs::RunRegistry;
+
+/// Environment variables passed through from the runtime unless configured otherwise.
+pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
+/// How to start one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Name for logs and errors, e.g. `worker:general:0`.
+    pub name: String,
+    /// The Python interpreter (absolute path: a shim adds ~100 ms per start).
+    pub python: PathBuf,
+    /// Arguments after the interpreter (`-m dspex_worker` by default).
+    pub args: Vec<OsString>,
+    /// Prepended to `PYTHONPATH` (the embedded worker sources, user code).
+    pub python_path: Vec<PathBuf>,
+    /// Variables set for this worker (they win over everything else).
+    pub env: Vec<(String, String)>,
+    /// Variables passed through from the runtime's environment.
+    pub env_allowlist: Vec<String>,
+    /// Requests the worker runs at once (its thread pool size).
+    pub concurrency: u32,
+    /// Largest frame accepted, in bytes.
+    pub max_frame: usize,
+    /// Threads for numeric libraries (OpenMP, BLAS, MKL, ...); `None` leaves them alone.
+    pub thread_caps: Option<u32>,
+    /// Address-space limit, CPU priority, CPU affinity.
+    pub limits: ChildLimits,
+    /// `CUDA_VISIBLE_DEVICES` for this worker.
+    pub cuda_visible_devices: Option<String>,
+    /// Python modules that register user commands.
+    pub user_modules: Vec<String>,
+    /// Import DSPy (and warm it up) before saying hello.
+    pub preload_dspy: bool,
+    /// How long start-up (through `hello`) may take.
+    pub start_timeout: Duration,
+    /// Codec for requests unless a call asks for another.
+    pub codec: Codec,
+    /// How long a request may keep running after its deadline and a cancel
+    /// before the worker is considered hung and killed.
+    pub hung_grace: Duration,
+    /// Pipe buffer size (`F_SETPIPE_SZ`).
+    pub pipe_size: usize,
+    /// Ping this often; a worker that misses a pong for 5 intervals is killed.
+    pub heartbeat: Option<Duration>,
+    /// Record the worker in this run registry.
+    pub registry: Option<Arc<RunRegistry>>,
+}
+
+impl WorkerConfig {
+    /// Defaults for a worker named `name` run by `python`.
+    pub fn new(name: impl Into<String>, python: impl Into<PathBuf>) -> WorkerConfig {
+        WorkerConfig {
+            name: name.into(),
+            python: python.into(),
+            args: vec!["-m".into(), "dspex_worker".into()],
+            python_path: Vec::new(),
+            env: Vec::new(),
+            env_allowlist: DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect(),
+            concurrency: 4,
+            max_frame: DEFAULT_MAX_FRAME,
+            thread_caps: Some(1),
+            limits: ChildLimits::default(),
+            cuda_visible_devices: None,
+            user_modules: Vec::new(),
+            preload_dspy: true,
+            start_timeout: Duration::from_secs(60),
+            codec: Codec::MsgPack,
+            hung_grace: Duration::from_secs(2),
+            pipe_size: 1 << 20,
+            heartbeat: None,
+            registry: None,
+        }
+    }
+
+    fn environment(&self, req_fd: i32, resp_fd: i32) -> Vec<(OsString, OsString)> {
+        let mut env: Vec<(OsString, OsString)> = Vec::new();
+        for key in &self.env_allowlist {
+            if let Some(v) = std::env::var_os(key) {
+                env.push((key.into(), v));
+            }
+        }
+        let mut set = |k: &str, v: String| env.push((k.into(), v.into()));
+        set("DSPEX_REQ_FD", req_fd.to_string());
+        set("DSPEX_RESP_FD", resp_fd.to_string());
+        set("DSPEX_WORKER_ID", self.name.clone());
+        set("DSPEX_WORKER_CONCURRENCY", self.concurrency.to_string());
+        set("DSPEX_MAX_FRAME", self.max_frame.to_string());
+        set("DSPEX_WORKER_PRELOAD_DSPY", if self.preload_dspy { "1" } else { "0" }.to_string());
+        if !self.user_modules.is_empty() {
+            set("DSPEX_WORKER_MODULES", self.user_modules.join(","));
+        }
+        // Lines reach the runtime's logs as they are written.
+        set("PYTHONUNBUFFERED", "1".into());
+        set("PYTHONDONTWRITEBYTECODE", "1".into());
+        // Without it, LiteLLM fetches its cost map from the network on first use.
+        set("LITELLM_LOCAL_MODEL_COST_MAP", "True".into());
+        set("TOKENIZERS_PARALLELISM", "false".into());
+        if let Some(n) = self.thread_caps {
+            for k in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"] {
+                set(k, n.to_string());
+            }
+        }
+        if let Some(d) = &self.cuda_visible_devices {
+            set("CUDA_VISIBLE_DEVICES", d.clone());
+        }
+        let mut paths: Vec<String> = self.python_path.iter().map(|p| p.display().to_string()).collect();
+        if let Some(existing) = self.env.iter().find(|(k, _)| k == "PYTHONPATH") {
+            paths.push(existing.1.clone());
+        }
+        if !paths.is_empty() {
+            set("PYTHONPATH", paths.join(":"));
+        }
+        for (k, v) in &self.env {
+            if k != "PYTHONPATH" {
+                env.retain(|(ek, _)| ek != k.as_str());
+                env.push((k.into(), v.into()));
+            }
+        }
+        env
+    }
+}
+
+/// Per-request settings.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// When the caller stops waiting; the worker is told the time left.
+    pub deadline: Option<Instant>,
+    /// The session the request belongs to.
+    pub session: Option<String>,
+    /// Trace id, shown in the worker's log lines.
+    pub trace_id: Option<String>,
+    /// Codec for this request (the worker answers in the same one).
+    pub codec: Option<Codec>,
+}
+
+/// One item of a streamed request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// A chunk the command emitted.
+    Chunk(Value),
+    /// The command's result (always last).
+    Done(Value),
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal, if it was killed.
+    pub signal: Option<i32>,
+    /// Why the runtime thinks it ended.
+    pub reason: String,
+}
+
+impl ExitInfo {
+    fn describe(&self) -> String {
+        match (self.code, self.signal) {
+            (_, Some(s)) => format!("killed by signal {s}"),
+            (Some(c), _) => format!("exited with code {c}"),
+            _ => "ended".into(),
+        }
+    }
+}
+
+enum Slot {
+    Call(oneshot::Sender<Result<Value>>),
+    Stream(mpsc::Sender<Result<StreamItem>>),
+}
+
+const READY: u8 = 0;
+const STOPPING: u8 = 1;
+const BROKEN: u8 = 2;
+const EXITED: u8 = 3;
+
+struct Shared {
+    name: String,
+    pid: u32,
+    pgid: i32,
+    hello: Hello,
+    codec: Codec,
+    max_frame: usize,
+    hung_grace: Duration,
+    writer: tokio::sync::Mutex<pipe::Sender>,
+    pending: Mutex<HashMap<u64, Slot>>,
+    /// Requests the caller gave up on: their late answers are dropped, not protocol errors.
+    abandoned: Mutex<(HashSet<u64>, VecDeque<u64>)>,
+    pings: Mutex<HashMap<u64, oneshot::Sender<u64>>>,
+    next_id: AtomicU64,
+    next_ping: AtomicU64,
+    state: AtomicU8,
+    /// Why the worker stopped being ready (set once).
+    failure: Mutex<Option<Error>>,
+    exit: watch::Sender<Option<ExitInfo>>,
+    stderr_tail: Mutex<VecDeque<String>>,
+    completed: AtomicU64,
+    registry: Option<Arc<RunRegistry>>,
+}
+
+const ABANDONED_MAX: usize = 4096;
+const STDERR_TAIL: usize = 40;
+
+impl Shared {
+    fn tail(&self) -> String {
+        let t = self.stderr_tail.lock();
+        t.iter().rev().take(8).rev().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    fn worker_error(&self, kind: ErrorKind, msg: impl Into<String>) -> Error {
+        Error::new(kind, msg).with_worker(self.name.clone())
+    }
+
+    /// Stop accepting requests and fail every pending one with `err`.
+    fn fail_all(&self, state: u8, err: Error) {
+        {
+            let mut failure = self.failure.lock();
+            if failure.is_none() {
+                *failure = Some(err.clone());
+            }
+        }
+        self.state.store(state, Ordering::SeqCst);
+        let drained: Vec<Slot> = self.pending.lock().drain().map(|(_, s)| s).collect();
+        for slot in drained {
+            match slot {
+                Slot::Call(tx) => {
+                    let _ = tx.send(Err(err.clone()));
+                }
+                Slot::Stream(tx) => {
+                    let _ = tx.try_send(Err(err.clone()));
+                }
+            }
+        }
+        self.pings.lock().clear();
+    }
+
+    fn abandon(&self, id: u64) {
+        let mut a = self.abandoned.lock();
+        if a.0.insert(id) {
+            a.1.push_back(id);
+            if a.1.len() > ABANDONED_MAX {
+                if let Some(old) = a.1.pop_front() {
+                    a.0.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn settle_abandoned(&self, id: u64) -> bool {
+        self.abandoned.lock().0.remove(&id)
+    }
+
+    fn not_ready_error(&self) -> Error {
+        match self.failure.lock().clone() {
+            Some(e) => e,
+            None => self.worker_error(ErrorKind::WorkerCrashed, format!("worker {} is stopping", self.name)).with_retryable(true),
+        }
+    }
+
+    fn kill(&self) {
+        process::signal_group(self.pgid, libc::SIGKILL);
+    }
+}
+
+/// A running worker. Cheap to clone; the process is killed when the last
+/// handle is dropped (call [`Worker::stop`] for a graceful end).
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if self.shared.state.load(Ordering::SeqCst) != EXITED {
+            self.shared.kill();
+        }
+    }
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("name", &self.inner.shared.name).field("pid", &self.inner.shared.pid).finish()
+    }
+}
+
+fn into_sender(fd: OwnedFd) -> Result<pipe::Sender> {
+    process::set_nonblocking(&fd)?;
+    pipe::Sender::from_owned_fd(fd).map_err(Error::from)
+}
+
+fn into_receiver(fd: OwnedFd) -> Result<pipe::Receiver> {
+    process::set_nonblocking(&fd)?;
+    pipe::Receiver::from_owned_fd(fd).map_err(Error::from)
+}
+
+/// Read one frame body (tag + payload); `Ok(None)` at a clean end of input.
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R, max_frame: usize) -> Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n == 0 || n > max_frame {
+        return Err(Error::new(ErrorKind::Protocol, format!("frame of {n} bytes is outside 1..={max_frame}")));
+    }
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("output ended inside a frame of {n} bytes: {e}")))?;
+    Ok(Some(body))
+}
+
+fn pump_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(reader: R, shared: Arc<Shared>, is_stderr: bool) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let worker = shared.name.as_str();
+            if is_stderr {
+                {
+                    let mut t = shared.stderr_tail.lock();
+                    t.push_back(line.clone());
+                    if t.len() > STDERR_TAIL {
+                        t.pop_front();
+                    }
+                }
+                if line.starts_with("ERROR ") || line.starts_with("CRITICAL ") {
+                    error!(target: "dspex::python", worker, "{line}");
+                } else if line.starts_with("WARNING ") {
+                    warn!(target: "dspex::python", worker, "{line}");
+                } else if line.starts_with("INFO ") {
+                    info!(target: "dspex::python", worker, "{line}");
+                } else if line.starts_with("DEBUG ") {
+                    debug!(target: "dspex::python", worker, "{line}");
+                } else {
+                    warn!(target: "dspex::python", worker, stream = "stderr", "{line}");
+                }
+            } else {
+                info!(target: "dspex::python", worker, stream = "stdout", "{line}");
+            }
+        }
+    });
+}
+
+impl Worker {
+    /// Start a worker and wait until it is ready (its `hello` arrived).
+    pub async fn spawn(config: WorkerConfig) -> Result<Worker> {
+        let (req_r, req_w) = process::pipe()?;
+        let (resp_r, resp_w) = process::pipe()?;
+        process::set_pipe_size(&req_w, config.pipe_size);
+        process::set_pipe_size(&resp_w, config.pipe_size);
+        use std::os::fd::AsRawFd;
+        let (child_req, child_resp) = (req_r.as_raw_fd(), resp_w.as_raw_fd());
+        let spec = SpawnSpec {
+            program: config.python.clone(),
+            args: config.args.clone(),
+            env: config.environment(child_req, child_resp),
+            inherit: vec![child_req, child_resp],
+            limits: config.limits.clone(),
+        };
+        let spawned = tokio::task::spawn_blocking(move || process::spawn(spec))
+            .await
+            .map_err(|e| Error::internal(format!("spawn task failed: {e}")))??;
+        // The child has its ends now.
+        drop(req_r);
+        drop(resp_w);
+        let mut child = spawned.child;
+        let (pid, pgid) = (spawned.pid, spawned.pgid);
+        if let Some(reg) = &config.registry {
+            if let Err(e) = reg.add_worker(pid, pgid) {
+                warn!(worker = %config.name, error = %e, "cannot record the worker in the run registry");
+            }
+        }
+        let stdout = child.stdout.take().map(|s| into_receiver(OwnedFd::from(s)));
+        let stderr = child.stderr.take().map(|s| into_receiver(OwnedFd::from(s)));
+        let writer = into_sender(req_w)?;
+        let mut reader = BufReader::with_capacity(256 * 1024, into_receiver(resp_r)?);
+
+        let started = Instant::now();
+        let hello_frame = tokio::time::timeout(config.start_timeout, read_frame(&mut reader, config.max_frame)).await;
+        let tail_from = |stderr: Option<Result<pipe::Receiver>>| async move {
+            let mut text = String::new();
+            if let Some(Ok(mut r)) = stderr {
+                let _ = tokio::time::timeout(Duration::from_secs(2), r.read_to_string(&mut text)).await;
+            }
+            text.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        let fail = |kind: ErrorKind, msg: String| Error::new(kind, msg).with_worker(config.name.clone());
+        let hello = match hello_frame {
+            Err(_) => {
+                process::signal_group(pgid, libc::SIGKILL);
+                let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                return Err(fail(
+                    ErrorKind::Timeout,
+                    format!("worker {} did not say hello within {:?}", config.name, config.start_timeout),
+                ));
+            }
+            Ok(Ok(Some(body))) => match decode_frame(&body) {
+                Ok((_, Message::Hello(h))) => h,
+                Ok((_, other)) => {
+                    process::signal_group(pgid, libc::SIGKILL);
+                    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                    return Err(fail(ErrorKind::Protocol, format!("worker's first message was not hello: {other:?}")));
+                }
+                Err(e) => {
+                    process::signal_group(pgid, libc::SIGKILL);
+                    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                    return Err(fail(ErrorKind::Protocol, format!("worker's hello is broken: {}", e.message())));
+                }
+            },
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                let tail = tail_from(stderr).await;
+                let status = tokio::task::spawn_blocking(move || child.wait()).await.ok().and_then(|r| r.ok());
+                let how = status.map(|s| s.to_string()).unwrap_or_else(|| "ended".into());
+                return Err(fail(
+                    ErrorKind::Config,
+                    format!("worker {} {how} during start-up; its last output:\n{tail}", config.name),
+                ));
+            }
+        };
+        if hello.protocol != PROTOCOL_VERSION {
+            process::signal_group(pgid, libc::SIGKILL);
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+            return Err(fail(
+                ErrorKind::Protocol,
+                format!("worker speaks protocol {}, this runtime {}", hello.protocol, PROTOCOL_VERSION),
+            ));
+        }
+        info!(worker = %config.name, pid, ready_ms = started.elapsed().as_millis() as u64, dspy = ?hello.dspy, "worker ready");
+        let (exit_tx, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            pid,
+            pgid,
+            hello,
+            codec: config.codec,
+            max_frame: config.max_frame,
+            hung_grace: config.hung_grace,
+            writer: tokio::sync::Mutex::new(writer),
+            pending: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new((HashSet::new(), VecDeque::new())),
+            pings: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            next_ping: AtomicU64::new(1),
+            state: AtomicU8::new(READY),
+            failure: Mutex::new(None),
+            exit: exit_tx,
+            stderr_tail: Mutex::new(VecDeque::new()),
+            completed: AtomicU64::new(0),
+            registry: config.registry.clone(),
+        });
+        if let Some(Ok(r)) = stdout {
+            pump_lines(r, shared.clone(), false);
+        }
+        if let Some(Ok(r)) = stderr {
+            pump_lines(r, shared.clone(), true);
+        }
+        tokio::spawn(read_loop(shared.clone(), reader, child));
+        let worker = Worker { inner: Arc::new(Handle { shared }) };
+        if let Some(every) = config.heartbeat {
+            tokio::spawn(heartbeat(Arc::downgrade(&worker.inner), every));
+        }
+        Ok(worker)
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.shared().name
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.shared().pid
+    }
+
+    /// What the worker announced.
+    pub fn hello(&self) -> &Hello {
+        &self.shared().hello
+    }
+
+    /// Whether the worker accepts requests.
+    pub fn is_ready(&self) -> bool {
+        self.shared().state.load(Ordering::SeqCst) == READY
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.shared().pending.lock().len()
+    }
+
+    /// Requests answered so far.
+    pub fn completed(&self) -> u64 {
+        self.shared().completed.load(Ordering::Relaxed)
+    }
+
+    /// The last lines the worker wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        self.shared().tail()
+    }
+
+    async fn send(&self, codec: Codec, msg: &Message) -> Result<()> {
+        let frame = encode_frame(codec, msg)?;
+        let mut w = self.shared().writer.lock().await;
+        w.write_all(&frame).await.map_err(|e| {
+            self.shared()
+                .worker_error(ErrorKind::WorkerCrashed, format!("cannot write to worker {}: {e}", self.name()))
+                .with_retryable(true)
+        })
+    }
+
+    fn register(&self, slot: Slot) -> Result<u64> {
+        let s = self.shared();
+        let mut pending = s.pending.lock();
+        // Checked under the lock `fail_all` drains: no request can slip in after it.
+        if s.state.load(Ordering::SeqCst) != READY {
+            return Err(s.not_ready_error());
+        }
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        pending.insert(id, slot);
+        Ok(id)
+    }
+
+    fn request_message(id: u64, op: &str, args: Value, opts: &CallOptions, stream: bool) -> Result<Message> {
+        let deadline_ms = match opts.deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left.as_millis().max(1) as u64),
+                _ => return Err(Error::new(ErrorKind::Timeout, "deadline passed before the request was sent")),
+            },
+            None => None,
+        };
+        Ok(Message::Request {
+            id,
+            op: op.to_string(),
+            session: opts.session.clone(),
+            args,
+            deadline_ms,
+            trace_id: opts.trace_id.clone(),
+            stream,
+        })
+    }
+
+    /// Give up on a request: drop its late answer, tell the worker to cancel,
+    /// and kill the worker if the request is still running after the hung grace.
+    fn give_up(&self, id: u64, codec: Codec, op: &str) {
+        let s = self.shared().clone();
+        if s.pending.lock().remove(&id).is_none() {
+            return;
+        }
+        s.abandon(id);
+        let worker = self.clone_weak();
+        let op = op.to_string();
+        tokio::spawn(async move {
+            if let Some(w) = worker.upgrade().map(|inner| Worker { inner }) {
+                let _ = w.send(codec, &Message::Cancel { id }).await;
+            }
+            tokio::time::sleep(s.hung_grace).await;
+            let still_running = s.abandoned.lock().0.contains(&id);
+            if still_running && s.state.load(Ordering::SeqCst) == READY {
+                let msg = format!(
+                    "request {id} ({op}) was still running {:?} after its deadline and a cancel; worker {} is hung",
+                    s.hung_grace, s.name
+                );
+                warn!(worker = %s.name, request = id, "{msg}");
+                s.fail_all(BROKEN, s.worker_error(ErrorKind::WorkerCrashed, msg).with_retryable(true));
+                s.kill();
+            }
+        });
+    }
+
+    fn clone_weak(&self) -> std::sync::Weak<Handle> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// Run command `op` with `args` (a map) and wait for its result.
+    pub async fn call(&self, op: &str, args: Value, opts: &CallOptions) -> Result<Value> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.register(Slot::Call(tx))?;
+        let codec = opts.codec.unwrap_or(self.shared().codec);
+        let msg = match Self::request_message(id, op, args, opts, false) {
+            Ok(m) => m,
+            Err(e) => {
+                self.shared().pending.lock().remove(&id);
+                return Err(e.with_worker(self.name()));
+            }
+        };
+        if let Err(e) = self.send(codec, &msg).await {
+            self.shared().pending.lock().remove(&id);
+            return Err(e);
+        }
+        let outcome = match opts.deadline {
+            Some(d) => match tokio::time::timeout_at(d.into(), rx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.give_up(id, codec, op);
+                    return Err(self
+                        .shared()
+                        .worker_error(ErrorKind::Timeout, format!("{op} did not finish before its deadline"))
+                        .with_retryable(true));
+                }
+            },
+            None => rx.await,
+        };
+        match outcome {
+            Ok(r) => r,
+            Err(_) => Err(self.shared().not_ready_error()),
+        }
+    }
+
+    /// Run command `op` as a stream: its chunks, then its result.
+    pub async fn stream(&self, op: &str, args: Value, opts: &CallOptions) -> Result<WorkerStream> {
+        let (tx, rx) = mpsc::channel(32);
+        let id = self.register(Slot::Stream(tx))?;
+        let codec = opts.codec.unwrap_or(self.shared().codec);
+        let msg = match Self::request_message(id, op, args, opts, true) {
+            Ok(m) => m,
+            Err(e) => {
+                self.shared().pending.lock().remove(&id);
+                return Err(e.with_worker(self.name()));
+            }
+        };
+        if let Err(e) = self.send(codec, &msg).await {
+            self.shared().pending.lock().remove(&id);
+            return Err(e);
+        }
+        Ok(WorkerStream {
+            rx,
+            id,
+            op: op.to_string(),
+            codec,
+            worker: self.clone(),
+            deadline: opts.deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
+            finished: false,
+        })
+    }
+
+    /// Send a ping and wait for the pong (at most `timeout`); the round-trip time.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration> {
+        let s = self.shared();
+        if s.state.load(Ordering::SeqCst) != READY {
+            return Err(s.not_ready_error());
+        }
+        let seq = s.next_ping.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        s.pings.lock().insert(seq, tx);
+        let started = Instant::now();
+        self.send(s.codec, &Message::Ping { seq }).await?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(_)) => Ok(started.elapsed()),
+            Ok(Err(_)) => Err(s.not_ready_error()),
+            Err(_) => {
+                s.pings.lock().remove(&seq);
+                Err(s.worker_error(ErrorKind::Timeout, format!("no pong from {} within {timeout:?}", s.name)))
+            }
+        }
+    }
+
+    /// Wait until the process has exited and been reaped.
+    pub async fn exited(&self) -> ExitInfo {
+        let mut rx = self.shared().exit.subscribe();
+        loop {
+            if let Some(info) = rx.borrow_and_update().clone() {
+                return info;
+            }
+            if rx.changed().await.is_err() {
+                return ExitInfo { code: None, signal: None, reason: "the worker's monitor ended".into() };
+            }
+        }
+    }
+
+    /// Kill the worker's whole process group now.
+    pub fn kill(&self) {
+        let s = self.shared();
+        s.fail_all(
+            BROKEN,
+            s.worker_error(ErrorKind::WorkerCrashed, format!("worker {} was killed by the runtime", s.name)).with_retryable(true),
+        );
+        s.kill();
+    }
+
+    /// End the worker: `shutdown` (in-flight requests get `grace`), then
+    /// `SIGTERM`, then `SIGKILL` to its process group; always reaped.
+    pub async fn stop(&self, grace: Duration) -> ExitInfo {
+        let s = self.shared().clone();
+        if s.state.compare_exchange(READY, STOPPING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            let _ = self.send(s.codec, &Message::Shutdown { grace_ms: grace.as_millis() as u64 }).await;
+        }
+        let waited = tokio::time::timeout(grace + Duration::from_millis(500), self.exited()).await;
+        if let Ok(info) = waited {
+            return info;
+        }
+        process::signal_group(s.pgid, libc::SIGTERM);
+        if let Ok(info) = tokio::time::timeout(Duration::from_secs(1), self.exited()).await {
+            return info;
+        }
+        s.kill();
+        self.exited().await
+    }
+}
+
+async fn heartbeat(worker: std::sync::Weak<Handle>, every: Duration) {
+    let mut misses = 0u32;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = worker.upgrade() else { return };
+        let w = Worker { inner };
+        if !w.is_ready() {
+            return;
+        }
+        match w.ping(every * 5).await {
+            Ok(_) => misses = 0,
+            Err(_) => {
+                misses += 1;
+                if misses >= 1 && w.is_ready() {
+                    let s = w.shared();
+                    warn!(worker = %s.name, "no heartbeat; killing the worker");
+                    s.fail_all(BROKEN, s.worker_error(ErrorKind::WorkerCrashed, format!("worker {} missed its heartbeat", s.name)).with_retryable(true));
+                    s.kill();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, mut child: std::process::Child) {
+    let end: Result<()> = async {
+        loop {
+            let Some(body) = read_frame(&mut reader, shared.max_frame).await? else { return Ok(()) };
+            let (_, msg) = decode_frame(&body)?;
+            match msg {
+                Message::Response { id, ok, error } => {
+                    let slot = shared.pending.lock().remove(&id);
+                    shared.completed.fetch_add(1, Ordering::Relaxed);
+                    let result = match error {
+                        Some(e) => Err(e.into_error().with_worker(shared.name.clone())),
+                        None => Ok(ok.unwrap_or(Value::Null)),
+                    };
+                    match slot {
+                        Some(Slot::Call(tx)) => {
+                            let _ = tx.send(result);
+                        }
+                        Some(Slot::Stream(tx)) => {
+                            let _ = tx.send(result.map(StreamItem::Done)).await;
+                        }
+                        None if shared.settle_abandoned(id) => {}
+                        None => return Err(Error::new(ErrorKind::Protocol, format!("response for unknown request {id}"))),
+                    }
+                }
+                Message::Chunk { id, data, .. } => {
+                    let tx = match shared.pending.lock().get(&id) {
+                        Some(Slot::Stream(tx)) => Some(tx.clone()),
+                        Some(Slot::Call(_)) => None,
+                        None => None,
+                    };
+                    match tx {
+                        // Backpressure: a slow consumer slows this worker's output.
+                        Some(tx) => {
+                            let _ = tx.send(Ok(StreamItem::Chunk(data))).await;
+                        }
+                        None if shared.abandoned.lock().0.contains(&id) => {}
+                        None if shared.pending.lock().contains_key(&id) => {}
+                        None => return Err(Error::new(ErrorKind::Protocol, format!("chunk for unknown request {id}"))),
+                    }
+                }
+                Message::End { .. } => {}
+                Message::Pong { seq, in_flight } => {
+                    if let Some(tx) = shared.pings.lock().remove(&seq) {
+                        let _ = tx.send(in_flight);
+                    }
+                }
+                other => {
+                    return Err(Error::new(ErrorKind::Protocol, format!("unexpected message from the worker: {other:?}")))
+                }
+            }
+        }
+    }
+    .await;
+    match end {
+        Ok(()) => {
+            let err = shared
+                .worker_error(ErrorKind::WorkerCrashed, format!("worker {} (pid {}) closed its output", shared.name, shared.pid))
+                .with_retryable(true);
+            shared.fail_all(EXITED, err);
+        }
+        Err(e) => {
+            let err = if e.kind() == ErrorKind::Protocol {
+                error!(worker = %shared.name, error = %e, "protocol violation; killing the worker");
+                shared.worker_error(ErrorKind::Protocol, format!("worker {} broke the protocol: {}", shared.name, e.message()))
+            } else {
+                shared.worker_error(ErrorKind::WorkerCrashed, format!("reading from worker {} failed: {}", shared.name, e.message()))
+            }
+            .with_retryable(true);
+            shared.fail_all(BROKEN, err);
+            shared.kill();
+        }
+    }
+    // Reap: give a closing process a moment, then make sure it is gone.
+    let pgid = shared.pgid;
+    let status = tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + Duration::from_millis(500);
+        loop {
+            match child.try_wait() {
+                Ok(Some(s)) => return Some(s),
+                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    process::signal_group(pgid, libc::SIGKILL);
+                    return child.wait().ok();
+                }
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    // Members of the group the worker started must not outlive it.
+    process::signal_group(pgid, libc::SIGKILL);
+    use std::os::unix::process::ExitStatusExt;
+    let reason = shared.failure.lock().as_ref().map(|e| e.message().to_string()).unwrap_or_default();
+    let info = ExitInfo { code: status.and_then(|s| s.code()), signal: status.and_then(|s| s.signal()), reason };
+    info!(worker = %shared.name, pid = shared.pid, how = %info.describe(), "worker exited");
+    if let Some(reg) = &shared.registry {
+        let _ = reg.remove_worker(shared.pid);
+    }
+    // Improve the crash message now that the exit status is known.
+    shared.state.store(EXITED, Ordering::SeqCst);
+    let _ = shared.exit.send(Some(info));
+}
+
+/// The stream of a streamed request. Dropping it before the end cancels the request.
+pub struct WorkerStream {
+    rx: mpsc::Receiver<Result<StreamItem>>,
+    id: u64,
+    op: String,
+    codec: Codec,
+    worker: Worker,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    finished: bool,
+}
+
+impl Stream for WorkerStream {
+    type Item = Result<StreamItem>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                if matches!(item, Ok(StreamItem::Done(_)) | Err(_)) {
+                    self.finished = true;
+                }
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                Poll::Ready(Some(Err(self.worker.shared().not_ready_error())))
+            }
+            Poll::Pending => {
+                if let Some(d) = self.deadline.as_mut() {
+                    if d.as_mut().poll(cx).is_ready() {
+                        self.finished = true;
+                        let (id, codec, op) = (self.id, self.codec, self.op.clone());
+                        self.worker.give_up(id, codec, &op);
+                        let err = self
+                            .worker
+                            .shared()
+                            .worker_error(ErrorKind::Timeout, format!("{op} stream did not finish before its deadline"))
+                            .with_retryable(true);
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for WorkerStream {
+    fn drop(&mut self) {
+        if !self.finished && tokio::runtime::Handle::try_current().is_ok() {
+            let (id, codec, op) = (self.id, self.codec, self.op.clone());
+            self.worker.give_up(id, codec, &op);
+        }
+    }
+}
+

@@ -1,0 +1,432 @@
+//! The Python bridge with real Python and real DSPy: DSPy commands, streams,
+//! user commands, and every fault the bridge must survive.
+
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use dspex_bridge::{
+    process_alive, process_start_time, worker_sources, CallOptions, Codec, RunRegistry, StreamItem, Worker, WorkerConfig,
+};
+use dspex_core::ErrorKind;
+use dspex_native::lm::offline::OfflineResponder;
+use dspex_native::lm::server::{LmServer, Reply, Scripted};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::support::{python, repo_root, runtime};
+
+pub fn cache_dir() -> std::path::PathBuf {
+    repo_root().join("target/test-cache")
+}
+
+/// A worker config for tests: the embedded worker sources, test helpers, DSPy preloaded or not.
+pub fn config(name: &str, preload_dspy: bool) -> WorkerConfig {
+    let mut c = WorkerConfig::new(name, python());
+    c.python_path = vec![worker_sources(&cache_dir()).expect("worker sources"), repo_root().join("tests/python")];
+    c.preload_dspy = preload_dspy;
+    c.user_modules = vec!["dspex_test_helpers".into()];
+    c.start_timeout = Duration::from_secs(60);
+    c
+}
+
+fn obj(v: Value) -> Value {
+    v
+}
+
+fn deadline(ms: u64) -> CallOptions {
+    CallOptions { deadline: Some(Instant::now() + Duration::from_millis(ms)), ..Default::default() }
+}
+
+#[test]
+fn dspy_programs_run_in_a_worker() {
+    runtime().block_on(async {
+        let w = Worker::spawn(config("worker:test:dspy", true)).await.unwrap();
+        assert_eq!(w.hello().dspy.as_deref(), Some("3.4.1"));
+        assert!(w.hello().commands.contains(&"test.shout".to_string()));
+        // Predict and ChainOfThought with DummyLM.
+        let predict = json!({"program": {"module": "predict", "signature": "question -> answer"},
+            "inputs": {"question": "2+2?"}, "lm": {"dummy": [{"answer": "4"}]}});
+        let out = w.call("dspy.run", predict, &CallOptions::default()).await.unwrap();
+        assert_eq!(out["fields"], json!({"answer": "4"}));
+        let cot = json!({"program": {"module": "chain_of_thought", "signature": "question -> answer: int"},
+            "inputs": {"question": "2+2?"}, "lm": {"dummy": [{"reasoning": "add", "answer": "4"}]}});
+        let out = w.call("dspy.run", cot, &CallOptions { codec: Some(Codec::Json), ..Default::default() }).await.unwrap();
+        assert_eq!(out["fields"], json!({"reasoning": "add", "answer": 4}));
+
+        // ReAct with a tool given by import path.
+        let react = json!({"program": {"module": "react", "signature": "question -> answer",
+                "params": {"tools": ["dspex_test_helpers:add"], "max_iters": 3}},
+            "inputs": {"question": "What is 2 + 3?"},
+            "lm": {"dummy": [
+                {"next_thought": "Use add.", "next_tool_name": "add", "next_tool_args": {"a": 2, "b": 3}},
+                {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
+                {"reasoning": "2 + 3 = 5", "answer": "5"}]}});
+        let out = w.call("dspy.run", react, &CallOptions::default()).await.unwrap();
+        assert_eq!(out["fields"]["answer"], "5");
+        assert!(out["fields"]["trajectory"].to_string().contains("observation_0"));
+
+        // A user-registered command, with session and trace ids carried through.
+        let opts = CallOptions { session: Some("s-7".into()), trace_id: Some("t-9".into()), ..Default::default() };
+        let out = w.call("test.shout", json!({"text": "hi"}), &opts).await.unwrap();
+        assert_eq!(out, json!({"text": "HI", "session": "s-7", "trace": "t-9"}));
+        let exit = w.stop(Duration::from_secs(2)).await;
+        assert_eq!(exit.code, Some(0));
+        assert!(!process_alive(w.pid()));
+    });
+}
+
+#[test]
+fn dspy_lm_against_a_local_server_and_streaming() {
+    runtime().block_on(async {
+        let text = "[[ ## reasoning ## ]]\nParis is the capital of France, as everyone knows.\n\n[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]";
+        let server = LmServer::start(Scripted::new(vec![Reply::text(text)])).await.unwrap();
+        let w = Worker::spawn(config("worker:test:stream", true)).await.unwrap();
+        let lm = json!({"model": "test-model", "base_url": server.base_url(), "api_key": "sk-test"});
+        let args = json!({"program": {"module": "chain_of_thought", "signature": "question -> answer"},
+            "inputs": {"question": "Capital of France?"}, "lm": lm});
+        let out = w.call("dspy.run", args.clone(), &CallOptions::default()).await.unwrap();
+        assert_eq!(out["fields"]["answer"], "Paris");
+        let sent = server.requests();
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0]["messages"][1]["content"].as_str().unwrap().contains("Capital of France?"));
+
+        let mut stream = w.stream("dspy.stream", args, &CallOptions::default()).await.unwrap();
+        let mut chunks = Vec::new();
+        let mut done = None;
+        while let Some(item) = stream.next().await {
+            match item.unwrap() {
+                StreamItem::Chunk(c) => {
+                    assert!(done.is_none(), "chunks come before the result");
+                    chunks.push(c);
+                }
+                StreamItem::Done(v) => done = Some(v),
+            }
+        }
+        assert!(chunks.len() >= 2, "{chunks:?}");
+        let answer: String =
+            chunks.iter().filter(|c| c["field"] == "answer").map(|c| c["text"].as_str().unwrap_or_default()).collect();
+        assert_eq!(answer.trim(), "Paris");
+        let reasoning_first = chunks.iter().position(|c| c["field"] == "reasoning");
+        let answer_first = chunks.iter().position(|c| c["field"] == "answer");
+        assert!(reasoning_first < answer_first, "fields stream in order");
+        assert_eq!(done.unwrap()["fields"]["answer"], "Paris");
+    });
+}
+
+#[test]
+fn bootstrap_compile_then_run_the_saved_state() {
+    runtime().block_on(async {
+        let server = LmServer::start(OfflineResponder::new()).await.unwrap();
+        let w = Worker::spawn(config("worker:test:optimize", true)).await.unwrap();
+        let lm = json!({"model": "offline", "base_url": server.base_url()});
+        let program = json!({"module": "chain_of_thought", "signature": "question -> answer"});
+        let trainset: Vec<Value> = [(2, 3), (10, 7), (21, 21)]
+            .iter()
+            .map(|(a, b)| json!({"question": format!("What is {a} + {b}?"), "answer": (a + b).to_string()}))
+            .collect();
+        let args = json!({"optimizer": "BootstrapFewShot", "program": program, "trainset": trainset,
+            "input_keys": ["question"], "metric": "dspex_test_helpers:exact_answer", "lm": lm,
+            "params": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0}});
+        let mut stream = w.stream("dspy.optimize", args, &CallOptions::default()).await.unwrap();
+        let mut events = Vec::new();
+        let mut result = None;
+        while let Some(item) = stream.next().await {
+            match item.unwrap() {
+                StreamItem::Chunk(c) => events.push(c["event"].as_str().unwrap_or_default().to_string()),
+                StreamItem::Done(v) => result = Some(v),
+            }
+        }
+        assert_eq!(events.first().map(String::as_str), Some("started"));
+        assert!(events.iter().any(|e| e == "progress"));
+        let result = result.unwrap();
+        assert_eq!(result["demos"], 2);
+        let state = result["state"].clone();
+        // Load the saved state into a fresh program and run it.
+        let run = json!({"program": {"module": "chain_of_thought", "signature": "question -> answer", "state": state},
+            "inputs": {"question": "What is 17 + 25?"}, "lm": lm});
+        server.clear_requests();
+        let out = w.call("dspy.run", run, &CallOptions::default()).await.unwrap();
+        assert_eq!(out["fields"]["answer"], "42");
+        let prompt = server.requests()[0]["messages"].as_array().unwrap().len();
+        assert_eq!(prompt, 1 + 2 * 2 + 1, "system, two demos (user+assistant), the question");
+    });
+}
+
+#[test]
+fn codecs_concurrency_and_environment() {
+    runtime().block_on(async {
+        let mut c = config("worker:test:env", false);
+        c.env = vec![("DSPEX_POOL_VAR".into(), "pool".into())];
+        c.cuda_visible_devices = Some("1".into());
+        std::env::set_var("DSPEX_NOT_ALLOWED", "secret");
+        let w = Worker::spawn(c).await.unwrap();
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let payload = json!({"text": "héllo «x» 🚀", "n": 1, "f": 2.5, "deep": {"list": [1, null, true]}});
+            let out = w.call("echo", payload.clone(), &CallOptions { codec: Some(codec), ..Default::default() }).await.unwrap();
+            assert_eq!(out, payload);
+        }
+        let env = w
+            .call("test.env", json!({"names": ["DSPEX_POOL_VAR", "DSPEX_NOT_ALLOWED", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PATH"]}), &CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(env["DSPEX_POOL_VAR"], "pool");
+        assert_eq!(env["DSPEX_NOT_ALLOWED"], Value::Null, "only allow-listed variables pass");
+        assert_eq!(env["OMP_NUM_THREADS"], "1");
+        assert_eq!(env["CUDA_VISIBLE_DEVICES"], "1");
+        assert!(env["PATH"].is_string());
+        let info = w.call("info", json!({}), &CallOptions::default()).await.unwrap();
+        assert_eq!(info["pgid"], info["pid"], "own process group");
+        // Many requests in flight on one worker, answered out of order.
+        let no_opts = CallOptions::default();
+        let slow = w.call("sleep", json!({"seconds": 0.3}), &no_opts);
+        let fast = async {
+            let t = Instant::now();
+            w.call("sleep", json!({"seconds": 0.01}), &CallOptions::default()).await.unwrap();
+            t.elapsed()
+        };
+        let (s, f) = tokio::join!(slow, fast);
+        s.unwrap();
+        assert!(f < Duration::from_millis(250), "the fast request did not wait for the slow one: {f:?}");
+        let many = futures_util::future::join_all((0..200).map(|i| w.call("echo", json!({"i": i}), &no_opts))).await;
+        assert!(many.iter().enumerate().all(|(i, r)| r.as_ref().map(|v| v["i"] == i).unwrap_or(false)));
+        assert_eq!(w.in_flight(), 0);
+        assert!(w.ping(Duration::from_secs(1)).await.unwrap() < Duration::from_millis(500));
+    });
+}
+
+#[test]
+fn errors_are_classified() {
+    runtime().block_on(async {
+        let mut c = config("worker:test:errors", false);
+        c.limits.address_space = Some(1 << 30);
+        let w = Worker::spawn(c).await.unwrap();
+        let e = w.call("nope", json!({}), &CallOptions::default()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        let e = w.call("fail", json!({"message": "kaput"}), &CallOptions::default()).await.unwrap_err();
+        assert_eq!((e.kind(), e.python_type(), e.message()), (ErrorKind::Python, Some("ValueError"), "kaput"));
+        assert!(e.traceback().unwrap_or_default().contains("Traceback"));
+        assert_eq!(e.context().worker.as_deref(), Some("worker:test:errors"));
+        let e = w.call("alloc", json!({"megabytes": 2048}), &CallOptions::default()).await.unwrap_err();
+        assert_eq!(e.python_type(), Some("MemoryError"), "the address-space limit holds");
+        // The worker tells the deadline to the command: sleep stops itself.
+        let e = w.call("sleep", json!({"seconds": 5}), &deadline(150)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(w.is_ready(), "a cooperative timeout leaves the worker healthy");
+        // Printing to stdout and stderr does not disturb frames.
+        let out = w.call("print", json!({"lines": 200, "text": "\u{0}\u{0}\u{0}\u{5}noise"}), &CallOptions::default()).await.unwrap();
+        assert_eq!(out["printed"], 200);
+        let out = w.call("print", json!({"lines": 20, "stream": "stderr"}), &CallOptions::default()).await.unwrap();
+        assert_eq!(out["printed"], 20);
+        assert_eq!(w.call("echo", json!({"ok": 1}), &CallOptions::default()).await.unwrap(), json!({"ok": 1}));
+        // A stream dropped early is cancelled; the worker carries on.
+        let mut s = w.stream("count", json!({"n": 1000, "delay": 0.01}), &CallOptions::default()).await.unwrap();
+        assert!(matches!(s.next().await, Some(Ok(StreamItem::Chunk(_)))));
+        drop(s);
+        assert_eq!(w.call("echo", json!({"after": "drop"}), &CallOptions::default()).await.unwrap(), json!({"after": "drop"}));
+    });
+}
+
+#[test]
+fn killed_worker_fails_in_flight_requests_at_once() {
+    runtime().block_on(async {
+        let w = Worker::spawn(config("worker:test:kill", false)).await.unwrap();
+        let pending = {
+            let w = w.clone();
+            tokio::spawn(async move { w.call("sleep", json!({"seconds": 30, "check": false}), &CallOptions::default()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let killed_at = Instant::now();
+        // SAFETY: kill -9 of the worker we started.
+        unsafe { libc::kill(w.pid() as i32, libc::SIGKILL) };
+        let err = pending.await.unwrap().unwrap_err();
+        let took = killed_at.elapsed();
+        assert_eq!(err.kind(), ErrorKind::WorkerCrashed);
+        assert!(err.is_retryable());
+        assert!(took < Duration::from_millis(100), "classified error after {took:?}");
+        let exit = w.exited().await;
+        assert_eq!(exit.signal, Some(libc::SIGKILL));
+        // New requests fail fast too.
+        let err = w.call("echo", json!({}), &CallOptions::default()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WorkerCrashed);
+        // No zombie: the process is gone from /proc.
+        assert!(!process_alive(w.pid()));
+    });
+}
+
+#[test]
+fn hung_command_times_out_and_the_worker_is_replaced() {
+    runtime().block_on(async {
+        let mut c = config("worker:test:hung", false);
+        c.hung_grace = Duration::from_millis(300);
+        let w = Worker::spawn(c.clone()).await.unwrap();
+        let started = Instant::now();
+        let err = w.call("sleep", json!({"seconds": 60, "check": false}), &deadline(200)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert!(started.elapsed() < Duration::from_millis(400));
+        // The command ignores cancel: after the grace the worker is killed...
+        let exit = tokio::time::timeout(Duration::from_secs(3), w.exited()).await.expect("worker ended");
+        assert!(exit.reason.contains("hung"), "{exit:?}");
+        // ...and a replacement takes over.
+        let replacement = Worker::spawn(c).await.unwrap();
+        assert_ne!(replacement.pid(), w.pid());
+        assert_eq!(replacement.call("echo", json!({"x": 1}), &CallOptions::default()).await.unwrap(), json!({"x": 1}));
+    });
+}
+
+const FAKE_WORKER: &str = r#"
+import json, os, struct, sys, time
+fd = int(os.environ["DSPEX_RESP_FD"])
+def frame(tag, payload):
+    os.write(fd, struct.pack(">IB", len(payload) + 1, tag) + payload)
+hello = {"type": "hello", "protocol": 1, "pid": os.getpid(), "python": "3", "codecs": ["json"], "commands": [], "max_concurrency": 1}
+frame(0, json.dumps(hello).encode())
+time.sleep(0.2)
+mode = sys.argv[1]
+if mode == "oversize":
+    os.write(fd, struct.pack(">IB", 2**31, 0))
+elif mode == "tag":
+    frame(7, b"{}")
+elif mode == "garbage":
+    frame(1, b"\xc1\xc1")
+elif mode == "unexpected":
+    frame(0, json.dumps({"type": "response", "id": 999, "ok": 1}).encode())
+time.sleep(60)
+"#;
+
+#[test]
+fn protocol_violations_break_the_worker_without_panics() {
+    runtime().block_on(async {
+        for mode in ["oversize", "tag", "garbage", "unexpected"] {
+            let mut c = config(&format!("worker:test:{mode}"), false);
+            c.args = vec!["-c".into(), FAKE_WORKER.into(), mode.into()];
+            let w = Worker::spawn(c).await.unwrap();
+            let pending = w.call("anything", json!({}), &CallOptions::default()).await.unwrap_err();
+            assert_eq!(pending.kind(), ErrorKind::Protocol, "{mode}: {pending}");
+            let exit = tokio::time::timeout(Duration::from_secs(3), w.exited()).await.expect("worker killed");
+            assert!(exit.reason.contains("broke the protocol"), "{mode}: {exit:?}");
+            assert!(!process_alive(w.pid()), "{mode}");
+        }
+        // A worker that dies before hello: the error shows its output.
+        let mut c = config("worker:test:nohello", false);
+        c.args = vec!["-c".into(), "import sys; print('missing something', file=sys.stderr); sys.exit(5)".into()];
+        let err = Worker::spawn(c).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.message().contains("missing something"), "{err}");
+        // One that never says hello.
+        let mut c = config("worker:test:silent", false);
+        c.args = vec!["-c".into(), "import time; time.sleep(30)".into()];
+        c.start_timeout = Duration::from_millis(300);
+        let err = Worker::spawn(c).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+    });
+}
+
+/// Helper process for `parent_killed_leaves_no_worker`: starts two workers,
+/// prints their pids, and waits to be killed.
+#[test]
+#[ignore = "helper process, started by parent_killed_leaves_no_worker"]
+fn orphan_helper() {
+    if std::env::var_os("DSPEX_ORPHAN_HELPER").is_none() {
+        return;
+    }
+    runtime().block_on(async {
+        let a = Worker::spawn(config("worker:orphan:0", false)).await.unwrap();
+        let b = Worker::spawn(config("worker:orphan:1", false)).await.unwrap();
+        println!("PIDS {} {}", a.pid(), b.pid());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+}
+
+#[test]
+fn parent_killed_leaves_no_worker() {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "bridge::orphan_helper", "--nocapture", "--test-threads=1"])
+        .env("DSPEX_ORPHAN_HELPER", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut pids = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        // libtest may print "test name ... " on the same line first.
+        if let Some(rest) = line.find("PIDS ").map(|i| &line[i + 5..]) {
+            pids = rest.split_whitespace().map(|p| p.parse::<u32>().unwrap()).collect();
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|&p| process_alive(p)));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(2);
+    while pids.iter().any(|&p| process_alive(p)) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for p in pids {
+        assert!(!process_alive(p), "worker {p} outlived its runtime");
+    }
+}
+
+fn sleeper(own_group: bool) -> std::process::Child {
+    let code = if own_group { "import os, time; os.setpgid(0, 0); time.sleep(30)" } else { "import time; time.sleep(30)" };
+    std::process::Command::new(python()).args(["-c", code]).spawn().unwrap()
+}
+
+#[test]
+fn startup_sweep_kills_only_leftovers_of_dead_runs() {
+    let dir = std::env::temp_dir().join(format!("dspex-sweep-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut leftover = sleeper(true);
+    let mut live_runtime = sleeper(false);
+    let mut live_worker = sleeper(true);
+    let mut reused = sleeper(true);
+    std::thread::sleep(Duration::from_millis(200));
+    let dead_pid = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let rec = |pid: u32, start: u64| json!({"pid": pid, "pgid": pid, "start_time": start});
+    let st = |c: &std::process::Child| process_start_time(c.id()).unwrap();
+    let write = |name: &str, v: Value| std::fs::write(dir.join(format!("{name}.json")), v.to_string()).unwrap();
+    write("dead", json!({"run_id": "dead", "pid": dead_pid, "start_time": 1,
+        "workers": {leftover.id().to_string(): rec(leftover.id(), st(&leftover)),
+                    reused.id().to_string(): rec(reused.id(), st(&reused) + 12345)}}));
+    write("live", json!({"run_id": "live", "pid": live_runtime.id(), "start_time": st(&live_runtime),
+        "workers": {live_worker.id().to_string(): rec(live_worker.id(), st(&live_worker))}}));
+    let report = RunRegistry::sweep(&dir).unwrap();
+    assert_eq!(report.killed, vec![leftover.id()]);
+    assert_eq!((report.dead_runs, report.live_runs), (1, 1));
+    assert!(leftover.wait().unwrap().code().is_none(), "killed by a signal");
+    assert!(process_alive(live_worker.id()), "a live runtime's worker is never touched");
+    assert!(process_alive(reused.id()), "a reused pid (different start time) is never touched");
+    assert!(!dir.join("dead.json").exists() && dir.join("live.json").exists());
+    for c in [&mut live_runtime, &mut live_worker, &mut reused] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = obj(json!(null));
+}
+
+#[test]
+fn workers_are_recorded_in_the_run_registry() {
+    runtime().block_on(async {
+        let dir = std::env::temp_dir().join(format!("dspex-reg-test-{}", std::process::id()));
+        let reg = std::sync::Arc::new(RunRegistry::open(&dir).unwrap());
+        let mut c = config("worker:test:registry", false);
+        c.registry = Some(reg.clone());
+        let w = Worker::spawn(c).await.unwrap();
+        let text = std::fs::read_to_string(reg.path()).unwrap();
+        assert!(text.contains(&w.pid().to_string()));
+        w.stop(Duration::from_secs(1)).await;
+        let text = std::fs::read_to_string(reg.path()).unwrap();
+        assert!(!text.contains(&format!("\"{}\"", w.pid())));
+        drop(reg);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
