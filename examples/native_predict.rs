@@ -15,7 +15,8 @@ async fn main() -> dspex::Result<()> {
     let (config, _offline) = match std::env::var("DSPEX_LM_BASE_URL") {
         Ok(url) => {
             let model = std::env::var("DSPEX_LM_MODEL").unwrap_or_else(|_| "gpt-4o-mini".into());
-            let key = std::env::var("DSPEX_LM_API_KEY").or_else(|_| std::env::var("OPENAI_API_KEY")).unwrap_or_default();
+            let key =
+                std::env::var("DSPEX_LM_API_KEY").or_else(|_| std::env::var("OPENAI_API_KEY")).unwrap_or_default();
             (LmConfig::new(model).with_base_url(url).with_api_key(key), None)
         }
         Err(_) => {

@@ -5,7 +5,8 @@ use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use dspex_bridge::{
-    process_alive, process_start_time, worker_sources, CallOptions, Codec, RunRegistry, StreamItem, Worker, WorkerConfig,
+    process_alive, process_start_time, worker_sources, CallOptions, Codec, RunRegistry, StreamItem, Worker,
+    WorkerConfig,
 };
 use dspex_core::ErrorKind;
 use dspex_native::lm::offline::OfflineResponder;
@@ -50,7 +51,8 @@ fn dspy_programs_run_in_a_worker() {
         assert_eq!(out["fields"], json!({"answer": "4"}));
         let cot = json!({"program": {"module": "chain_of_thought", "signature": "question -> answer: int"},
             "inputs": {"question": "2+2?"}, "lm": {"dummy": [{"reasoning": "add", "answer": "4"}]}});
-        let out = w.call("dspy.run", cot, &CallOptions { codec: Some(Codec::Json), ..Default::default() }).await.unwrap();
+        let out =
+            w.call("dspy.run", cot, &CallOptions { codec: Some(Codec::Json), ..Default::default() }).await.unwrap();
         assert_eq!(out["fields"], json!({"reasoning": "add", "answer": 4}));
 
         // ReAct with a tool given by import path.
@@ -213,7 +215,10 @@ fn errors_are_classified() {
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert!(w.is_ready(), "a cooperative timeout leaves the worker healthy");
         // Printing to stdout and stderr does not disturb frames.
-        let out = w.call("print", json!({"lines": 200, "text": "\u{0}\u{0}\u{0}\u{5}noise"}), &CallOptions::default()).await.unwrap();
+        let out = w
+            .call("print", json!({"lines": 200, "text": "\u{0}\u{0}\u{0}\u{5}noise"}), &CallOptions::default())
+            .await
+            .unwrap();
         assert_eq!(out["printed"], 200);
         let out = w.call("print", json!({"lines": 20, "stream": "stderr"}), &CallOptions::default()).await.unwrap();
         assert_eq!(out["printed"], 20);
@@ -222,7 +227,10 @@ fn errors_are_classified() {
         let mut s = w.stream("count", json!({"n": 1000, "delay": 0.01}), &CallOptions::default()).await.unwrap();
         assert!(matches!(s.next().await, Some(Ok(StreamItem::Chunk(_)))));
         drop(s);
-        assert_eq!(w.call("echo", json!({"after": "drop"}), &CallOptions::default()).await.unwrap(), json!({"after": "drop"}));
+        assert_eq!(
+            w.call("echo", json!({"after": "drop"}), &CallOptions::default()).await.unwrap(),
+            json!({"after": "drop"})
+        );
     });
 }
 
@@ -232,7 +240,9 @@ fn killed_worker_fails_in_flight_requests_at_once() {
         let w = Worker::spawn(config("worker:test:kill", false)).await.unwrap();
         let pending = {
             let w = w.clone();
-            tokio::spawn(async move { w.call("sleep", json!({"seconds": 30, "check": false}), &CallOptions::default()).await })
+            tokio::spawn(async move {
+                w.call("sleep", json!({"seconds": 30, "check": false}), &CallOptions::default()).await
+            })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         let killed_at = Instant::now();
@@ -370,7 +380,8 @@ fn parent_killed_leaves_no_worker() {
 }
 
 fn sleeper(own_group: bool) -> std::process::Child {
-    let code = if own_group { "import os, time; os.setpgid(0, 0); time.sleep(30)" } else { "import time; time.sleep(30)" };
+    let code =
+        if own_group { "import os, time; os.setpgid(0, 0); time.sleep(30)" } else { "import time; time.sleep(30)" };
     std::process::Command::new(python()).args(["-c", code]).spawn().unwrap()
 }
 
@@ -393,11 +404,17 @@ fn startup_sweep_kills_only_leftovers_of_dead_runs() {
     let rec = |pid: u32, start: u64| json!({"pid": pid, "pgid": pid, "start_time": start});
     let st = |c: &std::process::Child| process_start_time(c.id()).unwrap();
     let write = |name: &str, v: Value| std::fs::write(dir.join(format!("{name}.json")), v.to_string()).unwrap();
-    write("dead", json!({"run_id": "dead", "pid": dead_pid, "start_time": 1,
+    write(
+        "dead",
+        json!({"run_id": "dead", "pid": dead_pid, "start_time": 1,
         "workers": {leftover.id().to_string(): rec(leftover.id(), st(&leftover)),
-                    reused.id().to_string(): rec(reused.id(), st(&reused) + 12345)}}));
-    write("live", json!({"run_id": "live", "pid": live_runtime.id(), "start_time": st(&live_runtime),
-        "workers": {live_worker.id().to_string(): rec(live_worker.id(), st(&live_worker))}}));
+                    reused.id().to_string(): rec(reused.id(), st(&reused) + 12345)}}),
+    );
+    write(
+        "live",
+        json!({"run_id": "live", "pid": live_runtime.id(), "start_time": st(&live_runtime),
+        "workers": {live_worker.id().to_string(): rec(live_worker.id(), st(&live_worker))}}),
+    );
     let report = RunRegistry::sweep(&dir).unwrap();
     assert_eq!(report.killed, vec![leftover.id()]);
     assert_eq!((report.dead_runs, report.live_runs), (1, 1));

@@ -65,9 +65,14 @@ pub fn worker_sources(cache_dir: &Path) -> Result<PathBuf> {
     if marker.exists() {
         return Ok(dir);
     }
-    let io = |what: &str, p: &Path, e: std::io::Error| Error::new(ErrorKind::Io, format!("{what} {}: {e}", p.display()));
+    let io =
+        |what: &str, p: &Path, e: std::io::Error| Error::new(ErrorKind::Io, format!("{what} {}: {e}", p.display()));
     // Write to a private directory, then rename into place: concurrent runtimes never see half a package.
-    let staging = cache_dir.join("worker").join(format!(".staging-{}-{}", std::process::id(), hash_hex(&[&format!("{:?}", std::time::Instant::now())])));
+    let staging = cache_dir.join("worker").join(format!(
+        ".staging-{}-{}",
+        std::process::id(),
+        hash_hex(&[&format!("{:?}", std::time::Instant::now())])
+    ));
     for (rel, content) in WORKER_SOURCES {
         let path = staging.join(rel);
         if let Some(parent) = path.parent() {
@@ -177,13 +182,21 @@ impl PythonEnv {
         let base = match &spec.base_python {
             Some(p) => p.clone(),
             None => which("python3").ok_or_else(|| {
-                Error::new(ErrorKind::Config, "no python3 on PATH: install Python 3.10+ or set the pool's base interpreter")
+                Error::new(
+                    ErrorKind::Config,
+                    "no python3 on PATH: install Python 3.10+ or set the pool's base interpreter",
+                )
             })?,
         };
         progress(&format!("creating Python environment `{}` in {}", spec.name, dir.display()));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::new(ErrorKind::Io, format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot create {}: {e}", dir.display())))?;
         if !python.exists() {
-            run(tokio::process::Command::new(&base).arg("-m").arg("venv").arg(&dir), "creating the virtual environment").await?;
+            run(
+                tokio::process::Command::new(&base).arg("-m").arg("venv").arg(&dir),
+                "creating the virtual environment",
+            )
+            .await?;
         }
         let reqs = dir.join("requirements.txt");
         std::fs::write(&reqs, spec.requirements.join("\n") + "\n")
@@ -192,7 +205,11 @@ impl PythonEnv {
         match which("uv") {
             Some(uv) => {
                 run(
-                    tokio::process::Command::new(uv).args(["pip", "install", "--python"]).arg(&python).arg("-r").arg(&reqs),
+                    tokio::process::Command::new(uv)
+                        .args(["pip", "install", "--python"])
+                        .arg(&python)
+                        .arg("-r")
+                        .arg(&reqs),
                     "uv pip install",
                 )
                 .await?
@@ -207,7 +224,8 @@ impl PythonEnv {
                 .await?
             }
         }
-        std::fs::write(&marker, spec.hash()).map_err(|e| Error::new(ErrorKind::Io, format!("cannot write {}: {e}", marker.display())))?;
+        std::fs::write(&marker, spec.hash())
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot write {}: {e}", marker.display())))?;
         progress(&format!("environment `{}` ready", spec.name));
         Ok(PythonEnv { python })
     }

@@ -235,7 +235,7 @@ mod tests {
             inherit: Vec::new(),
             limits: ChildLimits { address_space: Some(512 * 1024 * 1024), nice: Some(5), cpu_affinity: Some(vec![0]) },
         };
-        let mut spawned = spawn(spec).unwrap();
+        let spawned = spawn(spec).unwrap();
         assert_eq!(spawned.pgid as u32, spawned.pid);
         let out = spawned.child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(3));

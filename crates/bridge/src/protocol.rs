@@ -218,10 +218,11 @@ pub fn encode_frame(codec: Codec, msg: &Message) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(&[0, 0, 0, 0, codec.tag()]);
     match codec {
-        Codec::Json => serde_json::to_writer(&mut out, msg).map_err(|e| protocol_error(format!("cannot encode JSON: {e}")))?,
-        Codec::MsgPack => {
-            rmp_serde::encode::write_named(&mut out, msg).map_err(|e| protocol_error(format!("cannot encode MessagePack: {e}")))?
+        Codec::Json => {
+            serde_json::to_writer(&mut out, msg).map_err(|e| protocol_error(format!("cannot encode JSON: {e}")))?
         }
+        Codec::MsgPack => rmp_serde::encode::write_named(&mut out, msg)
+            .map_err(|e| protocol_error(format!("cannot encode MessagePack: {e}")))?,
     }
     let len = u32::try_from(out.len() - 4).map_err(|_| protocol_error("frame larger than 4 GiB"))?;
     out[..4].copy_from_slice(&len.to_be_bytes());
@@ -233,12 +234,66 @@ pub fn decode_frame(body: &[u8]) -> Result<(Codec, Message)> {
     let (&tag, payload) = body.split_first().ok_or_else(|| protocol_error("empty frame"))?;
     let codec = Codec::from_tag(tag).ok_or_else(|| protocol_error(format!("unknown codec tag {tag}")))?;
     let msg = match codec {
-        Codec::Json => serde_json::from_slice(payload).map_err(|e| protocol_error(format!("undecodable JSON payload: {e}")))?,
-        Codec::MsgPack => {
-            rmp_serde::from_slice(payload).map_err(|e| protocol_error(format!("undecodable MessagePack payload: {e}")))?
+        Codec::Json => {
+            serde_json::from_slice(payload).map_err(|e| protocol_error(format!("undecodable JSON payload: {e}")))?
         }
+        Codec::MsgPack => rmp_serde::from_slice(payload)
+            .map_err(|e| protocol_error(format!("undecodable MessagePack payload: {e}")))?,
     };
     Ok((codec, msg))
+}
+
+/// The messages a worker sends after `hello`, read without buffering the
+/// payload (serde's internally tagged enums buffer everything first).
+#[derive(Deserialize)]
+struct Reply {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    ok: Option<Value>,
+    #[serde(default)]
+    error: Option<WireError>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    in_flight: Option<u64>,
+}
+
+/// Decode a frame body from a worker: [`decode_frame`], fast for the hot
+/// messages (`response`, `chunk`, `end`, `pong`).
+pub fn decode_reply(body: &[u8]) -> Result<(Codec, Message)> {
+    let (&tag, payload) = body.split_first().ok_or_else(|| protocol_error("empty frame"))?;
+    let codec = Codec::from_tag(tag).ok_or_else(|| protocol_error(format!("unknown codec tag {tag}")))?;
+    let reply: std::result::Result<Reply, String> = match codec {
+        Codec::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
+        Codec::MsgPack => rmp_serde::from_slice(payload).map_err(|e| e.to_string()),
+    };
+    let missing = |what: &str| protocol_error(format!("`{what}` without an id or seq"));
+    match reply {
+        Ok(r) => Ok((
+            codec,
+            match r.kind.as_str() {
+                "response" => {
+                    Message::Response { id: r.id.ok_or_else(|| missing("response"))?, ok: r.ok, error: r.error }
+                }
+                "chunk" => Message::Chunk {
+                    id: r.id.ok_or_else(|| missing("chunk"))?,
+                    seq: r.seq.unwrap_or(0),
+                    data: r.data.unwrap_or(Value::Null),
+                },
+                "end" => Message::End { id: r.id.ok_or_else(|| missing("end"))? },
+                "pong" => {
+                    Message::Pong { seq: r.seq.ok_or_else(|| missing("pong"))?, in_flight: r.in_flight.unwrap_or(0) }
+                }
+                _ => return decode_frame(body),
+            },
+        )),
+        Err(_) => decode_frame(body),
+    }
 }
 
 #[cfg(test)]
@@ -273,6 +328,25 @@ mod tests {
     }
 
     #[test]
+    fn fast_reply_decoding_agrees_with_the_full_decoder() {
+        for case in golden() {
+            let bytes = unhex(case["hex"].as_str().unwrap_or_default());
+            let full = decode_frame(&bytes[4..]).unwrap();
+            let fast = decode_reply(&bytes[4..]).unwrap();
+            // `ok: null` and a missing `ok` mean the same to the runtime.
+            let norm = |m: Message| match m {
+                Message::Response { id, ok: Some(Value::Null), error } => Message::Response { id, ok: None, error },
+                other => other,
+            };
+            assert_eq!(norm(fast.1), norm(full.1), "{}", case["name"]);
+        }
+        assert_eq!(
+            decode_reply(&[1, 0x81, 0xa4, b't', b'y', b'p', b'e', 0xa3, b'e', b'n', b'd']).unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
+    }
+
+    #[test]
     fn bad_frames_are_protocol_errors() {
         assert_eq!(decode_frame(&[]).unwrap_err().kind(), ErrorKind::Protocol);
         assert!(decode_frame(&[9, 1, 2]).unwrap_err().message().contains("unknown codec tag 9"));
@@ -292,8 +366,13 @@ mod tests {
             retryable: true,
         }
         .into_error();
-        assert_eq!((e.kind(), e.is_retryable(), e.python_type(), e.traceback()), (ErrorKind::Timeout, true, Some("TimeoutError"), Some("tb")));
-        let e = WireError { python_type: "X".into(), kind: None, message: "m".into(), traceback: None, retryable: false }.into_error();
+        assert_eq!(
+            (e.kind(), e.is_retryable(), e.python_type(), e.traceback()),
+            (ErrorKind::Timeout, true, Some("TimeoutError"), Some("tb"))
+        );
+        let e =
+            WireError { python_type: "X".into(), kind: None, message: "m".into(), traceback: None, retryable: false }
+                .into_error();
         assert_eq!(e.kind(), ErrorKind::Python);
     }
 }

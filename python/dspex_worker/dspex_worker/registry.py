@@ -47,7 +47,7 @@ class DeadlineExceeded(CommandError):
 class Context:
     """What a command knows about the request it serves."""
 
-    __slots__ = ("request_id", "session", "trace_id", "deadline", "stream", "cancelled", "_emit", "_seq")
+    __slots__ = ("request_id", "session", "trace_id", "deadline", "stream", "_cancelled", "_emit", "_seq")
 
     def __init__(self, request_id, session=None, trace_id=None, deadline=None, stream=False, emit=None):
         self.request_id = request_id
@@ -56,9 +56,16 @@ class Context:
         #: ``time.monotonic()`` value after which the caller has given up, or None.
         self.deadline = deadline
         self.stream = stream
-        self.cancelled = threading.Event()
+        self._cancelled = None
         self._emit = emit
         self._seq = 0
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the runtime cancels the request (created on first use: most requests never need it)."""
+        if self._cancelled is None:
+            self._cancelled = threading.Event()
+        return self._cancelled
 
     def time_left(self) -> float | None:
         """Seconds until the deadline (never negative), or None without one."""
@@ -68,7 +75,7 @@ class Context:
 
     def check(self) -> None:
         """Raise if the request was cancelled or its deadline passed."""
-        if self.cancelled.is_set():
+        if self._cancelled is not None and self._cancelled.is_set():
             raise Cancelled(f"request {self.request_id} was cancelled")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise DeadlineExceeded(f"request {self.request_id} ran past its deadline")
@@ -117,6 +124,10 @@ class Registry:
             return self._commands[name]
         except KeyError:
             raise NotFound(f"no command {name!r} in this worker") from None
+
+    def lookup(self, name):
+        """The command, or None."""
+        return self._commands.get(name)
 
     def names(self) -> list[str]:
         return sorted(self._commands)

@@ -68,8 +68,8 @@ def classify(exc: BaseException) -> dict:
 
 
 class Worker:
-    def __init__(self, req_fd: int, resp_fd: int, *, concurrency: int, max_frame: int, worker_id: str):
-        self.reader = FrameReader(req_fd, max_frame=max_frame)
+    def __init__(self, req_fd: int, resp_fd: int, *, concurrency: int, max_frame: int, worker_id: str, spin_us: int = 0):
+        self.reader = FrameReader(req_fd, max_frame=max_frame, spin_us=spin_us)
         self.writer = FrameWriter(resp_fd, threading.Lock())
         self.concurrency = concurrency
         self.worker_id = worker_id
@@ -107,6 +107,23 @@ class Worker:
             if not cmd.inline:
                 with self.lock:
                     self.in_flight.pop(ctx.request_id, None)
+
+    def _inline(self, tag: int, cmd, msg: dict) -> None:
+        """The fast path for cheap commands: run on this thread, no stream, no pool."""
+        rid = msg.get("id")
+        args = msg.get("args") or {}
+        deadline_ms = msg.get("deadline_ms")
+        if deadline_ms is not None and deadline_ms <= 0:
+            self._respond(tag, rid, error=classify(DeadlineExceeded(f"request {rid} ran past its deadline")))
+            return
+        try:
+            if not isinstance(args, dict):
+                raise CommandError("request args must be a map", kind="invalid_request")
+            result = cmd.call(Context(rid, msg.get("session"), msg.get("trace_id")), args)
+        except BaseException as exc:  # noqa: BLE001
+            self._respond(tag, rid, error=classify(exc))
+        else:
+            self.writer.send(tag, {"type": "response", "id": rid, "ok": result})
 
     def _request(self, tag: int, msg: dict) -> None:
         rid = msg.get("id")
@@ -166,7 +183,11 @@ class Worker:
             tag, msg = frame
             kind = msg.get("type") if isinstance(msg, dict) else None
             if kind == "request":
-                self._request(tag, msg)
+                cmd = registry.lookup(msg.get("op"))
+                if cmd is not None and cmd.inline and not msg.get("stream"):
+                    self._inline(tag, cmd, msg)
+                else:
+                    self._request(tag, msg)
             elif kind == "ping":
                 self.writer.send(tag, {"type": "pong", "seq": msg.get("seq"), "in_flight": len(self.in_flight)})
             elif kind == "cancel":
@@ -229,6 +250,7 @@ def main() -> None:
         concurrency=int(os.environ.get("DSPEX_WORKER_CONCURRENCY", "4")),
         max_frame=int(os.environ.get("DSPEX_MAX_FRAME", str(DEFAULT_MAX_FRAME))),
         worker_id=worker_id,
+        spin_us=int(os.environ.get("DSPEX_WORKER_SPIN_US", "0")),
     )
     code = worker.serve()
     sys.stdout.flush()
