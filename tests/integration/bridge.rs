@@ -447,3 +447,45 @@ fn workers_are_recorded_in_the_run_registry() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+#[test]
+fn python_environments_are_built_cached_and_reported() {
+    use dspex_bridge::{EnvSpec, PythonEnv};
+    runtime().block_on(async {
+        let cache = cache_dir().join("envs-test");
+        let messages = std::sync::Mutex::new(Vec::<String>::new());
+        let progress = |m: &str| messages.lock().unwrap().push(m.to_string());
+        // A small profile: just the worker's codec. Built once, then reused.
+        let mut spec = EnvSpec::new("tiny", vec!["msgpack==1.2.4".into()]);
+        spec.base_python = Some(python());
+        let env = PythonEnv::ensure(&spec, &cache, &progress).await.unwrap();
+        assert!(env.python().starts_with(&cache));
+        let built = messages.lock().unwrap().len();
+        let again = PythonEnv::ensure(&spec, &cache, &progress).await.unwrap();
+        assert_eq!(env, again);
+        assert_eq!(messages.lock().unwrap().len(), built, "the second call reuses the environment");
+        let (py, dspy) = env.versions().await.unwrap();
+        assert!(py.starts_with("3."));
+        assert_eq!(dspy, None);
+        // A worker runs in it (without DSPy).
+        let mut c = config("worker:test:tiny-env", false);
+        c.python = env.python().to_path_buf();
+        c.user_modules.clear();
+        let w = Worker::spawn(c).await.unwrap();
+        assert_eq!(w.call("echo", json!({"from": "tiny"}), &CallOptions::default()).await.unwrap(), json!({"from": "tiny"}));
+        assert_eq!(w.hello().dspy, None);
+
+        // Clear errors: no such interpreter; an install that fails.
+        let mut missing = EnvSpec::new("missing", vec!["msgpack".into()]);
+        missing.base_python = Some("/nonexistent/python3".into());
+        let err = PythonEnv::ensure(&missing, &cache, &progress).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.message().contains("/nonexistent/python3"), "{err}");
+        let mut broken = EnvSpec::new("broken", vec!["dspex-no-such-package-anywhere==0.0.1".into()]);
+        broken.base_python = Some(python());
+        let err = PythonEnv::ensure(&broken, &cache, &progress).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.message().contains("install failed"), "{err}");
+        assert!(err.message().contains("dspex-no-such-package-anywhere"), "{err}");
+    });
+}

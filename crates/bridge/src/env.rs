@@ -147,11 +147,12 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<()> {
+    let program = cmd.as_std().get_program().to_string_lossy().to_string();
     let out = cmd
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| Error::new(ErrorKind::Config, format!("{what}: cannot run: {e}")))?;
+        .map_err(|e| Error::new(ErrorKind::Config, format!("{what}: cannot run {program}: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
@@ -180,6 +181,12 @@ impl PythonEnv {
             return Ok(PythonEnv { python });
         }
         let base = match &spec.base_python {
+            Some(p) if !p.exists() => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("the base interpreter {} for environment `{}` does not exist", p.display(), spec.name),
+                ))
+            }
             Some(p) => p.clone(),
             None => which("python3").ok_or_else(|| {
                 Error::new(
