@@ -26,8 +26,25 @@ pub use dspex_core::{
     FieldType, LmConfig, Map, ModuleKind, Prediction, ProgramSpec, Result, Signature, SignatureSpec, Usage, Value,
 };
 
+pub use dspex_actors::{
+    new_trace_id, BreakerState, CallOutput, Evaluation, Meta, NodeInfo, OptimizeRequest, Optimized, Output,
+    OutputStream, PoolHandle, PoolStats, Program, ProgramInfo, RequestOptions, Router, RouterStats, Runtime,
+    RuntimeBuilder, StreamEvent, Timings, TreeNode, WorkerStats,
+};
+pub use dspex_core::{
+    CacheConfig, Event, EventKind, IntensityConfig, PoolConfig, PythonConfig, Route, RoutePreference, RouterConfig,
+    RuntimeConfig, SessionConfig,
+};
+
 /// The native engine (`dspex-native`).
 pub use dspex_native as native;
+
+/// The actor runtime's building blocks (`dspex-actors`): supervisors, pools,
+/// the router, the cache, telemetry.
+pub use dspex_actors as actors;
+
+/// The Python bridge (`dspex-bridge`): one worker process, environments.
+pub use dspex_bridge as bridge;
 
 // The README's and the guides' code blocks are compiled and run as doctests:
 // an example in the docs that does not run is a bug.

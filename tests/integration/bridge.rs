@@ -472,7 +472,10 @@ fn python_environments_are_built_cached_and_reported() {
         c.python = env.python().to_path_buf();
         c.user_modules.clear();
         let w = Worker::spawn(c).await.unwrap();
-        assert_eq!(w.call("echo", json!({"from": "tiny"}), &CallOptions::default()).await.unwrap(), json!({"from": "tiny"}));
+        assert_eq!(
+            w.call("echo", json!({"from": "tiny"}), &CallOptions::default()).await.unwrap(),
+            json!({"from": "tiny"})
+        );
         assert_eq!(w.hello().dspy, None);
 
         // Clear errors: no such interpreter; an install that fails.

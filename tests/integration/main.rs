@@ -6,4 +6,6 @@ mod dspy_parity;
 mod lm_client;
 mod parity;
 mod robustness;
+mod runtime;
+mod supervision;
 mod support;

@@ -12,16 +12,22 @@ pub mod config;
 pub mod error;
 pub mod example;
 pub mod program;
+pub mod runtime_config;
 pub mod signature;
+pub mod telemetry;
 
 pub use config::{LmConfig, Secret};
 pub use error::{Error, ErrorContext, ErrorKind, Result};
 pub use example::{Example, Map, Prediction, Usage};
 pub use program::{AdapterKind, ClassSignature, FieldDecl, ModuleKind, ProgramSpec, SignatureSpec};
+pub use runtime_config::{
+    CacheConfig, IntensityConfig, PoolConfig, PythonConfig, RoutePreference, RouterConfig, RuntimeConfig, SessionConfig,
+};
 pub use signature::{
     check_field_name, cleandoc, infer_prefix, Constraint, DspyType, Field, FieldRole, FieldSpec, FieldType,
     LiteralValue, Memo, Signature, SignatureBuilder,
 };
+pub use telemetry::{Event, EventKind, Route};
 
 /// JSON values, as used for every field value.
 pub use serde_json::Value;

@@ -85,6 +85,16 @@ pub enum ModuleKind {
     Predict,
     /// `dspy.ChainOfThought`.
     ChainOfThought,
+    /// `dspy.ReAct` (tools named in `params.tools` as import paths; Python only).
+    React,
+    /// `dspy.ProgramOfThought` (needs Deno on the worker's PATH; Python only).
+    ProgramOfThought,
+    /// `dspy.MultiChainComparison` (`params.M`; Python only).
+    MultiChainComparison,
+    /// `dspy.BestOfN` (`params.N`, `params.reward_fn`, `params.threshold`; Python only).
+    BestOfN,
+    /// `dspy.Refine` (as `BestOfN`; Python only).
+    Refine,
 }
 
 impl ModuleKind {
@@ -93,7 +103,17 @@ impl ModuleKind {
         match self {
             ModuleKind::Predict => "predict",
             ModuleKind::ChainOfThought => "chain_of_thought",
+            ModuleKind::React => "react",
+            ModuleKind::ProgramOfThought => "program_of_thought",
+            ModuleKind::MultiChainComparison => "multi_chain_comparison",
+            ModuleKind::BestOfN => "best_of_n",
+            ModuleKind::Refine => "refine",
         }
+    }
+
+    /// Whether the native engine models this module (`Predict`, `ChainOfThought`).
+    pub fn is_native(self) -> bool {
+        matches!(self, ModuleKind::Predict | ModuleKind::ChainOfThought)
     }
 }
 
@@ -138,6 +158,12 @@ pub struct ProgramSpec {
     /// Extra LM call arguments (`temperature`, `n`, `max_tokens`, ...), as `Predict(**config)`.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub config: Map,
+    /// Module-specific parameters (`tools` and `max_iters` for ReAct, `M`, `N`, `reward_fn`, ...).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub params: Map,
+    /// A saved program state (what DSPy's `program.save(path)` writes), applied after the demos.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
 }
 
 impl ProgramSpec {
@@ -150,12 +176,50 @@ impl ProgramSpec {
             adapter: AdapterKind::Chat,
             lm: None,
             config: Map::new(),
+            params: Map::new(),
+            state: None,
         }
     }
 
     /// A `ChainOfThought` program for `signature`.
     pub fn chain_of_thought(signature: impl Into<SignatureSpec>) -> ProgramSpec {
         ProgramSpec { module: ModuleKind::ChainOfThought, ..ProgramSpec::predict(signature) }
+    }
+
+    /// A `ReAct` program for `signature` with tools given as Python import
+    /// paths (`package.module:function`).
+    pub fn react<I, S>(signature: impl Into<SignatureSpec>, tools: I) -> ProgramSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let tools: Vec<Value> = tools.into_iter().map(|t| Value::String(t.into())).collect();
+        ProgramSpec { module: ModuleKind::React, ..ProgramSpec::predict(signature) }
+            .with_param("tools", Value::Array(tools))
+    }
+
+    /// Set one module parameter.
+    pub fn with_param(mut self, key: &str, value: Value) -> ProgramSpec {
+        self.params.insert(key.to_string(), value);
+        self
+    }
+
+    /// Set the few-shot demos.
+    pub fn with_demos(mut self, demos: Vec<Map>) -> ProgramSpec {
+        self.demos = demos;
+        self
+    }
+
+    /// Set the adapter.
+    pub fn with_adapter(mut self, adapter: AdapterKind) -> ProgramSpec {
+        self.adapter = adapter;
+        self
+    }
+
+    /// Set the program's own LM.
+    pub fn with_lm(mut self, lm: LmConfig) -> ProgramSpec {
+        self.lm = Some(lm);
+        self
     }
 
     /// Set one LM call argument.

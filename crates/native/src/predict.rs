@@ -480,14 +480,21 @@ impl NativeProgram {
         }
         let configure =
             |p: Predict| p.with_demos(spec.demos.clone()).with_adapter(spec.adapter).with_config(spec.config.clone());
-        Ok(match spec.module {
+        let mut program = match spec.module {
             ModuleKind::Predict => NativeProgram::Predict(configure(Predict::new(sig))),
             ModuleKind::ChainOfThought => {
                 let mut cot = ChainOfThought::new(&sig)?;
                 cot.predict = configure(cot.predict);
                 NativeProgram::ChainOfThought(cot)
             }
-        })
+            other => {
+                return Err(Error::unsupported(format!("{} runs in Python only", other.as_str())));
+            }
+        };
+        if let Some(state) = &spec.state {
+            program.load_saved(state, None)?;
+        }
+        Ok(program)
     }
 
     /// The predictor that talks to the LM.

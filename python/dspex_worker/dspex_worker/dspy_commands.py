@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import threading
+import time
 import warnings
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -233,6 +234,11 @@ def lm_context(ctx, lm_spec, adapter: str | None = None, **extra):
     return dspy.context(**settings)
 
 
+def _since(started: float) -> int:
+    """Microseconds since `started` (a perf_counter reading): the Python side of a request's timing."""
+    return int((time.perf_counter() - started) * 1e6)
+
+
 def _usage(pred) -> dict | None:
     try:
         usage = pred.get_lm_usage()
@@ -253,14 +259,12 @@ def _usage(pred) -> dict | None:
 @command("dspy.run")
 def run(ctx, program: dict, inputs: dict, lm: dict | None = None):
     """Run a program on one input; returns its fields (and token usage)."""
+    started = time.perf_counter()
     module = build_program(program)
     with lm_context(ctx, lm, program.get("adapter")):
-        if program.get("module") == "multi_chain_comparison":
-            pred = module(**inputs)
-        else:
-            pred = module(**inputs)
+        pred = module(**inputs)
     ctx.check()
-    return {"fields": prediction_fields(pred), "usage": _usage(pred)}
+    return {"fields": prediction_fields(pred), "usage": _usage(pred), "elapsed_us": _since(started)}
 
 
 @command("dspy.parallel")
@@ -276,6 +280,7 @@ def parallel(ctx, program: dict, inputs: list, lm: dict | None = None, num_threa
 @command("dspy.stream")
 def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
     """Run a program with dspy.streamify: chunks per output field, then the fields."""
+    started = time.perf_counter()
     module = build_program(program)
     predictors = _predictors(module)
     listeners = []
@@ -293,7 +298,7 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
                 ctx.emit({"field": item.signature_field_name, "text": item.chunk})
     if final is None:
         raise CommandError("the stream ended without a prediction", kind="lm")
-    return {"fields": prediction_fields(final), "usage": _usage(final)}
+    return {"fields": prediction_fields(final), "usage": _usage(final), "elapsed_us": _since(started)}
 
 
 @command("dspy.format")

@@ -1,0 +1,198 @@
+//! The result cache for deterministic requests.
+//!
+//! A request is deterministic when its LM settings pin the temperature to 0
+//! and ask for one generation; only those are cached. Keys are canonical:
+//! the same program, inputs and LM settings give the same key whatever the
+//! order of their JSON maps. The cache is bounded (oldest entries go first)
+//! and entries expire after a TTL.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use dspex_core::Value;
+use parking_lot::Mutex;
+
+/// A canonical cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey(String);
+
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(k).unwrap_or_default());
+                out.push(':');
+                canonical(&map[k.as_str()], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+impl CacheKey {
+    /// The key for an operation over these canonicalised parts.
+    pub fn new(op: &str, parts: &[&Value]) -> CacheKey {
+        let mut s = String::with_capacity(256);
+        s.push_str(op);
+        for p in parts {
+            s.push('\u{1f}');
+            canonical(p, &mut s);
+        }
+        CacheKey(s)
+    }
+}
+
+/// Whether call settings make a request deterministic (temperature 0, one generation).
+pub fn is_deterministic(params: &[&serde_json::Map<String, Value>]) -> bool {
+    let mut temperature = None;
+    let mut n = None;
+    for p in params {
+        if let Some(t) = p.get("temperature").and_then(Value::as_f64) {
+            temperature = Some(t);
+        }
+        if let Some(x) = p.get("n").and_then(Value::as_u64) {
+            n = Some(x);
+        }
+    }
+    temperature == Some(0.0) && n.unwrap_or(1) <= 1
+}
+
+struct Shard<V> {
+    map: HashMap<CacheKey, (Instant, V)>,
+    order: VecDeque<CacheKey>,
+}
+
+/// A bounded, expiring map from [`CacheKey`] to results.
+pub struct ResultCache<V> {
+    shards: Vec<Mutex<Shard<V>>>,
+    per_shard: usize,
+    ttl: Duration,
+}
+
+impl<V: Clone> ResultCache<V> {
+    /// A cache of about `capacity` entries living `ttl` each.
+    pub fn new(capacity: usize, ttl: Duration) -> ResultCache<V> {
+        let n = 16;
+        ResultCache {
+            shards: (0..n).map(|_| Mutex::new(Shard { map: HashMap::new(), order: VecDeque::new() })).collect(),
+            per_shard: capacity.div_ceil(n).max(1),
+            ttl,
+        }
+    }
+
+    fn shard(&self, key: &CacheKey) -> &Mutex<Shard<V>> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.shards[(h.finish() as usize) % self.shards.len()]
+    }
+
+    /// A live entry.
+    pub fn get(&self, key: &CacheKey) -> Option<V> {
+        let mut shard = self.shard(key).lock();
+        match shard.map.get(key) {
+            Some((at, v)) if at.elapsed() < self.ttl => Some(v.clone()),
+            Some(_) => {
+                shard.map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Store an entry (the oldest one goes when the shard is full).
+    pub fn put(&self, key: CacheKey, value: V) {
+        let mut shard = self.shard(&key).lock();
+        if shard.map.insert(key.clone(), (Instant::now(), value)).is_none() {
+            shard.order.push_back(key);
+        }
+        while shard.map.len() > self.per_shard {
+            match shard.order.pop_front() {
+                Some(old) => {
+                    shard.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        // Keep the order queue from growing with keys already evicted or expired.
+        if shard.order.len() > self.per_shard * 2 {
+            let Shard { map, order } = &mut *shard;
+            order.retain(|k| map.contains_key(k));
+        }
+    }
+
+    /// Entries stored.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map.len()).sum()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drop everything.
+    pub fn clear(&self) {
+        for s in &self.shards {
+            let mut s = s.lock();
+            s.map.clear();
+            s.order.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_ignore_map_order() {
+        let a = CacheKey::new("predict", &[&json!({"a": 1, "b": {"x": [1, 2], "y": null}})]);
+        let b = CacheKey::new("predict", &[&json!({"b": {"y": null, "x": [1, 2]}, "a": 1})]);
+        assert_eq!(a, b);
+        assert_ne!(a, CacheKey::new("cot", &[&json!({"a": 1, "b": {"x": [1, 2], "y": null}})]));
+    }
+
+    #[test]
+    fn bounded_and_expiring() {
+        let c: ResultCache<u32> = ResultCache::new(16, Duration::from_millis(50));
+        for i in 0..100 {
+            c.put(CacheKey::new("k", &[&json!(i)]), i);
+        }
+        assert!(c.len() <= 16);
+        assert_eq!(c.get(&CacheKey::new("k", &[&json!(99)])), Some(99));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(c.get(&CacheKey::new("k", &[&json!(99)])), None);
+        c.clear();
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn determinism() {
+        let t0 = json!({"temperature": 0.0}).as_object().cloned().unwrap();
+        let n2 = json!({"n": 2}).as_object().cloned().unwrap();
+        let t1 = json!({"temperature": 0.7}).as_object().cloned().unwrap();
+        assert!(is_deterministic(&[&t0]));
+        assert!(!is_deterministic(&[&t0, &n2]));
+        assert!(!is_deterministic(&[&t0, &t1]));
+        assert!(!is_deterministic(&[]));
+    }
+}

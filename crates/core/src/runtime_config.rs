@@ -1,0 +1,458 @@
+//! The runtime's configuration: pools, routing, caching, supervision.
+//!
+//! Every struct here reads from TOML (or JSON) with the same field names the
+//! builders use; unknown keys are rejected with the key's name.
+//!
+//! ```
+//! use dspex_core::RuntimeConfig;
+//!
+//! let cfg = RuntimeConfig::from_toml(r#"
+//!     [lm]
+//!     model = "gpt-4o-mini"
+//!
+//!     [[pools]]
+//!     name = "general"
+//!     size = 2
+//!
+//!     [router]
+//!     prefer = "auto"
+//! "#).unwrap();
+//! assert_eq!(cfg.pools[0].size, 2);
+//! assert!(RuntimeConfig::from_toml("[router]\npreffer = 'auto'").unwrap_err().message().contains("preffer"));
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::LmConfig;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Where a pool's Python comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub struct PythonConfig {
+    /// Use this interpreter as is (a venv's `bin/python`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpreter: Option<PathBuf>,
+    /// Build an environment with these requirements (the preset's when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<String>,
+    /// The interpreter that creates provisioned environments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<PathBuf>,
+}
+
+/// Restart intensity: at most `max_restarts` within `period_ms`, else escalate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntensityConfig {
+    /// Restarts allowed in the period.
+    pub max_restarts: u32,
+    /// The period, in milliseconds.
+    pub period_ms: u64,
+    /// First restart delay, in milliseconds (doubles per restart in the period).
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    /// Longest restart delay, in milliseconds.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_backoff_initial() -> u64 {
+    50
+}
+
+fn default_backoff_max() -> u64 {
+    5_000
+}
+
+impl IntensityConfig {
+    /// `max_restarts` within `period`.
+    pub fn new(max_restarts: u32, period: Duration) -> IntensityConfig {
+        IntensityConfig {
+            max_restarts,
+            period_ms: period.as_millis() as u64,
+            backoff_initial_ms: default_backoff_initial(),
+            backoff_max_ms: default_backoff_max(),
+        }
+    }
+}
+
+/// A pool of Python workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Pool name; presets are `general`, `optimizer`, `neural`.
+    pub name: String,
+    /// Workers.
+    #[serde(default = "default_size")]
+    pub size: usize,
+    /// Requests each worker runs at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Requests allowed to wait for a free worker; more are shed with `Overloaded`.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// How long a request may wait for a free worker, in milliseconds.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout_ms: u64,
+    /// Address-space limit per worker, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mb: Option<u64>,
+    /// CPU priority (`nice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nice: Option<i32>,
+    /// CPUs the workers may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_affinity: Option<Vec<usize>>,
+    /// GPUs handed out round-robin, one per worker (`CUDA_VISIBLE_DEVICES`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
+    /// Recycle a worker after this many requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u64>,
+    /// Recycle a worker after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// Recycle a worker whose resident memory passes this many MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rss_mb: Option<u64>,
+    /// Heartbeat interval, in milliseconds (0 disables).
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// Python modules that register user commands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<String>,
+    /// Extra `PYTHONPATH` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub python_path: Vec<PathBuf>,
+    /// Environment variables for this pool's workers.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Import DSPy before a worker reports ready.
+    #[serde(default = "default_true")]
+    pub preload_dspy: bool,
+    /// Where the Python comes from.
+    #[serde(default)]
+    pub python: PythonConfig,
+    /// Restart intensity for this pool's workers.
+    #[serde(default = "default_worker_intensity")]
+    pub intensity: IntensityConfig,
+    /// How long a worker may keep polling before it blocks (µs; see the bridge docs).
+    #[serde(default = "default_spin")]
+    pub spin_us: u64,
+}
+
+fn default_size() -> usize {
+    2
+}
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_max_queue() -> usize {
+    1024
+}
+fn default_queue_timeout() -> u64 {
+    30_000
+}
+fn default_heartbeat() -> u64 {
+    5_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_spin() -> u64 {
+    100
+}
+fn default_worker_intensity() -> IntensityConfig {
+    IntensityConfig::new(20, Duration::from_secs(30))
+}
+
+impl PoolConfig {
+    /// A pool named `name` with default settings.
+    pub fn new(name: impl Into<String>) -> PoolConfig {
+        PoolConfig {
+            name: name.into(),
+            size: default_size(),
+            concurrency: default_concurrency(),
+            max_queue: default_max_queue(),
+            queue_timeout_ms: default_queue_timeout(),
+            memory_limit_mb: None,
+            nice: None,
+            cpu_affinity: None,
+            gpus: Vec::new(),
+            max_requests: None,
+            ttl_secs: None,
+            max_rss_mb: None,
+            heartbeat_ms: default_heartbeat(),
+            modules: Vec::new(),
+            python_path: Vec::new(),
+            env: Default::default(),
+            preload_dspy: true,
+            python: PythonConfig::default(),
+            intensity: default_worker_intensity(),
+            spin_us: default_spin(),
+        }
+    }
+
+    /// A preset: `general` (2 workers × 4), `optimizer` (1 worker, 1 at a
+    /// time, long queue wait: optimizers run for minutes), `neural` (1 worker,
+    /// 2 at a time, memory capped at 8 GiB).
+    pub fn preset(name: &str) -> Option<PoolConfig> {
+        let base = PoolConfig::new(name);
+        Some(match name {
+            "general" => base,
+            "optimizer" => PoolConfig { size: 1, concurrency: 1, queue_timeout_ms: 3_600_000, ..base },
+            "neural" => PoolConfig { size: 1, concurrency: 2, memory_limit_mb: Some(8192), ..base },
+            _ => return None,
+        })
+    }
+
+    /// Set the number of workers.
+    pub fn size(mut self, n: usize) -> PoolConfig {
+        self.size = n;
+        self
+    }
+
+    /// Set the per-worker concurrency.
+    pub fn concurrency(mut self, n: u32) -> PoolConfig {
+        self.concurrency = n;
+        self
+    }
+
+    /// Use this interpreter.
+    pub fn interpreter(mut self, python: impl Into<PathBuf>) -> PoolConfig {
+        self.python.interpreter = Some(python.into());
+        self
+    }
+
+    /// The queue timeout.
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
+}
+
+/// Which implementation the router prefers when both can run a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutePreference {
+    /// Native when it can, Python otherwise.
+    #[default]
+    Auto,
+    /// Native only (fails with `Unsupported` if it cannot).
+    Native,
+    /// Python only.
+    Python,
+}
+
+/// Router settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Default preference.
+    #[serde(default)]
+    pub prefer: RoutePreference,
+    /// Retry on Python when the native path fails with a retryable error
+    /// (it always does on `Unsupported` under `auto`).
+    #[serde(default = "default_true")]
+    pub fallback_on_failure: bool,
+    /// Pool for Python requests that name none.
+    #[serde(default = "default_pool_name")]
+    pub default_pool: String,
+    /// Consecutive failures that open a target's circuit.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before a probe, in milliseconds.
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown_ms: u64,
+    /// Fraction of native-capable requests also run on Python and compared (0 disables).
+    #[serde(default)]
+    pub shadow_rate: f64,
+    /// Decisions kept in the log.
+    #[serde(default = "default_decision_log")]
+    pub decision_log: usize,
+}
+
+fn default_pool_name() -> String {
+    "general".into()
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> u64 {
+    10_000
+}
+fn default_decision_log() -> usize {
+    256
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            prefer: RoutePreference::Auto,
+            fallback_on_failure: true,
+            default_pool: default_pool_name(),
+            breaker_failures: default_breaker_failures(),
+            breaker_cooldown_ms: default_breaker_cooldown(),
+            shadow_rate: 0.0,
+            decision_log: default_decision_log(),
+        }
+    }
+}
+
+/// Result cache settings (deterministic requests only: temperature 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Whether the cache is used at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Entries kept.
+    #[serde(default = "default_cache_capacity")]
+    pub capacity: usize,
+    /// Entry lifetime, in seconds.
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_secs: u64,
+}
+
+fn default_cache_capacity() -> usize {
+    10_000
+}
+fn default_cache_ttl() -> u64 {
+    3600
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { enabled: true, capacity: default_cache_capacity(), ttl_secs: default_cache_ttl() }
+    }
+}
+
+/// Session settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Idle sessions expire after this many seconds.
+    #[serde(default = "default_session_ttl")]
+    pub idle_ttl_secs: u64,
+    /// Most sessions at once.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Where session snapshots are kept (none: not persisted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+fn default_session_ttl() -> u64 {
+    1800
+}
+fn default_max_sessions() -> usize {
+    10_000
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { idle_ttl_secs: default_session_ttl(), max_sessions: default_max_sessions(), snapshot_dir: None }
+    }
+}
+
+/// The whole runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The default LM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm: Option<LmConfig>,
+    /// Python pools.
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+    /// Routing.
+    #[serde(default)]
+    pub router: RouterConfig,
+    /// Result cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Sessions.
+    #[serde(default)]
+    pub sessions: SessionConfig,
+    /// The interpreter pools use when they name none (else `DSPEX_PYTHON`, else
+    /// a provisioned environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<PathBuf>,
+    /// Cache directory for environments and worker sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Restart intensity of the pools supervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pools_intensity: Option<IntensityConfig>,
+    /// Deadline of a request that sets none, in milliseconds (every request has one).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_request_timeout() -> u64 {
+    120_000
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            lm: None,
+            pools: Vec::new(),
+            router: RouterConfig::default(),
+            cache: CacheConfig::default(),
+            sessions: SessionConfig::default(),
+            python: None,
+            cache_dir: None,
+            pools_intensity: None,
+            request_timeout_ms: default_request_timeout(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Read a TOML document; errors name the offending key or line.
+    pub fn from_toml(text: &str) -> Result<RuntimeConfig> {
+        toml::from_str(text).map_err(|e| Error::new(ErrorKind::Config, format!("invalid runtime configuration: {e}")))
+    }
+
+    /// Read a TOML file.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<RuntimeConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("cannot read {}: {e}", path.display())))?;
+        RuntimeConfig::from_toml(&text)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {}", path.display(), e.message())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_and_builders() {
+        assert_eq!(PoolConfig::preset("optimizer").unwrap().concurrency, 1);
+        assert_eq!(PoolConfig::preset("neural").unwrap().memory_limit_mb, Some(8192));
+        assert!(PoolConfig::preset("x").is_none());
+        let p = PoolConfig::new("p").size(3).concurrency(2).interpreter("/usr/bin/python3");
+        assert_eq!((p.size, p.concurrency), (3, 2));
+        assert_eq!(p.queue_timeout(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn toml_round_trip_and_errors() {
+        let cfg = RuntimeConfig::from_toml(
+            "[[pools]]\nname = 'gpu'\nsize = 1\ngpus = ['0', '1']\n[pools.env]\nHF_HOME = '/tmp/hf'\n[cache]\nttl_secs = 5\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.pools[0].gpus, vec!["0", "1"]);
+        assert_eq!(cfg.pools[0].env["HF_HOME"], "/tmp/hf");
+        assert_eq!(cfg.cache.ttl_secs, 5);
+        let err = RuntimeConfig::from_toml("[[pools]]\nname = 'x'\nsise = 2\n").unwrap_err();
+        assert!(err.message().contains("sise"), "{err}");
+        let err = RuntimeConfig::from_toml_file(std::path::Path::new("/nonexistent.toml")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+}

@@ -1,0 +1,410 @@
+//! The runtime over its public API: routing, fallback, breakers, shadowing,
+//! pools (overload, retries, refill, resize), streaming, the cache,
+//! optimizers and evaluation — with real Python workers running DSPy and a
+//! local OpenAI-compatible server as the LM.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dspex::native::lm::offline::OfflineResponder;
+use dspex::native::lm::server::{LmServer, Reply, Responder};
+use dspex::{
+    BreakerState, ErrorKind, IntensityConfig, LmConfig, Map, PoolConfig, Program, ProgramSpec, RequestOptions, Route,
+    RouterConfig, Runtime, RuntimeBuilder, StreamEvent,
+};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::support;
+
+fn inputs(v: Value) -> Map {
+    v.as_object().cloned().expect("an object")
+}
+
+/// An offline LM served on 127.0.0.1, and its settings at temperature 0.
+pub async fn offline_lm() -> (LmServer, LmConfig) {
+    let server = LmServer::start(OfflineResponder::new()).await.expect("LM server");
+    let cfg = LmConfig::new("offline").with_base_url(server.base_url()).with_api_key("test").with_temperature(0.0);
+    (server, cfg)
+}
+
+/// A builder with the project's Python and a `general` pool of `size` workers.
+pub fn builder(size: usize) -> RuntimeBuilder {
+    Runtime::builder().python(support::python()).pool(PoolConfig::new("general").size(size).concurrency(4))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_native_and_python_with_metadata_and_tree() {
+    let (server, lm) = offline_lm().await;
+    let rt = builder(2).lm(lm).start().await.unwrap();
+    let q = inputs(json!({"question": "What is 17 + 25?"}));
+
+    let native = rt.predict("question -> answer", q.clone()).await.unwrap();
+    assert_eq!(native.meta.route, Route::Native);
+    assert_eq!(native.get_str("answer"), Some("42"));
+    assert!(native.meta.reason.contains("native"));
+    assert!(!native.meta.trace_id.is_empty());
+
+    let program = Program::new(ProgramSpec::predict("question -> answer"));
+    let py = rt.run(&program, q.clone(), RequestOptions::python().no_cache()).await.unwrap();
+    assert_eq!(py.meta.route, Route::Python("general".into()));
+    assert_eq!(py.get_str("answer"), Some("42"), "both routes read the same answer");
+    let worker = py.meta.worker.clone().unwrap();
+    assert!(worker.starts_with("worker:general:"), "{worker}");
+    assert!(py.meta.pid.unwrap() > 0);
+    assert!(py.meta.timings.execution_us > 0 && py.meta.timings.total_us >= py.meta.timings.execution_us);
+    // The LM saw the same messages from both routes.
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0]["messages"], reqs[1]["messages"]);
+
+    // ReAct has no native form: asking for native fails with Unsupported.
+    let react = Program::new(ProgramSpec::react("question -> answer", ["tools_for_tests:add"]));
+    let err = rt.run(&react, q.clone(), RequestOptions::native()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+
+    let tree = rt.tree().await.unwrap();
+    assert_eq!(tree.name, "dspex");
+    let names: Vec<&str> = tree.children.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["telemetry", "router", "pools", "sessions", "pipelines"]);
+    let pool = tree.find("pool:general").unwrap();
+    assert_eq!(pool.children.len(), 2);
+    for w in &pool.children {
+        assert_eq!(w.status, "ready");
+        assert!(w.info.pid.is_some());
+        assert_eq!(w.restarts, 0);
+    }
+    let stats = rt.router().stats();
+    assert_eq!(stats.routes["native"], 1);
+    assert!(stats.recent.iter().any(|d| d.route == "python:general"));
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_deterministic_request_hits_the_cache() {
+    let (server, lm) = offline_lm().await;
+    let rt = builder(1).lm(lm).start().await.unwrap();
+    let mut events = rt.subscribe();
+    let q = inputs(json!({"question": "What is the capital of France?"}));
+    let first = rt.predict("question -> answer", q.clone()).await.unwrap();
+    let second = rt.predict("question -> answer", q.clone()).await.unwrap();
+    assert!(!first.meta.cached);
+    assert!(second.meta.cached);
+    assert_eq!(first.prediction, second.prediction);
+    assert_ne!(first.meta.trace_id, second.meta.trace_id);
+    assert_eq!(server.requests().len(), 1, "the second answer came from the cache");
+    // Off on demand.
+    let program = Program::new(ProgramSpec::predict("question -> answer"));
+    let third = rt.run(&program, q.clone(), RequestOptions::default().no_cache()).await.unwrap();
+    assert!(!third.meta.cached);
+    assert_eq!(server.requests().len(), 2);
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e.kind.name());
+    }
+    assert!(seen.contains(&"cache.miss") && seen.contains(&"cache.hit"), "{seen:?}");
+    rt.shutdown().await.unwrap();
+}
+
+/// A responder that fails with 500 while `broken` is set.
+struct Switch {
+    broken: Arc<AtomicBool>,
+    inner: OfflineResponder,
+}
+
+impl Responder for Switch {
+    fn respond(&self, request: &Value) -> Reply {
+        if self.broken.load(Ordering::SeqCst) {
+            Reply::status(500)
+        } else {
+            self.inner.respond(request)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_failure_falls_back_and_the_breaker_cycles() {
+    let broken = Arc::new(AtomicBool::new(true));
+    let native_server =
+        LmServer::start(Switch { broken: broken.clone(), inner: OfflineResponder::new() }).await.unwrap();
+    let (_py_server, py_lm) = offline_lm().await;
+    let mut native_lm = LmConfig::new("offline").with_base_url(native_server.base_url()).with_api_key("x");
+    native_lm.max_retries = 0;
+    let rt = builder(1)
+        .lm(py_lm)
+        .native_lm(Arc::new(dspex::native::lm::OpenAiClient::new(&native_lm).unwrap()))
+        .router(RouterConfig { breaker_failures: 2, breaker_cooldown_ms: 300, ..Default::default() })
+        .start()
+        .await
+        .unwrap();
+    let q = inputs(json!({"question": "What is 2 + 3?"}));
+    let program = Program::new(ProgramSpec::predict("question -> answer"));
+    let opts = || RequestOptions::default().no_cache();
+
+    // Native fails (HTTP 500): the answer comes from Python, and says so.
+    let out = rt.run(&program, q.clone(), opts()).await.unwrap();
+    assert_eq!(out.meta.route, Route::Python("general".into()));
+    assert!(out.meta.fallback.as_deref().unwrap_or_default().contains("native"), "{:?}", out.meta.fallback);
+    assert_eq!(out.get_str("answer"), Some("5"));
+    let out = rt.run(&program, q.clone(), opts()).await.unwrap();
+    assert!(out.meta.fallback.is_some());
+    // Two failures open the native circuit: requests go straight to Python.
+    assert_eq!(rt.router().breaker_state(&Route::Native), BreakerState::Open);
+    let out = rt.run(&program, q.clone(), opts()).await.unwrap();
+    assert_eq!(out.meta.route, Route::Python("general".into()));
+    assert!(out.meta.fallback.is_none());
+    assert!(out.meta.reason.contains("circuit open"), "{}", out.meta.reason);
+    assert_eq!(rt.router().stats().fallbacks, 2);
+
+    // After the cooldown one probe goes native; the LM is back, so it closes.
+    broken.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let out = rt.run(&program, q.clone(), opts()).await.unwrap();
+    assert_eq!(out.meta.route, Route::Native);
+    assert_eq!(rt.router().breaker_state(&Route::Native), BreakerState::Closed);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_runs_record_divergence() {
+    // Native and Python talk to different LMs that disagree about one answer.
+    let native_server =
+        LmServer::start(|_: &Value| Reply::text("[[ ## answer ## ]]\nLyon\n\n[[ ## completed ## ]]")).await.unwrap();
+    let (_py_server, py_lm) = offline_lm().await;
+    let native_lm = LmConfig::new("offline").with_base_url(native_server.base_url()).with_api_key("x");
+    let rt = builder(1)
+        .lm(py_lm)
+        .native_lm(Arc::new(dspex::native::lm::OpenAiClient::new(&native_lm).unwrap()))
+        .router(RouterConfig { shadow_rate: 1.0, ..Default::default() })
+        .start()
+        .await
+        .unwrap();
+    let q = inputs(json!({"question": "What is the capital of France?"}));
+    let out = rt.predict("question -> answer", q).await.unwrap();
+    assert_eq!(out.meta.route, Route::Native, "the primary answer is returned");
+    assert_eq!(out.get_str("answer"), Some("Lyon"));
+    let end = Instant::now() + Duration::from_secs(20);
+    while rt.router().stats().shadowed == 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = rt.router().stats();
+    assert_eq!((stats.shadowed, stats.divergences), (1, 1));
+    let d = &stats.recent_divergences[0];
+    assert!(d.detail.contains("Lyon") && d.detail.contains("Paris"), "{}", d.detail);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_overloaded_and_queue_deadline_too() {
+    let mut pool = PoolConfig::new("general").size(1).concurrency(1);
+    pool.max_queue = 1;
+    pool.queue_timeout_ms = 400;
+    let rt = Runtime::builder().python(support::python()).pool(pool).start().await.unwrap();
+    let sleep = |s: f64| {
+        let rt = rt.clone();
+        tokio::spawn(async move { rt.call("general", "sleep", json!({"seconds": s}), RequestOptions::default()).await })
+    };
+    let busy = sleep(1.0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = sleep(0.0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The queue (1) is full: shed at once.
+    let t = Instant::now();
+    let err = rt.call("general", "noop", json!({}), RequestOptions::default()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Overloaded, "{err}");
+    assert!(err.is_retryable());
+    assert!(t.elapsed() < Duration::from_millis(100));
+    // The queued one waited past the queue timeout (400 ms) behind a 1 s request.
+    let err = queued.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Overloaded, "{err}");
+    assert!(err.message().contains("queue timeout"), "{err}");
+    assert!(busy.await.unwrap().is_ok());
+    let stats = rt.pool("general").unwrap().stats();
+    assert_eq!(stats.overloaded, 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_request_survives_kill_9_of_its_worker() {
+    let rt = builder(2).start().await.unwrap();
+    let pool = rt.pool("general").unwrap();
+    // Occupy both workers with a slow idempotent request each and kill the
+    // worker of one of them.
+    let call = |rt: Runtime| async move {
+        rt.call("general", "sleep", json!({"seconds": 0.8}), RequestOptions::default().idempotent(true)).await
+    };
+    let a = tokio::spawn(call(rt.clone()));
+    let b = tokio::spawn(call(rt.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let victim = pool.stats().workers.iter().find(|w| w.in_flight > 0).map(|w| w.name.clone()).unwrap();
+    let index: usize = victim.rsplit(':').next().unwrap().parse().unwrap();
+    let pid = rt.kill_worker("general", index).unwrap();
+    let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+    let retried: Vec<_> = [&a, &b].into_iter().filter(|o| o.meta.retried).collect();
+    assert_eq!(retried.len(), 1, "exactly the killed worker's request was retried");
+    assert_ne!(retried[0].meta.pid, Some(pid));
+    // A request that is not idempotent gets a classified error instead.
+    let c = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.call("general", "sleep", json!({"seconds": 2.0}), RequestOptions::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let busy = pool.stats().workers.iter().find(|w| w.in_flight > 0 && w.state == "ready").map(|w| w.name.clone());
+    let index: usize = busy.unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    rt.kill_worker("general", index).unwrap();
+    let err = c.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WorkerCrashed, "{err}");
+    assert!(err.context().pool.as_deref() == Some("general"));
+    pool.wait_ready(2, Duration::from_secs(30)).await.unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_refills_after_a_crash_storm_and_resizes() {
+    let mut pool = PoolConfig::new("general").size(2);
+    pool.intensity =
+        IntensityConfig { max_restarts: 2, period_ms: 10_000, backoff_initial_ms: 10, backoff_max_ms: 100 };
+    let rt = Runtime::builder().python(support::python()).pool(pool).start().await.unwrap();
+    let handle = rt.pool("general").unwrap();
+    let mut events = rt.subscribe();
+    let before = handle.pids();
+    // Kill workers faster than the pool's intensity allows: the pool
+    // supervisor escalates and `pools` restarts the whole pool.
+    for _ in 0..4 {
+        let _ = handle.wait_ready(1, Duration::from_secs(30)).await;
+        let pids = handle.pids();
+        if let Some(pid) = pids.first() {
+            // SAFETY: kill(2) on a worker pid we own.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.wait_ready(2, Duration::from_secs(60)).await.unwrap();
+    let after = handle.pids();
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|p| !before.contains(p)), "every worker was replaced: {before:?} -> {after:?}");
+    let tree = rt.tree().await.unwrap();
+    assert!(tree.find("pools").unwrap().children[0].restarts >= 1, "the pool itself was restarted");
+    let mut escalated = false;
+    while let Ok(e) = events.try_recv() {
+        if let dspex::EventKind::Lifecycle { what, .. } = &e.kind {
+            escalated |= what == "exited";
+        }
+    }
+    assert!(escalated);
+    // Still serving.
+    rt.call("general", "noop", json!({}), RequestOptions::default()).await.unwrap();
+
+    // Resize: up to 3, down to 1.
+    rt.scale("general", 3).await.unwrap();
+    handle.wait_ready(3, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(rt.tree().await.unwrap().find("pool:general").unwrap().children.len(), 3);
+    rt.scale("general", 1).await.unwrap();
+    assert_eq!(handle.stats().workers.len(), 1);
+    assert_eq!(rt.tree().await.unwrap().find("pool:general").unwrap().children.len(), 1);
+    rt.call("general", "noop", json!({}), RequestOptions::default()).await.unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_through_both_routes() {
+    let (_server, lm) = offline_lm().await;
+    let rt = builder(1).lm(lm).start().await.unwrap();
+    let program = Program::new(ProgramSpec::predict("question -> answer"));
+    let q = inputs(json!({"question": "What is 6 + 7?"}));
+    for opts in [RequestOptions::native(), RequestOptions::python()] {
+        let want = opts.route;
+        let mut stream = rt.stream(&program, q.clone(), opts).await.unwrap();
+        let mut chunks = String::new();
+        let mut done = None;
+        while let Some(item) = stream.next().await {
+            match item.unwrap() {
+                StreamEvent::Chunk { text, .. } => chunks.push_str(&text),
+                StreamEvent::Done(out) => done = Some(*out),
+            }
+        }
+        let out = done.expect("a final prediction");
+        assert_eq!(out.get_str("answer"), Some("13"), "{want:?}");
+        assert!(chunks.contains("13"), "{want:?}: chunks {chunks:?}");
+        match want {
+            Some(dspex::RoutePreference::Native) => assert_eq!(out.meta.route, Route::Native),
+            _ => assert_eq!(out.meta.route, Route::Python("general".into())),
+        }
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimize_then_serve_natively_and_evaluate_with_progress() {
+    let (server, lm) = offline_lm().await;
+    let rt = builder(1).lm(lm).start().await.unwrap();
+    let program = Program::new(ProgramSpec::predict("question -> answer"));
+    let train: Vec<Map> = [(2, 3), (10, 4), (7, 8), (20, 22)]
+        .iter()
+        .map(|(a, b)| inputs(json!({"question": format!("What is {a} + {b}?"), "answer": (a + b).to_string()})))
+        .collect();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let p = progress.clone();
+    let req = dspex::OptimizeRequest::new("BootstrapFewShot", program.clone(), train.clone(), "exact_match")
+        .param("max_bootstrapped_demos", json!(2))
+        .param("max_labeled_demos", json!(0))
+        .input_keys(["question"]);
+    let optimized = rt
+        .optimize(
+            req,
+            Some(Arc::new(move |_: &Value| {
+                p.fetch_add(1, Ordering::Relaxed);
+            })),
+        )
+        .await
+        .unwrap();
+    assert!(progress.load(Ordering::Relaxed) > 0);
+    assert_eq!(optimized.demos, 2);
+    let info = optimized.program.inspect();
+    assert_eq!(info.demos.len(), 2);
+    assert!(info.native_unsupported.is_none());
+    server.clear_requests();
+    let out = rt
+        .run(&optimized.program, inputs(json!({"question": "What is 40 + 2?"})), RequestOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(out.meta.route, Route::Native);
+    assert_eq!(out.get_str("answer"), Some("42"));
+    let sent = &server.requests()[0]["messages"];
+    assert_eq!(sent.as_array().unwrap().len(), 2 + 2 * 2, "system, two demo turns, question: {sent}");
+
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let eval = rt
+        .evaluate(
+            &optimized.program,
+            train,
+            "exact_match",
+            Some(Arc::new(move |_: &Value| {
+                s.fetch_add(1, Ordering::Relaxed);
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(eval.score, 100.0);
+    assert_eq!(eval.results.len(), 4);
+    assert_eq!(seen.load(Ordering::Relaxed), 4);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_is_reported_not_hung() {
+    let t = Instant::now();
+    let err = Runtime::builder()
+        .python("/nonexistent/python3")
+        .pool(PoolConfig::new("general").size(1))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert!(err.message().contains("could not start") || err.message().contains("nonexistent"), "{err}");
+    let err = dspex::RuntimeConfig::from_toml("[[pools]]\nname = 'a'\n[[pools]]\nname = 'a'\n").unwrap();
+    let err = Runtime::from_config(err).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
