@@ -1,6 +1,7 @@
 //! Integration tests over the public API, in one binary (shared helpers in `support`).
 
 mod bridge;
+mod chaos;
 mod cli;
 mod dspy_parity;
 mod lm_client;

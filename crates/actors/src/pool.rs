@@ -248,7 +248,8 @@ impl PoolShared {
     /// Take capacity on the least-loaded ready worker, if any has some.
     fn try_checkout(self: &Arc<Self>, pin: Option<usize>, avoid: Option<usize>) -> Option<Lease> {
         let limit = self.concurrency();
-        loop {
+        // Bounded: a slot changing under us is skipped, never spun on.
+        for _ in 0..64 {
             let (slot, seen) = {
                 let slots = self.slots.read();
                 let mut best: Option<(&Arc<Slot>, usize)> = None;
@@ -272,22 +273,29 @@ impl PoolShared {
             if slot.in_flight.compare_exchange(seen, seen + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 continue;
             }
-            let worker = slot.worker.read().clone();
+            let worker = {
+                let guard = slot.worker.read();
+                // A process that died is skipped before its actor hears of it.
+                guard.clone().filter(|w| slot.state.load(Ordering::Acquire) == READY && w.is_ready())
+            };
             match worker {
-                Some(w) if slot.state.load(Ordering::Acquire) == READY => {
-                    return Some(Lease { slot, worker: w, shared: self.clone() });
-                }
-                _ => {
+                Some(w) => return Some(Lease { slot, worker: w, shared: self.clone() }),
+                None => {
                     slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    std::hint::spin_loop();
                 }
             }
         }
+        None
     }
 
     async fn checkout(self: &Arc<Self>, opts: &PoolCallOptions, avoid: Option<usize>) -> Result<(Lease, Duration)> {
         let started = Instant::now();
-        if let Some(lease) = self.try_checkout(opts.pin, avoid) {
-            return Ok((lease, Duration::ZERO));
+        // Newcomers take the fast path only when nobody waits: the queue is FIFO.
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            if let Some(lease) = self.try_checkout(opts.pin, avoid) {
+                return Ok((lease, Duration::ZERO));
+            }
         }
         let (max_queue, queue_timeout) = {
             let c = self.config.read();
@@ -713,6 +721,8 @@ enum WorkerMsg {
 
 struct WorkerState {
     slot: Arc<Slot>,
+    /// This incarnation's number; the slot is only touched while it is the current one.
+    generation: u64,
     worker: Option<Worker>,
     started: Instant,
     recycling: bool,
@@ -722,8 +732,13 @@ impl Drop for WorkerState {
     fn drop(&mut self) {
         // Whatever way the actor ended (killed by its supervisor included),
         // the slot is down and the process does not outlive it.
-        self.slot.state.store(DOWN, Ordering::Release);
-        self.slot.worker.write().take();
+        {
+            let mut current = self.slot.worker.write();
+            if self.slot.generation.load(Ordering::Acquire) == self.generation {
+                self.slot.state.store(DOWN, Ordering::Release);
+                current.take();
+            }
+        }
         if let Some(w) = self.worker.as_ref().filter(|w| w.is_ready()) {
             w.kill();
         }
@@ -776,8 +791,12 @@ impl Actor for WorkerActor {
     async fn pre_start(&self, _: ActorRef<WorkerMsg>, _: ()) -> std::result::Result<WorkerState, ActorProcessingErr> {
         // The process starts in `post_start`, so the workers of a pool start
         // in parallel; the slot is ready only once its handshake is done.
-        self.slot.state.store(STARTING, Ordering::Release);
-        Ok(WorkerState { slot: self.slot.clone(), worker: None, started: Instant::now(), recycling: false })
+        let generation = {
+            let _current = self.slot.worker.write();
+            self.slot.state.store(STARTING, Ordering::Release);
+            self.slot.generation.fetch_add(1, Ordering::AcqRel) + 1
+        };
+        Ok(WorkerState { slot: self.slot.clone(), generation, worker: None, started: Instant::now(), recycling: false })
     }
 
     async fn post_start(
@@ -798,11 +817,17 @@ impl Actor for WorkerActor {
             );
             ActorProcessingErr::from(format!("{} failed to start: {e}", self.slot.name))
         })?;
-        let generation = self.slot.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let generation = state.generation;
         state.worker = Some(worker.clone());
         state.started = Instant::now();
-        *self.slot.worker.write() = Some(worker.clone());
-        self.slot.state.store(READY, Ordering::Release);
+        {
+            let mut current = self.slot.worker.write();
+            if self.slot.generation.load(Ordering::Acquire) != generation {
+                return Err(format!("{}: replaced while starting", self.slot.name).into());
+            }
+            *current = Some(worker.clone());
+            self.slot.state.store(READY, Ordering::Release);
+        }
         // Capacity appeared: wake queued requests.
         self.shared.notify.notify_waiters();
         for _ in 0..self.shared.concurrency() {
@@ -847,7 +872,9 @@ impl Actor for WorkerActor {
         _: ActorRef<WorkerMsg>,
         state: &mut WorkerState,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        state.slot.state.store(DRAINING, Ordering::Release);
+        if state.slot.generation.load(Ordering::Acquire) == state.generation {
+            state.slot.state.store(DRAINING, Ordering::Release);
+        }
         if let Some(w) = state.worker.as_ref().filter(|w| w.is_ready()) {
             w.stop(Duration::from_secs(5)).await;
         }
@@ -862,10 +889,12 @@ impl Actor for WorkerActor {
     ) -> std::result::Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Exited(generation, why) => {
-                if generation != self.slot.generation.load(Ordering::Acquire) || state.recycling {
+                if generation != state.generation || state.recycling {
                     return Ok(());
                 }
-                self.slot.state.store(DOWN, Ordering::Release);
+                if self.slot.generation.load(Ordering::Acquire) == generation {
+                    self.slot.state.store(DOWN, Ordering::Release);
+                }
                 *self.slot.last_exit.lock() = Some(why.clone());
                 warn!(worker = %self.slot.name, reason = %why, "worker process ended");
                 self.shared.telemetry.emit(

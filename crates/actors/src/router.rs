@@ -244,9 +244,17 @@ impl Router {
     }
 
     /// Record how a request on `route` ended.
+    ///
+    /// For a Python pool only failures of what the pool depends on count (the
+    /// LM, the protocol): a crashed worker is the pool supervisor's business
+    /// (it is replaced, idempotent requests are retried) and a full queue
+    /// already sheds load with `Overloaded`; opening the circuit on those
+    /// would turn a restart of a few seconds into an outage of a cooldown.
     pub fn record(&self, route: &Route, outcome: std::result::Result<(), &Error>) {
         let b = self.breaker(route);
-        let failed = matches!(outcome, Err(e) if is_target_failure(e));
+        let failed = matches!(outcome, Err(e) if is_target_failure(e)
+            && !(matches!(route, Route::Python(_))
+                && matches!(e.kind(), ErrorKind::WorkerCrashed | ErrorKind::Overloaded | ErrorKind::Timeout)));
         match b.state.load(Ordering::Acquire) {
             HALF_OPEN => {
                 if !b.probing.swap(false, Ordering::AcqRel) {

@@ -245,8 +245,9 @@ impl SupervisorSpec {
 /// Live facts about an actor, as snapshots show them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
-    /// A status more precise than running/restarting (`ready`, `draining`, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A status more precise than running/restarting (`ready`, `draining`,
+    /// ...); shown as the node's `status`.
+    #[serde(default, skip_serializing)]
     pub status: Option<String>,
     /// OS process id (workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,8 +309,6 @@ pub enum SupervisorMsg {
     Restart {
         /// Child names.
         names: Vec<String>,
-        /// Restart round; stale rounds are ignored.
-        round: u64,
     },
     /// Add and start a child.
     AddChild(ChildSpec, RpcReplyPort<Result<(), String>>),
@@ -351,7 +350,6 @@ pub struct SupervisorState {
     slots: Vec<Slot>,
     history: VecDeque<Instant>,
     expected: HashSet<ActorId>,
-    round: u64,
     started: Instant,
 }
 
@@ -457,7 +455,6 @@ impl Actor for Supervisor {
             slots: Vec::with_capacity(spec.children.len()),
             history: VecDeque::new(),
             expected: HashSet::new(),
-            round: 0,
             started: Instant::now(),
         };
         // Ordered start: each child is up before the next one starts.
@@ -496,10 +493,9 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Restart { names, round } => {
-                if round != state.round {
-                    return Ok(());
-                }
+            SupervisorMsg::Restart { names } => {
+                // Each slot restarts once: a slot already running again (restarted
+                // by an earlier message of an overlapping group) is skipped.
                 for name in names {
                     let Some(i) = state.slots.iter().position(|s| s.spec.name == name) else { continue };
                     if state.slots[i].status != SlotStatus::Restarting {
@@ -521,7 +517,7 @@ impl Actor for Supervisor {
                             match state.record_restart() {
                                 Ok(delay) => {
                                     state.slots[i].restarts += 1;
-                                    schedule(&myself, vec![name], state.round, delay);
+                                    schedule(&myself, vec![name], delay);
                                 }
                                 Err(why) => return escalate(state, why).await,
                             }
@@ -652,7 +648,6 @@ impl Actor for Supervisor {
                 Err(why) => return escalate(state, why).await,
             }
         };
-        state.round += 1;
         let affected: Vec<usize> = match state.strategy {
             Strategy::OneForOne => vec![i],
             Strategy::OneForAll => (0..state.slots.len()).collect(),
@@ -665,16 +660,16 @@ impl Actor for Supervisor {
             state.slots[j].restarts += 1;
         }
         let names = affected.iter().map(|&j| state.slots[j].spec.name.clone()).collect();
-        schedule(&myself, names, state.round, delay);
+        schedule(&myself, names, delay);
         Ok(())
     }
 }
 
-fn schedule(myself: &ActorRef<SupervisorMsg>, names: Vec<String>, round: u64, delay: Duration) {
+fn schedule(myself: &ActorRef<SupervisorMsg>, names: Vec<String>, delay: Duration) {
     let me = myself.clone();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
-        let _ = me.cast(SupervisorMsg::Restart { names, round });
+        let _ = me.cast(SupervisorMsg::Restart { names });
     });
 }
 
