@@ -27,8 +27,8 @@ pub use dspex_core::{
 };
 
 pub use dspex_actors::{
-    new_trace_id, BreakerState, CallOutput, Evaluation, Meta, NodeInfo, OptimizeRequest, Optimized, Output,
-    OutputStream, PoolHandle, PoolStats, Program, ProgramInfo, RequestOptions, Router, RouterStats, Runtime,
+    new_trace_id, BlockingRuntime, BreakerState, CallOutput, Evaluation, Meta, NodeInfo, OptimizeRequest, Optimized,
+    Output, OutputStream, PoolHandle, PoolStats, Program, ProgramInfo, RequestOptions, Router, RouterStats, Runtime,
     RuntimeBuilder, StreamEvent, Timings, TreeNode, WorkerStats,
 };
 pub use dspex_core::{

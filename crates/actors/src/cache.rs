@@ -19,20 +19,7 @@ pub struct CacheKey(String);
 
 fn canonical(v: &Value, out: &mut String) {
     match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&serde_json::to_string(k).unwrap_or_default());
-                out.push(':');
-                canonical(&map[k.as_str()], out);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => canonical_map(map, out),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -50,7 +37,14 @@ fn canonical(v: &Value, out: &mut String) {
 impl CacheKey {
     /// The key for an operation over these canonicalised parts.
     pub fn new(op: &str, parts: &[&Value]) -> CacheKey {
-        let mut s = String::with_capacity(256);
+        CacheKey::extend("", op, parts)
+    }
+
+    /// A key that starts with another key's text (a program's, computed once).
+    pub fn extend(prefix: &str, op: &str, parts: &[&Value]) -> CacheKey {
+        let mut s = String::with_capacity(prefix.len() + 128);
+        s.push_str(prefix);
+        s.push('\u{1e}');
         s.push_str(op);
         for p in parts {
             s.push('\u{1f}');
@@ -58,6 +52,32 @@ impl CacheKey {
         }
         CacheKey(s)
     }
+
+    /// A key's canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key for a map of values (canonical, like [`CacheKey::new`]).
+    pub fn push_map(&mut self, map: &dspex_core::Map) {
+        self.0.push('\u{1f}');
+        canonical_map(map, &mut self.0);
+    }
+}
+
+fn canonical_map(map: &dspex_core::Map, out: &mut String) {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    out.push('{');
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k).unwrap_or_default());
+        out.push(':');
+        canonical(&map[k.as_str()], out);
+    }
+    out.push('}');
 }
 
 /// Whether call settings make a request deterministic (temperature 0, one generation).

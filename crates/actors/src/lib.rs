@@ -6,6 +6,7 @@
 //! and pipelines. [`Runtime`] is the entry point.
 #![warn(missing_docs)]
 
+pub mod blocking;
 pub mod cache;
 pub mod pool;
 pub mod program;
@@ -14,6 +15,7 @@ pub mod runtime;
 pub mod supervisor;
 pub mod telemetry;
 
+pub use blocking::BlockingRuntime;
 pub use pool::{PoolCallOptions, PoolHandle, PoolReply, PoolStats, WorkerStats};
 pub use program::{FieldInfo, Program, ProgramInfo};
 pub use router::{BreakerState, Decision, DecisionRecord, RouteRequest, Router, RouterStats};

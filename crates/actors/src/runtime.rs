@@ -840,10 +840,13 @@ impl Runtime {
             }
             _ => self.inner.python_lm.clone().unwrap_or(Value::Null),
         };
-        let inputs = Value::Object(inputs.clone());
-        let config = Value::Object(opts.config.clone());
-        let head = Value::String(format!("{:?}", program.cache_key()));
-        Some(CacheKey::new(program.op(), &[&head, &inputs, &lm, &config]))
+        // A forced route or pool is part of the request: a Python-only
+        // request is not answered from a natively computed entry.
+        let route = Value::String(format!("{:?}/{}", opts.route, opts.pool.as_deref().unwrap_or("")));
+        let mut key = CacheKey::extend(program.cache_key().as_str(), program.op(), &[&lm, &route]);
+        key.push_map(inputs);
+        key.push_map(&opts.config);
+        Some(key)
     }
 
     /// Run a program: routed, cached when deterministic, with fallback and

@@ -128,3 +128,16 @@ pub trait LanguageModel: Send + Sync + 'static {
     /// A short description for logs and metadata (the model name).
     fn describe(&self) -> String;
 }
+
+/// The LM named by the environment: `DSPEX_LM_BASE_URL` (required),
+/// `DSPEX_LM_MODEL` (default `gpt-4o-mini`), `DSPEX_LM_API_KEY` or
+/// `OPENAI_API_KEY`. `None` when no base URL is set.
+pub fn config_from_env() -> Option<dspex_core::LmConfig> {
+    let url = std::env::var("DSPEX_LM_BASE_URL").ok().filter(|u| !u.is_empty())?;
+    let model = std::env::var("DSPEX_LM_MODEL").unwrap_or_else(|_| "gpt-4o-mini".into());
+    let mut cfg = dspex_core::LmConfig::new(model).with_base_url(url);
+    if let Ok(key) = std::env::var("DSPEX_LM_API_KEY").or_else(|_| std::env::var("OPENAI_API_KEY")) {
+        cfg = cfg.with_api_key(key);
+    }
+    Some(cfg)
+}
