@@ -31,6 +31,11 @@ pub use dspex_actors::{
     Output, OutputStream, PoolHandle, PoolStats, Program, ProgramInfo, RequestOptions, Router, RouterStats, Runtime,
     RuntimeBuilder, StreamEvent, Timings, TreeNode, WorkerStats,
 };
+pub use dspex_actors::{
+    Condition, IntoPipeline, Pipeline, PipelineBuilder, PipelineResult, PipelineRun, PipelineRunInfo, PipelineSpec,
+    RestoreReport, RetrySpec, Session, SessionInfo, SessionOptions, SessionState, Sessions, Step, StepKind, StepRecord,
+    StepSpec,
+};
 pub use dspex_core::{
     CacheConfig, Event, EventKind, IntensityConfig, PoolConfig, PythonConfig, Route, RoutePreference, RouterConfig,
     RuntimeConfig, SessionConfig,

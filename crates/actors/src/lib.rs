@@ -8,14 +8,20 @@
 
 pub mod blocking;
 pub mod cache;
+pub mod pipeline;
 pub mod pool;
 pub mod program;
 pub mod router;
 pub mod runtime;
+pub mod session;
 pub mod supervisor;
 pub mod telemetry;
 
 pub use blocking::BlockingRuntime;
+pub use pipeline::{
+    Condition, IntoPipeline, Pipeline, PipelineBuilder, PipelineResult, PipelineRun, PipelineRunInfo, PipelineSpec,
+    RetrySpec, Step, StepKind, StepRecord, StepSpec,
+};
 pub use pool::{PoolCallOptions, PoolHandle, PoolReply, PoolStats, WorkerStats};
 pub use program::{FieldInfo, Program, ProgramInfo};
 pub use router::{BreakerState, Decision, DecisionRecord, RouteRequest, Router, RouterStats};
@@ -23,5 +29,6 @@ pub use runtime::{
     new_trace_id, CallOutput, Evaluation, Meta, OptimizeRequest, Optimized, Output, OutputStream, ProgressFn,
     RequestOptions, Runtime, RuntimeBuilder, StreamEvent, Timings,
 };
+pub use session::{RestoreReport, Session, SessionInfo, SessionOptions, SessionState, Sessions};
 pub use supervisor::{NodeInfo, TreeNode};
 pub use telemetry::Telemetry;

@@ -489,6 +489,29 @@ impl PoolHandle {
         }
     }
 
+    /// The least-loaded ready worker: its index and process id.
+    pub fn pick(&self) -> Option<(usize, u32)> {
+        self.shared
+            .slots
+            .read()
+            .iter()
+            .filter(|s| s.state.load(Ordering::Acquire) == READY)
+            .filter_map(|s| {
+                let w = s.worker.read().clone().filter(|w| w.is_ready())?;
+                Some((s.in_flight.load(Ordering::Relaxed), s.index, w.pid()))
+            })
+            .min()
+            .map(|(_, i, pid)| (i, pid))
+    }
+
+    /// The process id of worker `index` while it is ready.
+    pub fn pid_of(&self, index: usize) -> Option<u32> {
+        let slots = self.shared.slots.read();
+        let slot = slots.iter().find(|s| s.index == index && s.state.load(Ordering::Acquire) == READY)?;
+        let w = slot.worker.read().clone().filter(|w| w.is_ready())?;
+        Some(w.pid())
+    }
+
     /// Workers ready now.
     pub fn ready(&self) -> usize {
         self.shared.slots.read().iter().filter(|s| s.state.load(Ordering::Acquire) == READY).count()

@@ -437,6 +437,8 @@ pub(crate) struct Inner {
     root_done: Mutex<Option<ractor::concurrency::JoinHandle<()>>>,
     pub(crate) sessions_sup: OnceLock<ActorRef<SupervisorMsg>>,
     pub(crate) pipelines_sup: OnceLock<ActorRef<SupervisorMsg>>,
+    pub(crate) sessions: crate::session::SessionRegistry,
+    pub(crate) pipeline_runs: crate::pipeline::RunRegistry,
     launch: Launch,
     started: Instant,
 }
@@ -673,6 +675,8 @@ impl Runtime {
                 root_done: Mutex::new(Some(root_done)),
                 sessions_sup: OnceLock::new(),
                 pipelines_sup: OnceLock::new(),
+                sessions: Default::default(),
+                pipeline_runs: Default::default(),
                 launch,
                 started,
             }),
@@ -687,6 +691,7 @@ impl Runtime {
             let size = p.config().size;
             p.wait_ready(size, Duration::from_secs(120)).await?;
         }
+        rt.sessions().restore().await;
         rt.inner.telemetry.emit(
             None,
             EventKind::Lifecycle {

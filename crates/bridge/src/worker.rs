@@ -669,7 +669,25 @@ impl Worker {
                 return Err(e.with_worker(self.name()));
             }
         };
+        // A caller that stops waiting (its future dropped: a cancelled
+        // pipeline, a timeout above us) cancels the request in Python too.
+        struct CancelOnDrop<'a> {
+            worker: &'a Worker,
+            id: u64,
+            codec: Codec,
+            op: &'a str,
+            armed: bool,
+        }
+        impl Drop for CancelOnDrop<'_> {
+            fn drop(&mut self) {
+                if self.armed && tokio::runtime::Handle::try_current().is_ok() {
+                    self.worker.give_up(self.id, self.codec, self.op);
+                }
+            }
+        }
+        let mut guard = CancelOnDrop { worker: self, id, codec, op, armed: true };
         if let Err(e) = self.send(codec, &msg).await {
+            guard.armed = false;
             self.shared().pending.lock().remove(&id);
             return Err(e);
         }
@@ -677,6 +695,7 @@ impl Worker {
             Some(d) => match tokio::time::timeout_at(d.into(), rx).await {
                 Ok(r) => r,
                 Err(_) => {
+                    guard.armed = false;
                     self.give_up(id, codec, op);
                     return Err(self
                         .shared()
@@ -686,6 +705,7 @@ impl Worker {
             },
             None => rx.await,
         };
+        guard.armed = false;
         match outcome {
             Ok(r) => r,
             Err(_) => Err(self.shared().not_ready_error()),

@@ -234,6 +234,17 @@ def lm_context(ctx, lm_spec, adapter: str | None = None, **extra):
     return dspy.context(**settings)
 
 
+def coerce_inputs(module, inputs: dict) -> dict:
+    """Inputs as DSPy expects them: `dspy.History` fields arrive as
+    ``{"messages": [...]}`` objects and become ``dspy.History`` values."""
+    out = dict(inputs)
+    for predictor in _predictors(module):
+        for key, field in predictor.signature.input_fields.items():
+            if field.annotation is dspy.History and isinstance(out.get(key), dict):
+                out[key] = dspy.History(**out[key])
+    return out
+
+
 def _since(started: float) -> int:
     """Microseconds since `started` (a perf_counter reading): the Python side of a request's timing."""
     return int((time.perf_counter() - started) * 1e6)
@@ -261,6 +272,7 @@ def run(ctx, program: dict, inputs: dict, lm: dict | None = None):
     """Run a program on one input; returns its fields (and token usage)."""
     started = time.perf_counter()
     module = build_program(program)
+    inputs = coerce_inputs(module, inputs)
     with lm_context(ctx, lm, program.get("adapter")):
         pred = module(**inputs)
     ctx.check()
@@ -288,6 +300,7 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
         for name in predictor.signature.output_fields:
             listeners.append(dspy.streaming.StreamListener(signature_field_name=name, predict=predictor))
     streaming = dspy.streamify(module, stream_listeners=listeners, async_streaming=False)
+    inputs = coerce_inputs(module, inputs)
     final = None
     with lm_context(ctx, lm, program.get("adapter")):
         for item in streaming(**inputs):

@@ -42,13 +42,14 @@ def define(ctx, name: str, program: dict):
 @command("session.run")
 def run(ctx, name: str, inputs: dict, lm: dict | None = None):
     """Run a program this session defined."""
-    from .dspy_commands import _since, _usage, lm_context, prediction_fields
+    from .dspy_commands import _since, _usage, coerce_inputs, lm_context, prediction_fields
 
     started = time.perf_counter()
     programs = _session(ctx)["programs"]
     if name not in programs:
         raise NotFound(f"session {ctx.session!r} defines no program {name!r}")
     module, spec = programs[name]
+    inputs = coerce_inputs(module, inputs)
     with lm_context(ctx, lm, spec.get("adapter")):
         pred = module(**inputs)
     return {"fields": prediction_fields(pred), "usage": _usage(pred), "elapsed_us": _since(started)}
