@@ -204,6 +204,11 @@ impl Router {
         self.config.read().clone()
     }
 
+    /// The configured route preference (without copying the settings).
+    pub fn preference(&self) -> RoutePreference {
+        self.config.read().prefer
+    }
+
     /// Change the settings (preference, breaker thresholds, shadow rate, ...).
     pub fn set_config(&self, config: RouterConfig) {
         *self.config.write() = config;

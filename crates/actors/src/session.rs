@@ -1,9 +1,12 @@
 //! Sessions: state that outlives the Python process serving it.
 //!
-//! A session is an actor (`session:<id>`, transient, under `sessions`) that
-//! owns the session's state in Rust — the programs it defined, a
-//! `dspy.History` per program, variables — and applies its requests one at
-//! a time, in order. Python work is pinned to one worker of the session's
+//! A session is a supervised actor (`session:<id>`, transient, under
+//! `sessions`) over state owned in Rust — the programs it defined, a
+//! `dspy.History` per program, variables. Its requests are applied one at a
+//! time, in the order they arrive, under a FIFO lock that the caller's task
+//! takes: no mailbox hop on the hot path (a mailbox round trip costs more
+//! than a native call; see `benches/sessions_pipelines.rs`); the actor
+//! handles idle expiry and clean-up. Python work is pinned to one worker of the session's
 //! pool, where the session's programs are kept built (`session.define`).
 //! When that worker dies the session picks another one and defines its
 //! programs there again from what it owns; the request in flight at the
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use dspex_core::{DspyType, Error, ErrorKind, EventKind, FieldType, Map, ProgramSpec, Result, Route, Value};
 use parking_lot::Mutex;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
@@ -191,16 +194,21 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 // ------------------------------------------------------------------ manager
 
 struct Entry {
-    actor: ActorRef<SessionMsg>,
     shared: Arc<SessionShared>,
 }
 
-/// Live facts about a session, shared between its actor and the manager.
+/// A session: its state, owned in Rust, and what its actor and its handles
+/// share. Requests take `work` (a FIFO lock) so they apply one at a time in
+/// the order they arrive, without a mailbox hop on the hot path.
 struct SessionShared {
     state: Mutex<SessionState>,
+    work: tokio::sync::Mutex<WorkState>,
     last_active: Mutex<Instant>,
     pinned: Mutex<Option<(usize, u32, String)>>,
     rebuilds: std::sync::atomic::AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
+    actor: Mutex<Option<ActorRef<SessionMsg>>>,
+    rt: Weak<Inner>,
 }
 
 impl SessionShared {
@@ -292,21 +300,25 @@ impl Sessions {
             .get()
             .cloned()
             .ok_or_else(|| Error::internal("the sessions supervisor is not running"))?;
+        let programs = state.programs.iter().map(|(k, v)| (k.clone(), Program::new(v.clone()))).collect();
         let shared = Arc::new(SessionShared {
             state: Mutex::new(state),
+            work: tokio::sync::Mutex::new(WorkState { programs, defined_on: HashSet::new() }),
             last_active: Mutex::new(Instant::now()),
             pinned: Mutex::new(None),
             rebuilds: Default::default(),
+            closed: Default::default(),
+            actor: Mutex::new(None),
+            rt: Arc::downgrade(&self.rt.inner),
         });
-        let slot: Arc<Mutex<Option<ActorRef<SessionMsg>>>> = Arc::default();
-        let (weak, start_shared, start_slot) = (Arc::downgrade(&self.rt.inner), shared.clone(), slot.clone());
+        let start_shared = shared.clone();
         let start: crate::supervisor::StartFn = Arc::new(move |parent, _name| {
-            let actor = SessionActor { rt: weak.clone(), shared: start_shared.clone() };
-            let slot = start_slot.clone();
+            let actor = SessionActor { shared: start_shared.clone() };
+            let shared = start_shared.clone();
             Box::pin(async move {
                 let (r, _) = Actor::spawn_linked(None, actor, (), parent).await?;
-                // A restarted session actor takes over the same entry.
-                *slot.lock() = Some(r.clone());
+                // A restarted session actor takes over the same session.
+                *shared.actor.lock() = Some(r.clone());
                 Ok(Started { cell: r.get_cell(), supervisor: None })
             })
         });
@@ -328,8 +340,7 @@ impl Sessions {
         Supervisor::add_child(&sup, child)
             .await
             .map_err(|e| Error::internal(format!("cannot start session {id}: {e}")).with_session(&id))?;
-        let actor = slot.lock().clone().ok_or_else(|| Error::internal("session actor did not start"))?;
-        inner.sessions.entries.lock().insert(id.clone(), Entry { actor, shared: shared.clone() });
+        inner.sessions.entries.lock().insert(id.clone(), Entry { shared: shared.clone() });
         if fresh {
             persist(inner, &shared);
         }
@@ -337,18 +348,14 @@ impl Sessions {
             None,
             EventKind::Lifecycle { actor: format!("session:{id}"), what: "started".into(), detail: String::new() },
         );
-        Ok(Session { id, rt: self.rt.clone(), slot })
+        Ok(Session { id, rt: self.rt.clone(), shared })
     }
 
     /// A session by id.
     pub fn get(&self, id: &str) -> Result<Session> {
         let entries = self.rt.inner.sessions.entries.lock();
         match entries.get(id) {
-            Some(e) => Ok(Session {
-                id: id.to_string(),
-                rt: self.rt.clone(),
-                slot: Arc::new(Mutex::new(Some(e.actor.clone()))),
-            }),
+            Some(e) => Ok(Session { id: id.to_string(), rt: self.rt.clone(), shared: e.shared.clone() }),
             None => Err(Error::new(ErrorKind::NotFound, format!("no session {id}")).with_session(id)),
         }
     }
@@ -427,6 +434,9 @@ fn snapshot_path(inner: &Inner, id: &str) -> Option<PathBuf> {
 }
 
 fn persist(inner: &Inner, shared: &SessionShared) {
+    if inner.config.sessions.snapshot_dir.is_none() {
+        return;
+    }
     let state = shared.state.lock().clone();
     let Some(path) = snapshot_path(inner, &state.id) else { return };
     let written = encode_snapshot(&state).and_then(|bytes| {
@@ -443,12 +453,12 @@ fn persist(inner: &Inner, shared: &SessionShared) {
 // ------------------------------------------------------------------ handle
 
 /// A handle on one session. Cheap to clone; requests through any clone are
-/// applied in the order they reach the session.
+/// applied one at a time, in the order they reach the session.
 #[derive(Clone)]
 pub struct Session {
     id: String,
     rt: Runtime,
-    slot: Arc<Mutex<Option<ActorRef<SessionMsg>>>>,
+    shared: Arc<SessionShared>,
 }
 
 impl std::fmt::Debug for Session {
@@ -457,24 +467,8 @@ impl std::fmt::Debug for Session {
     }
 }
 
-type Reply<T> = RpcReplyPort<Result<T>>;
-
-/// Messages of a session actor.
+/// Messages of a session actor (its requests do not pass through it).
 pub enum SessionMsg {
-    /// Define (or redefine) a program.
-    Define(String, Box<ProgramSpec>, Reply<()>),
-    /// Run a defined program.
-    Run(String, Map, Box<RequestOptions>, Reply<Output>),
-    /// Run a pipeline inside the session.
-    Pipeline(Box<Pipeline>, Map, Reply<PipelineResult>),
-    /// Set a variable.
-    SetVar(String, Value, Reply<()>),
-    /// The state.
-    State(Reply<SessionState>),
-    /// Clear a program's history.
-    ClearHistory(String, Reply<()>),
-    /// End the session.
-    Close(Reply<()>),
     /// Check idle expiry.
     Tick,
 }
@@ -485,40 +479,34 @@ impl Session {
         &self.id
     }
 
-    fn actor(&self) -> Result<ActorRef<SessionMsg>> {
-        // The entry is refreshed when the session's actor was restarted.
-        if let Some(e) = self.rt.inner.sessions.entries.lock().get(&self.id) {
-            return Ok(e.actor.clone());
+    /// Take the session for one request: in arrival order, one at a time.
+    async fn enter(&self) -> Result<tokio::sync::MutexGuard<'_, WorkState>> {
+        let guard = self.shared.work.lock().await;
+        if self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(
+                Error::new(ErrorKind::NotFound, format!("session {} is closed", self.id)).with_session(&self.id)
+            );
         }
-        self.slot.lock().clone().ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("session {} is closed", self.id)).with_session(&self.id)
-        })
+        *self.shared.last_active.lock() = Instant::now();
+        Ok(guard)
     }
 
-    async fn ask<T: Send + 'static>(&self, timeout: Duration, msg: impl FnOnce(Reply<T>) -> SessionMsg) -> Result<T> {
-        let actor = self.actor()?;
-        match actor.call(msg, Some(timeout)).await {
-            Ok(ractor::rpc::CallResult::Success(r)) => r.map_err(|e| e.with_session(&self.id)),
-            Ok(ractor::rpc::CallResult::Timeout) => {
-                Err(Error::new(ErrorKind::Timeout, format!("session {} did not answer within {timeout:?}", self.id))
-                    .with_session(&self.id)
-                    .with_retryable(true))
-            }
-            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-                Err(Error::new(ErrorKind::NotFound, format!("session {} ended before answering", self.id))
-                    .with_session(&self.id))
-            }
-        }
-    }
-
-    fn slack(&self) -> Duration {
-        Duration::from_millis(self.rt.inner.config.request_timeout_ms) + Duration::from_secs(5)
+    /// After a request: count it, touch the session, write the snapshot.
+    fn leave(&self) {
+        self.shared.state.lock().requests += 1;
+        *self.shared.last_active.lock() = Instant::now();
+        persist(&self.rt.inner, &self.shared);
     }
 
     /// Define a program under `name` (replacing one of the same name).
     pub async fn define(&self, name: &str, spec: impl Into<ProgramSpec>) -> Result<()> {
-        let spec = Box::new(spec.into());
-        self.ask(self.slack(), |r| SessionMsg::Define(name.to_string(), spec, r)).await
+        let spec = spec.into();
+        let mut st = self.enter().await?;
+        st.programs.insert(name.to_string(), Program::new(spec.clone()));
+        st.defined_on.remove(name);
+        self.shared.state.lock().programs.insert(name.to_string(), spec);
+        self.leave();
+        Ok(())
     }
 
     /// Run a defined program with the session's history for it.
@@ -528,52 +516,88 @@ impl Session {
 
     /// [`Session::run`] with request options.
     pub async fn run_with(&self, name: &str, inputs: Map, opts: RequestOptions) -> Result<Output> {
-        let wait = opts.timeout.map(|t| t + Duration::from_secs(5)).unwrap_or_else(|| self.slack());
-        self.ask(wait, |r| SessionMsg::Run(name.to_string(), inputs, Box::new(opts), r)).await
+        let mut st = self.enter().await?;
+        let out = run_program(&self.rt, &self.shared, &mut st, name, inputs, opts).await;
+        self.leave();
+        out.map_err(|e| e.with_session(&self.id))
     }
 
     /// Run a pipeline inside the session: its `session` steps run the
     /// session's programs (with their history), in order with the session's
     /// other requests.
     pub async fn run_pipeline(&self, pipeline: &Pipeline, inputs: Map) -> Result<PipelineResult> {
-        let wait = self.slack() * 4;
-        self.ask(wait, |r| SessionMsg::Pipeline(Box::new(pipeline.clone()), inputs, r)).await
+        let mut st = self.enter().await?;
+        let runner = SessionStepRunner { rt: &self.rt, shared: &self.shared, st: &mut st };
+        let out = crate::pipeline::execute_in_session(&self.rt, pipeline, inputs, runner).await;
+        self.leave();
+        out
     }
 
     /// Set a variable.
     pub async fn set_var(&self, key: &str, value: Value) -> Result<()> {
-        self.ask(self.slack(), |r| SessionMsg::SetVar(key.to_string(), value, r)).await
+        let _st = self.enter().await?;
+        self.shared.state.lock().variables.insert(key.to_string(), value);
+        self.leave();
+        Ok(())
     }
 
     /// The session's state (programs, history, variables).
     pub async fn state(&self) -> Result<SessionState> {
-        self.ask(self.slack(), SessionMsg::State).await
+        let _st = self.enter().await?;
+        let state = self.shared.state.lock().clone();
+        Ok(state)
     }
 
     /// A program's history (`dspy.History.messages`).
     pub async fn history(&self, name: &str) -> Result<Vec<Map>> {
-        Ok(self.state().await?.history.remove(name).unwrap_or_default())
+        let _st = self.enter().await?;
+        let turns = self.shared.state.lock().history.get(name).cloned().unwrap_or_default();
+        Ok(turns)
     }
 
     /// Forget a program's history.
     pub async fn clear_history(&self, name: &str) -> Result<()> {
-        self.ask(self.slack(), |r| SessionMsg::ClearHistory(name.to_string(), r)).await
+        let _st = self.enter().await?;
+        self.shared.state.lock().history.remove(name);
+        self.leave();
+        Ok(())
     }
 
-    /// End the session (its snapshot is deleted).
+    /// End the session (its snapshot is deleted, its worker forgets it).
     pub async fn close(&self) -> Result<()> {
-        self.ask(self.slack(), SessionMsg::Close).await
+        let _st = self.enter().await?;
+        end_session(&self.rt.inner, &self.shared, "closed");
+        Ok(())
+    }
+}
+
+/// Close or expire: no request runs after this one, the snapshot goes, the
+/// actor stops (and drops the session's objects in its worker).
+fn end_session(inner: &Inner, shared: &SessionShared, why: &str) {
+    shared.closed.store(true, std::sync::atomic::Ordering::Release);
+    let id = shared.state.lock().id.clone();
+    inner.sessions.entries.lock().remove(&id);
+    if let Some(p) = snapshot_path(inner, &id) {
+        let _ = std::fs::remove_file(p);
+    }
+    inner
+        .telemetry
+        .emit(None, EventKind::Lifecycle { actor: format!("session:{id}"), what: why.into(), detail: String::new() });
+    if let Some(actor) = shared.actor.lock().clone() {
+        actor.stop(Some(why.into()));
     }
 }
 
 // ------------------------------------------------------------------ actor
 
+/// The session's actor: its place in the tree, idle expiry, and clean-up
+/// in its worker when the session ends.
 struct SessionActor {
-    rt: Weak<Inner>,
     shared: Arc<SessionShared>,
 }
 
-struct ActorState {
+/// What requests work on, under the session's FIFO lock.
+struct WorkState {
     programs: HashMap<String, Program>,
     /// Programs defined on the pinned worker.
     defined_on: HashSet<String>,
@@ -588,208 +612,204 @@ fn history_field(program: &Program) -> Option<String> {
     sig.inputs().iter().find(|f| *f.ty() == FieldType::Dspy(DspyType::History)).map(|f| f.name().to_string())
 }
 
-impl SessionActor {
-    fn runtime(&self) -> Result<Runtime> {
-        self.rt
-            .upgrade()
-            .map(|inner| Runtime { inner })
-            .ok_or_else(|| Error::new(ErrorKind::Cancelled, "the runtime is shutting down"))
-    }
-
+impl SessionShared {
     fn id(&self) -> String {
-        self.shared.state.lock().id.clone()
+        self.state.lock().id.clone()
     }
+}
 
-    /// Run `name` on the pinned worker, rebuilding the session's Python
-    /// state on another worker when the pinned one is gone.
-    async fn run_python(
-        &self,
-        rt: &Runtime,
-        st: &mut ActorState,
-        name: &str,
-        program: &Program,
-        inputs: &Map,
-        opts: &RequestOptions,
-    ) -> Result<Output> {
-        let started = Instant::now();
-        let (pool_name, specs) = {
-            let s = self.shared.state.lock();
-            (opts.pool.clone().unwrap_or_else(|| s.pool.clone()), s.programs.clone())
-        };
-        let pool = rt.pool(&pool_name)?;
-        let id = self.id();
-        let trace = opts.trace_id.clone().unwrap_or_else(crate::runtime::new_trace_id);
-        let deadline = opts.deadline.unwrap_or_else(|| {
-            Instant::now() + opts.timeout.unwrap_or(Duration::from_millis(rt.inner.config.request_timeout_ms))
-        });
-        let idempotent = opts.idempotent.unwrap_or(true);
-        let mut attempt = 0;
-        let mut lost = false;
-        loop {
-            attempt += 1;
-            // Pin (again) when there is no pinned worker, its process changed
-            // or it just failed us.
-            let pinned = self.shared.pinned.lock().clone();
-            let (index, pid) = match pinned {
-                Some((i, p, _)) if !lost && pool.pid_of(i) == Some(p) => (i, p),
-                previous => {
-                    // After a crash the pool may have no ready worker for a
-                    // moment (a replacement is starting): wait for one.
-                    let mut picked = pool.pick();
-                    while picked.is_none() && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        picked = pool.pick();
-                    }
-                    let (i, p) = picked.ok_or_else(|| {
-                        Error::new(ErrorKind::WorkerCrashed, format!("no worker of pool {pool_name} is ready"))
-                            .with_pool(&pool_name)
-                            .with_retryable(true)
-                    })?;
-                    st.defined_on.clear();
-                    let worker = format!("worker:{pool_name}:{i}");
-                    if previous.is_some() {
-                        self.shared.rebuilds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        info!(session = %id, worker = %worker, "session pinned worker is gone; rebuilding its state");
-                        rt.inner.telemetry.emit(
-                            Some(&trace),
-                            EventKind::Lifecycle {
-                                actor: format!("session:{id}"),
-                                what: "rebuilt".into(),
-                                detail: format!("programs defined again on {worker}"),
-                            },
-                        );
-                    }
-                    *self.shared.pinned.lock() = Some((i, p, worker));
-                    lost = false;
-                    (i, p)
+/// Run `name` on the pinned worker, rebuilding the session's Python
+/// state on another worker when the pinned one is gone.
+async fn run_python(
+    rt: &Runtime,
+    shared: &SessionShared,
+    st: &mut WorkState,
+    name: &str,
+    program: &Program,
+    inputs: &Map,
+    opts: &RequestOptions,
+) -> Result<Output> {
+    let started = Instant::now();
+    let (pool_name, specs) = {
+        let s = shared.state.lock();
+        (opts.pool.clone().unwrap_or_else(|| s.pool.clone()), s.programs.clone())
+    };
+    let pool = rt.pool(&pool_name)?;
+    let id = shared.id();
+    let trace = opts.trace_id.clone().unwrap_or_else(crate::runtime::new_trace_id);
+    let deadline = opts.deadline.unwrap_or_else(|| {
+        Instant::now() + opts.timeout.unwrap_or(Duration::from_millis(rt.inner.config.request_timeout_ms))
+    });
+    let idempotent = opts.idempotent.unwrap_or(true);
+    let mut attempt = 0;
+    let mut lost = false;
+    loop {
+        attempt += 1;
+        // Pin (again) when there is no pinned worker, its process changed
+        // or it just failed us.
+        let pinned = shared.pinned.lock().clone();
+        let (index, pid) = match pinned {
+            Some((i, p, _)) if !lost && pool.pid_of(i) == Some(p) => (i, p),
+            previous => {
+                // After a crash the pool may have no ready worker for a
+                // moment (a replacement is starting): wait for one.
+                let mut picked = pool.pick();
+                while picked.is_none() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    picked = pool.pick();
                 }
-            };
-            let popts = PoolCallOptions {
-                deadline: Some(deadline),
-                trace_id: Some(trace.clone()),
-                session: Some(id.clone()),
-                idempotent: false,
-                codec: None,
-                pin: Some(index),
-            };
-            let mut failure = None;
-            for (pname, spec) in &specs {
-                if st.defined_on.contains(pname) {
-                    continue;
-                }
-                let wire = st.programs.get(pname).map(|p| p.wire().clone()).unwrap_or_else(|| json!(spec));
-                match pool.call("session.define", json!({"name": pname, "program": wire}), &popts).await {
-                    Ok(_) => {
-                        st.defined_on.insert(pname.clone());
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            let result = match failure {
-                Some(e) => Err(e),
-                None => {
-                    let lm = rt.python_lm_for(program);
-                    pool.call("session.run", json!({"name": name, "inputs": inputs, "lm": lm}), &popts).await
-                }
-            };
-            match result {
-                Ok(reply) => {
-                    let _ = pid;
-                    rt.inner.router.record(&Route::Python(pool_name.clone()), Ok(()));
-                    let mut out = rt.python_output(
-                        Route::Python(pool_name.clone()),
-                        reply.value,
-                        reply.queue,
-                        reply.elapsed,
-                        &reply.worker,
-                        reply.pid,
-                        attempt > 1,
-                        &trace,
-                        started,
+                let (i, p) = picked.ok_or_else(|| {
+                    Error::new(ErrorKind::WorkerCrashed, format!("no worker of pool {pool_name} is ready"))
+                        .with_pool(&pool_name)
+                        .with_retryable(true)
+                })?;
+                st.defined_on.clear();
+                let worker = format!("worker:{pool_name}:{i}");
+                if previous.is_some() {
+                    shared.rebuilds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    info!(session = %id, worker = %worker, "session pinned worker is gone; rebuilding its state");
+                    rt.inner.telemetry.emit(
+                        Some(&trace),
+                        EventKind::Lifecycle {
+                            actor: format!("session:{id}"),
+                            what: "rebuilt".into(),
+                            detail: format!("programs defined again on {worker}"),
+                        },
                     );
-                    out.meta.reason = "session program pinned to its worker".into();
-                    return Ok(out);
+                }
+                *shared.pinned.lock() = Some((i, p, worker));
+                lost = false;
+                (i, p)
+            }
+        };
+        let popts = PoolCallOptions {
+            deadline: Some(deadline),
+            trace_id: Some(trace.clone()),
+            session: Some(id.clone()),
+            idempotent: false,
+            codec: None,
+            pin: Some(index),
+        };
+        let mut failure = None;
+        for (pname, spec) in &specs {
+            if st.defined_on.contains(pname) {
+                continue;
+            }
+            let wire = st.programs.get(pname).map(|p| p.wire().clone()).unwrap_or_else(|| json!(spec));
+            match pool.call("session.define", json!({"name": pname, "program": wire}), &popts).await {
+                Ok(_) => {
+                    st.defined_on.insert(pname.clone());
                 }
                 Err(e) => {
-                    let gone = matches!(e.kind(), ErrorKind::WorkerCrashed | ErrorKind::NotFound);
-                    if gone {
-                        lost = true;
-                        st.defined_on.clear();
-                    }
-                    // Retry on another worker: always when the worker lost our
-                    // state before running anything, else only if idempotent.
-                    let safe = e.kind() == ErrorKind::NotFound || idempotent;
-                    if gone && safe && attempt < 3 && Instant::now() < deadline {
-                        continue;
-                    }
-                    return Err(e.with_request_id(&trace));
+                    failure = Some(e);
+                    break;
                 }
             }
         }
+        let result = match failure {
+            Some(e) => Err(e),
+            None => {
+                let lm = rt.python_lm_for(program);
+                pool.call("session.run", json!({"name": name, "inputs": inputs, "lm": lm}), &popts).await
+            }
+        };
+        match result {
+            Ok(reply) => {
+                let _ = pid;
+                rt.inner.router.record(&Route::Python(pool_name.clone()), Ok(()));
+                let mut out = rt.python_output(
+                    Route::Python(pool_name.clone()),
+                    reply.value,
+                    reply.queue,
+                    reply.elapsed,
+                    &reply.worker,
+                    reply.pid,
+                    attempt > 1,
+                    &trace,
+                    started,
+                );
+                out.meta.reason = "session program pinned to its worker".into();
+                return Ok(out);
+            }
+            Err(e) => {
+                let gone = matches!(e.kind(), ErrorKind::WorkerCrashed | ErrorKind::NotFound);
+                if gone {
+                    lost = true;
+                    st.defined_on.clear();
+                }
+                // Retry on another worker: always when the worker lost our
+                // state before running anything, else only if idempotent.
+                let safe = e.kind() == ErrorKind::NotFound || idempotent;
+                if gone && safe && attempt < 3 && Instant::now() < deadline {
+                    continue;
+                }
+                return Err(e.with_request_id(&trace));
+            }
+        }
     }
+}
 
-    async fn run(&self, st: &mut ActorState, name: &str, mut inputs: Map, opts: RequestOptions) -> Result<Output> {
-        let rt = self.runtime()?;
-        let program = st
-            .programs
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("the session defines no program {name}")))?;
-        let history_key = history_field(&program);
-        if let Some(h) = &history_key {
-            if !inputs.contains_key(h) {
-                let turns = self.shared.state.lock().history.get(name).cloned().unwrap_or_default();
-                inputs.insert(h.clone(), json!({"messages": turns}));
-            }
+async fn run_program(
+    rt: &Runtime,
+    shared: &SessionShared,
+    st: &mut WorkState,
+    name: &str,
+    mut inputs: Map,
+    opts: RequestOptions,
+) -> Result<Output> {
+    let program = st
+        .programs
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("the session defines no program {name}")))?;
+    let history_key = history_field(&program);
+    if let Some(h) = &history_key {
+        if !inputs.contains_key(h) {
+            let turns = shared.state.lock().history.get(name).cloned().unwrap_or_default();
+            inputs.insert(h.clone(), json!({"messages": turns}));
         }
-        let id = self.id();
-        let opts = RequestOptions { session: Some(id), cache: false, ..opts };
-        let prefer = opts.route.unwrap_or(rt.inner.router.config().prefer);
-        let native_ok = program.native_support().is_ok() && rt.native_lm_for(&program).is_ok();
-        let out = if native_ok && prefer != dspex_core::RoutePreference::Python {
-            match rt.run(&program, inputs.clone(), opts.clone()).await {
-                Ok(o) => Ok(o),
-                Err(e) if prefer == dspex_core::RoutePreference::Auto && rt.inner.router.may_fall_back(&e) => {
-                    let mut o = self.run_python(&rt, st, name, &program, &inputs, &opts).await?;
-                    o.meta.fallback = Some(format!("native {}: {}", e.kind(), e.message()));
-                    Ok(o)
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            if prefer == dspex_core::RoutePreference::Native {
-                return Err(Error::unsupported(format!("program {name} cannot run natively")));
-            }
-            self.run_python(&rt, st, name, &program, &inputs, &opts).await
-        }?;
-        // Append this turn: the inputs (without the history itself) and the outputs.
-        if let Some(h) = &history_key {
-            let mut turn = inputs;
-            turn.remove(h);
-            for (k, v) in &out.prediction.fields {
-                turn.insert(k.clone(), v.clone());
-            }
-            self.shared.state.lock().history.entry(name.to_string()).or_default().push(turn);
-        }
-        Ok(out)
     }
+    let id = shared.id();
+    let opts = RequestOptions { session: Some(id), cache: false, ..opts };
+    let prefer = opts.route.unwrap_or_else(|| rt.inner.router.preference());
+    let native_ok = program.native_support().is_ok() && rt.native_lm_for(&program).is_ok();
+    // Keep the inputs only where they are needed again (fallback, history).
+    let auto = prefer == dspex_core::RoutePreference::Auto;
+    let kept = (auto || history_key.is_some()).then(|| inputs.clone());
+    let out = if native_ok && prefer != dspex_core::RoutePreference::Python {
+        match rt.run(&program, inputs, opts.clone()).await {
+            Ok(o) => Ok(o),
+            Err(e) if auto && rt.inner.router.may_fall_back(&e) => {
+                let inputs = kept.as_ref().ok_or_else(|| Error::internal("fallback without inputs"))?;
+                let mut o = run_python(rt, shared, st, name, &program, inputs, &opts).await?;
+                o.meta.fallback = Some(format!("native {}: {}", e.kind(), e.message()));
+                Ok(o)
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        if prefer == dspex_core::RoutePreference::Native {
+            return Err(Error::unsupported(format!("program {name} cannot run natively")));
+        }
+        run_python(rt, shared, st, name, &program, &inputs, &opts).await
+    }?;
+    // Append this turn: the inputs (without the history itself) and the outputs.
+    if let (Some(h), Some(mut turn)) = (&history_key, kept) {
+        turn.remove(h);
+        for (k, v) in &out.prediction.fields {
+            turn.insert(k.clone(), v.clone());
+        }
+        shared.state.lock().history.entry(name.to_string()).or_default().push(turn);
+    }
+    Ok(out)
 }
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;
-    type State = ActorState;
+    type State = ();
     type Arguments = ();
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<SessionMsg>,
-        _: (),
-    ) -> std::result::Result<ActorState, ActorProcessingErr> {
-        let specs = self.shared.state.lock().programs.clone();
-        let programs = specs.into_iter().map(|(k, v)| (k, Program::new(v))).collect();
+    async fn pre_start(&self, myself: ActorRef<SessionMsg>, _: ()) -> std::result::Result<(), ActorProcessingErr> {
         let ttl = Duration::from_millis(self.shared.state.lock().ttl_ms.max(1));
         let every = (ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
         tokio::spawn(async move {
@@ -800,22 +820,23 @@ impl Actor for SessionActor {
                 }
             }
         });
-        Ok(ActorState { programs, defined_on: HashSet::new() })
+        Ok(())
     }
 
-    async fn post_stop(
-        &self,
-        _: ActorRef<SessionMsg>,
-        _: &mut ActorState,
-    ) -> std::result::Result<(), ActorProcessingErr> {
-        // Forget the session's objects in its worker (best effort).
+    async fn post_stop(&self, _: ActorRef<SessionMsg>, _: &mut ()) -> std::result::Result<(), ActorProcessingErr> {
+        // Only an ended session forgets its objects in its worker; a
+        // restarted actor leaves them for the session's next request.
+        if !self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         let pinned = self.shared.pinned.lock().take();
-        if let (Some((index, _, _)), Ok(rt)) = (pinned, self.runtime()) {
+        let inner = self.shared.rt.upgrade();
+        if let (Some((index, _, _)), Some(inner)) = (pinned, inner) {
             let (pool, id) = {
                 let s = self.shared.state.lock();
                 (s.pool.clone(), s.id.clone())
             };
-            if let Ok(pool) = rt.pool(&pool) {
+            if let Ok(pool) = (Runtime { inner }).pool(&pool) {
                 let opts = PoolCallOptions {
                     deadline: Some(Instant::now() + Duration::from_secs(2)),
                     session: Some(id),
@@ -830,93 +851,23 @@ impl Actor for SessionActor {
 
     async fn handle(
         &self,
-        myself: ActorRef<SessionMsg>,
+        _: ActorRef<SessionMsg>,
         msg: SessionMsg,
-        st: &mut ActorState,
+        _: &mut (),
     ) -> std::result::Result<(), ActorProcessingErr> {
-        let touch = !matches!(msg, SessionMsg::Tick);
-        if touch {
-            *self.shared.last_active.lock() = Instant::now();
-        }
-        let inner = self.rt.upgrade();
         match msg {
             SessionMsg::Tick => {
                 let ttl = Duration::from_millis(self.shared.state.lock().ttl_ms);
-                if self.shared.last_active.lock().elapsed() >= ttl {
-                    let id = self.id();
-                    info!(session = %id, "session expired");
-                    if let Some(inner) = &inner {
-                        inner.sessions.entries.lock().remove(&id);
-                        if let Some(p) = snapshot_path(inner, &id) {
-                            let _ = std::fs::remove_file(p);
-                        }
-                        inner.telemetry.emit(
-                            None,
-                            EventKind::Lifecycle {
-                                actor: format!("session:{id}"),
-                                what: "expired".into(),
-                                detail: format!("idle {ttl:?}"),
-                            },
-                        );
-                    }
-                    myself.stop(Some("expired".into()));
+                if self.shared.last_active.lock().elapsed() < ttl {
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            SessionMsg::Define(name, spec, reply) => {
-                let program = Program::new((*spec).clone());
-                st.programs.insert(name.clone(), program);
-                st.defined_on.remove(&name);
-                {
-                    let mut s = self.shared.state.lock();
-                    s.programs.insert(name, *spec);
-                    s.requests += 1;
+                // A session busy with a long request is not idle.
+                let Ok(_busy) = self.shared.work.try_lock() else { return Ok(()) };
+                if let Some(inner) = self.shared.rt.upgrade() {
+                    info!(session = %self.shared.id(), "session expired");
+                    end_session(&inner, &self.shared, "expired");
                 }
-                let _ = reply.send(Ok(()));
             }
-            SessionMsg::Run(name, inputs, opts, reply) => {
-                let out = self.run(st, &name, inputs, *opts).await;
-                self.shared.state.lock().requests += 1;
-                let _ = reply.send(out);
-            }
-            SessionMsg::Pipeline(pipeline, inputs, reply) => {
-                let out = match self.runtime() {
-                    Ok(rt) => {
-                        let runner = SessionStepRunner { actor: self, st };
-                        crate::pipeline::execute_in_session(&rt, &pipeline, inputs, runner).await
-                    }
-                    Err(e) => Err(e),
-                };
-                self.shared.state.lock().requests += 1;
-                let _ = reply.send(out);
-            }
-            SessionMsg::SetVar(k, v, reply) => {
-                self.shared.state.lock().variables.insert(k, v);
-                let _ = reply.send(Ok(()));
-            }
-            SessionMsg::State(reply) => {
-                let _ = reply.send(Ok(self.shared.state.lock().clone()));
-                return Ok(());
-            }
-            SessionMsg::ClearHistory(name, reply) => {
-                self.shared.state.lock().history.remove(&name);
-                let _ = reply.send(Ok(()));
-            }
-            SessionMsg::Close(reply) => {
-                let id = self.id();
-                if let Some(inner) = &inner {
-                    inner.sessions.entries.lock().remove(&id);
-                    if let Some(p) = snapshot_path(inner, &id) {
-                        let _ = std::fs::remove_file(p);
-                    }
-                }
-                let _ = reply.send(Ok(()));
-                myself.stop(None);
-                return Ok(());
-            }
-        }
-        if let Some(inner) = &inner {
-            persist(inner, &self.shared);
         }
         Ok(())
     }
@@ -924,17 +875,18 @@ impl Actor for SessionActor {
 
 /// Runs the `session` steps of a pipeline with a session's programs.
 pub(crate) struct SessionStepRunner<'a> {
-    actor: &'a SessionActor,
-    st: &'a mut ActorState,
+    rt: &'a Runtime,
+    shared: &'a SessionShared,
+    st: &'a mut WorkState,
 }
 
 impl SessionStepRunner<'_> {
     pub(crate) async fn run(&mut self, name: &str, inputs: Map, opts: RequestOptions) -> Result<Output> {
-        self.actor.run(self.st, name, inputs, opts).await
+        run_program(self.rt, self.shared, self.st, name, inputs, opts).await
     }
 
     pub(crate) fn session_id(&self) -> String {
-        self.actor.id()
+        self.shared.id()
     }
 
     pub(crate) fn program(&self, name: &str) -> Option<&Program> {
