@@ -1,9 +1,16 @@
 //! Command-line interface: argument parsing and dispatch.
 
+mod common;
+mod console;
+mod demo;
+mod doctor;
 mod engine;
+mod serve;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// dspex: run DSPy programs from Rust.
 #[derive(Debug, Parser)]
@@ -44,6 +51,74 @@ enum Command {
         #[arg(long, value_enum, default_value = "chat")]
         adapter: AdapterArg,
     },
+    /// The runtime end to end, offline: routes, a session, a pipeline, an optimizer, a crash.
+    Demo,
+    /// Run a pipeline file (TOML or JSON) and print its result as JSON.
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// An input, KEY=VALUE (VALUE is parsed as JSON when it is JSON); repeatable.
+        #[arg(long = "input", short = 'i')]
+        inputs: Vec<String>,
+        /// A JSON file with the inputs.
+        #[arg(long)]
+        inputs_file: Option<PathBuf>,
+        /// Runtime settings (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check Python, DSPy, limits and settings; say what is missing and how to fix it.
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the runtime until SIGTERM/SIGINT, with the debug console endpoint.
+    Serve {
+        /// Runtime settings (TOML); a `general` pool of 2 workers otherwise.
+        config: Option<PathBuf>,
+        /// The console's unix socket (default $XDG_RUNTIME_DIR/dspex/console.sock or /tmp/dspex-UID/console.sock).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Serve the console on TCP (loopback only) instead; needs --token.
+        #[arg(long)]
+        console_tcp: Option<String>,
+        /// The token for a TCP console.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// The debug console: a REPL onto a running runtime, or one command with --once.
+    Console {
+        /// The console's unix socket.
+        #[arg(long, conflicts_with = "tcp")]
+        socket: Option<PathBuf>,
+        /// A TCP console's address.
+        #[arg(long)]
+        tcp: Option<String>,
+        /// The token (read from SOCKET.token for unix sockets).
+        #[arg(long)]
+        token: Option<String>,
+        /// Run one command and exit (e.g. "tree", "kill worker:general:0").
+        #[arg(long)]
+        once: Option<String>,
+        /// With --once: print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+/// Run an async command on a fresh tokio runtime.
+fn block_on<F: std::future::Future<Output = dspex::Result<serde_json::Value>>>(
+    f: F,
+) -> dspex::Result<serde_json::Value> {
+    match tokio_runtime() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => Err(dspex::Error::new(dspex::ErrorKind::Io, format!("cannot start tokio: {e}"))),
+    }
 }
 
 /// Print an error as `{"error": {...}}` and return exit code 2.
@@ -73,6 +148,56 @@ pub fn main() -> i32 {
         Command::Signature { signature, instructions } => engine::signature(&signature, instructions.as_deref()),
         Command::Format { adapter } => engine::format(adapter),
         Command::Parse { adapter } => engine::parse(adapter),
+        Command::Demo => {
+            // The demo kills a worker on purpose: only errors are worth a log line.
+            common::init_tracing("error");
+            return match block_on(demo::demo()) {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("dspex demo failed: {} ({})", e.message(), e.kind());
+                    1
+                }
+            };
+        }
+        Command::Run { pipeline, inputs, inputs_file, config } => {
+            common::init_tracing("warn");
+            serve::inputs(&inputs, inputs_file.as_deref())
+                .and_then(|inputs| block_on(serve::run(&pipeline, inputs, config)))
+        }
+        Command::Doctor { json } => {
+            let (report, missing) = match tokio_runtime() {
+                Ok(rt) => rt.block_on(doctor::doctor()),
+                Err(e) => {
+                    eprintln!("cannot start tokio: {e}");
+                    return 1;
+                }
+            };
+            if json {
+                println!("{report}");
+            } else {
+                print!("{}", doctor::render(&report));
+            }
+            return i32::from(missing);
+        }
+        Command::Serve { config, console_socket, console_tcp, token } => {
+            common::init_tracing("info");
+            return match block_on(async {
+                serve::serve(config, console_socket, console_tcp, token).await.map(|()| Value::Null)
+            }) {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("dspex serve: {} ({})", e.message(), e.kind());
+                    1
+                }
+            };
+        }
+        Command::Console { socket, tcp, token, once, json } => {
+            let target = console::Target { socket, tcp, token };
+            return match once {
+                Some(cmd) => console::once(&target, &cmd, json),
+                None => console::repl(&target),
+            };
+        }
     };
     match result {
         Ok(v) => {

@@ -3,6 +3,7 @@
 mod bridge;
 mod chaos;
 mod cli;
+mod console;
 mod dspy_parity;
 mod lm_client;
 mod parity;

@@ -8,6 +8,7 @@
 
 pub mod blocking;
 pub mod cache;
+pub mod console;
 pub mod pipeline;
 pub mod pool;
 pub mod program;
@@ -18,6 +19,7 @@ pub mod supervisor;
 pub mod telemetry;
 
 pub use blocking::BlockingRuntime;
+pub use console::{ConsoleEndpoint, ConsoleServer};
 pub use pipeline::{
     Condition, IntoPipeline, Pipeline, PipelineBuilder, PipelineResult, PipelineRun, PipelineRunInfo, PipelineSpec,
     RetrySpec, Step, StepKind, StepRecord, StepSpec,

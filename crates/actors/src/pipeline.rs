@@ -1510,6 +1510,7 @@ pub struct PipelineRunInfo {
 struct RunEntry {
     pipeline: String,
     started: Instant,
+    actor: Option<ActorRef<()>>,
 }
 
 /// Pipeline runs in progress.
@@ -1622,11 +1623,10 @@ impl Runtime {
             let _ = tx.send(r);
             actor.stop(None);
         });
-        self.inner
-            .pipeline_runs
-            .runs
-            .lock()
-            .insert(run.clone(), RunEntry { pipeline: pipeline.name().to_string(), started: Instant::now() });
+        self.inner.pipeline_runs.runs.lock().insert(
+            run.clone(),
+            RunEntry { pipeline: pipeline.name().to_string(), started: Instant::now(), actor: None },
+        );
         let slot: Arc<Mutex<Option<ActorRef<()>>>> = Arc::default();
         let (abort, weak, start_run, start_slot) =
             (task.abort_handle(), Arc::downgrade(&self.inner), run.clone(), slot.clone());
@@ -1653,6 +1653,9 @@ impl Runtime {
             return Err(Error::internal(format!("cannot start pipeline run {run}: {e}")));
         }
         let actor = slot.lock().clone().ok_or_else(|| Error::internal("the pipeline run's actor did not start"))?;
+        if let Some(e) = self.inner.pipeline_runs.runs.lock().get_mut(&run) {
+            e.actor = Some(actor.clone());
+        }
         let _ = go_tx.send(actor.clone());
         Ok(PipelineRun { id: run, actor, result: rx })
     }
@@ -1660,6 +1663,18 @@ impl Runtime {
     /// Pipeline runs in progress.
     pub fn pipeline_runs(&self) -> Vec<PipelineRunInfo> {
         self.inner.pipeline_runs.list()
+    }
+
+    /// Cancel a pipeline run by id (what [`PipelineRun::cancel`] does).
+    pub fn cancel_pipeline(&self, run_id: &str) -> Result<()> {
+        let actor = self.inner.pipeline_runs.runs.lock().get(run_id).and_then(|e| e.actor.clone());
+        match actor {
+            Some(a) => {
+                a.stop(Some("cancelled".into()));
+                Ok(())
+            }
+            None => Err(Error::new(ErrorKind::NotFound, format!("no pipeline run {run_id} is in progress"))),
+        }
     }
 }
 

@@ -79,6 +79,7 @@ struct Slot {
     served: AtomicU64,
     generation: AtomicU64,
     last_exit: Mutex<Option<String>>,
+    actor: Mutex<Option<ActorRef<WorkerMsg>>>,
 }
 
 impl Slot {
@@ -92,6 +93,7 @@ impl Slot {
             served: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             last_exit: Mutex::new(None),
+            actor: Mutex::new(None),
         })
     }
 
@@ -579,6 +581,35 @@ impl PoolHandle {
         Ok(pid)
     }
 
+    /// Restart every worker, one at a time: each drains (no new requests,
+    /// those in flight finish), stops and is replaced, and the next one
+    /// goes when its replacement is ready — the pool keeps serving.
+    pub async fn restart(&self, timeout: Duration) -> Result<()> {
+        let slots: Vec<Arc<Slot>> = self.shared.slots.read().clone();
+        for slot in slots {
+            let before = slot.worker.read().as_ref().map(|w| w.pid());
+            let Some(actor) = slot.actor.lock().clone() else { continue };
+            let _ = actor.cast(WorkerMsg::Drain("restart requested".into()));
+            let end = Instant::now() + timeout;
+            loop {
+                let now = slot.worker.read().as_ref().map(|w| w.pid());
+                if slot.state.load(Ordering::Acquire) == READY && now.is_some() && now != before {
+                    break;
+                }
+                if Instant::now() >= end {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("{} did not come back within {timeout:?}", slot.name),
+                    )
+                    .with_pool(self.name())
+                    .with_worker(&slot.name));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Change the number of workers. New workers start at once (the call
     /// returns when they are ready); removed workers drain first.
     pub async fn resize(&self, size: usize) -> Result<()> {
@@ -740,6 +771,8 @@ enum WorkerMsg {
     Tick,
     /// Draining is over: stop the process and be replaced.
     Recycle(String),
+    /// Drain, then recycle (a rolling restart).
+    Drain(String),
 }
 
 struct WorkerState {
@@ -851,6 +884,7 @@ impl Actor for WorkerActor {
             *current = Some(worker.clone());
             self.slot.state.store(READY, Ordering::Release);
         }
+        *self.slot.actor.lock() = Some(myself.clone());
         // Capacity appeared: wake queued requests.
         self.shared.notify.notify_waiters();
         for _ in 0..self.shared.concurrency() {
@@ -940,6 +974,11 @@ impl Actor for WorkerActor {
                     })
                 };
                 if let Some(why) = why {
+                    let _ = myself.cast(WorkerMsg::Drain(why));
+                }
+            }
+            WorkerMsg::Drain(why) => {
+                if state.worker.is_some() && !state.recycling {
                     state.recycling = true;
                     self.slot.state.store(DRAINING, Ordering::Release);
                     info!(worker = %self.slot.name, reason = %why, "recycling worker");

@@ -772,6 +772,12 @@ impl Runtime {
         self.pool(pool)?.resize(size).await
     }
 
+    /// Restart a pool's workers one at a time (each drains first), so the
+    /// pool keeps serving; returns when the last replacement is ready.
+    pub async fn restart_pool(&self, pool: &str) -> Result<()> {
+        self.pool(pool)?.restart(Duration::from_secs(120)).await
+    }
+
     /// `kill -9` one worker (tests and the console); it is restarted.
     pub fn kill_worker(&self, pool: &str, index: usize) -> Result<u32> {
         self.pool(pool)?.kill_worker(index)

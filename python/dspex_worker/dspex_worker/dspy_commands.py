@@ -418,7 +418,10 @@ def optimize(
     cls = import_object(OPTIMIZERS[optimizer])
     module = build_program(program)
     train = _examples(trainset, input_keys)
-    scorer = _Progress(ctx, resolve_metric(metric), None, "optimize")
+    # BootstrapFewShot scores each training example at most once (it stops
+    # early once it has its demos): the trainset bounds its evaluations.
+    bound = len(train) if optimizer == "BootstrapFewShot" else None
+    scorer = _Progress(ctx, resolve_metric(metric), bound, "optimize")
     init = dict(params or {})
     if optimizer != "LabeledFewShot":
         init.setdefault("metric", scorer)

@@ -60,7 +60,7 @@ class Client:
 @pytest.fixture
 def worker():
     """A Worker served in a thread of this process (so coverage sees it)."""
-    from dspex_worker import builtins, dspy_commands  # noqa: F401
+    from dspex_worker import builtins, dspy_commands, sessions  # noqa: F401
     from dspex_worker.server import Worker
 
     req_r, req_w = os.pipe()

@@ -166,3 +166,52 @@ def test_jsonable_and_error_classification():
         pass
 
     assert classify(APIConnectionError("down"))["kind"] == "transport"
+
+
+def test_session_programs_keep_history_and_forget_on_drop(worker):
+    chat = {"module": "predict", "signature": "history: dspy.History, question -> answer"}
+    resp, _ = worker.call("session.define", {"name": "chat", "program": chat}, session="s1")
+    assert resp["ok"] == {"defined": "chat"}
+    # History arrives as {"messages": [...]}, as the runtime keeps it, and
+    # reaches the module as a dspy.History.
+    history = {"messages": [{"question": "Capital of France?", "answer": "Paris"}]}
+    resp, _ = worker.call("session.run", {"name": "chat", "inputs": {"history": history, "question": "And Japan?"},
+                                          "lm": dummy({"answer": "Tokyo"})}, session="s1")
+    assert resp["ok"]["fields"] == {"answer": "Tokyo"}
+    assert resp["ok"]["elapsed_us"] > 0
+    resp, _ = worker.call("session.programs", {}, session="s1")
+    assert resp["ok"] == ["chat"]
+    resp, _ = worker.call("session.state", {"name": "chat"}, session="s1")
+    assert "signature" in resp["ok"]["state"]
+    resp, _ = worker.call("session.run", {"name": "nope", "inputs": {}}, session="s1")
+    assert resp["error"]["kind"] == "not_found"
+    resp, _ = worker.call("session.drop", {}, session="s1")
+    assert resp["ok"] == {"dropped": True}
+    # A dropped (or never defined here) session is "not found": the runtime
+    # defines its programs again and retries.
+    resp, _ = worker.call("session.run", {"name": "chat", "inputs": {"question": "?"}}, session="s1")
+    assert resp["error"]["kind"] == "not_found"
+    resp, _ = worker.call("session.programs", {}, session="s1")
+    assert resp["ok"] == []
+    resp, _ = worker.call("session.define", {"name": "chat", "program": chat})
+    assert resp["error"]["kind"] == "invalid_request"
+
+
+def test_format_renders_history_like_dspy(worker):
+    args = {"signature": "history: dspy.History, question -> answer",
+            "inputs": {"history": {"messages": [{"question": "2+2?", "answer": "4"}]}, "question": "3+3?"}}
+    resp, _ = worker.call("dspy.format", args)
+    messages = resp["ok"]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert "2+2?" in messages[1]["content"] and "4" in messages[2]["content"]
+
+
+def test_bootstrap_progress_is_bounded_by_the_trainset(worker):
+    trainset = [{"question": "2+2?", "answer": "4"}, {"question": "1+3?", "answer": "4"}]
+    lm = dummy({"answer": "4"}, {"answer": "4"}, {"answer": "4"}, {"answer": "4"})
+    resp, chunks = worker.call("dspy.optimize", {"optimizer": "BootstrapFewShot", "program": QA, "trainset": trainset,
+                                                 "input_keys": ["question"], "metric": "exact_match",
+                                                 "params": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0}, "lm": lm}, stream=True)
+    assert "ok" in resp, resp
+    progress = [c["data"] for c in chunks if c["data"]["event"] == "progress"]
+    assert progress and all(p["total"] == 2 for p in progress)

@@ -1,0 +1,435 @@
+//! The debug console endpoint: the live actor tree and its controls over a
+//! local socket.
+//!
+//! A runtime serves the console on a unix socket (mode 0600, in a directory
+//! of mode 0700) or on TCP bound to a loopback address. The protocol is one
+//! JSON object per line each way:
+//!
+//! ```text
+//! → {"id": 1, "cmd": "tree", "args": [], "token": "…"}
+//! ← {"id": 1, "ok": true, "result": {…}}
+//! ← {"id": 2, "ok": false, "error": {"kind": "invalid_request", "message": "…"}}
+//! ```
+//!
+//! `events [FILTER]` answers once, then streams `{"event": {…}}` lines until
+//! the client closes the connection. Reading commands (`tree`, `pools`,
+//! `workers`, `sessions`, `session`, `pipelines`, `routes`, `stats`,
+//! `events`, `help`) need no token on the unix socket, whose mode already
+//! limits it to its owner; commands that change something (`kill`,
+//! `restart`, `scale`) always need the token. On a unix socket the token is
+//! in `<socket>.token` (mode 0600), which `dspex console` reads; on TCP it
+//! must be given, and every command needs it. A malformed request gets an
+//! error reply and the connection stays open.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dspex_core::{Error, ErrorKind, Result, Value};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tracing::{debug, info, warn};
+
+use crate::runtime::Runtime;
+
+/// Where a console listens.
+#[derive(Debug, Clone)]
+pub enum ConsoleEndpoint {
+    /// A unix socket (mode 0600); the token is written beside it.
+    Unix(PathBuf),
+    /// TCP on a loopback address, with a token every command must carry.
+    Tcp {
+        /// Address (must be loopback).
+        addr: SocketAddr,
+        /// The token.
+        token: String,
+    },
+}
+
+/// Commands and what they do, as `help` prints them.
+pub const COMMANDS: &[(&str, &str)] = &[
+    ("tree", "the live supervision tree: names, status, restarts, uptime, pids, in-flight, queue depth"),
+    ("pools", "every pool: size, ready, in flight, queued, requests, failures"),
+    ("workers POOL", "the workers of a pool"),
+    ("sessions", "every session"),
+    ("session ID", "one session's state: programs, history, variables"),
+    ("pipelines", "pipeline runs in progress"),
+    ("routes", "the router's counters, breakers and recent decisions"),
+    ("stats", "uptime, pools, router counters, sessions, pipelines"),
+    ("events [FILTER]", "a live tail of telemetry events (those whose text contains FILTER)"),
+    ("kill ACTOR", "kill a worker (kill -9), close a session or cancel a pipeline run (needs the token)"),
+    ("restart POOL", "restart a pool's workers one at a time (needs the token)"),
+    ("scale POOL N", "resize a pool (needs the token)"),
+    ("help", "this list"),
+];
+
+const MUTATING: &[&str] = &["kill", "restart", "scale"];
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    #[serde(default)]
+    id: Value,
+    cmd: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+/// A running console endpoint. Dropping it stops it and removes the socket.
+#[derive(Debug)]
+pub struct ConsoleServer {
+    endpoint: ConsoleEndpoint,
+    token: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn io_err(what: String, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("{what}: {e}"))
+}
+
+fn new_token() -> String {
+    let mut bytes = [0u8; 24];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut bytes)
+    });
+    if read.is_err() {
+        for b in &mut bytes {
+            *b = fastrand::u8(..);
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Equal in time whatever the inputs' common prefix.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl ConsoleServer {
+    /// Start serving `rt`'s console on `endpoint`.
+    pub async fn start(rt: Runtime, endpoint: ConsoleEndpoint) -> Result<ConsoleServer> {
+        match &endpoint {
+            ConsoleEndpoint::Unix(path) => {
+                use std::os::unix::fs::PermissionsExt;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    if !dir.exists() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| io_err(format!("cannot create {}", dir.display()), e))?;
+                        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+                    }
+                }
+                if path.exists() {
+                    // A live console answers; a stale socket file is replaced.
+                    if tokio::net::UnixStream::connect(path).await.is_ok() {
+                        return Err(Error::new(
+                            ErrorKind::Config,
+                            format!("a console is already listening on {}", path.display()),
+                        ));
+                    }
+                    std::fs::remove_file(path)
+                        .map_err(|e| io_err(format!("cannot remove the stale socket {}", path.display()), e))?;
+                }
+                let listener = tokio::net::UnixListener::bind(path)
+                    .map_err(|e| io_err(format!("cannot listen on {}", path.display()), e))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| io_err(format!("cannot set the mode of {}", path.display()), e))?;
+                let token = new_token();
+                let token_path = token_file(path);
+                write_private(&token_path, &token)?;
+                info!(socket = %path.display(), "console listening");
+                let (t, shared_rt) = (token.clone(), rt.clone());
+                let task = tokio::spawn(async move {
+                    loop {
+                        match listener.accept().await {
+                            Ok((stream, _)) => {
+                                let (r, w) = stream.into_split();
+                                tokio::spawn(serve(shared_rt.clone(), r, w, t.clone(), false));
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "console accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                });
+                Ok(ConsoleServer { endpoint, token, task })
+            }
+            ConsoleEndpoint::Tcp { addr, token } => {
+                if !addr.ip().is_loopback() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!("the console listens on loopback addresses only, not {addr}"),
+                    ));
+                }
+                if token.len() < 8 {
+                    return Err(Error::new(ErrorKind::Config, "the console token must have at least 8 characters"));
+                }
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| io_err(format!("cannot listen on {addr}"), e))?;
+                let local = listener.local_addr().map_err(|e| io_err("no local address".into(), e))?;
+                info!(addr = %local, "console listening");
+                let (t, shared_rt) = (token.clone(), rt.clone());
+                let task = tokio::spawn(async move {
+                    loop {
+                        match listener.accept().await {
+                            Ok((stream, _)) => {
+                                let _ = stream.set_nodelay(true);
+                                let (r, w) = stream.into_split();
+                                tokio::spawn(serve(shared_rt.clone(), r, w, t.clone(), true));
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "console accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                });
+                Ok(ConsoleServer {
+                    endpoint: ConsoleEndpoint::Tcp { addr: local, token: token.clone() },
+                    token: token.clone(),
+                    task,
+                })
+            }
+        }
+    }
+
+    /// Where it listens (for TCP, the bound address).
+    pub fn endpoint(&self) -> &ConsoleEndpoint {
+        &self.endpoint
+    }
+
+    /// The token mutating commands need.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+impl Drop for ConsoleServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let ConsoleEndpoint::Unix(path) = &self.endpoint {
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(token_file(path));
+        }
+    }
+}
+
+/// Where the token of a unix-socket console is kept.
+pub fn token_file(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".token");
+    PathBuf::from(name)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_err(format!("cannot write {}", path.display()), e))?;
+    f.write_all(text.as_bytes()).map_err(|e| io_err(format!("cannot write {}", path.display()), e))
+}
+
+/// The default socket path: `$XDG_RUNTIME_DIR/dspex/console.sock`, else
+/// `/tmp/dspex-<uid>/console.sock`.
+pub fn default_socket() -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_dir())
+        .map(|d| d.join("dspex"))
+        // SAFETY: getuid(2) cannot fail.
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("dspex-{}", unsafe { libc::getuid() })));
+    base.join("console.sock")
+}
+
+async fn serve<R, W>(rt: Runtime, read: R, mut write: W, token: String, tcp: bool)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut lines = BufReader::new(read);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = match (&mut lines).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).await {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if n == 0 {
+            return;
+        }
+        if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+            let _ = reply(&mut write, &Value::Null, Err(Error::invalid_request("request line too long"))).await;
+            // Skip the rest of the line.
+            let mut rest = Vec::new();
+            if lines.read_until(b'\n', &mut rest).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let text = String::from_utf8_lossy(&buf);
+        if text.trim().is_empty() {
+            continue;
+        }
+        let req: Request = match serde_json::from_str(text.trim()) {
+            Ok(r) => r,
+            Err(e) => {
+                let err = Error::invalid_request(format!(
+                    "malformed console request ({e}); send {{\"cmd\": \"help\"}} for the commands"
+                ));
+                if reply(&mut write, &Value::Null, Err(err)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let authorized = req.token.as_deref().is_some_and(|t| same(t, &token));
+        if (tcp || MUTATING.contains(&req.cmd.as_str())) && !authorized {
+            let err = Error::new(
+                ErrorKind::InvalidRequest,
+                format!("`{}` needs the console token (see the console docs)", req.cmd),
+            );
+            if reply(&mut write, &req.id, Err(err)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        debug!(cmd = %req.cmd, args = ?req.args, "console command");
+        if req.cmd == "events" {
+            let filter = req.args.join(" ");
+            let mut events = rt.subscribe();
+            if reply(&mut write, &req.id, Ok(json!("streaming"))).await.is_err() {
+                return;
+            }
+            loop {
+                match events.recv().await {
+                    Ok(e) => {
+                        let v = serde_json::to_value(&*e).unwrap_or(Value::Null);
+                        if !filter.is_empty() && !v.to_string().contains(&filter) {
+                            continue;
+                        }
+                        let mut line = json!({ "event": v }).to_string();
+                        line.push('\n');
+                        if write.write_all(line.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let line = format!("{}\n", json!({"event": {"lagged": n}}));
+                        if write.write_all(line.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+        let result = command(&rt, &req.cmd, &req.args).await;
+        if reply(&mut write, &req.id, result).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn reply<W: AsyncWrite + Unpin>(write: &mut W, id: &Value, result: Result<Value>) -> std::io::Result<()> {
+    let v = match result {
+        Ok(r) => json!({"id": id, "ok": true, "result": r}),
+        Err(e) => json!({"id": id, "ok": false, "error": {
+            "kind": e.kind().as_str(), "message": e.message(), "retryable": e.is_retryable()
+        }}),
+    };
+    let mut line = v.to_string();
+    line.push('\n');
+    write.write_all(line.as_bytes()).await?;
+    write.flush().await
+}
+
+fn arg<'a>(args: &'a [String], i: usize, what: &str, cmd: &str) -> Result<&'a str> {
+    args.get(i).map(String::as_str).ok_or_else(|| Error::invalid_request(format!("usage: {cmd} {what}")))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::internal(format!("cannot encode the answer: {e}")))
+}
+
+/// Run one console command against `rt` (what the endpoint does for each request).
+pub async fn command(rt: &Runtime, cmd: &str, args: &[String]) -> Result<Value> {
+    match cmd {
+        "help" => Ok(json!(COMMANDS.iter().map(|(c, d)| json!({"command": c, "about": d})).collect::<Vec<_>>())),
+        "tree" => to_value(&rt.tree().await?),
+        "pools" => to_value(&rt.pool_stats()),
+        "workers" => {
+            let pool = arg(args, 0, "POOL", cmd)?;
+            to_value(&rt.pool(pool)?.stats().workers)
+        }
+        "sessions" => to_value(&rt.sessions().list()),
+        "session" => {
+            let id = arg(args, 0, "ID", cmd)?;
+            let session = rt.sessions().get(id)?;
+            let info = rt.sessions().list().into_iter().find(|i| i.id == id);
+            Ok(json!({"info": to_value(&info)?, "state": to_value(&session.state().await?)?}))
+        }
+        "pipelines" => to_value(&rt.pipeline_runs()),
+        "routes" => to_value(&rt.router().stats()),
+        "stats" => {
+            let pools = rt.pool_stats();
+            Ok(json!({
+                "uptime_ms": rt.uptime().as_millis() as u64,
+                "pools": to_value(&pools)?,
+                "router": to_value(&rt.router().stats())?,
+                "sessions": rt.sessions().list().len(),
+                "pipelines_running": rt.pipeline_runs().len(),
+                "telemetry_subscribers": rt.telemetry().subscriber_count(),
+            }))
+        }
+        "kill" => {
+            let actor = arg(args, 0, "ACTOR", cmd)?;
+            if let Some(rest) = actor.strip_prefix("worker:") {
+                let (pool, index) = rest
+                    .rsplit_once(':')
+                    .and_then(|(p, i)| i.parse::<usize>().ok().map(|i| (p, i)))
+                    .ok_or_else(|| Error::invalid_request(format!("{actor} is not worker:POOL:INDEX")))?;
+                let pid = rt.kill_worker(pool, index)?;
+                Ok(json!({"killed": actor, "pid": pid}))
+            } else if let Some(id) = actor.strip_prefix("session:") {
+                rt.sessions().get(id)?.close().await?;
+                Ok(json!({"closed": actor}))
+            } else if let Some(run) = actor.strip_prefix("pipeline:") {
+                rt.cancel_pipeline(run)?;
+                Ok(json!({"cancelled": actor}))
+            } else {
+                Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("cannot kill {actor}: give a worker:POOL:INDEX, session:ID or pipeline:RUN"),
+                ))
+            }
+        }
+        "restart" => {
+            let pool = arg(args, 0, "POOL", cmd)?;
+            rt.restart_pool(pool).await?;
+            Ok(json!({"restarted": pool}))
+        }
+        "scale" => {
+            let pool = arg(args, 0, "POOL N", cmd)?;
+            let n: usize = arg(args, 1, "POOL N", cmd)?
+                .parse()
+                .map_err(|_| Error::invalid_request("usage: scale POOL N (N a number of workers)"))?;
+            if n == 0 || n > 256 {
+                return Err(Error::invalid_request("a pool has 1 to 256 workers"));
+            }
+            rt.scale(pool, n).await?;
+            Ok(json!({"pool": pool, "size": n}))
+        }
+        other => Err(Error::invalid_request(format!("unknown command `{other}`; `help` lists the commands"))),
+    }
+}

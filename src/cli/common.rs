@@ -1,0 +1,163 @@
+//! What the runtime commands share: logging, the LM, rendering.
+
+use dspex::native::lm::offline::OfflineResponder;
+use dspex::native::lm::server::LmServer;
+use dspex::{LmConfig, Result, Value};
+
+/// Log to stderr: `DSPEX_LOG` (or `RUST_LOG`) as the filter, `default`
+/// otherwise; `DSPEX_LOG_FORMAT=json` for JSON lines.
+pub fn init_tracing(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("DSPEX_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if std::env::var("DSPEX_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// The LM the runtime commands use: a real one from the environment, or the
+/// built-in offline LM served on 127.0.0.1.
+pub struct LmSetup {
+    /// Its settings.
+    pub config: LmConfig,
+    /// What it is, for the user.
+    pub label: String,
+    /// True for the offline LM.
+    pub offline: bool,
+    _server: Option<LmServer>,
+}
+
+/// A real LM when `DSPEX_LM_BASE_URL` (with `DSPEX_LM_MODEL`, `DSPEX_LM_API_KEY`
+/// or `OPENAI_API_KEY`) is set; otherwise the deterministic offline LM.
+pub async fn lm_setup() -> Result<LmSetup> {
+    if let Some(config) = dspex::native::lm::config_from_env() {
+        let label = format!("{} at {}", config.model, config.base_url.as_deref().unwrap_or("?"));
+        return Ok(LmSetup { config, label, offline: false, _server: None });
+    }
+    let server = LmServer::start(OfflineResponder::new()).await?;
+    let config =
+        LmConfig::new("offline").with_base_url(server.base_url()).with_api_key("offline").with_temperature(0.0);
+    let label = format!(
+        "built-in OFFLINE LM (deterministic, not a language model) on {} — set DSPEX_LM_BASE_URL for a real one",
+        server.base_url()
+    );
+    Ok(LmSetup { config, label, offline: true, _server: Some(server) })
+}
+
+fn ms(v: Option<&Value>) -> String {
+    let ms = v.and_then(Value::as_u64).unwrap_or(0);
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 120_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m", ms / 60_000)
+    }
+}
+
+/// The supervision tree (as `tree` returns it) as indented text.
+pub fn render_tree(node: &Value) -> String {
+    let mut out = String::new();
+    walk(node, "", true, true, &mut out);
+    out
+}
+
+fn walk(node: &Value, prefix: &str, last: bool, root: bool, out: &mut String) {
+    let s = |k: &str| node.get(k).and_then(Value::as_str).unwrap_or("");
+    let mut line = format!("{} [{}] {}", s("name"), s("kind"), s("status"));
+    let restarts = node.get("restarts").and_then(Value::as_u64).unwrap_or(0);
+    line.push_str(&format!("  up {}", ms(node.get("uptime_ms"))));
+    if restarts > 0 {
+        line.push_str(&format!("  restarts {restarts}"));
+    }
+    if let Some(pid) = node.get("pid").and_then(Value::as_u64) {
+        line.push_str(&format!("  pid {pid}"));
+    }
+    if let Some(n) = node.get("in_flight").and_then(Value::as_u64) {
+        line.push_str(&format!("  in-flight {n}"));
+    }
+    if let Some(n) = node.get("queue").and_then(Value::as_u64) {
+        line.push_str(&format!("  queued {n}"));
+    }
+    if let Some(extra) = node.get("extra").and_then(Value::as_object) {
+        for (k, v) in extra {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            line.push_str(&format!("  {k} {v}"));
+        }
+    }
+    if root {
+        out.push_str(&line);
+    } else {
+        out.push_str(&format!("{prefix}{}{line}", if last { "└─ " } else { "├─ " }));
+    }
+    out.push('\n');
+    let children = node.get("children").and_then(Value::as_array).cloned().unwrap_or_default();
+    let child_prefix = if root { String::new() } else { format!("{prefix}{}", if last { "   " } else { "│  " }) };
+    for (i, c) in children.iter().enumerate() {
+        walk(c, &child_prefix, i + 1 == children.len(), false, out);
+    }
+}
+
+/// Rows of objects as an aligned table of the given columns.
+pub fn table(rows: &[Value], columns: &[&str]) -> String {
+    let cell = |r: &Value, c: &str| match r.get(c) {
+        None | Some(Value::Null) => "-".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.len()).collect();
+    for r in rows {
+        for (i, c) in columns.iter().enumerate() {
+            widths[i] = widths[i].max(cell(r, c).chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ")
+    };
+    let mut out = line(columns.iter().map(|c| c.to_uppercase()).collect());
+    out.push('\n');
+    for r in rows {
+        out.push_str(line(columns.iter().map(|c| cell(r, c)).collect()).trim_end());
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn trees_render_with_branches_and_facts() {
+        let tree = json!({"name": "dspex", "kind": "runtime", "status": "running", "restarts": 0, "uptime_ms": 1500,
+        "children": [
+            {"name": "pools", "kind": "supervisor", "status": "running", "restarts": 0, "uptime_ms": 10,
+             "children": [{"name": "worker:general:0", "kind": "worker", "status": "ready", "restarts": 2,
+                           "uptime_ms": 5, "pid": 42, "in_flight": 1}]},
+            {"name": "sessions", "kind": "supervisor", "status": "running", "restarts": 0, "uptime_ms": 10}
+        ]});
+        let text = render_tree(&tree);
+        assert!(text.starts_with("dspex [runtime] running  up 1.5s\n"), "{text}");
+        assert!(text.contains("├─ pools [supervisor]"), "{text}");
+        assert!(
+            text.contains("│  └─ worker:general:0 [worker] ready  up 5ms  restarts 2  pid 42  in-flight 1"),
+            "{text}"
+        );
+        assert!(text.contains("└─ sessions"), "{text}");
+        let t = table(&[json!({"a": 1, "b": "x"})], &["a", "b"]);
+        assert_eq!(t, "A  B\n1  x\n");
+    }
+}

@@ -1,0 +1,365 @@
+//! `dspex console`: a client for a runtime's console endpoint — a REPL with
+//! history, completion and help, or one command with `--once`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use dspex::actors::console::{default_socket, token_file, COMMANDS};
+use dspex::Value;
+use rustyline::completion::{Completer, Pair};
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::validate::Validator;
+use rustyline::Helper;
+use serde_json::json;
+
+use super::common::{render_tree, table};
+
+/// Where to connect.
+pub struct Target {
+    /// A unix socket (the default one when neither is given).
+    pub socket: Option<PathBuf>,
+    /// A TCP address.
+    pub tcp: Option<String>,
+    /// The token (read from `<socket>.token` when not given).
+    pub token: Option<String>,
+}
+
+trait Stream: std::io::Read + Write + Send {
+    fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Stream for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(t)
+    }
+}
+
+impl Stream for std::net::TcpStream {
+    fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(t)
+    }
+}
+
+struct Client {
+    reader: BufReader<Box<dyn Stream>>,
+    writer: Box<dyn Stream>,
+    token: Option<String>,
+    next_id: u64,
+}
+
+/// A console error: its kind and message.
+pub struct Failure {
+    kind: String,
+    message: String,
+}
+
+impl Failure {
+    fn io(message: String) -> Failure {
+        Failure { kind: "io".into(), message }
+    }
+}
+
+impl Client {
+    fn connect(target: &Target) -> Result<Client, Failure> {
+        let (a, b): (Box<dyn Stream>, Box<dyn Stream>) = match (&target.tcp, &target.socket) {
+            (Some(addr), _) => {
+                let s = std::net::TcpStream::connect(addr)
+                    .map_err(|e| Failure::io(format!("cannot connect to the console at {addr}: {e}")))?;
+                let _ = s.set_nodelay(true);
+                let c = s.try_clone().map_err(|e| Failure::io(e.to_string()))?;
+                (Box::new(s), Box::new(c))
+            }
+            (None, socket) => {
+                let path = socket.clone().unwrap_or_else(default_socket);
+                let s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+                    Failure::io(format!(
+                        "cannot connect to the console at {}: {e} (is `dspex serve` running?)",
+                        path.display()
+                    ))
+                })?;
+                let c = s.try_clone().map_err(|e| Failure::io(e.to_string()))?;
+                (Box::new(s), Box::new(c))
+            }
+        };
+        let token = target.token.clone().or_else(|| {
+            if target.tcp.is_some() {
+                return None;
+            }
+            let path = target.socket.clone().unwrap_or_else(default_socket);
+            std::fs::read_to_string(token_file(&path)).ok().map(|t| t.trim().to_string())
+        });
+        Ok(Client { reader: BufReader::new(a), writer: b, token, next_id: 1 })
+    }
+
+    fn send(&mut self, cmd: &str, args: &[String]) -> Result<u64, Failure> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut req = json!({"id": id, "cmd": cmd, "args": args});
+        if let Some(t) = &self.token {
+            req["token"] = json!(t);
+        }
+        let line = format!("{req}\n");
+        self.writer.write_all(line.as_bytes()).map_err(|e| Failure::io(format!("console connection lost: {e}")))?;
+        Ok(id)
+    }
+
+    fn read(&mut self) -> Result<Value, Failure> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err(Failure::io("the console closed the connection".into())),
+            Ok(_) => serde_json::from_str(&line).map_err(|e| Failure::io(format!("bad console reply: {e}"))),
+            Err(e) => Err(Failure::io(e.to_string())),
+        }
+    }
+
+    fn request(&mut self, cmd: &str, args: &[String]) -> Result<Value, Failure> {
+        self.send(cmd, args)?;
+        let reply = self.read()?;
+        if reply["ok"] == json!(true) {
+            Ok(reply["result"].clone())
+        } else {
+            Err(Failure {
+                kind: reply["error"]["kind"].as_str().unwrap_or("error").to_string(),
+                message: reply["error"]["message"].as_str().unwrap_or("unknown error").to_string(),
+            })
+        }
+    }
+}
+
+/// Render a command's result as text.
+fn render(cmd: &str, v: &Value) -> String {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    match cmd {
+        "tree" => render_tree(v),
+        "pools" => table(
+            &rows,
+            &["name", "size", "ready", "in_flight", "queued", "requests", "failed", "overloaded", "retried"],
+        ),
+        "workers" => table(&rows, &["name", "state", "pid", "in_flight", "served"]),
+        "sessions" => table(&rows, &["id", "programs", "turns", "requests", "worker", "rebuilds", "idle_ms"]),
+        "pipelines" => table(&rows, &["run_id", "pipeline", "running_ms"]),
+        "help" => {
+            let mut out = String::from("commands:\n");
+            for (c, d) in COMMANDS {
+                out.push_str(&format!("  {c:<16} {d}\n"));
+            }
+            out.push_str("  quit             leave the console\n");
+            out
+        }
+        "routes" => {
+            let mut out = String::new();
+            out.push_str(&format!(
+                "routes {}  fallbacks {}  shadowed {}  divergences {}\nbreakers {}\nrecent decisions:\n",
+                v["routes"], v["fallbacks"], v["shadowed"], v["divergences"], v["breakers"]
+            ));
+            let recent = v["recent"].as_array().cloned().unwrap_or_default();
+            let start = recent.len().saturating_sub(15);
+            out.push_str(&table(&recent[start..], &["op", "route", "reason"]));
+            out
+        }
+        _ => serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Tail events until the connection ends or Ctrl-C.
+fn tail(client: &mut Client, args: &[String], json_out: bool) -> Result<(), Failure> {
+    client.request("events", args)?;
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    // SAFETY: installing a handler that only stores to an atomic.
+    let previous = unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let _ = client.reader.get_ref().set_timeout(Some(Duration::from_millis(200)));
+    let mut line = String::new();
+    let result = loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        line.clear();
+        match client.reader.read_line(&mut line) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                let e = &v["event"];
+                if json_out {
+                    println!("{e}");
+                } else {
+                    let kind = e.get("kind").map(|k| k.to_string()).unwrap_or_default();
+                    let trace = e.get("trace_id").and_then(Value::as_str).unwrap_or("-");
+                    println!("{trace}  {kind}");
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) => break Err(Failure::io(e.to_string())),
+        }
+    };
+    // SAFETY: restoring the handler that was there.
+    unsafe {
+        libc::signal(libc::SIGINT, previous);
+    }
+    result
+}
+
+/// `dspex console --once CMD`: exit 0 on success, 2 on an error reply, 1
+/// when the console cannot be reached.
+pub fn once(target: &Target, command: &str, json_out: bool) -> i32 {
+    let words: Vec<String> = command.split_whitespace().map(String::from).collect();
+    let Some((cmd, args)) = words.split_first() else {
+        eprintln!("dspex console: --once needs a command (try `help`)");
+        return 2;
+    };
+    let mut client = match Client::connect(target) {
+        Ok(c) => c,
+        Err(f) => return report(&f, json_out, 1),
+    };
+    if cmd == "events" {
+        return match tail(&mut client, args, json_out) {
+            Ok(()) => 0,
+            Err(f) => report(&f, json_out, 2),
+        };
+    }
+    match client.request(cmd, args) {
+        Ok(v) => {
+            if json_out {
+                println!("{v}");
+            } else {
+                print!("{}", render(cmd, &v));
+            }
+            0
+        }
+        Err(f) => report(&f, json_out, 2),
+    }
+}
+
+fn report(f: &Failure, json_out: bool, code: i32) -> i32 {
+    if json_out {
+        println!("{}", json!({"error": {"kind": f.kind, "message": f.message}}));
+    } else {
+        eprintln!("error ({}): {}", f.kind, f.message);
+    }
+    code
+}
+
+/// Completion of command names and, after them, of actor and pool names.
+struct ConsoleHelper {
+    names: Vec<String>,
+}
+
+impl Completer for ConsoleHelper {
+    type Candidate = Pair;
+
+    fn complete(&self, line: &str, pos: usize, _: &rustyline::Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let head = &line[..pos];
+        let start = head.rfind(' ').map(|i| i + 1).unwrap_or(0);
+        let word = &head[start..];
+        let options: Vec<String> = if start == 0 {
+            COMMANDS.iter().map(|(c, _)| c.split(' ').next().unwrap_or(c).to_string()).chain(["quit".into()]).collect()
+        } else {
+            self.names.clone()
+        };
+        let pairs = options
+            .into_iter()
+            .filter(|o| o.starts_with(word))
+            .map(|o| Pair { display: o.clone(), replacement: o })
+            .collect();
+        Ok((start, pairs))
+    }
+}
+
+impl Hinter for ConsoleHelper {
+    type Hint = String;
+}
+impl Highlighter for ConsoleHelper {}
+impl Validator for ConsoleHelper {}
+impl Helper for ConsoleHelper {}
+
+fn names_in(tree: &Value, out: &mut Vec<String>) {
+    if let Some(n) = tree.get("name").and_then(Value::as_str) {
+        out.push(n.to_string());
+        if let Some(pool) = n.strip_prefix("pool:") {
+            out.push(pool.to_string());
+        }
+    }
+    for c in tree.get("children").and_then(Value::as_array).into_iter().flatten() {
+        names_in(c, out);
+    }
+}
+
+/// The interactive console.
+pub fn repl(target: &Target) -> i32 {
+    let mut client = match Client::connect(target) {
+        Ok(c) => c,
+        Err(f) => return report(&f, false, 1),
+    };
+    let mut names = Vec::new();
+    if let Ok(tree) = client.request("tree", &[]) {
+        names_in(&tree, &mut names);
+    }
+    let config = rustyline::Config::builder().auto_add_history(true).build();
+    let mut editor: rustyline::Editor<ConsoleHelper, rustyline::history::FileHistory> =
+        match rustyline::Editor::with_config(config) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("dspex console: cannot open the terminal: {e}");
+                return 1;
+            }
+        };
+    editor.set_helper(Some(ConsoleHelper { names }));
+    let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".dspex_console_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    println!("dspex console — `help` lists the commands, `quit` leaves");
+    let code = loop {
+        let line = match editor.readline("dspex> ") {
+            Ok(l) => l,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(_) => break 0,
+        };
+        let words: Vec<String> = line.split_whitespace().map(String::from).collect();
+        let Some((cmd, args)) = words.split_first() else { continue };
+        match cmd.as_str() {
+            "quit" | "exit" => break 0,
+            "help" => print!("{}", render("help", &Value::Null)),
+            "events" => {
+                println!("(live tail — Ctrl-C to stop)");
+                if let Err(f) = tail(&mut client, args, false) {
+                    report(&f, false, 2);
+                }
+                // The stream ends with the connection: open a fresh one.
+                match Client::connect(target) {
+                    Ok(c) => client = c,
+                    Err(f) => break report(&f, false, 1),
+                }
+            }
+            _ => match client.request(cmd, args) {
+                Ok(v) => {
+                    if cmd == "tree" {
+                        let mut names = Vec::new();
+                        names_in(&v, &mut names);
+                        if let Some(h) = editor.helper_mut() {
+                            h.names = names;
+                        }
+                    }
+                    print!("{}", render(cmd, &v));
+                }
+                Err(f) if f.kind == "io" => break report(&f, false, 1),
+                Err(f) => {
+                    report(&f, false, 2);
+                }
+            },
+        }
+        let _ = std::io::stdout().flush();
+    };
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    code
+}

@@ -1,0 +1,310 @@
+//! The `dspex` binary's runtime commands, driven as a user drives them:
+//! `serve` with its console endpoint, `console --once`, the REPL through a
+//! pseudo-terminal, `demo`, `run` and `doctor`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dspex"));
+    c.env("DSPEX_PYTHON", support::python()).env_remove("DSPEX_LM_BASE_URL").env("DSPEX_LOG", "warn");
+    c
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dspex-cli-{tag}-{}-{}", std::process::id(), fastrand::u32(..)));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// `dspex serve` running until dropped (SIGTERM, then reaped).
+struct Serve {
+    child: Child,
+    ready: String,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> Serve {
+        let mut child = bin()
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dspex serve");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut ready = String::new();
+        out.read_line(&mut ready).expect("the ready line");
+        assert!(ready.contains("ready"), "dspex serve printed {ready:?}");
+        Serve { child, ready }
+    }
+
+    fn stop(mut self) -> i32 {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < end, "dspex serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn console(socket: &Path, cmd: &str) -> (i32, Value) {
+    let out = bin()
+        .args(["console", "--socket"])
+        .arg(socket)
+        .args(["--once", cmd, "--json"])
+        .output()
+        .expect("run dspex console");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn node<'a>(tree: &'a Value, name: &str) -> Option<&'a Value> {
+    if tree["name"] == name {
+        return Some(tree);
+    }
+    tree["children"].as_array()?.iter().find_map(|c| node(c, name))
+}
+
+/// One raw request on a fresh connection: the reply line.
+fn raw(stream: &mut std::os::unix::net::UnixStream, line: &str) -> Value {
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply ({e}): {reply}"))
+}
+
+#[test]
+fn serve_and_console_show_the_tree_and_restart_a_killed_worker() {
+    let dir = scratch("serve");
+    let socket = dir.join("console.sock");
+    let serve = Serve::start(&["--console-socket", socket.to_str().unwrap()]);
+    assert!(serve.ready.contains("general (2 workers)"), "{}", serve.ready);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the console socket is private");
+    let token_mode = std::fs::metadata(dir.join("console.sock.token")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(token_mode, 0o600);
+
+    let (code, tree) = console(&socket, "tree");
+    assert_eq!(code, 0, "{tree}");
+    let worker = node(&tree, "worker:general:0").expect("worker:general:0 in the tree");
+    let pid = worker["pid"].as_u64().expect("a pid");
+    assert_eq!(worker["status"], "ready");
+    assert_eq!(worker["restarts"], 0);
+    assert!(node(&tree, "worker:general:1").is_some());
+
+    let (code, killed) = console(&socket, "kill worker:general:0");
+    assert_eq!(code, 0, "{killed}");
+    assert_eq!(killed["pid"], pid);
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, tree) = console(&socket, "tree");
+        let w = node(&tree, "worker:general:0").unwrap().clone();
+        if w["restarts"].as_u64() >= Some(1) && w["status"] == "ready" {
+            assert_ne!(w["pid"].as_u64(), Some(pid), "a new process");
+            break;
+        }
+        assert!(Instant::now() < end, "the worker did not come back: {w}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Raw protocol: mutating commands need the token, malformed requests get
+    // an error reply, and the connection (and the runtime) keep working.
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let refused = raw(&mut stream, r#"{"id": 7, "cmd": "kill", "args": ["worker:general:1"]}"#);
+    assert_eq!(refused["id"], 7);
+    assert_eq!(refused["ok"], false);
+    assert!(refused["error"]["message"].as_str().unwrap().contains("token"), "{refused}");
+    let bad = raw(&mut stream, "this is not json");
+    assert_eq!(bad["ok"], false);
+    assert_eq!(bad["error"]["kind"], "invalid_request");
+    let unknown = raw(&mut stream, r#"{"cmd": "frobnicate"}"#);
+    assert!(unknown["error"]["message"].as_str().unwrap().contains("unknown command"));
+    let pools = raw(&mut stream, r#"{"id": "p", "cmd": "pools"}"#);
+    assert_eq!(pools["ok"], true);
+    assert_eq!(pools["result"][0]["ready"], 2, "worker:general:1 was not killed: {pools}");
+    let (code, _) = console(&socket, "stats");
+    assert_eq!(code, 0);
+    let (code, err) = console(&socket, "workers nosuchpool");
+    assert_eq!(code, 2);
+    assert_eq!(err["error"]["kind"], "not_found");
+
+    assert_eq!(serve.stop(), 0, "a clean stop on SIGTERM");
+    assert!(!socket.exists(), "the socket is removed on stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_repl_works_through_a_pseudo_terminal() {
+    let dir = scratch("pty");
+    let socket = dir.join("c.sock");
+    let serve = Serve::start(&["--console-socket", socket.to_str().unwrap()]);
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty(3) fills the two descriptors we pass.
+    let rc =
+        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(rc, 0, "openpty");
+    let stdio = |fd: i32| {
+        // SAFETY: dup(2) of a descriptor we own; the Stdio takes the copy.
+        unsafe { Stdio::from(std::os::fd::OwnedFd::from_raw_fd(libc::dup(fd))) }
+    };
+    use std::os::fd::FromRawFd;
+    let mut child = bin()
+        .args(["console", "--socket"])
+        .arg(&socket)
+        .env("TERM", "dumb")
+        .env("HOME", &dir)
+        .stdin(stdio(slave))
+        .stdout(stdio(slave))
+        .stderr(stdio(slave))
+        .spawn()
+        .expect("start dspex console");
+    // SAFETY: the parent's copy of the slave is no longer needed.
+    unsafe {
+        libc::close(slave);
+    }
+    // SAFETY: we own the master descriptor.
+    let mut term = unsafe { std::fs::File::from_raw_fd(master) };
+    let reader_term = term.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut r = reader_term;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let wait_for = |needle: &str, seen: &mut String| {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !seen.contains(needle) {
+            let left = end.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no {needle:?} on the terminal; got:\n{seen}");
+            if let Ok(chunk) = rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                seen.push_str(&chunk);
+            }
+        }
+    };
+    wait_for("dspex> ", &mut seen);
+    term.write_all(b"tree\r").unwrap();
+    wait_for("worker:general:1", &mut seen);
+    assert!(seen.contains("pool:general [pool]"), "{seen}");
+    term.write_all(b"help\r").unwrap();
+    wait_for("scale POOL N", &mut seen);
+    term.write_all(b"quit\r").unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        assert!(Instant::now() < end, "the REPL did not quit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    assert_eq!(serve.stop(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tcp_console_needs_its_token() {
+    let serve = Serve::start(&["--console-tcp", "127.0.0.1:0", "--token", "s3cret-token"]);
+    let addr = serve.ready.rsplit("tcp ").next().unwrap().trim().to_string();
+    let run = |token: Option<&str>| {
+        let mut c = bin();
+        c.args(["console", "--tcp", &addr, "--once", "pools", "--json"]);
+        if let Some(t) = token {
+            c.args(["--token", t]);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_str::<Value>(String::from_utf8_lossy(&out.stdout).trim()).unwrap(),
+        )
+    };
+    let (code, v) = run(None);
+    assert_eq!(code, 2);
+    assert!(v["error"]["message"].as_str().unwrap().contains("token"), "{v}");
+    let (code, _) = run(Some("wrong-token!"));
+    assert_eq!(code, 2);
+    let (code, v) = run(Some("s3cret-token"));
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v[0]["name"], "general");
+    assert_eq!(serve.stop(), 0);
+}
+
+#[test]
+fn demo_run_and_doctor_work_offline() {
+    let out = bin().arg("demo").output().expect("dspex demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for stage in [
+        "built-in OFFLINE LM",
+        "1. Language model and Python environment",
+        "2. The supervision tree",
+        "worker:general:1 [worker] ready",
+        "3. One signature, two routes",
+        "router chose native",
+        "forced python:general",
+        "4. A multi-turn session",
+        "turn 3",
+        "5. A pipeline",
+        "gather/retrieve",
+        "6. Compile with BootstrapFewShot",
+        "demos bootstrapped",
+        "served the compiled program via native",
+        "7. Kill a worker",
+        "is back as pid",
+        "8. Summary",
+        "total",
+    ] {
+        assert!(text.contains(stage), "the demo did not print {stage:?}:\n{text}");
+    }
+
+    let pipeline = support::repo_root().join("examples/pipelines/answer.toml");
+    let out = bin()
+        .arg("run")
+        .arg(&pipeline)
+        .args(["-i", "question=What is the capital of Kenya?", "-i", r#"topics=["geography"]"#])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let result: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(result["outputs"]["answer"], "Nairobi");
+    assert_eq!(result["outputs"]["scores"], json!([0.9]));
+    let out = bin().arg("run").arg(&pipeline).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "missing inputs are an error");
+    let err: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(err["error"]["kind"], "validation");
+
+    let out = bin().args(["doctor", "--json"]).output().unwrap();
+    let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let dspy = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "dspy").unwrap();
+    assert_eq!(dspy["status"], "ok", "{dspy}");
+    assert!(dspy["detail"].as_str().unwrap().contains("3.4.1"));
+}
