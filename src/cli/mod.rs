@@ -5,6 +5,8 @@ mod console;
 mod demo;
 mod doctor;
 mod engine;
+#[cfg(feature = "prometheus")]
+mod prometheus;
 mod serve;
 
 use std::path::PathBuf;
@@ -86,6 +88,9 @@ enum Command {
         /// The token for a TCP console.
         #[arg(long)]
         token: Option<String>,
+        /// Serve Prometheus metrics on ADDR (`GET /metrics`; Cargo feature `prometheus`).
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// The debug console: a REPL onto a running runtime, or one command with --once.
     Console {
@@ -179,11 +184,10 @@ pub fn main() -> i32 {
             }
             return i32::from(missing);
         }
-        Command::Serve { config, console_socket, console_tcp, token } => {
+        Command::Serve { config, console_socket, console_tcp, token, metrics } => {
             common::init_tracing("info");
-            return match block_on(async {
-                serve::serve(config, console_socket, console_tcp, token).await.map(|()| Value::Null)
-            }) {
+            let opts = serve::ServeOptions { config, socket: console_socket, tcp: console_tcp, token, metrics };
+            return match block_on(async { serve::serve(opts).await.map(|()| Value::Null) }) {
                 Ok(_) => 0,
                 Err(e) => {
                     eprintln!("dspex serve: {} ({})", e.message(), e.kind());

@@ -34,13 +34,35 @@ async fn build(config: Option<&Path>, default_size: usize) -> Result<(Runtime, O
     Ok((rt, setup))
 }
 
+/// What `dspex serve` was asked for.
+pub struct ServeOptions {
+    /// Runtime settings file.
+    pub config: Option<PathBuf>,
+    /// Console unix socket.
+    pub socket: Option<PathBuf>,
+    /// Console TCP address.
+    pub tcp: Option<String>,
+    /// Console token (TCP).
+    pub token: Option<String>,
+    /// Prometheus address.
+    pub metrics: Option<String>,
+}
+
 /// `dspex serve`: run until SIGTERM or SIGINT.
-pub async fn serve(
-    config: Option<PathBuf>,
-    socket: Option<PathBuf>,
-    tcp: Option<String>,
-    token: Option<String>,
-) -> Result<()> {
+pub async fn serve(opts: ServeOptions) -> Result<()> {
+    let ServeOptions { config, socket, tcp, token, metrics } = opts;
+    // The recorder goes in before the runtime emits anything.
+    let metrics_at = match metrics {
+        #[cfg(feature = "prometheus")]
+        Some(addr) => Some(
+            super::prometheus::serve(&addr)
+                .await
+                .map_err(|e| Error::new(ErrorKind::Config, format!("cannot serve metrics on {addr}: {e}")))?,
+        ),
+        #[cfg(not(feature = "prometheus"))]
+        Some(_) => return Err(Error::new(ErrorKind::Config, "this dspex was built without the `prometheus` feature")),
+        None => None,
+    };
     let endpoint = match tcp {
         Some(addr) => {
             let addr = addr
@@ -63,7 +85,8 @@ pub async fn serve(
         ConsoleEndpoint::Tcp { addr, .. } => format!("tcp {addr}"),
     };
     let pools: Vec<String> = rt.pool_stats().iter().map(|p| format!("{} ({} workers)", p.name, p.size)).collect();
-    println!("dspex serve: ready — pools {} — console at {at}", pools.join(", "));
+    let metrics_note = metrics_at.map(|a| format!(" — metrics at http://{a}/metrics")).unwrap_or_default();
+    println!("dspex serve: ready — pools {} — console at {at}{metrics_note}", pools.join(", "));
     let _ = std::io::stdout().flush();
     let why = tokio::select! {
         _ = term.recv() => "SIGTERM",

@@ -101,7 +101,7 @@ fn raw(stream: &mut std::os::unix::net::UnixStream, line: &str) -> Value {
 fn serve_and_console_show_the_tree_and_restart_a_killed_worker() {
     let dir = scratch("serve");
     let socket = dir.join("console.sock");
-    let serve = Serve::start(&["--console-socket", socket.to_str().unwrap()]);
+    let serve = Serve::start(&["--console-socket", socket.to_str().unwrap(), "--metrics", "127.0.0.1:0"]);
     assert!(serve.ready.contains("general (2 workers)"), "{}", serve.ready);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the console socket is private");
@@ -151,6 +151,16 @@ fn serve_and_console_show_the_tree_and_restart_a_killed_worker() {
     let (code, err) = console(&socket, "workers nosuchpool");
     assert_eq!(code, 2);
     assert_eq!(err["error"]["kind"], "not_found");
+
+    // Prometheus metrics saw the worker's exit and restart.
+    let metrics_addr = serve.ready.split("http://").nth(1).unwrap().trim_end_matches("/metrics\n").to_string();
+    let metrics_addr = metrics_addr.trim().trim_end_matches("/metrics").to_string();
+    let mut http = std::net::TcpStream::connect(&metrics_addr).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    http.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("dspex_events_total{event=\"lifecycle\"}"), "{body}");
 
     assert_eq!(serve.stop(), 0, "a clean stop on SIGTERM");
     assert!(!socket.exists(), "the socket is removed on stop");
