@@ -33,12 +33,15 @@ impl metrics::HistogramFn for Hist {
     }
 }
 
+/// Metrics of one type by (name, rendered labels).
+type Series<T> = Arc<Mutex<BTreeMap<(String, String), Arc<T>>>>;
+
 /// The recorder: every metric by name and labels.
 #[derive(Default, Clone)]
 pub struct Registry {
-    counters: Arc<Mutex<BTreeMap<(String, String), Arc<AtomicU64>>>>,
-    gauges: Arc<Mutex<BTreeMap<(String, String), Arc<AtomicU64>>>>,
-    histograms: Arc<Mutex<BTreeMap<(String, String), Arc<Hist>>>>,
+    counters: Series<AtomicU64>,
+    gauges: Series<AtomicU64>,
+    histograms: Series<Hist>,
 }
 
 fn labels(key: &Key) -> String {
