@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use dspex::actors::console::{default_socket, token_file, ConsoleEndpoint, ConsoleServer};
+use dspex::actors::console::{default_socket, token_file, ConsoleEndpoint};
 use dspex::{Error, ErrorKind, Map, PoolConfig, Result, Runtime, RuntimeBuilder, RuntimeConfig, Value};
 
 use super::common::{lm_setup, LmSetup};
@@ -79,8 +79,8 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot watch SIGINT: {e}")))?;
     let (rt, _lm) = build(config.as_deref(), 2).await?;
-    let console = ConsoleServer::start(rt.clone(), endpoint).await?;
-    let at = match console.endpoint() {
+    let (bound, _token) = rt.serve_console(endpoint).await?;
+    let at = match &bound {
         ConsoleEndpoint::Unix(p) => format!("{} (token in {})", p.display(), token_file(p).display()),
         ConsoleEndpoint::Tcp { addr, .. } => format!("tcp {addr}"),
     };
@@ -93,7 +93,6 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         _ = int.recv() => "SIGINT",
     };
     eprintln!("dspex serve: {why}; stopping");
-    drop(console);
     let uptime = rt.uptime();
     rt.shutdown().await?;
     eprintln!("dspex serve: stopped after {:.1}s", uptime.as_secs_f64());

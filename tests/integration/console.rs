@@ -115,6 +115,8 @@ fn serve_and_console_show_the_tree_and_restart_a_killed_worker() {
     assert_eq!(worker["status"], "ready");
     assert_eq!(worker["restarts"], 0);
     assert!(node(&tree, "worker:general:1").is_some());
+    let console_node = node(&tree, "console").expect("the console is an actor of the tree");
+    assert_eq!(console_node["extra"]["socket"], socket.to_str().unwrap());
 
     let (code, killed) = console(&socket, "kill worker:general:0");
     assert_eq!(code, 0, "{killed}");

@@ -31,7 +31,12 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tracing::{debug, info, warn};
 
-use crate::runtime::Runtime;
+use std::sync::{Arc, Weak};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::runtime::{Inner, Runtime};
+use crate::supervisor::{ChildSpec, NodeInfo, Restart, Started, Supervisor};
 
 /// Where a console listens.
 #[derive(Debug, Clone)]
@@ -111,8 +116,10 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl ConsoleServer {
-    /// Start serving `rt`'s console on `endpoint`.
-    pub async fn start(rt: Runtime, endpoint: ConsoleEndpoint) -> Result<ConsoleServer> {
+    /// Start serving `rt`'s console on `endpoint` (outside the tree; see
+    /// [`Runtime::serve_console`] for the supervised form).
+    pub async fn start(rt: &Runtime, endpoint: ConsoleEndpoint) -> Result<ConsoleServer> {
+        let rt = Arc::downgrade(&rt.inner);
         match &endpoint {
             ConsoleEndpoint::Unix(path) => {
                 use std::os::unix::fs::PermissionsExt;
@@ -252,7 +259,7 @@ pub fn default_socket() -> PathBuf {
     base.join("console.sock")
 }
 
-async fn serve<R, W>(rt: Runtime, read: R, mut write: W, token: String, tcp: bool)
+async fn serve<R, W>(rt: Weak<Inner>, read: R, mut write: W, token: String, tcp: bool)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -305,6 +312,11 @@ where
             continue;
         }
         debug!(cmd = %req.cmd, args = ?req.args, "console command");
+        let Some(inner) = rt.upgrade() else {
+            let _ = reply(&mut write, &req.id, Err(Error::new(ErrorKind::Cancelled, "the runtime has stopped"))).await;
+            return;
+        };
+        let rt = Runtime { inner };
         if req.cmd == "events" {
             let filter = req.args.join(" ");
             let mut events = rt.subscribe();
@@ -431,5 +443,65 @@ pub async fn command(rt: &Runtime, cmd: &str, args: &[String]) -> Result<Value> 
             Ok(json!({"pool": pool, "size": n}))
         }
         other => Err(Error::invalid_request(format!("unknown command `{other}`; `help` lists the commands"))),
+    }
+}
+
+/// The `console` actor: owns the endpoint; stopping it closes the socket.
+struct ConsoleActor {
+    server: Mutex<Option<ConsoleServer>>,
+}
+
+impl Actor for ConsoleActor {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> std::result::Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<()>, _: &mut ()) -> std::result::Result<(), ActorProcessingErr> {
+        drop(self.server.lock().take());
+        Ok(())
+    }
+}
+
+use parking_lot::Mutex;
+
+impl Runtime {
+    /// Serve the debug console on `endpoint` as the `console` actor of the
+    /// tree. Returns the endpoint as bound (the TCP port chosen for port 0)
+    /// and the token mutating commands need.
+    pub async fn serve_console(&self, endpoint: ConsoleEndpoint) -> Result<(ConsoleEndpoint, String)> {
+        let bound: Arc<Mutex<Option<(ConsoleEndpoint, String)>>> = Arc::default();
+        let (weak, slot) = (Arc::downgrade(&self.inner), bound.clone());
+        let start: crate::supervisor::StartFn = Arc::new(move |parent, _| {
+            let (weak, slot, endpoint) = (weak.clone(), slot.clone(), endpoint.clone());
+            Box::pin(async move {
+                let inner = weak.upgrade().ok_or_else(|| ActorProcessingErr::from("the runtime has stopped"))?;
+                let server = ConsoleServer::start(&Runtime { inner }, endpoint)
+                    .await
+                    .map_err(|e| ActorProcessingErr::from(e.to_string()))?;
+                *slot.lock() = Some((server.endpoint().clone(), server.token().to_string()));
+                let actor = ConsoleActor { server: Mutex::new(Some(server)) };
+                let (r, _) = Actor::spawn_linked(None, actor, (), parent).await?;
+                Ok(Started { cell: r.get_cell(), supervisor: None })
+            })
+        });
+        let info_slot = bound.clone();
+        let child = ChildSpec::new("console", Restart::Transient, start).kind("console").info(Arc::new(move || {
+            let mut extra = dspex_core::Map::new();
+            match info_slot.lock().as_ref().map(|b| b.0.clone()) {
+                Some(ConsoleEndpoint::Unix(p)) => extra.insert("socket".into(), p.display().to_string().into()),
+                Some(ConsoleEndpoint::Tcp { addr, .. }) => extra.insert("tcp".into(), addr.to_string().into()),
+                None => None,
+            };
+            NodeInfo { extra, ..Default::default() }
+        }));
+        Supervisor::add_child(&self.inner.root, child)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Config, format!("cannot start the console: {e}")))?;
+        let out = bound.lock().clone();
+        out.ok_or_else(|| Error::internal("the console did not start"))
     }
 }

@@ -433,7 +433,7 @@ pub(crate) struct Inner {
     native_lm: Option<Arc<dyn LanguageModel>>,
     native_lms: Mutex<Vec<(LmConfig, Arc<dyn LanguageModel>)>>,
     python_lm: Option<Value>,
-    root: ActorRef<SupervisorMsg>,
+    pub(crate) root: ActorRef<SupervisorMsg>,
     root_done: Mutex<Option<ractor::concurrency::JoinHandle<()>>>,
     pub(crate) sessions_sup: OnceLock<ActorRef<SupervisorMsg>>,
     pub(crate) pipelines_sup: OnceLock<ActorRef<SupervisorMsg>>,
