@@ -22,7 +22,10 @@ async fn main() -> dspex::Result<()> {
                 Step::signature("passages", StepKind::Python, "question -> context"),
             ],
         ))
-        .step(Step::signature("generate", StepKind::Program, "question, context -> answer").module(ModuleKind::ChainOfThought))
+        .step(
+            Step::signature("generate", StepKind::Program, "question, context -> answer")
+                .module(ModuleKind::ChainOfThought),
+        )
         .step(Step::conditional(
             "check",
             Condition::truthy("answer"),

@@ -164,6 +164,23 @@ fn render(cmd: &str, v: &Value) -> String {
     }
 }
 
+/// One event as a line: its name, its trace id, then its fields.
+fn render_event(e: &Value) -> String {
+    let name = e.get("event").and_then(Value::as_str).unwrap_or("?");
+    let trace = e.get("trace_id").and_then(Value::as_str).unwrap_or("-");
+    let fields: Vec<String> = e
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !matches!(k.as_str(), "event" | "trace_id" | "at_ms"))
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    format!("{name:<16} {trace:<20} {}", fields.join(" "))
+}
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
@@ -191,9 +208,7 @@ fn tail(client: &mut Client, args: &[String], json_out: bool) -> Result<(), Fail
                 if json_out {
                     println!("{e}");
                 } else {
-                    let kind = e.get("kind").map(|k| k.to_string()).unwrap_or_default();
-                    let trace = e.get("trace_id").and_then(Value::as_str).unwrap_or("-");
-                    println!("{trace}  {kind}");
+                    println!("{}", render_event(e));
                 }
             }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
@@ -362,4 +377,19 @@ pub fn repl(target: &Target) -> i32 {
         let _ = editor.save_history(h);
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_render_with_their_name_and_fields() {
+        let e = json!({"at_ms": 1, "event": "lifecycle", "actor": "worker:general:0", "what": "started", "detail": "pid 7"});
+        let line = render_event(&e);
+        assert!(line.starts_with("lifecycle "), "{line}");
+        assert!(line.contains("actor=worker:general:0 what=started detail=pid 7"), "{line}");
+        let e = json!({"event": "cache_hit", "trace_id": "t-1", "op": "predict"});
+        assert!(render_event(&e).contains("t-1"));
+    }
 }

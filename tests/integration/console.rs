@@ -154,6 +154,39 @@ fn serve_and_console_show_the_tree_and_restart_a_killed_worker() {
     assert_eq!(code, 2);
     assert_eq!(err["error"]["kind"], "not_found");
 
+    // Text output for people, one command at a time.
+    for (cmd, needle) in [
+        ("tree", "└─ "),
+        ("pools", "READY"),
+        ("workers general", "worker:general:1"),
+        ("sessions", "(none)"),
+        ("pipelines", "(none)"),
+        ("routes", "recent decisions"),
+        ("stats", "uptime_ms"),
+        ("help", "restart POOL"),
+    ] {
+        let out = bin().args(["console", "--socket"]).arg(&socket).args(["--once", cmd]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(needle), "{cmd}: {text}");
+    }
+    let out = bin().args(["console", "--socket"]).arg(&socket).args(["--once", " "]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an empty command");
+    let out = bin().args(["console", "--socket"]).arg(dir.join("nope.sock")).args(["--once", "tree"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "no console there");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+
+    // A live tail of events: a worker killed through the console shows up.
+    let mut tail = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let started = raw(&mut tail, r#"{"id": 1, "cmd": "events", "args": ["lifecycle"]}"#);
+    assert_eq!(started["result"], "streaming");
+    let (code, _) = console(&socket, "kill worker:general:1");
+    assert_eq!(code, 0);
+    tail.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut lines = BufReader::new(tail);
+    let mut event = String::new();
+    lines.read_line(&mut event).unwrap();
+    assert!(event.contains("worker:general:1") && event.contains("lifecycle"), "{event}");
+
     // Prometheus metrics saw the worker's exit and restart.
     let metrics_addr = serve.ready.split("http://").nth(1).unwrap().trim_end_matches("/metrics\n").to_string();
     let metrics_addr = metrics_addr.trim().trim_end_matches("/metrics").to_string();
@@ -228,6 +261,12 @@ fn the_repl_works_through_a_pseudo_terminal() {
     assert!(seen.contains("pool:general [pool]"), "{seen}");
     term.write_all(b"help\r").unwrap();
     wait_for("scale POOL N", &mut seen);
+    term.write_all(b"pools\r").unwrap();
+    wait_for("OVERLOADED", &mut seen);
+    term.write_all(b"workers general\r").unwrap();
+    wait_for("SERVED", &mut seen);
+    term.write_all(b"frobnicate\r").unwrap();
+    wait_for("unknown command", &mut seen);
     term.write_all(b"quit\r").unwrap();
     let end = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -313,6 +352,11 @@ fn demo_run_and_doctor_work_offline() {
     let err: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(err["error"]["kind"], "validation");
 
+    // Without a usable Python, doctor says so and how to fix it.
+    let out = bin().args(["doctor"]).env("DSPEX_PYTHON", "/nonexistent/python").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("missing") && text.contains("fix: "), "{text}");
     let out = bin().args(["doctor", "--json"]).output().unwrap();
     let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(out.status.code(), Some(0), "{report}");

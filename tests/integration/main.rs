@@ -6,6 +6,7 @@ mod cli;
 mod console;
 mod dspy_parity;
 mod lm_client;
+mod operations;
 mod parity;
 mod pipelines;
 mod robustness;

@@ -1605,12 +1605,7 @@ impl Runtime {
     /// Start a pipeline run as a supervised actor; cancel it or wait for it.
     pub async fn start_pipeline(&self, pipeline: impl IntoPipeline, inputs: Map) -> Result<PipelineRun> {
         let pipeline = pipeline.into_pipeline()?;
-        let sup = self
-            .inner
-            .pipelines_sup
-            .get()
-            .cloned()
-            .ok_or_else(|| Error::internal("the pipelines supervisor is not running"))?;
+        let sup = self.dynamic_supervisor("pipelines").await?;
         let run = format!("p-{}", new_trace_id());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<ActorRef<()>>();
@@ -1735,6 +1730,106 @@ steps = [{ name = "c", kind = "native", signature = "item -> score: float" }]
             .build()
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidSignature);
+    }
+
+    #[test]
+    fn every_build_check_says_what_is_wrong() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"name": "", "steps": []}"#, "needs a `name`"),
+            (r#"{"name": "p", "steps": []}"#, "has no steps"),
+            (r#"{"name": "p", "steps": [{"name": "a b", "kind": "native", "signature": "q -> a"}]}"#, "step name"),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "native", "signature": "q -> a", "retry": {"max_attempts": 0}}]}"#,
+                "max_attempts",
+            ),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "native", "signature": "q -> a", "timeout_ms": 0}]}"#,
+                "timeout_ms",
+            ),
+            (r#"{"name": "p", "steps": [{"name": "a", "kind": "native"}]}"#, "needs `signature` or `program`"),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "native", "signature": "q -> a", "program": {"signature": "q -> a"}}]}"#,
+                "not both",
+            ),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "python", "module": "predict", "program": {"signature": "q -> a"}}]}"#,
+                "goes inside `program`",
+            ),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "native", "program": {"module": "react", "signature": "q -> a"}}]}"#,
+                "cannot run natively",
+            ),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "native", "signature": "q -> a", "inputs": {"x": "q"}}]}"#,
+                "`inputs` maps `x`",
+            ),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "native", "signature": "q -> a", "outputs": {"x": "y"}}]}"#,
+                "`outputs` maps `x`",
+            ),
+            (
+                r#"{"name": "p", "inputs": ["q"], "steps": [{"name": "a", "kind": "native", "signature": "z -> a", "inputs": {"z": "w"}}]}"#,
+                "reads `w`",
+            ),
+            (r#"{"name": "p", "steps": [{"name": "a", "kind": "command", "command": "echo"}]}"#, "needs `pool`"),
+            (r#"{"name": "p", "steps": [{"name": "a", "kind": "command", "pool": "general"}]}"#, "needs `command`"),
+            (r#"{"name": "p", "steps": [{"name": "a", "kind": "session"}]}"#, "needs `session_program`"),
+            (r#"{"name": "p", "steps": [{"name": "a", "kind": "parallel"}]}"#, "needs `steps`"),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "conditional", "then": [{"name": "b", "kind": "native", "signature": "q -> a"}]}]}"#,
+                "needs `when`",
+            ),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "conditional", "when": {"field": "q", "truthy": true, "equals": 1}}]}"#,
+                "one of",
+            ),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "conditional", "when": {"field": "q"}}]}"#,
+                "`then` or `else`",
+            ),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "map", "steps": [{"name": "b", "kind": "native", "signature": "item -> s"}]}]}"#,
+                "needs `over`",
+            ),
+            (r#"{"name": "p", "steps": [{"name": "a", "kind": "map", "over": "xs"}]}"#, "needs `steps`"),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "map", "over": "xs", "concurrency": 0, "steps": [{"name": "b", "kind": "native", "signature": "item -> s"}]}]}"#,
+                "concurrency",
+            ),
+            (
+                r#"{"name": "p", "inputs": ["xs"], "steps": [{"name": "a", "kind": "map", "over": "xs", "pluck": "zz", "steps": [{"name": "b", "kind": "native", "signature": "item -> s"}]}]}"#,
+                "`pluck` names `zz`",
+            ),
+            (r#"{"name": "p", "steps": [{"name": "a", "kind": "pipeline"}]}"#, "`pipeline` or `file`"),
+            (
+                r#"{"name": "p", "steps": [{"name": "a", "kind": "pipeline", "pipeline": {"name": "", "steps": []}}]}"#,
+                "in nested pipeline of step a",
+            ),
+            (
+                r#"{"name": "p", "inputs": ["q"], "outputs": ["nope"], "steps": [{"name": "a", "kind": "native", "signature": "q -> a"}]}"#,
+                "pipeline output `nope`",
+            ),
+        ];
+        for (json, want) in cases {
+            let e = Pipeline::from_json(json).unwrap_err();
+            assert!(e.message().contains(want), "{json}\n→ {}", e.message());
+            assert_eq!(e.kind(), ErrorKind::InvalidRequest, "{json}");
+        }
+        // A file that includes itself is stopped.
+        let dir = std::env::temp_dir().join(format!("dspex-self-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("loop.toml");
+        std::fs::write(
+            &path,
+            "name = \"loop\"\n[[steps]]\nname = \"again\"\nkind = \"pipeline\"\nfile = \"loop.toml\"\n",
+        )
+        .unwrap();
+        let e = Pipeline::from_file(&path).unwrap_err();
+        assert!(e.message().contains("nest more than 16"), "{}", e.message());
+        assert!(e.message().contains("loop.toml"), "{}", e.message());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(Pipeline::from_file(dir.join("missing.toml")).unwrap_err().kind(), ErrorKind::Io);
+        assert!(Pipeline::from_json("{").unwrap_err().message().contains("EOF"));
     }
 
     #[test]

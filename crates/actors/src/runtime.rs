@@ -435,8 +435,8 @@ pub(crate) struct Inner {
     python_lm: Option<Value>,
     pub(crate) root: ActorRef<SupervisorMsg>,
     root_done: Mutex<Option<ractor::concurrency::JoinHandle<()>>>,
-    pub(crate) sessions_sup: OnceLock<ActorRef<SupervisorMsg>>,
-    pub(crate) pipelines_sup: OnceLock<ActorRef<SupervisorMsg>>,
+    /// `sessions` and `pipelines`, looked up again when restarted.
+    dynamic_sups: Mutex<Vec<(&'static str, ActorRef<SupervisorMsg>)>>,
     pub(crate) sessions: crate::session::SessionRegistry,
     pub(crate) pipeline_runs: crate::pipeline::RunRegistry,
     launch: Launch,
@@ -673,20 +673,13 @@ impl Runtime {
                 python_lm,
                 root: root_ref,
                 root_done: Mutex::new(Some(root_done)),
-                sessions_sup: OnceLock::new(),
-                pipelines_sup: OnceLock::new(),
+                dynamic_sups: Mutex::new(Vec::new()),
                 sessions: Default::default(),
                 pipeline_runs: Default::default(),
                 launch,
                 started,
             }),
         };
-        if let Some(s) = Supervisor::child_supervisor(&rt.inner.root, "sessions").await {
-            let _ = rt.inner.sessions_sup.set(s);
-        }
-        if let Some(s) = Supervisor::child_supervisor(&rt.inner.root, "pipelines").await {
-            let _ = rt.inner.pipelines_sup.set(s);
-        }
         for p in rt.pools() {
             let size = p.config().size;
             p.wait_ready(size, Duration::from_secs(120)).await?;
@@ -767,9 +760,28 @@ impl Runtime {
 
     // -------------------------------------------------------------- management
 
-    /// Change a pool's size.
+    /// The `sessions` or `pipelines` supervisor: the cached reference while
+    /// it runs, looked up again after a restart.
+    pub(crate) async fn dynamic_supervisor(&self, name: &'static str) -> Result<ActorRef<SupervisorMsg>> {
+        let cached = self.inner.dynamic_sups.lock().iter().find(|(n, _)| *n == name).map(|(_, r)| r.clone());
+        if let Some(r) = cached.filter(|r| r.get_status() == ractor::ActorStatus::Running) {
+            return Ok(r);
+        }
+        let found = Supervisor::child_supervisor(&self.inner.root, name)
+            .await
+            .ok_or_else(|| Error::internal(format!("the {name} supervisor is not running")).with_retryable(true))?;
+        let mut sups = self.inner.dynamic_sups.lock();
+        sups.retain(|(n, _)| *n != name);
+        sups.push((name, found.clone()));
+        Ok(found)
+    }
+
+    /// Change a pool's size; returns when the new workers are ready.
     pub async fn scale(&self, pool: &str, size: usize) -> Result<()> {
-        self.pool(pool)?.resize(size).await
+        let handle = self.pool(pool)?;
+        handle.resize(size).await?;
+        // Return once the new workers can take requests.
+        handle.wait_ready(size, Duration::from_secs(120)).await
     }
 
     /// Restart a pool's workers one at a time (each drains first), so the

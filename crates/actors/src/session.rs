@@ -295,11 +295,7 @@ impl Sessions {
                 .with_retryable(true));
             }
         }
-        let sup = inner
-            .sessions_sup
-            .get()
-            .cloned()
-            .ok_or_else(|| Error::internal("the sessions supervisor is not running"))?;
+        let sup = self.rt.dynamic_supervisor("sessions").await?;
         let programs = state.programs.iter().map(|(k, v)| (k.clone(), Program::new(v.clone()))).collect();
         let shared = Arc::new(SessionShared {
             state: Mutex::new(state),

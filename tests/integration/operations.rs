@@ -1,0 +1,151 @@
+//! Operating a runtime from inside the process: every console command over
+//! the library API (what the endpoint runs), the blocking facade, and the
+//! session controls an operator uses.
+
+use std::time::{Duration, Instant};
+
+use dspex::actors::console::command;
+use dspex::{BlockingRuntime, ErrorKind, Map, Pipeline, ProgramSpec, RequestOptions, Step};
+use serde_json::{json, Value};
+
+use crate::runtime::{builder, offline_lm};
+
+fn args(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_console_command_answers_or_explains() {
+    let (_server, lm) = offline_lm().await;
+    let rt = builder(1).lm(lm).start().await.unwrap();
+    let session = rt.session().await.unwrap();
+    session.define("qa", ProgramSpec::predict("question -> answer")).await.unwrap();
+    session.set_var("user", json!("ada")).await.unwrap();
+    session.run("qa", json!({"question": "What is 17 + 25?"}).as_object().cloned().unwrap()).await.unwrap();
+
+    let help = command(&rt, "help", &[]).await.unwrap();
+    assert!(help.as_array().unwrap().iter().any(|c| c["command"] == "scale POOL N"));
+    let tree = command(&rt, "tree", &[]).await.unwrap();
+    assert_eq!(tree["name"], "dspex");
+    let pools = command(&rt, "pools", &[]).await.unwrap();
+    assert_eq!(pools[0]["name"], "general");
+    let workers = command(&rt, "workers", &args(&["general"])).await.unwrap();
+    assert_eq!(workers[0]["name"], "worker:general:0");
+    let sessions = command(&rt, "sessions", &[]).await.unwrap();
+    assert_eq!(sessions[0]["id"], session.id());
+    let one = command(&rt, "session", &args(&[session.id()])).await.unwrap();
+    assert_eq!(one["state"]["variables"]["user"], "ada");
+    assert_eq!(one["info"]["requests"], 3);
+    assert_eq!(command(&rt, "pipelines", &[]).await.unwrap(), json!([]));
+    let routes = command(&rt, "routes", &[]).await.unwrap();
+    assert_eq!(routes["routes"]["native"], 1);
+    let stats = command(&rt, "stats", &[]).await.unwrap();
+    assert_eq!(stats["sessions"], 1);
+    assert!(stats["uptime_ms"].as_u64().is_some());
+
+    // Usage errors and unknown names say what is wrong.
+    for (cmd, a, kind, text) in [
+        ("workers", vec![], ErrorKind::InvalidRequest, "usage: workers POOL"),
+        ("workers", vec!["nope"], ErrorKind::NotFound, "nope"),
+        ("session", vec!["missing"], ErrorKind::NotFound, "missing"),
+        ("kill", vec!["router"], ErrorKind::NotFound, "worker:POOL:INDEX"),
+        ("kill", vec!["worker:general:x"], ErrorKind::InvalidRequest, "worker:POOL:INDEX"),
+        ("kill", vec!["pipeline:p-none"], ErrorKind::NotFound, "p-none"),
+        ("scale", vec!["general"], ErrorKind::InvalidRequest, "usage: scale"),
+        ("scale", vec!["general", "lots"], ErrorKind::InvalidRequest, "number"),
+        ("scale", vec!["general", "0"], ErrorKind::InvalidRequest, "1 to 256"),
+        ("restart", vec!["nope"], ErrorKind::NotFound, "nope"),
+        ("frobnicate", vec![], ErrorKind::InvalidRequest, "unknown command"),
+    ] {
+        let err = command(&rt, cmd, &args(&a)).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{cmd} {a:?}: {err}");
+        assert!(err.message().contains(text), "{cmd} {a:?}: {}", err.message());
+    }
+
+    // Mutating commands: scale up, roll the pool, cancel a run, close a session.
+    command(&rt, "scale", &args(&["general", "2"])).await.unwrap();
+    assert_eq!(rt.pool("general").unwrap().stats().ready, 2);
+    let before: Vec<u32> = rt.pool("general").unwrap().pids();
+    let restarted = command(&rt, "restart", &args(&["general"])).await.unwrap();
+    assert_eq!(restarted["restarted"], "general");
+    let after: Vec<u32> = rt.pool("general").unwrap().pids();
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|p| !before.contains(p)), "every worker replaced: {before:?} → {after:?}");
+    let tree = rt.tree().await.unwrap();
+    assert!(tree.find("worker:general:0").unwrap().restarts >= 1);
+
+    let long = Pipeline::builder("long")
+        .step(Step::command("wait", "general", "sleep").arg("seconds", json!(30)))
+        .build()
+        .unwrap();
+    let run = rt.start_pipeline(&long, Map::new()).await.unwrap();
+    let listed = command(&rt, "pipelines", &[]).await.unwrap();
+    assert_eq!(listed[0]["run_id"], run.id());
+    command(&rt, "kill", &args(&[&format!("pipeline:{}", run.id())])).await.unwrap();
+    assert_eq!(run.wait().await.unwrap_err().kind(), ErrorKind::Cancelled);
+
+    let killed = command(&rt, "kill", &args(&["worker:general:1"])).await.unwrap();
+    assert!(killed["pid"].as_u64().is_some());
+    command(&rt, "kill", &args(&[&format!("session:{}", session.id())])).await.unwrap();
+    assert_eq!(session.run("qa", Map::new()).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(rt.sessions().list().is_empty());
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_controls_and_errors() {
+    let (_server, lm) = offline_lm().await;
+    let rt = builder(1).lm(lm).start().await.unwrap();
+    let s = rt.sessions().create(dspex::SessionOptions::default().id("ops").pool("general")).await.unwrap();
+    assert!(format!("{s:?}").contains("ops"));
+    assert!(format!("{:?}", rt.sessions()).contains("count"));
+    let chat = ProgramSpec::predict("history: dspy.History, question -> answer");
+    s.define("chat", chat).await.unwrap();
+    let q = json!({"question": "What is 2 + 3?"}).as_object().cloned().unwrap();
+    s.run("chat", q.clone()).await.unwrap();
+    assert_eq!(s.history("chat").await.unwrap().len(), 1);
+    s.clear_history("chat").await.unwrap();
+    assert!(s.history("chat").await.unwrap().is_empty());
+    // An explicit history wins over the session's and is not recorded twice.
+    let mut with_history = q.clone();
+    with_history.insert("history".into(), json!({"messages": [{"question": "hi", "answer": "hello"}]}));
+    s.run("chat", with_history).await.unwrap();
+    assert_eq!(s.history("chat").await.unwrap().len(), 1);
+
+    let err = s.run("nope", q.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(err.context().session.as_deref(), Some("ops"));
+    // ReAct cannot run natively: forcing it is Unsupported, before any work.
+    s.define("agent", ProgramSpec::react("question -> answer", ["tools_for_tests:add"])).await.unwrap();
+    let err = s.run_with("agent", q.clone(), RequestOptions::native()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    // Bad ids and pools are refused up front.
+    let bad = rt.sessions().create(dspex::SessionOptions::default().id("no spaces")).await.unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::InvalidRequest);
+    let bad = rt.sessions().create(dspex::SessionOptions::default().pool("nope")).await.unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::NotFound);
+    s.close().await.unwrap();
+    assert_eq!(s.close().await.unwrap_err().kind(), ErrorKind::NotFound);
+    rt.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_blocking_runtime_serves_a_plain_thread() {
+    let server_rt = crate::support::runtime();
+    let (_server, lm) = server_rt.block_on(offline_lm());
+    let rt = BlockingRuntime::start(builder(1).lm(lm)).unwrap();
+    let q = json!({"question": "What is 17 + 25?"}).as_object().cloned().unwrap();
+    assert_eq!(rt.predict("question -> answer", q.clone()).unwrap().get_str("answer"), Some("42"));
+    let cot = rt.chain_of_thought("question -> answer: int", q.clone()).unwrap();
+    assert_eq!(cot.get("answer"), Some(&Value::from(42)));
+    let program = dspex::Program::new(ProgramSpec::predict("question -> answer"));
+    let py = rt.run(&program, q, RequestOptions::python().no_cache()).unwrap();
+    assert!(py.meta.worker.is_some());
+    let echo = rt.call("general", "echo", json!({"x": 1}), RequestOptions::default()).unwrap();
+    assert_eq!(echo.value, json!({"x": 1}));
+    assert_eq!(rt.tree().unwrap().name, "dspex");
+    assert!(rt.runtime().uptime() > Duration::ZERO);
+    let t = Instant::now();
+    rt.shutdown().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
