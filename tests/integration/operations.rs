@@ -149,3 +149,43 @@ fn the_blocking_runtime_serves_a_plain_thread() {
     rt.shutdown().unwrap();
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_options_and_builder_settings_take_effect() {
+    use dspex::{CacheConfig, IntensityConfig, RouterConfig};
+    let (server, lm) = offline_lm().await;
+    let rt = builder(1)
+        .lm(lm)
+        .router(RouterConfig { prefer: dspex::RoutePreference::Python, ..RouterConfig::default() })
+        .cache(CacheConfig { enabled: false, ..CacheConfig::default() })
+        .request_timeout(Duration::from_secs(30))
+        .pools_intensity(IntensityConfig::new(5, Duration::from_secs(10)))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(rt.config().request_timeout_ms, 30_000);
+    let q = json!({"question": "What is 17 + 25?"}).as_object().cloned().unwrap();
+    // The router prefers Python now; options carry through to the worker and the LM.
+    let opts = RequestOptions::default()
+        .pool("general")
+        .timeout(Duration::from_secs(20))
+        .trace_id("trace-ops-1")
+        .shadow(false)
+        .idempotent(true)
+        .with_config("max_tokens", json!(77));
+    let program = dspex::Program::new(ProgramSpec::predict("question -> answer"));
+    let out = rt.run(&program, q.clone(), opts).await.unwrap();
+    assert_eq!(out.meta.route, dspex::Route::Python("general".into()));
+    assert_eq!(out.meta.trace_id, "trace-ops-1");
+    let sent = server.requests().last().cloned().unwrap();
+    // LiteLLM sends OpenAI's newer name for the limit.
+    assert_eq!(sent["max_completion_tokens"], 77, "{sent}");
+    // No cache: the same request reaches the LM again.
+    let before = server.requests().len();
+    rt.run(&program, q.clone(), RequestOptions::default()).await.unwrap();
+    assert_eq!(server.requests().len(), before + 1);
+    // An unknown pool is a classified error, not a hang.
+    let err = rt.run(&program, q, RequestOptions::python().pool("nope")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    rt.shutdown().await.unwrap();
+}

@@ -271,3 +271,92 @@ fn bad_pipeline_files_are_rejected_with_line_and_reason() {
         .unwrap_err();
     assert!(err.message().contains("/nope.toml"), "{}", err.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mappings_commands_nesting_and_run_time_failures() {
+    let (server, lm) = offline_lm().await;
+    let rt = builder(1).lm(lm).start().await.unwrap();
+    // Program steps from whole specs, pinned to a pool, with field mappings.
+    let inner = Pipeline::builder("inner")
+        .input("text")
+        .output("echoed")
+        .step(Step::command("echo", "general", "echo").input("echoed", "text"))
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder("mapped")
+        .description("every mapping form")
+        .input("query")
+        .output("reply")
+        .output("loud")
+        .output("double")
+        .output("nested_echo")
+        .timeout(Duration::from_secs(60))
+        .step(
+            Step::native("ask", ProgramSpec::predict("question -> answer"))
+                .input("question", "query")
+                .output("answer", "reply"),
+        )
+        .step(
+            Step::python("again", ProgramSpec::predict("question -> answer"))
+                .pool("general")
+                .input("question", "query")
+                .output("answer", "double"),
+        )
+        .step(
+            Step::program("third", ProgramSpec::predict("question -> answer: int"))
+                .input("question", "query")
+                .output("answer", "n"),
+        )
+        // A command's result: pick one field and rename it.
+        .step(
+            Step::command("shout", "general", "echo")
+                .input("text", "reply")
+                .arg("volume", json!(11))
+                .output("volume", "loud"),
+        )
+        .step(Step::pipeline("nest", &inner).input("text", "reply").output("echoed", "nested_echo"))
+        .build()
+        .unwrap();
+    let result = rt.run_pipeline(pipeline, inputs(json!({"query": "What is 17 + 25?"}))).await.unwrap();
+    assert_eq!(result.outputs, inputs(json!({"reply": "42", "loud": 11, "double": "42", "nested_echo": "42"})));
+    assert_eq!(result.step("again").unwrap().route, Some(Route::Python("general".into())));
+    assert_eq!(result.step("ask").unwrap().route, Some(Route::Native));
+    assert!(server.requests().len() >= 3);
+    assert_eq!(result.pipeline, "mapped");
+
+    // Run-time failures name the field and the step.
+    let not_a_list = Pipeline::builder("m")
+        .input("xs")
+        .step(Step::map("each", "xs", "x", [Step::command("e", "general", "echo").input("x", "x")]))
+        .build()
+        .unwrap();
+    let err = rt.run_pipeline(&not_a_list, inputs(json!({"xs": "abc"}))).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation);
+    assert!(err.message().contains("needs a list, got text"), "{}", err.message());
+    let picky = Pipeline::builder("p")
+        .step(Step::command("c", "general", "echo").arg("a", json!(1)).output("missing", "m"))
+        .build()
+        .unwrap();
+    let err = rt.run_pipeline(&picky, Map::new()).await.unwrap_err();
+    assert!(err.message().contains("returned no field `missing`"), "{}", err.message());
+    let lost = Pipeline::builder("lost")
+        .input("q")
+        .output("answer")
+        .step(Step::command("fails", "general", "fail").continue_on_error().output("answer", "answer"))
+        .build()
+        .unwrap();
+    let err = rt.run_pipeline(&lost, inputs(json!({"q": 1}))).await.unwrap_err();
+    assert!(err.message().contains("produced no `answer`"), "{}", err.message());
+    let slow = Pipeline::builder("slow")
+        .timeout(Duration::from_millis(200))
+        .step(Step::command("wait", "general", "sleep").arg("seconds", json!(5)))
+        .build()
+        .unwrap();
+    let err = rt.run_pipeline(&slow, Map::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    // A scalar command result lands under the step's name.
+    let scalar = Pipeline::builder("s").step(Step::command("info_step", "general", "noop")).build().unwrap();
+    let out = rt.run_pipeline(&scalar, Map::new()).await.unwrap();
+    assert!(out.get("info_step").is_some(), "{:?}", out.outputs);
+    rt.shutdown().await.unwrap();
+}

@@ -146,13 +146,23 @@ fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
 }
 
-async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<()> {
+async fn run(cmd: &mut tokio::process::Command, what: &str, progress: Progress<'_>) -> Result<()> {
     let program = cmd.as_std().get_program().to_string_lossy().to_string();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| Error::new(ErrorKind::Config, format!("{what}: cannot run {program}: {e}")))?;
+    let started = std::time::Instant::now();
+    let output = cmd.stdin(Stdio::null()).output();
+    tokio::pin!(output);
+    // Installs take a minute: say that they are still going.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(10),
+    );
+    let out = loop {
+        tokio::select! {
+            out = &mut output => break out,
+            _ = tick.tick() => progress(&format!("{what}: still running ({}s)", started.elapsed().as_secs())),
+        }
+    }
+    .map_err(|e| Error::new(ErrorKind::Config, format!("{what}: cannot run {program}: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
@@ -202,6 +212,7 @@ impl PythonEnv {
             run(
                 tokio::process::Command::new(&base).arg("-m").arg("venv").arg(&dir),
                 "creating the virtual environment",
+                progress,
             )
             .await?;
         }
@@ -218,6 +229,7 @@ impl PythonEnv {
                         .arg("-r")
                         .arg(&reqs),
                     "uv pip install",
+                    progress,
                 )
                 .await?
             }
@@ -227,6 +239,7 @@ impl PythonEnv {
                         .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"])
                         .arg(&reqs),
                     "pip install",
+                    progress,
                 )
                 .await?
             }
