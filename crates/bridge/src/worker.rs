@@ -949,7 +949,9 @@ async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, m
     }
     // Improve the crash message now that the exit status is known.
     shared.state.store(EXITED, Ordering::SeqCst);
-    let _ = shared.exit.send(Some(info));
+    // `send` drops the value when nobody is subscribed yet; whoever calls
+    // `exited()` later must still see it.
+    shared.exit.send_replace(Some(info));
 }
 
 /// The stream of a streamed request. Dropping it before the end cancels the request.
