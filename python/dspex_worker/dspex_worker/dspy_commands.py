@@ -20,11 +20,14 @@ LMs are ``{"model", "base_url", "api_key", "temperature", "max_tokens",
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextvars
 import enum
 import importlib
 import json
 import math
 import os
+import queue
 import shutil
 import threading
 import time
@@ -289,6 +292,27 @@ def parallel(ctx, program: dict, inputs: list, lm: dict | None = None, num_threa
     return {"results": [prediction_fields(r) if r is not None else None for r in results]}
 
 
+_stream_loop = None
+_stream_loop_lock = threading.Lock()
+
+
+def _event_loop():
+    """One event loop for every stream of this worker, on its own thread.
+
+    ``dspy.streamify``'s synchronous mode starts a thread and a new event
+    loop per request, and LiteLLM cannot reuse its async HTTP client across
+    loops: that costs ~8 ms before the first chunk. A long-lived loop keeps
+    the client (and its connections) warm.
+    """
+    global _stream_loop
+    with _stream_loop_lock:
+        if _stream_loop is None or _stream_loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="dspex-stream-loop", daemon=True).start()
+            _stream_loop = loop
+        return _stream_loop
+
+
 @command("dspy.stream")
 def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
     """Run a program with dspy.streamify: chunks per output field, then the fields."""
@@ -299,16 +323,48 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
     for predictor in predictors:
         for name in predictor.signature.output_fields:
             listeners.append(dspy.streaming.StreamListener(signature_field_name=name, predict=predictor))
-    streaming = dspy.streamify(module, stream_listeners=listeners, async_streaming=False)
+    streaming = dspy.streamify(module, stream_listeners=listeners, async_streaming=True)
     inputs = coerce_inputs(module, inputs)
     final = None
+    items: queue.Queue = queue.Queue()
+    end = object()
+    loop = _event_loop()
     with lm_context(ctx, lm, program.get("adapter")):
-        for item in streaming(**inputs):
-            ctx.check()
-            if isinstance(item, dspy.Prediction):
-                final = item
-            elif isinstance(item, dspy.streaming.StreamResponse):
-                ctx.emit({"field": item.signature_field_name, "text": item.chunk})
+        # The generator runs on the shared loop, in this request's context
+        # (its LM settings and request id).
+        context = contextvars.copy_context()
+        generator = streaming(**inputs)
+
+        async def pump():
+            try:
+                async for item in generator:
+                    items.put(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the request's thread
+                items.put(exc)
+            finally:
+                items.put(end)
+
+        task_box: list = []
+        loop.call_soon_threadsafe(lambda: task_box.append(loop.create_task(pump(), context=context)))
+        try:
+            while True:
+                try:
+                    item = items.get(timeout=0.05)
+                except queue.Empty:
+                    ctx.check()
+                    continue
+                if item is end:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                ctx.check()
+                if isinstance(item, dspy.Prediction):
+                    final = item
+                elif isinstance(item, dspy.streaming.StreamResponse):
+                    ctx.emit({"field": item.signature_field_name, "text": item.chunk})
+        finally:
+            # A cancelled or failed request stops its generator too.
+            loop.call_soon_threadsafe(lambda: [t.cancel() for t in task_box if not t.done()])
     if final is None:
         raise CommandError("the stream ended without a prediction", kind="lm")
     return {"fields": prediction_fields(final), "usage": _usage(final), "elapsed_us": _since(started)}
