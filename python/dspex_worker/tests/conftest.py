@@ -80,11 +80,16 @@ def worker():
     client.thread = t
     client.result = result
     yield client
-    for fd in (req_w, req_r, resp_r, resp_w):
+    # Close only our ends: the worker sees EOF and leaves. Its own ends stay
+    # open until the process exits -- closing them under its threads would
+    # let a later test's pipes reuse the numbers while a leftover thread
+    # still reads or writes them (it once stole a later test's `cancel`).
+    for fd in (req_w, resp_r):
         try:
             os.close(fd)
         except OSError:
             pass
+    t.join(timeout=5)
 
 
 def spawn_worker(env_extra=None, preload_dspy=False):
