@@ -493,3 +493,48 @@ fn python_environments_are_built_cached_and_reported() {
         assert!(err.message().contains("dspex-no-such-package-anywhere"), "{err}");
     });
 }
+
+/// A "worker" that is a shell script: start-up failures as a user meets them.
+fn shell_worker(name: &str, script: &str) -> WorkerConfig {
+    let mut c = WorkerConfig::new(name, "/bin/sh");
+    c.args = vec!["-c".into(), script.into()];
+    c.start_timeout = Duration::from_millis(800);
+    c
+}
+
+#[test]
+fn start_up_failures_are_classified_with_the_reason() {
+    runtime().block_on(async {
+        // No such interpreter.
+        let err = Worker::spawn(WorkerConfig::new("worker:test:missing", "/nonexistent/python3")).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.message().contains("/nonexistent/python3"), "{}", err.message());
+        // It dies at once: its last output is in the error.
+        let err = Worker::spawn(shell_worker("worker:test:dies", "echo 'ModuleNotFoundError: dspy' >&2; exit 3"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.message().contains("ModuleNotFoundError: dspy"), "{}", err.message());
+        assert!(err.message().contains("during start-up"), "{}", err.message());
+        // It never says hello.
+        let t = Instant::now();
+        let err = Worker::spawn(shell_worker("worker:test:silent", "sleep 30")).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Its first frame is not a hello, or not a message at all.
+        let frame = |payload: &str| {
+            let mut bytes = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+            bytes.push(0); // JSON
+            bytes.extend_from_slice(payload.as_bytes());
+            let escaped: String = bytes.iter().map(|b| format!("\\{b:03o}")).collect();
+            format!("printf '{escaped}' > /proc/self/fd/$DSPEX_RESP_FD; sleep 5")
+        };
+        let not_hello = frame(r#"{"type":"pong","seq":1,"in_flight":0}"#);
+        let err = Worker::spawn(shell_worker("worker:test:nothello", &not_hello)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        assert!(err.message().contains("not hello"), "{}", err.message());
+        let garbage = frame("{}");
+        let err = Worker::spawn(shell_worker("worker:test:garbage", &garbage)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    });
+}
