@@ -20,6 +20,12 @@ async fn build(config: Option<&Path>, default_size: usize) -> Result<(Runtime, O
     if cfg.pools.is_empty() {
         cfg.pools.push(PoolConfig::preset("general").unwrap_or_else(|| PoolConfig::new("general")).size(default_size));
     }
+    // A key kept out of the file comes from the environment.
+    if let Some(lm) = cfg.lm.as_mut().filter(|lm| lm.api_key.is_none()) {
+        if let Some(key) = ["DSPEX_LM_API_KEY", "OPENAI_API_KEY"].iter().find_map(|k| std::env::var(k).ok()) {
+            *lm = lm.clone().with_api_key(key);
+        }
+    }
     let setup = if cfg.lm.is_none() {
         let setup = lm_setup().await?;
         cfg.lm = Some(setup.config.clone());

@@ -4,6 +4,7 @@ mod bridge;
 mod chaos;
 mod cli;
 mod console;
+mod docs;
 mod dspy_parity;
 mod lm_client;
 mod operations;
