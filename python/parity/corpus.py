@@ -333,6 +333,30 @@ PARSE_CASES = [
         "chat": '[[ ## v ## ]]\n{"k": [1, 2.5, null, true]}', "json": '{"v": "plain"}'}},
     {"id": "nested", "signature": "q -> rows: list[dict[str, list[int]]]", "completions": {
         "chat": '[[ ## rows ## ]]\n[{"a": [1, 2]}, {"b": []}]', "json": '{"rows": [{"a": [1, 2]}, {"b": []}]}'}},
+    {"id": "set-ok", "signature": "q -> s: set[int]", "completions": {
+        "chat": "[[ ## s ## ]]\n[1, 2, 2]", "json": '{"s": [3, 1]}'}},
+    {"id": "set-bad", "signature": "q -> s: set[int]", "completions": {
+        "chat": "[[ ## s ## ]]\n[1, \"x\"]", "json": '{"s": "nope"}'}},
+    {"id": "frozenset-str", "signature": "q -> s: frozenset[str]", "completions": {
+        "chat": '[[ ## s ## ]]\n["a", "b"]', "json": '{"s": [1, "b"]}'}},
+    {"id": "vartuple", "signature": "q -> t: tuple[int, ...]", "completions": {
+        "chat": "[[ ## t ## ]]\n[1, 2, 3]", "json": '{"t": [1, "two"]}'}},
+    {"id": "tuple-length", "signature": "q -> t: tuple[int, str]", "completions": {
+        "chat": '[[ ## t ## ]]\n[1, "a", 3]', "json": '{"t": [1]}'}},
+    {"id": "dict-bad-value", "signature": "q -> d: dict[str, int]", "completions": {
+        "chat": '[[ ## d ## ]]\n{"a": "one", "b": 2}', "json": '{"d": {"a": [1]}}'}},
+    {"id": "dict-int-keys", "signature": "q -> d: dict[int, str]", "completions": {
+        "chat": '[[ ## d ## ]]\n{"1": "a", "x": "b"}', "json": '{"d": {"2": "b"}}'}},
+    {"id": "optional-list-bad", "signature": "q -> v: Optional[list[int]]", "completions": {
+        "chat": "[[ ## v ## ]]\n[1, \"a\"]", "json": '{"v": "x"}'}},
+    {"id": "union-list-bad", "signature": "q -> v: Union[int, list[str]]", "completions": {
+        "chat": "[[ ## v ## ]]\n{\"a\": 1}", "json": '{"v": [1, 2]}'}},
+    {"id": "literal-mixed", "signature": "q -> v: Literal['a', 1, True, None]", "completions": {
+        "chat": "[[ ## v ## ]]\nb", "json": '{"v": 2}'}},
+    {"id": "nested-bad", "signature": "q -> rows: list[dict[str, int]]", "completions": {
+        "chat": '[[ ## rows ## ]]\n[{"a": 1}, {"b": "x"}]', "json": '{"rows": [{"a": 1}, 5]}'}},
+    {"id": "list-of-lists-bad", "signature": "q -> m: list[list[float]]", "completions": {
+        "chat": "[[ ## m ## ]]\n[[1, 2], [\"x\"]]", "json": '{"m": [1, 2]}'}},
     {"id": "cot", "signature": _QA, "module": "chain_of_thought", "completions": {
         "chat": "[[ ## reasoning ## ]]\nThink step by step.\n\n[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]",
         "json": '{"reasoning": "Think.", "answer": "4"}'}},
