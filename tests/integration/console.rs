@@ -175,6 +175,26 @@ fn serve_and_console_show_the_tree_and_restart_a_killed_worker() {
     assert_eq!(out.status.code(), Some(1), "no console there");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 
+    // `--once events --json` tails until interrupted.
+    let mut tail_cmd = bin()
+        .args(["console", "--socket"])
+        .arg(&socket)
+        .args(["--once", "events lifecycle", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, _) = console(&socket, "kill worker:general:0");
+    assert_eq!(code, 0);
+    let mut first = String::new();
+    BufReader::new(tail_cmd.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("\"event\":\"lifecycle\""), "{first}");
+    // SAFETY: SIGINT to our own child, as Ctrl-C would.
+    unsafe {
+        libc::kill(tail_cmd.id() as i32, libc::SIGINT);
+    }
+    assert!(tail_cmd.wait().unwrap().success(), "Ctrl-C ends the tail cleanly");
+
     // A live tail of events: a worker killed through the console shows up.
     let mut tail = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     let started = raw(&mut tail, r#"{"id": 1, "cmd": "events", "args": ["lifecycle"]}"#);
@@ -357,6 +377,29 @@ fn demo_run_and_doctor_work_offline() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("missing") && text.contains("fix: "), "{text}");
+    // A Python without DSPy: missing, with the pip command that fixes it.
+    let dir = scratch("doctor");
+    let bare = dir.join("python");
+    std::fs::write(&bare, "#!/bin/sh\nexec python3 -S \"$@\"\n").unwrap();
+    std::fs::set_permissions(&bare, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = bin().args(["doctor", "--json"]).env("DSPEX_PYTHON", &bare).output().unwrap();
+    let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let dspy = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "dspy").unwrap();
+    assert_eq!(dspy["status"], "missing", "{dspy}");
+    assert!(dspy["fix"].as_str().unwrap().contains("pip install 'dspy==3.4.1'"), "{dspy}");
+    // No interpreter chosen yet: the first start will provision one.
+    let out = bin()
+        .args(["doctor", "--json"])
+        .env_remove("DSPEX_PYTHON")
+        .env("DSPEX_CACHE_DIR", dir.join("cache"))
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let python = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "python").unwrap();
+    assert!(python["detail"].as_str().unwrap().contains("provisions"), "{python}");
+    let _ = std::fs::remove_dir_all(&dir);
+
     let out = bin().args(["doctor", "--json"]).output().unwrap();
     let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(out.status.code(), Some(0), "{report}");

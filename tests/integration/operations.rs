@@ -189,3 +189,49 @@ async fn request_options_and_builder_settings_take_effect() {
     assert_eq!(err.kind(), ErrorKind::NotFound);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_endpoints_refuse_unsafe_setups_and_survive_abuse() {
+    use dspex::actors::console::{token_file, ConsoleEndpoint, ConsoleServer};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let rt = builder(1).start().await.unwrap();
+    // TCP only on loopback, and only with a real token.
+    let public = ConsoleEndpoint::Tcp { addr: "0.0.0.0:0".parse().unwrap(), token: "long-enough-token".into() };
+    let err = ConsoleServer::start(&rt, public).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("loopback"), "{}", err.message());
+    let weak = ConsoleEndpoint::Tcp { addr: "127.0.0.1:0".parse().unwrap(), token: "short".into() };
+    assert!(ConsoleServer::start(&rt, weak).await.unwrap_err().message().contains("at least 8"));
+
+    // A stale socket file is replaced; a live one is not taken over.
+    let dir = std::env::temp_dir().join(format!("dspex-console-{}-{}", std::process::id(), fastrand::u32(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.sock");
+    std::fs::write(&path, b"stale").unwrap();
+    let server = ConsoleServer::start(&rt, ConsoleEndpoint::Unix(path.clone())).await.unwrap();
+    assert_eq!(std::fs::read_to_string(token_file(&path)).unwrap(), server.token());
+    let err = ConsoleServer::start(&rt, ConsoleEndpoint::Unix(path.clone())).await.unwrap_err();
+    assert!(err.message().contains("already listening"), "{}", err.message());
+
+    // An oversize line gets an error reply; the connection goes on.
+    let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let huge = format!("{{\"cmd\": \"{}\"}}\n", "x".repeat(70 * 1024));
+    w.write_all(huge.as_bytes()).await.unwrap();
+    let reply: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert!(reply["error"]["message"].as_str().unwrap().contains("too long"), "{reply}");
+    w.write_all(b"\n{\"id\": 2, \"cmd\": \"pools\"}\n").await.unwrap();
+    let reply: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(reply["id"], 2);
+    assert_eq!(reply["ok"], true);
+    // With the token a mutating command goes through.
+    let req = json!({"id": 3, "cmd": "scale", "args": ["general", "1"], "token": server.token()});
+    w.write_all(format!("{req}\n").as_bytes()).await.unwrap();
+    let reply: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    drop(server);
+    assert!(!path.exists() && !token_file(&path).exists(), "dropping the server removes its files");
+    let _ = std::fs::remove_dir_all(&dir);
+    rt.shutdown().await.unwrap();
+}
