@@ -235,3 +235,81 @@ async fn console_endpoints_refuse_unsafe_setups_and_survive_abuse() {
     let _ = std::fs::remove_dir_all(&dir);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_recycled_by_request_count_and_memory_without_failing_requests() {
+    let mut pool = dspex::PoolConfig::new("general").size(1).concurrency(2);
+    pool.max_requests = Some(3);
+    let rt = dspex::Runtime::builder().python(crate::support::python()).pool(pool).start().await.unwrap();
+    let mut events = rt.subscribe();
+    let mut pids = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let out = rt.call("general", "echo", json!({ "i": i }), RequestOptions::default()).await.unwrap();
+        assert_eq!(out.value, json!({ "i": i }));
+        pids.insert(out.meta.pid.unwrap());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert!(pids.len() >= 3, "a worker serves at most 3 requests, then is replaced: {pids:?}");
+    let mut recycled = 0;
+    while let Ok(e) = events.try_recv() {
+        if let dspex::EventKind::Lifecycle { what, detail, .. } = &e.kind {
+            if what == "recycled" {
+                assert!(detail.contains("served"), "{detail}");
+                recycled += 1;
+            }
+        }
+    }
+    assert!(recycled >= 2, "{recycled} recycles");
+    rt.shutdown().await.unwrap();
+
+    // A resident-memory limit every worker exceeds: replaced as soon as it is idle.
+    let mut pool = dspex::PoolConfig::new("general").size(1);
+    pool.max_rss_mb = Some(1);
+    let rt = dspex::Runtime::builder().python(crate::support::python()).pool(pool).start().await.unwrap();
+    let first = rt.pool("general").unwrap().pids();
+    let t = Instant::now();
+    while rt.pool("general").unwrap().pids() == first && t.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(rt.pool("general").unwrap().pids(), first, "recycled for its memory");
+    rt.call("general", "noop", json!({}), RequestOptions::default()).await.unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_program_lms_python_lm_overrides_and_config_errors() {
+    let (server, lm) = offline_lm().await;
+    // Two pools with one name: a configuration error, not a half-started runtime.
+    let text = "[[pools]]\nname = 'general'\n[[pools]]\nname = 'general'\n";
+    let cfg = dspex::RuntimeConfig::from_toml(text).unwrap();
+    let err = dspex::Runtime::from_config(cfg).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("two pools are named general"), "{}", err.message());
+
+    // Python workers can be given their own LM (here DSPy's DummyLM);
+    // a pool can name its interpreter.
+    let pool = dspex::PoolConfig::new("general").size(1).interpreter(crate::support::python());
+    let rt = dspex::Runtime::builder()
+        .pool(pool)
+        .lm(lm.clone())
+        .python_lm(json!({"dummy": [{"answer": "from DummyLM"}]}))
+        .start()
+        .await
+        .unwrap();
+    assert!(format!("{rt:?}").contains("general"));
+    let q = json!({"question": "What is 17 + 25?"}).as_object().cloned().unwrap();
+    let program = dspex::Program::new(ProgramSpec::predict("question -> answer"));
+    let py = rt.run(&program, q.clone(), RequestOptions::python().no_cache()).await.unwrap();
+    assert_eq!(py.get_str("answer"), Some("from DummyLM"));
+    // A program that names its own LM gets a client for it (cached per settings).
+    let own = dspex::LmConfig { model: "program-model".into(), ..lm.clone() };
+    let program = dspex::Program::new(ProgramSpec::predict("question -> answer").with_lm(own));
+    for _ in 0..2 {
+        let out = rt.run(&program, q.clone(), RequestOptions::native().no_cache()).await.unwrap();
+        assert_eq!(out.get_str("answer"), Some("42"));
+    }
+    let models: Vec<String> =
+        server.requests().iter().filter_map(|r| r["model"].as_str().map(str::to_string)).collect();
+    assert_eq!(models.iter().filter(|m| *m == "program-model").count(), 2, "{models:?}");
+    rt.shutdown().await.unwrap();
+}

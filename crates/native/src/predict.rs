@@ -583,6 +583,86 @@ mod tests {
         assert!(p.load_saved(&json!({"a": {}, "b": {}}), None).unwrap_err().message().contains("several predictors"));
     }
 
+    /// An LM that answers from a script and remembers what it was sent.
+    struct Scripted {
+        replies: parking_lot::Mutex<Vec<String>>,
+        seen: parking_lot::Mutex<Vec<LmRequest>>,
+    }
+
+    impl Scripted {
+        fn new(replies: &[&str]) -> Scripted {
+            Scripted {
+                replies: parking_lot::Mutex::new(replies.iter().rev().map(|r| r.to_string()).collect()),
+                seen: parking_lot::Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl LanguageModel for Scripted {
+        fn complete(&self, request: LmRequest) -> futures_util::future::BoxFuture<'_, Result<crate::lm::LmResponse>> {
+            self.seen.lock().push(request);
+            let reply = self.replies.lock().pop().unwrap_or_default();
+            Box::pin(async move { Ok(crate::lm::LmResponse { outputs: vec![Some(reply)], usage: None, model: None }) })
+        }
+
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    fn inputs(v: serde_json::Value) -> Map {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn options_change_what_is_sent_and_how_replies_are_read() {
+        let sig = parse_signature("question -> answer: int", None).unwrap();
+        let q = inputs(json!({"question": "2 + 2?"}));
+        // An unreadable chat reply is retried with the JSON adapter, as DSPy does...
+        let lm = Scripted::new(&["no headers at all", r#"{"answer": 4}"#]);
+        let p = Predict::new(sig.clone());
+        assert_eq!(p.call(&lm, &q, &CallOptions::default()).await.unwrap().fields["answer"], json!(4));
+        assert_eq!(lm.seen.lock().len(), 2);
+        // ...unless the fallback is off.
+        let lm = Scripted::new(&["no headers at all"]);
+        let strict = Predict::new(sig.clone()).with_json_fallback(false);
+        assert_eq!(strict.call(&lm, &q, &CallOptions::default()).await.unwrap_err().kind(), ErrorKind::Parse);
+        // The JSON adapter with response_format, when asked for.
+        let lm = Scripted::new(&[r#"{"answer": 5}"#]);
+        let json_p = Predict::new(sig.clone()).with_adapter(AdapterKind::Json).with_json_response_format(true);
+        assert_eq!(json_p.adapter(), AdapterKind::Json);
+        assert_eq!(json_p.call(&lm, &q, &CallOptions::default()).await.unwrap().fields["answer"], json!(5));
+        assert_eq!(lm.seen.lock()[0].params["response_format"]["type"], "json_object");
+        // Inputs of the wrong type fail in strict mode only (missing ones only warn, as in DSPy).
+        let typed = parse_signature("n: int -> answer: int", None).unwrap();
+        let wrong = inputs(json!({"n": "two"}));
+        let lm = Scripted::new(&["[[ ## answer ## ]]\n1", "[[ ## answer ## ]]\n1"]);
+        let checked = Predict::new(typed.clone()).with_input_check(InputCheck::Strict);
+        let err = checked.call(&lm, &wrong, &CallOptions::default()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Validation);
+        assert!(lm.seen.lock().is_empty(), "nothing was sent");
+        let lax = Predict::new(typed.clone()).with_input_check(InputCheck::Off);
+        assert_eq!(lax.call(&lm, &wrong, &CallOptions::default()).await.unwrap().fields["answer"], json!(1));
+        let warned = Predict::new(typed).with_input_check(InputCheck::Warn);
+        assert_eq!(warned.call(&lm, &Map::new(), &CallOptions::default()).await.unwrap().fields["answer"], json!(1));
+        // A user template replaces the adapter's messages; demos and config are kept.
+        let template =
+            crate::template::PromptTemplate::new(Some("Answer tersely."), "Q: {{ inputs.question }}").unwrap();
+        let demo = inputs(json!({"question": "1 + 1?", "answer": 2}));
+        let templated = Predict::new(sig.clone())
+            .with_template(template)
+            .with_demos(vec![demo])
+            .with_config(inputs(json!({"temperature": 0.0})));
+        assert_eq!(templated.demos().len(), 1);
+        assert_eq!(templated.config()["temperature"], json!(0.0));
+        let messages = templated.messages(&q).unwrap();
+        assert_eq!(messages.first().map(|m| m.content.as_str()), Some("Answer tersely."));
+        assert_eq!(messages.last().map(|m| m.content.as_str()), Some("Q: 2 + 2?"));
+        let lm = Scripted::new(&["[[ ## answer ## ]]\n4"]);
+        assert_eq!(templated.call(&lm, &q, &CallOptions::default()).await.unwrap().fields["answer"], json!(4));
+        assert_eq!(lm.seen.lock()[0].params["temperature"], json!(0.0));
+    }
+
     #[test]
     fn params_follow_dspy() {
         let p = Predict::new(parse_signature("q -> a", None).unwrap())
