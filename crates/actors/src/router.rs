@@ -598,6 +598,38 @@ mod tests {
         RouteRequest { op: "predict", native, prefer, pool: None, shadow: None }
     }
 
+    #[tokio::test]
+    async fn the_router_actor_answers_like_the_router_and_settings_change_live() {
+        let r = Arc::new(router(RouterConfig::default()));
+        let (actor, _h) = Actor::spawn(None, RouterActor::new(r.clone()), ()).await.unwrap();
+        let d = ractor::call!(actor, |reply| RouterMsg::Decide {
+            op: "predict".into(),
+            native_unsupported: None,
+            prefer: None,
+            reply
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(d.primary, Route::Native);
+        let d = ractor::call!(actor, |reply| RouterMsg::Decide {
+            op: "react".into(),
+            native_unsupported: Some("ReAct runs in Python".into()),
+            prefer: None,
+            reply
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(d.primary, Route::Python("general".into()));
+        let stats = ractor::call!(actor, RouterMsg::Stats).unwrap();
+        assert_eq!(stats.routes.get("native"), Some(&1));
+        // Preferences change without a restart.
+        r.set_config(RouterConfig { prefer: RoutePreference::Python, ..RouterConfig::default() });
+        assert_eq!(r.preference(), RoutePreference::Python);
+        assert_eq!(r.decide(&req(Ok(()), None)).unwrap().primary, Route::Python("general".into()));
+        assert_eq!(r.breaker_state(&Route::Native), BreakerState::Closed);
+        actor.stop(None);
+    }
+
     #[test]
     fn decisions_follow_capability_and_preference() {
         let r = router(RouterConfig::default());

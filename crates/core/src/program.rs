@@ -228,3 +228,31 @@ impl ProgramSpec {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_round_trip_through_serde_and_builders_set_fields() {
+        for m in [
+            ModuleKind::Predict,
+            ModuleKind::ChainOfThought,
+            ModuleKind::React,
+            ModuleKind::ProgramOfThought,
+            ModuleKind::MultiChainComparison,
+            ModuleKind::BestOfN,
+            ModuleKind::Refine,
+        ] {
+            let json = serde_json::to_value(m).unwrap();
+            assert_eq!(json, m.as_str());
+            assert_eq!(m.is_native(), matches!(m, ModuleKind::Predict | ModuleKind::ChainOfThought));
+        }
+        let demo: Map = serde_json::from_str(r#"{"q": "1+1?", "a": "2"}"#).unwrap();
+        let spec = ProgramSpec::predict("q -> a").with_demos(vec![demo]).with_adapter(AdapterKind::Json);
+        assert_eq!(spec.demos.len(), 1);
+        assert_eq!(spec.adapter, AdapterKind::Json);
+        let back: ProgramSpec = serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+    }
+}

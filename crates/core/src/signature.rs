@@ -1171,6 +1171,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn types_constraints_and_signature_edits_have_stable_names() {
+        let names: Vec<String> = [
+            FieldType::Set(Some(Box::new(FieldType::Int))),
+            FieldType::Set(None),
+            FieldType::FrozenSet(Some(Box::new(FieldType::Str))),
+            FieldType::FrozenSet(None),
+            FieldType::List(None),
+            FieldType::Any,
+            FieldType::Dspy(DspyType::History),
+            FieldType::literal_strs(["a", "b"]),
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        assert_eq!(
+            names,
+            ["set[int]", "set", "frozenset[str]", "frozenset", "list", "Any", "History", "Literal['a', 'b']"]
+        );
+        for d in [DspyType::Audio, DspyType::File, DspyType::Tool, DspyType::ToolCalls, DspyType::Code] {
+            assert_eq!(DspyType::from_name(d.name()), Some(d));
+        }
+        let n = |x: i64| serde_json::Number::from(x);
+        let keys: Vec<&str> = [
+            Constraint::Gt(n(1)),
+            Constraint::Ge(n(1)),
+            Constraint::Lt(n(1)),
+            Constraint::Le(n(1)),
+            Constraint::MinLength(1),
+            Constraint::MaxLength(1),
+            Constraint::MultipleOf(n(2)),
+            Constraint::AllowInfNan(false),
+        ]
+        .iter()
+        .map(Constraint::key)
+        .collect();
+        assert_eq!(keys, ["gt", "ge", "lt", "le", "min_length", "max_length", "multiple_of", "allow_inf_nan"]);
+        for c in [Constraint::MultipleOf(n(2)), Constraint::AllowInfNan(true)] {
+            assert_eq!(Constraint::from_key(c.key(), &c.value()).unwrap(), c);
+        }
+
+        let sig = Signature::builder()
+            .input(FieldSpec::new("question", FieldType::Str).default_value(Value::from("why?")))
+            .output(FieldSpec::new("answer", FieldType::Str))
+            .build()
+            .unwrap();
+        assert_eq!(sig.field("question").and_then(|f| f.default()), Some(&Value::from("why?")));
+        assert!(sig.field("nope").is_none());
+        let edited = sig.with_instructions("Be brief.");
+        assert_eq!(edited.instructions(), "Be brief.");
+        assert_eq!(edited.fields().len(), 2);
+        assert_eq!(infer_prefix("ǆemal"), "ǅemal");
+    }
+
+    #[test]
     fn infer_prefix_matches_dspy_examples() {
         assert_eq!(infer_prefix("camelCaseText"), "Camel Case Text");
         assert_eq!(infer_prefix("snake_case_text"), "Snake Case Text");
