@@ -197,3 +197,34 @@ fn several_generations_become_completions() {
         let _ = AdapterKind::Json;
     });
 }
+
+#[test]
+fn scripted_servers_repeat_their_last_reply_and_fail_when_empty() {
+    runtime().block_on(async {
+        let scripted = Scripted::new(vec![Reply::text("one").delayed(Duration::from_millis(5))]);
+        scripted.push(Reply::status(404).delayed(Duration::from_millis(5)));
+        let server = LmServer::start(scripted).await.unwrap();
+        assert!(format!("{server:?}").contains(&server.addr().to_string()));
+        let lm = client(&server);
+        let first = lm.complete(LmRequest::new(vec![Message::user("hi")])).await.unwrap();
+        assert_eq!(first.outputs, vec![Some("one".to_string())]);
+        // 404 is not retried: the service's error comes back classified.
+        let err = lm.complete(LmRequest::new(vec![Message::user("hi")])).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Lm);
+        assert!(!err.is_retryable(), "{err}");
+        // Past the script, the last reply repeats.
+        let again = lm.complete(LmRequest::new(vec![Message::user("hi")])).await.unwrap_err();
+        assert_eq!(again.kind(), ErrorKind::Lm);
+        // An empty script answers 500 (retried, then reported).
+        let empty = LmServer::start(Scripted::new(vec![])).await.unwrap();
+        let err = client(&empty).complete(LmRequest::new(vec![Message::user("hi")])).await.unwrap_err();
+        assert!(err.message().contains("no scripted reply left") || err.message().contains("500"), "{err}");
+    });
+}
+
+#[test]
+fn examples_know_their_inputs() {
+    let ex = dspex_core::Example::from_json(json!({"question": "q", "answer": "a"})).unwrap().with_inputs(["question"]);
+    assert_eq!(ex.get("answer"), Some(&json!("a")));
+    assert!(dspex_core::Example::from_json(json!([1])).is_none());
+}
