@@ -15,6 +15,16 @@ fn inputs(v: Value) -> Map {
     v.as_object().cloned().expect("an object")
 }
 
+/// A pipeline that echoes `text` back as `echoed` (through a worker command).
+fn echo_pipeline() -> Pipeline {
+    Pipeline::builder("inner")
+        .input("text")
+        .output("echoed")
+        .step(Step::command("echo", "general", "echo").input("echoed", "text"))
+        .build()
+        .unwrap()
+}
+
 fn answer_file() -> std::path::PathBuf {
     support::repo_root().join("examples/pipelines/answer.toml")
 }
@@ -138,12 +148,7 @@ async fn a_mixed_pipeline_runs_and_continue_on_error_differs_from_fail_fast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_retries_nesting_and_missing_inputs() {
     let rt = builder(1).start().await.unwrap();
-    let inner = Pipeline::builder("inner")
-        .input("text")
-        .output("echoed")
-        .step(Step::command("echo", "general", "echo").input("echoed", "text"))
-        .build()
-        .unwrap();
+    let inner = echo_pipeline();
     let outer = Pipeline::builder("outer")
         .input("words")
         .step(Step::pipeline("nested", &inner).input("text", "words"))
@@ -277,12 +282,7 @@ async fn mappings_commands_nesting_and_run_time_failures() {
     let (server, lm) = offline_lm().await;
     let rt = builder(1).lm(lm).start().await.unwrap();
     // Program steps from whole specs, pinned to a pool, with field mappings.
-    let inner = Pipeline::builder("inner")
-        .input("text")
-        .output("echoed")
-        .step(Step::command("echo", "general", "echo").input("echoed", "text"))
-        .build()
-        .unwrap();
+    let inner = echo_pipeline();
     let pipeline = Pipeline::builder("mapped")
         .description("every mapping form")
         .input("query")

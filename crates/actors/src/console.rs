@@ -33,10 +33,11 @@ use tracing::{debug, info, warn};
 
 use std::sync::{Arc, Weak};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use parking_lot::Mutex;
+use ractor::ActorProcessingErr;
 
 use crate::runtime::{Inner, Runtime};
-use crate::supervisor::{ChildSpec, NodeInfo, Restart, Started, Supervisor};
+use crate::supervisor::{ChildSpec, Holder, NodeInfo, Restart, Started, Supervisor};
 
 /// Where a console listens.
 #[derive(Debug, Clone)]
@@ -446,28 +447,6 @@ pub async fn command(rt: &Runtime, cmd: &str, args: &[String]) -> Result<Value> 
     }
 }
 
-/// The `console` actor: owns the endpoint; stopping it closes the socket.
-struct ConsoleActor {
-    server: Mutex<Option<ConsoleServer>>,
-}
-
-impl Actor for ConsoleActor {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> std::result::Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-
-    async fn post_stop(&self, _: ActorRef<()>, _: &mut ()) -> std::result::Result<(), ActorProcessingErr> {
-        drop(self.server.lock().take());
-        Ok(())
-    }
-}
-
-use parking_lot::Mutex;
-
 impl Runtime {
     /// Serve the debug console on `endpoint` as the `console` actor of the
     /// tree. Returns the endpoint as bound (the TCP port chosen for port 0)
@@ -483,8 +462,8 @@ impl Runtime {
                     .await
                     .map_err(|e| ActorProcessingErr::from(e.to_string()))?;
                 *slot.lock() = Some((server.endpoint().clone(), server.token().to_string()));
-                let actor = ConsoleActor { server: Mutex::new(Some(server)) };
-                let (r, _) = Actor::spawn_linked(None, actor, (), parent).await?;
+                // The `console` actor owns the endpoint: stopping it closes the socket.
+                let r = Holder::spawn(parent, server).await?;
                 Ok(Started { cell: r.get_cell(), supervisor: None })
             })
         });

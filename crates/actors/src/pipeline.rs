@@ -64,13 +64,13 @@ use dspex_core::{
 };
 use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
 use crate::program::Program;
 use crate::runtime::{new_trace_id, Output, RequestOptions, Runtime};
 use crate::session::SessionStepRunner;
-use crate::supervisor::{ChildSpec, NodeInfo, Restart, Started, Supervisor};
+use crate::supervisor::{ChildSpec, Holder, NodeInfo, Restart, Started, Supervisor};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -1566,28 +1566,19 @@ impl PipelineRun {
     }
 }
 
-/// The actor of one run: stopping it aborts the run.
-struct RunActor {
+/// What a run's actor holds: dropping it (the actor stopped) aborts the run.
+struct RunGuard {
     abort: tokio::task::AbortHandle,
     run: String,
     registry: std::sync::Weak<crate::runtime::Inner>,
 }
 
-impl Actor for RunActor {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> std::result::Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-
-    async fn post_stop(&self, _: ActorRef<()>, _: &mut ()) -> std::result::Result<(), ActorProcessingErr> {
+impl Drop for RunGuard {
+    fn drop(&mut self) {
         self.abort.abort();
         if let Some(inner) = self.registry.upgrade() {
             inner.pipeline_runs.runs.lock().remove(&self.run);
         }
-        Ok(())
     }
 }
 
@@ -1626,10 +1617,10 @@ impl Runtime {
         let (abort, weak, start_run, start_slot) =
             (task.abort_handle(), Arc::downgrade(&self.inner), run.clone(), slot.clone());
         let start: crate::supervisor::StartFn = Arc::new(move |parent, _| {
-            let actor = RunActor { abort: abort.clone(), run: start_run.clone(), registry: weak.clone() };
+            let guard = RunGuard { abort: abort.clone(), run: start_run.clone(), registry: weak.clone() };
             let slot = start_slot.clone();
             Box::pin(async move {
-                let (r, _) = Actor::spawn_linked(None, actor, (), parent).await?;
+                let r = Holder::spawn(parent, guard).await?;
                 *slot.lock() = Some(r.clone());
                 Ok(Started { cell: r.get_cell(), supervisor: None })
             })

@@ -619,7 +619,8 @@ impl PoolHandle {
             Error::new(ErrorKind::Internal, format!("pool {} is not running", s.name)).with_pool(&s.name)
         })?;
         let current = s.slots.read().len();
-        if size > current {
+        let grow = size > current;
+        if grow {
             for _ in current..size {
                 let index = s.next_index.fetch_add(1, Ordering::Relaxed);
                 let slot = Slot::new(&s.name, index);
@@ -653,6 +654,9 @@ impl PoolHandle {
                 detail: size.to_string(),
             },
         );
+        if grow {
+            self.wait_ready(size, Duration::from_secs(120)).await?;
+        }
         Ok(())
     }
 

@@ -340,6 +340,48 @@ struct Slot {
     status: SlotStatus,
 }
 
+impl Slot {
+    /// A child that has just started.
+    fn running(spec: ChildSpec, started: Started) -> Slot {
+        Slot {
+            spec,
+            cell: Some(started.cell),
+            sup: started.supervisor,
+            restarts: 0,
+            started_at: Instant::now(),
+            status: SlotStatus::Running,
+        }
+    }
+}
+
+/// An actor whose only job is to own a value in the tree: stopping it drops
+/// the value, whose `Drop` does the clean-up (a pipeline run's task, the
+/// console's socket).
+pub(crate) struct Holder<T>(parking_lot::Mutex<Option<T>>);
+
+impl<T: Send + 'static> Holder<T> {
+    /// Start one, linked to `parent`.
+    pub(crate) async fn spawn(parent: ActorCell, value: T) -> Result<ActorRef<()>, ActorProcessingErr> {
+        let (actor, _) = Actor::spawn_linked(None, Holder(parking_lot::Mutex::new(Some(value))), (), parent).await?;
+        Ok(actor)
+    }
+}
+
+impl<T: Send + 'static> Actor for Holder<T> {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<()>, _: &mut ()) -> Result<(), ActorProcessingErr> {
+        drop(self.0.lock().take());
+        Ok(())
+    }
+}
+
 /// The supervisor's state.
 pub struct SupervisorState {
     name: String,
@@ -467,14 +509,7 @@ impl Actor for Supervisor {
                     return Err(format!("{}: child {} failed to start: {e}", spec.name, child.name).into());
                 }
             };
-            state.slots.push(Slot {
-                spec: child,
-                cell: Some(started.cell),
-                sup: started.supervisor,
-                restarts: 0,
-                started_at: Instant::now(),
-                status: SlotStatus::Running,
-            });
+            state.slots.push(Slot::running(child, started));
         }
         Ok(state)
     }
@@ -534,14 +569,7 @@ impl Actor for Supervisor {
                 state.slots.retain(|s| s.spec.name != child.name);
                 match start_child(&myself, &child).await {
                     Ok(started) => {
-                        state.slots.push(Slot {
-                            spec: child,
-                            cell: Some(started.cell),
-                            sup: started.supervisor,
-                            restarts: 0,
-                            started_at: Instant::now(),
-                            status: SlotStatus::Running,
-                        });
+                        state.slots.push(Slot::running(child, started));
                         let _ = reply.send(Ok(()));
                     }
                     Err(e) => {
