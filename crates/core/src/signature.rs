@@ -259,6 +259,7 @@ impl FieldType {
     }
 
     /// Whether `None` is an allowed value (DSPy's `annotation_allows_none`).
+    #[inline]
     pub fn allows_none(&self) -> bool {
         match self {
             FieldType::None => true,
@@ -513,22 +514,27 @@ pub struct Field {
 
 impl Field {
     /// The field's name.
+    #[inline]
     pub fn name(&self) -> &str {
         &self.name
     }
     /// Input or output.
+    #[inline]
     pub fn role(&self) -> FieldRole {
         self.role
     }
     /// The field's type.
+    #[inline]
     pub fn ty(&self) -> &FieldType {
         &self.ty
     }
     /// The prompt prefix, e.g. `Question:`.
+    #[inline]
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
     /// The description; DSPy's default is `${name}`.
+    #[inline]
     pub fn desc(&self) -> &str {
         &self.desc
     }
@@ -540,14 +546,17 @@ impl Field {
             && self.desc[2..self.desc.len() - 1] == self.name
     }
     /// Pydantic constraints, in declaration order.
+    #[inline]
     pub fn constraints(&self) -> &[Constraint] {
         &self.constraints
     }
     /// False when the signature string gave no type (the type is then `str`).
+    #[inline]
     pub fn type_declared(&self) -> bool {
         self.type_declared
     }
     /// The default value, if the field declares one.
+    #[inline]
     pub fn default(&self) -> Option<&Value> {
         self.default.as_ref()
     }
@@ -617,6 +626,7 @@ impl FieldSpec {
     }
 
     /// The field's name.
+    #[inline]
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -651,21 +661,25 @@ impl Signature {
     }
 
     /// The instructions (after `inspect.cleandoc`, or DSPy's default text).
+    #[inline]
     pub fn instructions(&self) -> &str {
         &self.instructions
     }
 
     /// All fields, inputs first.
+    #[inline]
     pub fn fields(&self) -> &[Field] {
         &self.fields
     }
 
     /// Input fields in order.
+    #[inline]
     pub fn inputs(&self) -> &[Field] {
         &self.fields[..self.n_inputs]
     }
 
     /// Output fields in order.
+    #[inline]
     pub fn outputs(&self) -> &[Field] {
         &self.fields[self.n_inputs..]
     }
@@ -686,6 +700,7 @@ impl Signature {
     }
 
     /// Whether every field's type can run natively.
+    #[inline]
     pub fn is_native(&self) -> bool {
         self.all_native
     }
@@ -751,6 +766,7 @@ impl Signature {
     /// A slot for a rendering the engine derives from this signature alone
     /// (for example a system message), computed once and shared by clones.
     /// Slots are assigned by the engine; the signature does not interpret them.
+    #[inline]
     pub fn memo(&self, slot: usize) -> Option<&OnceLock<Memo>> {
         self.memo.get(slot)
     }

@@ -491,18 +491,42 @@ enum ParseValueError {
     Unsupported(Error),
 }
 
+/// ASCII letters, digits and `_`, looked up by byte value.
+fn is_ascii_word(c: u8) -> bool {
+    static WORD: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut c = 0;
+        while c < 128 {
+            table[c] = (c as u8).is_ascii_alphanumeric() || c as u8 == b'_';
+            c += 1;
+        }
+        table
+    };
+    WORD[usize::from(c)]
+}
+
+/// Bytes of a header around its name: `[[ ## ` and ` ## ]]`.
+const HEADER_DECORATION: usize = 12;
+
 /// Whether the line, after Python's strip(), starts with `[[ ## name ## ]]`;
 /// returns the name and the header's length in characters.
 fn match_header(line: &str) -> Option<(&str, usize)> {
     let rest = line.strip_prefix("[[ ## ")?;
-    let name_len: usize =
-        rest.char_indices().take_while(|(_, c)| crate::unicode::is_word(*c)).map(|(_, c)| c.len_utf8()).sum();
+    let b = rest.as_bytes();
+    // ASCII word bytes first; a non-ASCII byte sends the name through the Unicode check.
+    let n = b.iter().position(|&c| !is_ascii_word(c)).unwrap_or(b.len());
+    let (name_len, name_chars) = if b.get(n).is_some_and(|c| !c.is_ascii()) {
+        rest.char_indices()
+            .take_while(|(_, c)| crate::unicode::is_word(*c))
+            .fold((0, 0), |(bytes, chars), (_, c)| (bytes + c.len_utf8(), chars + 1))
+    } else {
+        (n, n)
+    };
     if name_len == 0 {
         return None;
     }
     let (name, tail) = rest.split_at(name_len);
-    let name_chars = if name.is_ascii() { name.len() } else { name.chars().count() };
-    tail.starts_with(" ## ]]").then_some((name, 12 + name_chars))
+    tail.starts_with(" ## ]]").then_some((name, HEADER_DECORATION + name_chars))
 }
 
 /// A value parsed without the general lax pipeline, where the result is
@@ -511,6 +535,9 @@ fn parse_text_fast(text: &str, ty: &FieldType) -> Option<Value> {
     match ty {
         FieldType::Str => Some(Value::String(text.to_string())),
         FieldType::Int | FieldType::Float => {
+            if let (FieldType::Float, Some(f)) = (ty, short_decimal(text)) {
+                return Some(Value::from(f));
+            }
             let is_int = json_number_is_int(text)?;
             match ty {
                 FieldType::Int if is_int => text.parse::<i64>().ok().map(Value::from),
@@ -529,6 +556,53 @@ fn parse_text_fast(text: &str, ty: &FieldType) -> Option<Value> {
         },
         _ => None,
     }
+}
+
+/// A JSON number without exponent and with at most 15 significant digits
+/// (`-12.5`, `0.93`), read exactly: its digits as an integer are below
+/// 2^53 and the power of ten is exact, so one division rounds correctly.
+fn short_decimal(text: &str) -> Option<f64> {
+    const POW10: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+    let b = text.as_bytes();
+    let negative = b.first() == Some(&b'-');
+    let mut i = usize::from(negative);
+    let mut digits: u64 = 0;
+    let mut count = 0usize;
+    // JSON forbids leading zeros: "0" alone or a non-zero first digit.
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            while let Some(d @ b'0'..=b'9') = b.get(i) {
+                digits = digits * 10 + u64::from(d - b'0');
+                count += 1;
+                i += 1;
+                if count > 15 {
+                    return None;
+                }
+            }
+        }
+        _ => return None,
+    }
+    let mut scale = 0usize;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while let Some(d @ b'0'..=b'9') = b.get(i) {
+            digits = digits * 10 + u64::from(d - b'0');
+            scale += 1;
+            i += 1;
+            if count + scale > 15 {
+                return None;
+            }
+        }
+        if scale == 0 {
+            return None;
+        }
+    }
+    if i != b.len() {
+        return None;
+    }
+    let value = digits as f64 / POW10[scale];
+    Some(if negative { -value } else { value })
 }
 
 /// Whether `text` is exactly one JSON number; `Some(true)` for integers.
@@ -598,8 +672,8 @@ impl<'de> serde::de::Visitor<'de> for &mut FastObject<'_> {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
         let outputs = self.sig.outputs();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match outputs.iter().position(|f| f.name() == key) {
+        while let Some(key) = map.next_key_seed(OutputIndex(outputs))? {
+            match key {
                 // Python dicts keep the last duplicate: later members overwrite.
                 Some(idx) => match map.next_value_seed(FieldValue(outputs[idx].ty()))? {
                     Some(v) => self.found.set(idx, v),
@@ -611,6 +685,152 @@ impl<'de> serde::de::Visitor<'de> for &mut FastObject<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The commonest JSON reply, read with byte searches instead of a general
+/// deserializer: one flat object whose members are strings without escapes,
+/// numbers, booleans or nulls. Returns `None` at the first thing outside
+/// that shape (or that needs more than a direct conversion to the field's
+/// type); `FastObject` then reads the text and decides.
+fn flat_object(sig: &Signature, text: &str) -> Option<Outputs> {
+    let b = text.as_bytes();
+    let outputs = sig.outputs();
+    let skip_ws = |i: &mut usize| {
+        while matches!(b.get(*i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            *i += 1;
+        }
+    };
+    let mut found = Outputs::new(sig);
+    let mut i = 0;
+    skip_ws(&mut i);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    skip_ws(&mut i);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            let key = plain_string(text, &mut i)?;
+            skip_ws(&mut i);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            i += 1;
+            skip_ws(&mut i);
+            let idx = outputs.iter().position(|f| f.name() == key);
+            // Python dicts keep the last duplicate: later members overwrite.
+            if let (Some(k), Some(v)) = (idx, flat_value(text, &mut i, idx.map(|k| outputs[k].ty()))?) {
+                found.set(k, v);
+            }
+            skip_ws(&mut i);
+            match b.get(i) {
+                Some(b',') => {
+                    i += 1;
+                    skip_ws(&mut i);
+                }
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    skip_ws(&mut i);
+    (i == b.len()).then_some(found)
+}
+
+/// A JSON string at `*i` with no escapes and no control characters; moves past it.
+fn plain_string<'t>(text: &'t str, i: &mut usize) -> Option<&'t str> {
+    let b = text.as_bytes();
+    if b.get(*i) != Some(&b'"') {
+        return None;
+    }
+    let start = *i + 1;
+    let end = start + crate::scan::json_string_stop(&b[start..])?;
+    if b[end] != b'"' {
+        return None;
+    }
+    *i = end + 1;
+    Some(&text[start..end])
+}
+
+/// A scalar JSON value at `*i` converted for a field of type `ty` (`None`:
+/// a member the signature does not ask for, only checked and skipped).
+/// The outer `None` declines; the conversions are those `FieldValue` makes.
+fn flat_value(text: &str, i: &mut usize, ty: Option<&FieldType>) -> Option<Option<Value>> {
+    let b = text.as_bytes();
+    match *b.get(*i)? {
+        b'"' => {
+            let s = plain_string(text, i)?;
+            match ty {
+                None => Some(None),
+                Some(FieldType::Str) => Some(Some(Value::String(s.to_string()))),
+                Some(_) => None,
+            }
+        }
+        c @ (b't' | b'f' | b'n') => {
+            let word: &[u8] = match c {
+                b't' => b"true",
+                b'f' => b"false",
+                _ => b"null",
+            };
+            if !b[*i..].starts_with(word) {
+                return None;
+            }
+            *i += word.len();
+            match (ty, c) {
+                (None, _) => Some(None),
+                (Some(FieldType::Bool), b't' | b'f') => Some(Some(Value::Bool(c == b't'))),
+                _ => None,
+            }
+        }
+        _ => {
+            let start = *i;
+            while matches!(b.get(*i), Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
+                *i += 1;
+            }
+            let number = &text[start..*i];
+            let is_int = json_number_is_int(number)?;
+            match ty {
+                None => Some(None),
+                // serde_json reads `-0` as the float -0.0: leave it to that path.
+                Some(_) if is_int && number == "-0" => None,
+                // As serde_json hands them over: integers as i64, the rest as f64.
+                Some(FieldType::Int) if is_int => number.parse::<i64>().ok().map(|n| Some(Value::from(n))),
+                Some(FieldType::Float) if is_int => number
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| n.unsigned_abs() < (1 << 53))
+                    .map(|n| Some(Value::from(n as f64))),
+                Some(FieldType::Float) => short_decimal(number).map(|f| Some(Value::from(f))),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// A member's key as the position of the output it names, if any: read
+/// without copying the key.
+struct OutputIndex<'f>(&'f [Field]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for OutputIndex<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for OutputIndex<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_str<E>(self, key: &str) -> std::result::Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|f| f.name() == key))
     }
 }
 
@@ -630,10 +850,10 @@ impl<'de> serde::de::Visitor<'de> for FieldValue<'_> {
         f.write_str("a JSON value")
     }
     fn visit_str<E>(self, v: &str) -> std::result::Result<Option<Value>, E> {
-        Ok((*self.0 == FieldType::Str).then(|| Value::String(v.to_string())))
+        Ok(matches!(self.0, FieldType::Str).then(|| Value::String(v.to_string())))
     }
     fn visit_string<E>(self, v: String) -> std::result::Result<Option<Value>, E> {
-        Ok((*self.0 == FieldType::Str).then_some(Value::String(v)))
+        Ok(matches!(self.0, FieldType::Str).then_some(Value::String(v)))
     }
     fn visit_i64<E>(self, v: i64) -> std::result::Result<Option<Value>, E> {
         Ok(match self.0 {
@@ -669,7 +889,7 @@ impl<'de> serde::de::Visitor<'de> for FieldValue<'_> {
         })
     }
     fn visit_unit<E>(self) -> std::result::Result<Option<Value>, E> {
-        Ok((*self.0 == FieldType::Str).then(|| Value::String("None".to_string())))
+        Ok(matches!(self.0, FieldType::Str).then(|| Value::String("None".to_string())))
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Option<Value>, A::Error> {
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
@@ -774,8 +994,6 @@ fn parse_chat_lines(sig: &Signature, completion: &str) -> Result<Map> {
 /// substring search instead of visiting every line; the sections' text is
 /// then exactly the slice between them.
 fn parse_chat_newlines(sig: &Signature, completion: &str) -> Result<Map> {
-    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
-    let finder = FINDER.get_or_init(|| memchr::memmem::Finder::new("[[ ## "));
     let bytes = completion.as_bytes();
     // The body of a section runs from after its header line to the line before the next header.
     let close = |section: &mut Section<'_>, header_end: usize, next_line_start: usize| {
@@ -786,30 +1004,49 @@ fn parse_chat_newlines(sig: &Signature, completion: &str) -> Result<Map> {
     let mut found = Outputs::new(sig);
     let mut current: Option<(Section<'_>, usize)> = None;
     let mut from = 0;
-    while let Some(rel) = finder.find(&bytes[from..]) {
+    // `[` is rare in prose, so finding it and then checking for "[[ ## " is
+    // cheaper than a substring search set up for every header.
+    while let Some(rel) = memchr::memchr(b'[', &bytes[from..]) {
         let pos = from + rel;
-        let line_start = memchr::memrchr(b'\n', &bytes[..pos]).map_or(0, |k| k + 1);
-        let line_end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |k| pos + k);
-        from = line_end.max(pos + 1).min(bytes.len());
-        // A header starts its (stripped) line.
-        if !completion[line_start..pos].chars().all(py::is_space) {
+        from = pos + 1;
+        // A header starts its (stripped) line: only blanks may come before it.
+        let line_start = if pos == 0 || bytes[pos - 1] == b'\n' {
+            pos
+        } else {
+            memchr::memrchr(b'\n', &bytes[..pos]).map_or(0, |k| k + 1)
+        };
+        if line_start != pos && !completion[line_start..pos].chars().all(py::is_space) {
             continue;
         }
-        let line = &completion[line_start..line_end];
-        let Some((name, header_chars)) = match_header(py::strip(line)) else {
+        // The stripped line starts at `pos`, and a header never reaches past
+        // its line, so matching on the rest of the text is the same.
+        let Some((name, header_chars)) = match_header(&completion[pos..]) else {
             continue;
+        };
+        let header_bytes = pos + HEADER_DECORATION + name.len();
+        let line_end = match bytes.get(header_bytes) {
+            None => bytes.len(),
+            Some(b'\n') => header_bytes,
+            Some(_) => memchr::memchr(b'\n', &bytes[header_bytes..]).map_or(bytes.len(), |k| header_bytes + k),
         };
         if let Some((mut done, header_end)) = current.take() {
             close(&mut done, header_end, line_start);
             take_section(sig, completion, &done, &mut found)?;
         }
-        let rest = rest_after(line, header_chars);
+        let line = &completion[line_start..line_end];
+        // DSPy cuts the unstripped line after the header's length in
+        // characters: the same place when nothing precedes the header and its
+        // name is ASCII.
+        let rest = if line_start == pos && header_chars == HEADER_DECORATION + name.len() {
+            py::strip(&completion[header_bytes..line_end])
+        } else {
+            rest_after(line, header_chars)
+        };
         let first_to_eol =
             rest.is_empty() || rest.as_ptr() as usize + rest.len() == line.as_ptr() as usize + line.len();
         current = Some((Section { name, first: rest, first_to_eol, body: None, plain: true }, line_end));
-        if from >= bytes.len() {
-            break;
-        }
+        // Nothing else on the header's line can be a header.
+        from = line_end;
     }
     if let Some((mut done, header_end)) = current.take() {
         // The text's last line ends at its end, or before a final "\n".
@@ -878,7 +1115,7 @@ struct Outputs {
 
 impl Outputs {
     fn new(sig: &Signature) -> Outputs {
-        // Cloning a prepared map copies stored hashes instead of hashing keys again.
+        // Cloning a prepared map (borrowed: no atomic traffic per parse) copies stored hashes instead of hashing keys again.
         let template = sig.memo(OUTPUT_TEMPLATE_SLOT).map(|slot| {
             slot.get_or_init(|| {
                 let mut map = Map::with_capacity(sig.outputs().len());
@@ -887,10 +1124,9 @@ impl Outputs {
                 }
                 Arc::new(map)
             })
-            .clone()
         });
-        let map = match template.and_then(|t| t.downcast::<Map>().ok()) {
-            Some(t) => Map::clone(&t),
+        let map = match template.and_then(|t| t.downcast_ref::<Map>()) {
+            Some(t) => t.clone(),
             None => sig.outputs().iter().map(|f| (f.name().to_string(), Value::Null)).collect(),
         };
         let n = sig.outputs().len();
@@ -907,7 +1143,11 @@ impl Outputs {
 
     fn set(&mut self, idx: usize, v: Value) {
         if let Some((_, slot)) = self.map.iter_mut().nth(idx) {
-            *slot = v;
+            // A slot usually still holds the template's `Null`: nothing to drop.
+            match std::mem::replace(slot, v) {
+                Value::Null => {}
+                old => drop(old),
+            }
         }
         if idx < 64 {
             self.bits |= 1 << idx;
@@ -967,6 +1207,9 @@ fn first_balanced_object(text: &str) -> Option<&str> {
 fn parse_json(sig: &Signature, completion: &str) -> Result<Map> {
     // Valid JSON objects (the common case) skip the repair reader, and only
     // the members the signature asks for are decoded.
+    if let Some(found) = flat_object(sig, completion) {
+        return finish(AdapterKind::Json, sig, completion, found);
+    }
     {
         use serde::de::DeserializeSeed;
         let mut found = Outputs::new(sig);
@@ -1046,6 +1289,46 @@ mod tests {
     use super::*;
     use crate::parse_signature;
 
+    /// Short decimals read by hand equal Rust's (correctly rounded) parser,
+    /// and anything else is left to it.
+    #[test]
+    fn short_decimals_exact() {
+        for t in ["0", "-0", "0.5", "-0.0", "0.93", "12.25", "999999999999999", "0.000000000000001", "123456.789012345"]
+        {
+            let expect: f64 = t.parse().unwrap_or(f64::NAN);
+            assert_eq!(short_decimal(t).map(f64::to_bits), Some(expect.to_bits()), "{t}");
+        }
+        // Malformed JSON numbers, exponents and more than 15 significant digits.
+        for t in [
+            "",
+            "-",
+            "01",
+            "1.",
+            ".5",
+            "1e5",
+            "1.5e2",
+            "+1",
+            "1.2.3",
+            " 1",
+            "1 ",
+            "0x1",
+            "1234567890123456",
+            "1.7976931348623157",
+        ] {
+            assert_eq!(short_decimal(t), None, "{t}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn short_decimals_match_std(int in 0u64..10_000_000, frac in 0u64..100_000_000, zeros in 0usize..6, neg: bool) {
+            let t = format!("{}{int}.{}{frac}", if neg { "-" } else { "" }, "0".repeat(zeros));
+            if let Some(f) = short_decimal(&t) {
+                proptest::prop_assert_eq!(f.to_bits(), t.parse::<f64>().map(f64::to_bits).unwrap_or(0), "{}", t);
+            }
+        }
+    }
+
     /// The substring-search path and the line-by-line path agree.
     #[test]
     fn chat_parse_paths_agree() {
@@ -1067,6 +1350,49 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn json_flat_reader_agrees_with_serde(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "{", "}", ",", ":", " ", "\n", "\"answer\"", "\"n\"", "\"f\"", "\"ok\"", "\"other\"", "\"a\\\"b\"",
+            "\"x\ty\"", "\"Paris is long enough to fill a block\"", "\"é\"", "42", "-0", "-7", "0.93", "1e3", "01",
+            "12345678901234567890", "3.14159265358979312", "true", "false", "null", "[1]", "{}"]), 0..24)) {
+            json_readers_agree(&parts.concat())?;
+        }
+
+        #[test]
+        fn json_flat_reader_agrees_on_objects(members in proptest::collection::vec((
+            proptest::sample::select(vec!["\"answer\"", "\"n\"", "\"f\"", "\"ok\"", "\"other\"", "\"a\\\"b\""]),
+            proptest::sample::select(vec!["\"text\"", "\"x\ty\"", "\"Paris is long enough to fill a block\"", "\"é\"",
+                "42", "-0", "-7", "0.93", "-0.0", "1e3", "9007199254740993", "12345678901234567890",
+                "3.14159265358979312", "true", "false", "null", "[1]", "{}", "\"a\\nb\""]),
+            proptest::sample::select(vec!["", " ", "\n", "\t\r\n"])), 0..6)) {
+            let body: Vec<String> = members.iter().map(|(k, v, ws)| format!("{ws}{k}{ws}:{ws}{v}{ws}")).collect();
+            json_readers_agree(&format!("{{{}}}", body.join(",")))?;
+        }
+    }
+
+    /// Where the flat JSON reader takes a text, serde's reader takes it too and finds the same.
+    fn json_readers_agree(t: &str) -> std::result::Result<(), proptest::test_runner::TestCaseError> {
+        use serde::de::DeserializeSeed;
+        {
+            let sig = parse_signature("q -> answer, n: int, f: float, ok: bool", None).unwrap();
+            if let Some(flat) = flat_object(&sig, t) {
+                let mut found = Outputs::new(&sig);
+                let mut reader = FastObject { sig: &sig, found: &mut found, fast: true };
+                let mut de = serde_json::Deserializer::from_str(t);
+                let ok = (&mut reader).deserialize(&mut de).is_ok() && de.end().is_ok() && reader.fast;
+                proptest::prop_assert!(ok, "serde declined what the flat reader took: {}", t);
+                proptest::prop_assert_eq!(flat.bits, found.bits);
+                proptest::prop_assert_eq!(
+                    serde_json::to_string(&flat.map).unwrap(),
+                    serde_json::to_string(&found.map).unwrap()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+
         #[test]
         fn chat_parse_paths_agree_on_anything(parts in proptest::collection::vec(proptest::sample::select(vec![
             "[[ ## answer ## ]]", "[[ ## n ## ]]", "[[ ## reasoning ## ]]", "[[ ## items ## ]]", "\n", " ", "\t", "x",

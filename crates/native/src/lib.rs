@@ -23,6 +23,7 @@ pub mod lm;
 pub mod metrics;
 mod predict;
 pub mod py;
+mod scan;
 pub mod schema;
 pub mod signature;
 pub mod template;

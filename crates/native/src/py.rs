@@ -72,9 +72,18 @@ pub fn splitlines(s: &str) -> Vec<&str> {
 /// Whether `s` has a line break other than `\n` (as `str.splitlines()` counts them).
 pub fn has_other_breaks(s: &str) -> bool {
     let b = s.as_bytes();
-    memchr::memchr3(b'\r', 0x0b, 0x0c, b).is_some()
-        || memchr::memchr3(0x1c, 0x1d, 0x1e, b).is_some()
-        || (!s.is_ascii() && s.contains(['\u{85}', '\u{2028}', '\u{2029}']))
+    match crate::scan::ascii_break_or_non_ascii(b) {
+        None => false,
+        Some(i) if b[i] < 0x80 => true,
+        // Past the first non-ASCII character (all before it was ASCII, so `i`
+        // is a character boundary): the general checks.
+        Some(i) => {
+            let rest = &s[i..];
+            memchr::memchr3(b'\r', 0x0b, 0x0c, rest.as_bytes()).is_some()
+                || memchr::memchr3(0x1c, 0x1d, 0x1e, rest.as_bytes()).is_some()
+                || rest.contains(['\u{85}', '\u{2028}', '\u{2029}'])
+        }
+    }
 }
 
 /// Lines as `str.splitlines()` finds them: `(start, end, next)` byte offsets,
@@ -463,6 +472,34 @@ pub fn write_json_str(out: &mut String, s: &str) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The word-at-a-time scan finds exactly the breaks `str.splitlines()` knows.
+    #[test]
+    fn other_breaks_found_anywhere() {
+        let naive = |s: &str| {
+            s.chars()
+                .any(|c| matches!(c, '\r' | '\x0b' | '\x0c' | '\x1c'..='\x1e' | '\u{85}' | '\u{2028}' | '\u{2029}'))
+        };
+        let pieces = [
+            "a", "\n", "\t", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f", "\u{85}", "\u{2028}", "\u{2029}",
+            "é", "\u{2027}", "  ",
+        ];
+        // Every piece at every offset around an 8-byte word boundary, after plain text.
+        for piece in pieces {
+            for pad in 0..20 {
+                for after in ["", "xyz", "0123456789abcdef"] {
+                    let s = format!("{}{piece}{after}", "b".repeat(pad));
+                    assert_eq!(has_other_breaks(&s), naive(&s), "{s:?}");
+                }
+            }
+        }
+        for a in pieces {
+            for b in pieces {
+                let s = format!("{a}0123456{b}");
+                assert_eq!(has_other_breaks(&s), naive(&s), "{s:?}");
+            }
+        }
+    }
 
     #[test]
     fn floats_like_python() {
