@@ -258,62 +258,148 @@ async fn run() {
     println!("cache hits through Runtime::run (one task): {hits:.0}/s");
     results.insert("cache_hits_per_s".into(), json!(hits));
 
+    // 5. Streaming: the time to the first chunk, and how long after the LM
+    // server wrote its first byte of content the chunk reached the caller.
     let client = OpenAiClient::new(&lm).expect("client");
     let native = Program::new(ProgramSpec::predict("question -> answer"));
-    let mut lm_first = Vec::new();
-    let mut native_first = Vec::new();
-    let mut python_first = Vec::new();
     let question = |i: usize| json!({"question": format!("What is {i} + 2?")}).as_object().cloned().unwrap_or_default();
     let predict = dspex::native::Predict::new(dspex::native::parse_signature("question -> answer", None).expect("sig"));
+    let lm_first_byte = || lm_server.timings().first().and_then(|t| t.first_byte);
+    let mut bare = FirstChunks::default();
     // Each path in its own loop, so none runs right after another's work.
     for i in 0..80 {
         let messages = predict.messages(&question(i)).expect("messages");
+        lm_server.clear_requests();
         let t = Instant::now();
         let mut s = client.stream(LmRequest::new(messages)).await.expect("stream");
         let mut first = None;
         // Read to the end, as the runtime does, so the connection is reused alike.
         while let Some(e) = s.next().await {
             if first.is_none() && matches!(e, Ok(LmEvent::Delta { ref text, .. }) if !text.is_empty()) {
-                first = Some(t.elapsed().as_nanos() as f64);
+                first = Some(Instant::now());
             }
         }
         if i >= 20 {
-            lm_first.push(first.unwrap_or(f64::NAN));
+            bare.push(t, first, lm_first_byte());
         }
     }
-    for (route, out) in [(RequestOptions::native(), &mut native_first), (RequestOptions::python(), &mut python_first)] {
+    let mut routes = [FirstChunks::default(), FirstChunks::default()];
+    for (route, out) in [RequestOptions::native(), RequestOptions::python()].into_iter().zip(routes.iter_mut()) {
         for i in 0..80 {
+            lm_server.clear_requests();
             let t = Instant::now();
             let mut s = runtime.stream(&native, question(i), route.clone().no_cache()).await.expect("stream");
             let mut first = None;
             while let Some(e) = s.next().await {
                 if first.is_none() && matches!(e, Ok(StreamEvent::Chunk { ref text, .. }) if !text.is_empty()) {
-                    first = Some(t.elapsed().as_nanos() as f64);
+                    first = Some(Instant::now());
                 }
             }
             if i >= 20 {
-                out.push(first.unwrap_or(f64::NAN));
+                out.push(t, first, lm_first_byte());
             }
         }
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
+    // DSPy alone: the same program streamed in-process by a Python child.
+    lm_server.clear_requests();
+    let dspy_alone = dspy_streamify_alone(&lm_server.base_url(), 80).await;
+    let timings = lm_server.timings();
+    let mut in_process = FirstChunks::default();
+    for (k, (start, first)) in dspy_alone.iter().enumerate().skip(20) {
+        in_process.push(*start, *first, timings.get(k).and_then(|t| t.first_byte));
+    }
+    let [native_route, python_route] = routes;
+    let lm = bare.ttfc();
+    let row = |name: &str, c: &FirstChunks| {
+        let ttfc = c.ttfc();
+        format!("{name} {} (+{}; {} after the LM's first byte)", fmt_ns(ttfc), fmt_ns(ttfc - lm), fmt_ns(c.after_lm()))
     };
-    let (l, n_, p) = (med(&mut lm_first), med(&mut native_first), med(&mut python_first));
     println!(
-        "streaming, time to first chunk (p50): LM first byte (bare client) {}; through Runtime native {} (+{}); Python {} (+{})",
-        fmt_ns(l),
-        fmt_ns(n_),
-        fmt_ns(n_ - l),
-        fmt_ns(p),
-        fmt_ns(p - l)
+        "streaming, time to first chunk (p50): LM first byte through the bare client {} ({} after the server wrote it); {}; {}; {}",
+        fmt_ns(lm),
+        fmt_ns(bare.after_lm()),
+        row("through Runtime native", &native_route),
+        row("Python", &python_route),
+        row("DSPy streamify in-process, no dspex", &in_process),
     );
     results.insert(
         "streaming_first_chunk".into(),
-        json!({"lm_first_byte_ns": l, "native_ns": n_, "python_ns": p, "native_overhead_ns": n_ - l, "python_overhead_ns": p - l}),
+        json!({"lm_first_byte_ns": lm, "native_ns": native_route.ttfc(), "python_ns": python_route.ttfc(),
+               "dspy_in_process_ns": in_process.ttfc(),
+               "native_overhead_ns": native_route.ttfc() - lm, "python_overhead_ns": python_route.ttfc() - lm,
+               "dspy_in_process_overhead_ns": in_process.ttfc() - lm,
+               "bare_after_lm_first_byte_ns": bare.after_lm(), "native_after_lm_first_byte_ns": native_route.after_lm(),
+               "python_after_lm_first_byte_ns": python_route.after_lm(),
+               "dspy_in_process_after_lm_first_byte_ns": in_process.after_lm()}),
     );
     runtime.shutdown().await.expect("shutdown");
     results.insert("machine".into(), json!(machine()));
     common::write_results("runtime", &serde_json::Value::Object(results));
+}
+
+/// First-chunk samples of one path: from the call to the first chunk, and
+/// from the LM server's first byte of content to the first chunk.
+#[derive(Default)]
+struct FirstChunks {
+    ttfc: Vec<f64>,
+    after_lm: Vec<f64>,
+}
+
+impl FirstChunks {
+    fn push(&mut self, start: Instant, first: Option<Instant>, lm_first_byte: Option<Instant>) {
+        let since = |a: Instant, b: Instant| b.saturating_duration_since(a).as_nanos() as f64;
+        self.ttfc.push(first.map_or(f64::NAN, |f| since(start, f)));
+        self.after_lm.push(match (lm_first_byte, first) {
+            (Some(l), Some(f)) => since(l, f),
+            _ => f64::NAN,
+        });
+    }
+
+    fn ttfc(&self) -> f64 {
+        median(&self.ttfc)
+    }
+
+    fn after_lm(&self) -> f64 {
+        median(&self.after_lm)
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `benches/python/dspy_stream_bench.py` against `base_url`: each request's
+/// start and first chunk, as `Instant`s of this process (both sides read
+/// CLOCK_MONOTONIC, which is what `Instant` is on Linux).
+async fn dspy_streamify_alone(base_url: &str, n: usize) -> Vec<(Instant, Option<Instant>)> {
+    let monotonic_ns = || {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    let (base, base_ns) = (Instant::now(), monotonic_ns());
+    let at = |ns: i128| {
+        let delta = ns - base_ns;
+        if delta >= 0 {
+            base + Duration::from_nanos(delta as u64)
+        } else {
+            base - Duration::from_nanos((-delta) as u64)
+        }
+    };
+    let output = tokio::process::Command::new(py())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python/dspy_stream_bench.py"))
+        .arg(base_url)
+        .arg(n.to_string())
+        .output()
+        .await
+        .expect("python");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|v| (at(v["start_ns"].as_i64().unwrap_or(0) as i128), v["first_ns"].as_i64().map(|f| at(f as i128))))
+        .collect()
 }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import collections
 import contextvars
 import enum
 import importlib
@@ -167,6 +168,38 @@ def build_program(spec: dict):
     return module
 
 
+# Built programs, by their description. Building one (a pydantic signature
+# class, the module, its demos) costs about a millisecond, more than DSPy's
+# own work around a fast LM call; running a module does not change it, so
+# requests share one. Only kinds whose forward() keeps no state on the
+# module are kept.
+_program_cache: "collections.OrderedDict[str, object]" = collections.OrderedDict()
+_program_lock = threading.Lock()
+_PROGRAM_CACHE_SIZE = 256
+_CACHEABLE_KINDS = {"predict", "chain_of_thought"}
+
+
+def shared_program(spec: dict):
+    """A built program for read-only use (run, stream, evaluate, inspect)."""
+    if not isinstance(spec, dict) or spec.get("module", "predict") not in _CACHEABLE_KINDS:
+        return build_program(spec)
+    try:
+        key = json.dumps(spec, sort_keys=True)
+    except (TypeError, ValueError):
+        return build_program(spec)
+    with _program_lock:
+        module = _program_cache.get(key)
+        if module is not None:
+            _program_cache.move_to_end(key)
+            return module
+    module = build_program(spec)
+    with _program_lock:
+        _program_cache[key] = module
+        if len(_program_cache) > _PROGRAM_CACHE_SIZE:
+            _program_cache.popitem(last=False)
+    return module
+
+
 def load_state(module, state: dict) -> None:
     """Apply a saved state (what ``program.save(path)`` writes, as a dict)."""
     if not isinstance(state, dict):
@@ -274,7 +307,7 @@ def _usage(pred) -> dict | None:
 def run(ctx, program: dict, inputs: dict, lm: dict | None = None):
     """Run a program on one input; returns its fields (and token usage)."""
     started = time.perf_counter()
-    module = build_program(program)
+    module = shared_program(program)
     inputs = coerce_inputs(module, inputs)
     with lm_context(ctx, lm, program.get("adapter")):
         pred = module(**inputs)
@@ -285,7 +318,7 @@ def run(ctx, program: dict, inputs: dict, lm: dict | None = None):
 @command("dspy.parallel")
 def parallel(ctx, program: dict, inputs: list, lm: dict | None = None, num_threads: int = 4):
     """Run a program over many inputs with dspy.Parallel."""
-    module = build_program(program)
+    module = shared_program(program)
     with lm_context(ctx, lm, program.get("adapter")):
         runner = dspy.Parallel(num_threads=int(num_threads), disable_progress_bar=True)
         results = runner([(module, dspy.Example(**i).with_inputs(*i.keys())) for i in inputs])
@@ -317,7 +350,7 @@ def _event_loop():
 def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
     """Run a program with dspy.streamify: chunks per output field, then the fields."""
     started = time.perf_counter()
-    module = build_program(program)
+    module = shared_program(program)
     predictors = _predictors(module)
     listeners = []
     for predictor in predictors:
@@ -336,9 +369,14 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
         generator = streaming(**inputs)
 
         async def pump():
+            # Chunks go out from here, as the listener yields them: handing
+            # them to the request's thread first would cost a thread switch each.
             try:
                 async for item in generator:
-                    items.put(item)
+                    if isinstance(item, dspy.streaming.StreamResponse):
+                        ctx.emit({"field": item.signature_field_name, "text": item.chunk})
+                    elif isinstance(item, dspy.Prediction):
+                        items.put(item)
             except BaseException as exc:  # noqa: BLE001 - handed to the request's thread
                 items.put(exc)
             finally:
@@ -357,11 +395,8 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
                     break
                 if isinstance(item, BaseException):
                     raise item
-                ctx.check()
-                if isinstance(item, dspy.Prediction):
-                    final = item
-                elif isinstance(item, dspy.streaming.StreamResponse):
-                    ctx.emit({"field": item.signature_field_name, "text": item.chunk})
+                final = item
+            ctx.check()
         finally:
             # A cancelled or failed request stops its generator too.
             loop.call_soon_threadsafe(lambda: [t.cancel() for t in task_box if not t.done()])
@@ -433,7 +468,7 @@ class _Progress:
 @command("dspy.evaluate")
 def evaluate(ctx, program: dict, devset: list, metric: str = "exact_match", lm: dict | None = None, input_keys: list | None = None, num_threads: int = 1):
     """Score a program on a dev set with dspy.Evaluate."""
-    module = build_program(program)
+    module = shared_program(program)
     examples = _examples(devset, input_keys)
     scorer = _Progress(ctx, resolve_metric(metric), len(examples), "evaluate")
     with lm_context(ctx, lm, program.get("adapter")):
@@ -502,7 +537,7 @@ def state(ctx, program: dict):
 @command("dspy.inspect")
 def inspect_program(ctx, program: dict):
     """Predictors of a program: names, signatures, demos."""
-    module = build_program(program)
+    module = shared_program(program)
     out = []
     for name, predictor in module.named_predictors():
         sig = predictor.signature

@@ -9,6 +9,7 @@ import platform
 import sys
 import threading
 import time
+
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
@@ -227,6 +228,11 @@ def _warm_up() -> None:
 
 def main() -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    # A request's work spans threads (the request pool, the stream loop,
+    # DSPy's own helpers, the frame writer). With CPython's default 5 ms
+    # switch interval, a thread with a chunk ready can wait that long for the
+    # GIL behind one that is parsing; 0.5 ms bounds that wait.
+    sys.setswitchinterval(0.0005)
     worker_id = os.environ.get("DSPEX_WORKER_ID", f"worker:{os.getpid()}")
     _setup_logging(worker_id)
     try:

@@ -215,3 +215,42 @@ def test_bootstrap_progress_is_bounded_by_the_trainset(worker):
     assert "ok" in resp, resp
     progress = [c["data"] for c in chunks if c["data"]["event"] == "progress"]
     assert progress and all(p["total"] == 2 for p in progress)
+
+
+def test_built_programs_are_shared_by_description():
+    from dspex_worker import dspy_commands as dc
+
+    dc._program_cache.clear()
+    a = dc.shared_program(QA)
+    assert dc.shared_program({"signature": "question -> answer", "module": "predict"}) is a
+    assert dc.shared_program({**QA, "demos": [{"question": "1+1?", "answer": "2"}]}) is not a
+    # Kinds that may keep state between calls are built fresh every time.
+    mcc = {"module": "multi_chain_comparison", "signature": "question -> answer"}
+    assert dc.shared_program(mcc) is not dc.shared_program(mcc)
+    # Bounded: the least recently used description goes first.
+    for i in range(dc._PROGRAM_CACHE_SIZE + 1):
+        dc.shared_program({"signature": f"question -> answer_{i}"})
+    assert len(dc._program_cache) == dc._PROGRAM_CACHE_SIZE
+    assert dc.shared_program(QA) is not a
+
+
+def test_a_shared_program_serves_concurrent_requests():
+    import threading
+
+    import dspy
+
+    from dspex_worker import dspy_commands as dc
+
+    module = dc.shared_program(QA)
+    results = {}
+
+    def call(i):
+        with dspy.context(lm=dspy.utils.DummyLM([{"answer": f"a{i}"}]), adapter=dspy.ChatAdapter()):
+            results[i] = module(question=f"{i}?").answer
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: f"a{i}" for i in range(8)}

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dspex_core::{Error, ErrorKind, Result, Value};
 use parking_lot::Mutex;
@@ -122,10 +122,29 @@ impl Responder for Scripted {
     }
 }
 
+/// When the server received a request and when it wrote the first byte of
+/// the reply's content (the first content chunk of a stream), for measuring
+/// what a client adds on either side of the model's own latency.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTiming {
+    /// The request's body was read.
+    pub received: Instant,
+    /// The first content was written and flushed (`None` until then, and
+    /// for replies with no content: errors, dropped connections).
+    pub first_byte: Option<Instant>,
+}
+
+/// Requests and their timings, in arrival order.
+#[derive(Default)]
+struct Recorded {
+    bodies: Vec<Value>,
+    timings: Vec<RequestTiming>,
+}
+
 /// A running server. Stops when dropped.
 pub struct LmServer {
     addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Value>>>,
+    recorded: Arc<Mutex<Recorded>>,
     task: JoinHandle<()>,
 }
 
@@ -153,9 +172,9 @@ impl LmServer {
             .await
             .map_err(|e| Error::new(ErrorKind::Io, format!("cannot listen on {addr}: {e}")))?;
         let addr = listener.local_addr()?;
-        let requests: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let recorded: Arc<Mutex<Recorded>> = Arc::default();
         let responder: Arc<dyn Responder> = Arc::new(responder);
-        let recorded = requests.clone();
+        let shared = recorded.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -163,13 +182,13 @@ impl LmServer {
                 };
                 let _ = stream.set_nodelay(true);
                 let responder = responder.clone();
-                let recorded = recorded.clone();
+                let recorded = shared.clone();
                 tokio::spawn(async move {
                     let _ = serve(stream, responder, recorded).await;
                 });
             }
         });
-        Ok(LmServer { addr, requests, task })
+        Ok(LmServer { addr, recorded, task })
     }
 
     /// The socket address.
@@ -184,19 +203,27 @@ impl LmServer {
 
     /// Every request body received so far.
     pub fn requests(&self) -> Vec<Value> {
-        self.requests.lock().clone()
+        self.recorded.lock().bodies.clone()
     }
 
-    /// Forget the recorded requests.
+    /// When each request so far arrived and got its first byte of content,
+    /// in the order of [`requests`](Self::requests).
+    pub fn timings(&self) -> Vec<RequestTiming> {
+        self.recorded.lock().timings.clone()
+    }
+
+    /// Forget the recorded requests and timings.
     pub fn clear_requests(&self) {
-        self.requests.lock().clear();
+        let mut recorded = self.recorded.lock();
+        recorded.bodies.clear();
+        recorded.timings.clear();
     }
 }
 
 async fn serve(
     stream: TcpStream,
     responder: Arc<dyn Responder>,
-    recorded: Arc<Mutex<Vec<Value>>>,
+    recorded: Arc<Mutex<Recorded>>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -229,7 +256,18 @@ async fn serve(
             continue;
         }
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        recorded.lock().push(request.clone());
+        let slot = {
+            let mut r = recorded.lock();
+            r.bodies.push(request.clone());
+            r.timings.push(RequestTiming { received: Instant::now(), first_byte: None });
+            r.timings.len() - 1
+        };
+        // Cleared meanwhile: the slot is gone, and so is the interest in it.
+        let mark_first_byte = |at: Instant| {
+            if let Some(t) = recorded.lock().timings.get_mut(slot) {
+                t.first_byte.get_or_insert(at);
+            }
+        };
         let stream_mode = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
         let model = request.get("model").and_then(Value::as_str).unwrap_or("local").to_string();
         match responder.respond(&request) {
@@ -248,10 +286,11 @@ async fn serve(
                     tokio::time::sleep(delay).await;
                 }
                 if stream_mode {
-                    stream_reply(&mut write, &model, &choices).await?;
+                    stream_reply(&mut write, &model, &choices, mark_first_byte).await?;
                 } else {
                     let body = completion_body(&model, &choices);
                     respond_raw(&mut write, 200, "application/json", body.as_bytes(), &[]).await?;
+                    mark_first_byte(Instant::now());
                 }
             }
         }
@@ -303,7 +342,12 @@ async fn respond_raw(
     w.write_all(&out).await
 }
 
-async fn stream_reply(w: &mut tokio::net::tcp::OwnedWriteHalf, model: &str, choices: &[String]) -> std::io::Result<()> {
+async fn stream_reply(
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    model: &str,
+    choices: &[String],
+    first_content: impl Fn(Instant),
+) -> std::io::Result<()> {
     w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n").await?;
     async fn chunk(w: &mut tokio::net::tcp::OwnedWriteHalf, data: &str) -> std::io::Result<()> {
         let payload = format!("data: {data}\n\n");
@@ -319,6 +363,7 @@ async fn stream_reply(w: &mut tokio::net::tcp::OwnedWriteHalf, model: &str, choi
                 let ev = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
                     "choices": [{"index": i, "delta": {"content": piece}, "finish_reason": null}]});
                 chunk(w, &ev.to_string()).await?;
+                first_content(Instant::now());
                 piece.clear();
             }
         }
@@ -326,6 +371,7 @@ async fn stream_reply(w: &mut tokio::net::tcp::OwnedWriteHalf, model: &str, choi
             let ev = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
                 "choices": [{"index": i, "delta": {"content": piece}, "finish_reason": null}]});
             chunk(w, &ev.to_string()).await?;
+            first_content(Instant::now());
         }
     }
     let last = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
