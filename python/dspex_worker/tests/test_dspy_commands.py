@@ -254,3 +254,18 @@ def test_a_shared_program_serves_concurrent_requests():
     for t in threads:
         t.join()
     assert results == {i: f"a{i}" for i in range(8)}
+
+
+def test_price_lookups_are_remembered_and_still_copied():
+    import dspy.clients.costs as costs
+    from dspy.clients.model_metadata import model_info as original
+
+    from dspex_worker import dspy_commands as dc
+
+    assert dc._memoize_model_metadata() and costs.model_info._dspex_memo
+    for provider, model in [("openai", "gpt-4o-mini"), ("openai", "no-such-model"), ("vllm", "local/llama")]:
+        first = costs.model_info(provider, model)
+        assert first == original(provider, model)
+        first["mutated"] = True
+        assert "mutated" not in costs.model_info(provider, model)
+    assert costs.model_info("openai", "gpt-4o-mini").get("input_cost_per_token")
