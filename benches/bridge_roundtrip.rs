@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{fmt_ns, machine, python};
+use common::{fmt_ns, machine, percentile, python, sorted};
 use dspex_bridge::{worker_sources, CallOptions, Codec, Worker, WorkerConfig};
 use serde_json::{json, Value};
 
@@ -80,12 +80,9 @@ async fn drive(workers: &[Worker], depth: usize, codec: Codec) -> Result_ {
         all.extend(t.await.expect("task"));
     }
     let secs = started.elapsed().as_secs_f64();
-    all.sort_by(|a, b| a.total_cmp(b));
-    Result_ {
-        p50: all[all.len() / 2],
-        p99: all[(all.len() * 99 / 100).min(all.len() - 1)],
-        ops: all.len() as f64 / secs,
-    }
+    let ops = all.len() as f64 / secs;
+    let all = sorted(all);
+    Result_ { p50: percentile(&all, 0.5), p99: percentile(&all, 0.99), ops }
 }
 
 fn main() {
@@ -147,7 +144,7 @@ fn main() {
             singles.push(t.elapsed().as_secs_f64());
             w.stop(Duration::from_secs(1)).await;
         }
-        singles.sort_by(|a, b| a.total_cmp(b));
+        let start_to_ready = percentile(&sorted(singles), 0.5);
         let t = Instant::now();
         let eight: Vec<Worker> = futures_util::future::join_all(
             (0..8).map(|i| Worker::spawn(config(&format!("worker:eight:{i}"), false, true))),
@@ -162,11 +159,11 @@ fn main() {
         }
         println!(
             "worker start-to-ready with DSPy imported: {:.2} s (median of 3); 8 at once: all ready in {:.2} s",
-            singles[1], all_ready
+            start_to_ready, all_ready
         );
         common::write_results(
             "bridge_roundtrip",
-            &json!({"machine": machine(), "rows": rows, "start_to_ready_s": singles[1], "eight_at_once_s": all_ready}),
+            &json!({"machine": machine(), "rows": rows, "start_to_ready_s": start_to_ready, "eight_at_once_s": all_ready}),
         );
         let _ = Value::Null;
     });

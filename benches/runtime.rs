@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{fmt_ns, machine, measure, python};
+use common::{fmt_ns, machine, measure, percentile, python, sorted};
 use dspex::actors::router::{RouteRequest, Router, RouterActor, RouterMsg};
 use dspex::actors::Telemetry;
 use dspex::bridge::{worker_sources, CallOptions, Worker, WorkerConfig};
@@ -69,8 +69,8 @@ where
         all.extend(t.await.expect("task"));
     }
     let secs = started.elapsed().as_secs_f64();
-    all.sort_by(|a, b| a.total_cmp(b));
-    (all[all.len() / 2], all.len() as f64 / secs)
+    let ops = all.len() as f64 / secs;
+    (percentile(&sorted(all), 0.5), ops)
 }
 
 fn main() {
@@ -104,8 +104,7 @@ async fn run() {
         }
         std::hint::black_box(d.ok());
     }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let mailbox = lat[lat.len() / 2];
+    let mailbox = percentile(&sorted(lat), 0.5);
     actor.stop(None);
     println!(
         "routing decision p50: direct {} (p99 {}), through the router actor's mailbox {} ({:.0}× the direct call)",
@@ -356,18 +355,12 @@ impl FirstChunks {
     }
 
     fn ttfc(&self) -> f64 {
-        median(&self.ttfc)
+        percentile(&sorted(self.ttfc.clone()), 0.5)
     }
 
     fn after_lm(&self) -> f64 {
-        median(&self.after_lm)
+        percentile(&sorted(self.after_lm.clone()), 0.5)
     }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// `benches/python/dspy_stream_bench.py` against `base_url`: each request's

@@ -31,10 +31,22 @@ pub fn measure(samples: usize, batch: usize, mut f: impl FnMut()) -> Stats {
         })
         .collect();
     times.sort_by(|a, b| a.total_cmp(b));
-    Stats {
-        median_ns: times[times.len() / 2],
-        p99_ns: times[((times.len() as f64 * 0.99) as usize).min(times.len() - 1)],
+    Stats { median_ns: percentile(&times, 0.5), p99_ns: percentile(&times, 0.99) }
+}
+
+/// The `q` quantile (0.5: the median) of values already sorted ascending;
+/// NaN when there are none.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
     }
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+/// Sort `values` ascending (NaN last) and return them, for `percentile`.
+pub fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values
 }
 
 /// "CPU model, N cores" from /proc/cpuinfo.
