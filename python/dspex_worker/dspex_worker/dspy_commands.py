@@ -266,8 +266,28 @@ def dump_state(module) -> dict:
 _lm_cache: dict = {}
 _lm_lock = threading.Lock()
 
+# LM timeouts, in seconds: a request's time left is rounded up to one of these.
+# DSPy keeps one HTTP engine (and connection pool) per distinct client setting,
+# the timeout included, for the life of the LM: a timeout per request would
+# open a new connection for every call and keep every engine.
+TIMEOUT_STEPS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+def timeout_step(time_left: float | None) -> float | None:
+    """The LM timeout for a request with ``time_left`` seconds: the smallest
+    step not below it (so the call is never cut short), or none past the last."""
+    if time_left is None:
+        return None
+    for step in TIMEOUT_STEPS:
+        if time_left <= step:
+            return step
+    return None
+
 
 def build_lm(spec: dict | None, ctx=None):
+    """The LM for a spec, shared by every request with the same spec and
+    timeout step (see ``timeout_step``); never changed once built, so
+    concurrent requests cannot see each other's settings."""
     if spec is None:
         raise InvalidArguments("no LM given: pass `lm` ({model, base_url, api_key} or {dummy: [...]})")
     if "dummy" in spec:
@@ -286,6 +306,10 @@ def build_lm(spec: dict | None, ctx=None):
     if spec.get("base_url"):
         kwargs["api_base"] = spec["base_url"]
     kwargs["api_key"] = spec.get("api_key") or os.environ.get("OPENAI_API_KEY") or "unused"
+    # The request's remaining time bounds the LM call.
+    timeout = timeout_step(ctx.time_left() if ctx is not None else None)
+    if timeout is not None:
+        kwargs["timeout"] = timeout
     key = json.dumps([model, sorted(kwargs.items())], default=str)
     with _lm_lock:
         lm = _lm_cache.get(key)
@@ -304,10 +328,6 @@ def adapter_for(name: str | None):
 def lm_context(ctx, lm_spec, adapter: str | None = None, **extra):
     lm = build_lm(lm_spec, ctx)
     settings = {"lm": lm, "adapter": adapter_for(adapter), "track_usage": True, **extra}
-    timeout = ctx.time_left() if ctx is not None else None
-    if timeout is not None and not isinstance(lm, dspy.utils.DummyLM):
-        # The request's remaining time bounds the LM call (LiteLLM's timeout).
-        lm.kwargs["timeout"] = max(timeout, 0.001)
     return dspy.context(**settings)
 
 

@@ -269,3 +269,25 @@ def test_price_lookups_are_remembered_and_still_copied():
         first["mutated"] = True
         assert "mutated" not in costs.model_info(provider, model)
     assert costs.model_info("openai", "gpt-4o-mini").get("input_cost_per_token")
+
+
+def test_lm_timeouts_come_in_steps_and_lms_are_never_changed():
+    from dspex_worker import dspy_commands as dc
+
+    class Ctx:
+        def __init__(self, left):
+            self.left = left
+
+        def time_left(self):
+            return self.left
+
+    assert [dc.timeout_step(x) for x in (None, 0.01, 0.5, 0.6, 29.0, 3600.0, 5000.0)] == [
+        None, 0.5, 0.5, 1.0, 30.0, 3600.0, None]
+    spec = {"model": "offline", "base_url": "http://127.0.0.1:9/v1", "api_key": "k"}
+    a = dc.build_lm(spec, Ctx(12.0))
+    # Another request with a little less time left: the same LM (so the same
+    # HTTP engine and connections), untouched.
+    assert dc.build_lm(spec, Ctx(11.2)) is a and a.kwargs["timeout"] == 30.0
+    b = dc.build_lm(spec, Ctx(0.2))
+    assert b is not a and b.kwargs["timeout"] == 0.5 and a.kwargs["timeout"] == 30.0
+    assert "timeout" not in dc.build_lm(spec, None).kwargs
