@@ -491,20 +491,6 @@ enum ParseValueError {
     Unsupported(Error),
 }
 
-/// ASCII letters, digits and `_`, looked up by byte value.
-fn is_ascii_word(c: u8) -> bool {
-    static WORD: [bool; 256] = {
-        let mut table = [false; 256];
-        let mut c = 0;
-        while c < 128 {
-            table[c] = (c as u8).is_ascii_alphanumeric() || c as u8 == b'_';
-            c += 1;
-        }
-        table
-    };
-    WORD[usize::from(c)]
-}
-
 /// Bytes of a header around its name: `[[ ## ` and ` ## ]]`.
 const HEADER_DECORATION: usize = 12;
 
@@ -514,7 +500,7 @@ fn match_header(line: &str) -> Option<(&str, usize)> {
     let rest = line.strip_prefix("[[ ## ")?;
     let b = rest.as_bytes();
     // ASCII word bytes first; a non-ASCII byte sends the name through the Unicode check.
-    let n = b.iter().position(|&c| !is_ascii_word(c)).unwrap_or(b.len());
+    let n = b.iter().position(|&c| !crate::unicode::is_ascii_word(c)).unwrap_or(b.len());
     let (name_len, name_chars) = if b.get(n).is_some_and(|c| !c.is_ascii()) {
         rest.char_indices()
             .take_while(|(_, c)| crate::unicode::is_word(*c))

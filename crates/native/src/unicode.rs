@@ -30,10 +30,25 @@ pub(crate) fn is_other_or_separator(c: char) -> bool {
     matches(other_or_separator(), c)
 }
 
+/// `\w` for one ASCII byte (letters, digits, `_`), by table: the parsers
+/// scan field names with it. False for every byte from 0x80 up.
+pub(crate) fn is_ascii_word(c: u8) -> bool {
+    static WORD: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut c = 0;
+        while c < 128 {
+            table[c] = (c as u8).is_ascii_alphanumeric() || c as u8 == b'_';
+            c += 1;
+        }
+        table
+    };
+    WORD[usize::from(c)]
+}
+
 /// Python's `\w` in a `str` pattern: letters, numbers and underscore.
 pub(crate) fn is_word(c: char) -> bool {
     if c.is_ascii() {
-        return c.is_ascii_alphanumeric() || c == '_';
+        return is_ascii_word(c as u8);
     }
     matches(letter_or_number(), c)
 }

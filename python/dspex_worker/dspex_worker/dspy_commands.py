@@ -50,6 +50,39 @@ if os.environ.get("DSPEX_DSPY_DISK_CACHE", "0") != "1":
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=os.environ.get("DSPEX_DSPY_MEMORY_CACHE", "1") == "1")
 
 
+class LruCache:
+    """A small thread-safe least-recently-used map of things costly to build.
+
+    ``get_or_build`` builds outside the lock, so a slow build never blocks
+    readers of other keys (two threads may build the same key once each;
+    the first stored wins).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_build(self, key, build):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = build()
+        with self._lock:
+            value = self._items.setdefault(key, value)
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
 def _memoize_model_metadata() -> bool:
     """Remember DSPy's price-catalog lookups for the life of the worker.
 
@@ -67,20 +100,11 @@ def _memoize_model_metadata() -> bool:
     lookup = getattr(costs, "model_info", None)
     if lookup is None or getattr(lookup, "_dspex_memo", False):
         return lookup is not None
-    memo: dict = {}
-    lock = threading.Lock()
+    memo = LruCache(1024)
 
     def model_info(provider, model, *, namespaces=None):
         key = (provider, model, None if namespaces is None else tuple(namespaces))
-        with lock:
-            found = memo.get(key)
-        if found is None:
-            found = lookup(provider, model, namespaces=namespaces)
-            with lock:
-                if len(memo) > 1024:
-                    memo.clear()
-                memo[key] = found
-        return copy.deepcopy(found)
+        return copy.deepcopy(memo.get_or_build(key, lambda: lookup(provider, model, namespaces=namespaces)))
 
     model_info._dspex_memo = True
     costs.model_info = model_info
@@ -214,9 +238,7 @@ def build_program(spec: dict):
 # own work around a fast LM call; running a module does not change it, so
 # requests share one. Only kinds whose forward() keeps no state on the
 # module are kept.
-_program_cache: "collections.OrderedDict[str, object]" = collections.OrderedDict()
-_program_lock = threading.Lock()
-_PROGRAM_CACHE_SIZE = 256
+_programs = LruCache(256)
 _CACHEABLE_KINDS = {"predict", "chain_of_thought"}
 
 
@@ -228,17 +250,7 @@ def shared_program(spec: dict):
         key = json.dumps(spec, sort_keys=True)
     except (TypeError, ValueError):
         return build_program(spec)
-    with _program_lock:
-        module = _program_cache.get(key)
-        if module is not None:
-            _program_cache.move_to_end(key)
-            return module
-    module = build_program(spec)
-    with _program_lock:
-        _program_cache[key] = module
-        if len(_program_cache) > _PROGRAM_CACHE_SIZE:
-            _program_cache.popitem(last=False)
-    return module
+    return _programs.get_or_build(key, lambda: build_program(spec))
 
 
 def load_state(module, state: dict) -> None:
@@ -263,8 +275,7 @@ def dump_state(module) -> dict:
 
 # ---------------------------------------------------------------- LMs
 
-_lm_cache: dict = {}
-_lm_lock = threading.Lock()
+_lms = LruCache(64)
 
 # LM timeouts, in seconds: a request's time left is rounded up to one of these.
 # DSPy keeps one HTTP engine (and connection pool) per distinct client setting,
@@ -311,14 +322,7 @@ def build_lm(spec: dict | None, ctx=None):
     if timeout is not None:
         kwargs["timeout"] = timeout
     key = json.dumps([model, sorted(kwargs.items())], default=str)
-    with _lm_lock:
-        lm = _lm_cache.get(key)
-        if lm is None:
-            lm = dspy.LM(model, **kwargs)
-            if len(_lm_cache) > 64:
-                _lm_cache.clear()
-            _lm_cache[key] = lm
-    return lm
+    return _lms.get_or_build(key, lambda: dspy.LM(model, **kwargs))
 
 
 def adapter_for(name: str | None):

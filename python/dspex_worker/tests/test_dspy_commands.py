@@ -220,7 +220,7 @@ def test_bootstrap_progress_is_bounded_by_the_trainset(worker):
 def test_built_programs_are_shared_by_description():
     from dspex_worker import dspy_commands as dc
 
-    dc._program_cache.clear()
+    dc._programs.clear()
     a = dc.shared_program(QA)
     assert dc.shared_program({"signature": "question -> answer", "module": "predict"}) is a
     assert dc.shared_program({**QA, "demos": [{"question": "1+1?", "answer": "2"}]}) is not a
@@ -228,9 +228,9 @@ def test_built_programs_are_shared_by_description():
     mcc = {"module": "multi_chain_comparison", "signature": "question -> answer"}
     assert dc.shared_program(mcc) is not dc.shared_program(mcc)
     # Bounded: the least recently used description goes first.
-    for i in range(dc._PROGRAM_CACHE_SIZE + 1):
+    for i in range(dc._programs.size + 1):
         dc.shared_program({"signature": f"question -> answer_{i}"})
-    assert len(dc._program_cache) == dc._PROGRAM_CACHE_SIZE
+    assert len(dc._programs) == dc._programs.size
     assert dc.shared_program(QA) is not a
 
 
