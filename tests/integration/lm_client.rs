@@ -119,6 +119,11 @@ fn sse_stream_yields_chunks_in_order_then_done() {
         assert_eq!(done.outputs[0].as_deref(), Some(text));
         assert!(done.usage.is_some());
         assert_eq!(server.requests()[0]["stream"], true);
+        // The server's clock: the request arrived, then its first content went out.
+        let timing = server.timings()[0];
+        assert!(timing.first_byte.is_some_and(|first| first >= timing.received));
+        server.clear_requests();
+        assert!(server.timings().is_empty());
 
         // Through a native ChainOfThought: chunks tagged by field, then the prediction.
         let program = NativeProgram::from_spec(&ProgramSpec::chain_of_thought("question -> answer: int")).unwrap();
