@@ -212,3 +212,33 @@ async fn multi_turn_prompts_equal_dspy_chat_adapter() {
     assert_eq!(reqs[2]["messages"].as_array().unwrap().len(), 6);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_keeps_a_window_of_its_history() {
+    let (server, lm) = offline_lm().await;
+    let config = SessionConfig { history_turns: Some(1), ..SessionConfig::default() };
+    let rt = builder(1).lm(lm).sessions(config).start().await.unwrap();
+    let session = rt.sessions().create(SessionOptions::default().history_turns(2)).await.unwrap();
+    session.define("chat", ProgramSpec::predict(CHAT)).await.unwrap();
+    for (i, route) in
+        [RequestOptions::native(), RequestOptions::python(), RequestOptions::native(), RequestOptions::python()]
+            .into_iter()
+            .enumerate()
+    {
+        session.run_with("chat", q(&format!("What is {i} + 1?")), route).await.unwrap();
+    }
+    // The latest two turns are kept, and the last request saw only those.
+    let history = session.history("chat").await.unwrap();
+    let asked: Vec<&str> = history.iter().map(|t| t["question"].as_str().unwrap()).collect();
+    assert_eq!(asked, ["What is 2 + 1?", "What is 3 + 1?"]);
+    assert_eq!(last_messages(&server).len(), 2 + 2 * 2, "system, two earlier turns, the question");
+    assert_eq!(session.state().await.unwrap().history_turns, Some(2));
+    // Without the option, the runtime's setting applies.
+    let other = rt.session().await.unwrap();
+    other.define("chat", ProgramSpec::predict(CHAT)).await.unwrap();
+    for i in 0..3 {
+        other.run("chat", q(&format!("What is {i} + 2?"))).await.unwrap();
+    }
+    assert_eq!(other.history("chat").await.unwrap().len(), 1);
+    rt.shutdown().await.unwrap();
+}

@@ -65,6 +65,9 @@ pub struct SessionState {
     pub created_ms: u64,
     /// Requests applied.
     pub requests: u64,
+    /// Turns of history kept per program, the latest ones (none: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_turns: Option<usize>,
 }
 
 /// How to create a session.
@@ -76,6 +79,8 @@ pub struct SessionOptions {
     pub pool: Option<String>,
     /// Idle expiry (the configured one otherwise).
     pub ttl: Option<Duration>,
+    /// Turns of history kept per program (`sessions.history_turns` otherwise).
+    pub history_turns: Option<usize>,
 }
 
 impl SessionOptions {
@@ -94,6 +99,13 @@ impl SessionOptions {
     /// Pin Python work to this pool.
     pub fn pool(mut self, pool: impl Into<String>) -> SessionOptions {
         self.pool = Some(pool.into());
+        self
+    }
+
+    /// Keep only the latest `turns` turns of each program's history (what
+    /// later requests see, and what the session holds).
+    pub fn history_turns(mut self, turns: usize) -> SessionOptions {
+        self.history_turns = Some(turns);
         self
     }
 }
@@ -274,6 +286,7 @@ impl Sessions {
             ttl_ms: opts.ttl.unwrap_or(Duration::from_secs(cfg.sessions.idle_ttl_secs)).as_millis() as u64,
             created_ms: now_ms(),
             requests: 0,
+            history_turns: opts.history_turns.or(cfg.sessions.history_turns),
         };
         self.start(state, true).await
     }
@@ -795,7 +808,14 @@ async fn run_program(
         for (k, v) in &out.prediction.fields {
             turn.insert(k.clone(), v.clone());
         }
-        shared.state.lock().history.entry(name.to_string()).or_default().push(turn);
+        let mut state = shared.state.lock();
+        let limit = state.history_turns;
+        let turns = state.history.entry(name.to_string()).or_default();
+        turns.push(turn);
+        if let Some(keep) = limit {
+            let excess = turns.len().saturating_sub(keep);
+            turns.drain(..excess);
+        }
     }
     Ok(out)
 }
@@ -910,6 +930,7 @@ mod tests {
             ttl_ms: 1000,
             created_ms: 1,
             requests: 2,
+            history_turns: Some(5),
         }
     }
 

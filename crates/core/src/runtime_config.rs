@@ -343,6 +343,10 @@ pub struct SessionConfig {
     /// Where session snapshots are kept (none: not persisted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_dir: Option<PathBuf>,
+    /// Turns of history a session keeps per program, the latest ones (none:
+    /// all of them). Bounds both the session's memory and its prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_turns: Option<usize>,
 }
 
 fn default_session_ttl() -> u64 {
@@ -354,7 +358,12 @@ fn default_max_sessions() -> usize {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { idle_ttl_secs: default_session_ttl(), max_sessions: default_max_sessions(), snapshot_dir: None }
+        SessionConfig {
+            idle_ttl_secs: default_session_ttl(),
+            max_sessions: default_max_sessions(),
+            snapshot_dir: None,
+            history_turns: None,
+        }
     }
 }
 
