@@ -538,3 +538,26 @@ fn start_up_failures_are_classified_with_the_reason() {
         assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
     });
 }
+
+/// A caller that gives up while its (large) request is still being written
+/// must not leave half a frame in the pipe: the worker would read the next
+/// request as garbage and be killed for it.
+#[test]
+fn a_call_dropped_mid_write_leaves_the_worker_intact() {
+    runtime().block_on(async {
+        let w = Worker::spawn(config("worker:test:dropped-write", false)).await.unwrap();
+        let pid = w.pid();
+        // 8 MiB: far more than a pipe holds, so the write cannot finish in one go.
+        let big = json!({"blob": "x".repeat(8 << 20)});
+        let opts = CallOptions::default();
+        for _ in 0..3 {
+            let call = w.call("echo", big.clone(), &opts);
+            // Poll it once or twice, then drop it mid-frame.
+            let _ = tokio::time::timeout(Duration::from_micros(200), call).await;
+            let out = w.call("echo", json!({"after": true}), &CallOptions::default()).await.unwrap();
+            assert_eq!(out, json!({"after": true}));
+        }
+        assert_eq!(w.pid(), pid, "the same process served every request");
+        assert!(w.ping(Duration::from_secs(2)).await.is_ok(), "the worker is still healthy");
+    });
+}

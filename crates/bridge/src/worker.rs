@@ -257,7 +257,7 @@ struct Shared {
     codec: Codec,
     max_frame: usize,
     hung_grace: Duration,
-    writer: tokio::sync::Mutex<pipe::Sender>,
+    writer: Arc<tokio::sync::Mutex<pipe::Sender>>,
     pending: Mutex<HashMap<u64, Slot>>,
     /// Requests the caller gave up on: their late answers are dropped, not protocol errors.
     abandoned: Mutex<(HashSet<u64>, VecDeque<u64>)>,
@@ -518,7 +518,7 @@ impl Worker {
             codec: config.codec,
             max_frame: config.max_frame,
             hung_grace: config.hung_grace,
-            writer: tokio::sync::Mutex::new(writer),
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
             pending: Mutex::new(HashMap::new()),
             abandoned: Mutex::new((HashSet::new(), VecDeque::new())),
             pings: Mutex::new(HashMap::new()),
@@ -584,14 +584,35 @@ impl Worker {
         self.shared().tail()
     }
 
+    /// Write one frame. A frame is never left half-written: what the pipe
+    /// takes at once is written here, and a remainder (a large frame, or a
+    /// worker that is behind on reading) is written by a task of its own,
+    /// which finishes the frame even if this caller gives up meanwhile —
+    /// otherwise the worker would read the next frame as the rest of this one.
     async fn send(&self, codec: Codec, msg: &Message) -> Result<()> {
         let frame = encode_frame(codec, msg)?;
-        let mut w = self.shared().writer.lock().await;
-        w.write_all(&frame).await.map_err(|e| {
+        let broken = |e: std::io::Error| {
             self.shared()
                 .worker_error(ErrorKind::WorkerCrashed, format!("cannot write to worker {}: {e}", self.name()))
                 .with_retryable(true)
-        })
+        };
+        let mut w = self.shared().writer.clone().lock_owned().await;
+        let mut written = 0;
+        while written < frame.len() {
+            match w.try_write(&frame[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(broken(e)),
+            }
+        }
+        if written == frame.len() {
+            return Ok(());
+        }
+        let rest = tokio::spawn(async move { w.write_all(&frame[written..]).await });
+        match rest.await {
+            Ok(result) => result.map_err(broken),
+            Err(e) => Err(broken(std::io::Error::other(e.to_string()))),
+        }
     }
 
     fn register(&self, slot: Slot) -> Result<u64> {
