@@ -809,7 +809,9 @@ async fn run_program(
             turn.insert(k.clone(), v.clone());
         }
         let mut state = shared.state.lock();
-        let limit = state.history_turns;
+        // The session's own window, else the runtime's (which also reaches
+        // sessions restored from snapshots written before it was set).
+        let limit = state.history_turns.or(rt.inner.config.sessions.history_turns);
         let turns = state.history.entry(name.to_string()).or_default();
         turns.push(turn);
         if let Some(keep) = limit {

@@ -657,10 +657,12 @@ impl Worker {
         let worker = self.clone_weak();
         let op = op.to_string();
         tokio::spawn(async move {
+            let started = Instant::now();
             if let Some(w) = worker.upgrade().map(|inner| Worker { inner }) {
-                let _ = w.send(codec, &Message::Cancel { id }).await;
+                // Bounded: a worker that stopped reading its pipe is hung too.
+                let _ = tokio::time::timeout(s.hung_grace, w.send(codec, &Message::Cancel { id })).await;
             }
-            tokio::time::sleep(s.hung_grace).await;
+            tokio::time::sleep(s.hung_grace.saturating_sub(started.elapsed())).await;
             let still_running = s.abandoned.lock().0.contains(&id);
             if still_running && s.state.load(Ordering::SeqCst) == READY {
                 let msg = format!(
@@ -770,10 +772,20 @@ impl Worker {
         let (tx, rx) = oneshot::channel();
         s.pings.lock().insert(seq, tx);
         let started = Instant::now();
-        self.send(s.codec, &Message::Ping { seq }).await?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(_)) => Ok(started.elapsed()),
-            Ok(Err(_)) => Err(s.not_ready_error()),
+        // The write counts against the timeout: a worker that stopped reading
+        // its pipe must not stall its own heartbeat.
+        let answered = tokio::time::timeout(timeout, async {
+            self.send(s.codec, &Message::Ping { seq }).await?;
+            Ok::<_, Error>(rx.await)
+        })
+        .await;
+        match answered {
+            Ok(Err(e)) => {
+                s.pings.lock().remove(&seq);
+                Err(e)
+            }
+            Ok(Ok(Ok(_))) => Ok(started.elapsed()),
+            Ok(Ok(Err(_))) => Err(s.not_ready_error()),
             Err(_) => {
                 s.pings.lock().remove(&seq);
                 Err(s.worker_error(ErrorKind::Timeout, format!("no pong from {} within {timeout:?}", s.name)))
@@ -810,7 +822,8 @@ impl Worker {
     pub async fn stop(&self, grace: Duration) -> ExitInfo {
         let s = self.shared().clone();
         if s.state.compare_exchange(READY, STOPPING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-            let _ = self.send(s.codec, &Message::Shutdown { grace_ms: grace.as_millis() as u64 }).await;
+            let shutdown = Message::Shutdown { grace_ms: grace.as_millis() as u64 };
+            let _ = tokio::time::timeout(grace, self.send(s.codec, &shutdown)).await;
         }
         let waited = tokio::time::timeout(grace + Duration::from_millis(500), self.exited()).await;
         if let Ok(info) = waited {

@@ -545,8 +545,9 @@ fn parse_text_fast(text: &str, ty: &FieldType) -> Option<Value> {
 }
 
 /// A JSON number without exponent and with at most 15 significant digits
-/// (`-12.5`, `0.93`), read exactly: its digits as an integer are below
-/// 2^53 and the power of ten is exact, so one division rounds correctly.
+/// (`-12.5`, `0.93`), read exactly as a float field gets it in DSPy: its
+/// digits as an integer are below 2^53 and the power of ten is exact, so one
+/// division rounds correctly.
 fn short_decimal(text: &str) -> Option<f64> {
     const POW10: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
     let b = text.as_bytes();
@@ -588,7 +589,8 @@ fn short_decimal(text: &str) -> Option<f64> {
         return None;
     }
     let value = digits as f64 / POW10[scale];
-    Some(if negative { -value } else { value })
+    // An integer converts as Python's int does: `-0` is the integer 0, so 0.0.
+    Some(if negative && (scale > 0 || digits > 0) { -value } else { value })
 }
 
 /// Whether `text` is exactly one JSON number; `Some(true)` for integers.
@@ -783,8 +785,6 @@ fn flat_value(text: &str, i: &mut usize, ty: Option<&FieldType>) -> Option<Optio
             let is_int = json_number_is_int(number)?;
             match ty {
                 None => Some(None),
-                // serde_json reads `-0` as the float -0.0: leave it to that path.
-                Some(_) if is_int && number == "-0" => None,
                 // As serde_json hands them over: integers as i64, the rest as f64.
                 Some(FieldType::Int) if is_int => number.parse::<i64>().ok().map(|n| Some(Value::from(n))),
                 Some(FieldType::Float) if is_int => number
@@ -995,6 +995,9 @@ fn parse_chat_newlines(sig: &Signature, completion: &str) -> Result<Map> {
     while let Some(rel) = memchr::memchr(b'[', &bytes[from..]) {
         let pos = from + rel;
         from = pos + 1;
+        if !bytes[pos..].starts_with(b"[[ ## ") {
+            continue;
+        }
         // A header starts its (stripped) line: only blanks may come before it.
         let line_start = if pos == 0 || bytes[pos - 1] == b'\n' {
             pos
@@ -1002,6 +1005,9 @@ fn parse_chat_newlines(sig: &Signature, completion: &str) -> Result<Map> {
             memchr::memrchr(b'\n', &bytes[..pos]).map_or(0, |k| k + 1)
         };
         if line_start != pos && !completion[line_start..pos].chars().all(py::is_space) {
+            // Nothing later on this line can be a header either: skip it, so
+            // a line full of brackets is not scanned back once per bracket.
+            from = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |k| pos + k);
             continue;
         }
         // The stripped line starts at `pos`, and a header never reaches past
@@ -1205,6 +1211,12 @@ fn parse_json(sig: &Signature, completion: &str) -> Result<Map> {
             return finish(AdapterKind::Json, sig, completion, found);
         }
     }
+    parse_json_repaired(sig, completion)
+}
+
+/// `parse_json` the way DSPy does it for any text: json_repair's reading,
+/// then each value converted for its field.
+fn parse_json_repaired(sig: &Signature, completion: &str) -> Result<Map> {
     let mut response = completion;
     let mut parsed = repair_loads(completion);
     if !matches!(parsed, PyObj::Dict(_)) {
@@ -1279,11 +1291,12 @@ mod tests {
     /// and anything else is left to it.
     #[test]
     fn short_decimals_exact() {
-        for t in ["0", "-0", "0.5", "-0.0", "0.93", "12.25", "999999999999999", "0.000000000000001", "123456.789012345"]
-        {
+        for t in ["0", "0.5", "-0.0", "0.93", "12.25", "999999999999999", "0.000000000000001", "123456.789012345"] {
             let expect: f64 = t.parse().unwrap_or(f64::NAN);
             assert_eq!(short_decimal(t).map(f64::to_bits), Some(expect.to_bits()), "{t}");
         }
+        // DSPy reads `-0` as the integer 0 (then 0.0), `-0.0` as the float -0.0.
+        assert_eq!(short_decimal("-0").map(f64::to_bits), Some(0.0f64.to_bits()));
         // Malformed JSON numbers, exponents and more than 15 significant digits.
         for t in [
             "",
@@ -1326,6 +1339,7 @@ mod tests {
             "[[ ## reasoning ## ]]",
             "\u{3000}[[ ## answer ## ]]\ttab\n[[ ## n ## ]]\n1\n[[ ## items ## ]]\n['a']\n[[ ## reasoning ## ]]\nend\n\n",
             "[[ ## answer ## ]][[ ## n ## ]]\n",
+            "x [[ ## answer ## ]] [[ ## n ## ]]\n [[ ## bad! ## ]] [[ ## n ## ]]\n[[ ## answer ## ]]\nA\n",
             "",
         ];
         for t in texts {
@@ -1333,6 +1347,15 @@ mod tests {
             let b = parse_chat_lines(&sig, t).map_err(|e| e.to_string());
             assert_eq!(a, b, "{t:?}");
         }
+    }
+
+    /// A long line of would-be headers after other text is scanned once, not
+    /// once per bracket (that took minutes for a megabyte).
+    #[test]
+    fn a_line_of_brackets_is_scanned_once() {
+        let sig = parse_signature("q -> answer", None).unwrap();
+        let text = format!("x{}\n[[ ## answer ## ]]\nA", " [[ ## answer ## ]]".repeat(100_000));
+        assert_eq!(parse_chat_newlines(&sig, &text).unwrap()["answer"], "A");
     }
 
     proptest::proptest! {
@@ -1356,23 +1379,25 @@ mod tests {
         }
     }
 
-    /// Where the flat JSON reader takes a text, serde's reader takes it too and finds the same.
+    /// Where the flat JSON reader or serde's reader takes a text, it finds
+    /// what the general path (json_repair's reading, DSPy's conversions) finds.
     fn json_readers_agree(t: &str) -> std::result::Result<(), proptest::test_runner::TestCaseError> {
         use serde::de::DeserializeSeed;
-        {
-            let sig = parse_signature("q -> answer, n: int, f: float, ok: bool", None).unwrap();
-            if let Some(flat) = flat_object(&sig, t) {
-                let mut found = Outputs::new(&sig);
-                let mut reader = FastObject { sig: &sig, found: &mut found, fast: true };
-                let mut de = serde_json::Deserializer::from_str(t);
-                let ok = (&mut reader).deserialize(&mut de).is_ok() && de.end().is_ok() && reader.fast;
-                proptest::prop_assert!(ok, "serde declined what the flat reader took: {}", t);
-                proptest::prop_assert_eq!(flat.bits, found.bits);
-                proptest::prop_assert_eq!(
-                    serde_json::to_string(&flat.map).unwrap(),
-                    serde_json::to_string(&found.map).unwrap()
-                );
-            }
+        let sig = parse_signature("q -> answer, n: int, f: float, ok: bool", None).unwrap();
+        let general =
+            || parse_json_repaired(&sig, t).map(|m| serde_json::to_string(&m).unwrap()).map_err(|e| e.to_string());
+        if let Some(flat) = flat_object(&sig, t) {
+            let flat = finish(AdapterKind::Json, &sig, t, flat).map(|m| serde_json::to_string(&m).unwrap());
+            proptest::prop_assert_eq!(flat.map_err(|e| e.to_string()), general(), "flat reader on {}", t);
+            // Production never reaches serde's reader for these texts.
+            return Ok(());
+        }
+        let mut found = Outputs::new(&sig);
+        let mut reader = FastObject { sig: &sig, found: &mut found, fast: true };
+        let mut de = serde_json::Deserializer::from_str(t);
+        if (&mut reader).deserialize(&mut de).is_ok() && de.end().is_ok() && reader.fast {
+            let serde = finish(AdapterKind::Json, &sig, t, found).map(|m| serde_json::to_string(&m).unwrap());
+            proptest::prop_assert_eq!(serde.map_err(|e| e.to_string()), general(), "serde reader on {}", t);
         }
         Ok(())
     }

@@ -277,28 +277,30 @@ def dump_state(module) -> dict:
 
 _lms = LruCache(64)
 
-# LM timeouts, in seconds: a request's time left is rounded up to one of these.
-# DSPy keeps one HTTP engine (and connection pool) per distinct client setting,
-# the timeout included, for the life of the LM: a timeout per request would
-# open a new connection for every call and keep every engine.
-TIMEOUT_STEPS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-
-
 def timeout_step(time_left: float | None) -> float | None:
-    """The LM timeout for a request with ``time_left`` seconds: the smallest
-    step not below it (so the call is never cut short), or none past the last."""
+    """The LM timeout for a request with ``time_left`` seconds: rounded up to
+    a whole second (a tenth below one second).
+
+    DSPy keeps one HTTP engine (and connection pool) per distinct client
+    setting, the timeout included, for the life of an LM: a timeout per
+    request would open a new connection for every call and keep every engine.
+    Requests of one kind reach the worker with nearly the same time left, so
+    they share one step. Rounding up never cuts a call short, and overshoots
+    the deadline by under a second: less than the runtime's `hung_grace`
+    (2 s by default), after which it would take the worker for hung.
+    """
     if time_left is None:
         return None
-    for step in TIMEOUT_STEPS:
-        if time_left <= step:
-            return step
-    return None
+    if time_left < 1.0:
+        return max(math.ceil(time_left * 10.0), 1) / 10.0
+    return float(math.ceil(time_left))
 
 
 def build_lm(spec: dict | None, ctx=None):
     """The LM for a spec, shared by every request with the same spec and
-    timeout step (see ``timeout_step``); never changed once built, so
-    concurrent requests cannot see each other's settings."""
+    timeout step (see ``timeout_step``; the least recently used of 64 LMs go
+    first); never changed once built, so concurrent requests cannot see each
+    other's settings."""
     if spec is None:
         raise InvalidArguments("no LM given: pass `lm` ({model, base_url, api_key} or {dummy: [...]})")
     if "dummy" in spec:
@@ -330,8 +332,13 @@ def adapter_for(name: str | None):
 
 
 def lm_context(ctx, lm_spec, adapter: str | None = None, **extra):
+    """DSPy settings for one request. DSPy's call history is off: LMs and
+    built programs are shared by every request of the worker, and the history
+    DSPy appends to them (prompts and replies, up to 10 000 per object) would
+    grow without use and show one request's data to the next. Optimizers,
+    which may read it, turn it back on for their own run."""
     lm = build_lm(lm_spec, ctx)
-    settings = {"lm": lm, "adapter": adapter_for(adapter), "track_usage": True, **extra}
+    settings = {"lm": lm, "adapter": adapter_for(adapter), "track_usage": True, "disable_history": True, **extra}
     return dspy.context(**settings)
 
 
@@ -433,13 +440,23 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
         context = contextvars.copy_context()
         generator = streaming(**inputs)
 
+        # Chunks go out from the loop as the listener yields them (handing
+        # them to the request's thread first would cost a thread switch
+        # each), but never after the request ended: a chunk behind the
+        # response would be a protocol violation and cost the worker.
+        open_for_chunks = [True]
+        emit_lock = threading.Lock()
+
+        def emit_chunk(item):
+            with emit_lock:
+                if open_for_chunks[0]:
+                    ctx.emit({"field": item.signature_field_name, "text": item.chunk})
+
         async def pump():
-            # Chunks go out from here, as the listener yields them: handing
-            # them to the request's thread first would cost a thread switch each.
             try:
                 async for item in generator:
                     if isinstance(item, dspy.streaming.StreamResponse):
-                        ctx.emit({"field": item.signature_field_name, "text": item.chunk})
+                        emit_chunk(item)
                     elif isinstance(item, dspy.Prediction):
                         items.put(item)
             except BaseException as exc:  # noqa: BLE001 - handed to the request's thread
@@ -463,6 +480,8 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
                 final = item
             ctx.check()
         finally:
+            with emit_lock:
+                open_for_chunks[0] = False
             # A cancelled or failed request stops its generator too.
             loop.call_soon_threadsafe(lambda: [t.cancel() for t in task_box if not t.done()])
     if final is None:
@@ -587,7 +606,7 @@ def optimize(
     if valset is not None and optimizer in ("BootstrapFewShotWithRandomSearch", "MIPROv2", "GEPA"):
         compile_kwargs["valset"] = _examples(valset, input_keys)
     ctx.emit({"event": "started", "optimizer": optimizer, "trainset": len(train)})
-    with lm_context(ctx, lm, program.get("adapter")):
+    with lm_context(ctx, lm, program.get("adapter"), disable_history=False):
         compiled = cls(**init).compile(module, trainset=train, **compile_kwargs)
     ctx.emit({"event": "finished", "optimizer": optimizer, "evaluations": scorer.done})
     return {"state": dump_state(compiled), "demos": sum(len(p.demos) for p in _predictors(compiled))}

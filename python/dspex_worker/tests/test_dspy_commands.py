@@ -227,11 +227,19 @@ def test_built_programs_are_shared_by_description():
     # Kinds that may keep state between calls are built fresh every time.
     mcc = {"module": "multi_chain_comparison", "signature": "question -> answer"}
     assert dc.shared_program(mcc) is not dc.shared_program(mcc)
-    # Bounded: the least recently used description goes first.
-    for i in range(dc._programs.size + 1):
+    # Bounded: the least recently used description goes first. `a` is the
+    # oldest entry but was used again, so another one goes.
+    dc._programs.clear()
+    a = dc.shared_program(QA)
+    first = {"signature": "question -> answer_first"}
+    kept_first = dc.shared_program(first)
+    for i in range(dc._programs.size - 2):
         dc.shared_program({"signature": f"question -> answer_{i}"})
+    assert dc.shared_program(QA) is a
+    dc.shared_program({"signature": "question -> answer_last"})
     assert len(dc._programs) == dc._programs.size
-    assert dc.shared_program(QA) is not a
+    assert dc.shared_program(QA) is a
+    assert dc.shared_program(first) is not kept_first
 
 
 def test_a_shared_program_serves_concurrent_requests():
@@ -281,13 +289,27 @@ def test_lm_timeouts_come_in_steps_and_lms_are_never_changed():
         def time_left(self):
             return self.left
 
-    assert [dc.timeout_step(x) for x in (None, 0.01, 0.5, 0.6, 29.0, 3600.0, 5000.0)] == [
-        None, 0.5, 0.5, 1.0, 30.0, 3600.0, None]
+    assert [dc.timeout_step(x) for x in (None, 0.0, 0.01, 0.5, 0.55, 1.0, 1.2, 29.0, 29.4, 5000.0)] == [
+        None, 0.1, 0.1, 0.5, 0.6, 1.0, 2.0, 29.0, 30.0, 5000.0]
     spec = {"model": "offline", "base_url": "http://127.0.0.1:9/v1", "api_key": "k"}
-    a = dc.build_lm(spec, Ctx(12.0))
+    a = dc.build_lm(spec, Ctx(11.6))
     # Another request with a little less time left: the same LM (so the same
     # HTTP engine and connections), untouched.
-    assert dc.build_lm(spec, Ctx(11.2)) is a and a.kwargs["timeout"] == 30.0
+    assert dc.build_lm(spec, Ctx(11.2)) is a and a.kwargs["timeout"] == 12.0
     b = dc.build_lm(spec, Ctx(0.2))
-    assert b is not a and b.kwargs["timeout"] == 0.5 and a.kwargs["timeout"] == 30.0
+    assert b is not a and b.kwargs["timeout"] == 0.2 and a.kwargs["timeout"] == 12.0
     assert "timeout" not in dc.build_lm(spec, None).kwargs
+
+
+def test_shared_programs_keep_no_call_history():
+    from dspex_worker import dspy_commands as dc
+
+    module = dc.shared_program(QA)
+    module.history.clear()
+    with dc.lm_context(None, dummy({"answer": "4"})):
+        module(question="2+2?")
+    assert module.history == []
+    with dc.lm_context(None, dummy({"answer": "4"}), disable_history=False):
+        module(question="2+2?")
+    assert len(module.history) == 1
+    module.history.clear()

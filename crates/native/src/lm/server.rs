@@ -134,11 +134,14 @@ pub struct RequestTiming {
     pub first_byte: Option<Instant>,
 }
 
-/// Requests and their timings, in arrival order.
+/// Requests and their timings, in arrival order. `first` is the sequence
+/// number of `timings[0]`, so a reply still being written when the record is
+/// cleared cannot mark a later request's timing.
 #[derive(Default)]
 struct Recorded {
     bodies: Vec<Value>,
     timings: Vec<RequestTiming>,
+    first: u64,
 }
 
 /// A running server. Stops when dropped.
@@ -216,6 +219,7 @@ impl LmServer {
     pub fn clear_requests(&self) {
         let mut recorded = self.recorded.lock();
         recorded.bodies.clear();
+        recorded.first += recorded.timings.len() as u64;
         recorded.timings.clear();
     }
 }
@@ -256,15 +260,17 @@ async fn serve(
             continue;
         }
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let slot = {
+        let seq = {
             let mut r = recorded.lock();
             r.bodies.push(request.clone());
             r.timings.push(RequestTiming { received: Instant::now(), first_byte: None });
-            r.timings.len() - 1
+            r.first + r.timings.len() as u64 - 1
         };
-        // Cleared meanwhile: the slot is gone, and so is the interest in it.
+        // Cleared meanwhile: the timing is gone, and so is the interest in it.
         let mark_first_byte = |at: Instant| {
-            if let Some(t) = recorded.lock().timings.get_mut(slot) {
+            let mut r = recorded.lock();
+            let index = seq.checked_sub(r.first).and_then(|i| usize::try_from(i).ok());
+            if let Some(t) = index.and_then(|i| r.timings.get_mut(i)) {
                 t.first_byte.get_or_insert(at);
             }
         };
