@@ -65,7 +65,8 @@ pub struct SessionState {
     pub created_ms: u64,
     /// Requests applied.
     pub requests: u64,
-    /// Turns of history kept per program, the latest ones (none: all).
+    /// Turns of history kept per program, the latest ones, when this
+    /// session chose its own (otherwise `sessions.history_turns` applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_turns: Option<usize>,
 }
@@ -286,7 +287,9 @@ impl Sessions {
             ttl_ms: opts.ttl.unwrap_or(Duration::from_secs(cfg.sessions.idle_ttl_secs)).as_millis() as u64,
             created_ms: now_ms(),
             requests: 0,
-            history_turns: opts.history_turns.or(cfg.sessions.history_turns),
+            // Only the session's own choice is kept: the runtime's setting
+            // applies at each request, so a changed config reaches every session.
+            history_turns: opts.history_turns,
         };
         self.start(state, true).await
     }
@@ -809,8 +812,7 @@ async fn run_program(
             turn.insert(k.clone(), v.clone());
         }
         let mut state = shared.state.lock();
-        // The session's own window, else the runtime's (which also reaches
-        // sessions restored from snapshots written before it was set).
+        // The session's own window, else the runtime's.
         let limit = state.history_turns.or(rt.inner.config.sessions.history_turns);
         let turns = state.history.entry(name.to_string()).or_default();
         turns.push(turn);
