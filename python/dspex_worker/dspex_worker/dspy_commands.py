@@ -22,9 +22,11 @@ from __future__ import annotations
 import ast
 import asyncio
 import collections
+import concurrent.futures
 import contextvars
 import copy
 import enum
+import functools
 import importlib
 import json
 import math
@@ -83,32 +85,46 @@ class LruCache:
             self._items.clear()
 
 
-def _memoize_model_metadata() -> bool:
-    """Remember DSPy's price-catalog lookups for the life of the worker.
+# Where DSPy 3.4.1 looks model metadata up: the catalog module itself and the
+# two modules that bound its function at import (pricing and capabilities).
+_MODEL_INFO_USERS = ("dspy.clients.model_metadata", "dspy.clients.costs", "dspy.clients.capabilities")
 
-    DSPy 3.4.1 prices every LM call. For a model its bundled catalog does not
-    name (a local or self-hosted model, an offline LM), each lookup scans the
-    whole catalog: about 0.8 ms of CPU per call, half of a DSPy ``Predict``
-    over a fast local LM. The catalog does not change within a process, so
-    the answer for a (provider, model, namespaces) is kept; callers still get
-    their own copy, as before. Returns whether the lookup was found to wrap.
+
+def _memoize_model_metadata() -> bool:
+    """Remember DSPy's model-catalog lookups for the life of the worker.
+
+    DSPy 3.4.1 reads the catalog to price every LM call and, on the async
+    path, for the model's capabilities before every call. For a model the
+    bundled catalog does not name (a local or self-hosted model, an offline
+    LM), each lookup scans the whole catalog: about 0.8 ms of CPU, half of a
+    DSPy ``Predict`` over a fast local LM. The catalog does not change within
+    a process, so the answer for a (provider, model, namespaces) is kept;
+    callers still get their own copy, as before. Returns whether every
+    module that looks models up was found and wrapped.
     """
     try:
-        costs = importlib.import_module("dspy.clients.costs")
+        modules = [importlib.import_module(name) for name in _MODEL_INFO_USERS]
     except ImportError:  # another DSPy layout: nothing to do
         return False
-    lookup = getattr(costs, "model_info", None)
-    if lookup is None or getattr(lookup, "_dspex_memo", False):
-        return lookup is not None
+    lookup = getattr(modules[0], "model_info", None)
+    if lookup is None:
+        return False
+    lookup = getattr(lookup, "__wrapped__", lookup)
     memo = LruCache(1024)
 
+    @functools.wraps(lookup)
     def model_info(provider, model, *, namespaces=None):
         key = (provider, model, None if namespaces is None else tuple(namespaces))
         return copy.deepcopy(memo.get_or_build(key, lambda: lookup(provider, model, namespaces=namespaces)))
 
     model_info._dspex_memo = True
-    costs.model_info = model_info
-    return True
+    wrapped = 0
+    for module in modules:
+        current = getattr(module, "model_info", None)
+        if getattr(current, "__wrapped__", current) is lookup:
+            module.model_info = model_info
+            wrapped += 1
+    return wrapped == len(modules)
 
 
 _memoize_model_metadata()
@@ -401,6 +417,63 @@ _stream_loop = None
 _stream_loop_lock = threading.Lock()
 
 
+def _inline_steps() -> frozenset:
+    """DSPy 3.4.1's short bookkeeping steps that its async LM path sends to a
+    thread with ``asyncio.to_thread``: preparing the call, reading the
+    model's capabilities, picking the lm15 provider, pricing the reply, and
+    the in-memory response cache (only while the disk cache is off). Each is
+    CPU work of tens of microseconds; the hop to a thread and back costs more
+    than that on a busy machine, three to five times before the first token.
+    Names DSPy no longer has are skipped (those steps then go to threads)."""
+    found = []
+    for module, name in (
+        ("dspy.clients.execution", "prepare"),
+        ("dspy.clients.execution", "_price_result"),
+        ("dspy.clients.capabilities", "capabilities"),
+        ("dspy.clients.engines.lm15_engine", "_Routing._target"),
+    ) + ((("dspy.clients.execution", "_cached"), ("dspy.clients.execution", "_store"))
+         if os.environ.get("DSPEX_DSPY_DISK_CACHE", "0") != "1" else ()):
+        try:
+            obj = importlib.import_module(module)
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError):
+            continue
+        found.append(obj)
+    return frozenset(found)
+
+
+class StreamLoopExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The stream loop's default executor: runs DSPy's known-short steps
+    (``_inline_steps``) in place and everything else (a credential refresh,
+    a proxy connect, a user's blocking call) on threads as usual.
+
+    ``asyncio.to_thread(f, ...)`` submits ``partial(context.run, f, ...)``;
+    running that here keeps the copied context and its semantics, and the
+    awaiting coroutine resumes on the loop's next turn.
+    """
+
+    def __init__(self, inline: frozenset):
+        super().__init__(thread_name_prefix="dspex-stream-io")
+        self.inline = inline
+
+    def runs_inline(self, fn) -> bool:
+        if not isinstance(fn, functools.partial) or not fn.args:
+            return False
+        target = fn.args[0]
+        return getattr(target, "__func__", target) in self.inline
+
+    def submit(self, fn, /, *args, **kwargs):
+        if not self.runs_inline(fn):
+            return super().submit(fn, *args, **kwargs)
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting coroutine
+            future.set_exception(exc)
+        return future
+
+
 def _event_loop():
     """One event loop for every stream of this worker, on its own thread.
 
@@ -413,9 +486,17 @@ def _event_loop():
     with _stream_loop_lock:
         if _stream_loop is None or _stream_loop.is_closed():
             loop = asyncio.new_event_loop()
+            loop.set_default_executor(StreamLoopExecutor(_inline_steps()))
             threading.Thread(target=loop.run_forever, name="dspex-stream-loop", daemon=True).start()
             _stream_loop = loop
         return _stream_loop
+
+
+# Module kinds whose DSPy class has a native ``aforward``: they stream on the
+# loop itself. Every token then reaches the listener without a thread hop
+# (a synchronous program sends each one from its thread to the loop and
+# waits for it: two thread switches per token, ~0.25 ms each here).
+_ASYNC_KINDS = {"predict", "chain_of_thought"}
 
 
 @command("dspy.stream")
@@ -428,7 +509,8 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
     for predictor in predictors:
         for name in predictor.signature.output_fields:
             listeners.append(dspy.streaming.StreamListener(signature_field_name=name, predict=predictor))
-    streaming = dspy.streamify(module, stream_listeners=listeners, async_streaming=True)
+    is_async = program.get("module", "predict") in _ASYNC_KINDS
+    streaming = dspy.streamify(module, stream_listeners=listeners, async_streaming=True, is_async_program=is_async)
     inputs = coerce_inputs(module, inputs)
     final = None
     items: queue.Queue = queue.Queue()

@@ -264,13 +264,19 @@ def test_a_shared_program_serves_concurrent_requests():
     assert results == {i: f"a{i}" for i in range(8)}
 
 
-def test_price_lookups_are_remembered_and_still_copied():
+def test_model_catalog_lookups_are_remembered_and_still_copied():
+    import dspy.clients.capabilities as capabilities
     import dspy.clients.costs as costs
-    from dspy.clients.model_metadata import model_info as original
+    import dspy.clients.model_metadata as metadata
 
     from dspex_worker import dspy_commands as dc
 
-    assert dc._memoize_model_metadata() and costs.model_info._dspex_memo
+    # Idempotent, and every module that looks models up uses the memo.
+    assert dc._memoize_model_metadata() and dc._memoize_model_metadata()
+    assert costs.model_info is capabilities.model_info is metadata.model_info
+    assert costs.model_info._dspex_memo
+    original = costs.model_info.__wrapped__
+    assert not getattr(original, "_dspex_memo", False)
     for provider, model in [("openai", "gpt-4o-mini"), ("openai", "no-such-model"), ("vllm", "local/llama")]:
         first = costs.model_info(provider, model)
         assert first == original(provider, model)
@@ -313,3 +319,45 @@ def test_shared_programs_keep_no_call_history():
         module(question="2+2?")
     assert len(module.history) == 1
     module.history.clear()
+
+
+def test_the_stream_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads():
+    import asyncio
+    import contextvars
+    import threading
+
+    from dspex_worker import dspy_commands as dc
+
+    # Under the pinned DSPy every step named is found (a DSPy upgrade that
+    # moves one fails here instead of silently costing thread hops).
+    assert len(dc._inline_steps()) == 6
+    request = contextvars.ContextVar("request", default=None)
+
+    def short(x):
+        return threading.get_ident(), x * 2, request.get()
+
+    def other(x):
+        return threading.get_ident(), x * 3, request.get()
+
+    def broken():
+        raise ValueError("bad step")
+
+    executor = dc.StreamLoopExecutor(frozenset({short, broken}))
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(executor)
+
+    async def steps():
+        request.set("r-1")
+        here = threading.get_ident()
+        # In place, in the caller's (copied) context, as on a thread.
+        assert await asyncio.to_thread(short, 2) == (here, 4, "r-1")
+        there, value, seen = await asyncio.to_thread(other, 2)
+        assert there != here and (value, seen) == (6, "r-1")
+        with pytest.raises(ValueError, match="bad step"):
+            await asyncio.to_thread(broken)
+
+    try:
+        loop.run_until_complete(steps())
+    finally:
+        loop.close()
+        executor.shutdown()
