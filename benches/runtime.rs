@@ -299,14 +299,18 @@ async fn run() {
             }
         }
     }
-    // DSPy alone: the same program streamed in-process by a Python child.
-    lm_server.clear_requests();
-    let dspy_alone = dspy_streamify_alone(&lm_server.base_url(), 80).await;
-    let timings = lm_server.timings();
-    let mut in_process = FirstChunks::default();
-    for (k, (start, first)) in dspy_alone.iter().enumerate().skip(20) {
-        in_process.push(*start, *first, timings.get(k).and_then(|t| t.first_byte));
+    // DSPy alone: the same program streamed in-process by a Python child,
+    // DSPy's default way (the program in a thread) and as an async program.
+    let mut in_process = [FirstChunks::default(), FirstChunks::default()];
+    for (mode, out) in ["sync", "async"].into_iter().zip(in_process.iter_mut()) {
+        lm_server.clear_requests();
+        let dspy_alone = dspy_streamify_alone(&lm_server.base_url(), 80, mode).await;
+        let timings = lm_server.timings();
+        for (k, (start, first)) in dspy_alone.iter().enumerate().skip(20) {
+            out.push(*start, *first, timings.get(k).and_then(|t| t.first_byte));
+        }
     }
+    let [in_process, in_process_async] = in_process;
     let [native_route, python_route] = routes;
     let lm = bare.ttfc();
     let row = |name: &str, c: &FirstChunks| {
@@ -314,12 +318,13 @@ async fn run() {
         format!("{name} {} (+{}; {} after the LM's first byte)", fmt_ns(ttfc), fmt_ns(ttfc - lm), fmt_ns(c.after_lm()))
     };
     println!(
-        "streaming, time to first chunk (p50): LM first byte through the bare client {} ({} after the server wrote it); {}; {}; {}",
+        "streaming, time to first chunk (p50): LM first byte through the bare client {} ({} after the server wrote it); {}; {}; {}; {}",
         fmt_ns(lm),
         fmt_ns(bare.after_lm()),
         row("through Runtime native", &native_route),
         row("Python", &python_route),
         row("DSPy streamify in-process, no dspex", &in_process),
+        row("same, async program", &in_process_async),
     );
     results.insert(
         "streaming_first_chunk".into(),
@@ -329,7 +334,9 @@ async fn run() {
                "dspy_in_process_overhead_ns": in_process.ttfc() - lm,
                "bare_after_lm_first_byte_ns": bare.after_lm(), "native_after_lm_first_byte_ns": native_route.after_lm(),
                "python_after_lm_first_byte_ns": python_route.after_lm(),
-               "dspy_in_process_after_lm_first_byte_ns": in_process.after_lm()}),
+               "dspy_in_process_after_lm_first_byte_ns": in_process.after_lm(),
+               "dspy_async_in_process_ns": in_process_async.ttfc(),
+               "dspy_async_in_process_after_lm_first_byte_ns": in_process_async.after_lm()}),
     );
     runtime.shutdown().await.expect("shutdown");
     results.insert("machine".into(), json!(machine()));
@@ -363,10 +370,10 @@ impl FirstChunks {
     }
 }
 
-/// `benches/python/dspy_stream_bench.py` against `base_url`: each request's
+/// `benches/python/dspy_stream_bench.py` against `base_url` in `mode` (`sync` or `async`): each request's
 /// start and first chunk, as `Instant`s of this process (both sides read
 /// CLOCK_MONOTONIC, which is what `Instant` is on Linux).
-async fn dspy_streamify_alone(base_url: &str, n: usize) -> Vec<(Instant, Option<Instant>)> {
+async fn dspy_streamify_alone(base_url: &str, n: usize, mode: &str) -> Vec<(Instant, Option<Instant>)> {
     let monotonic_ns = || {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: `ts` is a valid timespec for the call to fill.
@@ -386,6 +393,7 @@ async fn dspy_streamify_alone(base_url: &str, n: usize) -> Vec<(Instant, Option<
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python/dspy_stream_bench.py"))
         .arg(base_url)
         .arg(n.to_string())
+        .arg(mode)
         .output()
         .await
         .expect("python");
