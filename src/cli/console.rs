@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dspex::actors::console::{default_socket, token_file, COMMANDS};
+use dspex::actors::console::{default_socket, token_file, COMMANDS, MUTATING};
 use dspex::Value;
 use rustyline::completion::{Completer, Pair};
 use rustyline::highlight::Highlighter;
@@ -187,16 +187,17 @@ extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// Tail events until the connection ends or Ctrl-C.
-fn tail(client: &mut Client, args: &[String], json_out: bool) -> Result<(), Failure> {
+/// Tail events until the connection ends, Ctrl-C, or `count` events.
+fn tail(client: &mut Client, args: &[String], json_out: bool, count: Option<u64>) -> Result<(), Failure> {
     client.request("events", args)?;
     INTERRUPTED.store(false, Ordering::SeqCst);
     // SAFETY: installing a handler that only stores to an atomic.
     let previous = unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let _ = client.reader.get_ref().set_timeout(Some(Duration::from_millis(200)));
     let mut line = String::new();
+    let mut seen = 0;
     let result = loop {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if INTERRUPTED.load(Ordering::SeqCst) || count.is_some_and(|n| seen >= n) {
             break Ok(());
         }
         line.clear();
@@ -205,6 +206,7 @@ fn tail(client: &mut Client, args: &[String], json_out: bool) -> Result<(), Fail
             Ok(_) => {
                 let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
                 let e = &v["event"];
+                seen += 1;
                 if json_out {
                     println!("{e}");
                 } else {
@@ -223,8 +225,9 @@ fn tail(client: &mut Client, args: &[String], json_out: bool) -> Result<(), Fail
 }
 
 /// `dspex console --once CMD`: exit 0 on success, 2 on an error reply, 1
-/// when the console cannot be reached.
-pub fn once(target: &Target, command: &str, json_out: bool) -> i32 {
+/// when the console cannot be reached. `events` tails until Ctrl-C, or until
+/// `count` events when given.
+pub fn once(target: &Target, command: &str, json_out: bool, count: Option<u64>) -> i32 {
     let words: Vec<String> = command.split_whitespace().map(String::from).collect();
     let Some((cmd, args)) = words.split_first() else {
         eprintln!("dspex console: --once needs a command (try `help`)");
@@ -235,7 +238,7 @@ pub fn once(target: &Target, command: &str, json_out: bool) -> i32 {
         Err(f) => return report(&f, json_out, 1),
     };
     if cmd == "events" {
-        return match tail(&mut client, args, json_out) {
+        return match tail(&mut client, args, json_out, count) {
             Ok(()) => 0,
             Err(f) => report(&f, json_out, 2),
         };
@@ -307,6 +310,29 @@ fn names_in(tree: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// `client.request`, but a lost connection (`dspex serve` restarted, say:
+/// a new socket and token) is opened again once. A read-only command is then
+/// sent again; a mutating one is not, since it may have run.
+fn request_reconnecting(target: &Target, client: &mut Client, cmd: &str, args: &[String]) -> Result<Value, Failure> {
+    match client.request(cmd, args) {
+        Err(lost) if lost.kind == "io" => {
+            *client = Client::connect(target)?;
+            if MUTATING.contains(&cmd) {
+                return Err(Failure {
+                    kind: "reconnected".into(),
+                    message: format!(
+                        "{}; connected again, but `{cmd}` may or may not have run: check, then repeat it",
+                        lost.message
+                    ),
+                });
+            }
+            println!("(connected again: {})", lost.message);
+            client.request(cmd, args)
+        }
+        reply => reply,
+    }
+}
+
 /// The interactive console.
 pub fn repl(target: &Target) -> i32 {
     let mut client = match Client::connect(target) {
@@ -345,7 +371,7 @@ pub fn repl(target: &Target) -> i32 {
             "help" => print!("{}", render("help", &Value::Null)),
             "events" => {
                 println!("(live tail — Ctrl-C to stop)");
-                if let Err(f) = tail(&mut client, args, false) {
+                if let Err(f) = tail(&mut client, args, false, None) {
                     report(&f, false, 2);
                 }
                 // The stream ends with the connection: open a fresh one.
@@ -354,7 +380,7 @@ pub fn repl(target: &Target) -> i32 {
                     Err(f) => break report(&f, false, 1),
                 }
             }
-            _ => match client.request(cmd, args) {
+            _ => match request_reconnecting(target, &mut client, cmd, args) {
                 Ok(v) => {
                     if cmd == "tree" {
                         let mut names = Vec::new();

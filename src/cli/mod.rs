@@ -109,6 +109,9 @@ enum Command {
         /// With --once: print JSON.
         #[arg(long)]
         json: bool,
+        /// With --once "events …": stop after this many events.
+        #[arg(long, requires = "once")]
+        count: Option<u64>,
     },
 }
 
@@ -195,10 +198,10 @@ pub fn main() -> i32 {
                 }
             };
         }
-        Command::Console { socket, tcp, token, once, json } => {
+        Command::Console { socket, tcp, token, once, json, count } => {
             let target = console::Target { socket, tcp, token };
             return match once {
-                Some(cmd) => console::once(&target, &cmd, json),
+                Some(cmd) => console::once(&target, &cmd, json, count),
                 None => console::repl(&target),
             };
         }

@@ -70,7 +70,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("help", "this list"),
 ];
 
-const MUTATING: &[&str] = &["kill", "restart", "scale"];
+/// The commands that change something: they need the token, and a client
+/// must not send one again on its own after a lost connection (it may have
+/// run).
+pub const MUTATING: &[&str] = &["kill", "restart", "scale"];
 const MAX_LINE: usize = 64 * 1024;
 
 #[derive(Debug, Deserialize)]
@@ -150,21 +153,7 @@ impl ConsoleServer {
                 let token_path = token_file(path);
                 write_private(&token_path, &token)?;
                 info!(socket = %path.display(), "console listening");
-                let (t, shared_rt) = (token.clone(), rt.clone());
-                let task = tokio::spawn(async move {
-                    loop {
-                        match listener.accept().await {
-                            Ok((stream, _)) => {
-                                let (r, w) = stream.into_split();
-                                tokio::spawn(serve(shared_rt.clone(), r, w, t.clone(), false));
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "console accept failed");
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        }
-                    }
-                });
+                let task = Listener::Unix(listener).serve(rt, token.clone());
                 Ok(ConsoleServer { endpoint, token, task })
             }
             ConsoleEndpoint::Tcp { addr, token } => {
@@ -182,22 +171,7 @@ impl ConsoleServer {
                     .map_err(|e| io_err(format!("cannot listen on {addr}"), e))?;
                 let local = listener.local_addr().map_err(|e| io_err("no local address".into(), e))?;
                 info!(addr = %local, "console listening");
-                let (t, shared_rt) = (token.clone(), rt.clone());
-                let task = tokio::spawn(async move {
-                    loop {
-                        match listener.accept().await {
-                            Ok((stream, _)) => {
-                                let _ = stream.set_nodelay(true);
-                                let (r, w) = stream.into_split();
-                                tokio::spawn(serve(shared_rt.clone(), r, w, t.clone(), true));
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "console accept failed");
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        }
-                    }
-                });
+                let task = Listener::Tcp(listener).serve(rt, token.clone());
                 Ok(ConsoleServer {
                     endpoint: ConsoleEndpoint::Tcp { addr: local, token: token.clone() },
                     token: token.clone(),
@@ -215,6 +189,39 @@ impl ConsoleServer {
     /// The token mutating commands need.
     pub fn token(&self) -> &str {
         &self.token
+    }
+}
+
+/// A bound console listener.
+enum Listener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+impl Listener {
+    /// Serve every connection on its own task until the returned task is
+    /// aborted. A failed accept (out of file descriptors, say) is logged and
+    /// retried shortly rather than ending the console.
+    fn serve(self, rt: Weak<Inner>, token: String) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let accepted = match &self {
+                    Listener::Unix(l) => l.accept().await.map(|(stream, _)| {
+                        let (r, w) = stream.into_split();
+                        tokio::spawn(serve(rt.clone(), r, w, token.clone(), false));
+                    }),
+                    Listener::Tcp(l) => l.accept().await.map(|(stream, _)| {
+                        let _ = stream.set_nodelay(true);
+                        let (r, w) = stream.into_split();
+                        tokio::spawn(serve(rt.clone(), r, w, token.clone(), true));
+                    }),
+                };
+                if let Err(e) = accepted {
+                    warn!(error = %e, "console accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
     }
 }
 
