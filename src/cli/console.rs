@@ -140,7 +140,7 @@ fn render(cmd: &str, v: &Value) -> String {
         ),
         "workers" => table(&rows, &["name", "state", "pid", "in_flight", "served"]),
         "sessions" => table(&rows, &["id", "programs", "turns", "requests", "worker", "rebuilds", "idle_ms"]),
-        "pipelines" => table(&rows, &["run_id", "pipeline", "running_ms"]),
+        "pipelines" => table(&rows, &["run_id", "pipeline", "session", "running_ms"]),
         "help" => {
             let mut out = String::from("commands:\n");
             for (c, d) in COMMANDS {

@@ -249,6 +249,45 @@ async fn a_pipeline_runs_inside_a_session() {
     rt.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_in_a_session_is_listed_and_cancelled_by_id() {
+    let rt: Runtime = builder(1).start().await.unwrap();
+    let session = rt.session().await.unwrap();
+    let pipeline = Pipeline::builder("long")
+        .step(Step::command("wait", "general", "sleep").arg("seconds", json!(30)))
+        .build()
+        .unwrap();
+    let (s, p) = (session.clone(), pipeline.clone());
+    let running = tokio::spawn(async move { s.run_pipeline(&p, Map::new()).await });
+    let t = Instant::now();
+    let listed = loop {
+        let runs = rt.pipeline_runs();
+        if !runs.is_empty() && rt.pool("general").unwrap().stats().in_flight == 1 {
+            break runs;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the run never showed up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(listed[0].session.as_deref(), Some(session.id()));
+    assert_eq!(listed[0].pipeline, "long");
+
+    rt.cancel_pipeline(&listed[0].run_id).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), running).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert_eq!(err.context().session.as_deref(), Some(session.id()), "{err}");
+    assert!(rt.pipeline_runs().is_empty());
+    assert_eq!(rt.cancel_pipeline(&listed[0].run_id).unwrap_err().kind(), ErrorKind::NotFound);
+    let t = Instant::now();
+    while rt.pool("general").unwrap().stats().in_flight > 0 && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rt.pool("general").unwrap().stats().in_flight, 0, "the Python step was cancelled");
+    // The session serves its next request.
+    let quick = Pipeline::builder("quick").step(Step::command("n", "general", "noop")).build().unwrap();
+    session.run_pipeline(&quick, Map::new()).await.unwrap();
+    rt.shutdown().await.unwrap();
+}
+
 #[test]
 fn bad_pipeline_files_are_rejected_with_line_and_reason() {
     let text = std::fs::read_to_string(answer_file()).unwrap();

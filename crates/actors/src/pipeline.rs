@@ -1482,6 +1482,8 @@ async fn execute(
 }
 
 /// Run a pipeline inside a session actor (its `session` steps use the runner).
+/// The run is listed with the others and can be cancelled by id like them:
+/// it runs within the session's request, so cancelling drops it there.
 pub(crate) async fn execute_in_session(
     rt: &Runtime,
     pipeline: &Pipeline,
@@ -1490,8 +1492,38 @@ pub(crate) async fn execute_in_session(
 ) -> Result<PipelineResult> {
     let run = format!("p-{}", new_trace_id());
     let session = runner.session_id();
+    let cancel = Arc::new(tokio::sync::Notify::new());
+    let registry = &rt.inner.pipeline_runs;
+    registry.runs.lock().insert(
+        run.clone(),
+        RunEntry {
+            pipeline: pipeline.name().to_string(),
+            session: Some(session.clone()),
+            started: Instant::now(),
+            stop: Some(RunStop::Notify(cancel.clone())),
+        },
+    );
+    // Unlisted however the run ends, the session's request dropped included.
+    let _listed = Unlist { registry, run: &run };
     let lock = tokio::sync::Mutex::new(runner);
-    execute(rt, pipeline, inputs, Some(&lock), &run).await.map_err(|e| e.with_session(session))
+    let out = tokio::select! {
+        out = execute(rt, pipeline, inputs, Some(&lock), &run) => out,
+        _ = cancel.notified() => Err(Error::new(ErrorKind::Cancelled, format!("pipeline run {run} was cancelled"))
+            .with_request_id(&run)),
+    };
+    out.map_err(|e| e.with_session(&session))
+}
+
+/// Removes a run from the registry when dropped.
+struct Unlist<'a> {
+    registry: &'a RunRegistry,
+    run: &'a str,
+}
+
+impl Drop for Unlist<'_> {
+    fn drop(&mut self) {
+        self.registry.runs.lock().remove(self.run);
+    }
 }
 
 // ------------------------------------------------------------------ run actors
@@ -1503,14 +1535,27 @@ pub struct PipelineRunInfo {
     pub run_id: String,
     /// Pipeline name.
     pub pipeline: String,
+    /// The session it runs in ([`crate::Session::run_pipeline`]), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// Time running, in milliseconds.
     pub running_ms: u64,
 }
 
 struct RunEntry {
     pipeline: String,
+    session: Option<String>,
     started: Instant,
-    actor: Option<ActorRef<()>>,
+    /// How to cancel it (None while its actor is starting).
+    stop: Option<RunStop>,
+}
+
+/// How a run in progress is cancelled.
+enum RunStop {
+    /// A run of its own: stop its actor.
+    Actor(ActorRef<()>),
+    /// A run inside a session's request: wake its cancel branch.
+    Notify(Arc<tokio::sync::Notify>),
 }
 
 /// Pipeline runs in progress.
@@ -1528,6 +1573,7 @@ impl RunRegistry {
             .map(|(id, e)| PipelineRunInfo {
                 run_id: id.clone(),
                 pipeline: e.pipeline.clone(),
+                session: e.session.clone(),
                 running_ms: e.started.elapsed().as_millis() as u64,
             })
             .collect();
@@ -1611,7 +1657,7 @@ impl Runtime {
         });
         self.inner.pipeline_runs.runs.lock().insert(
             run.clone(),
-            RunEntry { pipeline: pipeline.name().to_string(), started: Instant::now(), actor: None },
+            RunEntry { pipeline: pipeline.name().to_string(), session: None, started: Instant::now(), stop: None },
         );
         let slot: Arc<Mutex<Option<ActorRef<()>>>> = Arc::default();
         let (abort, weak, start_run, start_slot) =
@@ -1640,7 +1686,7 @@ impl Runtime {
         }
         let actor = slot.lock().clone().ok_or_else(|| Error::internal("the pipeline run's actor did not start"))?;
         if let Some(e) = self.inner.pipeline_runs.runs.lock().get_mut(&run) {
-            e.actor = Some(actor.clone());
+            e.stop = Some(RunStop::Actor(actor.clone()));
         }
         let _ = go_tx.send(actor.clone());
         Ok(PipelineRun { id: run, actor, result: rx })
@@ -1651,16 +1697,16 @@ impl Runtime {
         self.inner.pipeline_runs.list()
     }
 
-    /// Cancel a pipeline run by id (what [`PipelineRun::cancel`] does).
+    /// Cancel a pipeline run by id (what [`PipelineRun::cancel`] does); a
+    /// run inside a session ends its session request with `Cancelled`.
     pub fn cancel_pipeline(&self, run_id: &str) -> Result<()> {
-        let actor = self.inner.pipeline_runs.runs.lock().get(run_id).and_then(|e| e.actor.clone());
-        match actor {
-            Some(a) => {
-                a.stop(Some("cancelled".into()));
-                Ok(())
-            }
-            None => Err(Error::new(ErrorKind::NotFound, format!("no pipeline run {run_id} is in progress"))),
+        match self.inner.pipeline_runs.runs.lock().get(run_id).and_then(|e| e.stop.as_ref()) {
+            Some(RunStop::Actor(a)) => a.stop(Some("cancelled".into())),
+            // A stored permit: a run not yet waiting still sees it.
+            Some(RunStop::Notify(n)) => n.notify_one(),
+            None => return Err(Error::new(ErrorKind::NotFound, format!("no pipeline run {run_id} is in progress"))),
         }
+        Ok(())
     }
 }
 
