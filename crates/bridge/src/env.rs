@@ -22,6 +22,7 @@ use dspex_core::{Error, ErrorKind, Result};
 pub const WORKER_SOURCES: &[(&str, &str)] = &[
     ("dspex_worker/__init__.py", include_str!("../../../python/dspex_worker/dspex_worker/__init__.py")),
     ("dspex_worker/__main__.py", include_str!("../../../python/dspex_worker/dspex_worker/__main__.py")),
+    ("dspex_worker/aio.py", include_str!("../../../python/dspex_worker/dspex_worker/aio.py")),
     ("dspex_worker/builtins.py", include_str!("../../../python/dspex_worker/dspex_worker/builtins.py")),
     ("dspex_worker/dspy_commands.py", include_str!("../../../python/dspex_worker/dspex_worker/dspy_commands.py")),
     ("dspex_worker/protocol.py", include_str!("../../../python/dspex_worker/dspex_worker/protocol.py")),
@@ -289,5 +290,20 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.join("dspex_worker/server.py").exists());
         let _ = std::fs::remove_dir_all(&cache);
+    }
+
+    #[test]
+    fn every_worker_module_is_embedded() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/dspex_worker/dspex_worker");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".py"))
+            .map(|name| format!("dspex_worker/{name}"))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = WORKER_SOURCES.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk, "WORKER_SOURCES must list every module of the worker package");
     }
 }

@@ -13,13 +13,24 @@ User commands are plain functions registered with :func:`command`::
     def shout(ctx, text: str) -> dict:
         return {"text": text.upper()}
 
+A command may also have a coroutine form, run as a task on the worker's
+event loop for the requests its predicate accepts (the others keep the
+thread path); a ``cancel`` or the deadline ends it at once::
+
+    from dspex_worker import on_loop
+
+    @on_loop("shout", when=lambda args: args.get("slowly", False))
+    async def shout_slowly(ctx, text: str, slowly: bool = False) -> dict:
+        await asyncio.sleep(1.0)
+        return {"text": text.upper()}
+
 Modules listed in ``DSPEX_WORKER_MODULES`` (comma separated) are imported at
 start-up, and their commands are announced in the worker's ``hello``.
 """
 
-from .registry import Context, command, registry
+from .registry import Context, command, on_loop, registry
 
-__all__ = ["Context", "command", "registry", "PROTOCOL_VERSION"]
+__all__ = ["Context", "command", "on_loop", "registry", "PROTOCOL_VERSION"]
 
 PROTOCOL_VERSION = 1
 __version__ = "0.1.0"

@@ -20,7 +20,6 @@ LMs are ``{"model", "base_url", "api_key", "temperature", "max_tokens",
 from __future__ import annotations
 
 import ast
-import asyncio
 import collections
 import concurrent.futures
 import contextvars
@@ -31,7 +30,6 @@ import importlib
 import json
 import math
 import os
-import queue
 import shutil
 import threading
 import time
@@ -45,7 +43,8 @@ from dspy.adapters.chat_adapter import ChatAdapter  # noqa: E402
 from dspy.adapters.json_adapter import JSONAdapter  # noqa: E402
 from dspy.signatures.signature import _parse_type_node  # noqa: E402
 
-from .registry import CommandError, InvalidArguments, Unsupported, command  # noqa: E402
+from . import aio  # noqa: E402
+from .registry import CommandError, InvalidArguments, Unsupported, command, on_loop  # noqa: E402
 
 if os.environ.get("DSPEX_DSPY_DISK_CACHE", "0") != "1":
     # DSPy's disk cache stays off unless the pool asks for it.
@@ -391,6 +390,22 @@ def _usage(pred) -> dict | None:
 # ---------------------------------------------------------------- commands
 
 
+# Module kinds whose DSPy class has a native ``aforward``: their streams are
+# tasks on the worker's loop (see ``aio``), and each token goes from the
+# HTTP stream to the listener without leaving it; a synchronous program
+# sends every token from its thread to the loop and waits: two thread
+# switches per token, ~0.25 ms each here, and DSPy's listener needs about
+# four tokens before its first chunk. Plain runs stay on threads: measured
+# through the worker, DSPy's async path costs ~0.3 ms more per call against
+# a fast local LM and the same CPU per call against a 100 ms one.
+_ASYNC_KINDS = {"predict", "chain_of_thought"}
+
+
+def _async_kind(args: dict) -> bool:
+    program = args.get("program")
+    return isinstance(program, dict) and program.get("module", "predict") in _ASYNC_KINDS
+
+
 @command("dspy.run")
 def run(ctx, program: dict, inputs: dict, lm: dict | None = None):
     """Run a program on one input; returns its fields (and token usage)."""
@@ -413,18 +428,14 @@ def parallel(ctx, program: dict, inputs: list, lm: dict | None = None, num_threa
     return {"results": [prediction_fields(r) if r is not None else None for r in results]}
 
 
-_stream_loop = None
-_stream_loop_lock = threading.Lock()
-
-
 def _inline_steps() -> frozenset:
     """DSPy 3.4.1's short bookkeeping steps that its async LM path sends to a
     thread with ``asyncio.to_thread``: preparing the call, reading the
     model's capabilities, picking the lm15 provider, pricing the reply, and
     the in-memory response cache (only while the disk cache is off). Each is
     CPU work of tens of microseconds; the hop to a thread and back costs more
-    than that on a busy machine, three to five times before the first token.
-    Names DSPy no longer has are skipped (those steps then go to threads)."""
+    than that on a busy machine, three to five times per call. Names DSPy no
+    longer has are skipped (those steps then go to threads)."""
     found = []
     for module, name in (
         ("dspy.clients.execution", "prepare"),
@@ -443,60 +454,64 @@ def _inline_steps() -> frozenset:
     return frozenset(found)
 
 
-class StreamLoopExecutor(concurrent.futures.ThreadPoolExecutor):
-    """The stream loop's default executor: runs DSPy's known-short steps
-    (``_inline_steps``) in place and everything else (a credential refresh,
-    a proxy connect, a user's blocking call) on threads as usual.
-
-    ``asyncio.to_thread(f, ...)`` submits ``partial(context.run, f, ...)``;
-    running that here keeps the copied context and its semantics, and the
-    awaiting coroutine resumes on the loop's next turn.
-    """
-
-    def __init__(self, inline: frozenset):
-        super().__init__(thread_name_prefix="dspex-stream-io")
-        self.inline = inline
-
-    def runs_inline(self, fn) -> bool:
-        if not isinstance(fn, functools.partial) or not fn.args:
-            return False
-        target = fn.args[0]
-        return getattr(target, "__func__", target) in self.inline
-
-    def submit(self, fn, /, *args, **kwargs):
-        if not self.runs_inline(fn):
-            return super().submit(fn, *args, **kwargs)
-        future = concurrent.futures.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting coroutine
-            future.set_exception(exc)
-        return future
+aio.run_in_place(_inline_steps())
 
 
-def _event_loop():
-    """One event loop for every stream of this worker, on its own thread.
+def await_on_loop(ctx, make_coroutine):
+    """From a request's thread: run ``make_coroutine()`` on the worker's loop,
+    in this thread's context (the request's DSPy settings and id), and wait
+    for its result here. The request's cancel and deadline are checked every
+    50 ms; when the request ends first, the coroutine is cancelled."""
+    loop = aio.event_loop()
+    context = contextvars.copy_context()
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    tasks: list = []
 
-    ``dspy.streamify``'s synchronous mode starts a thread and a new event
-    loop per request, and LiteLLM cannot reuse its async HTTP client across
-    loops: that costs ~8 ms before the first chunk. A long-lived loop keeps
-    the client (and its connections) warm.
-    """
-    global _stream_loop
-    with _stream_loop_lock:
-        if _stream_loop is None or _stream_loop.is_closed():
-            loop = asyncio.new_event_loop()
-            loop.set_default_executor(StreamLoopExecutor(_inline_steps()))
-            threading.Thread(target=loop.run_forever, name="dspex-stream-loop", daemon=True).start()
-            _stream_loop = loop
-        return _stream_loop
+    def settle(task):
+        if task.cancelled():
+            done.cancel()
+        elif task.exception() is not None:
+            done.set_exception(task.exception())
+        else:
+            done.set_result(task.result())
+
+    def start():
+        task = loop.create_task(aio.shielded(make_coroutine()), context=context)
+        task.add_done_callback(settle)
+        tasks.append(task)
+
+    loop.call_soon_threadsafe(start)
+    try:
+        while True:
+            try:
+                return done.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:
+                ctx.check()
+    finally:
+        loop.call_soon_threadsafe(lambda: [t.cancel() for t in tasks if not t.done()])
 
 
-# Module kinds whose DSPy class has a native ``aforward``: they stream on the
-# loop itself. Every token then reaches the listener without a thread hop
-# (a synchronous program sends each one from its thread to the loop and
-# waits for it: two thread switches per token, ~0.25 ms each here).
-_ASYNC_KINDS = {"predict", "chain_of_thought"}
+def _streaming(program: dict, module):
+    """``dspy.streamify`` over every output field of every predictor."""
+    listeners = []
+    for predictor in _predictors(module):
+        for name in predictor.signature.output_fields:
+            listeners.append(dspy.streaming.StreamListener(signature_field_name=name, predict=predictor))
+    is_async = program.get("module", "predict") in _ASYNC_KINDS
+    return dspy.streamify(module, stream_listeners=listeners, async_streaming=True, is_async_program=is_async)
+
+
+async def _pump(ctx, stream, send_chunk):
+    """Send each chunk of ``stream`` with ``send_chunk``; the prediction."""
+    final = None
+    async for item in stream:
+        if isinstance(item, dspy.streaming.StreamResponse):
+            send_chunk({"field": item.signature_field_name, "text": item.chunk})
+        elif isinstance(item, dspy.Prediction):
+            final = item
+    if final is None:
+        raise CommandError("the stream ended without a prediction", kind="lm")
+    return final
 
 
 @command("dspy.stream")
@@ -504,70 +519,40 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
     """Run a program with dspy.streamify: chunks per output field, then the fields."""
     started = time.perf_counter()
     module = shared_program(program)
-    predictors = _predictors(module)
-    listeners = []
-    for predictor in predictors:
-        for name in predictor.signature.output_fields:
-            listeners.append(dspy.streaming.StreamListener(signature_field_name=name, predict=predictor))
-    is_async = program.get("module", "predict") in _ASYNC_KINDS
-    streaming = dspy.streamify(module, stream_listeners=listeners, async_streaming=True, is_async_program=is_async)
+    streaming = _streaming(program, module)
     inputs = coerce_inputs(module, inputs)
-    final = None
-    items: queue.Queue = queue.Queue()
-    end = object()
-    loop = _event_loop()
+    # The program runs on a thread of DSPy's and the listener on the loop;
+    # chunks go out from the loop as the listener yields them (handing them
+    # to this thread first would cost a thread switch each), but never after
+    # the request ended: a chunk behind the response would be a protocol
+    # violation and cost the worker.
+    open_for_chunks = [True]
+    emit_lock = threading.Lock()
+
+    def send_chunk(chunk):
+        with emit_lock:
+            if open_for_chunks[0]:
+                ctx.emit(chunk)
+
     with lm_context(ctx, lm, program.get("adapter")):
-        # The generator runs on the shared loop, in this request's context
-        # (its LM settings and request id).
-        context = contextvars.copy_context()
-        generator = streaming(**inputs)
-
-        # Chunks go out from the loop as the listener yields them (handing
-        # them to the request's thread first would cost a thread switch
-        # each), but never after the request ended: a chunk behind the
-        # response would be a protocol violation and cost the worker.
-        open_for_chunks = [True]
-        emit_lock = threading.Lock()
-
-        def emit_chunk(item):
-            with emit_lock:
-                if open_for_chunks[0]:
-                    ctx.emit({"field": item.signature_field_name, "text": item.chunk})
-
-        async def pump():
-            try:
-                async for item in generator:
-                    if isinstance(item, dspy.streaming.StreamResponse):
-                        emit_chunk(item)
-                    elif isinstance(item, dspy.Prediction):
-                        items.put(item)
-            except BaseException as exc:  # noqa: BLE001 - handed to the request's thread
-                items.put(exc)
-            finally:
-                items.put(end)
-
-        task_box: list = []
-        loop.call_soon_threadsafe(lambda: task_box.append(loop.create_task(pump(), context=context)))
         try:
-            while True:
-                try:
-                    item = items.get(timeout=0.05)
-                except queue.Empty:
-                    ctx.check()
-                    continue
-                if item is end:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                final = item
+            final = await_on_loop(ctx, lambda: _pump(ctx, streaming(**inputs), send_chunk))
             ctx.check()
         finally:
             with emit_lock:
                 open_for_chunks[0] = False
-            # A cancelled or failed request stops its generator too.
-            loop.call_soon_threadsafe(lambda: [t.cancel() for t in task_box if not t.done()])
-    if final is None:
-        raise CommandError("the stream ended without a prediction", kind="lm")
+    return {"fields": prediction_fields(final), "usage": _usage(final), "elapsed_us": _since(started)}
+
+
+@on_loop("dspy.stream", when=_async_kind)
+async def stream_on_loop(ctx, program: dict, inputs: dict, lm: dict | None = None):
+    # All on the loop: the response follows the last chunk on this thread.
+    started = time.perf_counter()
+    module = shared_program(program)
+    streaming = _streaming(program, module)
+    inputs = coerce_inputs(module, inputs)
+    with lm_context(ctx, lm, program.get("adapter")):
+        final = await _pump(ctx, streaming(**inputs), ctx.emit)
     return {"fields": prediction_fields(final), "usage": _usage(final), "elapsed_us": _since(started)}
 
 

@@ -47,7 +47,7 @@ class DeadlineExceeded(CommandError):
 class Context:
     """What a command knows about the request it serves."""
 
-    __slots__ = ("request_id", "session", "trace_id", "deadline", "stream", "_cancelled", "_emit", "_seq")
+    __slots__ = ("request_id", "session", "trace_id", "deadline", "stream", "_cancelled", "_emit", "_seq", "_on_cancel")
 
     def __init__(self, request_id, session=None, trace_id=None, deadline=None, stream=False, emit=None):
         self.request_id = request_id
@@ -59,6 +59,7 @@ class Context:
         self._cancelled = None
         self._emit = emit
         self._seq = 0
+        self._on_cancel = None
 
     @property
     def cancelled(self) -> threading.Event:
@@ -66,6 +67,19 @@ class Context:
         if self._cancelled is None:
             self._cancelled = threading.Event()
         return self._cancelled
+
+    def cancel(self) -> None:
+        """The runtime cancelled the request: set ``cancelled`` and call the
+        hook ``on_cancel`` set (a task on the loop is cancelled at once)."""
+        self.cancelled.set()
+        if self._on_cancel is not None:
+            self._on_cancel()
+
+    def on_cancel(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when the request is cancelled (now, if it already was)."""
+        self._on_cancel = hook
+        if self._cancelled is not None and self._cancelled.is_set():
+            hook()
 
     def time_left(self) -> float | None:
         """Seconds until the deadline (never negative), or None without one."""
@@ -95,14 +109,35 @@ class Command:
     inline: bool = False
     doc: str = ""
     signature: inspect.Signature | None = field(default=None, repr=False)
+    #: The command's coroutine form (``on_loop``), and which requests take it.
+    coroutine: Callable[..., Any] | None = field(default=None, repr=False)
+    takes_loop: Callable[[dict], bool] | None = field(default=None, repr=False)
+
+    def runs_on_loop(self, args: dict) -> bool:
+        """Whether this request runs as a task on the worker's loop."""
+        if self.coroutine is None or self.takes_loop is None:
+            return False
+        try:
+            return bool(self.takes_loop(args))
+        except Exception:  # noqa: BLE001 - a malformed request: the thread path reports it
+            return False
+
+    def start_coroutine(self, ctx: Context, args: dict):
+        """The coroutine for this request (arguments checked as for ``call``)."""
+        self._check(ctx, args)
+        return self.coroutine(ctx, **args)
 
     def call(self, ctx: Context, args: dict) -> Any:
+        self._check(ctx, args)
+        return self.func(ctx, **args)
+
+    def _check(self, ctx: Context, args: dict) -> None:
+        """Arguments that do not fit the command are the caller's error, not a crash."""
         if args and self.signature is not None:
             try:
                 self.signature.bind(ctx, **args)
             except TypeError as exc:
                 raise InvalidArguments(f"{self.name}: {exc}") from exc
-        return self.func(ctx, **args)
 
 
 class Registry:
@@ -134,6 +169,19 @@ class Registry:
 
 
 registry = Registry()
+
+
+def on_loop(name: str, when: Callable[[dict], bool]):
+    """Give the registered command ``name`` a coroutine form ``async f(ctx,
+    **args)`` (same arguments), run as a task on the worker's event loop for
+    the requests ``when(args)`` accepts; the others keep the thread path."""
+
+    def wrap(func):
+        cmd = registry.get(name)
+        cmd.coroutine, cmd.takes_loop = func, when
+        return func
+
+    return wrap
 
 
 def command(name: str | None = None, *, inline: bool = False):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import importlib
 import logging
 import os
@@ -13,17 +15,18 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
-from . import PROTOCOL_VERSION
+from . import PROTOCOL_VERSION, aio
 from .protocol import CODECS, DEFAULT_MAX_FRAME, JSON, FrameReader, FrameWriter, ProtocolError
-from .registry import CommandError, Context, DeadlineExceeded, registry
+from .registry import Cancelled, CommandError, Context, DeadlineExceeded, registry
 
 log = logging.getLogger("dspex_worker")
-_local = threading.local()
+# The request a log line belongs to: per thread, and per task on the loop.
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("dspex_request_id", default="-")
 
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record):
-        record.request_id = getattr(_local, "request_id", "-")
+        record.request_id = _request_id.get()
         return True
 
 
@@ -88,26 +91,60 @@ class Worker:
         self.writer.send(tag, msg)
 
     def _run(self, tag, cmd, ctx: Context, args: dict, stream: bool) -> None:
-        _local.request_id = ctx.trace_id or ctx.request_id
+        token = _request_id.set(ctx.trace_id or ctx.request_id)
         try:
             ctx.check()
             result = cmd.call(ctx, args)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
-            if not isinstance(exc, CommandError):
-                log.warning("command %s failed: %s: %s", cmd.name, type(exc).__name__, exc)
-            error = classify(exc)
-            if stream:
-                self.writer.send(tag, {"type": "end", "id": ctx.request_id})
-            self._respond(tag, ctx.request_id, error=error)
+            self._fail(tag, cmd, ctx, stream, exc)
         else:
-            if stream:
-                self.writer.send(tag, {"type": "end", "id": ctx.request_id})
-            self._respond(tag, ctx.request_id, ok=result)
+            self._succeed(tag, ctx, stream, result)
         finally:
-            _local.request_id = "-"
+            _request_id.reset(token)
             if not cmd.inline:
                 with self.lock:
                     self.in_flight.pop(ctx.request_id, None)
+
+    async def _run_on_loop(self, tag, cmd, ctx: Context, args: dict, stream: bool) -> None:
+        """A request in its coroutine form, as a task on the worker's loop:
+        ended by its deadline or a cancel at once, wherever it is waiting."""
+        _request_id.set(ctx.trace_id or ctx.request_id)  # this task's own context
+        try:
+            ctx.check()
+            work = aio.shielded(cmd.start_coroutine(ctx, args))
+            left = ctx.time_left()
+            result = await (work if left is None else asyncio.wait_for(work, left))
+        except asyncio.TimeoutError as exc:
+            if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
+                exc = DeadlineExceeded(f"request {ctx.request_id} ran past its deadline")
+            self._fail(tag, cmd, ctx, stream, exc)
+        except asyncio.CancelledError:
+            self._fail(tag, cmd, ctx, stream, Cancelled(f"request {ctx.request_id} was cancelled"))
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+            self._fail(tag, cmd, ctx, stream, exc)
+        else:
+            self._succeed(tag, ctx, stream, result)
+        finally:
+            with self.lock:
+                self.in_flight.pop(ctx.request_id, None)
+
+    def _start_on_loop(self, tag, cmd, ctx: Context, args: dict, stream: bool) -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run_on_loop(tag, cmd, ctx, args, stream))
+        ctx.on_cancel(lambda: loop.call_soon_threadsafe(task.cancel))
+
+    def _succeed(self, tag, ctx: Context, stream: bool, result) -> None:
+        if stream:
+            self.writer.send(tag, {"type": "end", "id": ctx.request_id})
+        self._respond(tag, ctx.request_id, ok=result)
+
+    def _fail(self, tag, cmd, ctx: Context, stream: bool, exc: BaseException) -> None:
+        if not isinstance(exc, CommandError):
+            log.warning("command %s failed: %s: %s", cmd.name, type(exc).__name__, exc)
+        error = classify(exc)
+        if stream:
+            self.writer.send(tag, {"type": "end", "id": ctx.request_id})
+        self._respond(tag, ctx.request_id, error=error)
 
     def _inline(self, tag: int, cmd, msg: dict) -> None:
         """The fast path for cheap commands: run on this thread, no stream, no pool."""
@@ -150,7 +187,10 @@ class Worker:
             return
         with self.lock:
             self.in_flight[rid] = ctx
-        self.pool.submit(self._run, tag, cmd, ctx, args, stream)
+        if cmd.runs_on_loop(args):
+            aio.event_loop().call_soon_threadsafe(self._start_on_loop, tag, cmd, ctx, args, stream)
+        else:
+            self.pool.submit(self._run, tag, cmd, ctx, args, stream)
 
     # -- main loop -----------------------------------------------------------
     def hello(self) -> dict:
@@ -195,7 +235,7 @@ class Worker:
                 with self.lock:
                     ctx = self.in_flight.get(msg.get("id"))
                 if ctx is not None:
-                    ctx.cancelled.set()
+                    ctx.cancel()
             elif kind == "shutdown":
                 self._drain(float(msg.get("grace_ms", 5000)) / 1000.0)
                 return 0

@@ -321,16 +321,19 @@ def test_shared_programs_keep_no_call_history():
     module.history.clear()
 
 
-def test_the_stream_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads():
+def test_the_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads():
     import asyncio
     import contextvars
     import threading
 
+    from dspex_worker import aio
     from dspex_worker import dspy_commands as dc
 
     # Under the pinned DSPy every step named is found (a DSPy upgrade that
-    # moves one fails here instead of silently costing thread hops).
-    assert len(dc._inline_steps()) == 6
+    # moves one fails here instead of silently costing thread hops), and the
+    # worker's loop runs them in place.
+    steps_found = dc._inline_steps()
+    assert len(steps_found) == 6 and steps_found <= aio._in_place
     request = contextvars.ContextVar("request", default=None)
 
     def short(x):
@@ -342,7 +345,7 @@ def test_the_stream_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads(
     def broken():
         raise ValueError("bad step")
 
-    executor = dc.StreamLoopExecutor(frozenset({short, broken}))
+    executor = aio.LoopExecutor(frozenset({short, broken}))
     loop = asyncio.new_event_loop()
     loop.set_default_executor(executor)
 

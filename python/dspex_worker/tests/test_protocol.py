@@ -205,3 +205,51 @@ def test_info_reports_limits_and_caps(worker):
     info = resp["ok"]
     assert info["pid"] == os.getpid()
     assert "OMP_NUM_THREADS" in info["env"]
+
+
+def test_a_command_with_a_loop_form_runs_there_and_ends_at_its_deadline_or_cancel(tmp_path):
+    mod = tmp_path / "loop_commands.py"
+    mod.write_text(textwrap.dedent(
+        """
+        import asyncio
+        import logging
+        import threading
+
+        from dspex_worker import command, on_loop
+
+        @command("nap")
+        def nap(ctx, seconds: float = 0.0, loop: bool = False):
+            return {"thread": threading.current_thread().name}
+
+        @on_loop("nap", when=lambda args: args["loop"])
+        async def nap_on_loop(ctx, seconds: float = 0.0, loop: bool = False):
+            logging.getLogger("loop_commands").warning("napping %s", seconds)
+            for i in range(3):
+                ctx.emit({"i": i})
+            await asyncio.sleep(seconds)
+            return {"thread": threading.current_thread().name}
+        """
+    ))
+    path = f"{tmp_path}{os.pathsep}{os.path.dirname(os.path.dirname(__file__))}"
+    client = spawn_worker({"DSPEX_WORKER_MODULES": "loop_commands", "PYTHONPATH": path})
+    client.recv()
+    resp, chunks = client.call("nap", {"loop": True}, stream=True, trace_id="trace-7")
+    assert resp["ok"] == {"thread": "dspex-loop"} and [c["data"]["i"] for c in chunks] == [0, 1, 2]
+    resp, _ = client.call("nap", {"loop": False})
+    assert resp["ok"]["thread"].startswith("dspex-req")
+    # A bad argument is the caller's error on the loop too.
+    resp, _ = client.call("nap", {"loop": True, "nope": 1})
+    assert resp["error"]["kind"] == "invalid_request", resp
+    started = time.monotonic()
+    resp, _ = client.call("nap", {"loop": True, "seconds": 30}, deadline_ms=200)
+    assert resp["error"]["kind"] == "timeout" and time.monotonic() - started < 2, resp
+    rid = client.request("nap", {"loop": True, "seconds": 30})
+    time.sleep(0.1)
+    started = time.monotonic()
+    client.send({"type": "cancel", "id": rid})
+    resp = client.recv()
+    assert resp["id"] == rid and resp["error"]["kind"] == "cancelled" and time.monotonic() - started < 1, resp
+    os.close(client.req_w)
+    assert wait_exit(client.proc) == 0
+    # Log lines from a task on the loop carry their request's trace id.
+    assert b"req=trace-7 loop_commands: napping 0" in client.proc.stderr.read()
