@@ -187,7 +187,8 @@ extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// Tail events until the connection ends, Ctrl-C, or `count` events.
+/// Tail events until the connection ends, Ctrl-C, or `count` events (a
+/// connection that ends before them is a failure: they did not all come).
 fn tail(client: &mut Client, args: &[String], json_out: bool, count: Option<u64>) -> Result<(), Failure> {
     client.request("events", args)?;
     INTERRUPTED.store(false, Ordering::SeqCst);
@@ -202,11 +203,17 @@ fn tail(client: &mut Client, args: &[String], json_out: bool, count: Option<u64>
         }
         line.clear();
         match client.reader.read_line(&mut line) {
+            Ok(0) if count.is_some() => {
+                break Err(Failure::io(format!("the console closed the connection after {seen} events")))
+            }
             Ok(0) => break Ok(()),
             Ok(_) => {
                 let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
                 let e = &v["event"];
-                seen += 1;
+                // A "lagged" marker (events dropped for a slow reader) is not an event.
+                if e.get("lagged").is_none() {
+                    seen += 1;
+                }
                 if json_out {
                     println!("{e}");
                 } else {
@@ -233,6 +240,10 @@ pub fn once(target: &Target, command: &str, json_out: bool, count: Option<u64>) 
         eprintln!("dspex console: --once needs a command (try `help`)");
         return 2;
     };
+    if count.is_some() && cmd != "events" {
+        eprintln!("dspex console: --count applies to `events` only");
+        return 2;
+    }
     let mut client = match Client::connect(target) {
         Ok(c) => c,
         Err(f) => return report(&f, json_out, 1),
@@ -240,6 +251,7 @@ pub fn once(target: &Target, command: &str, json_out: bool, count: Option<u64>) 
     if cmd == "events" {
         return match tail(&mut client, args, json_out, count) {
             Ok(()) => 0,
+            Err(f) if f.kind == "io" => report(&f, json_out, 1),
             Err(f) => report(&f, json_out, 2),
         };
     }

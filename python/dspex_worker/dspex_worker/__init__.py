@@ -17,12 +17,18 @@ A command may also have a coroutine form, run as a task on the worker's
 event loop for the requests its predicate accepts (the others keep the
 thread path); a ``cancel`` or the deadline ends it at once::
 
-    from dspex_worker import on_loop
+    import asyncio, time
+    from dspex_worker import command, on_loop
 
-    @on_loop("shout", when=lambda args: args.get("slowly", False))
-    async def shout_slowly(ctx, text: str, slowly: bool = False) -> dict:
-        await asyncio.sleep(1.0)
-        return {"text": text.upper()}
+    @command("nap")
+    def nap(ctx, seconds: float, on_loop: bool = False) -> dict:
+        time.sleep(seconds)  # a thread of the pool waits
+        return {"slept": seconds}
+
+    @on_loop("nap", when=lambda args: args.get("on_loop", False))
+    async def nap_on_loop(ctx, seconds: float, on_loop: bool = False) -> dict:
+        await asyncio.sleep(seconds)  # no thread waits
+        return {"slept": seconds}
 
 Modules listed in ``DSPEX_WORKER_MODULES`` (comma separated) are imported at
 start-up, and their commands are announced in the worker's ``hello``.

@@ -10,7 +10,8 @@ the loop that made it).
 
 Blocking work must not run on the loop: ``asyncio.to_thread`` sends it to
 threads as usual, except the functions named with ``run_in_place`` — short
-CPU-only steps whose trip to a thread and back would cost more than they do.
+CPU-only steps whose trip to a thread and back would cost more than they do
+(each may come with a test of its arguments: in place only when it passes).
 """
 
 from __future__ import annotations
@@ -21,19 +22,27 @@ import functools
 import threading
 
 _loop: asyncio.AbstractEventLoop | None = None
+_loop_thread: threading.Thread | None = None
 _loop_lock = threading.Lock()
-_in_place: set = set()
+# Function -> test of its call's arguments (None: always in place).
+_in_place: dict = {}
 
 
-def run_in_place(functions) -> None:
-    """Have ``asyncio.to_thread(f, ...)`` on the worker's loop run each of
-    ``functions`` right there, on the loop, instead of on a thread. Only for
-    short steps that never block: the loop serves every request meanwhile."""
-    _in_place.update(functions)
+def _always(*args, **kwargs) -> bool:
+    return True
+
+
+def run_in_place(functions: dict) -> None:
+    """Have ``asyncio.to_thread(f, *args, **kwargs)`` on the worker's loop run
+    ``f`` right there, on the loop, instead of on a thread, when
+    ``functions[f](*args, **kwargs)`` is true (or always, for None). Only for
+    short steps that never block: the loop serves every request meanwhile.
+    A bound method is named by its function (``Class.method``)."""
+    _in_place.update({f: test or _always for f, test in functions.items()})
 
 
 class LoopExecutor(concurrent.futures.ThreadPoolExecutor):
-    """The loop's default executor: runs the functions in ``in_place`` where
+    """The loop's default executor: runs the calls ``in_place`` accepts where
     they are submitted and everything else on threads.
 
     ``asyncio.to_thread(f, ...)`` submits ``partial(context.run, f, ...)``;
@@ -41,15 +50,23 @@ class LoopExecutor(concurrent.futures.ThreadPoolExecutor):
     resumes on the loop's next turn.
     """
 
-    def __init__(self, in_place):
+    def __init__(self, in_place: dict):
         super().__init__(thread_name_prefix="dspex-loop-io")
         self.in_place = in_place
 
     def runs_in_place(self, fn) -> bool:
         if not isinstance(fn, functools.partial) or not fn.args:
             return False
-        target = fn.args[0]
-        return getattr(target, "__func__", target) in self.in_place
+        target, *args = fn.args
+        test = self.in_place.get(getattr(target, "__func__", target))
+        if test is None:
+            return False
+        self_arg = getattr(target, "__self__", None)
+        args = [self_arg, *args] if self_arg is not None else args
+        try:
+            return bool(test(*args, **fn.keywords))
+        except Exception:  # noqa: BLE001 - a test that cannot tell: the thread is always safe
+            return False
 
     def submit(self, fn, /, *args, **kwargs):
         if not self.runs_in_place(fn):
@@ -63,18 +80,19 @@ class LoopExecutor(concurrent.futures.ThreadPoolExecutor):
 
 
 def event_loop() -> asyncio.AbstractEventLoop:
-    """The worker's loop, started on first use."""
-    global _loop
+    """The worker's loop, started on first use (and again if its thread died)."""
+    global _loop, _loop_thread
     with _loop_lock:
-        if _loop is None or _loop.is_closed():
+        if _loop is None or _loop.is_closed() or _loop_thread is None or not _loop_thread.is_alive():
             loop = asyncio.new_event_loop()
             loop.set_default_executor(LoopExecutor(_in_place))
-            threading.Thread(target=loop.run_forever, name="dspex-loop", daemon=True).start()
-            _loop = loop
+            thread = threading.Thread(target=loop.run_forever, name="dspex-loop", daemon=True)
+            thread.start()
+            _loop, _loop_thread = loop, thread
         return _loop
 
 
-async def shielded(coroutine):
+async def guard_exits(coroutine):
     """Await ``coroutine``; a ``SystemExit`` or ``KeyboardInterrupt`` it raises
     becomes a ``RuntimeError``: out of a task they would stop the loop, and
     every request on it."""

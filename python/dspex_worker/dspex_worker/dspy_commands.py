@@ -127,6 +127,12 @@ def _memoize_model_metadata() -> bool:
 
 
 _memoize_model_metadata()
+try:
+    # Load the model catalog now (~50 ms), not on the first call that prices
+    # a reply: on the worker's loop that would stall every stream.
+    importlib.import_module("dspy.clients.model_metadata")._load()
+except (ImportError, AttributeError):
+    pass
 
 
 # ---------------------------------------------------------------- values
@@ -428,30 +434,49 @@ def parallel(ctx, program: dict, inputs: list, lm: dict | None = None, num_threa
     return {"results": [prediction_fields(r) if r is not None else None for r in results]}
 
 
-def _inline_steps() -> frozenset:
+def _native_route(lm, *args, **kwargs) -> bool:
+    """Whether DSPy sends this LM's calls through lm15 (no LiteLLM lookups)."""
+    if not isinstance(getattr(lm, "_engine_spec", None), str):
+        return True  # a custom engine: its capabilities are its own attributes
+    from dspy.clients.backend_selection import select_backend
+
+    return select_backend(lm).native
+
+
+def _provider_built(engine, *args, **kwargs) -> bool:
+    """Whether an lm15 engine already built its provider: the first build
+    reads credentials (stored logins under a file lock, cloud chains)."""
+    return bool(getattr(engine, "_providers", None))
+
+
+def _inline_steps() -> dict:
     """DSPy 3.4.1's short bookkeeping steps that its async LM path sends to a
-    thread with ``asyncio.to_thread``: preparing the call, reading the
-    model's capabilities, picking the lm15 provider, pricing the reply, and
-    the in-memory response cache (only while the disk cache is off). Each is
-    CPU work of tens of microseconds; the hop to a thread and back costs more
-    than that on a busy machine, three to five times per call. Names DSPy no
-    longer has are skipped (those steps then go to threads)."""
-    found = []
-    for module, name in (
-        ("dspy.clients.execution", "prepare"),
-        ("dspy.clients.execution", "_price_result"),
-        ("dspy.clients.capabilities", "capabilities"),
-        ("dspy.clients.engines.lm15_engine", "_Routing._target"),
-    ) + ((("dspy.clients.execution", "_cached"), ("dspy.clients.execution", "_store"))
-         if os.environ.get("DSPEX_DSPY_DISK_CACHE", "0") != "1" else ()):
+    thread with ``asyncio.to_thread``, each with the test under which it is
+    short: preparing the call, the model's capabilities (on the lm15 route;
+    LiteLLM's lookups stay on threads), picking the lm15 provider (once it is
+    built), pricing the reply, and the in-memory response cache (only while
+    the disk cache is off). Each is CPU work of tens of microseconds; the hop
+    to a thread and back costs more than that on a busy machine, three to
+    five times per call. Names DSPy no longer has are skipped (those steps
+    then go to threads)."""
+    steps = [
+        ("dspy.clients.execution", "prepare", None),
+        ("dspy.clients.execution", "_price_result", None),
+        ("dspy.clients.capabilities", "capabilities", _native_route),
+        ("dspy.clients.engines.lm15_engine", "_Routing._target", _provider_built),
+    ]
+    if os.environ.get("DSPEX_DSPY_DISK_CACHE", "0") != "1":
+        steps += [("dspy.clients.execution", "_cached", None), ("dspy.clients.execution", "_store", None)]
+    found = {}
+    for module, name, test in steps:
         try:
             obj = importlib.import_module(module)
             for part in name.split("."):
                 obj = getattr(obj, part)
         except (ImportError, AttributeError):
             continue
-        found.append(obj)
-    return frozenset(found)
+        found[obj] = test
+    return found
 
 
 aio.run_in_place(_inline_steps())
@@ -469,35 +494,40 @@ def await_on_loop(ctx, make_coroutine):
 
     def settle(task):
         if task.cancelled():
-            done.cancel()
+            # Not by this request (its cancel ends the wait below first).
+            done.set_exception(CommandError("the program's task was cancelled on the worker's loop"))
         elif task.exception() is not None:
             done.set_exception(task.exception())
         else:
             done.set_result(task.result())
 
     def start():
-        task = loop.create_task(aio.shielded(make_coroutine()), context=context)
+        try:
+            task = loop.create_task(aio.guard_exits(make_coroutine()), context=context)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            done.set_exception(exc)
+            return
         task.add_done_callback(settle)
         tasks.append(task)
 
     loop.call_soon_threadsafe(start)
     try:
-        while True:
-            try:
-                return done.result(timeout=0.05)
-            except concurrent.futures.TimeoutError:
-                ctx.check()
+        # Waited on, not `done.result(timeout=…)`: that raises TimeoutError
+        # for a wait that ran out and for a program that raised one alike.
+        while not concurrent.futures.wait([done], timeout=0.05).done:
+            ctx.check()
+        return done.result()
     finally:
         loop.call_soon_threadsafe(lambda: [t.cancel() for t in tasks if not t.done()])
 
 
-def _streaming(program: dict, module):
-    """``dspy.streamify`` over every output field of every predictor."""
+def _streaming(module, is_async: bool):
+    """``dspy.streamify`` over every output field of every predictor; the
+    program runs on the loop (``is_async``) or on a thread of DSPy's."""
     listeners = []
     for predictor in _predictors(module):
         for name in predictor.signature.output_fields:
             listeners.append(dspy.streaming.StreamListener(signature_field_name=name, predict=predictor))
-    is_async = program.get("module", "predict") in _ASYNC_KINDS
     return dspy.streamify(module, stream_listeners=listeners, async_streaming=True, is_async_program=is_async)
 
 
@@ -519,7 +549,7 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
     """Run a program with dspy.streamify: chunks per output field, then the fields."""
     started = time.perf_counter()
     module = shared_program(program)
-    streaming = _streaming(program, module)
+    streaming = _streaming(module, is_async=False)
     inputs = coerce_inputs(module, inputs)
     # The program runs on a thread of DSPy's and the listener on the loop;
     # chunks go out from the loop as the listener yields them (handing them
@@ -549,7 +579,7 @@ async def stream_on_loop(ctx, program: dict, inputs: dict, lm: dict | None = Non
     # All on the loop: the response follows the last chunk on this thread.
     started = time.perf_counter()
     module = shared_program(program)
-    streaming = _streaming(program, module)
+    streaming = _streaming(module, is_async=True)
     inputs = coerce_inputs(module, inputs)
     with lm_context(ctx, lm, program.get("adapter")):
         final = await _pump(ctx, streaming(**inputs), ctx.emit)

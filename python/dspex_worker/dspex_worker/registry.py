@@ -109,8 +109,10 @@ class Command:
     inline: bool = False
     doc: str = ""
     signature: inspect.Signature | None = field(default=None, repr=False)
-    #: The command's coroutine form (``on_loop``), and which requests take it.
+    #: The command's coroutine form (``on_loop``), its signature, and which
+    #: requests take it.
     coroutine: Callable[..., Any] | None = field(default=None, repr=False)
+    coroutine_signature: inspect.Signature | None = field(default=None, repr=False)
     takes_loop: Callable[[dict], bool] | None = field(default=None, repr=False)
 
     def runs_on_loop(self, args: dict) -> bool:
@@ -124,20 +126,27 @@ class Command:
 
     def start_coroutine(self, ctx: Context, args: dict):
         """The coroutine for this request (arguments checked as for ``call``)."""
-        self._check(ctx, args)
+        self._check(self.coroutine_signature, ctx, args)
         return self.coroutine(ctx, **args)
 
     def call(self, ctx: Context, args: dict) -> Any:
-        self._check(ctx, args)
+        self._check(self.signature, ctx, args)
         return self.func(ctx, **args)
 
-    def _check(self, ctx: Context, args: dict) -> None:
+    def _check(self, signature: inspect.Signature | None, ctx: Context, args: dict) -> None:
         """Arguments that do not fit the command are the caller's error, not a crash."""
-        if args and self.signature is not None:
+        if args and signature is not None:
             try:
-                self.signature.bind(ctx, **args)
+                signature.bind(ctx, **args)
             except TypeError as exc:
                 raise InvalidArguments(f"{self.name}: {exc}") from exc
+
+
+def _signature(func) -> inspect.Signature | None:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
 
 
 class Registry:
@@ -145,12 +154,8 @@ class Registry:
         self._commands: dict[str, Command] = {}
 
     def register(self, name: str, func: Callable[..., Any], *, inline: bool = False) -> Command:
-        try:
-            sig = inspect.signature(func)
-        except (TypeError, ValueError):
-            sig = None
         doc = (inspect.getdoc(func) or "").split("\n", 1)[0]
-        cmd = Command(name, func, inline=inline, doc=doc, signature=sig)
+        cmd = Command(name, func, inline=inline, doc=doc, signature=_signature(func))
         self._commands[name] = cmd
         return cmd
 
@@ -178,7 +183,11 @@ def on_loop(name: str, when: Callable[[dict], bool]):
 
     def wrap(func):
         cmd = registry.get(name)
-        cmd.coroutine, cmd.takes_loop = func, when
+        if cmd.inline:
+            raise ValueError(f"{name} runs on the frame reader (inline): it cannot have a loop form")
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"the loop form of {name} must be an `async def` function")
+        cmd.coroutine, cmd.coroutine_signature, cmd.takes_loop = func, _signature(func), when
         return func
 
     return wrap

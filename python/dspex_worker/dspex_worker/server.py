@@ -111,7 +111,7 @@ class Worker:
         _request_id.set(ctx.trace_id or ctx.request_id)  # this task's own context
         try:
             ctx.check()
-            work = aio.shielded(cmd.start_coroutine(ctx, args))
+            work = aio.guard_exits(cmd.start_coroutine(ctx, args))
             left = ctx.time_left()
             result = await (work if left is None else asyncio.wait_for(work, left))
         except asyncio.TimeoutError as exc:
@@ -119,7 +119,11 @@ class Worker:
                 exc = DeadlineExceeded(f"request {ctx.request_id} ran past its deadline")
             self._fail(tag, cmd, ctx, stream, exc)
         except asyncio.CancelledError:
-            self._fail(tag, cmd, ctx, stream, Cancelled(f"request {ctx.request_id} was cancelled"))
+            if ctx.cancelled.is_set():
+                exc = Cancelled(f"request {ctx.request_id} was cancelled")
+            else:  # not by the runtime: something inside gave up
+                exc = CommandError(f"request {ctx.request_id}: its task was cancelled on the worker's loop")
+            self._fail(tag, cmd, ctx, stream, exc)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
             self._fail(tag, cmd, ctx, stream, exc)
         else:

@@ -3,6 +3,7 @@
 import os
 import shutil
 import sys
+import time
 
 import pytest
 
@@ -333,7 +334,7 @@ def test_the_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads():
     # moves one fails here instead of silently costing thread hops), and the
     # worker's loop runs them in place.
     steps_found = dc._inline_steps()
-    assert len(steps_found) == 6 and steps_found <= aio._in_place
+    assert len(steps_found) == 6 and all(f in aio._in_place for f in steps_found)
     request = contextvars.ContextVar("request", default=None)
 
     def short(x):
@@ -345,7 +346,15 @@ def test_the_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads():
     def broken():
         raise ValueError("bad step")
 
-    executor = aio.LoopExecutor(frozenset({short, broken}))
+    class Engine:
+        def __init__(self, built):
+            self.built = built
+
+        def target(self, x):
+            return threading.get_ident(), x
+
+    executor = aio.LoopExecutor({short: aio._always, broken: aio._always,
+                                 Engine.target: lambda engine, x: engine.built})
     loop = asyncio.new_event_loop()
     loop.set_default_executor(executor)
 
@@ -358,9 +367,46 @@ def test_the_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads():
         assert there != here and (value, seen) == (6, "r-1")
         with pytest.raises(ValueError, match="bad step"):
             await asyncio.to_thread(broken)
+        # A bound method, in place only when its test (given `self`) passes.
+        assert await asyncio.to_thread(Engine(True).target, 1) == (here, 1)
+        assert (await asyncio.to_thread(Engine(False).target, 1))[0] != here
 
     try:
         loop.run_until_complete(steps())
     finally:
         loop.close()
         executor.shutdown()
+
+
+def test_waiting_on_the_loop_from_a_thread_ends_with_the_program_or_the_request():
+    import asyncio
+    import threading
+
+    from dspex_worker import dspy_commands as dc
+    from dspex_worker.registry import Cancelled, Context
+
+    # A program's own TimeoutError is its failure, not the wait's.
+    async def times_out():
+        raise TimeoutError("a tool timed out")
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="a tool timed out"):
+        dc.await_on_loop(Context(1, deadline=time.monotonic() + 30), times_out)
+    assert time.monotonic() - started < 1
+    # A coroutine that cannot even be made fails the request, not hangs it.
+    with pytest.raises(ZeroDivisionError):
+        dc.await_on_loop(Context(2), lambda: 1 / 0)
+    # The request's cancel ends the wait, and the program with it.
+    ended = threading.Event()
+
+    async def forever():
+        try:
+            await asyncio.sleep(60)
+        finally:
+            ended.set()
+
+    ctx = Context(3)
+    threading.Timer(0.1, ctx.cancel).start()
+    with pytest.raises(Cancelled):
+        dc.await_on_loop(ctx, forever)
+    assert ended.wait(2), "the program was not cancelled"

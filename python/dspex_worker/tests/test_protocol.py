@@ -207,49 +207,84 @@ def test_info_reports_limits_and_caps(worker):
     assert "OMP_NUM_THREADS" in info["env"]
 
 
+def _package_doc_example() -> str:
+    """The example of ``on_loop`` in the package's docstring, as code."""
+    import dspex_worker
+
+    doc = dspex_worker.__doc__
+    parts = doc[doc.index("ends it at once::") + len("ends it at once::"):].strip("\n").split("\n\n")
+    code = []
+    for part in parts:
+        if not part.startswith("    "):
+            break
+        code.append(part)
+    return textwrap.dedent("\n\n".join(code))
+
+
 def test_a_command_with_a_loop_form_runs_there_and_ends_at_its_deadline_or_cancel(tmp_path):
+    # The package docs' example, plus a probe of where each form runs.
     mod = tmp_path / "loop_commands.py"
-    mod.write_text(textwrap.dedent(
+    mod.write_text(_package_doc_example() + textwrap.dedent(
         """
-        import asyncio
+
         import logging
         import threading
 
-        from dspex_worker import command, on_loop
-
-        @command("nap")
-        def nap(ctx, seconds: float = 0.0, loop: bool = False):
+        @command("where")
+        def where(ctx, loop: bool):
             return {"thread": threading.current_thread().name}
 
-        @on_loop("nap", when=lambda args: args["loop"])
-        async def nap_on_loop(ctx, seconds: float = 0.0, loop: bool = False):
-            logging.getLogger("loop_commands").warning("napping %s", seconds)
+        @on_loop("where", when=lambda args: args["loop"])
+        async def where_on_loop(ctx, loop: bool):
+            logging.getLogger("loop_commands").warning("on the loop")
             for i in range(3):
                 ctx.emit({"i": i})
-            await asyncio.sleep(seconds)
             return {"thread": threading.current_thread().name}
         """
     ))
     path = f"{tmp_path}{os.pathsep}{os.path.dirname(os.path.dirname(__file__))}"
     client = spawn_worker({"DSPEX_WORKER_MODULES": "loop_commands", "PYTHONPATH": path})
     client.recv()
-    resp, chunks = client.call("nap", {"loop": True}, stream=True, trace_id="trace-7")
+    resp, chunks = client.call("where", {"loop": True}, stream=True, trace_id="trace-7")
     assert resp["ok"] == {"thread": "dspex-loop"} and [c["data"]["i"] for c in chunks] == [0, 1, 2]
-    resp, _ = client.call("nap", {"loop": False})
+    resp, _ = client.call("where", {"loop": False})
     assert resp["ok"]["thread"].startswith("dspex-req")
+    # Both forms of the docs' example answer.
+    for on_loop in (False, True):
+        resp, _ = client.call("nap", {"seconds": 0.01, "on_loop": on_loop})
+        assert resp["ok"] == {"slept": 0.01}, resp
     # A bad argument is the caller's error on the loop too.
-    resp, _ = client.call("nap", {"loop": True, "nope": 1})
+    resp, _ = client.call("nap", {"seconds": 0, "on_loop": True, "nope": 1})
     assert resp["error"]["kind"] == "invalid_request", resp
     started = time.monotonic()
-    resp, _ = client.call("nap", {"loop": True, "seconds": 30}, deadline_ms=200)
+    resp, _ = client.call("nap", {"seconds": 30, "on_loop": True}, deadline_ms=200)
     assert resp["error"]["kind"] == "timeout" and time.monotonic() - started < 2, resp
-    rid = client.request("nap", {"loop": True, "seconds": 30})
-    time.sleep(0.1)
-    started = time.monotonic()
-    client.send({"type": "cancel", "id": rid})
-    resp = client.recv()
-    assert resp["id"] == rid and resp["error"]["kind"] == "cancelled" and time.monotonic() - started < 1, resp
+    for pause in (0.1, 0.0):  # a cancel while it waits, and one before it starts
+        rid = client.request("nap", {"seconds": 30, "on_loop": True})
+        time.sleep(pause)
+        started = time.monotonic()
+        client.send({"type": "cancel", "id": rid})
+        resp = client.recv()
+        assert resp["id"] == rid and resp["error"]["kind"] == "cancelled" and time.monotonic() - started < 1, resp
     os.close(client.req_w)
     assert wait_exit(client.proc) == 0
     # Log lines from a task on the loop carry their request's trace id.
-    assert b"req=trace-7 loop_commands: napping 0" in client.proc.stderr.read()
+    assert b"req=trace-7 loop_commands: on the loop" in client.proc.stderr.read()
+
+
+def test_a_loop_form_needs_an_async_function_and_a_command_off_the_reader():
+    from dspex_worker.registry import command, on_loop
+
+    @command("test.loopless", inline=True)
+    def loopless(ctx):
+        return {}
+
+    with pytest.raises(ValueError, match="inline"):
+        on_loop("test.loopless", when=lambda args: True)(loopless)
+
+    @command("test.plain")
+    def plain(ctx):
+        return {}
+
+    with pytest.raises(TypeError, match="async def"):
+        on_loop("test.plain", when=lambda args: True)(plain)

@@ -269,23 +269,58 @@ fn py_class(p: &Py) -> String {
     }
 }
 
+/// The qualified name of a class type (`int`, `dspy.adapters.types.image.Image`),
+/// or None for the typing forms and parameterised generics.
+fn class_name(t: &FieldType) -> Option<String> {
+    let name = match t {
+        FieldType::Str => "str",
+        FieldType::Int => "int",
+        FieldType::Float => "float",
+        FieldType::Bool => "bool",
+        FieldType::Bytes => "bytes",
+        FieldType::Complex => "complex",
+        FieldType::None => "NoneType",
+        FieldType::List(None) => "list",
+        FieldType::Set(None) => "set",
+        FieldType::FrozenSet(None) => "frozenset",
+        FieldType::Dict(None) => "dict",
+        FieldType::Tuple(None) => "tuple",
+        FieldType::Dspy(d) => {
+            // Where DSPy 3.4.1 defines each type (its `__module__`).
+            let module = match d {
+                DspyType::History => "history",
+                DspyType::Image => "image",
+                DspyType::Audio => "audio",
+                DspyType::File => "file",
+                DspyType::Tool | DspyType::ToolCalls => "tool",
+                DspyType::Code => "code",
+                DspyType::Reasoning => "reasoning",
+                DspyType::Document => "document",
+                DspyType::Citations => "citation",
+                #[allow(unreachable_patterns)]
+                _ => return None,
+            };
+            return Some(format!("dspy.adapters.types.{module}.{}", d.name()));
+        }
+        _ => return None,
+    };
+    Some(name.into())
+}
+
+/// `typing._type_repr`: a type as it prints inside another's brackets
+/// (`list[int]`, not `list[<class 'int'>]`).
+fn arg_repr(t: &FieldType) -> String {
+    class_name(t).unwrap_or_else(|| type_repr(t))
+}
+
 /// `repr()` of a type, as `typing` prints it.
 fn type_repr(t: &FieldType) -> String {
-    let args = |items: &[&FieldType]| items.iter().map(|t| type_repr(t)).collect::<Vec<_>>().join(", ");
+    if let Some(name) = class_name(t) {
+        return format!("<class '{name}'>");
+    }
+    let args = |items: &[&FieldType]| items.iter().map(|t| arg_repr(t)).collect::<Vec<_>>().join(", ");
     match t {
-        FieldType::Str => "<class 'str'>".into(),
-        FieldType::Int => "<class 'int'>".into(),
-        FieldType::Float => "<class 'float'>".into(),
-        FieldType::Bool => "<class 'bool'>".into(),
-        FieldType::Bytes => "<class 'bytes'>".into(),
-        FieldType::Complex => "<class 'complex'>".into(),
-        FieldType::None => "<class 'NoneType'>".into(),
         FieldType::Any => "typing.Any".into(),
-        FieldType::List(None) => "<class 'list'>".into(),
-        FieldType::Set(None) => "<class 'set'>".into(),
-        FieldType::FrozenSet(None) => "<class 'frozenset'>".into(),
-        FieldType::Dict(None) => "<class 'dict'>".into(),
-        FieldType::Tuple(None) => "<class 'tuple'>".into(),
         FieldType::List(Some(i)) => format!("list[{}]", args(&[i])),
         FieldType::Set(Some(i)) => format!("set[{}]", args(&[i])),
         FieldType::FrozenSet(Some(i)) => format!("frozenset[{}]", args(&[i])),
@@ -312,7 +347,6 @@ fn type_repr(t: &FieldType) -> String {
                 .collect();
             format!("typing.Literal[{}]", inner.join(", "))
         }
-        FieldType::Dspy(d) => format!("<class 'dspy.{}'>", d.name()),
         FieldType::Other { name, args: a } => {
             if a.is_empty() {
                 format!("typing.{name}")
@@ -333,9 +367,13 @@ pub(crate) fn resolve(expr: &Expr) -> Result<Py, ResolveError> {
         Expr::Attribute(base, attr) => {
             let base = resolve(base)?;
             match base {
+                // `dspy.Document` and `dspy.Citations` are not attributes of
+                // DSPy 3.4.1's top-level module: DSPy rejects them there.
                 Py::Module("dspy") => match DspyType::from_name(attr) {
-                    Some(t) => Ok(Py::Type(FieldType::Dspy(t))),
-                    None => Err(unsupported(format!("`dspy.{attr}` as a type"))),
+                    Some(t) if !matches!(t, DspyType::Document | DspyType::Citations) => {
+                        Ok(Py::Type(FieldType::Dspy(t)))
+                    }
+                    _ => Err(unsupported(format!("`dspy.{attr}` as a type"))),
                 },
                 Py::Module("typing") => match typing_name(attr) {
                     Some(found) => found,
@@ -576,5 +614,73 @@ pub(crate) fn into_field_type(p: Py) -> Result<FieldType, ResolveError> {
             message: schema_error_message(&format!("typing.{f}")),
         }),
         other => Err(unsupported(format!("`{}` as a field type", py_repr(&other)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each string is what Python 3.11's `repr()` prints for the same type
+    /// (checked against the pinned DSPy environment).
+    #[test]
+    fn types_print_as_python_prints_them() {
+        let image = FieldType::Dspy(DspyType::Image);
+        let cases: Vec<(FieldType, &str)> = vec![
+            (FieldType::Int, "<class 'int'>"),
+            (FieldType::None, "<class 'NoneType'>"),
+            (FieldType::Dict(None), "<class 'dict'>"),
+            (image.clone(), "<class 'dspy.adapters.types.image.Image'>"),
+            (FieldType::Dspy(DspyType::ToolCalls), "<class 'dspy.adapters.types.tool.ToolCalls'>"),
+            (FieldType::Dspy(DspyType::Citations), "<class 'dspy.adapters.types.citation.Citations'>"),
+            (FieldType::List(Some(Box::new(FieldType::Int))), "list[int]"),
+            (
+                FieldType::Dict(Some((
+                    Box::new(FieldType::Str),
+                    Box::new(FieldType::List(Some(Box::new(FieldType::Float)))),
+                ))),
+                "dict[str, list[float]]",
+            ),
+            (FieldType::VarTuple(Box::new(FieldType::Int)), "tuple[int, ...]"),
+            (FieldType::Tuple(Some(vec![FieldType::Int, FieldType::Str])), "tuple[int, str]"),
+            (FieldType::Set(Some(Box::new(FieldType::Bytes))), "set[bytes]"),
+            (FieldType::FrozenSet(Some(Box::new(FieldType::Complex))), "frozenset[complex]"),
+            (FieldType::List(Some(Box::new(FieldType::Any))), "list[typing.Any]"),
+            (FieldType::List(Some(Box::new(image.clone()))), "list[dspy.adapters.types.image.Image]"),
+            (FieldType::optional(FieldType::Int), "typing.Optional[int]"),
+            (FieldType::optional(image), "typing.Optional[dspy.adapters.types.image.Image]"),
+            (FieldType::optional(FieldType::List(None)), "typing.Optional[list]"),
+            (
+                FieldType::union(vec![FieldType::Int, FieldType::None, FieldType::Str]),
+                "typing.Union[int, NoneType, str]",
+            ),
+            (
+                FieldType::Literal(vec![LiteralValue::Str("a".into()), LiteralValue::Int(1), LiteralValue::Bool(true)]),
+                "typing.Literal['a', 1, True]",
+            ),
+            (
+                FieldType::union(vec![
+                    FieldType::List(Some(Box::new(FieldType::Int))),
+                    FieldType::Literal(vec![LiteralValue::Str("x".into())]),
+                ]),
+                "typing.Union[list[int], typing.Literal['x']]",
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(type_repr(&t), want, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn dspy_attributes_are_the_ones_dspy_has() {
+        for ok in ["History", "Image", "Audio", "File", "Tool", "ToolCalls", "Code", "Reasoning"] {
+            let expr = Expr::Attribute(Box::new(Expr::Name("dspy".into())), ok.into());
+            assert!(matches!(resolve(&expr), Ok(Py::Type(FieldType::Dspy(_)))), "dspy.{ok}");
+        }
+        // DSPy 3.4.1: "Unknown attribute: Document on <module 'dspy' ...>".
+        for missing in ["Document", "Citations", "Nope"] {
+            let expr = Expr::Attribute(Box::new(Expr::Name("dspy".into())), missing.into());
+            assert!(matches!(resolve(&expr), Err(ResolveError::Unsupported(_))), "dspy.{missing}");
+        }
     }
 }
