@@ -561,3 +561,34 @@ fn a_call_dropped_mid_write_leaves_the_worker_intact() {
         assert!(w.ping(Duration::from_secs(2)).await.is_ok(), "the worker is still healthy");
     });
 }
+
+#[test]
+fn late_requests_stderr_and_exit_codes_are_reported() {
+    runtime().block_on(async {
+        let w = Worker::spawn(config("worker:test:small", false)).await.unwrap();
+        let shown = format!("{w:?}");
+        assert!(shown.contains("worker:test:small") && shown.contains(&w.pid().to_string()), "{shown}");
+        // A deadline that passed before the request left is a timeout, sent nowhere.
+        let late = CallOptions { deadline: Some(Instant::now() - Duration::from_millis(1)), ..Default::default() };
+        let e = w.call("echo", json!({}), &late).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(e.message().contains("before the request was sent"), "{}", e.message());
+        let e = w.stream("count", json!({"n": 3}), &late).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert_eq!(w.in_flight(), 0, "nothing left registered");
+        // What the worker writes to stderr is kept for error reports.
+        w.call("print", json!({"lines": 3, "text": "to-stderr", "stream": "stderr"}), &CallOptions::default())
+            .await
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        while !w.stderr_tail().contains("to-stderr 2") {
+            assert!(Instant::now() < end, "stderr tail: {:?}", w.stderr_tail());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A worker that exits on its own reports its code.
+        let e = w.call("crash", json!({"code": 7}), &CallOptions::default()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WorkerCrashed);
+        let exit = tokio::time::timeout(Duration::from_secs(10), w.exited()).await.expect("exited() answers");
+        assert_eq!((exit.code, exit.signal), (Some(7), None));
+    });
+}

@@ -999,6 +999,17 @@ pub struct WorkerStream {
     finished: bool,
 }
 
+impl std::fmt::Debug for WorkerStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerStream")
+            .field("worker", &self.worker.name())
+            .field("id", &self.id)
+            .field("op", &self.op)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
 impl Stream for WorkerStream {
     type Item = Result<StreamItem>;
 
