@@ -201,7 +201,8 @@ fn tail(client: &mut Client, args: &[String], json_out: bool, count: Option<u64>
         if INTERRUPTED.load(Ordering::SeqCst) || count.is_some_and(|n| seen >= n) {
             break Ok(());
         }
-        line.clear();
+        // A read that times out may leave part of a line in `line`: it is
+        // kept, and the next read completes it.
         match client.reader.read_line(&mut line) {
             Ok(0) if count.is_some() => {
                 break Err(Failure::io(format!("the console closed the connection after {seen} events")))
@@ -214,6 +215,7 @@ fn tail(client: &mut Client, args: &[String], json_out: bool, count: Option<u64>
                 if e.get("lagged").is_none() {
                     seen += 1;
                 }
+                line.clear();
                 if json_out {
                     println!("{e}");
                 } else {

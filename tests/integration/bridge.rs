@@ -576,6 +576,10 @@ fn late_requests_stderr_and_exit_codes_are_reported() {
         let e = w.stream("count", json!({"n": 3}), &late).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert_eq!(w.in_flight(), 0, "nothing left registered");
+        let mut s = w.stream("count", json!({"n": 1}), &CallOptions::default()).await.unwrap();
+        let shown = format!("{s:?}");
+        assert!(shown.contains("worker:test:small") && shown.contains("\"count\""), "{shown}");
+        while s.next().await.is_some() {}
         // What the worker writes to stderr is kept for error reports.
         w.call("print", json!({"lines": 3, "text": "to-stderr", "stream": "stderr"}), &CallOptions::default())
             .await

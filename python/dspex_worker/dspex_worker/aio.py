@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import threading
 
@@ -55,7 +56,10 @@ class LoopExecutor(concurrent.futures.ThreadPoolExecutor):
         self.in_place = in_place
 
     def runs_in_place(self, fn) -> bool:
+        # Only the shape `asyncio.to_thread` submits: partial(context.run, f, ...).
         if not isinstance(fn, functools.partial) or not fn.args:
+            return False
+        if not isinstance(getattr(fn.func, "__self__", None), contextvars.Context):
             return False
         target, *args = fn.args
         test = self.in_place.get(getattr(target, "__func__", target))
@@ -64,7 +68,9 @@ class LoopExecutor(concurrent.futures.ThreadPoolExecutor):
         self_arg = getattr(target, "__self__", None)
         args = [self_arg, *args] if self_arg is not None else args
         try:
-            return bool(test(*args, **fn.keywords))
+            # `fn.func` is the call's `context.run`: the test sees the
+            # context the step would run in (DSPy keeps call options there).
+            return bool(fn.func(test, *args, **fn.keywords))
         except Exception:  # noqa: BLE001 - a test that cannot tell: the thread is always safe
             return False
 

@@ -28,6 +28,7 @@ import enum
 import functools
 import importlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -128,11 +129,13 @@ def _memoize_model_metadata() -> bool:
 
 _memoize_model_metadata()
 try:
-    # Load the model catalog now (~50 ms), not on the first call that prices
-    # a reply: on the worker's loop that would stall every stream.
+    # Load the model catalog now (~25 ms from DSPy's bundled copy; a fetch
+    # of up to 5 s when LITELLM_LOCAL_MODEL_COST_MAP is not "true"), not on
+    # the first call that prices a reply: on the worker's loop that would
+    # stall every stream.
     importlib.import_module("dspy.clients.model_metadata")._load()
-except (ImportError, AttributeError):
-    pass
+except Exception as exc:  # noqa: BLE001 - DSPy loads it on first use instead
+    logging.getLogger("dspex_worker").warning("model catalog not preloaded: %s: %s", type(exc).__name__, exc)
 
 
 # ---------------------------------------------------------------- values
@@ -435,12 +438,17 @@ def parallel(ctx, program: dict, inputs: list, lm: dict | None = None, num_threa
 
 
 def _native_route(lm, *args, **kwargs) -> bool:
-    """Whether DSPy sends this LM's calls through lm15 (no LiteLLM lookups)."""
+    """Whether DSPy sends this call of ``lm`` through lm15 (no LiteLLM
+    lookups). Run in the call's context, where DSPy's planning scope holds
+    the call's own client options (which may pick LiteLLM)."""
     if not isinstance(getattr(lm, "_engine_spec", None), str):
         return True  # a custom engine: its capabilities are its own attributes
+    from dspy.clients import capabilities
     from dspy.clients.backend_selection import select_backend
 
-    return select_backend(lm).native
+    scope = capabilities._planning.get()
+    options = scope.options if scope is not None and scope.lm is lm else None
+    return select_backend(lm, options).native
 
 
 def _provider_built(engine, *args, **kwargs) -> bool:

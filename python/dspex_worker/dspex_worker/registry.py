@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import time
@@ -134,8 +135,9 @@ class Command:
         return self.func(ctx, **args)
 
     def _check(self, signature: inspect.Signature | None, ctx: Context, args: dict) -> None:
-        """Arguments that do not fit the command are the caller's error, not a crash."""
-        if args and signature is not None:
+        """Arguments that do not fit the command are the caller's error, not a crash.
+        (No arguments for a command that needs none is the common, cheap case.)"""
+        if signature is not None and (args or _requires_arguments(signature)):
             try:
                 signature.bind(ctx, **args)
             except TypeError as exc:
@@ -147,6 +149,13 @@ def _signature(func) -> inspect.Signature | None:
         return inspect.signature(func)
     except (TypeError, ValueError):
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def _requires_arguments(signature: inspect.Signature) -> bool:
+    """Whether a command (``f(ctx, ...)``) has a parameter without a default."""
+    params = list(signature.parameters.values())[1:]
+    return any(p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
 
 
 class Registry:

@@ -1,5 +1,6 @@
 """DSPy commands, with DSPy's DummyLM (no network)."""
 
+import functools
 import os
 import shutil
 import sys
@@ -353,8 +354,13 @@ def test_the_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads():
         def target(self, x):
             return threading.get_ident(), x
 
+    def in_request(x):
+        return threading.get_ident(), x
+
     executor = aio.LoopExecutor({short: aio._always, broken: aio._always,
-                                 Engine.target: lambda engine, x: engine.built})
+                                 Engine.target: lambda engine, x: engine.built,
+                                 # The test runs in the call's context.
+                                 in_request: lambda x: request.get() == "r-1"})
     loop = asyncio.new_event_loop()
     loop.set_default_executor(executor)
 
@@ -370,6 +376,9 @@ def test_the_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads():
         # A bound method, in place only when its test (given `self`) passes.
         assert await asyncio.to_thread(Engine(True).target, 1) == (here, 1)
         assert (await asyncio.to_thread(Engine(False).target, 1))[0] != here
+        assert await asyncio.to_thread(in_request, 5) == (here, 5)
+        # Not the shape to_thread submits: a thread, whatever it names.
+        assert executor.runs_in_place(functools.partial(short, 1)) is False
 
     try:
         loop.run_until_complete(steps())
@@ -410,3 +419,16 @@ def test_waiting_on_the_loop_from_a_thread_ends_with_the_program_or_the_request(
     with pytest.raises(Cancelled):
         dc.await_on_loop(ctx, forever)
     assert ended.wait(2), "the program was not cancelled"
+
+
+def test_capabilities_run_in_place_only_on_the_lm15_route_of_this_call():
+    import dspy
+    from dspy.clients.capabilities import planning_scope
+
+    from dspex_worker import dspy_commands as dc
+
+    lm = dspy.LM("openai/some-model", api_base="http://127.0.0.1:9/v1", api_key="k")
+    assert dc._native_route(lm)
+    # A call's own client options can send it to LiteLLM: then to a thread.
+    with planning_scope(lm, {"extra_headers": {"x-test": "1"}}):
+        assert not dc._native_route(lm)

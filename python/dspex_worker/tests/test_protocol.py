@@ -288,3 +288,9 @@ def test_a_loop_form_needs_an_async_function_and_a_command_off_the_reader():
 
     with pytest.raises(TypeError, match="async def"):
         on_loop("test.plain", when=lambda args: True)(plain)
+
+
+def test_a_missing_required_argument_is_the_callers_error(worker):
+    resp, _ = worker.call("dspy.run", {})
+    assert resp["error"]["kind"] == "invalid_request", resp
+    assert "program" in resp["error"]["message"]

@@ -269,6 +269,28 @@ fn py_class(p: &Py) -> String {
     }
 }
 
+/// Whether `py_repr` prints `p` exactly as Python would. A parameterised
+/// container is not: `typing.List[int]` and `list[int]` resolve alike but
+/// print differently, as do a `None` argument and `NoneType`.
+fn repr_is_exact(p: &Py) -> bool {
+    fn exact_type(t: &FieldType) -> bool {
+        match t {
+            FieldType::Any => true,
+            FieldType::Union(items) => items.iter().all(exact_type),
+            FieldType::Literal(_) => true,
+            other => class_name(other).is_some(),
+        }
+    }
+    match p {
+        Py::Type(t) => exact_type(t),
+        Py::Const(_) | Py::SpecialForm(_) | Py::Alias(_) => true,
+        Py::Tuple(items) => items.iter().all(repr_is_exact),
+        // A union's display is built from its members' reprs.
+        Py::Opaque { class, .. } => *class != "typing._UnionGenericAlias",
+        Py::Module(_) | Py::Unschematizable { .. } => false,
+    }
+}
+
 /// The qualified name of a class type (`int`, `dspy.adapters.types.image.Image`),
 /// or None for the typing forms and parameterised generics.
 fn class_name(t: &FieldType) -> Option<String> {
@@ -587,6 +609,9 @@ pub(crate) fn check_is_type(p: &Py) -> Result<(), ResolveError> {
         // DSPy's message includes the module's file path.
         return Err(unsupported("a module used as a field type"));
     }
+    if !repr_is_exact(p) {
+        return Err(unsupported("a non-type annotation whose Python repr is not modelled exactly"));
+    }
     Err(value_error(format!(
         "Field types must be types, but received: {} of type <class '{}'>.",
         py_str(p),
@@ -668,6 +693,20 @@ mod tests {
         ];
         for (t, want) in cases {
             assert_eq!(type_repr(&t), want, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn non_types_dspy_would_print_differently_go_to_python() {
+        let tuple = |items: Vec<Py>| Py::Tuple(items);
+        let plain = tuple(vec![Py::Type(FieldType::Int), Py::Type(FieldType::Str)]);
+        assert!(matches!(check_is_type(&plain), Err(ResolveError::Dspy { .. })), "DSPy's message, exactly");
+        for p in [
+            tuple(vec![Py::Type(FieldType::List(Some(Box::new(FieldType::Int)))), Py::Type(FieldType::Str)]),
+            tuple(vec![Py::Module("dspy"), Py::Type(FieldType::Int)]),
+            tuple(vec![Py::Opaque { display: "x".into(), class: "typing._UnionGenericAlias" }]),
+        ] {
+            assert!(matches!(check_is_type(&p), Err(ResolveError::Unsupported(_))), "{p:?}");
         }
     }
 
