@@ -342,8 +342,11 @@ fn the_repl_works_through_a_pseudo_terminal() {
     term.write_all(b"frobnicate\r").unwrap();
     wait_for("unknown command", &mut seen);
     // `dspex serve` restarts (a new socket and token): the REPL connects again.
-    assert_eq!(serve.stop(), 0);
-    let serve = Serve::start(&["--console-socket", socket.to_str().unwrap()]);
+    let restart = |serve: Serve| {
+        assert_eq!(serve.stop(), 0);
+        Serve::start(&["--console-socket", socket.to_str().unwrap()])
+    };
+    let serve = restart(serve);
     seen.clear();
     term.write_all(b"tree\r").unwrap();
     wait_for("connected again", &mut seen);
@@ -352,8 +355,7 @@ fn the_repl_works_through_a_pseudo_terminal() {
     term.write_all(b"pools\r").unwrap();
     wait_for("OVERLOADED", &mut seen);
     // Lost again, on a mutating command: it is not sent again by itself.
-    assert_eq!(serve.stop(), 0);
-    let serve = Serve::start(&["--console-socket", socket.to_str().unwrap()]);
+    let serve = restart(serve);
     seen.clear();
     term.write_all(b"kill worker:general:0\r").unwrap();
     wait_for("may or may not have run", &mut seen);

@@ -1508,10 +1508,14 @@ pub(crate) async fn execute_in_session(
     let lock = tokio::sync::Mutex::new(runner);
     let out = tokio::select! {
         out = execute(rt, pipeline, inputs, Some(&lock), &run) => out,
-        _ = cancel.notified() => Err(Error::new(ErrorKind::Cancelled, format!("pipeline run {run} was cancelled"))
-            .with_request_id(&run)),
+        _ = cancel.notified() => Err(run_cancelled(&run)),
     };
     out.map_err(|e| e.with_session(&session))
+}
+
+/// The error of a cancelled run.
+fn run_cancelled(run: &str) -> Error {
+    Error::new(ErrorKind::Cancelled, format!("pipeline run {run} was cancelled")).with_request_id(run)
 }
 
 /// Removes a run from the registry when dropped.
@@ -1606,8 +1610,7 @@ impl PipelineRun {
     pub async fn wait(self) -> Result<PipelineResult> {
         match self.result.await {
             Ok(r) => r,
-            Err(_) => Err(Error::new(ErrorKind::Cancelled, format!("pipeline run {} was cancelled", self.id))
-                .with_request_id(&self.id)),
+            Err(_) => Err(run_cancelled(&self.id)),
         }
     }
 }

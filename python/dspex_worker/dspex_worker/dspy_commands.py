@@ -539,31 +539,34 @@ def _streaming(module, is_async: bool):
     return dspy.streamify(module, stream_listeners=listeners, async_streaming=True, is_async_program=is_async)
 
 
-async def _pump(ctx, stream, send_chunk):
-    """Send each chunk of ``stream`` with ``send_chunk``; the prediction."""
+async def _stream(ctx, program: dict, inputs: dict, lm, is_async: bool, send_chunk):
+    """Stream ``program`` on ``inputs``: each chunk to ``send_chunk``, then
+    the fields. The program runs on the loop (``is_async``) or on a thread of
+    DSPy's; the listener always runs on the loop."""
+    started = time.perf_counter()
+    module = shared_program(program)
+    streaming = _streaming(module, is_async)
+    inputs = coerce_inputs(module, inputs)
     final = None
-    async for item in stream:
-        if isinstance(item, dspy.streaming.StreamResponse):
-            send_chunk({"field": item.signature_field_name, "text": item.chunk})
-        elif isinstance(item, dspy.Prediction):
-            final = item
+    with lm_context(ctx, lm, program.get("adapter")):
+        async for item in streaming(**inputs):
+            if isinstance(item, dspy.streaming.StreamResponse):
+                send_chunk({"field": item.signature_field_name, "text": item.chunk})
+            elif isinstance(item, dspy.Prediction):
+                final = item
     if final is None:
         raise CommandError("the stream ended without a prediction", kind="lm")
-    return final
+    return {"fields": prediction_fields(final), "usage": _usage(final), "elapsed_us": _since(started)}
 
 
 @command("dspy.stream")
 def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
     """Run a program with dspy.streamify: chunks per output field, then the fields."""
-    started = time.perf_counter()
-    module = shared_program(program)
-    streaming = _streaming(module, is_async=False)
-    inputs = coerce_inputs(module, inputs)
-    # The program runs on a thread of DSPy's and the listener on the loop;
-    # chunks go out from the loop as the listener yields them (handing them
-    # to this thread first would cost a thread switch each), but never after
-    # the request ended: a chunk behind the response would be a protocol
-    # violation and cost the worker.
+    # This thread waits while the stream runs on the loop; chunks go out
+    # from the loop as the listener yields them (handing them to this thread
+    # first would cost a thread switch each), but never after the request
+    # ended: a chunk behind the response would be a protocol violation and
+    # cost the worker.
     open_for_chunks = [True]
     emit_lock = threading.Lock()
 
@@ -572,26 +575,19 @@ def stream(ctx, program: dict, inputs: dict, lm: dict | None = None):
             if open_for_chunks[0]:
                 ctx.emit(chunk)
 
-    with lm_context(ctx, lm, program.get("adapter")):
-        try:
-            final = await_on_loop(ctx, lambda: _pump(ctx, streaming(**inputs), send_chunk))
-            ctx.check()
-        finally:
-            with emit_lock:
-                open_for_chunks[0] = False
-    return {"fields": prediction_fields(final), "usage": _usage(final), "elapsed_us": _since(started)}
+    try:
+        out = await_on_loop(ctx, lambda: _stream(ctx, program, inputs, lm, False, send_chunk))
+        ctx.check()
+    finally:
+        with emit_lock:
+            open_for_chunks[0] = False
+    return out
 
 
 @on_loop("dspy.stream", when=_async_kind)
 async def stream_on_loop(ctx, program: dict, inputs: dict, lm: dict | None = None):
     # All on the loop: the response follows the last chunk on this thread.
-    started = time.perf_counter()
-    module = shared_program(program)
-    streaming = _streaming(module, is_async=True)
-    inputs = coerce_inputs(module, inputs)
-    with lm_context(ctx, lm, program.get("adapter")):
-        final = await _pump(ctx, streaming(**inputs), ctx.emit)
-    return {"fields": prediction_fields(final), "usage": _usage(final), "elapsed_us": _since(started)}
+    return await _stream(ctx, program, inputs, lm, True, ctx.emit)
 
 
 @command("dspy.format")

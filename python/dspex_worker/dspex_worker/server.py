@@ -11,13 +11,12 @@ import platform
 import sys
 import threading
 import time
-
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from . import PROTOCOL_VERSION, aio
 from .protocol import CODECS, DEFAULT_MAX_FRAME, JSON, FrameReader, FrameWriter, ProtocolError
-from .registry import Cancelled, CommandError, Context, DeadlineExceeded, registry
+from .registry import CommandError, Context, DeadlineExceeded, registry
 
 log = logging.getLogger("dspex_worker")
 # The request a log line belongs to: per thread, and per task on the loop.
@@ -114,15 +113,17 @@ class Worker:
             work = aio.guard_exits(cmd.start_coroutine(ctx, args))
             left = ctx.time_left()
             result = await (work if left is None else asyncio.wait_for(work, left))
-        except asyncio.TimeoutError as exc:
-            if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
-                exc = DeadlineExceeded(f"request {ctx.request_id} ran past its deadline")
-            self._fail(tag, cmd, ctx, stream, exc)
-        except asyncio.CancelledError:
-            if ctx.cancelled.is_set():
-                exc = Cancelled(f"request {ctx.request_id} was cancelled")
-            else:  # not by the runtime: something inside gave up
-                exc = CommandError(f"request {ctx.request_id}: its task was cancelled on the worker's loop")
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            # The request's own cancel or deadline, when that is what ended
+            # it; otherwise the program's timeout, or something inside that
+            # gave up.
+            try:
+                ctx.check()
+            except CommandError as reason:
+                exc = reason
+            else:
+                if isinstance(exc, asyncio.CancelledError):
+                    exc = CommandError(f"request {ctx.request_id}: its task was cancelled on the worker's loop")
             self._fail(tag, cmd, ctx, stream, exc)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
             self._fail(tag, cmd, ctx, stream, exc)
