@@ -3,7 +3,7 @@
 //! A frame is a 4-byte big-endian length of the rest, one codec tag byte
 //! ([`Codec::Json`] = 0, [`Codec::MsgPack`] = 1; other tags are reserved) and
 //! the payload, a map with a `type`. The worker side is
-//! `python/dspex_worker/dspex_worker/protocol.py`; both test suites decode and
+//! `crates/bridge/worker/dspex_worker/protocol.py`; both test suites decode and
 //! re-encode the golden frames in `tests/fixtures/protocol/golden.json`, so
 //! the two implementations cannot drift apart.
 //!

@@ -121,7 +121,7 @@ def test_codec_helpers_reject_garbage():
 
 
 def test_golden_frames_decode_and_reencode():
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "tests", "fixtures", "protocol", "golden.json")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "tests", "fixtures", "protocol", "golden.json")
     with open(path) as fh:
         golden = json.load(fh)
     for case in golden["frames"]:
