@@ -6,7 +6,8 @@
 //!
 //! This crate does no I/O, spawns nothing and starts no actors; the engine
 //! (`dspex-native`), the Python bridge and the actor tree build on it.
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod config;
 pub mod error;

@@ -15,20 +15,26 @@
 //! Anything DSPy can do that this engine does not model exactly fails with
 //! [`ErrorKind::Unsupported`](dspex_core::ErrorKind::Unsupported): the router
 //! runs such programs in Python instead.
-#![warn(missing_docs)]
+// `unsafe` is confined to `scan` (SSE2 byte scans on the parse hot path),
+// which opts back in; everything else is checked safe code.
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod adapter;
-mod lax;
 pub mod lm;
 pub mod metrics;
 mod predict;
-pub mod py;
+mod pyemu;
 mod scan;
 pub mod schema;
 pub mod signature;
 pub mod template;
-mod unicode;
 pub mod validate;
+
+/// Python's text rules (`str()`, `repr()`, `json.dumps`, `str.strip()`, ...),
+/// which every prompt byte depends on. The rest of the engine's Python
+/// emulation (parsing, `json_repair`, pydantic) stays internal.
+pub use pyemu::text as py;
 
 pub use predict::{
     chain_of_thought_signature, CallOptions, ChainOfThought, InputCheck, NativeProgram, Predict, PredictEvent,

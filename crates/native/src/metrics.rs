@@ -15,7 +15,7 @@ use regex::Regex;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::py;
-use crate::unicode::is_word;
+use crate::pyemu::unicode::is_word;
 
 /// DSPy's `normalize_text`: NFD, lower case, ASCII punctuation removed,
 /// English articles removed, whitespace collapsed.

@@ -82,7 +82,9 @@ pub enum PredictEvent {
 /// A stream of [`PredictEvent`]s.
 pub type PredictStream = Pin<Box<dyn Stream<Item = Result<PredictEvent>> + Send>>;
 
-/// `dspy.Predict`, natively. See the [module docs](self).
+/// `dspy.Predict`, natively: the messages `dspy.Predict` would send for the
+/// same program, the reply parsed into a [`Prediction`], and one retry with
+/// the JSON adapter when a chat-format reply cannot be parsed.
 #[derive(Debug, Clone)]
 pub struct Predict {
     signature: Arc<Signature>,

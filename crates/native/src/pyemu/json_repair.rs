@@ -209,7 +209,7 @@ impl Parser {
                         other => other,
                     };
                 }
-                c if !self.ctx.is_empty() && (DELIMS.contains(&c) || crate::unicode::is_alpha(c)) => {
+                c if !self.ctx.is_empty() && (DELIMS.contains(&c) || crate::pyemu::unicode::is_alpha(c)) => {
                     return self.parse_string()
                 }
                 c if !self.ctx.is_empty() && (c.is_ascii_digit() || c == '-' || c == '.') => {
@@ -433,7 +433,7 @@ impl Parser {
             }
             self.i += 1;
         }
-        if self.cur().is_some_and(crate::unicode::is_alpha) {
+        if self.cur().is_some_and(crate::pyemu::unicode::is_alpha) {
             self.i = start;
             return self.parse_string();
         }

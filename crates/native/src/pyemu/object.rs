@@ -1,23 +1,14 @@
-//! Lax reading of LM output, as DSPy does it.
+//! Python objects, as reading LM output produces them.
 //!
-//! DSPy reads a typed field's text with `json_repair.loads`, falls back to
-//! `ast.literal_eval`, and hands the result to pydantic in lax mode. This
-//! module reproduces that pipeline: [`repair`] is a lenient JSON reader
-//! following `json_repair`'s rules for the shapes LMs actually produce
-//! (fenced blocks, single quotes, Python literals, trailing commas, missing
-//! closers, comments, prose around the value), [`literal_eval`] is Python's,
-//! and [`validate`] is pydantic's lax validation with pydantic's error text.
-
-mod repair;
-mod validate;
-
-pub(crate) use repair::loads as repair_loads;
-pub(crate) use validate::validate_python;
+//! `json_repair.loads` and `ast.literal_eval` return Python values (`None`,
+//! ints, tuples, sets, dicts with non-string keys) that pydantic then
+//! validates; JSON has no room for most of these distinctions, and pydantic's
+//! messages print the objects with `repr()`. [`PyObj`] keeps them apart and
+//! reproduces `repr()`, `str()` and `==` across numeric types.
 
 use dspex_core::Value;
 
 use crate::py;
-use crate::signature::{literal_eval_expr, LiteralEvalError};
 
 /// A Python object produced by reading LM text.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,37 +184,9 @@ impl PyObj {
     }
 }
 
-/// `ast.literal_eval(text)`: `Ok(None)` stands for the `ValueError` /
-/// `SyntaxError` DSPy catches; other failures are `Unsupported`.
-pub(crate) fn literal_eval(text: &str) -> Result<Option<PyObj>, dspex_core::Error> {
-    match literal_eval_expr(text.trim_start_matches([' ', '\t'])) {
-        Ok(obj) => Ok(Some(obj)),
-        Err(LiteralEvalError::Malformed) => Ok(None),
-        Err(LiteralEvalError::Unsupported(what)) => {
-            Err(dspex_core::Error::unsupported(format!("ast.literal_eval of {what} is not modelled natively")))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn literal_eval_like_python() {
-        let ok = |s: &str| literal_eval(s).unwrap().unwrap();
-        assert_eq!(ok("'pos'"), PyObj::Str("pos".into()));
-        assert_eq!(ok("None"), PyObj::None);
-        assert_eq!(ok(" (1, -2.5)"), PyObj::Tuple(vec![PyObj::Int(1), PyObj::Float(-2.5)]));
-        assert_eq!(
-            ok("{'a': [True]}"),
-            PyObj::Dict(vec![(PyObj::Str("a".into()), PyObj::List(vec![PyObj::Bool(true)]))])
-        );
-        assert_eq!(ok("set()"), PyObj::Set(vec![]));
-        assert_eq!(literal_eval("abc").unwrap(), None);
-        assert_eq!(literal_eval("a b").unwrap(), None);
-        assert_eq!(literal_eval("1 +").unwrap(), None);
-    }
 
     #[test]
     fn reprs() {
@@ -232,34 +195,5 @@ mod tests {
         assert!(PyObj::Int(1).py_eq(&PyObj::Float(1.0)));
         assert!(PyObj::Bool(true).py_eq(&PyObj::Int(1)));
         assert!(!PyObj::Str("1".into()).py_eq(&PyObj::Int(1)));
-    }
-}
-
-#[cfg(test)]
-mod parity {
-    use super::*;
-
-    /// `tests/fixtures/parity/lax.json`: json_repair and literal_eval results from real Python.
-    #[test]
-    fn lax_reading_matches_python() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/parity/lax.json");
-        let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
-        let cases = doc["cases"].as_array().cloned().unwrap_or_default();
-        let mut bad = Vec::new();
-        for case in &cases {
-            let text = case["text"].as_str().unwrap_or_default();
-            let got = repair_loads(text).to_json();
-            if got != case["json_repair"] {
-                bad.push(format!("json_repair {text:?}: got {got}, want {}", case["json_repair"]));
-            }
-            let want = &case["literal_eval"];
-            match (literal_eval(text), want) {
-                (Ok(None), Value::String(s)) if s == "fails" => {}
-                (Err(_), Value::String(s)) if s == "unsupported" => {}
-                (Ok(Some(v)), Value::Object(o)) if Some(&v.to_json()) == o.get("value") => {}
-                (got, want) => bad.push(format!("literal_eval {text:?}: got {got:?}, want {want}")),
-            }
-        }
-        assert!(bad.is_empty(), "{} of {} lax cases differ:\n{}", bad.len(), cases.len(), bad.join("\n"));
     }
 }

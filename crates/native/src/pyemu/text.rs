@@ -263,7 +263,7 @@ pub fn is_printable(c: char) -> bool {
     if cp < 0x7f {
         return true;
     }
-    !crate::unicode::is_other_or_separator(c)
+    !crate::pyemu::unicode::is_other_or_separator(c)
 }
 
 /// Python's `repr(str)`.

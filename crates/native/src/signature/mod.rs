@@ -19,9 +19,13 @@
 //!
 //! Parsed signatures are cached (bounded), so parsing the same string again is
 //! a hash lookup.
+//!
+//! The tokenizer and parser are Python's and live with the rest of the Python
+//! emulation (`crate::pyemu::syntax`); this module does what DSPy does with
+//! the tree: `resolve` turns annotations into types as `_parse_type_node`
+//! does, and [`parse_signature_uncached`] applies `make_signature`'s checks in
+//! its order before building the [`Signature`].
 
-mod lexer;
-mod parser;
 mod resolve;
 
 use std::collections::{HashMap, VecDeque};
@@ -33,8 +37,8 @@ use dspex_core::{
 };
 use parking_lot::RwLock;
 
-use crate::lax::PyObj;
-use parser::{parse_params, Params};
+use crate::pyemu::syntax::ast::Const;
+use crate::pyemu::syntax::parser::{parse_params, Params};
 use resolve::{check_is_type, into_field_type, resolve, Py, ResolveError};
 
 fn sig_error(category: &str, message: impl Into<String>) -> Error {
@@ -47,89 +51,6 @@ fn from_resolve(e: ResolveError) -> Error {
         ResolveError::Unsupported(what) => Error::unsupported(format!(
             "{what} is not supported by the native signature parser; run this program in Python"
         )),
-    }
-}
-
-/// Why `ast.literal_eval` failed.
-pub(crate) enum LiteralEvalError {
-    /// `ValueError` or `SyntaxError` (DSPy falls back to the raw text).
-    Malformed,
-    /// A literal the engine does not model (bytes, complex, Ellipsis).
-    Unsupported(&'static str),
-}
-
-/// Python's `ast.literal_eval` over `text`.
-pub(crate) fn literal_eval_expr(text: &str) -> std::result::Result<PyObj, LiteralEvalError> {
-    use parser::{BinOp, Const, Expr, UnaryOp};
-    fn convert(e: &Expr) -> std::result::Result<PyObj, LiteralEvalError> {
-        Ok(match e {
-            Expr::Constant(c) => match c {
-                Const::Int(i) => PyObj::Int(*i),
-                Const::BigInt(_) => return Err(LiteralEvalError::Unsupported("an integer beyond 128 bits")),
-                Const::Float(f) => PyObj::Float(*f),
-                Const::Str { value, .. } => PyObj::Str(value.clone()),
-                Const::Bytes(b) => PyObj::Bytes(b.clone()),
-                Const::Bool(b) => PyObj::Bool(*b),
-                Const::None => PyObj::None,
-                Const::Complex(_) => return Err(LiteralEvalError::Unsupported("a complex number")),
-                Const::Ellipsis => return Err(LiteralEvalError::Unsupported("Ellipsis")),
-            },
-            Expr::Tuple(items) => PyObj::Tuple(items.iter().map(convert).collect::<std::result::Result<_, _>>()?),
-            Expr::List(items) => PyObj::List(items.iter().map(convert).collect::<std::result::Result<_, _>>()?),
-            Expr::Set(items) => {
-                let mut out: Vec<PyObj> = Vec::new();
-                for item in items {
-                    let v = convert(item)?;
-                    if matches!(v, PyObj::List(_) | PyObj::Dict(_) | PyObj::Set(_)) {
-                        return Err(LiteralEvalError::Unsupported("an unhashable set member"));
-                    }
-                    if !out.iter().any(|o| o.py_eq(&v)) {
-                        out.push(v);
-                    }
-                }
-                PyObj::Set(out)
-            }
-            Expr::Dict(pairs) => {
-                let mut out: Vec<(PyObj, PyObj)> = Vec::new();
-                for (k, v) in pairs {
-                    let Some(k) = k else {
-                        return Err(LiteralEvalError::Malformed);
-                    };
-                    let k = convert(k)?;
-                    if matches!(k, PyObj::List(_) | PyObj::Dict(_) | PyObj::Set(_)) {
-                        return Err(LiteralEvalError::Unsupported("an unhashable dict key"));
-                    }
-                    let v = convert(v)?;
-                    match out.iter_mut().find(|(ok, _)| ok.py_eq(&k)) {
-                        Some(slot) => slot.1 = v,
-                        None => out.push((k, v)),
-                    }
-                }
-                PyObj::Dict(out)
-            }
-            Expr::UnaryOp(op @ (UnaryOp::USub | UnaryOp::UAdd), inner) => match (op, convert(inner)?) {
-                (UnaryOp::USub, PyObj::Int(i)) => PyObj::Int(-i),
-                (UnaryOp::USub, PyObj::Float(f)) => PyObj::Float(-f),
-                (UnaryOp::UAdd, v @ (PyObj::Int(_) | PyObj::Float(_))) => v,
-                _ => return Err(LiteralEvalError::Malformed),
-            },
-            Expr::BinOp(_, BinOp::Add | BinOp::Sub, right)
-                if matches!(right.as_ref(), Expr::Constant(Const::Complex(_))) =>
-            {
-                return Err(LiteralEvalError::Unsupported("complex arithmetic"))
-            }
-            Expr::Call { func, args, keywords }
-                if args.is_empty() && keywords.is_empty() && matches!(func.as_ref(), Expr::Name(n) if n == "set") =>
-            {
-                PyObj::Set(Vec::new())
-            }
-            _ => return Err(LiteralEvalError::Malformed),
-        })
-    }
-    match parser::parse_expression(text) {
-        Ok(expr) => convert(&expr),
-        Err(e) if e.unsupported => Err(LiteralEvalError::Unsupported("syntax the native parser does not model")),
-        Err(_) => Err(LiteralEvalError::Malformed),
     }
 }
 
@@ -168,7 +89,7 @@ fn finish(inputs: Vec<Pending>, outputs: Vec<Pending>, instructions: Option<&str
     for p in inputs.iter().chain(&outputs) {
         if let Some(ty) = &p.ty {
             // `a: None` means "no type" to DSPy.
-            if !matches!(ty, Py::Const(parser::Const::None)) {
+            if !matches!(ty, Py::Const(Const::None)) {
                 check_is_type(ty).map_err(from_resolve)?;
             }
         }
@@ -180,7 +101,7 @@ fn finish(inputs: Vec<Pending>, outputs: Vec<Pending>, instructions: Option<&str
     let convert = |p: Pending| -> Result<FieldSpec> {
         let declared = p.ty.is_some();
         let ty = match p.ty {
-            None | Some(Py::Const(parser::Const::None)) => FieldType::Str,
+            None | Some(Py::Const(Const::None)) => FieldType::Str,
             Some(py) => into_field_type(py).map_err(from_resolve)?,
         };
         let spec = p.extra.unwrap_or_else(|| FieldSpec::new(p.name, FieldType::Str));
@@ -241,7 +162,7 @@ pub fn parse_type(annotation: &str) -> Result<FieldType> {
     let Some((_, Some(py))) = side.into_iter().next() else {
         return Err(sig_error("SyntaxError", format!("`{annotation}` is not a type annotation")));
     };
-    if matches!(py, Py::Const(parser::Const::None)) {
+    if matches!(py, Py::Const(Const::None)) {
         return Ok(FieldType::Str);
     }
     check_is_type(&py).map_err(from_resolve)?;

@@ -7,7 +7,7 @@
 
 use dspex_core::{DspyType, FieldType, LiteralValue};
 
-use super::parser::{BinOp, Const, Expr};
+use crate::pyemu::syntax::ast::{BinOp, Const, Expr};
 
 /// A Python object an annotation evaluates to.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,5 @@
-//! A tokenizer for the part of Python that signature strings use.
+//! CPython's tokenizer, for the part of Python that signature strings and
+//! `ast.literal_eval` inputs use.
 //!
 //! DSPy parses `"a: int, b -> c"` by handing `def f(a: int, b): pass` to
 //! Python's `ast.parse`, so the accepted syntax and the error messages are
