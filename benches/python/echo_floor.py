@@ -19,8 +19,18 @@ def send(tag, msg):
     os.write(resp, header.pack(len(payload) + 1, tag) + payload)
 
 
-send(0, {"type": "hello", "protocol": 1, "pid": os.getpid(), "python": "floor", "codecs": ["json", "msgpack"],
-         "commands": ["noop"], "max_concurrency": 1})
+send(
+    0,
+    {
+        "type": "hello",
+        "protocol": 1,
+        "pid": os.getpid(),
+        "python": "floor",
+        "codecs": ["json", "msgpack"],
+        "commands": ["noop"],
+        "max_concurrency": 1,
+    },
+)
 # Spin like the worker does, when asked to (a fair floor).
 spin = int(os.environ.get("DSPEX_WORKER_SPIN_US", "0")) / 1e6
 if spin:

@@ -125,7 +125,10 @@ _REJECTED = [
 
 SIGNATURE_CASES = (
     [{"id": f"accept-{i:02d}", "signature": s} for i, s in enumerate(_ACCEPTED)]
-    + [{"id": f"unsupported-{i:02d}", "signature": s, "native": "unsupported"} for i, s in enumerate(_ACCEPTED_NATIVE_UNSUPPORTED)]
+    + [
+        {"id": f"unsupported-{i:02d}", "signature": s, "native": "unsupported"}
+        for i, s in enumerate(_ACCEPTED_NATIVE_UNSUPPORTED)
+    ]
     + [{"id": f"reject-{i:02d}", "signature": s} for i, s in enumerate(_REJECTED)]
     + [
         {"id": "instructions-plain", "signature": "question -> answer", "instructions": "Answer briefly."},
@@ -161,212 +164,541 @@ FORMAT_CASES = [
     {"id": "qa-unicode", "signature": _QA, "inputs": {"question": "¿Qué es «DSPy»? 日本語 🚀 — naïve"}},
     {"id": "qa-missing-input", "signature": "question, context -> answer", "inputs": {"question": "Where?"}},
     {"id": "qa-extra-input", "signature": _QA, "inputs": {"question": "Q?", "unused": "ignored"}},
-    {"id": "str-list-values", "signature": "question, context -> answer",
-     "inputs": {"question": "Q?", "context": ["first passage", "second «quoted» passage", "multi\nline passage"]}},
-    {"id": "str-list-single", "signature": "question, context -> answer", "inputs": {"question": "Q?", "context": ["only one"]}},
+    {
+        "id": "str-list-values",
+        "signature": "question, context -> answer",
+        "inputs": {"question": "Q?", "context": ["first passage", "second «quoted» passage", "multi\nline passage"]},
+    },
+    {
+        "id": "str-list-single",
+        "signature": "question, context -> answer",
+        "inputs": {"question": "Q?", "context": ["only one"]},
+    },
     {"id": "str-list-empty", "signature": "question, context -> answer", "inputs": {"question": "Q?", "context": []}},
-    {"id": "typed-list-input", "signature": "question, context: list[str] -> answer",
-     "inputs": {"question": "Q?", "context": ["a", "b \"quoted\"", "ü"]}},
-    {"id": "numbers", "signature": "a: int, b: float, c: float, d: float, e: int -> total: float",
-     "inputs": {"a": 3, "b": 0.1, "c": 1e20, "d": 1.5e-7, "e": -12345678901234}},
-    {"id": "floats-integral", "signature": "a: float, b: float, c: float -> d: int",
-     "inputs": {"a": 1.0, "b": 100.0, "c": 1e16}},
-    {"id": "bools-none", "signature": "flag: bool, other: bool, missing: Optional[str] -> verdict: bool",
-     "inputs": {"flag": True, "other": False, "missing": None}},
-    {"id": "dict-input", "signature": "data: dict[str, Any] -> summary",
-     "inputs": {"data": {"name": "Ada", "tags": ["x", "y"], "score": 9.5, "ok": True, "none": None, "nested": {"k": [1, 2]}}}},
+    {
+        "id": "typed-list-input",
+        "signature": "question, context: list[str] -> answer",
+        "inputs": {"question": "Q?", "context": ["a", 'b "quoted"', "ü"]},
+    },
+    {
+        "id": "numbers",
+        "signature": "a: int, b: float, c: float, d: float, e: int -> total: float",
+        "inputs": {"a": 3, "b": 0.1, "c": 1e20, "d": 1.5e-7, "e": -12345678901234},
+    },
+    {
+        "id": "floats-integral",
+        "signature": "a: float, b: float, c: float -> d: int",
+        "inputs": {"a": 1.0, "b": 100.0, "c": 1e16},
+    },
+    {
+        "id": "bools-none",
+        "signature": "flag: bool, other: bool, missing: Optional[str] -> verdict: bool",
+        "inputs": {"flag": True, "other": False, "missing": None},
+    },
+    {
+        "id": "dict-input",
+        "signature": "data: dict[str, Any] -> summary",
+        "inputs": {
+            "data": {"name": "Ada", "tags": ["x", "y"], "score": 9.5, "ok": True, "none": None, "nested": {"k": [1, 2]}}
+        },
+    },
     {"id": "str-field-dict-value", "signature": "data -> summary", "inputs": {"data": {"a": 1, "b": "two"}}},
     {"id": "str-field-number-value", "signature": "data -> summary", "inputs": {"data": 42}},
-    {"id": "output-types", "signature": "text -> count: int, ratio: float, ok: bool, label: Literal['a', 'b'], tags: list[str], scores: dict[str, float], maybe: Optional[int], pair: tuple[int, str], anything: Any",
-     "inputs": {"text": "hello"}},
-    {"id": "output-nested", "signature": "text -> table: list[dict[str, list[int]]], choice: Union[Literal['x', 'y'], int], uniq: set[str]",
-     "inputs": {"text": "hello"}},
+    {
+        "id": "output-types",
+        "signature": "text -> count: int, ratio: float, ok: bool, label: Literal['a', 'b'], tags: list[str], scores: dict[str, float], maybe: Optional[int], pair: tuple[int, str], anything: Any",
+        "inputs": {"text": "hello"},
+    },
+    {
+        "id": "output-nested",
+        "signature": "text -> table: list[dict[str, list[int]]], choice: Union[Literal['x', 'y'], int], uniq: set[str]",
+        "inputs": {"text": "hello"},
+    },
     {"id": "literal-quotes", "signature": "a -> b: Literal['it\\'s', 'say \"hi\"', 3, None]", "inputs": {"a": "x"}},
-    {"id": "class-style", "signature": _CLASS_STYLE,
-     "inputs": {"review": "Great product, terrible support.", "product": "Widget"}},
-    {"id": "class-style-prefix", "signature": {
-        "instructions": "Translate.",
-        "inputs": [{"name": "english_text", "type": "str", "desc": "Text in English", "prefix": "English:"}],
-        "outputs": [{"name": "french_text", "desc": "Text in French", "prefix": "French:"}]},
-     "inputs": {"english_text": "Hello"}},
-    {"id": "class-style-constraints", "signature": {
-        "instructions": "Score it.",
-        "inputs": [{"name": "essay", "type": "str", "constraints": {"min_length": 10}}],
-        "outputs": [{"name": "score", "type": "int", "desc": "1 to 10", "constraints": {"gt": 0, "lt": 11, "multiple_of": 1}}]},
-     "inputs": {"essay": "A short essay about things."}},
-    {"id": "instructions-multiline", "signature": {
-        "instructions": "\n    Do the task.\n\n        Step one.\n    Step two.\n",
-        "inputs": [{"name": "a"}], "outputs": [{"name": "b"}]},
-     "inputs": {"a": "x"}},
-    {"id": "instructions-tabs", "signature": {
-        "instructions": "Line\twith tab\n\tIndented by tab\n  two spaces",
-        "inputs": [{"name": "a"}], "outputs": [{"name": "b"}]},
-     "inputs": {"a": "x"}},
-    {"id": "instructions-empty", "signature": {"instructions": "", "inputs": [{"name": "a"}], "outputs": [{"name": "b"}]},
-     "inputs": {"a": "x"}},
-    {"id": "demos-complete", "signature": _QA,
-     "demos": [{"question": "2+2?", "answer": "4"}, {"question": "Capital of Italy?", "answer": "Rome"}],
-     "inputs": {"question": "Capital of Spain?"}},
-    {"id": "demos-incomplete", "signature": "question, context -> reasoning, answer",
-     "demos": [
-         {"question": "Q1", "answer": "A1"},
-         {"question": "Q2", "context": "C2", "reasoning": "R2", "answer": "A2"},
-         {"question": "Q3", "context": None, "reasoning": "R3", "answer": "A3"},
-         {"question": "only input"},
-         {"answer": "only output"},
-         {"context": "C5", "answer": "A5", "extra": "ignored"},
-     ],
-     "inputs": {"question": "Q?", "context": "C"}},
-    {"id": "demos-typed", "signature": "text -> count: int, tags: list[str]",
-     "demos": [{"text": "a b", "count": 2, "tags": ["a", "b"]}, {"text": "c", "count": 1}],
-     "inputs": {"text": "d e f"}},
-    {"id": "demos-multiline-unicode", "signature": _QA,
-     "demos": [{"question": "Multi\nline\nquestion?", "answer": "Réponse\n  avec «guillemets» 🎉"}],
-     "inputs": {"question": "Next?"}},
-    {"id": "history", "signature": _HISTORY_SIG,
-     "inputs": {"question": "And Germany?", "history": {"messages": [
-         {"question": "What is the capital of France?", "answer": "Paris"},
-         {"question": "And Italy?", "answer": "Rome"}]}}},
-    {"id": "history-partial", "signature": _HISTORY_SIG,
-     "inputs": {"question": "Next?", "history": {"messages": [
-         {"question": "Only a question"},
-         {"answer": "Only an answer"},
-         {"question": "Both", "answer": "Yes", "extra": "kept out"}]}}},
+    {
+        "id": "class-style",
+        "signature": _CLASS_STYLE,
+        "inputs": {"review": "Great product, terrible support.", "product": "Widget"},
+    },
+    {
+        "id": "class-style-prefix",
+        "signature": {
+            "instructions": "Translate.",
+            "inputs": [{"name": "english_text", "type": "str", "desc": "Text in English", "prefix": "English:"}],
+            "outputs": [{"name": "french_text", "desc": "Text in French", "prefix": "French:"}],
+        },
+        "inputs": {"english_text": "Hello"},
+    },
+    {
+        "id": "class-style-constraints",
+        "signature": {
+            "instructions": "Score it.",
+            "inputs": [{"name": "essay", "type": "str", "constraints": {"min_length": 10}}],
+            "outputs": [
+                {
+                    "name": "score",
+                    "type": "int",
+                    "desc": "1 to 10",
+                    "constraints": {"gt": 0, "lt": 11, "multiple_of": 1},
+                }
+            ],
+        },
+        "inputs": {"essay": "A short essay about things."},
+    },
+    {
+        "id": "instructions-multiline",
+        "signature": {
+            "instructions": "\n    Do the task.\n\n        Step one.\n    Step two.\n",
+            "inputs": [{"name": "a"}],
+            "outputs": [{"name": "b"}],
+        },
+        "inputs": {"a": "x"},
+    },
+    {
+        "id": "instructions-tabs",
+        "signature": {
+            "instructions": "Line\twith tab\n\tIndented by tab\n  two spaces",
+            "inputs": [{"name": "a"}],
+            "outputs": [{"name": "b"}],
+        },
+        "inputs": {"a": "x"},
+    },
+    {
+        "id": "instructions-empty",
+        "signature": {"instructions": "", "inputs": [{"name": "a"}], "outputs": [{"name": "b"}]},
+        "inputs": {"a": "x"},
+    },
+    {
+        "id": "demos-complete",
+        "signature": _QA,
+        "demos": [{"question": "2+2?", "answer": "4"}, {"question": "Capital of Italy?", "answer": "Rome"}],
+        "inputs": {"question": "Capital of Spain?"},
+    },
+    {
+        "id": "demos-incomplete",
+        "signature": "question, context -> reasoning, answer",
+        "demos": [
+            {"question": "Q1", "answer": "A1"},
+            {"question": "Q2", "context": "C2", "reasoning": "R2", "answer": "A2"},
+            {"question": "Q3", "context": None, "reasoning": "R3", "answer": "A3"},
+            {"question": "only input"},
+            {"answer": "only output"},
+            {"context": "C5", "answer": "A5", "extra": "ignored"},
+        ],
+        "inputs": {"question": "Q?", "context": "C"},
+    },
+    {
+        "id": "demos-typed",
+        "signature": "text -> count: int, tags: list[str]",
+        "demos": [{"text": "a b", "count": 2, "tags": ["a", "b"]}, {"text": "c", "count": 1}],
+        "inputs": {"text": "d e f"},
+    },
+    {
+        "id": "demos-multiline-unicode",
+        "signature": _QA,
+        "demos": [{"question": "Multi\nline\nquestion?", "answer": "Réponse\n  avec «guillemets» 🎉"}],
+        "inputs": {"question": "Next?"},
+    },
+    {
+        "id": "history",
+        "signature": _HISTORY_SIG,
+        "inputs": {
+            "question": "And Germany?",
+            "history": {
+                "messages": [
+                    {"question": "What is the capital of France?", "answer": "Paris"},
+                    {"question": "And Italy?", "answer": "Rome"},
+                ]
+            },
+        },
+    },
+    {
+        "id": "history-partial",
+        "signature": _HISTORY_SIG,
+        "inputs": {
+            "question": "Next?",
+            "history": {
+                "messages": [
+                    {"question": "Only a question"},
+                    {"answer": "Only an answer"},
+                    {"question": "Both", "answer": "Yes", "extra": "kept out"},
+                ]
+            },
+        },
+    },
     {"id": "history-empty", "signature": _HISTORY_SIG, "inputs": {"question": "Q?", "history": {"messages": []}}},
     {"id": "history-missing", "signature": _HISTORY_SIG, "inputs": {"question": "Q?"}},
-    {"id": "history-with-demos", "signature": "question, history: dspy.History -> answer: int",
-     "demos": [{"question": "1+1?", "answer": 2}],
-     "inputs": {"question": "2+2?", "history": {"messages": [{"question": "3+3?", "answer": 6}]}}},
-    {"id": "cot-simple", "signature": _QA, "module": "chain_of_thought", "inputs": {"question": "Why is the sky blue?"}},
-    {"id": "cot-typed-demos", "signature": "question -> answer: float", "module": "chain_of_thought",
-     "demos": [{"question": "Half of 3?", "reasoning": "3 / 2", "answer": 1.5}, {"question": "No reasoning?", "answer": 2.0}],
-     "inputs": {"question": "Third of 9?"}},
+    {
+        "id": "history-with-demos",
+        "signature": "question, history: dspy.History -> answer: int",
+        "demos": [{"question": "1+1?", "answer": 2}],
+        "inputs": {"question": "2+2?", "history": {"messages": [{"question": "3+3?", "answer": 6}]}},
+    },
+    {
+        "id": "cot-simple",
+        "signature": _QA,
+        "module": "chain_of_thought",
+        "inputs": {"question": "Why is the sky blue?"},
+    },
+    {
+        "id": "cot-typed-demos",
+        "signature": "question -> answer: float",
+        "module": "chain_of_thought",
+        "demos": [
+            {"question": "Half of 3?", "reasoning": "3 / 2", "answer": 1.5},
+            {"question": "No reasoning?", "answer": 2.0},
+        ],
+        "inputs": {"question": "Third of 9?"},
+    },
     {"id": "no-inputs", "signature": "-> joke", "inputs": {}},
-    {"id": "many-fields", "signature": "a, b, c, d -> w, x: int, y: bool, z",
-     "inputs": {"a": "1", "b": "", "c": " padded ", "d": "tab\there"}},
-    {"id": "camel-prefix", "signature": "userQuestion, HTMLBody -> shortAnswer", "inputs": {"userQuestion": "Q", "HTMLBody": "<p>x</p>"}},
+    {
+        "id": "many-fields",
+        "signature": "a, b, c, d -> w, x: int, y: bool, z",
+        "inputs": {"a": "1", "b": "", "c": " padded ", "d": "tab\there"},
+    },
+    {
+        "id": "camel-prefix",
+        "signature": "userQuestion, HTMLBody -> shortAnswer",
+        "inputs": {"userQuestion": "Q", "HTMLBody": "<p>x</p>"},
+    },
     {"id": "empty-string-value", "signature": "a, b -> c", "inputs": {"a": "", "b": "   "}},
-    {"id": "control-chars", "signature": "a, b: list[str] -> c", "inputs": {"a": "bell\u0007 and nul-ish \u001f", "b": ["tab\t", "cr\r", "ctl\u0001"]}},
+    {
+        "id": "control-chars",
+        "signature": "a, b: list[str] -> c",
+        "inputs": {"a": "bell\u0007 and nul-ish \u001f", "b": ["tab\t", "cr\r", "ctl\u0001"]},
+    },
 ]
 
 # ---------------------------------------------------------------- parse
 _CHAT_QA_OK = "[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]"
 
 PARSE_CASES = [
-    {"id": "qa-ok", "signature": _QA, "completions": {
-        "chat": _CHAT_QA_OK, "json": '{"answer": "Paris"}'}},
-    {"id": "qa-preamble", "signature": _QA, "completions": {
-        "chat": "Sure! Here you go.\n[[ ## answer ## ]]\nParis\n[[ ## completed ## ]]\ntrailing",
-        "json": 'Here is the JSON:\n```json\n{"answer": "Paris"}\n```'}},
-    {"id": "qa-inline-header", "signature": _QA, "completions": {
-        "chat": "[[ ## answer ## ]]   Paris is the capital  \n  more text\n",
-        "json": 'prefix {"answer": {"nested": "ignored?"}} suffix'}},
-    {"id": "qa-duplicate", "signature": _QA, "completions": {
-        "chat": "[[ ## answer ## ]]\nfirst\n[[ ## answer ## ]]\nsecond",
-        "json": '{"answer": "first", "answer": "second"}'}},
-    {"id": "qa-missing", "signature": _QA, "completions": {
-        "chat": "[[ ## reasoning ## ]]\nno answer here", "json": '{"reasoning": "none"}'}},
-    {"id": "qa-not-json", "signature": _QA, "completions": {
-        "chat": "just some text without headers", "json": "just some text"}},
-    {"id": "qa-multiline-unicode", "signature": _QA, "completions": {
-        "chat": "[[ ## answer ## ]]\n  Réponse: «oui» 🎉\n\n  second line  \n\n[[ ## completed ## ]]",
-        "json": '{"answer": "Réponse: «oui» 🎉\\nsecond line"}'}},
-    {"id": "two-fields-order", "signature": "question -> reasoning, answer", "completions": {
-        "chat": "[[ ## answer ## ]]\n42\n\n[[ ## reasoning ## ]]\nBecause.\n\n[[ ## completed ## ]]",
-        "json": '{"answer": "42", "reasoning": "Because.", "extra": 1}'}},
-    {"id": "header-variants", "signature": "q -> answer_1, Other", "completions": {
-        "chat": "   [[ ## answer_1 ## ]]\nA\n[[ ##Other## ]]\nnot a header\n[[ ## Other ## ]]\nB",
-        "json": '{"answer_1": "A", "Other": "B"}'}},
+    {"id": "qa-ok", "signature": _QA, "completions": {"chat": _CHAT_QA_OK, "json": '{"answer": "Paris"}'}},
+    {
+        "id": "qa-preamble",
+        "signature": _QA,
+        "completions": {
+            "chat": "Sure! Here you go.\n[[ ## answer ## ]]\nParis\n[[ ## completed ## ]]\ntrailing",
+            "json": 'Here is the JSON:\n```json\n{"answer": "Paris"}\n```',
+        },
+    },
+    {
+        "id": "qa-inline-header",
+        "signature": _QA,
+        "completions": {
+            "chat": "[[ ## answer ## ]]   Paris is the capital  \n  more text\n",
+            "json": 'prefix {"answer": {"nested": "ignored?"}} suffix',
+        },
+    },
+    {
+        "id": "qa-duplicate",
+        "signature": _QA,
+        "completions": {
+            "chat": "[[ ## answer ## ]]\nfirst\n[[ ## answer ## ]]\nsecond",
+            "json": '{"answer": "first", "answer": "second"}',
+        },
+    },
+    {
+        "id": "qa-missing",
+        "signature": _QA,
+        "completions": {"chat": "[[ ## reasoning ## ]]\nno answer here", "json": '{"reasoning": "none"}'},
+    },
+    {
+        "id": "qa-not-json",
+        "signature": _QA,
+        "completions": {"chat": "just some text without headers", "json": "just some text"},
+    },
+    {
+        "id": "qa-multiline-unicode",
+        "signature": _QA,
+        "completions": {
+            "chat": "[[ ## answer ## ]]\n  Réponse: «oui» 🎉\n\n  second line  \n\n[[ ## completed ## ]]",
+            "json": '{"answer": "Réponse: «oui» 🎉\\nsecond line"}',
+        },
+    },
+    {
+        "id": "two-fields-order",
+        "signature": "question -> reasoning, answer",
+        "completions": {
+            "chat": "[[ ## answer ## ]]\n42\n\n[[ ## reasoning ## ]]\nBecause.\n\n[[ ## completed ## ]]",
+            "json": '{"answer": "42", "reasoning": "Because.", "extra": 1}',
+        },
+    },
+    {
+        "id": "header-variants",
+        "signature": "q -> answer_1, Other",
+        "completions": {
+            "chat": "   [[ ## answer_1 ## ]]\nA\n[[ ##Other## ]]\nnot a header\n[[ ## Other ## ]]\nB",
+            "json": '{"answer_1": "A", "Other": "B"}',
+        },
+    },
     {"id": "int-ok", "signature": "q -> n: int", "completions": {"chat": "[[ ## n ## ]]\n42", "json": '{"n": 42}'}},
-    {"id": "int-string", "signature": "q -> n: int", "completions": {"chat": "[[ ## n ## ]]\n  7  ", "json": '{"n": "7"}'}},
-    {"id": "int-from-float", "signature": "q -> n: int", "completions": {"chat": "[[ ## n ## ]]\n42.0", "json": '{"n": 42.0}'}},
-    {"id": "int-fraction", "signature": "q -> n: int", "completions": {"chat": "[[ ## n ## ]]\n42.5", "json": '{"n": 42.5}'}},
-    {"id": "int-word", "signature": "q -> n: int", "completions": {"chat": "[[ ## n ## ]]\nforty-two", "json": '{"n": "forty-two"}'}},
-    {"id": "int-with-text", "signature": "q -> n: int", "completions": {"chat": "[[ ## n ## ]]\n42 apples", "json": '{"n": "42 apples"}'}},
-    {"id": "float-ok", "signature": "q -> x: float", "completions": {"chat": "[[ ## x ## ]]\n3.14", "json": '{"x": 3.14}'}},
-    {"id": "float-forms", "signature": "q -> x: float, y: float, z: float", "completions": {
-        "chat": "[[ ## x ## ]]\n1e3\n[[ ## y ## ]]\n-0.5\n[[ ## z ## ]]\n7", "json": '{"x": "1e3", "y": -0.5, "z": 7}'}},
-    {"id": "float-bad", "signature": "q -> x: float", "completions": {"chat": "[[ ## x ## ]]\nabout three", "json": '{"x": "about three"}'}},
-    {"id": "bool-forms", "signature": "q -> a: bool, b: bool, c: bool, d: bool", "completions": {
-        "chat": "[[ ## a ## ]]\nTrue\n[[ ## b ## ]]\nfalse\n[[ ## c ## ]]\nyes\n[[ ## d ## ]]\n0",
-        "json": '{"a": true, "b": "false", "c": "yes", "d": 0}'}},
-    {"id": "bool-bad", "signature": "q -> a: bool", "completions": {"chat": "[[ ## a ## ]]\nmaybe", "json": '{"a": "maybe"}'}},
-    {"id": "list-json", "signature": "q -> items: list[str]", "completions": {
-        "chat": '[[ ## items ## ]]\n["a", "b", "c"]', "json": '{"items": ["a", "b", "c"]}'}},
-    {"id": "list-python", "signature": "q -> items: list[str]", "completions": {
-        "chat": "[[ ## items ## ]]\n['a', 'b']", "json": "{'items': ['a', 'b']}"}},
-    {"id": "list-fenced", "signature": "q -> items: list[int]", "completions": {
-        "chat": "[[ ## items ## ]]\n```json\n[1, 2, 3]\n```", "json": '```\n{"items": [1, 2, 3],}\n```'}},
-    {"id": "list-trailing-comma", "signature": "q -> items: list[int]", "completions": {
-        "chat": "[[ ## items ## ]]\n[1, 2, 3,]", "json": '{"items": [1, 2, 3,]}'}},
-    {"id": "list-unclosed", "signature": "q -> items: list[str]", "completions": {
-        "chat": '[[ ## items ## ]]\n["a", "b"', "json": '{"items": ["a", "b"'}},
-    {"id": "list-wrong-items", "signature": "q -> items: list[int]", "completions": {
-        "chat": '[[ ## items ## ]]\n["a", "b"]', "json": '{"items": ["a", "b"]}'}},
-    {"id": "list-str-items-numbers", "signature": "q -> items: list[str]", "completions": {
-        "chat": "[[ ## items ## ]]\n[1, 2]", "json": '{"items": [1, 2]}'}},
-    {"id": "dict-ok", "signature": "q -> scores: dict[str, float]", "completions": {
-        "chat": '[[ ## scores ## ]]\n{"a": 1, "b": 2.5}', "json": '{"scores": {"a": 1, "b": 2.5}}'}},
-    {"id": "dict-python", "signature": "q -> scores: dict[str, int]", "completions": {
-        "chat": "[[ ## scores ## ]]\n{'a': 1, 'b': 2}", "json": "{\"scores\": {'a': 1}}"}},
-    {"id": "literal-ok", "signature": "q -> label: Literal['pos', 'neg']", "completions": {
-        "chat": "[[ ## label ## ]]\npos", "json": '{"label": "neg"}'}},
-    {"id": "literal-quoted", "signature": "q -> label: Literal['pos', 'neg']", "completions": {
-        "chat": "[[ ## label ## ]]\n'pos'", "json": '{"label": "\\"neg\\""}'}},
-    {"id": "literal-wrapped", "signature": "q -> label: Literal['pos', 'neg']", "completions": {
-        "chat": "[[ ## label ## ]]\nLiteral['pos']", "json": '{"label": "str[neg]"}'}},
-    {"id": "literal-bad", "signature": "q -> label: Literal['pos', 'neg']", "completions": {
-        "chat": "[[ ## label ## ]]\nPOS", "json": '{"label": "positive"}'}},
-    {"id": "literal-int", "signature": "q -> n: Literal[1, 2, 3]", "completions": {
-        "chat": "[[ ## n ## ]]\n2", "json": '{"n": "3"}'}},
-    {"id": "optional-none", "signature": "q -> n: Optional[int]", "completions": {
-        "chat": "[[ ## n ## ]]\nNone", "json": '{"n": null}'}},
-    {"id": "optional-missing", "signature": "q -> a, n: Optional[int]", "completions": {
-        "chat": "[[ ## a ## ]]\nx", "json": '{"a": "x"}'}},
-    {"id": "optional-str", "signature": "q -> s: str | None", "completions": {
-        "chat": "[[ ## s ## ]]\nNone", "json": '{"s": "hello"}'}},
-    {"id": "union-int-str", "signature": "q -> v: Union[int, str]", "completions": {
-        "chat": "[[ ## v ## ]]\n12", "json": '{"v": "twelve"}'}},
-    {"id": "tuple", "signature": "q -> t: tuple[int, str]", "completions": {
-        "chat": '[[ ## t ## ]]\n[1, "a"]', "json": '{"t": [1, "a"]}'}},
-    {"id": "any", "signature": "q -> v: Any", "completions": {
-        "chat": '[[ ## v ## ]]\n{"k": [1, 2.5, null, true]}', "json": '{"v": "plain"}'}},
-    {"id": "nested", "signature": "q -> rows: list[dict[str, list[int]]]", "completions": {
-        "chat": '[[ ## rows ## ]]\n[{"a": [1, 2]}, {"b": []}]', "json": '{"rows": [{"a": [1, 2]}, {"b": []}]}'}},
-    {"id": "set-ok", "signature": "q -> s: set[int]", "completions": {
-        "chat": "[[ ## s ## ]]\n[1, 2, 2]", "json": '{"s": [3, 1]}'}},
-    {"id": "set-bad", "signature": "q -> s: set[int]", "completions": {
-        "chat": "[[ ## s ## ]]\n[1, \"x\"]", "json": '{"s": "nope"}'}},
-    {"id": "frozenset-str", "signature": "q -> s: frozenset[str]", "completions": {
-        "chat": '[[ ## s ## ]]\n["a", "b"]', "json": '{"s": [1, "b"]}'}},
-    {"id": "vartuple", "signature": "q -> t: tuple[int, ...]", "completions": {
-        "chat": "[[ ## t ## ]]\n[1, 2, 3]", "json": '{"t": [1, "two"]}'}},
-    {"id": "tuple-length", "signature": "q -> t: tuple[int, str]", "completions": {
-        "chat": '[[ ## t ## ]]\n[1, "a", 3]', "json": '{"t": [1]}'}},
-    {"id": "dict-bad-value", "signature": "q -> d: dict[str, int]", "completions": {
-        "chat": '[[ ## d ## ]]\n{"a": "one", "b": 2}', "json": '{"d": {"a": [1]}}'}},
-    {"id": "dict-int-keys", "signature": "q -> d: dict[int, str]", "completions": {
-        "chat": '[[ ## d ## ]]\n{"1": "a", "x": "b"}', "json": '{"d": {"2": "b"}}'}},
-    {"id": "optional-list-bad", "signature": "q -> v: Optional[list[int]]", "completions": {
-        "chat": "[[ ## v ## ]]\n[1, \"a\"]", "json": '{"v": "x"}'}},
-    {"id": "union-list-bad", "signature": "q -> v: Union[int, list[str]]", "completions": {
-        "chat": "[[ ## v ## ]]\n{\"a\": 1}", "json": '{"v": [1, 2]}'}},
-    {"id": "literal-mixed", "signature": "q -> v: Literal['a', 1, True, None]", "completions": {
-        "chat": "[[ ## v ## ]]\nb", "json": '{"v": 2}'}},
-    {"id": "nested-bad", "signature": "q -> rows: list[dict[str, int]]", "completions": {
-        "chat": '[[ ## rows ## ]]\n[{"a": 1}, {"b": "x"}]', "json": '{"rows": [{"a": 1}, 5]}'}},
-    {"id": "list-of-lists-bad", "signature": "q -> m: list[list[float]]", "completions": {
-        "chat": "[[ ## m ## ]]\n[[1, 2], [\"x\"]]", "json": '{"m": [1, 2]}'}},
-    {"id": "cot", "signature": _QA, "module": "chain_of_thought", "completions": {
-        "chat": "[[ ## reasoning ## ]]\nThink step by step.\n\n[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]",
-        "json": '{"reasoning": "Think.", "answer": "4"}'}},
+    {
+        "id": "int-string",
+        "signature": "q -> n: int",
+        "completions": {"chat": "[[ ## n ## ]]\n  7  ", "json": '{"n": "7"}'},
+    },
+    {
+        "id": "int-from-float",
+        "signature": "q -> n: int",
+        "completions": {"chat": "[[ ## n ## ]]\n42.0", "json": '{"n": 42.0}'},
+    },
+    {
+        "id": "int-fraction",
+        "signature": "q -> n: int",
+        "completions": {"chat": "[[ ## n ## ]]\n42.5", "json": '{"n": 42.5}'},
+    },
+    {
+        "id": "int-word",
+        "signature": "q -> n: int",
+        "completions": {"chat": "[[ ## n ## ]]\nforty-two", "json": '{"n": "forty-two"}'},
+    },
+    {
+        "id": "int-with-text",
+        "signature": "q -> n: int",
+        "completions": {"chat": "[[ ## n ## ]]\n42 apples", "json": '{"n": "42 apples"}'},
+    },
+    {
+        "id": "float-ok",
+        "signature": "q -> x: float",
+        "completions": {"chat": "[[ ## x ## ]]\n3.14", "json": '{"x": 3.14}'},
+    },
+    {
+        "id": "float-forms",
+        "signature": "q -> x: float, y: float, z: float",
+        "completions": {
+            "chat": "[[ ## x ## ]]\n1e3\n[[ ## y ## ]]\n-0.5\n[[ ## z ## ]]\n7",
+            "json": '{"x": "1e3", "y": -0.5, "z": 7}',
+        },
+    },
+    {
+        "id": "float-bad",
+        "signature": "q -> x: float",
+        "completions": {"chat": "[[ ## x ## ]]\nabout three", "json": '{"x": "about three"}'},
+    },
+    {
+        "id": "bool-forms",
+        "signature": "q -> a: bool, b: bool, c: bool, d: bool",
+        "completions": {
+            "chat": "[[ ## a ## ]]\nTrue\n[[ ## b ## ]]\nfalse\n[[ ## c ## ]]\nyes\n[[ ## d ## ]]\n0",
+            "json": '{"a": true, "b": "false", "c": "yes", "d": 0}',
+        },
+    },
+    {
+        "id": "bool-bad",
+        "signature": "q -> a: bool",
+        "completions": {"chat": "[[ ## a ## ]]\nmaybe", "json": '{"a": "maybe"}'},
+    },
+    {
+        "id": "list-json",
+        "signature": "q -> items: list[str]",
+        "completions": {"chat": '[[ ## items ## ]]\n["a", "b", "c"]', "json": '{"items": ["a", "b", "c"]}'},
+    },
+    {
+        "id": "list-python",
+        "signature": "q -> items: list[str]",
+        "completions": {"chat": "[[ ## items ## ]]\n['a', 'b']", "json": "{'items': ['a', 'b']}"},
+    },
+    {
+        "id": "list-fenced",
+        "signature": "q -> items: list[int]",
+        "completions": {
+            "chat": "[[ ## items ## ]]\n```json\n[1, 2, 3]\n```",
+            "json": '```\n{"items": [1, 2, 3],}\n```',
+        },
+    },
+    {
+        "id": "list-trailing-comma",
+        "signature": "q -> items: list[int]",
+        "completions": {"chat": "[[ ## items ## ]]\n[1, 2, 3,]", "json": '{"items": [1, 2, 3,]}'},
+    },
+    {
+        "id": "list-unclosed",
+        "signature": "q -> items: list[str]",
+        "completions": {"chat": '[[ ## items ## ]]\n["a", "b"', "json": '{"items": ["a", "b"'},
+    },
+    {
+        "id": "list-wrong-items",
+        "signature": "q -> items: list[int]",
+        "completions": {"chat": '[[ ## items ## ]]\n["a", "b"]', "json": '{"items": ["a", "b"]}'},
+    },
+    {
+        "id": "list-str-items-numbers",
+        "signature": "q -> items: list[str]",
+        "completions": {"chat": "[[ ## items ## ]]\n[1, 2]", "json": '{"items": [1, 2]}'},
+    },
+    {
+        "id": "dict-ok",
+        "signature": "q -> scores: dict[str, float]",
+        "completions": {"chat": '[[ ## scores ## ]]\n{"a": 1, "b": 2.5}', "json": '{"scores": {"a": 1, "b": 2.5}}'},
+    },
+    {
+        "id": "dict-python",
+        "signature": "q -> scores: dict[str, int]",
+        "completions": {"chat": "[[ ## scores ## ]]\n{'a': 1, 'b': 2}", "json": "{\"scores\": {'a': 1}}"},
+    },
+    {
+        "id": "literal-ok",
+        "signature": "q -> label: Literal['pos', 'neg']",
+        "completions": {"chat": "[[ ## label ## ]]\npos", "json": '{"label": "neg"}'},
+    },
+    {
+        "id": "literal-quoted",
+        "signature": "q -> label: Literal['pos', 'neg']",
+        "completions": {"chat": "[[ ## label ## ]]\n'pos'", "json": '{"label": "\\"neg\\""}'},
+    },
+    {
+        "id": "literal-wrapped",
+        "signature": "q -> label: Literal['pos', 'neg']",
+        "completions": {"chat": "[[ ## label ## ]]\nLiteral['pos']", "json": '{"label": "str[neg]"}'},
+    },
+    {
+        "id": "literal-bad",
+        "signature": "q -> label: Literal['pos', 'neg']",
+        "completions": {"chat": "[[ ## label ## ]]\nPOS", "json": '{"label": "positive"}'},
+    },
+    {
+        "id": "literal-int",
+        "signature": "q -> n: Literal[1, 2, 3]",
+        "completions": {"chat": "[[ ## n ## ]]\n2", "json": '{"n": "3"}'},
+    },
+    {
+        "id": "optional-none",
+        "signature": "q -> n: Optional[int]",
+        "completions": {"chat": "[[ ## n ## ]]\nNone", "json": '{"n": null}'},
+    },
+    {
+        "id": "optional-missing",
+        "signature": "q -> a, n: Optional[int]",
+        "completions": {"chat": "[[ ## a ## ]]\nx", "json": '{"a": "x"}'},
+    },
+    {
+        "id": "optional-str",
+        "signature": "q -> s: str | None",
+        "completions": {"chat": "[[ ## s ## ]]\nNone", "json": '{"s": "hello"}'},
+    },
+    {
+        "id": "union-int-str",
+        "signature": "q -> v: Union[int, str]",
+        "completions": {"chat": "[[ ## v ## ]]\n12", "json": '{"v": "twelve"}'},
+    },
+    {
+        "id": "tuple",
+        "signature": "q -> t: tuple[int, str]",
+        "completions": {"chat": '[[ ## t ## ]]\n[1, "a"]', "json": '{"t": [1, "a"]}'},
+    },
+    {
+        "id": "any",
+        "signature": "q -> v: Any",
+        "completions": {"chat": '[[ ## v ## ]]\n{"k": [1, 2.5, null, true]}', "json": '{"v": "plain"}'},
+    },
+    {
+        "id": "nested",
+        "signature": "q -> rows: list[dict[str, list[int]]]",
+        "completions": {
+            "chat": '[[ ## rows ## ]]\n[{"a": [1, 2]}, {"b": []}]',
+            "json": '{"rows": [{"a": [1, 2]}, {"b": []}]}',
+        },
+    },
+    {
+        "id": "set-ok",
+        "signature": "q -> s: set[int]",
+        "completions": {"chat": "[[ ## s ## ]]\n[1, 2, 2]", "json": '{"s": [3, 1]}'},
+    },
+    {
+        "id": "set-bad",
+        "signature": "q -> s: set[int]",
+        "completions": {"chat": '[[ ## s ## ]]\n[1, "x"]', "json": '{"s": "nope"}'},
+    },
+    {
+        "id": "frozenset-str",
+        "signature": "q -> s: frozenset[str]",
+        "completions": {"chat": '[[ ## s ## ]]\n["a", "b"]', "json": '{"s": [1, "b"]}'},
+    },
+    {
+        "id": "vartuple",
+        "signature": "q -> t: tuple[int, ...]",
+        "completions": {"chat": "[[ ## t ## ]]\n[1, 2, 3]", "json": '{"t": [1, "two"]}'},
+    },
+    {
+        "id": "tuple-length",
+        "signature": "q -> t: tuple[int, str]",
+        "completions": {"chat": '[[ ## t ## ]]\n[1, "a", 3]', "json": '{"t": [1]}'},
+    },
+    {
+        "id": "dict-bad-value",
+        "signature": "q -> d: dict[str, int]",
+        "completions": {"chat": '[[ ## d ## ]]\n{"a": "one", "b": 2}', "json": '{"d": {"a": [1]}}'},
+    },
+    {
+        "id": "dict-int-keys",
+        "signature": "q -> d: dict[int, str]",
+        "completions": {"chat": '[[ ## d ## ]]\n{"1": "a", "x": "b"}', "json": '{"d": {"2": "b"}}'},
+    },
+    {
+        "id": "optional-list-bad",
+        "signature": "q -> v: Optional[list[int]]",
+        "completions": {"chat": '[[ ## v ## ]]\n[1, "a"]', "json": '{"v": "x"}'},
+    },
+    {
+        "id": "union-list-bad",
+        "signature": "q -> v: Union[int, list[str]]",
+        "completions": {"chat": '[[ ## v ## ]]\n{"a": 1}', "json": '{"v": [1, 2]}'},
+    },
+    {
+        "id": "literal-mixed",
+        "signature": "q -> v: Literal['a', 1, True, None]",
+        "completions": {"chat": "[[ ## v ## ]]\nb", "json": '{"v": 2}'},
+    },
+    {
+        "id": "nested-bad",
+        "signature": "q -> rows: list[dict[str, int]]",
+        "completions": {"chat": '[[ ## rows ## ]]\n[{"a": 1}, {"b": "x"}]', "json": '{"rows": [{"a": 1}, 5]}'},
+    },
+    {
+        "id": "list-of-lists-bad",
+        "signature": "q -> m: list[list[float]]",
+        "completions": {"chat": '[[ ## m ## ]]\n[[1, 2], ["x"]]', "json": '{"m": [1, 2]}'},
+    },
+    {
+        "id": "cot",
+        "signature": _QA,
+        "module": "chain_of_thought",
+        "completions": {
+            "chat": "[[ ## reasoning ## ]]\nThink step by step.\n\n[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]",
+            "json": '{"reasoning": "Think.", "answer": "4"}',
+        },
+    },
     {"id": "empty-completion", "signature": _QA, "completions": {"chat": "", "json": ""}},
-    {"id": "str-field-json-value", "signature": _QA, "completions": {
-        "chat": '[[ ## answer ## ]]\n{"not": "parsed"}', "json": '{"answer": 42}'}},
-    {"id": "json-array-top", "signature": _QA, "completions": {"json": '["not", "an", "object"]'}, "adapters": ["json"]},
-    {"id": "json-single-quotes", "signature": "q -> answer, n: int", "completions": {"json": "{'answer': 'yes', 'n': '3'}"}, "adapters": ["json"]},
-    {"id": "json-unquoted-keys", "signature": "q -> answer", "completions": {"json": '{answer: "yes"}'}, "adapters": ["json"]},
-    {"id": "json-comment", "signature": "q -> answer", "completions": {"json": '{"answer": "yes" // trailing comment\n}'}, "adapters": ["json"]},
+    {
+        "id": "str-field-json-value",
+        "signature": _QA,
+        "completions": {"chat": '[[ ## answer ## ]]\n{"not": "parsed"}', "json": '{"answer": 42}'},
+    },
+    {
+        "id": "json-array-top",
+        "signature": _QA,
+        "completions": {"json": '["not", "an", "object"]'},
+        "adapters": ["json"],
+    },
+    {
+        "id": "json-single-quotes",
+        "signature": "q -> answer, n: int",
+        "completions": {"json": "{'answer': 'yes', 'n': '3'}"},
+        "adapters": ["json"],
+    },
+    {
+        "id": "json-unquoted-keys",
+        "signature": "q -> answer",
+        "completions": {"json": '{answer: "yes"}'},
+        "adapters": ["json"],
+    },
+    {
+        "id": "json-comment",
+        "signature": "q -> answer",
+        "completions": {"json": '{"answer": "yes" // trailing comment\n}'},
+        "adapters": ["json"],
+    },
 ]
 
 # ---------------------------------------------------------------- metrics
@@ -384,15 +716,47 @@ METRIC_CASES = [
     {"id": "hotpot-yes-no", "fn": "hotpot_f1_score", "prediction": "yes", "ground_truth": "no"},
     {"id": "hotpot-normal", "fn": "hotpot_f1_score", "prediction": "red blue", "ground_truth": "blue green"},
     {"id": "em-str", "fn": "answer_exact_match", "answer": "Paris", "prediction": "paris!"},
-    {"id": "em-list", "fn": "answer_exact_match", "answer": ["Eiffel Tower", "Louvre"], "prediction": "The Eiffel Tower"},
+    {
+        "id": "em-list",
+        "fn": "answer_exact_match",
+        "answer": ["Eiffel Tower", "Louvre"],
+        "prediction": "The Eiffel Tower",
+    },
     {"id": "em-miss", "fn": "answer_exact_match", "answer": "Paris", "prediction": "Paris, France"},
-    {"id": "em-frac", "fn": "answer_exact_match", "answer": ["Eiffel Tower", "Louvre"], "prediction": "The Eiffel Tower", "frac": 0.5},
-    {"id": "em-frac-miss", "fn": "answer_exact_match", "answer": "Paris France Europe", "prediction": "Paris", "frac": 0.6},
+    {
+        "id": "em-frac",
+        "fn": "answer_exact_match",
+        "answer": ["Eiffel Tower", "Louvre"],
+        "prediction": "The Eiffel Tower",
+        "frac": 0.5,
+    },
+    {
+        "id": "em-frac-miss",
+        "fn": "answer_exact_match",
+        "answer": "Paris France Europe",
+        "prediction": "Paris",
+        "frac": 0.6,
+    },
     {"id": "em-unicode", "fn": "answer_exact_match", "answer": "Café", "prediction": "cafe\u0301"},
-    {"id": "passage-hit", "fn": "answer_passage_match", "answer": "Eiffel Tower", "passages": ["The Eiffel Tower is in Paris.", "Other"]},
-    {"id": "passage-miss", "fn": "answer_passage_match", "answer": ["Louvre"], "passages": ["The Eiffel Tower is in Paris."]},
+    {
+        "id": "passage-hit",
+        "fn": "answer_passage_match",
+        "answer": "Eiffel Tower",
+        "passages": ["The Eiffel Tower is in Paris.", "Other"],
+    },
+    {
+        "id": "passage-miss",
+        "fn": "answer_passage_match",
+        "answer": ["Louvre"],
+        "passages": ["The Eiffel Tower is in Paris."],
+    },
     {"id": "passage-token-boundary", "fn": "answer_passage_match", "answer": "Paris", "passages": ["Parisian cafés"]},
-    {"id": "passage-unicode", "fn": "answer_passage_match", "answer": "São Paulo", "passages": ["I flew to sao paulo?", "São Paulo, Brazil"]},
+    {
+        "id": "passage-unicode",
+        "fn": "answer_passage_match",
+        "answer": "São Paulo",
+        "passages": ["I flew to sao paulo?", "São Paulo, Brazil"],
+    },
     {"id": "passage-punct", "fn": "answer_passage_match", "answer": "U.S.A.", "passages": ["born in the usa in 1990"]},
 ]
 
@@ -400,17 +764,79 @@ METRIC_CASES = [
 # Text an LM may put in a typed field, read as DSPy reads it: json_repair.loads,
 # then ast.literal_eval when that yields nothing.
 LAX_CASES = [
-    "42", " 1e3 ", '"x"', "null", "true", "42 apples", "forty-two", "True", "None", "", "'pos'", "(1, 2)",
-    "[1] [2]", '{"a":1} {"a":2}', '{"a":1}, {"b":2}', "[1], [2]", 'Sure: {"a": True, "b": None}', "{1, 2}",
-    '{"a": "x" "b": 2}', '{"a": yes}', "[yes, no]", '{"text": "He said "hi" ok"}', '{"a": 1 /* c */, "b": 2}',
-    '{"a": [1, 2', "{a: 1, b: two words}", '["a" "b"]', '{"a": "unterminated}', '{"a": (1, 2)}', "[1, 2, ...]",
-    '{"a": 1.5e3, "b": -2, "c": .5}', '{"key": "value\\nline"}', "{'a': 'it\\'s'}", '{"a": True, "b": False, "c": None}',
-    "[1 2 3]", '[{"a": 1}, {"a": 2}]', '{"n": 42.0}', 'answer: {"x": 1}', "['a', 'b']", "```json\n[1, 2, 3]\n```",
-    "```\n{\"items\": [1, 2, 3],}\n```", "[1, 2, 3,]", '["a", "b"', "{'a': 1, 'b': 2}", '{answer: "yes"}',
-    '{"answer": "yes" // trailing comment\n}', '["a", "b"]', "[1, 2]", '{"a": 1, "b": 2.5}', "{'a': 1}",
-    '[{"a": [1, 2]}, {"b": []}]', '{"k": [1, 2.5, null, true]}', '[1, "a"]', "Literal['pos']", "maybe", "0",
-    "about three", "- item one\n- item two", "1, 2, 3", "a, b", '{"a": {"b": {"c": [1, {"d": 2}]}}}',
-    "{\"a\": 'mixed\" quotes'}", '{"a": "line1\nline2"}', '  {"a": 1}  trailing words', "[[1, 2], [3, 4]]",
-    '{"a": -0.0, "b": 1E-7}', '{"emoji": "🚀", "é": "ü"}', "{'nested': {'x': [None, False]}}", "[]", "{}",
-    '{"a": "x",}', "[,1]", '{"a" 1}', "# comment\n[1]", "/* block */ {\"a\": 1}", "{\"a\": 'single'}",
+    "42",
+    " 1e3 ",
+    '"x"',
+    "null",
+    "true",
+    "42 apples",
+    "forty-two",
+    "True",
+    "None",
+    "",
+    "'pos'",
+    "(1, 2)",
+    "[1] [2]",
+    '{"a":1} {"a":2}',
+    '{"a":1}, {"b":2}',
+    "[1], [2]",
+    'Sure: {"a": True, "b": None}',
+    "{1, 2}",
+    '{"a": "x" "b": 2}',
+    '{"a": yes}',
+    "[yes, no]",
+    '{"text": "He said "hi" ok"}',
+    '{"a": 1 /* c */, "b": 2}',
+    '{"a": [1, 2',
+    "{a: 1, b: two words}",
+    '["a" "b"]',
+    '{"a": "unterminated}',
+    '{"a": (1, 2)}',
+    "[1, 2, ...]",
+    '{"a": 1.5e3, "b": -2, "c": .5}',
+    '{"key": "value\\nline"}',
+    "{'a': 'it\\'s'}",
+    '{"a": True, "b": False, "c": None}',
+    "[1 2 3]",
+    '[{"a": 1}, {"a": 2}]',
+    '{"n": 42.0}',
+    'answer: {"x": 1}',
+    "['a', 'b']",
+    "```json\n[1, 2, 3]\n```",
+    '```\n{"items": [1, 2, 3],}\n```',
+    "[1, 2, 3,]",
+    '["a", "b"',
+    "{'a': 1, 'b': 2}",
+    '{answer: "yes"}',
+    '{"answer": "yes" // trailing comment\n}',
+    '["a", "b"]',
+    "[1, 2]",
+    '{"a": 1, "b": 2.5}',
+    "{'a': 1}",
+    '[{"a": [1, 2]}, {"b": []}]',
+    '{"k": [1, 2.5, null, true]}',
+    '[1, "a"]',
+    "Literal['pos']",
+    "maybe",
+    "0",
+    "about three",
+    "- item one\n- item two",
+    "1, 2, 3",
+    "a, b",
+    '{"a": {"b": {"c": [1, {"d": 2}]}}}',
+    '{"a": \'mixed" quotes\'}',
+    '{"a": "line1\nline2"}',
+    '  {"a": 1}  trailing words',
+    "[[1, 2], [3, 4]]",
+    '{"a": -0.0, "b": 1E-7}',
+    '{"emoji": "🚀", "é": "ü"}',
+    "{'nested': {'x': [None, False]}}",
+    "[]",
+    "{}",
+    '{"a": "x",}',
+    "[,1]",
+    '{"a" 1}',
+    "# comment\n[1]",
+    '/* block */ {"a": 1}',
+    "{\"a\": 'single'}",
 ]

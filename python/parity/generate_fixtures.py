@@ -17,25 +17,26 @@ fixtures: a DSPy upgrade that changes behaviour fails the build.
 from __future__ import annotations
 
 import ast
-import enum
 import json
 import math
 import os
 import sys
 import warnings
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The worker's own helpers: a fixture is built from a spec as the worker builds it.
+sys.path.insert(0, os.path.join(ROOT, "crates", "bridge", "worker"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DSPY_CACHEDIR", "/tmp/dspex-parity-cache")
 warnings.simplefilter("ignore")
 
 import dspy  # noqa: E402
-from dspy.adapters.chat_adapter import ChatAdapter  # noqa: E402
-from dspy.adapters.json_adapter import JSONAdapter  # noqa: E402
 from dspy.adapters.utils import get_annotation_name, translate_field_type  # noqa: E402
 from dspy.evaluate import metrics  # noqa: E402
-from dspy.signatures.signature import _parse_type_node  # noqa: E402
 
 from corpus import FORMAT_CASES, LAX_CASES, METRIC_CASES, PARSE_CASES, SIGNATURE_CASES  # noqa: E402
+from dspex_worker.programs import adapter_for, build_signature, module_signature  # noqa: E402
+from dspex_worker.values import history_inputs, jsonable  # noqa: E402
 
 EXPECTED_DSPY_VERSION = "3.4.1"
 
@@ -45,6 +46,8 @@ def error_entry(exc: BaseException) -> dict:
 
 
 def describe_signature(sig) -> dict:
+    # Not the worker's `dspy.inspect` field list: that one has no types or
+    # structures, and the fixtures fix this order of keys.
     fields = []
     for role, group in (("input", sig.input_fields), ("output", sig.output_fields)):
         for name, info in group.items():
@@ -61,58 +64,19 @@ def describe_signature(sig) -> dict:
     return {"instructions": sig.instructions, "fields": fields}
 
 
-def resolve_type(type_str: str | None):
-    if type_str is None:
-        return str
-    node = ast.parse(type_str, mode="eval").body
-    return _parse_type_node(node)
+def literal_jsonable(value):
+    """A value of ``ast.literal_eval`` in JSON form, as far as JSON has one.
 
-
-def build_signature(spec):
-    """A signature from a string or from the class-style JSON spec the CLI accepts."""
-    if isinstance(spec, str):
-        return dspy.Signature(spec)
-    fields = {}
-    for role, maker in (("inputs", dspy.InputField), ("outputs", dspy.OutputField)):
-        for field in spec.get(role, []):
-            kwargs = {}
-            if "desc" in field:
-                kwargs["desc"] = field["desc"]
-            if "prefix" in field:
-                kwargs["prefix"] = field["prefix"]
-            kwargs.update(field.get("constraints", {}))
-            fields[field["name"]] = (resolve_type(field.get("type")), maker(**kwargs))
-    return dspy.Signature(fields, spec.get("instructions"))
-
-
-def module_signature(sig, module: str):
-    if module == "chain_of_thought":
-        return dspy.ChainOfThought(sig).predict.signature
-    return sig
-
-
-def python_inputs(sig, values: dict) -> dict:
-    """JSON values to the Python objects DSPy expects (History is a model)."""
-    out = {}
-    for key, value in values.items():
-        field = sig.fields.get(key)
-        if field is not None and field.annotation is dspy.History and isinstance(value, dict):
-            value = dspy.History(**value)
-        out[key] = value
-    return out
-
-
-def jsonable(value):
-    if isinstance(value, enum.Enum):
-        return jsonable(value.value)
+    Not the worker's ``jsonable``: that one prints values JSON cannot hold
+    (Ellipsis, complex, bytes) as strings, and ``run_lax`` must see them as
+    they are to record them as unsupported.
+    """
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [literal_jsonable(v) for v in value]
     if isinstance(value, (set, frozenset)):
-        return sorted((jsonable(v) for v in value), key=repr)
+        return sorted((literal_jsonable(v) for v in value), key=repr)
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
+        return {str(k): literal_jsonable(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     return value
@@ -131,9 +95,6 @@ def run_signatures():
     return out
 
 
-ADAPTERS = {"chat": ChatAdapter, "json": JSONAdapter}
-
-
 def run_format():
     out = []
     for case in FORMAT_CASES:
@@ -142,9 +103,9 @@ def run_format():
             entry["id"] = f"{case['id']}-{adapter_name}"
             entry["adapter"] = adapter_name
             sig = module_signature(build_signature(case["signature"]), case.get("module", "predict"))
-            adapter = ADAPTERS[adapter_name]()
-            demos = [python_inputs(sig, d) for d in case.get("demos", [])]
-            messages = adapter.format(sig, demos, python_inputs(sig, case["inputs"]))
+            adapter = adapter_for(adapter_name)
+            demos = [history_inputs(sig, d) for d in case.get("demos", [])]
+            messages = adapter.format(sig, demos, history_inputs(sig, case["inputs"]))
             entry["expect"] = {"messages": messages}
             out.append(entry)
     return out
@@ -163,7 +124,7 @@ def run_parse():
             entry["completion"] = completion
             sig = module_signature(build_signature(case["signature"]), case.get("module", "predict"))
             try:
-                fields = ADAPTERS[adapter_name]().parse(sig, completion)
+                fields = adapter_for(adapter_name).parse(sig, completion)
                 entry["expect"] = {"fields": jsonable(fields)}
             except BaseException as exc:  # noqa: BLE001
                 entry["expect"] = {"error": error_entry(exc)}
@@ -206,8 +167,6 @@ def run_metrics():
 
 
 def run_lax():
-    import ast
-
     import json_repair
 
     out = []
@@ -219,7 +178,7 @@ def run_lax():
         except (ValueError, SyntaxError):
             entry["literal_eval"] = "fails"
         else:
-            plain = jsonable(value)
+            plain = literal_jsonable(value)
             try:
                 json.dumps(plain)
                 entry["literal_eval"] = {"value": plain}
@@ -239,8 +198,7 @@ def main() -> int:
     if dspy.__version__ != EXPECTED_DSPY_VERSION:
         print(f"expected dspy=={EXPECTED_DSPY_VERSION}, found {dspy.__version__}", file=sys.stderr)
         return 1
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "tests", "fixtures", "parity")
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "tests", "fixtures", "parity")
     os.makedirs(out_dir, exist_ok=True)
     import contextlib
     import io

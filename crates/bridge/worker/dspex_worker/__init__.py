@@ -34,9 +34,9 @@ Modules listed in ``DSPEX_WORKER_MODULES`` (comma separated) are imported at
 start-up, and their commands are announced in the worker's ``hello``.
 """
 
+from .protocol import PROTOCOL_VERSION
 from .registry import Context, command, on_loop, registry
 
 __all__ = ["Context", "command", "on_loop", "registry", "PROTOCOL_VERSION"]
 
-PROTOCOL_VERSION = 1
 __version__ = "0.1.0"

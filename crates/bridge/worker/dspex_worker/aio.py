@@ -12,6 +12,7 @@ Blocking work must not run on the loop: ``asyncio.to_thread`` sends it to
 threads as usual, except the functions named with ``run_in_place`` — short
 CPU-only steps whose trip to a thread and back would cost more than they do
 (each may come with a test of its arguments: in place only when it passes).
+A request's thread waits for a coroutine on the loop with ``await_on_loop``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import concurrent.futures
 import contextvars
 import functools
 import threading
+
+from .registry import CommandError
 
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_thread: threading.Thread | None = None
@@ -106,3 +109,42 @@ async def guard_exits(coroutine):
         return await coroutine
     except (KeyboardInterrupt, SystemExit) as exc:
         raise RuntimeError(f"the program raised {type(exc).__name__}") from exc
+
+
+def await_on_loop(ctx, make_coroutine):
+    """From a request's thread: run ``make_coroutine()`` on the worker's loop,
+    in this thread's context (the request's DSPy settings and id), and wait
+    for its result here. The request's cancel and deadline are checked every
+    50 ms; when the request ends first, the coroutine is cancelled."""
+    loop = event_loop()
+    context = contextvars.copy_context()
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    tasks: list = []
+
+    def settle(task):
+        if task.cancelled():
+            # Not by this request (its cancel ends the wait below first).
+            done.set_exception(CommandError("the program's task was cancelled on the worker's loop"))
+        elif task.exception() is not None:
+            done.set_exception(task.exception())
+        else:
+            done.set_result(task.result())
+
+    def start():
+        try:
+            task = loop.create_task(guard_exits(make_coroutine()), context=context)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            done.set_exception(exc)
+            return
+        task.add_done_callback(settle)
+        tasks.append(task)
+
+    loop.call_soon_threadsafe(start)
+    try:
+        # Waited on, not `done.result(timeout=…)`: that raises TimeoutError
+        # for a wait that ran out and for a program that raised one alike.
+        while not concurrent.futures.wait([done], timeout=0.05).done:
+            ctx.check()
+        return done.result()
+    finally:
+        loop.call_soon_threadsafe(lambda: [t.cancel() for t in tasks if not t.done()])

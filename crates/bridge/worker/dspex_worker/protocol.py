@@ -1,4 +1,4 @@
-"""Framing and codecs of the dspex wire protocol.
+"""The dspex wire protocol: its version, the worker's messages, framing and codecs.
 
 A frame is a 4-byte big-endian length of the rest, one codec tag byte
 (0 JSON, 1 MessagePack) and the payload. Messages are dicts with a ``type``.
@@ -16,6 +16,9 @@ import time
 
 import msgpack
 
+#: The runtime refuses a worker whose ``hello`` names another version.
+PROTOCOL_VERSION = 1
+
 JSON = 0
 MSGPACK = 1
 CODECS = {"json": JSON, "msgpack": MSGPACK}
@@ -25,6 +28,54 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
 class ProtocolError(Exception):
     """The peer broke the framing rules."""
+
+
+# -- the messages a worker sends ---------------------------------------------
+# Keys in the order of the golden frames: MessagePack and JSON keep it, so
+# the bytes on the wire stay the same.
+
+
+def hello_message(
+    *, pid: int, worker: str, python: str, dspy: str | None, commands: list, max_concurrency: int
+) -> dict:
+    """The first frame: who the worker is and what it can do."""
+    return {
+        "type": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "pid": pid,
+        "worker": worker,
+        "python": python,
+        "dspy": dspy,
+        "codecs": sorted(CODECS),
+        "commands": commands,
+        "max_concurrency": max_concurrency,
+    }
+
+
+def ok_response(request_id, result) -> dict:
+    return {"type": "response", "id": request_id, "ok": result}
+
+
+def error_response(request_id, error: dict) -> dict:
+    """``error``: type, kind, message, traceback, retryable (see ``server.classify``)."""
+    return {"type": "response", "id": request_id, "error": error}
+
+
+def chunk_message(request_id, seq: int, data) -> dict:
+    """One piece of a streamed request's output; ``seq`` counts from 1."""
+    return {"type": "chunk", "id": request_id, "seq": seq, "data": data}
+
+
+def end_message(request_id) -> dict:
+    """A streamed request sends no more chunks (its response follows)."""
+    return {"type": "end", "id": request_id}
+
+
+def pong_message(seq, in_flight: int) -> dict:
+    return {"type": "pong", "seq": seq, "in_flight": in_flight}
+
+
+# -- codecs and framing --------------------------------------------------------
 
 
 def encode_payload(tag: int, message) -> bytes:

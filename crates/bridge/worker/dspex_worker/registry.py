@@ -6,8 +6,9 @@ import functools
 import inspect
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 class CommandError(Exception):
@@ -151,7 +152,7 @@ def _signature(func) -> inspect.Signature | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _requires_arguments(signature: inspect.Signature) -> bool:
     """Whether a command (``f(ctx, ...)``) has a parameter without a default."""
     params = list(signature.parameters.values())[1:]

@@ -14,8 +14,20 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
-from . import PROTOCOL_VERSION, aio
-from .protocol import CODECS, DEFAULT_MAX_FRAME, JSON, FrameReader, FrameWriter, ProtocolError
+from . import aio
+from .protocol import (
+    DEFAULT_MAX_FRAME,
+    JSON,
+    FrameReader,
+    FrameWriter,
+    ProtocolError,
+    chunk_message,
+    end_message,
+    error_response,
+    hello_message,
+    ok_response,
+    pong_message,
+)
 from .registry import CommandError, Context, DeadlineExceeded, registry
 
 log = logging.getLogger("dspex_worker")
@@ -71,7 +83,9 @@ def classify(exc: BaseException) -> dict:
 
 
 class Worker:
-    def __init__(self, req_fd: int, resp_fd: int, *, concurrency: int, max_frame: int, worker_id: str, spin_us: int = 0):
+    def __init__(
+        self, req_fd: int, resp_fd: int, *, concurrency: int, max_frame: int, worker_id: str, spin_us: int = 0
+    ):
         self.reader = FrameReader(req_fd, max_frame=max_frame, spin_us=spin_us)
         self.writer = FrameWriter(resp_fd, threading.Lock())
         self.concurrency = concurrency
@@ -80,15 +94,7 @@ class Worker:
         self.in_flight: dict = {}
         self.lock = threading.Lock()
 
-    # -- replies -------------------------------------------------------------
-    def _respond(self, tag, rid, ok=None, error=None):
-        msg = {"type": "response", "id": rid}
-        if error is not None:
-            msg["error"] = error
-        else:
-            msg["ok"] = ok
-        self.writer.send(tag, msg)
-
+    # -- requests and their replies ------------------------------------------
     def _run(self, tag, cmd, ctx: Context, args: dict, stream: bool) -> None:
         token = _request_id.set(ctx.trace_id or ctx.request_id)
         try:
@@ -113,18 +119,19 @@ class Worker:
             work = aio.guard_exits(cmd.start_coroutine(ctx, args))
             left = ctx.time_left()
             result = await (work if left is None else asyncio.wait_for(work, left))
-        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        except (asyncio.TimeoutError, asyncio.CancelledError) as ended:
             # The request's own cancel or deadline, when that is what ended
             # it; otherwise the program's timeout, or something inside that
             # gave up.
             try:
                 ctx.check()
             except CommandError as reason:
-                exc = reason
+                failure = reason
             else:
-                if isinstance(exc, asyncio.CancelledError):
-                    exc = CommandError(f"request {ctx.request_id}: its task was cancelled on the worker's loop")
-            self._fail(tag, cmd, ctx, stream, exc)
+                failure = ended
+                if isinstance(ended, asyncio.CancelledError):
+                    failure = CommandError(f"request {ctx.request_id}: its task was cancelled on the worker's loop")
+            self._fail(tag, cmd, ctx, stream, failure)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
             self._fail(tag, cmd, ctx, stream, exc)
         else:
@@ -140,16 +147,19 @@ class Worker:
 
     def _succeed(self, tag, ctx: Context, stream: bool, result) -> None:
         if stream:
-            self.writer.send(tag, {"type": "end", "id": ctx.request_id})
-        self._respond(tag, ctx.request_id, ok=result)
+            self.writer.send(tag, end_message(ctx.request_id))
+        self.writer.send(tag, ok_response(ctx.request_id, result))
 
     def _fail(self, tag, cmd, ctx: Context, stream: bool, exc: BaseException) -> None:
         if not isinstance(exc, CommandError):
             log.warning("command %s failed: %s: %s", cmd.name, type(exc).__name__, exc)
         error = classify(exc)
         if stream:
-            self.writer.send(tag, {"type": "end", "id": ctx.request_id})
-        self._respond(tag, ctx.request_id, error=error)
+            self.writer.send(tag, end_message(ctx.request_id))
+        self.writer.send(tag, error_response(ctx.request_id, error))
+
+    def _send_error(self, tag, rid, exc: BaseException) -> None:
+        self.writer.send(tag, error_response(rid, classify(exc)))
 
     def _inline(self, tag: int, cmd, msg: dict) -> None:
         """The fast path for cheap commands: run on this thread, no stream, no pool."""
@@ -157,16 +167,16 @@ class Worker:
         args = msg.get("args") or {}
         deadline_ms = msg.get("deadline_ms")
         if deadline_ms is not None and deadline_ms <= 0:
-            self._respond(tag, rid, error=classify(DeadlineExceeded(f"request {rid} ran past its deadline")))
+            self._send_error(tag, rid, DeadlineExceeded(f"request {rid} ran past its deadline"))
             return
         try:
             if not isinstance(args, dict):
                 raise CommandError("request args must be a map", kind="invalid_request")
             result = cmd.call(Context(rid, msg.get("session"), msg.get("trace_id")), args)
         except BaseException as exc:  # noqa: BLE001
-            self._respond(tag, rid, error=classify(exc))
+            self._send_error(tag, rid, exc)
         else:
-            self.writer.send(tag, {"type": "response", "id": rid, "ok": result})
+            self.writer.send(tag, ok_response(rid, result))
 
     def _request(self, tag: int, msg: dict) -> None:
         rid = msg.get("id")
@@ -180,13 +190,15 @@ class Worker:
             if not isinstance(args, dict):
                 raise CommandError("request args must be a map", kind="invalid_request")
         except CommandError as exc:
-            self._respond(tag, rid, error=classify(exc))
+            self._send_error(tag, rid, exc)
             return
 
         def emit(seq, data):
-            self.writer.send(tag, {"type": "chunk", "id": rid, "seq": seq, "data": data})
+            self.writer.send(tag, chunk_message(rid, seq, data))
 
-        ctx = Context(rid, session=msg.get("session"), trace_id=msg.get("trace_id"), deadline=deadline, stream=stream, emit=emit)
+        ctx = Context(
+            rid, session=msg.get("session"), trace_id=msg.get("trace_id"), deadline=deadline, stream=stream, emit=emit
+        )
         if cmd.inline:
             self._run(tag, cmd, ctx, args, stream)
             return
@@ -202,17 +214,14 @@ class Worker:
         dspy_version = None
         if "dspy" in sys.modules:
             dspy_version = getattr(sys.modules["dspy"], "__version__", None)
-        return {
-            "type": "hello",
-            "protocol": PROTOCOL_VERSION,
-            "pid": os.getpid(),
-            "worker": self.worker_id,
-            "python": platform.python_version(),
-            "dspy": dspy_version,
-            "codecs": sorted(CODECS),
-            "commands": registry.names(),
-            "max_concurrency": self.concurrency,
-        }
+        return hello_message(
+            pid=os.getpid(),
+            worker=self.worker_id,
+            python=platform.python_version(),
+            dspy=dspy_version,
+            commands=registry.names(),
+            max_concurrency=self.concurrency,
+        )
 
     def serve(self) -> int:
         self.writer.send(JSON, self.hello())
@@ -235,7 +244,7 @@ class Worker:
                 else:
                     self._request(tag, msg)
             elif kind == "ping":
-                self.writer.send(tag, {"type": "pong", "seq": msg.get("seq"), "in_flight": len(self.in_flight)})
+                self.writer.send(tag, pong_message(msg.get("seq"), len(self.in_flight)))
             elif kind == "cancel":
                 with self.lock:
                     ctx = self.in_flight.get(msg.get("id"))

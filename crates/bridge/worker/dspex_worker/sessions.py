@@ -32,7 +32,7 @@ def _session(ctx, create: bool = False) -> dict:
 @command("session.define")
 def define(ctx, name: str, program: dict):
     """Build a program and keep it under `name` for this session."""
-    from .dspy_commands import build_program
+    from .programs import build_program
 
     module = build_program(program)
     _session(ctx, create=True)["programs"][name] = (module, program)
@@ -42,7 +42,8 @@ def define(ctx, name: str, program: dict):
 @command("session.run")
 def run(ctx, name: str, inputs: dict, lm: dict | None = None):
     """Run a program this session defined."""
-    from .dspy_commands import _since, _usage, coerce_inputs, lm_context, prediction_fields
+    from .lms import lm_context
+    from .values import coerce_inputs, run_reply
 
     started = time.perf_counter()
     programs = _session(ctx)["programs"]
@@ -52,13 +53,13 @@ def run(ctx, name: str, inputs: dict, lm: dict | None = None):
     inputs = coerce_inputs(module, inputs)
     with lm_context(ctx, lm, spec.get("adapter")):
         pred = module(**inputs)
-    return {"fields": prediction_fields(pred), "usage": _usage(pred), "elapsed_us": _since(started)}
+    return run_reply(pred, started)
 
 
 @command("session.state")
 def state(ctx, name: str):
     """The saved state of a program this session defined."""
-    from .dspy_commands import dump_state
+    from .programs import dump_state
 
     programs = _session(ctx)["programs"]
     if name not in programs:

@@ -97,12 +97,14 @@ def spawn_worker(env_extra=None, preload_dspy=False):
     req_r, req_w = os.pipe()
     resp_r, resp_w = os.pipe()
     env = dict(os.environ)
-    env.update({
-        "DSPEX_REQ_FD": str(req_r),
-        "DSPEX_RESP_FD": str(resp_w),
-        "DSPEX_WORKER_PRELOAD_DSPY": "1" if preload_dspy else "0",
-        "PYTHONPATH": ROOT + os.pathsep + env.get("PYTHONPATH", ""),
-    })
+    env.update(
+        {
+            "DSPEX_REQ_FD": str(req_r),
+            "DSPEX_RESP_FD": str(resp_w),
+            "DSPEX_WORKER_PRELOAD_DSPY": "1" if preload_dspy else "0",
+            "PYTHONPATH": ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+        }
+    )
     env.update(env_extra or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "dspex_worker"],

@@ -21,15 +21,20 @@ def test_predict_and_chain_of_thought(worker):
     resp, _ = worker.call("dspy.run", {"program": QA, "inputs": {"question": "2+2?"}, "lm": dummy({"answer": "4"})})
     assert resp["ok"]["fields"] == {"answer": "4"}
     cot = {"module": "chain_of_thought", "signature": "question -> answer: int"}
-    resp, _ = worker.call("dspy.run", {"program": cot, "inputs": {"question": "2+2?"}, "lm": dummy({"reasoning": "add", "answer": "4"})})
+    resp, _ = worker.call(
+        "dspy.run", {"program": cot, "inputs": {"question": "2+2?"}, "lm": dummy({"reasoning": "add", "answer": "4"})}
+    )
     assert resp["ok"]["fields"] == {"reasoning": "add", "answer": 4}
 
 
 def test_class_style_signature_and_demos(worker):
     program = {
         "module": "predict",
-        "signature": {"instructions": "Rate it.", "inputs": [{"name": "text", "desc": "what to rate"}],
-                      "outputs": [{"name": "score", "type": "int", "constraints": {"ge": 0, "le": 10}}]},
+        "signature": {
+            "instructions": "Rate it.",
+            "inputs": [{"name": "text", "desc": "what to rate"}],
+            "outputs": [{"name": "score", "type": "int", "constraints": {"ge": 0, "le": 10}}],
+        },
         "demos": [{"text": "great", "score": 9}],
     }
     resp, _ = worker.call("dspy.run", {"program": program, "inputs": {"text": "fine"}, "lm": dummy({"score": "6"})})
@@ -43,15 +48,26 @@ def test_class_style_signature_and_demos(worker):
 def test_missing_lm_and_bad_programs_are_invalid_requests(worker):
     resp, _ = worker.call("dspy.run", {"program": QA, "inputs": {"question": "x"}})
     assert resp["error"]["kind"] == "invalid_request"
-    resp, _ = worker.call("dspy.run", {"program": {"module": "nope", "signature": "a -> b"}, "inputs": {}, "lm": dummy()})
+    resp, _ = worker.call(
+        "dspy.run", {"program": {"module": "nope", "signature": "a -> b"}, "inputs": {}, "lm": dummy()}
+    )
     assert resp["error"]["kind"] == "invalid_request"
     resp, _ = worker.call("dspy.run", {"program": {"module": "predict"}, "inputs": {}, "lm": dummy()})
     assert resp["error"]["kind"] == "invalid_request"
     resp, _ = worker.call("dspy.run", {"program": QA, "inputs": {"question": "x"}, "lm": {"temperature": 0}})
     assert resp["error"]["kind"] == "invalid_request"
-    resp, _ = worker.call("dspy.run", {"program": {"module": "react", "signature": "q -> a"}, "inputs": {"q": "x"}, "lm": dummy()})
+    resp, _ = worker.call(
+        "dspy.run", {"program": {"module": "react", "signature": "q -> a"}, "inputs": {"q": "x"}, "lm": dummy()}
+    )
     assert resp["error"]["kind"] == "invalid_request"
-    resp, _ = worker.call("dspy.run", {"program": {"module": "react", "signature": "q -> a", "params": {"tools": ["nowhere:fn"]}}, "inputs": {"q": "x"}, "lm": dummy()})
+    resp, _ = worker.call(
+        "dspy.run",
+        {
+            "program": {"module": "react", "signature": "q -> a", "params": {"tools": ["nowhere:fn"]}},
+            "inputs": {"q": "x"},
+            "lm": dummy(),
+        },
+    )
     assert resp["error"]["kind"] == "invalid_request"
 
 
@@ -61,7 +77,11 @@ def test_react_calls_a_tool(worker):
         {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
         {"reasoning": "2 + 3 = 5", "answer": "5"},
     )
-    program = {"module": "react", "signature": "question -> answer", "params": {"tools": ["tools_for_tests:add"], "max_iters": 4}}
+    program = {
+        "module": "react",
+        "signature": "question -> answer",
+        "params": {"tools": ["tools_for_tests:add"], "max_iters": 4},
+    }
     resp, _ = worker.call("dspy.run", {"program": program, "inputs": {"question": "What is 2 + 3?"}, "lm": lm})
     fields = resp["ok"]["fields"]
     assert fields["answer"] == "5"
@@ -69,7 +89,10 @@ def test_react_calls_a_tool(worker):
 
 
 def test_program_of_thought_says_what_is_missing(worker):
-    resp, _ = worker.call("dspy.run", {"program": {"module": "program_of_thought", "signature": "q -> a"}, "inputs": {"q": "1+1"}, "lm": dummy()})
+    resp, _ = worker.call(
+        "dspy.run",
+        {"program": {"module": "program_of_thought", "signature": "q -> a"}, "inputs": {"q": "1+1"}, "lm": dummy()},
+    )
     if shutil.which("deno") is None:
         assert resp["error"]["kind"] == "unsupported"
         assert "Deno" in resp["error"]["message"]
@@ -78,27 +101,60 @@ def test_program_of_thought_says_what_is_missing(worker):
 def test_multi_chain_comparison_best_of_n_refine(worker):
     mcc = {"module": "multi_chain_comparison", "signature": "question -> answer", "params": {"M": 2}}
     completions = [{"reasoning": "a", "answer": "4"}, {"reasoning": "b", "answer": "4"}]
-    resp, _ = worker.call("dspy.run", {"program": mcc, "inputs": {"question": "2+2?", "completions": completions},
-                                       "lm": dummy({"rationale": "both say 4", "answer": "4"})})
+    resp, _ = worker.call(
+        "dspy.run",
+        {
+            "program": mcc,
+            "inputs": {"question": "2+2?", "completions": completions},
+            "lm": dummy({"rationale": "both say 4", "answer": "4"}),
+        },
+    )
     assert resp["ok"]["fields"]["answer"] == "4"
     for kind in ("best_of_n", "refine"):
-        program = {"module": kind, "signature": "question -> answer", "params": {"N": 2, "reward_fn": "tools_for_tests:always_one", "threshold": 1.0}}
-        resp, _ = worker.call("dspy.run", {"program": program, "inputs": {"question": "2+2?"}, "lm": dummy({"reasoning": "r", "answer": "4"}, {"reasoning": "r", "answer": "4"})})
+        program = {
+            "module": kind,
+            "signature": "question -> answer",
+            "params": {"N": 2, "reward_fn": "tools_for_tests:always_one", "threshold": 1.0},
+        }
+        resp, _ = worker.call(
+            "dspy.run",
+            {
+                "program": program,
+                "inputs": {"question": "2+2?"},
+                "lm": dummy({"reasoning": "r", "answer": "4"}, {"reasoning": "r", "answer": "4"}),
+            },
+        )
         assert resp["ok"]["fields"]["answer"] == "4", (kind, resp)
 
 
 def test_parallel(worker):
     lm = dummy({"answer": "a"}, {"answer": "b"}, {"answer": "c"})
-    resp, _ = worker.call("dspy.parallel", {"program": QA, "inputs": [{"question": "1"}, {"question": "2"}, {"question": "3"}], "lm": lm, "num_threads": 1})
+    resp, _ = worker.call(
+        "dspy.parallel",
+        {
+            "program": QA,
+            "inputs": [{"question": "1"}, {"question": "2"}, {"question": "3"}],
+            "lm": lm,
+            "num_threads": 1,
+        },
+    )
     assert sorted(r["answer"] for r in resp["ok"]["results"]) == ["a", "b", "c"]
 
 
 def test_format_and_parse_expose_dspys_adapters(worker):
-    resp, _ = worker.call("dspy.format", {"signature": "question, history: dspy.History -> answer", "adapter": "json",
-                                          "inputs": {"question": "And Italy?", "history": {"messages": [{"question": "France?", "answer": "Paris"}]}}})
+    resp, _ = worker.call(
+        "dspy.format",
+        {
+            "signature": "question, history: dspy.History -> answer",
+            "adapter": "json",
+            "inputs": {"question": "And Italy?", "history": {"messages": [{"question": "France?", "answer": "Paris"}]}},
+        },
+    )
     messages = resp["ok"]["messages"]
     assert messages[0]["role"] == "system" and len(messages) == 4
-    resp, _ = worker.call("dspy.parse", {"signature": "q -> n: int", "completion": "[[ ## n ## ]]\n42", "module": "chain_of_thought"})
+    resp, _ = worker.call(
+        "dspy.parse", {"signature": "q -> n: int", "completion": "[[ ## n ## ]]\n42", "module": "chain_of_thought"}
+    )
     assert resp["error"]["kind"] == "parse"
     resp, _ = worker.call("dspy.parse", {"signature": "q -> n: int", "completion": "[[ ## n ## ]]\n42"})
     assert resp["ok"]["fields"] == {"n": 42}
@@ -106,8 +162,17 @@ def test_format_and_parse_expose_dspys_adapters(worker):
 
 def test_evaluate_streams_progress(worker):
     devset = [{"question": "2+2?", "answer": "4"}, {"question": "3+3?", "answer": "6"}]
-    resp, chunks = worker.call("dspy.evaluate", {"program": QA, "devset": devset, "metric": "exact_match",
-                                                 "input_keys": ["question"], "lm": dummy({"answer": "4"}, {"answer": "5"})}, stream=True)
+    resp, chunks = worker.call(
+        "dspy.evaluate",
+        {
+            "program": QA,
+            "devset": devset,
+            "metric": "exact_match",
+            "input_keys": ["question"],
+            "lm": dummy({"answer": "4"}, {"answer": "5"}),
+        },
+        stream=True,
+    )
     assert resp["ok"]["score"] == 50.0
     assert [c["data"]["done"] for c in chunks] == [1, 2]
     assert len(resp["ok"]["results"]) == 2
@@ -115,14 +180,33 @@ def test_evaluate_streams_progress(worker):
 
 def test_optimizers_compile_and_state_round_trips(worker):
     trainset = [{"question": "2+2?", "answer": "4"}, {"question": "1+3?", "answer": "4"}]
-    resp, _ = worker.call("dspy.optimize", {"optimizer": "LabeledFewShot", "program": QA, "trainset": trainset,
-                                            "input_keys": ["question"], "params": {"k": 2}, "lm": dummy()})
+    resp, _ = worker.call(
+        "dspy.optimize",
+        {
+            "optimizer": "LabeledFewShot",
+            "program": QA,
+            "trainset": trainset,
+            "input_keys": ["question"],
+            "params": {"k": 2},
+            "lm": dummy(),
+        },
+    )
     state = resp["ok"]["state"]
     assert resp["ok"]["demos"] == 2
     lm = dummy({"answer": "4"}, {"answer": "4"}, {"answer": "4"}, {"answer": "4"})
-    resp, chunks = worker.call("dspy.optimize", {"optimizer": "BootstrapFewShot", "program": QA, "trainset": trainset,
-                                                 "input_keys": ["question"], "metric": "tools_for_tests:answer_is_four",
-                                                 "params": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0}, "lm": lm}, stream=True)
+    resp, chunks = worker.call(
+        "dspy.optimize",
+        {
+            "optimizer": "BootstrapFewShot",
+            "program": QA,
+            "trainset": trainset,
+            "input_keys": ["question"],
+            "metric": "tools_for_tests:answer_is_four",
+            "params": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0},
+            "lm": lm,
+        },
+        stream=True,
+    )
     assert resp["ok"]["demos"] >= 1, resp
     events = [c["data"]["event"] for c in chunks]
     assert events[0] == "started" and events[-1] == "finished" and "progress" in events
@@ -130,28 +214,38 @@ def test_optimizers_compile_and_state_round_trips(worker):
     saved = resp["ok"]["state"]
     resp, _ = worker.call("dspy.state", {"program": {**QA, "state": saved}})
     assert resp["ok"]["state"]["demos"] == saved["demos"]
-    resp, _ = worker.call("dspy.run", {"program": {**QA, "state": state}, "inputs": {"question": "5+5?"}, "lm": dummy({"answer": "10"})})
+    resp, _ = worker.call(
+        "dspy.run", {"program": {**QA, "state": state}, "inputs": {"question": "5+5?"}, "lm": dummy({"answer": "10"})}
+    )
     assert resp["ok"]["fields"] == {"answer": "10"}
     resp, _ = worker.call("dspy.optimize", {"optimizer": "Nope", "program": QA, "trainset": trainset, "lm": dummy()})
     assert resp["error"]["kind"] == "invalid_request"
 
 
 def test_unknown_metric_path(worker):
-    resp, _ = worker.call("dspy.evaluate", {"program": QA, "devset": [{"question": "q", "answer": "a"}], "metric": "nowhere:metric", "lm": dummy()})
+    resp, _ = worker.call(
+        "dspy.evaluate",
+        {"program": QA, "devset": [{"question": "q", "answer": "a"}], "metric": "nowhere:metric", "lm": dummy()},
+    )
     assert resp["error"]["kind"] == "invalid_request"
 
 
 def test_jsonable_and_error_classification():
     import enum
 
-    from dspex_worker.dspy_commands import jsonable
     from dspex_worker.server import classify
+    from dspex_worker.values import jsonable
 
     class Color(enum.Enum):
         RED = "red"
 
     assert jsonable({"a": (1, 2), "b": {3, 1}, "c": Color.RED, "d": float("nan"), "e": object}) == {
-        "a": [1, 2], "b": [1, 3], "c": "red", "d": "nan", "e": str(object)}
+        "a": [1, 2],
+        "b": [1, 3],
+        "c": "red",
+        "d": "nan",
+        "e": str(object),
+    }
 
     class FakeTimeout(Exception):
         pass
@@ -177,8 +271,11 @@ def test_session_programs_keep_history_and_forget_on_drop(worker):
     # History arrives as {"messages": [...]}, as the runtime keeps it, and
     # reaches the module as a dspy.History.
     history = {"messages": [{"question": "Capital of France?", "answer": "Paris"}]}
-    resp, _ = worker.call("session.run", {"name": "chat", "inputs": {"history": history, "question": "And Japan?"},
-                                          "lm": dummy({"answer": "Tokyo"})}, session="s1")
+    resp, _ = worker.call(
+        "session.run",
+        {"name": "chat", "inputs": {"history": history, "question": "And Japan?"}, "lm": dummy({"answer": "Tokyo"})},
+        session="s1",
+    )
     assert resp["ok"]["fields"] == {"answer": "Tokyo"}
     assert resp["ok"]["elapsed_us"] > 0
     resp, _ = worker.call("session.programs", {}, session="s1")
@@ -200,8 +297,10 @@ def test_session_programs_keep_history_and_forget_on_drop(worker):
 
 
 def test_format_renders_history_like_dspy(worker):
-    args = {"signature": "history: dspy.History, question -> answer",
-            "inputs": {"history": {"messages": [{"question": "2+2?", "answer": "4"}]}, "question": "3+3?"}}
+    args = {
+        "signature": "history: dspy.History, question -> answer",
+        "inputs": {"history": {"messages": [{"question": "2+2?", "answer": "4"}]}, "question": "3+3?"},
+    }
     resp, _ = worker.call("dspy.format", args)
     messages = resp["ok"]["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
@@ -211,37 +310,47 @@ def test_format_renders_history_like_dspy(worker):
 def test_bootstrap_progress_is_bounded_by_the_trainset(worker):
     trainset = [{"question": "2+2?", "answer": "4"}, {"question": "1+3?", "answer": "4"}]
     lm = dummy({"answer": "4"}, {"answer": "4"}, {"answer": "4"}, {"answer": "4"})
-    resp, chunks = worker.call("dspy.optimize", {"optimizer": "BootstrapFewShot", "program": QA, "trainset": trainset,
-                                                 "input_keys": ["question"], "metric": "exact_match",
-                                                 "params": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0}, "lm": lm}, stream=True)
+    resp, chunks = worker.call(
+        "dspy.optimize",
+        {
+            "optimizer": "BootstrapFewShot",
+            "program": QA,
+            "trainset": trainset,
+            "input_keys": ["question"],
+            "metric": "exact_match",
+            "params": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0},
+            "lm": lm,
+        },
+        stream=True,
+    )
     assert "ok" in resp, resp
     progress = [c["data"] for c in chunks if c["data"]["event"] == "progress"]
     assert progress and all(p["total"] == 2 for p in progress)
 
 
 def test_built_programs_are_shared_by_description():
-    from dspex_worker import dspy_commands as dc
+    from dspex_worker import programs
 
-    dc._programs.clear()
-    a = dc.shared_program(QA)
-    assert dc.shared_program({"signature": "question -> answer", "module": "predict"}) is a
-    assert dc.shared_program({**QA, "demos": [{"question": "1+1?", "answer": "2"}]}) is not a
+    programs._programs.clear()
+    a = programs.shared_program(QA)
+    assert programs.shared_program({"signature": "question -> answer", "module": "predict"}) is a
+    assert programs.shared_program({**QA, "demos": [{"question": "1+1?", "answer": "2"}]}) is not a
     # Kinds that may keep state between calls are built fresh every time.
     mcc = {"module": "multi_chain_comparison", "signature": "question -> answer"}
-    assert dc.shared_program(mcc) is not dc.shared_program(mcc)
+    assert programs.shared_program(mcc) is not programs.shared_program(mcc)
     # Bounded: the least recently used description goes first. `a` is the
     # oldest entry but was used again, so another one goes.
-    dc._programs.clear()
-    a = dc.shared_program(QA)
+    programs._programs.clear()
+    a = programs.shared_program(QA)
     first = {"signature": "question -> answer_first"}
-    kept_first = dc.shared_program(first)
-    for i in range(dc._programs.size - 2):
-        dc.shared_program({"signature": f"question -> answer_{i}"})
-    assert dc.shared_program(QA) is a
-    dc.shared_program({"signature": "question -> answer_last"})
-    assert len(dc._programs) == dc._programs.size
-    assert dc.shared_program(QA) is a
-    assert dc.shared_program(first) is not kept_first
+    kept_first = programs.shared_program(first)
+    for i in range(programs._programs.size - 2):
+        programs.shared_program({"signature": f"question -> answer_{i}"})
+    assert programs.shared_program(QA) is a
+    programs.shared_program({"signature": "question -> answer_last"})
+    assert len(programs._programs) == programs._programs.size
+    assert programs.shared_program(QA) is a
+    assert programs.shared_program(first) is not kept_first
 
 
 def test_a_shared_program_serves_concurrent_requests():
@@ -249,9 +358,9 @@ def test_a_shared_program_serves_concurrent_requests():
 
     import dspy
 
-    from dspex_worker import dspy_commands as dc
+    from dspex_worker import programs
 
-    module = dc.shared_program(QA)
+    module = programs.shared_program(QA)
     results = {}
 
     def call(i):
@@ -271,10 +380,10 @@ def test_model_catalog_lookups_are_remembered_and_still_copied():
     import dspy.clients.costs as costs
     import dspy.clients.model_metadata as metadata
 
-    from dspex_worker import dspy_commands as dc
+    from dspex_worker import dspy_patches
 
     # Idempotent, and every module that looks models up uses the memo.
-    assert dc._memoize_model_metadata() and dc._memoize_model_metadata()
+    assert dspy_patches._memoize_model_metadata() and dspy_patches._memoize_model_metadata()
     assert costs.model_info is capabilities.model_info is metadata.model_info
     assert costs.model_info._dspex_memo
     original = costs.model_info.__wrapped__
@@ -288,7 +397,7 @@ def test_model_catalog_lookups_are_remembered_and_still_copied():
 
 
 def test_lm_timeouts_come_in_steps_and_lms_are_never_changed():
-    from dspex_worker import dspy_commands as dc
+    from dspex_worker import lms
 
     class Ctx:
         def __init__(self, left):
@@ -297,27 +406,37 @@ def test_lm_timeouts_come_in_steps_and_lms_are_never_changed():
         def time_left(self):
             return self.left
 
-    assert [dc.timeout_step(x) for x in (None, 0.0, 0.01, 0.5, 0.55, 1.0, 1.2, 29.0, 29.4, 5000.0)] == [
-        None, 0.1, 0.1, 0.5, 0.6, 1.0, 2.0, 29.0, 30.0, 5000.0]
+    assert [lms.timeout_step(x) for x in (None, 0.0, 0.01, 0.5, 0.55, 1.0, 1.2, 29.0, 29.4, 5000.0)] == [
+        None,
+        0.1,
+        0.1,
+        0.5,
+        0.6,
+        1.0,
+        2.0,
+        29.0,
+        30.0,
+        5000.0,
+    ]
     spec = {"model": "offline", "base_url": "http://127.0.0.1:9/v1", "api_key": "k"}
-    a = dc.build_lm(spec, Ctx(11.6))
+    a = lms.build_lm(spec, Ctx(11.6))
     # Another request with a little less time left: the same LM (so the same
     # HTTP engine and connections), untouched.
-    assert dc.build_lm(spec, Ctx(11.2)) is a and a.kwargs["timeout"] == 12.0
-    b = dc.build_lm(spec, Ctx(0.2))
+    assert lms.build_lm(spec, Ctx(11.2)) is a and a.kwargs["timeout"] == 12.0
+    b = lms.build_lm(spec, Ctx(0.2))
     assert b is not a and b.kwargs["timeout"] == 0.2 and a.kwargs["timeout"] == 12.0
-    assert "timeout" not in dc.build_lm(spec, None).kwargs
+    assert "timeout" not in lms.build_lm(spec, None).kwargs
 
 
 def test_shared_programs_keep_no_call_history():
-    from dspex_worker import dspy_commands as dc
+    from dspex_worker import lms, programs
 
-    module = dc.shared_program(QA)
+    module = programs.shared_program(QA)
     module.history.clear()
-    with dc.lm_context(None, dummy({"answer": "4"})):
+    with lms.lm_context(None, dummy({"answer": "4"})):
         module(question="2+2?")
     assert module.history == []
-    with dc.lm_context(None, dummy({"answer": "4"}), disable_history=False):
+    with lms.lm_context(None, dummy({"answer": "4"}), disable_history=False):
         module(question="2+2?")
     assert len(module.history) == 1
     module.history.clear()
@@ -328,13 +447,12 @@ def test_the_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads():
     import contextvars
     import threading
 
-    from dspex_worker import aio
-    from dspex_worker import dspy_commands as dc
+    from dspex_worker import aio, dspy_patches
 
     # Under the pinned DSPy every step named is found (a DSPy upgrade that
     # moves one fails here instead of silently costing thread hops), and the
     # worker's loop runs them in place.
-    steps_found = dc._inline_steps()
+    steps_found = dspy_patches._inline_steps()
     assert len(steps_found) == 6 and all(f in aio._in_place for f in steps_found)
     request = contextvars.ContextVar("request", default=None)
 
@@ -357,10 +475,15 @@ def test_the_loop_runs_dspy_bookkeeping_in_place_and_the_rest_on_threads():
     def in_request(x):
         return threading.get_ident(), x
 
-    executor = aio.LoopExecutor({short: aio._always, broken: aio._always,
-                                 Engine.target: lambda engine, x: engine.built,
-                                 # The test runs in the call's context.
-                                 in_request: lambda x: request.get() == "r-1"})
+    executor = aio.LoopExecutor(
+        {
+            short: aio._always,
+            broken: aio._always,
+            Engine.target: lambda engine, x: engine.built,
+            # The test runs in the call's context.
+            in_request: lambda x: request.get() == "r-1",
+        }
+    )
     loop = asyncio.new_event_loop()
     loop.set_default_executor(executor)
 
@@ -391,7 +514,7 @@ def test_waiting_on_the_loop_from_a_thread_ends_with_the_program_or_the_request(
     import asyncio
     import threading
 
-    from dspex_worker import dspy_commands as dc
+    from dspex_worker import aio
     from dspex_worker.registry import Cancelled, Context
 
     # A program's own TimeoutError is its failure, not the wait's.
@@ -400,11 +523,11 @@ def test_waiting_on_the_loop_from_a_thread_ends_with_the_program_or_the_request(
 
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="a tool timed out"):
-        dc.await_on_loop(Context(1, deadline=time.monotonic() + 30), times_out)
+        aio.await_on_loop(Context(1, deadline=time.monotonic() + 30), times_out)
     assert time.monotonic() - started < 1
     # A coroutine that cannot even be made fails the request, not hangs it.
     with pytest.raises(ZeroDivisionError):
-        dc.await_on_loop(Context(2), lambda: 1 / 0)
+        aio.await_on_loop(Context(2), lambda: 1 / 0)
     # The request's cancel ends the wait, and the program with it.
     ended = threading.Event()
 
@@ -417,7 +540,7 @@ def test_waiting_on_the_loop_from_a_thread_ends_with_the_program_or_the_request(
     ctx = Context(3)
     threading.Timer(0.1, ctx.cancel).start()
     with pytest.raises(Cancelled):
-        dc.await_on_loop(ctx, forever)
+        aio.await_on_loop(ctx, forever)
     assert ended.wait(2), "the program was not cancelled"
 
 
@@ -425,10 +548,10 @@ def test_capabilities_run_in_place_only_on_the_lm15_route_of_this_call():
     import dspy
     from dspy.clients.capabilities import planning_scope
 
-    from dspex_worker import dspy_commands as dc
+    from dspex_worker import dspy_patches
 
     lm = dspy.LM("openai/some-model", api_base="http://127.0.0.1:9/v1", api_key="k")
-    assert dc._native_route(lm)
+    assert dspy_patches._native_route(lm)
     # A call's own client options can send it to LiteLLM: then to a thread.
     with planning_scope(lm, {"extra_headers": {"x-test": "1"}}):
-        assert not dc._native_route(lm)
+        assert not dspy_patches._native_route(lm)

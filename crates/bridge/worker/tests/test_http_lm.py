@@ -41,20 +41,37 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 pieces = ["[[ ## answer ## ]]\n", "4", "\n\n[[ ## completed ## ]]"]
             for piece in pieces:
-                chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                         "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                chunk = {
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                }
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
                 if getattr(self.server, "slow", False) and piece == "reply":
                     time.sleep(3)
-            end = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            end = {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
             self.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
             self.wfile.flush()
             return
-        out = json.dumps({"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
-                          "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
-                          "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}).encode()
+        out = json.dumps(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(out)))
@@ -73,8 +90,14 @@ def lm_server():
 
 
 def lm_spec(server, **extra):
-    return {"model": "test-model", "base_url": f"http://127.0.0.1:{server.server_port}/v1", "api_key": "k",
-            "temperature": 0.0, "max_tokens": 50, **extra}
+    return {
+        "model": "test-model",
+        "base_url": f"http://127.0.0.1:{server.server_port}/v1",
+        "api_key": "k",
+        "temperature": 0.0,
+        "max_tokens": 50,
+        **extra,
+    }
 
 
 QA = {"module": "predict", "signature": "question -> answer"}
@@ -95,7 +118,9 @@ def test_run_through_a_real_http_lm(lm_server, worker):
 
 
 def test_stream_yields_chunks_then_the_prediction(lm_server, worker):
-    resp, chunks = worker.call("dspy.stream", {"program": QA, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)}, stream=True)
+    resp, chunks = worker.call(
+        "dspy.stream", {"program": QA, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)}, stream=True
+    )
     assert resp["ok"]["fields"] == {"answer": "4"}, resp
     text = "".join(c["data"]["text"] for c in chunks)
     assert "4" in text
@@ -110,7 +135,9 @@ def test_stream_of_a_chain_of_thought_and_of_a_synchronous_module(lm_server, wor
     cot_reply = "[[ ## reasoning ## ]]\nadd them\n\n[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]"
     lm_server.stream_replies = [cot_reply]
     cot = {"module": "chain_of_thought", "signature": "question -> answer"}
-    resp, chunks = worker.call("dspy.stream", {"program": cot, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)}, stream=True)
+    resp, chunks = worker.call(
+        "dspy.stream", {"program": cot, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)}, stream=True
+    )
     assert resp["ok"]["fields"] == {"reasoning": "add them", "answer": "4"}, resp
     assert {c["data"]["field"] for c in chunks} == {"reasoning", "answer"}
 
@@ -120,7 +147,9 @@ def test_stream_of_a_chain_of_thought_and_of_a_synchronous_module(lm_server, wor
         cot_reply,
     ]
     react = {"module": "react", "signature": "question -> answer", "params": {"tools": ["tools_for_tests:add"]}}
-    resp, chunks = worker.call("dspy.stream", {"program": react, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)}, stream=True)
+    resp, chunks = worker.call(
+        "dspy.stream", {"program": react, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)}, stream=True
+    )
     assert resp["ok"]["fields"]["answer"] == "4", resp
     fields = [c["data"]["field"] for c in chunks]
     assert "next_thought" in fields and fields[-1] == "answer", fields
@@ -143,7 +172,9 @@ def test_concurrent_streams_share_the_loop_without_mixing(lm_server, worker):
     questions = {}
     for i in range(6):
         q = f"question number {i} of six"
-        rid = worker.request("dspy.stream", {"program": QA, "inputs": {"question": q}, "lm": lm_spec(lm_server)}, stream=True)
+        rid = worker.request(
+            "dspy.stream", {"program": QA, "inputs": {"question": q}, "lm": lm_spec(lm_server)}, stream=True
+        )
         questions[rid] = q
     texts = {rid: "" for rid in questions}
     answers = {}
@@ -160,7 +191,9 @@ def test_concurrent_streams_share_the_loop_without_mixing(lm_server, worker):
 
 def test_cancel_ends_a_stream_midway(lm_server, worker):
     lm_server.slow = True
-    rid = worker.request("dspy.stream", {"program": QA, "inputs": {"question": "?"}, "lm": lm_spec(lm_server)}, stream=True)
+    rid = worker.request(
+        "dspy.stream", {"program": QA, "inputs": {"question": "?"}, "lm": lm_spec(lm_server)}, stream=True
+    )
     msg = worker.recv()
     assert msg["type"] == "chunk" and msg["id"] == rid, msg
     started = time.monotonic()
@@ -171,5 +204,7 @@ def test_cancel_ends_a_stream_midway(lm_server, worker):
     assert time.monotonic() - started < 1.0
     # The worker goes on serving.
     lm_server.slow = False
-    resp, _ = worker.call("dspy.stream", {"program": QA, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)}, stream=True)
+    resp, _ = worker.call(
+        "dspy.stream", {"program": QA, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)}, stream=True
+    )
     assert resp["ok"]["fields"] == {"answer": "4"}

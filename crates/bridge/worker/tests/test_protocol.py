@@ -10,7 +10,20 @@ import time
 import pytest
 
 from conftest import JSON, MSGPACK, spawn_worker, wait_exit
-from dspex_worker.protocol import FrameReader, ProtocolError, decode_payload, encode_frame, encode_payload
+from dspex_worker.protocol import (
+    CODECS,
+    FrameReader,
+    ProtocolError,
+    chunk_message,
+    decode_payload,
+    encode_frame,
+    encode_payload,
+    end_message,
+    error_response,
+    hello_message,
+    ok_response,
+    pong_message,
+)
 
 
 def test_hello_announces_the_worker(worker):
@@ -120,17 +133,39 @@ def test_codec_helpers_reject_garbage():
         FrameReader(r).read()
 
 
-def test_golden_frames_decode_and_reencode():
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "tests", "fixtures", "protocol", "golden.json")
+def _golden_frames() -> list:
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "..", "..", "..", "tests", "fixtures", "protocol", "golden.json"
+    )
     with open(path) as fh:
-        golden = json.load(fh)
-    for case in golden["frames"]:
+        return json.load(fh)["frames"]
+
+
+def test_golden_frames_decode_and_reencode():
+    for case in _golden_frames():
         frame = bytes.fromhex(case["hex"])
         length, tag = struct.unpack(">IB", frame[:5])
         assert length == len(frame) - 4
         message = decode_payload(tag, frame[5:])
         assert message == case["message"], case["name"]
         assert encode_frame(tag, message) == frame, case["name"]
+
+
+def test_the_message_builders_make_the_golden_frames():
+    golden = {case["name"]: case for case in _golden_frames()}
+    message = {name: case["message"] for name, case in golden.items()}
+    hello = {k: v for k, v in message["hello"].items() if k not in ("type", "protocol", "codecs")}
+    built = {
+        "hello": hello_message(**hello),
+        "response-ok": ok_response(1, message["response-ok"]["ok"]),
+        "response-error": error_response(2, message["response-error"]["error"]),
+        "chunk": chunk_message(3, 1, message["chunk"]["data"]),
+        "end": end_message(3),
+        "pong": pong_message(9, 2),
+        "long-string": ok_response(4, "x" * 300),
+    }
+    for name, msg in built.items():
+        assert encode_frame(CODECS[golden[name]["codec"]], msg).hex() == golden[name]["hex"], name
 
 
 # ---------------------------------------------------------------- child processes
@@ -159,16 +194,25 @@ def test_child_worker_exits_on_garbage_and_reports_it():
 
 def test_child_worker_loads_user_modules(tmp_path):
     mod = tmp_path / "my_commands.py"
-    mod.write_text(textwrap.dedent(
-        """
+    mod.write_text(
+        textwrap.dedent(
+            """
         from dspex_worker import command
 
         @command("shout")
         def shout(ctx, text):
             return {"text": text.upper(), "request": ctx.request_id}
         """
-    ))
-    client = spawn_worker({"DSPEX_WORKER_MODULES": "my_commands", "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}" + os.pathsep + os.path.dirname(os.path.dirname(__file__))})
+        )
+    )
+    client = spawn_worker(
+        {
+            "DSPEX_WORKER_MODULES": "my_commands",
+            "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+            + os.pathsep
+            + os.path.dirname(os.path.dirname(__file__)),
+        }
+    )
     hello = client.recv()
     assert "shout" in hello["commands"]
     resp, _ = client.call("shout", {"text": "hi"})
@@ -212,7 +256,7 @@ def _package_doc_example() -> str:
     import dspex_worker
 
     doc = dspex_worker.__doc__
-    parts = doc[doc.index("ends it at once::") + len("ends it at once::"):].strip("\n").split("\n\n")
+    parts = doc[doc.index("ends it at once::") + len("ends it at once::") :].strip("\n").split("\n\n")
     code = []
     for part in parts:
         if not part.startswith("    "):
@@ -224,8 +268,10 @@ def _package_doc_example() -> str:
 def test_a_command_with_a_loop_form_runs_there_and_ends_at_its_deadline_or_cancel(tmp_path):
     # The package docs' example, plus a probe of where each form runs.
     mod = tmp_path / "loop_commands.py"
-    mod.write_text(_package_doc_example() + textwrap.dedent(
-        """
+    mod.write_text(
+        _package_doc_example()
+        + textwrap.dedent(
+            """
 
         import logging
         import threading
@@ -241,7 +287,8 @@ def test_a_command_with_a_loop_form_runs_there_and_ends_at_its_deadline_or_cance
                 ctx.emit({"i": i})
             return {"thread": threading.current_thread().name}
         """
-    ))
+        )
+    )
     path = f"{tmp_path}{os.pathsep}{os.path.dirname(os.path.dirname(__file__))}"
     client = spawn_worker({"DSPEX_WORKER_MODULES": "loop_commands", "PYTHONPATH": path})
     client.recv()
