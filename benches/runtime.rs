@@ -1,6 +1,6 @@
 //! The actor runtime's costs, each beside its baseline in the same run.
 //!
-//! 1. Routing decision: `Router::decide` called directly (what requests do)
+//! 1. Routing decision: `Router::plan` called directly (what requests do)
 //!    vs. the same decision through the `router` actor's mailbox.
 //! 2. No-op Python call: `Runtime::call("noop")` vs. `Worker::call` on a
 //!    bare bridge worker, 1 worker, 64 in flight (and 1 in flight).
@@ -86,13 +86,13 @@ async fn run() {
     let router = Arc::new(Router::new(RouterConfig::default(), Telemetry::new().with_metrics(false)));
     let req = RouteRequest { op: "predict", native: Ok(()), prefer: None, pool: None, shadow: None };
     let direct = measure(101, 1000, || {
-        std::hint::black_box(router.decide(&req).expect("decision"));
+        std::hint::black_box(router.plan(&req).expect("plan"));
     });
     let (actor, _h) = ractor::Actor::spawn(None, RouterActor::new(router.clone()), ()).await.expect("router actor");
     let mut lat = Vec::new();
     for i in 0..20_000 {
         let t = Instant::now();
-        let d = ractor::call!(actor, |reply| RouterMsg::Decide {
+        let d = ractor::call!(actor, |reply| RouterMsg::Plan {
             op: "predict".into(),
             native_unsupported: None,
             prefer: None,

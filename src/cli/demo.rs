@@ -77,8 +77,8 @@ pub async fn demo() -> Result<Value> {
         })
         .start()
         .await?;
-    let (python, _) = rt.python();
-    println!("runtime started: 2 Python workers running DSPy ({})", python.display());
+    let python = rt.python().map(|(p, _)| p.display().to_string()).unwrap_or_default();
+    println!("runtime started: 2 Python workers running DSPy ({python})");
     s.end("start (environment + 2 workers)", t);
 
     // 2. The tree.

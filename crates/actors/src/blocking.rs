@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use dspex_core::{Error, ErrorKind, Map, Result, RuntimeConfig, Value};
 
-use crate::runtime::{CallOutput, Output, RequestOptions, Runtime, RuntimeBuilder};
+use crate::request::{CallOutput, Output, RequestOptions};
+use crate::runtime::{Runtime, RuntimeBuilder};
 use crate::supervisor::TreeNode;
 use crate::Program;
 

@@ -100,6 +100,12 @@ struct Shard<V> {
     order: VecDeque<CacheKey>,
 }
 
+impl<V> std::fmt::Debug for ResultCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultCache").field("shards", &self.shards.len()).field("ttl", &self.ttl).finish()
+    }
+}
+
 /// A bounded, expiring map from [`CacheKey`] to results.
 pub struct ResultCache<V> {
     shards: Vec<Mutex<Shard<V>>>,

@@ -31,13 +31,13 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tracing::{debug, info, warn};
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use ractor::ActorProcessingErr;
 
-use crate::runtime::{Inner, Runtime};
-use crate::supervisor::{ChildSpec, Holder, NodeInfo, Restart, Started, Supervisor};
+use crate::runtime::{Runtime, WeakRuntime};
+use crate::supervisor::{ChildSpec, Holder, NodeInfo, Restart, Started};
 
 /// Where a console listens.
 #[derive(Debug, Clone)]
@@ -123,7 +123,7 @@ impl ConsoleServer {
     /// Start serving `rt`'s console on `endpoint` (outside the tree; see
     /// [`Runtime::serve_console`] for the supervised form).
     pub async fn start(rt: &Runtime, endpoint: ConsoleEndpoint) -> Result<ConsoleServer> {
-        let rt = Arc::downgrade(&rt.inner);
+        let rt = rt.downgrade();
         match &endpoint {
             ConsoleEndpoint::Unix(path) => {
                 use std::os::unix::fs::PermissionsExt;
@@ -202,7 +202,7 @@ impl Listener {
     /// Serve every connection on its own task until the returned task is
     /// aborted. A failed accept (out of file descriptors, say) is logged and
     /// retried shortly rather than ending the console.
-    fn serve(self, rt: Weak<Inner>, token: String) -> tokio::task::JoinHandle<()> {
+    fn serve(self, rt: WeakRuntime, token: String) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 let accepted = match &self {
@@ -258,16 +258,10 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 /// The default socket path: `$XDG_RUNTIME_DIR/dspex/console.sock`, else
 /// `/tmp/dspex-<uid>/console.sock`.
 pub fn default_socket() -> PathBuf {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|d| d.is_dir())
-        .map(|d| d.join("dspex"))
-        // SAFETY: getuid(2) cannot fail.
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("dspex-{}", unsafe { libc::getuid() })));
-    base.join("console.sock")
+    dspex_bridge::runtime_dir().join("console.sock")
 }
 
-async fn serve<R, W>(rt: Weak<Inner>, read: R, mut write: W, token: String, tcp: bool)
+async fn serve<R, W>(rt: WeakRuntime, read: R, mut write: W, token: String, tcp: bool)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -320,11 +314,10 @@ where
             continue;
         }
         debug!(cmd = %req.cmd, args = ?req.args, "console command");
-        let Some(inner) = rt.upgrade() else {
+        let Some(rt) = rt.upgrade() else {
             let _ = reply(&mut write, &req.id, Err(Error::new(ErrorKind::Cancelled, "the runtime has stopped"))).await;
             return;
         };
-        let rt = Runtime { inner };
         if req.cmd == "events" {
             let filter = req.args.join(" ");
             let mut events = rt.subscribe();
@@ -460,14 +453,13 @@ impl Runtime {
     /// and the token mutating commands need.
     pub async fn serve_console(&self, endpoint: ConsoleEndpoint) -> Result<(ConsoleEndpoint, String)> {
         let bound: Arc<Mutex<Option<(ConsoleEndpoint, String)>>> = Arc::default();
-        let (weak, slot) = (Arc::downgrade(&self.inner), bound.clone());
+        let (weak, slot) = (self.downgrade(), bound.clone());
         let start: crate::supervisor::StartFn = Arc::new(move |parent, _| {
             let (weak, slot, endpoint) = (weak.clone(), slot.clone(), endpoint.clone());
             Box::pin(async move {
-                let inner = weak.upgrade().ok_or_else(|| ActorProcessingErr::from("the runtime has stopped"))?;
-                let server = ConsoleServer::start(&Runtime { inner }, endpoint)
-                    .await
-                    .map_err(|e| ActorProcessingErr::from(e.to_string()))?;
+                let rt = weak.upgrade().ok_or_else(|| ActorProcessingErr::from("the runtime has stopped"))?;
+                let server =
+                    ConsoleServer::start(&rt, endpoint).await.map_err(|e| ActorProcessingErr::from(e.to_string()))?;
                 *slot.lock() = Some((server.endpoint().clone(), server.token().to_string()));
                 // The `console` actor owns the endpoint: stopping it closes the socket.
                 let r = Holder::spawn(parent, server).await?;
@@ -484,7 +476,7 @@ impl Runtime {
             };
             NodeInfo { extra, ..Default::default() }
         }));
-        Supervisor::add_child(&self.inner.root, child)
+        self.add_child(child)
             .await
             .map_err(|e| Error::new(ErrorKind::Config, format!("cannot start the console: {e}")))?;
         let out = bound.lock().clone();

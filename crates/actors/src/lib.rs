@@ -1,17 +1,27 @@
 //! # dspex-actors
 //!
 //! The actor runtime: an Erlang-style supervision tree on ractor that owns
-//! pools of Python workers, the router that sends each request to the
-//! native engine or to Python, the result cache, the telemetry bus, sessions
-//! and pipelines. [`Runtime`] is the entry point.
-#![warn(missing_docs)]
+//! pools of Python workers, the router that plans where each request runs,
+//! the dispatcher that executes those plans for every caller, the result
+//! cache, the telemetry bus, sessions and pipelines. [`Runtime`] is the
+//! entry point.
+//!
+//! Who calls whom: [`Runtime`] → `dispatch` (the one request path) →
+//! [`Router::plan`] → the native engine, a [`PoolHandle`], or a caller's own
+//! target (a session's pinned worker). [`Session`]s and pipelines depend on
+//! the dispatcher, never on the runtime.
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
 pub mod blocking;
 pub mod cache;
 pub mod console;
+mod dispatch;
+mod lms;
 pub mod pipeline;
 pub mod pool;
 pub mod program;
+pub mod request;
 pub mod router;
 pub mod runtime;
 pub mod session;
@@ -20,17 +30,20 @@ pub mod telemetry;
 
 pub use blocking::BlockingRuntime;
 pub use console::{ConsoleEndpoint, ConsoleServer};
+pub use dispatch::ProgressFn;
+pub use lms::python_lm_spec;
 pub use pipeline::{
     Condition, IntoPipeline, Pipeline, PipelineBuilder, PipelineResult, PipelineRun, PipelineRunInfo, PipelineSpec,
     RetrySpec, Step, StepKind, StepRecord, StepSpec,
 };
 pub use pool::{PoolCallOptions, PoolHandle, PoolReply, PoolStats, WorkerStats};
 pub use program::{FieldInfo, Program, ProgramInfo};
-pub use router::{BreakerState, Decision, DecisionRecord, RouteRequest, Router, RouterStats};
-pub use runtime::{
-    new_trace_id, CallOutput, Evaluation, Meta, OptimizeRequest, Optimized, Output, OutputStream, ProgressFn,
-    RequestOptions, Runtime, RuntimeBuilder, StreamEvent, Timings,
+pub use request::{
+    new_trace_id, CallOutput, Meta, Output, OutputStream, Ran, Request, RequestContext, RequestOptions, StreamEvent,
+    Timings,
 };
+pub use router::{BreakerState, DecisionRecord, Plan, RouteRequest, Router, RouterStats};
+pub use runtime::{EnvProgress, Evaluation, OptimizeRequest, Optimized, Runtime, RuntimeBuilder};
 pub use session::{RestoreReport, Session, SessionInfo, SessionOptions, SessionState, Sessions};
 pub use supervisor::{NodeInfo, TreeNode};
 pub use telemetry::Telemetry;

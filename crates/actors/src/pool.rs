@@ -35,6 +35,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::request::{Ran, RequestContext};
 use crate::supervisor::{
     ChildSpec, InfoFn, NodeInfo, Restart, StartFn, Started, Strategy, Supervisor, SupervisorMsg, SupervisorSpec,
     RECYCLE,
@@ -165,6 +166,21 @@ pub struct PoolCallOptions {
     pub pin: Option<usize>,
 }
 
+impl PoolCallOptions {
+    /// The options of a request's pool call: its deadline, trace id,
+    /// session and idempotency, on any worker.
+    pub fn for_request(ctx: &RequestContext) -> PoolCallOptions {
+        PoolCallOptions {
+            deadline: Some(ctx.deadline),
+            trace_id: Some(ctx.trace_id.clone()),
+            session: ctx.options.session.clone(),
+            idempotent: ctx.idempotent,
+            codec: None,
+            pin: None,
+        }
+    }
+}
+
 /// A pool call's result and where and how it ran.
 #[derive(Debug, Clone)]
 pub struct PoolReply {
@@ -182,6 +198,20 @@ pub struct PoolReply {
     pub elapsed: Duration,
     /// Whether it was retried after its first worker died.
     pub retried: bool,
+}
+
+impl PoolReply {
+    /// The value, and where and how long it ran (for the result's metadata).
+    pub fn into_parts(self) -> (Value, Ran) {
+        let ran = Ran {
+            worker: Some((self.worker, self.pid)),
+            queue: self.queue,
+            elapsed: self.elapsed,
+            retried: self.retried,
+            ..Default::default()
+        };
+        (self.value, ran)
+    }
 }
 
 /// Figures about one pool.
@@ -573,12 +603,8 @@ impl PoolHandle {
             Error::new(ErrorKind::NotFound, format!("pool {} has no running worker {index}", self.name()))
                 .with_pool(self.name())
         })?;
-        let pid = worker.pid();
-        // SAFETY: plain kill(2) on the worker's process group.
-        unsafe {
-            libc::kill(-(pid as i32), libc::SIGKILL);
-        }
-        Ok(pid)
+        worker.crash();
+        Ok(worker.pid())
     }
 
     /// Restart every worker, one at a time: each drains (no new requests,
@@ -737,6 +763,12 @@ fn worker_child(shared: Arc<PoolShared>, slot: Arc<Slot>) -> ChildSpec {
         .shutdown_timeout(Duration::from_secs(15))
 }
 
+impl std::fmt::Debug for PoolStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolStream").field("worker", &self.worker).field("pid", &self.pid).finish()
+    }
+}
+
 /// A stream of chunks from a pool worker, then its result.
 pub struct PoolStream {
     /// The worker running it.
@@ -803,14 +835,6 @@ impl Drop for WorkerState {
             w.kill();
         }
     }
-}
-
-fn rss_mb(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * page.max(4096) as u64 / (1024 * 1024))
 }
 
 impl WorkerActor {
@@ -909,7 +933,7 @@ impl Actor for WorkerActor {
         let me = myself.clone();
         tokio::spawn(async move {
             let exit = watch.exited().await;
-            let why = format!("{} ({})", exit.reason, describe(&exit));
+            let why = format!("{} ({})", exit.reason, exit.describe());
             let _ = me.cast(WorkerMsg::Exited(generation, why));
         });
         let cfg = self.shared.config.read().clone();
@@ -974,7 +998,11 @@ impl Actor for WorkerActor {
                     Some(format!("older than {}s", cfg.ttl_secs.unwrap_or(0)))
                 } else {
                     cfg.max_rss_mb.and_then(|limit| {
-                        rss_mb(worker.pid()).filter(|&rss| rss >= limit).map(|rss| format!("resident memory {rss} MiB"))
+                        worker
+                            .resident_bytes()
+                            .map(|b| b / (1024 * 1024))
+                            .filter(|&rss| rss >= limit)
+                            .map(|rss| format!("resident memory {rss} MiB"))
                     })
                 };
                 if let Some(why) = why {
@@ -1010,13 +1038,5 @@ impl Actor for WorkerActor {
             }
         }
         Ok(())
-    }
-}
-
-fn describe(exit: &dspex_bridge::ExitInfo) -> String {
-    match (exit.code, exit.signal) {
-        (_, Some(s)) => format!("signal {s}"),
-        (Some(c), _) => format!("exit code {c}"),
-        _ => "ended".into(),
     }
 }

@@ -87,17 +87,30 @@ pub struct RouteRequest<'a> {
     pub shadow: Option<bool>,
 }
 
-/// Where a request runs.
+/// Where a request runs: its targets in order — the first, then each one
+/// a failure may fall back to — an optional shadow, and why. The
+/// dispatcher executes plans; the router makes them and nothing else does.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    /// The first target.
-    pub primary: Route,
-    /// Where to go if the primary fails in a way that allows it.
-    pub fallback: Option<Route>,
-    /// Also run here, compare, and keep the primary's answer.
+pub struct Plan {
+    /// Targets, tried in order while a failure allows a fallback
+    /// ([`Router::may_fall_back`]) and the deadline has time left.
+    pub targets: Vec<Route>,
+    /// Also run here, compare, and keep the first target's answer.
     pub shadow: Option<Route>,
     /// Why.
     pub reason: Cow<'static, str>,
+}
+
+impl Plan {
+    /// The first target.
+    pub fn primary(&self) -> &Route {
+        // A plan always has a target: the router builds none without one.
+        &self.targets[0]
+    }
+
+    fn to(primary: Route, reason: impl Into<Cow<'static, str>>) -> Plan {
+        Plan { targets: vec![primary], shadow: None, reason: reason.into() }
+    }
 }
 
 /// One logged decision.
@@ -306,53 +319,41 @@ impl Router {
         self.breaker(route).state()
     }
 
-    /// Decide where a request runs. Fails when the caller asked for a route
-    /// that cannot take it (`native` for a Python-only program: `Unsupported`;
-    /// an open breaker on the only allowed route: `Overloaded`).
-    pub fn decide(&self, req: &RouteRequest<'_>) -> Result<Decision> {
-        let (prefer, fallback_on_failure, shadow_rate, default_pool) = {
+    /// Plan where a program request runs. Fails when the caller asked for a
+    /// route that cannot take it (`native` for a Python-only program:
+    /// `Unsupported`; an open breaker on the only allowed route: `Overloaded`).
+    pub fn plan(&self, req: &RouteRequest<'_>) -> Result<Plan> {
+        let (prefer, shadow_rate, default_pool) = {
             let c = self.config.read();
-            (
-                req.prefer.unwrap_or(c.prefer),
-                c.fallback_on_failure,
-                c.shadow_rate,
-                req.pool.is_none().then(|| c.default_pool.clone()),
-            )
+            (req.prefer.unwrap_or(c.prefer), c.shadow_rate, req.pool.is_none().then(|| c.default_pool.clone()))
         };
         let pool = match req.pool {
             Some(p) => Route::Python(p.to_string()),
             None => Route::Python(default_pool.unwrap_or_default()),
         };
-        let decision = match prefer {
+        let plan = match prefer {
             RoutePreference::Native => {
                 if let Err(why) = req.native {
                     return Err(Error::unsupported(format!("{} cannot run natively: {why}", req.op)));
                 }
-                Decision {
-                    primary: Route::Native,
-                    fallback: None,
-                    shadow: None,
-                    reason: Cow::Borrowed("native requested"),
-                }
+                Plan::to(Route::Native, "native requested")
             }
             RoutePreference::Python => {
                 if !self.allow(&pool) {
                     return Err(self.open_error(&pool));
                 }
-                Decision { primary: pool, fallback: None, shadow: None, reason: Cow::Borrowed("python requested") }
+                Plan::to(pool, "python requested")
             }
+            // Only `auto` falls back, and only from native to Python.
             RoutePreference::Auto => match req.native {
                 Ok(()) if self.allow(&Route::Native) => {
                     let shadow = match req.shadow {
                         Some(on) => on,
                         None => self.sample_shadow(shadow_rate),
                     };
-                    let fallback = Some(pool.clone());
-                    let _ = fallback_on_failure;
-                    Decision {
-                        primary: Route::Native,
-                        shadow: shadow.then_some(pool),
-                        fallback,
+                    Plan {
+                        shadow: shadow.then(|| pool.clone()),
+                        targets: vec![Route::Native, pool],
                         reason: Cow::Borrowed("native engine supports it"),
                     }
                 }
@@ -364,18 +365,30 @@ impl Router {
                         Ok(()) => Cow::Borrowed("native circuit open"),
                         Err(why) => Cow::Owned(format!("needs Python: {why}")),
                     };
-                    Decision { primary: pool, fallback: None, shadow: None, reason }
+                    Plan::to(pool, reason)
                 }
             },
         };
-        self.count(&decision.primary);
-        self.log(req.op, &decision.primary, &decision.reason);
+        self.count(plan.primary());
+        self.log(req.op, plan.primary(), &plan.reason);
         self.telemetry.emit_lazy(None, || EventKind::RouterRoute {
             op: req.op.to_string(),
-            route: decision.primary.clone(),
-            reason: decision.reason.to_string(),
+            route: plan.primary().clone(),
+            reason: plan.reason.to_string(),
         });
-        Ok(decision)
+        Ok(plan)
+    }
+
+    /// Plan a worker command on `pool`: no choice to make, but the pool's
+    /// breaker still applies (`Overloaded` while open) and the route is counted.
+    pub fn plan_command(&self, command: &str, pool: &str) -> Result<Plan> {
+        let route = Route::Python(pool.to_string());
+        if !self.allow(&route) {
+            return Err(self.open_error(&route).with_pool(pool));
+        }
+        self.count(&route);
+        self.log(command, &route, "command");
+        Ok(Plan::to(route, "command"))
     }
 
     /// Whether a native failure may be retried on Python under `auto`.
@@ -388,12 +401,6 @@ impl Router {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
         self.count(to);
         self.log(op, to, &format!("fallback after native {}: {}", error.kind(), error.message()));
-    }
-
-    /// Record a route taken for a request that needed no decision (a user command).
-    pub fn record_direct(&self, op: &str, route: &Route) {
-        self.count(route);
-        self.log(op, route, "command");
     }
 
     fn open_error(&self, route: &Route) -> Error {
@@ -503,12 +510,21 @@ impl Router {
     }
 }
 
+impl std::fmt::Debug for RouterMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouterMsg::Stats(_) => f.write_str("Stats"),
+            RouterMsg::Plan { op, .. } => f.debug_struct("Plan").field("op", op).finish_non_exhaustive(),
+        }
+    }
+}
+
 /// Messages of the `router` actor.
 pub enum RouterMsg {
     /// Counters, breakers and recent decisions.
     Stats(RpcReplyPort<RouterStats>),
-    /// A decision made through the mailbox (for comparison with the direct call).
-    Decide {
+    /// A plan made through the mailbox (for comparison with the direct call).
+    Plan {
         /// Operation.
         op: String,
         /// Native capability (`None` when the engine can run it).
@@ -516,12 +532,13 @@ pub enum RouterMsg {
         /// Preference.
         prefer: Option<RoutePreference>,
         /// Reply.
-        reply: RpcReplyPort<Result<Decision>>,
+        reply: RpcReplyPort<Result<Plan>>,
     },
 }
 
 /// The `router` actor: holds the shared [`Router`] in the tree and answers
 /// administrative messages.
+#[derive(Debug)]
 pub struct RouterActor {
     router: Arc<Router>,
 }
@@ -568,7 +585,7 @@ impl Actor for RouterActor {
             RouterMsg::Stats(reply) => {
                 let _ = reply.send(self.router.stats());
             }
-            RouterMsg::Decide { op, native_unsupported, prefer, reply } => {
+            RouterMsg::Plan { op, native_unsupported, prefer, reply } => {
                 let req = RouteRequest {
                     op: &op,
                     native: match &native_unsupported {
@@ -579,7 +596,7 @@ impl Actor for RouterActor {
                     pool: None,
                     shadow: None,
                 };
-                let _ = reply.send(self.router.decide(&req));
+                let _ = reply.send(self.router.plan(&req));
             }
         }
         Ok(())
@@ -602,7 +619,7 @@ mod tests {
     async fn the_router_actor_answers_like_the_router_and_settings_change_live() {
         let r = Arc::new(router(RouterConfig::default()));
         let (actor, _h) = Actor::spawn(None, RouterActor::new(r.clone()), ()).await.unwrap();
-        let d = ractor::call!(actor, |reply| RouterMsg::Decide {
+        let d = ractor::call!(actor, |reply| RouterMsg::Plan {
             op: "predict".into(),
             native_unsupported: None,
             prefer: None,
@@ -610,8 +627,8 @@ mod tests {
         })
         .unwrap()
         .unwrap();
-        assert_eq!(d.primary, Route::Native);
-        let d = ractor::call!(actor, |reply| RouterMsg::Decide {
+        assert_eq!(d.primary(), &Route::Native);
+        let d = ractor::call!(actor, |reply| RouterMsg::Plan {
             op: "react".into(),
             native_unsupported: Some("ReAct runs in Python".into()),
             prefer: None,
@@ -619,29 +636,29 @@ mod tests {
         })
         .unwrap()
         .unwrap();
-        assert_eq!(d.primary, Route::Python("general".into()));
+        assert_eq!(d.primary(), &Route::Python("general".into()));
         let stats = ractor::call!(actor, RouterMsg::Stats).unwrap();
         assert_eq!(stats.routes.get("native"), Some(&1));
         // Preferences change without a restart.
         r.set_config(RouterConfig { prefer: RoutePreference::Python, ..RouterConfig::default() });
         assert_eq!(r.preference(), RoutePreference::Python);
-        assert_eq!(r.decide(&req(Ok(()), None)).unwrap().primary, Route::Python("general".into()));
+        assert_eq!(r.plan(&req(Ok(()), None)).unwrap().primary(), &Route::Python("general".into()));
         assert_eq!(r.breaker_state(&Route::Native), BreakerState::Closed);
         actor.stop(None);
     }
 
     #[test]
-    fn decisions_follow_capability_and_preference() {
+    fn plans_follow_capability_and_preference() {
         let r = router(RouterConfig::default());
-        let d = r.decide(&req(Ok(()), None)).unwrap();
-        assert_eq!(d.primary, Route::Native);
-        assert_eq!(d.fallback, Some(Route::Python("general".into())));
-        let d = r.decide(&req(Err("field `img` of type `dspy.Image` needs Python"), None)).unwrap();
-        assert_eq!(d.primary, Route::Python("general".into()));
+        let d = r.plan(&req(Ok(()), None)).unwrap();
+        assert_eq!(d.primary(), &Route::Native);
+        assert_eq!(d.targets, vec![Route::Native, Route::Python("general".into())]);
+        let d = r.plan(&req(Err("field `img` of type `dspy.Image` needs Python"), None)).unwrap();
+        assert_eq!(d.primary(), &Route::Python("general".into()));
         assert!(d.reason.contains("dspy.Image"));
-        let d = r.decide(&req(Ok(()), Some(RoutePreference::Python))).unwrap();
-        assert_eq!(d.primary, Route::Python("general".into()));
-        let e = r.decide(&req(Err("react"), Some(RoutePreference::Native))).unwrap_err();
+        let d = r.plan(&req(Ok(()), Some(RoutePreference::Python))).unwrap();
+        assert_eq!(d.primary(), &Route::Python("general".into()));
+        let e = r.plan(&req(Err("react"), Some(RoutePreference::Native))).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         let s = r.stats();
         assert_eq!(s.routes["native"], 1);
@@ -658,12 +675,12 @@ mod tests {
         r.record(&Route::Native, Err(&lm_down));
         assert_eq!(r.breaker_state(&Route::Native), BreakerState::Open);
         // Open: auto goes to Python.
-        assert_eq!(r.decide(&req(Ok(()), None)).unwrap().primary, Route::Python("general".into()));
+        assert_eq!(r.plan(&req(Ok(()), None)).unwrap().primary(), &Route::Python("general".into()));
         std::thread::sleep(std::time::Duration::from_millis(40));
         // The probe goes native; a second request meanwhile does not.
-        assert_eq!(r.decide(&req(Ok(()), None)).unwrap().primary, Route::Native);
+        assert_eq!(r.plan(&req(Ok(()), None)).unwrap().primary(), &Route::Native);
         assert_eq!(r.breaker_state(&Route::Native), BreakerState::HalfOpen);
-        assert_eq!(r.decide(&req(Ok(()), None)).unwrap().primary, Route::Python("general".into()));
+        assert_eq!(r.plan(&req(Ok(()), None)).unwrap().primary(), &Route::Python("general".into()));
         r.record(&Route::Native, Ok(()));
         assert_eq!(r.breaker_state(&Route::Native), BreakerState::Closed);
         // Caller errors do not count.
@@ -677,7 +694,7 @@ mod tests {
     #[test]
     fn shadow_sampling_and_divergence() {
         let r = router(RouterConfig { shadow_rate: 0.5, ..Default::default() });
-        let shadowed = (0..10).filter(|_| r.decide(&req(Ok(()), None)).unwrap().shadow.is_some()).count();
+        let shadowed = (0..10).filter(|_| r.plan(&req(Ok(()), None)).unwrap().shadow.is_some()).count();
         assert_eq!(shadowed, 5);
         let a: Map = serde_json::from_str(r#"{"answer": "4"}"#).unwrap();
         let b: Map = serde_json::from_str(r#"{"answer": "four"}"#).unwrap();

@@ -73,6 +73,7 @@ pub enum Strategy {
 }
 
 /// A started child: its cell and, if it is a supervisor, its typed reference.
+#[derive(Debug)]
 pub struct Started {
     /// The child's cell.
     pub cell: ActorCell,
@@ -303,6 +304,18 @@ impl TreeNode {
     }
 }
 
+impl std::fmt::Debug for SupervisorMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SupervisorMsg")
+    }
+}
+
+impl std::fmt::Debug for SupervisorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorState").field("name", &self.name).field("children", &self.slots.len()).finish()
+    }
+}
+
 /// Messages a supervisor understands.
 pub enum SupervisorMsg {
     /// Internal: restart these children (after back-off), in order.
@@ -396,6 +409,7 @@ pub struct SupervisorState {
 }
 
 /// The supervisor actor. See the [module docs](self).
+#[derive(Debug)]
 pub struct Supervisor;
 
 async fn start_child(myself: &ActorRef<SupervisorMsg>, spec: &ChildSpec) -> Result<Started, ActorProcessingErr> {
@@ -475,6 +489,40 @@ impl Supervisor {
     /// Stop and remove a child.
     pub async fn remove_child(sup: &ActorRef<SupervisorMsg>, name: &str) -> Result<bool, String> {
         ractor::call_t!(sup, SupervisorMsg::RemoveChild, 60_000, name.to_string()).map_err(|e| e.to_string())
+    }
+}
+
+/// A supervisor below the root that children are added to at run time
+/// (`sessions`, `pipelines`): the reference while it runs, looked up again
+/// after its parent restarted it.
+#[derive(Debug)]
+pub(crate) struct DynamicSupervisor {
+    root: ActorRef<SupervisorMsg>,
+    name: &'static str,
+    current: parking_lot::Mutex<Option<ActorRef<SupervisorMsg>>>,
+}
+
+impl DynamicSupervisor {
+    pub(crate) fn new(root: ActorRef<SupervisorMsg>, name: &'static str) -> DynamicSupervisor {
+        DynamicSupervisor { root, name, current: parking_lot::Mutex::new(None) }
+    }
+
+    /// Start `child` under this supervisor.
+    pub(crate) async fn add(&self, child: ChildSpec) -> dspex_core::Result<()> {
+        let sup = self.get().await?;
+        Supervisor::add_child(&sup, child).await.map_err(dspex_core::Error::internal)
+    }
+
+    async fn get(&self) -> dspex_core::Result<ActorRef<SupervisorMsg>> {
+        let cached = self.current.lock().clone();
+        if let Some(r) = cached.filter(|r| r.get_status() == ractor::ActorStatus::Running) {
+            return Ok(r);
+        }
+        let found = Supervisor::child_supervisor(&self.root, self.name).await.ok_or_else(|| {
+            dspex_core::Error::internal(format!("the {} supervisor is not running", self.name)).with_retryable(true)
+        })?;
+        *self.current.lock() = Some(found.clone());
+        Ok(found)
     }
 }
 

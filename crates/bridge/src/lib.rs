@@ -14,6 +14,7 @@
 //! does.
 #![warn(missing_docs)]
 
+pub mod commands;
 pub mod env;
 mod process;
 pub mod protocol;
@@ -21,7 +22,9 @@ pub mod runs;
 mod worker;
 
 pub use env::{default_cache_dir, worker_sources, EnvSpec, PythonEnv};
-pub use process::{group_members, process_alive, process_start_time, signal_group, ChildLimits};
-pub use protocol::{Codec, Hello};
+pub use process::{
+    group_members, process_alive, process_start_time, resident_bytes, runtime_dir, signal_group, ChildLimits,
+};
+pub use protocol::{error_kind_from_wire, Codec, Hello};
 pub use runs::{RunRegistry, SweepReport};
 pub use worker::{CallOptions, ExitInfo, StreamItem, Worker, WorkerConfig, WorkerStream, DEFAULT_ENV_ALLOWLIST};

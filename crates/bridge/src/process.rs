@@ -199,6 +199,27 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// A process's resident memory in bytes (from `/proc/PID/statm`), if it exists.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(4096) as u64)
+}
+
+/// The directory for this user's runtime files (console socket, run
+/// registry): `$XDG_RUNTIME_DIR/dspex` when that directory exists, else
+/// `/tmp/dspex-<uid>`.
+pub fn runtime_dir() -> std::path::PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+        .map(|d| d.join("dspex"))
+        // SAFETY: getuid(2) has no preconditions and cannot fail.
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("dspex-{}", unsafe { libc::getuid() })))
+}
+
 /// Pids of the processes in group `pgid` (from `/proc`).
 pub fn group_members(pgid: i32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -224,6 +245,9 @@ mod tests {
         assert!(!process_alive(u32::MAX - 1));
         assert!(!signal_group(1, 0), "never signal init's group");
         assert!(!signal_group(0, 0));
+        assert!(resident_bytes(me).is_some_and(|b| b > 1024 * 1024));
+        assert_eq!(resident_bytes(u32::MAX - 1), None);
+        assert!(runtime_dir().to_string_lossy().contains("dspex"));
     }
 
     #[test]

@@ -112,23 +112,37 @@ pub struct WireError {
 impl WireError {
     /// The runtime error this wire error stands for.
     pub fn into_error(self) -> Error {
-        let kind = match self.kind.as_deref() {
-            Some("timeout") => ErrorKind::Timeout,
-            Some("cancelled") => ErrorKind::Cancelled,
-            Some("not_found") => ErrorKind::NotFound,
-            Some("invalid_request") => ErrorKind::InvalidRequest,
-            Some("unsupported") => ErrorKind::Unsupported,
-            Some("parse") => ErrorKind::Parse,
-            Some("lm") => ErrorKind::Lm,
-            Some("transport") => ErrorKind::Transport,
-            Some("validation") => ErrorKind::Validation,
-            _ => ErrorKind::Python,
-        };
+        let kind = error_kind_from_wire(self.kind.as_deref());
         let mut err = Error::new(kind, self.message).with_retryable(self.retryable).with_python_type(self.python_type);
         if let Some(tb) = self.traceback {
             err = err.with_traceback(tb);
         }
         err
+    }
+}
+
+/// The runtime's [`ErrorKind`] for the `kind` a worker put in an error
+/// response: the one mapping, explicit and total. A worker names what went
+/// wrong in its own terms; what only the runtime can judge (a crashed
+/// worker, a protocol fault, an overloaded pool, its own bugs) is never
+/// taken from a worker, and an unknown or missing kind is `python`.
+pub fn error_kind_from_wire(kind: Option<&str>) -> ErrorKind {
+    match kind {
+        Some("invalid_signature") => ErrorKind::InvalidSignature,
+        Some("validation") => ErrorKind::Validation,
+        Some("parse") => ErrorKind::Parse,
+        Some("invalid_request") => ErrorKind::InvalidRequest,
+        Some("unsupported") => ErrorKind::Unsupported,
+        Some("lm") => ErrorKind::Lm,
+        Some("transport") => ErrorKind::Transport,
+        Some("timeout") => ErrorKind::Timeout,
+        Some("cancelled") => ErrorKind::Cancelled,
+        Some("not_found") => ErrorKind::NotFound,
+        Some("config") => ErrorKind::Config,
+        Some("io") => ErrorKind::Io,
+        Some("overloaded" | "worker_crashed" | "protocol" | "internal" | "python") | Some(_) | None => {
+            ErrorKind::Python
+        }
     }
 }
 
@@ -374,5 +388,32 @@ mod tests {
             WireError { python_type: "X".into(), kind: None, message: "m".into(), traceback: None, retryable: false }
                 .into_error();
         assert_eq!(e.kind(), ErrorKind::Python);
+    }
+
+    #[test]
+    fn every_kind_a_worker_may_name_maps_to_itself_and_the_rest_to_python() {
+        use ErrorKind::*;
+        let from_workers = [
+            InvalidSignature,
+            Validation,
+            Parse,
+            InvalidRequest,
+            Unsupported,
+            Lm,
+            Transport,
+            Timeout,
+            Cancelled,
+            NotFound,
+            Config,
+            Io,
+        ];
+        for kind in from_workers {
+            assert_eq!(error_kind_from_wire(Some(kind.as_str())), kind);
+        }
+        for kind in [Overloaded, WorkerCrashed, Protocol, Internal, Python] {
+            assert_eq!(error_kind_from_wire(Some(kind.as_str())), Python, "{kind} is the runtime's judgement");
+        }
+        assert_eq!(error_kind_from_wire(Some("mystery")), Python);
+        assert_eq!(error_kind_from_wire(None), Python);
     }
 }

@@ -63,15 +63,10 @@ pub struct RunRegistry {
 /// The default registry directory: `$DSPEX_RUN_DIR`, else
 /// `$XDG_RUNTIME_DIR/dspex/runs`, else `/tmp/dspex-<uid>/runs`.
 pub fn default_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("DSPEX_RUN_DIR") {
-        return PathBuf::from(d);
+    match std::env::var_os("DSPEX_RUN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => crate::process::runtime_dir().join("runs"),
     }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return PathBuf::from(d).join("dspex/runs");
-    }
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    std::env::temp_dir().join(format!("dspex-{uid}/runs"))
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {

@@ -230,7 +230,8 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
-    fn describe(&self) -> String {
+    /// How it ended, in words: `killed by signal 9`, `exited with code 1`.
+    pub fn describe(&self) -> String {
         match (self.code, self.signal) {
             (_, Some(s)) => format!("killed by signal {s}"),
             (Some(c), _) => format!("exited with code {c}"),
@@ -804,6 +805,18 @@ impl Worker {
                 return ExitInfo { code: None, signal: None, reason: "the worker's monitor ended".into() };
             }
         }
+    }
+
+    /// `SIGKILL` to the worker's process group, as a crash would: the
+    /// runtime learns of it the way it learns of any crash (requests in
+    /// flight fail with `worker_crashed`). For tests and the console.
+    pub fn crash(&self) {
+        self.shared().kill();
+    }
+
+    /// The worker's resident memory in bytes, while its process exists.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        process::resident_bytes(self.pid())
     }
 
     /// Kill the worker's whole process group now.

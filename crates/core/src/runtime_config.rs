@@ -377,6 +377,11 @@ pub struct RuntimeConfig {
     /// Python pools.
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
+    /// Start a `general` pool when `pools` is empty (the default). With
+    /// `false` and no pools the runtime is native-only: it needs no Python,
+    /// and a request that does fails with `config`.
+    #[serde(default = "default_true")]
+    pub default_pool: bool,
     /// Routing.
     #[serde(default)]
     pub router: RouterConfig,
@@ -410,6 +415,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             lm: None,
             pools: Vec::new(),
+            default_pool: true,
             router: RouterConfig::default(),
             cache: CacheConfig::default(),
             sessions: SessionConfig::default(),

@@ -1,0 +1,469 @@
+//! The dispatcher: the one request path.
+//!
+//! Every caller — [`Runtime::run`](crate::Runtime::run), streams, worker
+//! commands, sessions, pipeline steps, optimize and evaluate — hands its
+//! request to the [`Dispatcher`]. It asks the [`Router`] for a [`Plan`]
+//! (ordered targets, an optional shadow), executes it target by target,
+//! records each outcome against the target's circuit breaker, and returns
+//! an [`Output`] whose [`Meta`] comes from [`RequestContext::meta`]. A
+//! route resolves to a [`Target`]: the native engine or a local pool, unless
+//! the caller supplies its own target for Python work (a session's pinned
+//! worker). A remote pool is one more kind of target; nothing upstream of
+//! the dispatcher changes for it.
+//!
+//! Nothing here waits on Python I/O while holding anything shared: pools
+//! check workers out with a compare-and-swap and talk to them through the
+//! bridge.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dspex_bridge::commands::{self, RunArgs, RunReply, StreamChunk};
+use dspex_bridge::StreamItem;
+use dspex_core::{Error, ErrorKind, EventKind, Map, Prediction, Result, Route, Value};
+use dspex_native::lm::LanguageModel;
+use dspex_native::PredictEvent;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use tracing::warn;
+
+use crate::cache::{is_deterministic, CacheKey, ResultCache};
+use crate::lms::Lms;
+use crate::pool::{PoolCallOptions, PoolHandle};
+use crate::program::Program;
+use crate::request::{CallOutput, Meta, Output, OutputStream, Ran, Request, RequestContext, StreamEvent};
+use crate::router::{Plan, RouteRequest, Router};
+use crate::telemetry::Telemetry;
+
+/// Where a plan's route runs, when the caller brings its own: a session's
+/// pinned worker today, a remote pool later. The dispatcher records the
+/// outcome and builds the fallback around it; the target only runs.
+pub(crate) trait Target: Send + Sync {
+    /// Run the request here.
+    fn run<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Output>>;
+}
+
+/// Progress callback of streamed commands (`optimize`, `evaluate`).
+pub type ProgressFn = Arc<dyn Fn(&Value) + Send + Sync>;
+
+struct Shared {
+    router: Arc<Router>,
+    pools: Vec<PoolHandle>,
+    telemetry: Telemetry,
+    cache: Option<ResultCache<Output>>,
+    lms: Lms,
+    request_timeout: Duration,
+}
+
+/// Executes plans for every caller. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").field("pools", &self.pool_names()).finish()
+    }
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        router: Arc<Router>,
+        pools: Vec<PoolHandle>,
+        telemetry: Telemetry,
+        cache: Option<ResultCache<Output>>,
+        lms: Lms,
+        request_timeout: Duration,
+    ) -> Dispatcher {
+        Dispatcher { shared: Arc::new(Shared { router, pools, telemetry, cache, lms, request_timeout }) }
+    }
+
+    pub(crate) fn router(&self) -> &Arc<Router> {
+        &self.shared.router
+    }
+
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        &self.shared.telemetry
+    }
+
+    pub(crate) fn lms(&self) -> &Lms {
+        &self.shared.lms
+    }
+
+    pub(crate) fn pools(&self) -> &[PoolHandle] {
+        &self.shared.pools
+    }
+
+    pub(crate) fn pool_names(&self) -> Vec<String> {
+        self.shared.pools.iter().map(|p| p.name().to_string()).collect()
+    }
+
+    /// A pool by name. A runtime with no pools at all answers `Config` (it
+    /// was built native-only); one with pools answers `NotFound`.
+    pub(crate) fn pool(&self, name: &str) -> Result<PoolHandle> {
+        if let Some(p) = self.shared.pools.iter().find(|p| p.name() == name) {
+            return Ok(p.clone());
+        }
+        let e = if self.shared.pools.is_empty() {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "this request needs the Python pool {name}, but the runtime has no Python pools \
+                     (it was built native-only; configure a pool to run Python)"
+                ),
+            )
+        } else {
+            Error::new(ErrorKind::NotFound, format!("no pool named {name} (pools: {})", self.pool_names().join(", ")))
+        };
+        Err(e.with_pool(name))
+    }
+
+    /// The pool a request without one goes to.
+    pub(crate) fn default_pool(&self) -> String {
+        self.shared.router.config().default_pool
+    }
+
+    /// Settle a caller's options into a request context.
+    pub(crate) fn context(&self, opts: crate::RequestOptions, idempotent: bool) -> RequestContext {
+        RequestContext::new(opts, self.shared.request_timeout, idempotent)
+    }
+
+    /// A program request.
+    pub(crate) fn request(&self, program: &Program, inputs: Map, opts: crate::RequestOptions) -> Request {
+        Request { program: program.clone(), inputs, ctx: self.context(opts, true) }
+    }
+
+    // ------------------------------------------------------------- programs
+
+    /// Run a program request: from the cache when it may be, else by its
+    /// plan. `python`, when given, runs the plan's Python routes.
+    pub(crate) async fn run(&self, req: &Request, python: Option<&dyn Target>) -> Result<Output> {
+        let trace = &req.ctx.trace_id;
+        let op = req.program.op();
+        let key = self.cache_key(req);
+        if let (Some(k), Some(cache)) = (&key, &self.shared.cache) {
+            if let Some(mut hit) = cache.get(k) {
+                self.shared.telemetry.emit_lazy(Some(trace), || EventKind::CacheHit { op: op.into() });
+                hit.meta.cached = true;
+                hit.meta.trace_id = trace.clone();
+                hit.meta.timings =
+                    crate::Timings { total_us: req.ctx.started.elapsed().as_micros() as u64, ..Default::default() };
+                return Ok(hit);
+            }
+            self.shared.telemetry.emit_lazy(Some(trace), || EventKind::CacheMiss { op: op.into() });
+        }
+        let out = match self.plan(req, req.ctx.options.shadow) {
+            Ok(plan) => self.execute(req, &plan, python).await,
+            Err(e) => Err(e),
+        };
+        match &out {
+            Ok(o) => {
+                if let (Some(k), Some(c)) = (key, &self.shared.cache) {
+                    c.put(k, o.clone());
+                }
+            }
+            Err(e) => self.shared.telemetry.emit(
+                Some(trace),
+                EventKind::Error { op: op.into(), kind: e.kind(), message: e.message().to_string() },
+            ),
+        }
+        out.map_err(|e| e.with_request_id(trace))
+    }
+
+    fn plan(&self, req: &Request, shadow: Option<bool>) -> Result<Plan> {
+        let native_ok = match (req.program.native_support(), self.shared.lms.native_for(&req.program)) {
+            (Err(why), _) => Err(Cow::Borrowed(why)),
+            (Ok(()), Err(why)) => Err(Cow::Owned(why)),
+            (Ok(()), Ok(_)) => Ok(()),
+        };
+        self.shared.router.plan(&RouteRequest {
+            op: req.program.op(),
+            native: native_ok.as_ref().map(|_| ()).map_err(|w| w.as_ref()),
+            prefer: req.ctx.options.route,
+            pool: req.ctx.options.pool.as_deref(),
+            shadow,
+        })
+    }
+
+    /// Try the plan's targets in order; a failure moves on only when the
+    /// router allows a fallback for it and the deadline has time left.
+    async fn execute(&self, req: &Request, plan: &Plan, python: Option<&dyn Target>) -> Result<Output> {
+        let mut failed: Option<(&Route, Error)> = None;
+        for route in &plan.targets {
+            if let Some((from, e)) = &failed {
+                if !(self.shared.router.may_fall_back(e) && req.ctx.has_time()) {
+                    break;
+                }
+                warn!(trace = %req.ctx.trace_id, op = req.program.op(), error = %e, "{} failed; falling back to {}", from.label(), route.label());
+                self.shared.router.record_fallback(req.program.op(), e, route);
+            }
+            let result = match (route, python) {
+                (Route::Native, _) => self.run_native(req).await,
+                (Route::Python(_), Some(target)) => target.run(req).await,
+                (Route::Python(pool), None) => self.run_pool(req, pool).await,
+            };
+            self.shared.router.record(route, result.as_ref().map(|_| ()));
+            match result {
+                Ok(mut out) => {
+                    out.meta.reason = plan.reason.to_string();
+                    if let Some((from, e)) = failed {
+                        out.meta.fallback = Some(format!("{} {}: {}", from.label(), e.kind(), e.message()));
+                    }
+                    if let (Some(shadow), Route::Native) = (&plan.shadow, route) {
+                        self.shadow(req, shadow, &out);
+                    }
+                    return Ok(out);
+                }
+                Err(e) => failed = Some((route, e)),
+            }
+        }
+        Err(failed.map(|(_, e)| e).unwrap_or_else(|| Error::internal("a plan without targets")))
+    }
+
+    /// Run the request on `shadow` in the background and compare.
+    fn shadow(&self, req: &Request, shadow: &Route, primary: &Output) {
+        let Route::Python(pool) = shadow else { return };
+        let (this, pool, primary_fields) = (self.clone(), pool.clone(), primary.prediction.fields.clone());
+        let mut req = req.clone();
+        req.ctx.options.shadow = Some(false);
+        tokio::spawn(async move {
+            let shadow = this.run_pool(&req, &pool).await;
+            this.shared.router.compare_shadow(
+                req.program.op(),
+                Some(&req.ctx.trace_id),
+                &primary_fields,
+                shadow.as_ref().map(|o| &o.prediction.fields),
+            );
+        });
+    }
+
+    fn cache_key(&self, req: &Request) -> Option<CacheKey> {
+        self.shared.cache.as_ref()?;
+        let opts = &req.ctx.options;
+        if !opts.cache {
+            return None;
+        }
+        let program = &req.program;
+        let (lm_params, lm) = self.shared.lms.cache_identity(program);
+        if !is_deterministic(&[&lm_params, &program.spec().config, &opts.config]) {
+            return None;
+        }
+        // A forced route or pool is part of the request: a Python-only
+        // request is not answered from a natively computed entry.
+        let route = Value::String(format!("{:?}/{}", opts.route, opts.pool.as_deref().unwrap_or("")));
+        let mut key = CacheKey::extend(program.cache_key().as_str(), program.op(), &[&lm, &route]);
+        key.push_map(&req.inputs);
+        key.push_map(&opts.config);
+        Some(key)
+    }
+
+    fn native_lm(&self, program: &Program) -> Result<Arc<dyn LanguageModel>> {
+        self.shared.lms.native_for(program).map_err(Error::unsupported)
+    }
+
+    fn native_options(req: &Request) -> dspex_native::CallOptions {
+        dspex_native::CallOptions {
+            deadline: Some(req.ctx.deadline),
+            request_id: Some(req.ctx.trace_id.clone()),
+            config: req.ctx.options.config.clone(),
+        }
+    }
+
+    async fn run_native(&self, req: &Request) -> Result<Output> {
+        let program = &req.program;
+        let lm = self.native_lm(program)?;
+        let native = program.native().ok_or_else(|| Error::unsupported("the native engine cannot run this program"))?;
+        let opts = Self::native_options(req);
+        let t = Instant::now();
+        let result = match tokio::time::timeout_at(req.ctx.deadline.into(), native.call(&*lm, &req.inputs, &opts)).await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                Err(Error::new(ErrorKind::Timeout, format!("{} did not finish before its deadline", program.op()))
+                    .with_retryable(true))
+            }
+        };
+        let elapsed = t.elapsed();
+        let ok = result.is_ok();
+        self.shared.telemetry.emit_lazy(Some(&req.ctx.trace_id), || EventKind::NativeExecute {
+            op: program.op().into(),
+            elapsed_us: elapsed.as_micros() as u64,
+            ok,
+        });
+        let prediction = result?;
+        let ran = Ran { elapsed, usage: prediction.usage, ..Default::default() };
+        Ok(Output { meta: req.ctx.meta(Route::Native, ran), prediction })
+    }
+
+    /// The `dspy.run` / `dspy.stream` arguments of a request.
+    pub(crate) fn run_args(&self, req: &Request) -> Value {
+        let program = &req.program;
+        let config = &req.ctx.options.config;
+        let mut wire = program.wire().clone();
+        if !config.is_empty() {
+            if let Some(cfg) =
+                wire.as_object_mut().map(|w| w.entry("config").or_insert_with(|| Value::Object(Map::new())))
+            {
+                if let Some(cfg) = cfg.as_object_mut() {
+                    cfg.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+        }
+        commands::to_args(&RunArgs {
+            program: wire,
+            inputs: req.inputs.clone(),
+            lm: self.shared.lms.python_for(program),
+        })
+    }
+
+    async fn run_pool(&self, req: &Request, pool: &str) -> Result<Output> {
+        let handle = self.pool(pool)?;
+        let reply = handle.call(commands::RUN, self.run_args(req), &PoolCallOptions::for_request(&req.ctx)).await?;
+        let (value, ran) = reply.into_parts();
+        python_output(&req.ctx, Route::Python(pool.to_string()), value, ran)
+    }
+
+    /// Run a program as a stream, by the first target of its plan.
+    pub(crate) async fn stream(&self, req: Request) -> Result<OutputStream> {
+        let plan = self.plan(&req, Some(false))?;
+        let reason = plan.reason.to_string();
+        let router = self.shared.router.clone();
+        let route = plan.primary().clone();
+        let trace = req.ctx.trace_id.clone();
+        if route == Route::Native {
+            let lm = self.native_lm(&req.program)?;
+            let native = req.program.native().ok_or_else(|| Error::unsupported("not native"))?;
+            let inner = native.stream(lm, &req.inputs, &Self::native_options(&req)).await?;
+            let telemetry = self.shared.telemetry.clone();
+            let op = req.program.op();
+            let ctx = req.ctx;
+            let stream = inner.map(move |item| match item {
+                Ok(PredictEvent::Chunk { field, text }) => Ok(StreamEvent::Chunk { field, text }),
+                Ok(PredictEvent::Prediction(prediction)) => {
+                    router.record(&Route::Native, Ok(()));
+                    let elapsed = ctx.started.elapsed();
+                    telemetry.emit_lazy(Some(&ctx.trace_id), || EventKind::NativeExecute {
+                        op: op.into(),
+                        elapsed_us: elapsed.as_micros() as u64,
+                        ok: true,
+                    });
+                    let ran = Ran { elapsed, usage: prediction.usage, reason: reason.clone(), ..Default::default() };
+                    Ok(StreamEvent::Done(Box::new(Output { meta: ctx.meta(Route::Native, ran), prediction })))
+                }
+                Err(e) => {
+                    router.record(&Route::Native, Err(&e));
+                    Err(e.with_request_id(&ctx.trace_id))
+                }
+            });
+            return Ok(Box::pin(stream));
+        }
+        let Route::Python(pool) = &route else { return Err(Error::internal("a stream plan with no route")) };
+        let handle = self.pool(pool)?;
+        let opts = PoolCallOptions { idempotent: false, ..PoolCallOptions::for_request(&req.ctx) };
+        let inner = handle.stream(commands::STREAM, self.run_args(&req), &opts).await?;
+        let (worker, pid, queue) = (inner.worker.clone(), inner.pid, inner.queue);
+        let sent = Instant::now();
+        let ctx = req.ctx;
+        let stream = inner.map(move |item| match item {
+            Ok(StreamItem::Chunk(v)) => {
+                let chunk: StreamChunk = commands::from_reply(commands::STREAM, v)?;
+                Ok(StreamEvent::Chunk { field: chunk.field, text: chunk.text })
+            }
+            Ok(StreamItem::Done(v)) => {
+                router.record(&route, Ok(()));
+                let ran =
+                    Ran { worker: Some((worker.clone(), pid)), queue, elapsed: sent.elapsed(), ..Default::default() };
+                let mut out = python_output(&ctx, route.clone(), v, ran)?;
+                out.meta.reason = reason.clone();
+                Ok(StreamEvent::Done(Box::new(out)))
+            }
+            Err(e) => {
+                router.record(&route, Err(&e));
+                Err(e.with_request_id(&trace))
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    // ------------------------------------------------------------- commands
+
+    /// Run a worker command on `pool`.
+    pub(crate) async fn call(
+        &self,
+        pool: &str,
+        command: &str,
+        args: Value,
+        ctx: &RequestContext,
+    ) -> Result<CallOutput> {
+        let attempt = async {
+            let plan = self.shared.router.plan_command(command, pool)?;
+            let handle = self.pool(pool)?;
+            let reply = handle.call(command, args, &PoolCallOptions::for_request(ctx)).await;
+            self.shared.router.record(plan.primary(), reply.as_ref().map(|_| ()));
+            let (value, mut ran) = reply?.into_parts();
+            ran.reason = plan.reason.into_owned();
+            Ok(CallOutput { meta: ctx.meta(Route::Python(pool.to_string()), ran), value })
+        };
+        attempt.await.map_err(|e: Error| e.with_request_id(&ctx.trace_id))
+    }
+
+    /// Run a streamed worker command on `pool` to its end; `progress` sees
+    /// every chunk.
+    pub(crate) async fn stream_command(
+        &self,
+        pool: &str,
+        command: &str,
+        args: Value,
+        ctx: &RequestContext,
+        progress: Option<ProgressFn>,
+    ) -> Result<(Value, Meta)> {
+        let attempt = async {
+            let plan = self.shared.router.plan_command(command, pool)?;
+            let handle = self.pool(pool)?;
+            let opts = PoolCallOptions { idempotent: false, ..PoolCallOptions::for_request(ctx) };
+            let mut stream = handle.stream(command, args, &opts).await?;
+            let (worker, pid, queue) = (stream.worker.clone(), stream.pid, stream.queue);
+            let sent = Instant::now();
+            while let Some(item) = stream.next().await {
+                match item {
+                    Err(e) => {
+                        self.shared.router.record(plan.primary(), Err(&e));
+                        return Err(e);
+                    }
+                    Ok(StreamItem::Chunk(v)) => {
+                        if let Some(p) = &progress {
+                            p(&v);
+                        }
+                    }
+                    Ok(StreamItem::Done(v)) => {
+                        self.shared.router.record(plan.primary(), Ok(()));
+                        let ran = Ran {
+                            worker: Some((worker, pid)),
+                            queue,
+                            elapsed: sent.elapsed(),
+                            reason: command.to_string(),
+                            ..Default::default()
+                        };
+                        return Ok((v, ctx.meta(Route::Python(pool.to_string()), ran)));
+                    }
+                }
+            }
+            Err(Error::new(ErrorKind::Protocol, format!("{command} ended without a result")).with_pool(pool))
+        };
+        attempt.await.map_err(|e: Error| e.with_request_id(&ctx.trace_id))
+    }
+}
+
+/// The output of a Python program run (`dspy.run`, `session.run`, a
+/// stream's end): the prediction, and where and how it ran — `ran` says
+/// where, the reply how long Python itself took and what the LM used.
+pub(crate) fn python_output(ctx: &RequestContext, route: Route, reply: Value, mut ran: Ran) -> Result<Output> {
+    let run: RunReply = commands::from_reply(commands::RUN, reply)?;
+    let mut prediction = Prediction::new(run.fields);
+    prediction.usage = run.usage;
+    ran.execution_us = Some(run.elapsed_us);
+    ran.usage = run.usage;
+    Ok(Output { meta: ctx.meta(route, ran), prediction })
+}

@@ -1,0 +1,123 @@
+//! Which LM a program's request uses, on each route.
+//!
+//! The native route needs a client ([`LanguageModel`]); the Python route
+//! needs a description a worker can build a `dspy.LM` from. A program may
+//! name its own LM; otherwise the runtime's applies. Clients for programs'
+//! own LMs are built once and kept (a small LRU), so a request never pays
+//! for building an HTTP client.
+
+use std::sync::Arc;
+
+use dspex_core::{LmConfig, Map, Value};
+use dspex_native::lm::{LanguageModel, OpenAiClient};
+use parking_lot::Mutex;
+
+use crate::program::Program;
+
+/// Clients kept for programs that name their own LM.
+const KEPT_CLIENTS: usize = 32;
+
+/// The runtime's LMs and the clients built for programs' own.
+pub(crate) struct Lms {
+    /// The runtime's LM settings (also the cache key's LM identity).
+    config: Option<LmConfig>,
+    /// The native client for programs that name no LM.
+    native: Option<Arc<dyn LanguageModel>>,
+    /// Clients for programs' own LMs, most recent last.
+    clients: Mutex<Vec<(LmConfig, Arc<dyn LanguageModel>)>>,
+    /// What Python workers get for programs that name no LM.
+    python: Option<Value>,
+}
+
+impl std::fmt::Debug for Lms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lms").field("model", &self.config.as_ref().map(|c| &c.model)).finish()
+    }
+}
+
+/// The LM as Python workers describe it.
+pub fn python_lm_spec(lm: &LmConfig) -> Value {
+    let mut m = Map::new();
+    m.insert("model".into(), lm.model.clone().into());
+    if let Some(u) = &lm.base_url {
+        m.insert("base_url".into(), u.clone().into());
+    }
+    if let Some(k) = &lm.api_key {
+        m.insert("api_key".into(), k.expose().into());
+    }
+    if let Some(t) = lm.temperature {
+        m.insert("temperature".into(), t.into());
+    }
+    if let Some(t) = lm.max_tokens {
+        m.insert("max_tokens".into(), t.into());
+    }
+    m.insert("num_retries".into(), lm.max_retries.into());
+    Value::Object(m)
+}
+
+impl Lms {
+    /// The runtime's LM `config`; `native` and `python` override what each
+    /// route gets for programs that name no LM.
+    pub(crate) fn new(
+        config: Option<LmConfig>,
+        native: Option<Arc<dyn LanguageModel>>,
+        python: Option<Value>,
+    ) -> dspex_core::Result<Lms> {
+        let native = match (native, &config) {
+            (Some(lm), _) => Some(lm),
+            (None, Some(cfg)) => Some(Arc::new(OpenAiClient::new(cfg)?) as Arc<dyn LanguageModel>),
+            (None, None) => None,
+        };
+        let python = python.or_else(|| config.as_ref().map(python_lm_spec));
+        Ok(Lms { config, native, clients: Mutex::new(Vec::new()), python })
+    }
+
+    /// The native client for `program`, or why there is none.
+    pub(crate) fn native_for(&self, program: &Program) -> Result<Arc<dyn LanguageModel>, String> {
+        let Some(cfg) = &program.spec().lm else {
+            return self.native.clone().ok_or_else(|| "no OpenAI-compatible LM is configured".to_string());
+        };
+        let mut clients = self.clients.lock();
+        if let Some(i) = clients.iter().position(|(c, _)| c == cfg) {
+            let kept = clients.remove(i);
+            let lm = kept.1.clone();
+            clients.push(kept);
+            return Ok(lm);
+        }
+        let lm: Arc<dyn LanguageModel> = Arc::new(OpenAiClient::new(cfg).map_err(|e| e.to_string())?);
+        if clients.len() >= KEPT_CLIENTS {
+            clients.remove(0);
+        }
+        clients.push((cfg.clone(), lm.clone()));
+        Ok(lm)
+    }
+
+    /// What a Python worker gets as `lm` for `program`.
+    pub(crate) fn python_for(&self, program: &Program) -> Value {
+        match &program.spec().lm {
+            Some(cfg) => python_lm_spec(cfg),
+            None => self.python.clone().unwrap_or(Value::Null),
+        }
+    }
+
+    /// The LM's part of a result-cache key for `program`: its sampling
+    /// settings (to judge determinism) and its identity.
+    pub(crate) fn cache_identity(&self, program: &Program) -> (Map, Value) {
+        let mut params = Map::new();
+        if let Some(t) = program.spec().lm.as_ref().or(self.config.as_ref()).and_then(|l| l.temperature) {
+            params.insert("temperature".into(), t.into());
+        }
+        if let Some(Value::Object(py)) = &self.python {
+            if let Some(t) = py.get("temperature") {
+                params.insert("temperature".into(), t.clone());
+            }
+        }
+        let identity = match (&program.spec().lm, &self.config) {
+            (Some(l), _) | (None, Some(l)) => {
+                Value::String(format!("{}@{}", l.model, l.base_url.as_deref().unwrap_or("")))
+            }
+            _ => self.python.clone().unwrap_or(Value::Null),
+        };
+        (params, identity)
+    }
+}
