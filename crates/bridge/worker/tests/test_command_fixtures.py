@@ -8,6 +8,13 @@ the real command, and the reply must have the fixture's shape; the Rust tests
 check that the typed payloads encode to the same arguments and decode the same
 replies. ``DSPEX_COMMAND_FIXTURES`` points the tests at another directory
 (to try an edited copy).
+
+Most fixtures' LMs are DSPy DummyLMs. A DummyLM answers in one piece, so the
+stream fixture's LM is a local OpenAI-compatible server instead (the
+``lm_server`` of ``test_http_lm``): the string ``"{lm_server}"`` in its
+``args`` stands for the server's URL, and the server streams the fixture's
+reply fields in word-sized pieces, so the chunks come from DSPy's real
+streaming path (see the fixtures' README).
 """
 
 from __future__ import annotations
@@ -19,14 +26,17 @@ from pathlib import Path
 
 import pytest
 
+from test_http_lm import lm_server  # noqa: F401  (the local LM server of the stream fixture, by name)
+
 WORKER = Path(__file__).resolve().parents[1]
 REPO = WORKER.parents[2]
 COMMANDS_RS = WORKER.parent / "src" / "commands.rs"
 FIXTURES = Path(os.environ.get("DSPEX_COMMAND_FIXTURES") or REPO / "tests" / "fixtures" / "commands")
 FILES = sorted(p.name for p in FIXTURES.glob("*.json"))
 
-# Reply keys whose values are deterministic under the fixtures' DummyLMs:
-# they must equal the fixture's, not only have its shape.
+# Reply keys whose values are deterministic under the fixtures' LMs (DummyLMs,
+# or the local server scripted with the fixture's reply): they must equal the
+# fixture's, not only have its shape.
 EXACT = {
     "dspy.run": ("fields",),
     "dspy.stream": ("fields",),
@@ -39,6 +49,36 @@ EXACT = {
 
 def load(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())
+
+
+# The placeholder for the local LM server's URL in a fixture's `args`.
+LM_SERVER = "{lm_server}"
+
+
+def uses_lm_server(value) -> bool:
+    if isinstance(value, dict):
+        return any(map(uses_lm_server, value.values()))
+    if isinstance(value, list):
+        return any(map(uses_lm_server, value))
+    return value == LM_SERVER
+
+
+def with_lm_server(value, url: str):
+    """``value`` with every ``"{lm_server}"`` string replaced by ``url``."""
+    if isinstance(value, dict):
+        return {k: with_lm_server(v, url) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_lm_server(v, url) for v in value]
+    return url if value == LM_SERVER else value
+
+
+def chat_reply(fields: dict) -> str:
+    """``fields`` as a model answers them in DSPy's chat format."""
+    out = ""
+    for name, value in fields.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        out += f"[[ ## {name} ## ]]\n{text}\n\n"
+    return out + "[[ ## completed ## ]]"
 
 
 def by_command() -> dict:
@@ -153,12 +193,19 @@ def test_fixture_args_fit_the_registered_command(name):
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_fixture_runs_through_the_worker_and_replies_in_its_shape(worker, name):
+def test_fixture_runs_through_the_worker_and_replies_in_its_shape(request, worker, name):
     fixtures = by_command()
     f = load(name)
     command, session = f["command"], f.get("session")
     extra = {"session": session} if session is not None else {}
     stream = "chunks" in f
+    args, server = f["args"], None
+    if uses_lm_server(args):
+        assert stream, f"{name}: only streamed commands may use {LM_SERVER} (the server scripts streamed answers)"
+        server = request.getfixturevalue("lm_server")
+        # The server streams the fixture's fields in word-sized pieces, as a model sends tokens.
+        server.stream_replies = [chat_reply(f["reply"]["fields"])]
+        args = with_lm_server(args, f"http://127.0.0.1:{server.server_port}/v1")
     if session is not None:
         # Sessions live in the worker module: start from none, as a fresh worker would.
         ok(worker.call("session.drop", {}, **extra)[0], "session.drop (clean-up before)")
@@ -166,7 +213,7 @@ def test_fixture_runs_through_the_worker_and_replies_in_its_shape(worker, name):
         for before in f.get("after", []):
             assert before in fixtures, f"{name}: `after` names {before}, which has no fixture"
             ok(worker.call(before, fixtures[before]["args"], **extra)[0], f"{before} (run first, per `after`)")
-        resp, chunks = worker.call(command, f["args"], stream=stream, **extra)
+        resp, chunks = worker.call(command, args, stream=stream, **extra)
         reply = ok(resp, command)
     finally:
         if session is not None:
@@ -184,11 +231,25 @@ def test_fixture_runs_through_the_worker_and_replies_in_its_shape(worker, name):
         assert isinstance(f["reply"], dict) and key in f["reply"], f"{name}: the fixture's reply has no {key!r}"
         assert reply[key] == f["reply"][key], f"{name}: {key} is {reply[key]!r}, the fixture says {f['reply'][key]!r}"
     if stream:
-        # However the text is cut into chunks, each field's text is the fixture's.
+        # However the text is cut into chunks, each field's text is the fixture's
+        # and the reply's.
         def texts(items):
             out = {}
             for c in items:
                 out[c["field"]] = out.get(c["field"], "") + c["text"]
             return out
 
-        assert texts(c["data"] for c in chunks) == texts(f["chunks"]), f"{name}: streamed text differs"
+        assert f["chunks"] and all(c["text"] for c in f["chunks"]), f"{name}: fixture chunks need non-empty text"
+        streamed = texts(c["data"] for c in chunks)
+        assert streamed == texts(f["chunks"]), f"{name}: streamed text differs from the fixture's chunks"
+        assert streamed == reply["fields"], (
+            f"{name}: the streamed text differs from the reply's fields: {streamed!r} vs {reply['fields']!r}"
+        )
+        if len(f["chunks"]) > 1:
+            pieces = [c["data"]["text"] for c in chunks if c["data"]["text"]]
+            assert len(pieces) > 1, f"{name}: the text arrived in one piece, not streamed: {pieces!r}"
+        if server is not None:
+            assert server.requests and all(r.get("stream") is True for r in server.requests), (
+                f"{name}: the worker did not ask the LM server for a stream"
+            )
+            assert not server.stream_replies, f"{name}: the LM server's scripted answer was never asked for"
