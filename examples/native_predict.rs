@@ -6,7 +6,7 @@
 //! `cargo run --example native_predict`
 
 use dspex::native::lm::{offline::OfflineResponder, server::LmServer, OpenAiClient};
-use dspex::native::{parse_signature, CallOptions, ChainOfThought};
+use dspex::native::{parse_signature, ChainOfThought, PredictOptions};
 use dspex::LmConfig;
 use serde_json::json;
 
@@ -27,7 +27,7 @@ async fn main() -> dspex::Result<()> {
     let lm = OpenAiClient::new(&config)?;
     let cot = ChainOfThought::new(parse_signature("question -> answer: int", None)?)?;
     let inputs = json!({"question": "What is 17 + 25?"});
-    let pred = cot.call(&lm, inputs.as_object().unwrap_or(&Default::default()), &CallOptions::default()).await?;
+    let pred = cot.call(&lm, inputs.as_object().unwrap_or(&Default::default()), &PredictOptions::default()).await?;
     println!("reasoning: {}", pred.fields["reasoning"]);
     println!("answer:    {}", pred.fields["answer"]);
     Ok(())

@@ -19,7 +19,8 @@
 //! assert_eq!(fields["answer"], json!(4));
 //! # Ok::<(), dspex::Error>(())
 //! ```
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
 pub use dspex_core::{
     AdapterKind, ClassSignature, Error, ErrorContext, ErrorKind, Example, Field, FieldDecl, FieldRole, FieldSpec,

@@ -5,7 +5,7 @@ use dspex_core::{AdapterKind, LmConfig, Map, ModuleKind, ProgramSpec, SignatureS
 use dspex_native::lm::offline::OfflineResponder;
 use dspex_native::lm::server::{LmServer, Reply, Scripted};
 use dspex_native::lm::OpenAiClient;
-use dspex_native::{CallOptions, NativeProgram};
+use dspex_native::{NativeProgram, PredictOptions};
 use serde_json::{json, Value};
 
 use crate::support::{run_python, runtime};
@@ -48,7 +48,7 @@ fn native_request(server: &LmServer, spec: &ProgramSpec, inputs: &Map) -> Value 
     runtime().block_on(async {
         let lm = OpenAiClient::new(&LmConfig::new("openai/test-model").with_base_url(server.base_url())).unwrap();
         let program = NativeProgram::from_spec(spec).unwrap();
-        program.call(&lm, inputs, &CallOptions::default()).await.unwrap();
+        program.call(&lm, inputs, &PredictOptions::default()).await.unwrap();
     });
     server.requests().last().cloned().unwrap()
 }
@@ -120,7 +120,7 @@ fn program_compiled_by_dspy_runs_natively() {
     let pred = rt.block_on(async {
         let lm = OpenAiClient::new(&LmConfig::new("openai/offline").with_base_url(server.base_url())).unwrap();
         program
-            .call(&lm, json!({"question": "What is 17 + 25?"}).as_object().unwrap(), &CallOptions::default())
+            .call(&lm, json!({"question": "What is 17 + 25?"}).as_object().unwrap(), &PredictOptions::default())
             .await
             .unwrap()
     });

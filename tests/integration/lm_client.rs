@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use dspex_core::{AdapterKind, ErrorKind, LmConfig, Map, ProgramSpec};
 use dspex_native::lm::server::{LmServer, Reply, Scripted};
 use dspex_native::lm::{LanguageModel, LmEvent, LmRequest, Message, OpenAiClient};
-use dspex_native::{CallOptions, NativeProgram, PredictEvent};
+use dspex_native::{NativeProgram, PredictEvent, PredictOptions};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -128,7 +128,7 @@ fn sse_stream_yields_chunks_in_order_then_done() {
         // Through a native ChainOfThought: chunks tagged by field, then the prediction.
         let program = NativeProgram::from_spec(&ProgramSpec::chain_of_thought("question -> answer: int")).unwrap();
         let mut events =
-            program.stream(lm.clone(), &obj(json!({"question": "2+2?"})), &CallOptions::default()).await.unwrap();
+            program.stream(lm.clone(), &obj(json!({"question": "2+2?"})), &PredictOptions::default()).await.unwrap();
         let mut fields_seen = Vec::new();
         let mut last = None;
         while let Some(ev) = events.next().await {
@@ -160,7 +160,7 @@ fn chat_parse_failure_falls_back_to_json_adapter() {
         .unwrap();
         let lm = client(&server);
         let program = NativeProgram::from_spec(&ProgramSpec::predict("question -> answer: int")).unwrap();
-        let pred = program.call(&lm, &obj(json!({"question": "2+2?"})), &CallOptions::default()).await.unwrap();
+        let pred = program.call(&lm, &obj(json!({"question": "2+2?"})), &PredictOptions::default()).await.unwrap();
         assert_eq!(pred.fields["answer"], json!(4));
         let reqs = server.requests();
         assert_eq!(reqs.len(), 2);
@@ -176,7 +176,7 @@ fn chat_parse_failure_falls_back_to_json_adapter() {
         server.clear_requests();
         let fresh = LmServer::start(Scripted::new(vec![Reply::text("no headers")])).await.unwrap();
         let err =
-            strict.call(&client(&fresh), &obj(json!({"question": "q"})), &CallOptions::default()).await.unwrap_err();
+            strict.call(&client(&fresh), &obj(json!({"question": "q"})), &PredictOptions::default()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Parse);
         assert_eq!(err.python_type(), Some("AdapterParseError"));
         assert_eq!(fresh.requests().len(), 1);
@@ -194,7 +194,7 @@ fn several_generations_become_completions() {
         .unwrap();
         let spec = ProgramSpec::predict("q -> answer").with_config("n", json!(2));
         let program = NativeProgram::from_spec(&spec).unwrap();
-        let pred = program.call(&client(&server), &obj(json!({"q": "x"})), &CallOptions::default()).await.unwrap();
+        let pred = program.call(&client(&server), &obj(json!({"q": "x"})), &PredictOptions::default()).await.unwrap();
         assert_eq!(pred.fields["answer"], "a");
         assert_eq!(pred.completions.len(), 2);
         assert_eq!(pred.completions[1]["answer"], "b");

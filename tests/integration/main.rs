@@ -7,6 +7,7 @@ mod console;
 mod docs;
 mod dspy_parity;
 mod lm_client;
+mod native_only;
 mod operations;
 mod parity;
 mod pipelines;

@@ -263,8 +263,8 @@ impl Dispatcher {
         self.shared.lms.native_for(program).map_err(Error::unsupported)
     }
 
-    fn native_options(req: &Request) -> dspex_native::CallOptions {
-        dspex_native::CallOptions {
+    fn native_options(req: &Request) -> dspex_native::PredictOptions {
+        dspex_native::PredictOptions {
             deadline: Some(req.ctx.deadline),
             request_id: Some(req.ctx.trace_id.clone()),
             config: req.ctx.options.config.clone(),

@@ -38,20 +38,14 @@ pub fn default_cache_dir() -> PathBuf {
     }
 }
 
-/// A hash of `parts` that is the same on every Rust release and platform:
-/// it names directories on disk (environments, worker sources), which must
-/// survive a toolchain update. FNV-1a, 64 bits, with a separator between parts.
+/// A stable hash of `parts` (see [`dspex_core::hash`]): it names
+/// directories on disk, which must survive a toolchain update.
 fn hash_hex(parts: &[&str]) -> String {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
+    let mut h = dspex_core::hash::StableHasher::new();
     for p in parts {
-        for b in p.bytes().chain(std::iter::once(0xff)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(PRIME);
-        }
+        h.write_part(p);
     }
-    format!("{h:016x}")
+    h.hex()
 }
 
 /// Write the embedded worker package under `cache_dir` (once per version) and

@@ -12,10 +12,13 @@
 //!
 //! This crate does not decide routing or restart policy; the actor runtime
 //! does.
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+// Only `process` talks to the OS directly (signals, limits, `/proc`).
+#![deny(unsafe_code)]
 
 pub mod commands;
 pub mod env;
+#[allow(unsafe_code)]
 mod process;
 pub mod protocol;
 pub mod runs;

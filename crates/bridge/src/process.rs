@@ -182,6 +182,15 @@ pub fn signal_group(pgid: i32, signal: i32) -> bool {
     unsafe { libc::kill(-pgid, signal) == 0 }
 }
 
+/// `SIGKILL` one process (not its group).
+pub(crate) fn kill_process(pid: u32) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    // SAFETY: kill(2) on a pid; no memory involved.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) == 0 }
+}
+
 /// Whether a process exists (and is not a zombie).
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -149,8 +149,7 @@ impl RunRegistry {
                 // Same pid *and* same start time: the very process we started.
                 if process_alive(w.pid) && process_start_time(w.pid) == Some(w.start_time) {
                     signal_group(w.pgid, libc::SIGKILL);
-                    // SAFETY: kill on a pid verified above; no memory involved.
-                    unsafe { libc::kill(w.pid as i32, libc::SIGKILL) };
+                    crate::process::kill_process(w.pid);
                     report.killed.push(w.pid);
                 }
             }

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod example;
+pub mod hash;
 pub mod program;
 pub mod runtime_config;
 pub mod signature;

@@ -37,7 +37,7 @@ pub mod validate;
 pub use pyemu::text as py;
 
 pub use predict::{
-    chain_of_thought_signature, CallOptions, ChainOfThought, InputCheck, NativeProgram, Predict, PredictEvent,
+    chain_of_thought_signature, ChainOfThought, InputCheck, NativeProgram, Predict, PredictEvent, PredictOptions,
     PredictStream,
 };
 pub use signature::{parse_signature, parse_signature_uncached, parse_type, signature_from_class, signature_from_spec};

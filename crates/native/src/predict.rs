@@ -10,12 +10,12 @@
 //!
 //! ```no_run
 //! # async fn demo(lm: &dyn dspex_native::lm::LanguageModel) -> dspex_core::Result<()> {
-//! use dspex_native::{parse_signature, ChainOfThought, CallOptions};
+//! use dspex_native::{parse_signature, ChainOfThought, PredictOptions};
 //! use serde_json::json;
 //!
 //! let cot = ChainOfThought::new(parse_signature("question -> answer", None)?)?;
 //! let inputs = json!({"question": "What is 2 + 2?"});
-//! let pred = cot.call(lm, inputs.as_object().unwrap(), &CallOptions::default()).await?;
+//! let pred = cot.call(lm, inputs.as_object().unwrap(), &PredictOptions::default()).await?;
 //! println!("{} because {}", pred.fields["answer"], pred.fields["reasoning"]);
 //! # Ok(()) }
 //! ```
@@ -55,7 +55,7 @@ pub enum InputCheck {
 
 /// Per-call settings.
 #[derive(Debug, Clone, Default)]
-pub struct CallOptions {
+pub struct PredictOptions {
     /// When the caller stops waiting.
     pub deadline: Option<Instant>,
     /// Request id, sent to the LM service and recorded in logs.
@@ -281,7 +281,7 @@ impl Predict {
 
     /// Call arguments with DSPy's adjustment: several generations at a low
     /// temperature get temperature 0.7.
-    fn params(&self, opts: &CallOptions) -> Map {
+    fn params(&self, opts: &PredictOptions) -> Map {
         let mut params = self.config.clone();
         for (k, v) in &opts.config {
             params.insert(k.clone(), v.clone());
@@ -314,7 +314,7 @@ impl Predict {
     }
 
     /// Run one prediction.
-    pub async fn call(&self, lm: &dyn LanguageModel, inputs: &Map, opts: &CallOptions) -> Result<Prediction> {
+    pub async fn call(&self, lm: &dyn LanguageModel, inputs: &Map, opts: &PredictOptions) -> Result<Prediction> {
         let inputs = self.prepare_inputs(inputs)?;
         let mut params = self.params(opts);
         if self.adapter == AdapterKind::Json && self.json_response_format {
@@ -356,7 +356,12 @@ impl Predict {
     /// Run one prediction, streaming the completion text as it arrives. The
     /// stream ends with [`PredictEvent::Prediction`]. Like DSPy, no JSON
     /// fallback happens once text has been streamed.
-    pub async fn stream(&self, lm: Arc<dyn LanguageModel>, inputs: &Map, opts: &CallOptions) -> Result<PredictStream> {
+    pub async fn stream(
+        &self,
+        lm: Arc<dyn LanguageModel>,
+        inputs: &Map,
+        opts: &PredictOptions,
+    ) -> Result<PredictStream> {
         let inputs = self.prepare_inputs(inputs)?;
         let request = LmRequest {
             messages: self.messages_for(self.adapter, &inputs)?,
@@ -454,7 +459,7 @@ impl ChainOfThought {
     }
 
     /// Run one prediction; the result has `reasoning` and the outputs.
-    pub async fn call(&self, lm: &dyn LanguageModel, inputs: &Map, opts: &CallOptions) -> Result<Prediction> {
+    pub async fn call(&self, lm: &dyn LanguageModel, inputs: &Map, opts: &PredictOptions) -> Result<Prediction> {
         self.predict.call(lm, inputs, opts).await
     }
 }
@@ -542,12 +547,17 @@ impl NativeProgram {
     }
 
     /// Run one prediction.
-    pub async fn call(&self, lm: &dyn LanguageModel, inputs: &Map, opts: &CallOptions) -> Result<Prediction> {
+    pub async fn call(&self, lm: &dyn LanguageModel, inputs: &Map, opts: &PredictOptions) -> Result<Prediction> {
         self.predictor().call(lm, inputs, opts).await
     }
 
     /// Run one prediction, streaming.
-    pub async fn stream(&self, lm: Arc<dyn LanguageModel>, inputs: &Map, opts: &CallOptions) -> Result<PredictStream> {
+    pub async fn stream(
+        &self,
+        lm: Arc<dyn LanguageModel>,
+        inputs: &Map,
+        opts: &PredictOptions,
+    ) -> Result<PredictStream> {
         self.predictor().stream(lm, inputs, opts).await
     }
 }
@@ -623,30 +633,30 @@ mod tests {
         // An unreadable chat reply is retried with the JSON adapter, as DSPy does...
         let lm = Scripted::new(&["no headers at all", r#"{"answer": 4}"#]);
         let p = Predict::new(sig.clone());
-        assert_eq!(p.call(&lm, &q, &CallOptions::default()).await.unwrap().fields["answer"], json!(4));
+        assert_eq!(p.call(&lm, &q, &PredictOptions::default()).await.unwrap().fields["answer"], json!(4));
         assert_eq!(lm.seen.lock().len(), 2);
         // ...unless the fallback is off.
         let lm = Scripted::new(&["no headers at all"]);
         let strict = Predict::new(sig.clone()).with_json_fallback(false);
-        assert_eq!(strict.call(&lm, &q, &CallOptions::default()).await.unwrap_err().kind(), ErrorKind::Parse);
+        assert_eq!(strict.call(&lm, &q, &PredictOptions::default()).await.unwrap_err().kind(), ErrorKind::Parse);
         // The JSON adapter with response_format, when asked for.
         let lm = Scripted::new(&[r#"{"answer": 5}"#]);
         let json_p = Predict::new(sig.clone()).with_adapter(AdapterKind::Json).with_json_response_format(true);
         assert_eq!(json_p.adapter(), AdapterKind::Json);
-        assert_eq!(json_p.call(&lm, &q, &CallOptions::default()).await.unwrap().fields["answer"], json!(5));
+        assert_eq!(json_p.call(&lm, &q, &PredictOptions::default()).await.unwrap().fields["answer"], json!(5));
         assert_eq!(lm.seen.lock()[0].params["response_format"]["type"], "json_object");
         // Inputs of the wrong type fail in strict mode only (missing ones only warn, as in DSPy).
         let typed = parse_signature("n: int -> answer: int", None).unwrap();
         let wrong = inputs(json!({"n": "two"}));
         let lm = Scripted::new(&["[[ ## answer ## ]]\n1", "[[ ## answer ## ]]\n1"]);
         let checked = Predict::new(typed.clone()).with_input_check(InputCheck::Strict);
-        let err = checked.call(&lm, &wrong, &CallOptions::default()).await.unwrap_err();
+        let err = checked.call(&lm, &wrong, &PredictOptions::default()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Validation);
         assert!(lm.seen.lock().is_empty(), "nothing was sent");
         let lax = Predict::new(typed.clone()).with_input_check(InputCheck::Off);
-        assert_eq!(lax.call(&lm, &wrong, &CallOptions::default()).await.unwrap().fields["answer"], json!(1));
+        assert_eq!(lax.call(&lm, &wrong, &PredictOptions::default()).await.unwrap().fields["answer"], json!(1));
         let warned = Predict::new(typed).with_input_check(InputCheck::Warn);
-        assert_eq!(warned.call(&lm, &Map::new(), &CallOptions::default()).await.unwrap().fields["answer"], json!(1));
+        assert_eq!(warned.call(&lm, &Map::new(), &PredictOptions::default()).await.unwrap().fields["answer"], json!(1));
         // A user template replaces the adapter's messages; demos and config are kept.
         let template =
             crate::template::PromptTemplate::new(Some("Answer tersely."), "Q: {{ inputs.question }}").unwrap();
@@ -661,7 +671,7 @@ mod tests {
         assert_eq!(messages.first().map(|m| m.content.as_str()), Some("Answer tersely."));
         assert_eq!(messages.last().map(|m| m.content.as_str()), Some("Q: 2 + 2?"));
         let lm = Scripted::new(&["[[ ## answer ## ]]\n4"]);
-        assert_eq!(templated.call(&lm, &q, &CallOptions::default()).await.unwrap().fields["answer"], json!(4));
+        assert_eq!(templated.call(&lm, &q, &PredictOptions::default()).await.unwrap().fields["answer"], json!(4));
         assert_eq!(lm.seen.lock()[0].params["temperature"], json!(0.0));
     }
 
@@ -669,7 +679,7 @@ mod tests {
     fn params_follow_dspy() {
         let p = Predict::new(parse_signature("q -> a", None).unwrap())
             .with_config(json!({"n": 3}).as_object().cloned().unwrap());
-        assert_eq!(p.params(&CallOptions::default())["temperature"], json!(0.7));
+        assert_eq!(p.params(&PredictOptions::default())["temperature"], json!(0.7));
         let spec = ProgramSpec::predict("q: dspy.Image -> a");
         assert_eq!(NativeProgram::from_spec(&spec).unwrap_err().kind(), ErrorKind::Unsupported);
     }

@@ -16,20 +16,11 @@ use super::SessionState;
 const MAGIC: &str = "DSPEX-SESSION";
 const VERSION: u32 = 1;
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// Encode a snapshot: a header line (`DSPEX-SESSION 1 <len> <fnv64>`) and
 /// the state as JSON of exactly `len` bytes.
 pub fn encode_snapshot(state: &SessionState) -> Result<Vec<u8>> {
     let body = serde_json::to_vec(state).map_err(|e| Error::internal(format!("cannot encode session: {e}")))?;
-    let mut out = format!("{MAGIC} {VERSION} {} {:016x}\n", body.len(), fnv1a(&body)).into_bytes();
+    let mut out = format!("{MAGIC} {VERSION} {} {:016x}\n", body.len(), dspex_core::hash::fnv1a64(&body)).into_bytes();
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -55,7 +46,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<SessionState> {
     if body.len() != len {
         return Err(corrupt(format!("torn snapshot: header promises {len} bytes, file holds {}", body.len())));
     }
-    if format!("{:016x}", fnv1a(body)) != *sum {
+    if format!("{:016x}", dspex_core::hash::fnv1a64(body)) != *sum {
         return Err(corrupt("checksum mismatch: the snapshot was altered or half-written".into()));
     }
     serde_json::from_slice(body).map_err(|e| corrupt(format!("snapshot body does not decode: {e}")))
