@@ -37,6 +37,7 @@ impl LanguageModel for StubLm {
                 outputs: vec![Some("[[ ## answer ## ]]\nok\n\n[[ ## completed ## ]]".into())],
                 usage: None,
                 model: Some("stub".into()),
+                ..Default::default()
             })
         })
     }

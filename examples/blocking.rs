@@ -10,11 +10,12 @@ use serde_json::json;
 fn main() -> dspex::Result<()> {
     // The offline LM server needs an async runtime of its own.
     let io = tokio::runtime::Runtime::new().map_err(|e| dspex::Error::internal(e.to_string()))?;
-    let offline = match config_from_env() {
+    let from_env = config_from_env()?;
+    let offline = match &from_env {
         Some(_) => None,
         None => Some(io.block_on(LmServer::start(OfflineResponder::new()))?),
     };
-    let lm = config_from_env().unwrap_or_else(|| {
+    let lm = from_env.unwrap_or_else(|| {
         LmConfig::new("offline").with_base_url(offline.as_ref().map(|s| s.base_url()).unwrap_or_default())
     });
 

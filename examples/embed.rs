@@ -13,11 +13,12 @@ use serde_json::json;
 
 #[tokio::main]
 async fn main() -> dspex::Result<()> {
-    let offline = match config_from_env() {
+    let from_env = config_from_env()?;
+    let offline = match &from_env {
         Some(_) => None,
         None => Some(LmServer::start(OfflineResponder::new()).await?),
     };
-    let lm = config_from_env().unwrap_or_else(|| {
+    let lm = from_env.unwrap_or_else(|| {
         LmConfig::new("offline").with_base_url(offline.as_ref().map(|s| s.base_url()).unwrap_or_default())
     });
 

@@ -14,7 +14,7 @@ fn ask(question: &str) -> Map {
 #[tokio::main]
 async fn main() -> dspex::Result<()> {
     let offline = LmServer::start(OfflineResponder::new()).await?;
-    let lm = config_from_env().unwrap_or_else(|| LmConfig::new("offline").with_base_url(offline.base_url()));
+    let lm = config_from_env()?.unwrap_or_else(|| LmConfig::new("offline").with_base_url(offline.base_url()));
     let rt = Runtime::builder().lm(lm).start().await?;
 
     let chat = rt.session().await?;

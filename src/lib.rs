@@ -24,7 +24,8 @@
 
 pub use dspex_core::{
     AdapterKind, ClassSignature, Error, ErrorContext, ErrorKind, Example, Field, FieldDecl, FieldRole, FieldSpec,
-    FieldType, LmConfig, Map, ModuleKind, Prediction, ProgramSpec, Result, Signature, SignatureSpec, Usage, Value,
+    FieldType, LmConfig, LmSettings, Map, ModuleKind, Prediction, ProgramSpec, Result, Signature, SignatureSpec, Usage,
+    Value,
 };
 
 pub use dspex_actors::{

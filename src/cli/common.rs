@@ -2,7 +2,7 @@
 
 use dspex::native::lm::offline::OfflineResponder;
 use dspex::native::lm::server::LmServer;
-use dspex::{LmConfig, Result, Value};
+use dspex::{LmConfig, LmSettings, Result, Value};
 
 /// Log to stderr: `DSPEX_LOG` (or `RUST_LOG`) as the filter, `default`
 /// otherwise; `DSPEX_LOG_FORMAT=json` for JSON lines.
@@ -33,21 +33,67 @@ pub struct LmSetup {
     _server: Option<LmServer>,
 }
 
+/// `--lm-max-tokens` and `--lm-temperature`: over `DSPEX_LM_MAX_TOKENS`,
+/// `DSPEX_LM_TEMPERATURE` and the config file's `[lm]`.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct LmFlags {
+    /// Cap each LM completion at N tokens (sent as DSPy sends it).
+    #[arg(long = "lm-max-tokens", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: Option<u32>,
+    /// The LM's sampling temperature (0 to 2).
+    #[arg(long = "lm-temperature", value_name = "T")]
+    pub temperature: Option<f64>,
+}
+
+impl LmFlags {
+    /// The flags over the environment's settings.
+    pub fn settings(&self) -> Result<LmSettings> {
+        Ok(LmSettings { max_tokens: self.max_tokens, temperature: self.temperature }.over(LmSettings::from_env()?))
+    }
+}
+
 /// A real LM when `DSPEX_LM_BASE_URL` (with `DSPEX_LM_MODEL`, `DSPEX_LM_API_KEY`
 /// or `OPENAI_API_KEY`) is set; otherwise the deterministic offline LM.
-pub async fn lm_setup() -> Result<LmSetup> {
-    if let Some(config) = dspex::native::lm::config_from_env() {
-        let label = format!("{} at {}", config.model, config.base_url.as_deref().unwrap_or("?"));
+/// `settings` apply over the environment's LM, then `defaults` where
+/// neither sets a value (not for reasoning models, which DSPy allows only
+/// their own limits).
+pub async fn lm_setup(settings: LmSettings, defaults: LmSettings) -> Result<LmSetup> {
+    let settle = |config: LmConfig| -> Result<LmConfig> {
+        let defaults = if config.is_reasoning_model() { LmSettings::default() } else { defaults };
+        let config = config.with_settings(settings.over(defaults));
+        config.check()?;
+        Ok(config)
+    };
+    if let Some(config) = dspex::native::lm::config_from_env()? {
+        let config = settle(config)?;
+        let label = format!("{} at {}{}", config.model, config.base_url.as_deref().unwrap_or("?"), describe(&config));
         return Ok(LmSetup { config, label, offline: false, _server: None });
     }
     let server = LmServer::start(OfflineResponder::new()).await?;
-    let config =
-        LmConfig::new("offline").with_base_url(server.base_url()).with_api_key("offline").with_temperature(0.0);
+    let config = settle(
+        LmConfig::new("offline").with_base_url(server.base_url()).with_api_key("offline").with_temperature(0.0),
+    )?;
     let label = format!(
         "built-in OFFLINE LM (deterministic, not a language model) on {} — set DSPEX_LM_BASE_URL for a real one",
         server.base_url()
     );
     Ok(LmSetup { config, label, offline: true, _server: Some(server) })
+}
+
+/// `" (max_tokens 256, temperature 0)"`, for what is set.
+pub fn describe(config: &LmConfig) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = config.max_tokens {
+        parts.push(format!("max_tokens {n}"));
+    }
+    if let Some(t) = config.temperature {
+        parts.push(format!("temperature {t}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
 }
 
 fn ms(v: Option<&Value>) -> String {

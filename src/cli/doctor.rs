@@ -95,20 +95,34 @@ pub async fn doctor() -> (Value, bool) {
         },
         fix: None,
     });
-    checks.push(match dspex::native::lm::config_from_env() {
-        Some(lm) => Check {
-            name: "lm",
-            status: "ok",
-            detail: format!("{} at {}", lm.model, lm.base_url.unwrap_or_default()),
-            fix: None,
+    checks.push(
+        match dspex::native::lm::config_from_env().and_then(|lm| lm.map(|l| l.check().map(|()| l)).transpose()) {
+            Ok(Some(lm)) => Check {
+                name: "lm",
+                status: "ok",
+                detail: format!(
+                    "{} at {} (max_tokens {}, temperature {})",
+                    lm.model,
+                    lm.base_url.as_deref().unwrap_or_default(),
+                    lm.max_tokens.map_or("unset".to_string(), |n| n.to_string()),
+                    lm.temperature.map_or("unset".to_string(), |t| t.to_string())
+                ),
+                fix: None,
+            },
+            Err(e) => Check {
+                name: "lm",
+                status: "missing",
+                detail: e.message().to_string(),
+                fix: Some("fix or unset the DSPEX_LM_* variable named above".into()),
+            },
+            Ok(None) => Check {
+                name: "lm",
+                status: "warn",
+                detail: "no DSPEX_LM_BASE_URL: demo, serve and run use the built-in offline LM".into(),
+                fix: Some("export DSPEX_LM_BASE_URL=… DSPEX_LM_MODEL=… DSPEX_LM_API_KEY=…".into()),
+            },
         },
-        None => Check {
-            name: "lm",
-            status: "warn",
-            detail: "no DSPEX_LM_BASE_URL: demo, serve and run use the built-in offline LM".into(),
-            fix: Some("export DSPEX_LM_BASE_URL=… DSPEX_LM_MODEL=… DSPEX_LM_API_KEY=…".into()),
-        },
-    });
+    );
     let files = rlimit(libc::RLIMIT_NOFILE).unwrap_or(0);
     checks.push(Check {
         name: "open files",

@@ -54,7 +54,11 @@ enum Command {
         adapter: AdapterArg,
     },
     /// The runtime end to end, offline: routes, a session, a pipeline, an optimizer, a crash.
-    Demo,
+    Demo {
+        /// LM settings (the demo defaults to 256 tokens at temperature 0).
+        #[command(flatten)]
+        lm: common::LmFlags,
+    },
     /// Run a pipeline file (TOML or JSON) and print its result as JSON.
     Run {
         /// The pipeline file.
@@ -68,6 +72,9 @@ enum Command {
         /// Runtime settings (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// LM settings.
+        #[command(flatten)]
+        lm: common::LmFlags,
     },
     /// Check Python, DSPy, limits and settings; say what is missing and how to fix it.
     Doctor {
@@ -91,6 +98,9 @@ enum Command {
         /// Serve Prometheus metrics on ADDR (`GET /metrics`; Cargo feature `prometheus`).
         #[arg(long)]
         metrics: Option<String>,
+        /// LM settings.
+        #[command(flatten)]
+        lm: common::LmFlags,
     },
     /// The debug console: a REPL onto a running runtime, or one command with --once.
     Console {
@@ -156,21 +166,21 @@ pub fn main() -> i32 {
         Command::Signature { signature, instructions } => engine::signature(&signature, instructions.as_deref()),
         Command::Format { adapter } => engine::format(adapter),
         Command::Parse { adapter } => engine::parse(adapter),
-        Command::Demo => {
+        Command::Demo { lm } => {
             // The demo kills a worker on purpose: only errors are worth a log line.
             common::init_tracing("error");
-            return match block_on(demo::demo()) {
-                Ok(_) => 0,
+            return match block_on(demo::demo(lm)) {
+                Ok(summary) => i32::from(summary.get("failed").and_then(Value::as_u64).unwrap_or(0) > 0),
                 Err(e) => {
                     eprintln!("dspex demo failed: {} ({})", e.message(), e.kind());
                     1
                 }
             };
         }
-        Command::Run { pipeline, inputs, inputs_file, config } => {
+        Command::Run { pipeline, inputs, inputs_file, config, lm } => {
             common::init_tracing("warn");
             serve::inputs(&inputs, inputs_file.as_deref())
-                .and_then(|inputs| block_on(serve::run(&pipeline, inputs, config)))
+                .and_then(|inputs| block_on(serve::run(&pipeline, inputs, config, lm)))
         }
         Command::Doctor { json } => {
             let (report, missing) = match tokio_runtime() {
@@ -187,9 +197,9 @@ pub fn main() -> i32 {
             }
             return i32::from(missing);
         }
-        Command::Serve { config, console_socket, console_tcp, token, metrics } => {
+        Command::Serve { config, console_socket, console_tcp, token, metrics, lm } => {
             common::init_tracing("info");
-            let opts = serve::ServeOptions { config, socket: console_socket, tcp: console_tcp, token, metrics };
+            let opts = serve::ServeOptions { config, socket: console_socket, tcp: console_tcp, token, metrics, lm };
             return match block_on(async { serve::serve(opts).await.map(|()| Value::Null) }) {
                 Ok(_) => 0,
                 Err(e) => {

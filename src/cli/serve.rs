@@ -5,14 +5,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use dspex::actors::console::{default_socket, token_file, ConsoleEndpoint};
-use dspex::{Error, ErrorKind, Map, PoolConfig, Result, Runtime, RuntimeBuilder, RuntimeConfig, Value};
+use dspex::{Error, ErrorKind, LmSettings, Map, PoolConfig, Result, Runtime, RuntimeBuilder, RuntimeConfig, Value};
 
-use super::common::{lm_setup, LmSetup};
+use super::common::{describe, lm_setup, LmFlags, LmSetup};
 
 /// The runtime for `serve` and `run`: the file's settings, or a `general`
 /// pool of `default_size` workers; its LM, or the environment's, or the
 /// offline one.
-async fn build(config: Option<&Path>, default_size: usize) -> Result<(Runtime, Option<LmSetup>)> {
+async fn build(config: Option<&Path>, default_size: usize, lm: LmFlags) -> Result<(Runtime, Option<LmSetup>)> {
+    let settings = lm.settings()?;
     let mut cfg = match config {
         Some(path) => RuntimeConfig::from_toml_file(path)?,
         None => RuntimeConfig::default(),
@@ -26,16 +27,21 @@ async fn build(config: Option<&Path>, default_size: usize) -> Result<(Runtime, O
             *lm = lm.clone().with_api_key(key);
         }
     }
-    let setup = if cfg.lm.is_none() {
-        let setup = lm_setup().await?;
-        cfg.lm = Some(setup.config.clone());
-        Some(setup)
-    } else {
-        None
+    let setup = match cfg.lm.take() {
+        None => {
+            let setup = lm_setup(settings, LmSettings::default()).await?;
+            eprintln!("LM: {}", setup.label);
+            cfg.lm = Some(setup.config.clone());
+            Some(setup)
+        }
+        Some(lm) => {
+            let lm = lm.with_settings(settings);
+            lm.check()?;
+            eprintln!("LM: {} at {}{}", lm.model, lm.base_url.as_deref().unwrap_or("OpenAI"), describe(&lm));
+            cfg.lm = Some(lm);
+            None
+        }
     };
-    if let Some(s) = &setup {
-        eprintln!("LM: {}", s.label);
-    }
     let rt = RuntimeBuilder::from_config(cfg).on_progress(|m| eprintln!("  … {m}")).start().await?;
     Ok((rt, setup))
 }
@@ -52,11 +58,13 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Prometheus address.
     pub metrics: Option<String>,
+    /// LM settings from flags.
+    pub lm: LmFlags,
 }
 
 /// `dspex serve`: run until SIGTERM or SIGINT.
 pub async fn serve(opts: ServeOptions) -> Result<()> {
-    let ServeOptions { config, socket, tcp, token, metrics } = opts;
+    let ServeOptions { config, socket, tcp, token, metrics, lm } = opts;
     // The recorder goes in before the runtime emits anything.
     let metrics_at = match metrics {
         #[cfg(feature = "prometheus")]
@@ -84,7 +92,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot watch SIGTERM: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot watch SIGINT: {e}")))?;
-    let (rt, _lm) = build(config.as_deref(), 2).await?;
+    let (rt, _lm) = build(config.as_deref(), 2, lm).await?;
     let (bound, _token) = rt.serve_console(endpoint).await?;
     let at = match &bound {
         ConsoleEndpoint::Unix(p) => format!("{} (token in {})", p.display(), token_file(p).display()),
@@ -129,9 +137,9 @@ pub fn inputs(pairs: &[String], file: Option<&Path>) -> Result<Map> {
 }
 
 /// `dspex run PIPELINE`: the result as JSON.
-pub async fn run(pipeline: &Path, inputs: Map, config: Option<PathBuf>) -> Result<Value> {
+pub async fn run(pipeline: &Path, inputs: Map, config: Option<PathBuf>, lm: LmFlags) -> Result<Value> {
     let p = dspex::Pipeline::from_file(pipeline)?;
-    let (rt, _lm) = build(config.as_deref(), 1).await?;
+    let (rt, _lm) = build(config.as_deref(), 1, lm).await?;
     let result = rt.run_pipeline(&p, inputs).await;
     rt.shutdown().await?;
     let result = result?;

@@ -186,10 +186,10 @@ fn chat_parse_failure_falls_back_to_json_adapter() {
 #[test]
 fn several_generations_become_completions() {
     runtime().block_on(async {
-        let server = LmServer::start(Scripted::new(vec![Reply::Text {
-            choices: vec!["[[ ## answer ## ]]\na".into(), "[[ ## answer ## ]]\nb".into()],
-            delay: Duration::ZERO,
-        }]))
+        let server = LmServer::start(Scripted::new(vec![Reply::choices(vec![
+            "[[ ## answer ## ]]\na".into(),
+            "[[ ## answer ## ]]\nb".into(),
+        ])]))
         .await
         .unwrap();
         let spec = ProgramSpec::predict("q -> answer").with_config("n", json!(2));

@@ -293,7 +293,7 @@ impl Dispatcher {
             ok,
         });
         let prediction = result?;
-        let ran = Ran { elapsed, usage: prediction.usage, ..Default::default() };
+        let ran = Ran { elapsed, usage: prediction.usage, truncated: prediction.truncated, ..Default::default() };
         Ok(Output { meta: req.ctx.meta(Route::Native, ran), prediction })
     }
 
@@ -349,7 +349,13 @@ impl Dispatcher {
                         elapsed_us: elapsed.as_micros() as u64,
                         ok: true,
                     });
-                    let ran = Ran { elapsed, usage: prediction.usage, reason: reason.clone(), ..Default::default() };
+                    let ran = Ran {
+                        elapsed,
+                        usage: prediction.usage,
+                        truncated: prediction.truncated,
+                        reason: reason.clone(),
+                        ..Default::default()
+                    };
                     Ok(StreamEvent::Done(Box::new(Output { meta: ctx.meta(Route::Native, ran), prediction })))
                 }
                 Err(e) => {
@@ -463,7 +469,9 @@ pub(crate) fn python_output(ctx: &RequestContext, route: Route, reply: Value, mu
     let run: RunReply = commands::from_reply(commands::RUN, reply)?;
     let mut prediction = Prediction::new(run.fields);
     prediction.usage = run.usage;
+    prediction.truncated = run.truncated;
     ran.execution_us = Some(run.elapsed_us);
     ran.usage = run.usage;
+    ran.truncated = run.truncated;
     Ok(Output { meta: ctx.meta(route, ran), prediction })
 }

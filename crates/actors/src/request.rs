@@ -199,6 +199,7 @@ impl RequestContext {
                 total_us: self.started.elapsed().as_micros() as u64,
             },
             usage: ran.usage,
+            truncated: ran.truncated,
             trace_id: self.trace_id.clone(),
             cached: false,
             fallback: None,
@@ -221,6 +222,8 @@ pub struct Ran {
     pub execution_us: Option<u64>,
     /// Token usage.
     pub usage: Option<Usage>,
+    /// The LM's reply was cut at its length limit.
+    pub truncated: bool,
     /// Retried on another worker.
     pub retried: bool,
     /// Why it ran there.
@@ -266,6 +269,10 @@ pub struct Meta {
     pub timings: Timings,
     /// Token usage, when the LM reported it.
     pub usage: Option<Usage>,
+    /// The LM's reply was cut at its length limit (`finish_reason` `length`):
+    /// the output may be incomplete; raise `max_tokens`. Logged as a warning
+    /// too, in DSPy's words, on both routes.
+    pub truncated: bool,
     /// The request's trace id (also in the worker's log lines).
     pub trace_id: String,
     /// Served from the result cache.

@@ -179,10 +179,16 @@ impl std::fmt::Debug for Router {
 
 /// Whether an error says something about the target's health (and so counts
 /// against its breaker and allows a fallback) rather than about the request.
+///
+/// A reply that does not parse is the LM's doing, not the target's: both
+/// routes parse alike, so a fallback would pay for the same LM call to fail
+/// the same way, and a small model that often strays from the format would
+/// otherwise open a healthy route's circuit.
 pub fn is_target_failure(e: &Error) -> bool {
     !matches!(
         e.kind(),
-        ErrorKind::InvalidRequest
+        ErrorKind::Parse
+            | ErrorKind::InvalidRequest
             | ErrorKind::InvalidSignature
             | ErrorKind::Validation
             | ErrorKind::NotFound
@@ -683,12 +689,16 @@ mod tests {
         assert_eq!(r.plan(&req(Ok(()), None)).unwrap().primary(), &Route::Python("general".into()));
         r.record(&Route::Native, Ok(()));
         assert_eq!(r.breaker_state(&Route::Native), BreakerState::Closed);
-        // Caller errors do not count.
+        // Caller errors, and LM replies that do not parse, do not count.
         let bad = Error::new(ErrorKind::Validation, "bad input");
+        let garbled = Error::new(ErrorKind::Parse, "LM response cannot be serialized to a JSON object.");
         for _ in 0..5 {
             r.record(&Route::Native, Err(&bad));
+            r.record(&Route::Python("general".into()), Err(&garbled));
         }
         assert_eq!(r.breaker_state(&Route::Native), BreakerState::Closed);
+        assert_eq!(r.breaker_state(&Route::Python("general".into())), BreakerState::Closed);
+        assert!(!r.may_fall_back(&garbled), "a parse failure would fail the same way on the other route");
     }
 
     #[test]

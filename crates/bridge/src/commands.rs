@@ -50,6 +50,10 @@ pub struct RunReply {
     /// Time the worker spent, in microseconds.
     #[serde(default)]
     pub elapsed_us: u64,
+    /// An LM reply was cut at its length limit (DSPy logged "LM response
+    /// was truncated").
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// One chunk of a [`STREAM`].

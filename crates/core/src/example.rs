@@ -102,12 +102,16 @@ pub struct Prediction {
     /// Token usage of the calls that produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// The LM's reply was cut at its length limit (`finish_reason`
+    /// `length`), so the fields may be incomplete; raise `max_tokens`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 impl Prediction {
     /// A prediction with these fields.
     pub fn new(fields: Map) -> Prediction {
-        Prediction { fields, completions: Vec::new(), usage: None }
+        Prediction { fields, completions: Vec::new(), usage: None, truncated: false }
     }
 
     /// A field by name.

@@ -18,7 +18,7 @@ pub mod runtime_config;
 pub mod signature;
 pub mod telemetry;
 
-pub use config::{LmConfig, Secret};
+pub use config::{LmConfig, LmSettings, Secret};
 pub use error::{Error, ErrorContext, ErrorKind, Result};
 pub use example::{Example, Map, Prediction, Usage};
 pub use program::{AdapterKind, ClassSignature, FieldDecl, ModuleKind, ProgramSpec, SignatureSpec};

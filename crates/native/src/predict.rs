@@ -32,7 +32,7 @@ use futures_util::{Stream, StreamExt};
 use tracing::{debug, warn};
 
 use crate::adapter;
-use crate::lm::{LanguageModel, LmEvent, LmRequest, Message};
+use crate::lm::{LanguageModel, LmEvent, LmRequest, LmResponse, Message};
 use crate::template::PromptTemplate;
 use crate::validate;
 
@@ -294,8 +294,9 @@ impl Predict {
         params
     }
 
-    fn parse_outputs(&self, adapter: AdapterKind, outputs: &[Option<String>]) -> Result<Vec<Map>> {
-        outputs
+    fn parse_outputs(&self, adapter: AdapterKind, response: &LmResponse) -> Result<Vec<Map>> {
+        let parsed: Result<Vec<Map>> = response
+            .outputs
             .iter()
             .map(|o| match o.as_deref() {
                 Some(text) if !text.is_empty() => adapter::parse(adapter, &self.signature, text),
@@ -310,7 +311,20 @@ impl Predict {
                 )
                 .with_python_type("AdapterParseError")),
             })
-            .collect()
+            .collect();
+        // A reply cut at the length limit usually fails to parse for that
+        // reason alone; say so, since the caller sees only the error.
+        parsed.map_err(|e| {
+            if response.truncated() {
+                let message = format!(
+                    "{}The LM stopped at its length limit (finish_reason \"length\"): the reply is incomplete; raise max_tokens.",
+                    e.message()
+                );
+                Error::new(e.kind(), message).with_python_type("AdapterParseError").with_context(e.context().clone())
+            } else {
+                e
+            }
+        })
     }
 
     /// Run one prediction.
@@ -328,7 +342,8 @@ impl Predict {
         };
         let response = lm.complete(request).await?;
         let mut usage = response.usage.unwrap_or_default();
-        let parsed = match self.parse_outputs(self.adapter, &response.outputs) {
+        let mut truncated = response.truncated();
+        let parsed = match self.parse_outputs(self.adapter, &response) {
             Ok(p) => p,
             Err(e) if e.kind() == ErrorKind::Parse && self.adapter == AdapterKind::Chat && self.json_fallback => {
                 debug!(error = %e, "chat-format reply unparseable; retrying with the JSON adapter");
@@ -346,11 +361,12 @@ impl Predict {
                 if let Some(u) = response.usage {
                     usage.add(u);
                 }
-                self.parse_outputs(AdapterKind::Json, &response.outputs)?
+                truncated = response.truncated();
+                self.parse_outputs(AdapterKind::Json, &response)?
             }
             Err(e) => return Err(e),
         };
-        Ok(prediction(parsed, usage))
+        Ok(prediction(parsed, usage, truncated))
     }
 
     /// Run one prediction, streaming the completion text as it arrives. The
@@ -385,9 +401,11 @@ impl Predict {
                     }
                     Ok(LmEvent::Delta { .. }) => {}
                     Ok(LmEvent::Done(resp)) => {
+                        let truncated = resp.truncated();
+                        let usage = resp.usage.unwrap_or_default();
                         let result = this
-                            .parse_outputs(this.adapter, &resp.outputs)
-                            .map(|parsed| PredictEvent::Prediction(prediction(parsed, resp.usage.unwrap_or_default())));
+                            .parse_outputs(this.adapter, &resp)
+                            .map(|parsed| PredictEvent::Prediction(prediction(parsed, usage, truncated)));
                         let _ = tx.send(result).await;
                         return;
                     }
@@ -426,12 +444,12 @@ where
     Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
-fn prediction(parsed: Vec<Map>, usage: Usage) -> Prediction {
+fn prediction(parsed: Vec<Map>, usage: Usage, truncated: bool) -> Prediction {
     let mut it = parsed.into_iter();
     let first = it.next().unwrap_or_default();
     let rest: Vec<Map> = it.collect();
     let completions = if rest.is_empty() { Vec::new() } else { std::iter::once(first.clone()).chain(rest).collect() };
-    Prediction { fields: first, completions, usage: Some(usage) }
+    Prediction { fields: first, completions, usage: Some(usage), truncated }
 }
 
 /// `dspy.ChainOfThought`, natively: a [`Predict`] over the signature with
@@ -614,7 +632,7 @@ mod tests {
         fn complete(&self, request: LmRequest) -> futures_util::future::BoxFuture<'_, Result<crate::lm::LmResponse>> {
             self.seen.lock().push(request);
             let reply = self.replies.lock().pop().unwrap_or_default();
-            Box::pin(async move { Ok(crate::lm::LmResponse { outputs: vec![Some(reply)], usage: None, model: None }) })
+            Box::pin(async move { Ok(crate::lm::LmResponse::text(reply)) })
         }
 
         fn describe(&self) -> String {

@@ -51,10 +51,10 @@ def run(ctx, program: dict, inputs: dict, lm: dict | None = None):
     started = time.perf_counter()
     module = shared_program(program)
     inputs = coerce_inputs(module, inputs)
-    with lm_context(ctx, lm, program.get("adapter")):
+    with lm_context(ctx, lm, program.get("adapter")) as report:
         pred = module(**inputs)
     ctx.check()
-    return run_reply(pred, started)
+    return run_reply(pred, started, report)
 
 
 @command("dspy.parallel")
@@ -86,7 +86,7 @@ async def _stream(ctx, program: dict, inputs: dict, lm, is_async: bool, send_chu
     streaming = _streaming(module, is_async)
     inputs = coerce_inputs(module, inputs)
     final = None
-    with lm_context(ctx, lm, program.get("adapter")):
+    with lm_context(ctx, lm, program.get("adapter")) as report:
         async for item in streaming(**inputs):
             if isinstance(item, dspy.streaming.StreamResponse):
                 send_chunk({"field": item.signature_field_name, "text": item.chunk})
@@ -94,7 +94,7 @@ async def _stream(ctx, program: dict, inputs: dict, lm, is_async: bool, send_chu
                 final = item
     if final is None:
         raise CommandError("the stream ended without a prediction", kind="lm")
-    return run_reply(final, started)
+    return run_reply(final, started, report)
 
 
 @command("dspy.stream")

@@ -11,7 +11,10 @@ threads never see each other's settings.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
+import logging
 import math
 import os
 
@@ -24,6 +27,31 @@ from .programs import adapter_for
 from .registry import InvalidArguments
 
 _lms = LruCache(64)
+
+# The truncation warnings of the request running in this thread or task:
+# DSPy logs "LM response was truncated ..." on `dspy.clients.lm` when a
+# completion stops at its length limit (finish_reason "length"), and says so
+# nowhere else. The filter counts each warning against the request whose
+# context logged it, and lets the warning through to the worker's stderr.
+_lm_report: contextvars.ContextVar[LmReport | None] = contextvars.ContextVar("dspex_lm_report", default=None)
+
+
+class LmReport:
+    """What DSPy's LM calls of one request said besides their answers."""
+
+    def __init__(self):
+        self.truncated = 0
+
+
+class _TruncationFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        report = _lm_report.get()
+        if report is not None and record.getMessage().startswith("LM response was truncated"):
+            report.truncated += 1
+        return True
+
+
+logging.getLogger("dspy.clients.lm").addFilter(_TruncationFilter())
 
 
 def timeout_step(time_left: float | None) -> float | None:
@@ -76,12 +104,20 @@ def build_lm(spec: dict | None, ctx=None):
     return _lms.get_or_build(key, lambda: dspy.LM(model, **kwargs))
 
 
+@contextlib.contextmanager
 def lm_context(ctx, lm_spec, adapter: str | None = None, **extra):
-    """DSPy settings for one request. DSPy's call history is off: LMs and
-    built programs are shared by every request of the worker, and the history
-    DSPy appends to them (prompts and replies, up to 10 000 per object) would
-    grow without use and show one request's data to the next. Optimizers,
-    which may read it, turn it back on for their own run."""
+    """DSPy settings for one request; yields the request's ``LmReport``.
+    DSPy's call history is off: LMs and built programs are shared by every
+    request of the worker, and the history DSPy appends to them (prompts and
+    replies, up to 10 000 per object) would grow without use and show one
+    request's data to the next. Optimizers, which may read it, turn it back
+    on for their own run."""
     lm = build_lm(lm_spec, ctx)
     settings = {"lm": lm, "adapter": adapter_for(adapter), "track_usage": True, "disable_history": True, **extra}
-    return dspy.context(**settings)
+    report = LmReport()
+    token = _lm_report.set(report)
+    try:
+        with dspy.context(**settings):
+            yield report
+    finally:
+        _lm_report.reset(token)

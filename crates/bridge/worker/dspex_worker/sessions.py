@@ -51,9 +51,9 @@ def run(ctx, name: str, inputs: dict, lm: dict | None = None):
         raise NotFound(f"session {ctx.session!r} defines no program {name!r}")
     module, spec = programs[name]
     inputs = coerce_inputs(module, inputs)
-    with lm_context(ctx, lm, spec.get("adapter")):
+    with lm_context(ctx, lm, spec.get("adapter")) as report:
         pred = module(**inputs)
-    return run_reply(pred, started)
+    return run_reply(pred, started, report)
 
 
 @command("session.state")

@@ -56,14 +56,16 @@ def _usage(pred) -> dict | None:
     return total
 
 
-def run_reply(pred, started: float) -> dict:
-    """The reply to a run: the prediction's fields, its token usage, and the
-    microseconds since ``started`` (a ``perf_counter`` reading): the Python
-    side of the request's timing."""
+def run_reply(pred, started: float, report=None) -> dict:
+    """The reply to a run: the prediction's fields, its token usage, the
+    microseconds since ``started`` (a ``perf_counter`` reading: the Python
+    side of the request's timing), and whether an LM reply was cut at its
+    length limit (``report``, an ``lms.LmReport``)."""
     return {
         "fields": prediction_fields(pred),
         "usage": _usage(pred),
         "elapsed_us": int((time.perf_counter() - started) * 1e6),
+        "truncated": bool(report is not None and report.truncated),
     }
 
 

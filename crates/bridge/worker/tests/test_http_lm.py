@@ -57,7 +57,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "object": "chat.completion.chunk",
                 "created": 0,
                 "model": "m",
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "delta": {}, "finish_reason": self.server.finish_reason}],
             }
             self.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
             self.wfile.flush()
@@ -68,7 +68,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "object": "chat.completion",
                 "created": 0,
                 "model": "m",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": REPLY},
+                        "finish_reason": self.server.finish_reason,
+                    }
+                ],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
             }
         ).encode()
@@ -83,6 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
 def lm_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.requests = []
+    server.finish_reason = "stop"
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     yield server
@@ -115,6 +122,32 @@ def test_run_through_a_real_http_lm(lm_server, worker):
     assert resp["ok"]["fields"] == {"answer": "4"}
     resp, _ = worker.call("dspy.run", {"program": QA, "inputs": {"question": "?"}, "lm": {"base_url": "http://x"}})
     assert resp["error"]["kind"] == "invalid_request"
+
+
+def test_a_reply_cut_at_the_length_limit_is_reported(lm_server, worker):
+    """DSPy logs "LM response was truncated" when a completion ends by
+    length; the reply says so, for runs and for streams on the loop and on a
+    thread, and only for the request that was cut."""
+    lm_server.finish_reason = "length"
+    resp, _ = worker.call("dspy.run", {"program": QA, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)})
+    assert resp["ok"]["truncated"] is True, resp
+    assert resp["ok"]["fields"] == {"answer": "4"}
+    react = {"module": "react", "signature": "question -> answer", "params": {"tools": ["tools_for_tests:add"]}}
+    for program in (QA, react):  # on the loop, and on a thread of DSPy's
+        lm_server.stream_replies = [
+            "[[ ## next_thought ## ]]\nI know it\n\n[[ ## next_tool_name ## ]]\nfinish\n\n"
+            "[[ ## next_tool_args ## ]]\n{}\n\n[[ ## completed ## ]]",
+            "[[ ## reasoning ## ]]\nadd them\n\n[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]",
+        ]
+        if program is QA:
+            lm_server.stream_replies = []
+        resp, _ = worker.call(
+            "dspy.stream", {"program": program, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)}, stream=True
+        )
+        assert resp.get("ok", {}).get("truncated") is True, (program, resp)
+    lm_server.finish_reason = "stop"
+    resp, _ = worker.call("dspy.run", {"program": QA, "inputs": {"question": "2+2?"}, "lm": lm_spec(lm_server)})
+    assert resp["ok"]["truncated"] is False, resp
 
 
 def test_stream_yields_chunks_then_the_prediction(lm_server, worker):

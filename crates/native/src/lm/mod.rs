@@ -86,6 +86,21 @@ pub struct LmResponse {
     pub usage: Option<Usage>,
     /// The model the service says it used.
     pub model: Option<String>,
+    /// Why each choice ended (`stop`, `length`, ...), when the service says.
+    pub finish_reasons: Vec<Option<String>>,
+}
+
+impl LmResponse {
+    /// One text answer, as a service that reports nothing else returns it.
+    pub fn text(text: impl Into<String>) -> LmResponse {
+        LmResponse { outputs: vec![Some(text.into())], ..Default::default() }
+    }
+
+    /// Whether a choice was cut off by the length limit (`finish_reason`
+    /// `length`): its text is incomplete, and parsing it may fail.
+    pub fn truncated(&self) -> bool {
+        self.finish_reasons.iter().any(|r| r.as_deref() == Some("length"))
+    }
 }
 
 /// One event of a streamed completion.
@@ -131,13 +146,17 @@ pub trait LanguageModel: Send + Sync + 'static {
 
 /// The LM named by the environment: `DSPEX_LM_BASE_URL` (required),
 /// `DSPEX_LM_MODEL` (default `gpt-4o-mini`), `DSPEX_LM_API_KEY` or
-/// `OPENAI_API_KEY`. `None` when no base URL is set.
-pub fn config_from_env() -> Option<dspex_core::LmConfig> {
-    let url = std::env::var("DSPEX_LM_BASE_URL").ok().filter(|u| !u.is_empty())?;
+/// `OPENAI_API_KEY`, and the generation settings `DSPEX_LM_MAX_TOKENS` and
+/// `DSPEX_LM_TEMPERATURE` ([`dspex_core::LmSettings`]). `None` when no base
+/// URL is set; an error when a setting is malformed.
+pub fn config_from_env() -> Result<Option<dspex_core::LmConfig>> {
+    let Some(url) = std::env::var("DSPEX_LM_BASE_URL").ok().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
     let model = std::env::var("DSPEX_LM_MODEL").unwrap_or_else(|_| "gpt-4o-mini".into());
     let mut cfg = dspex_core::LmConfig::new(model).with_base_url(url);
     if let Ok(key) = std::env::var("DSPEX_LM_API_KEY").or_else(|_| std::env::var("OPENAI_API_KEY")) {
         cfg = cfg.with_api_key(key);
     }
-    Some(cfg)
+    Ok(Some(cfg.with_settings(dspex_core::LmSettings::from_env()?)))
 }

@@ -165,7 +165,7 @@ impl Responder for OfflineResponder {
             out
         };
         let n = request.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 16) as usize;
-        Reply::Text { choices: vec![text; n], delay: self.latency }
+        Reply::choices(vec![text; n]).delayed(self.latency)
     }
 }
 

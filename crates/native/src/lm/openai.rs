@@ -17,6 +17,14 @@ use super::{LanguageModel, LmEvent, LmRequest, LmResponse, LmStream};
 
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
+/// The body field that caps a completion's length. DSPy 3.4.1 sends
+/// `max_completion_tokens` for every `openai/` chat model (its `openai`
+/// dialect), reasoning models or not; OpenAI takes it for all chat models
+/// and OpenAI-compatible servers (llama.cpp, vLLM, Ollama) accept it too.
+/// A caller's `max_tokens` is renamed to it, so the two routes send one
+/// request shape.
+const MAX_TOKENS_FIELD: &str = "max_completion_tokens";
+
 /// Retry timing: exponential back-off with jitter, capped.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
@@ -92,23 +100,43 @@ fn parse_response(body: &str) -> Result<LmResponse> {
         )
     })?;
     let mut outputs = vec![None; choices.len()];
+    let mut finish_reasons = vec![None; choices.len()];
     for (pos, c) in choices.iter().enumerate() {
         let index = c.get("index").and_then(Value::as_u64).map_or(pos, |i| i as usize);
         let text = c.pointer("/message/content").and_then(Value::as_str).map(str::to_string);
         if index < outputs.len() {
             outputs[index] = text;
+            finish_reasons[index] = finish_reason(c);
         }
     }
     Ok(LmResponse {
         outputs,
         usage: parse_usage(&v),
         model: v.get("model").and_then(Value::as_str).map(str::to_string),
+        finish_reasons,
     })
+}
+
+fn finish_reason(choice: &Value) -> Option<String> {
+    choice.get("finish_reason").and_then(Value::as_str).map(str::to_string)
+}
+
+/// Log a completion cut by the length limit, in the words DSPy uses for it.
+fn warn_if_truncated(response: &LmResponse, model: &str, max_tokens: Option<&Value>) {
+    if response.truncated() {
+        warn!(
+            model,
+            max_tokens = %max_tokens.map_or_else(|| "unset".to_string(), |v| v.to_string()),
+            completion_tokens = response.usage.map(|u| u.completion_tokens),
+            "LM response was truncated; increase max_tokens or inspect history."
+        );
+    }
 }
 
 impl OpenAiClient {
     /// A client for the service and model in `config`.
     pub fn new(config: &LmConfig) -> Result<OpenAiClient> {
+        config.check()?;
         let base = config.base_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::new(
@@ -129,7 +157,7 @@ impl OpenAiClient {
             defaults.insert("temperature".into(), Value::from(t));
         }
         if let Some(m) = config.max_tokens {
-            defaults.insert("max_tokens".into(), Value::from(m));
+            defaults.insert(MAX_TOKENS_FIELD.into(), Value::from(m));
         }
         // LiteLLM's provider prefix is not part of the model's name at the service.
         let model = config.model.strip_prefix("openai/").unwrap_or(&config.model).to_string();
@@ -156,10 +184,13 @@ impl OpenAiClient {
         body.insert("model".into(), Value::String(self.model.clone()));
         body.insert("messages".into(), serde_json::to_value(&request.messages).unwrap_or(Value::Null));
         for (k, v) in self.defaults.iter().chain(request.params.iter()) {
-            body.insert(k.clone(), v.clone());
+            let k = if k == "max_tokens" { MAX_TOKENS_FIELD } else { k.as_str() };
+            body.insert(k.to_string(), v.clone());
         }
         if stream {
             body.insert("stream".into(), Value::Bool(true));
+            // Usage arrives in a last chunk only when asked for (as DSPy asks).
+            body.entry("stream_options").or_insert_with(|| serde_json::json!({"include_usage": true}));
         }
         Value::Object(body)
     }
@@ -243,7 +274,9 @@ impl OpenAiClient {
             None => resp.text().await,
         }
         .map_err(|e| transport(e, &self.url))?;
-        parse_response(&text)
+        let response = parse_response(&text)?;
+        warn_if_truncated(&response, &self.model, body.get(MAX_TOKENS_FIELD));
+        Ok(response)
     }
 
     async fn stream_inner(&self, request: LmRequest) -> Result<LmStream> {
@@ -251,11 +284,14 @@ impl OpenAiClient {
         let resp = self.send(&request, &body).await?;
         let url = self.url.clone();
         let deadline = request.deadline;
+        let model = self.model.clone();
+        let max_tokens = body.get(MAX_TOKENS_FIELD).cloned();
         struct State {
             bytes: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
             decoder: SseDecoder,
             pending: std::collections::VecDeque<Result<LmEvent>>,
             texts: Vec<String>,
+            finish_reasons: Vec<Option<String>>,
             usage: Option<Usage>,
             model: Option<String>,
             done: bool,
@@ -265,6 +301,7 @@ impl OpenAiClient {
             decoder: SseDecoder::default(),
             pending: Default::default(),
             texts: Vec::new(),
+            finish_reasons: Vec::new(),
             usage: None,
             model: None,
             done: false,
@@ -287,12 +324,16 @@ impl OpenAiClient {
             }
             for (pos, c) in v.get("choices").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 let index = c.get("index").and_then(Value::as_u64).map_or(pos, |i| i as usize);
+                if st.texts.len() <= index {
+                    st.texts.resize(index + 1, String::new());
+                    st.finish_reasons.resize(index + 1, None);
+                }
+                if let Some(reason) = finish_reason(c) {
+                    st.finish_reasons[index] = Some(reason);
+                }
                 if let Some(text) = c.pointer("/delta/content").and_then(Value::as_str) {
                     if text.is_empty() {
                         continue;
-                    }
-                    if st.texts.len() <= index {
-                        st.texts.resize(index + 1, String::new());
                     }
                     st.texts[index].push_str(text);
                     st.pending.push_back(Ok(LmEvent::Delta { index, text: text.to_string() }));
@@ -301,6 +342,8 @@ impl OpenAiClient {
         }
         let stream = futures_util::stream::unfold(Some(state), move |st| {
             let url = url.clone();
+            let model = model.clone();
+            let max_tokens = max_tokens.clone();
             async move {
                 let mut st = st?;
                 loop {
@@ -312,7 +355,9 @@ impl OpenAiClient {
                             outputs: std::mem::take(&mut st.texts).into_iter().map(Some).collect(),
                             usage: st.usage,
                             model: st.model.take(),
+                            finish_reasons: std::mem::take(&mut st.finish_reasons),
                         };
+                        warn_if_truncated(&response, &model, max_tokens.as_ref());
                         return Some((Ok(LmEvent::Done(response)), None));
                     }
                     let next = match deadline {

@@ -36,6 +36,9 @@ pub enum Reply {
         choices: Vec<String>,
         /// Time before the answer starts.
         delay: Duration,
+        /// Every choice's `finish_reason`: `stop`, or `length` for a reply
+        /// cut at the length limit ([`Reply::cut`]).
+        finish_reason: &'static str,
     },
     /// An HTTP error status with a body and optional `Retry-After` seconds.
     Status {
@@ -55,7 +58,21 @@ pub enum Reply {
 impl Reply {
     /// One choice with this text, answered at once.
     pub fn text(s: impl Into<String>) -> Reply {
-        Reply::Text { choices: vec![s.into()], delay: Duration::ZERO }
+        Reply::Text { choices: vec![s.into()], delay: Duration::ZERO, finish_reason: "stop" }
+    }
+
+    /// Choices with these texts, answered at once.
+    pub fn choices(texts: Vec<String>) -> Reply {
+        Reply::Text { choices: texts, delay: Duration::ZERO, finish_reason: "stop" }
+    }
+
+    /// The same text, reported as cut at the length limit (`finish_reason`
+    /// `length`), as a server does when `max_tokens` ran out.
+    pub fn cut(self) -> Reply {
+        match self {
+            Reply::Text { choices, delay, .. } => Reply::Text { choices, delay, finish_reason: "length" },
+            other => other,
+        }
     }
 
     /// An error status.
@@ -66,7 +83,7 @@ impl Reply {
     /// The same reply, after `delay`.
     pub fn delayed(self, d: Duration) -> Reply {
         match self {
-            Reply::Text { choices, .. } => Reply::Text { choices, delay: d },
+            Reply::Text { choices, finish_reason, .. } => Reply::Text { choices, delay: d, finish_reason },
             other => other,
         }
     }
@@ -287,14 +304,16 @@ async fn serve(
                     retry_after.map(|s| vec![("Retry-After".to_string(), s.to_string())]).unwrap_or_default();
                 respond_raw(&mut write, code, "application/json", body.as_bytes(), &extra).await?;
             }
-            Reply::Text { choices, delay } => {
+            Reply::Text { choices, delay, finish_reason } => {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
                 if stream_mode {
-                    stream_reply(&mut write, &model, &choices, mark_first_byte).await?;
+                    // As OpenAI does: usage in a last chunk only when asked for.
+                    let usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+                    stream_reply(&mut write, &model, &choices, finish_reason, usage, mark_first_byte).await?;
                 } else {
-                    let body = completion_body(&model, &choices);
+                    let body = completion_body(&model, &choices, finish_reason);
                     respond_raw(&mut write, 200, "application/json", body.as_bytes(), &[]).await?;
                     mark_first_byte(Instant::now());
                 }
@@ -308,12 +327,12 @@ fn usage(choices: &[String]) -> Value {
     serde_json::json!({"prompt_tokens": 10, "completion_tokens": completion, "total_tokens": 10 + completion})
 }
 
-fn completion_body(model: &str, choices: &[String]) -> String {
+fn completion_body(model: &str, choices: &[String], finish_reason: &str) -> String {
     let choices_json: Vec<Value> = choices
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            serde_json::json!({"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"})
+            serde_json::json!({"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": finish_reason})
         })
         .collect();
     serde_json::json!({
@@ -352,6 +371,8 @@ async fn stream_reply(
     w: &mut tokio::net::tcp::OwnedWriteHalf,
     model: &str,
     choices: &[String],
+    finish_reason: &str,
+    include_usage: bool,
     first_content: impl Fn(Instant),
 ) -> std::io::Result<()> {
     w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n").await?;
@@ -380,9 +401,16 @@ async fn stream_reply(
             first_content(Instant::now());
         }
     }
-    let last = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage(choices)});
-    chunk(w, &last.to_string()).await?;
+    for i in 0..choices.len().max(1) {
+        let end = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": i, "delta": {}, "finish_reason": finish_reason}]});
+        chunk(w, &end.to_string()).await?;
+    }
+    if include_usage {
+        let last = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
+            "choices": [], "usage": usage(choices)});
+        chunk(w, &last.to_string()).await?;
+    }
     chunk(w, "[DONE]").await?;
     w.write_all(b"0\r\n\r\n").await?;
     w.flush().await
