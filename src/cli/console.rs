@@ -216,10 +216,12 @@ fn tail(client: &mut Client, args: &[String], json_out: bool, count: Option<u64>
                     seen += 1;
                 }
                 line.clear();
-                if json_out {
-                    println!("{e}");
-                } else {
-                    println!("{}", render_event(e));
+                let text = if json_out { e.to_string() } else { render_event(e) };
+                // A reader that went away (`| head`, a closed pipe) ends the
+                // tail as Ctrl-C would, not with a panic.
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+                    break Ok(());
                 }
             }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,

@@ -332,8 +332,9 @@ fn protocol_violations_break_the_worker_without_panics() {
     });
 }
 
-/// Helper process for `parent_killed_leaves_no_worker`: starts two workers,
-/// prints their pids, and waits to be killed.
+/// Helper process for `parent_killed_leaves_no_worker`: starts a cold
+/// worker, a zygote and a worker forked from it, prints their pids, and
+/// waits to be killed.
 #[test]
 #[ignore = "helper process, started by parent_killed_leaves_no_worker"]
 fn orphan_helper() {
@@ -342,8 +343,12 @@ fn orphan_helper() {
     }
     runtime().block_on(async {
         let a = Worker::spawn(config("worker:orphan:0", false)).await.unwrap();
-        let b = Worker::spawn(config("worker:orphan:1", false)).await.unwrap();
-        println!("PIDS {} {}", a.pid(), b.pid());
+        let z = dspex_bridge::Zygote::start("zygote:orphan", &config("zygote:orphan", false)).await.unwrap();
+        let mut c = config("worker:orphan:1", false);
+        c.zygote = Some(z.clone());
+        let b = Worker::spawn(c).await.unwrap();
+        assert!(b.forked());
+        println!("PIDS {} {} {}", a.pid(), b.pid(), z.pid());
         tokio::time::sleep(Duration::from_secs(60)).await;
     });
 }
@@ -367,7 +372,7 @@ fn parent_killed_leaves_no_worker() {
             break;
         }
     }
-    assert_eq!(pids.len(), 2);
+    assert_eq!(pids.len(), 3, "a cold worker, a forked one, their zygote");
     assert!(pids.iter().all(|&p| process_alive(p)));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -376,7 +381,7 @@ fn parent_killed_leaves_no_worker() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for p in pids {
-        assert!(!process_alive(p), "worker {p} outlived its runtime");
+        assert!(!process_alive(p), "process {p} (worker or zygote) outlived its runtime");
     }
 }
 

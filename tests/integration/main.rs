@@ -18,3 +18,4 @@ mod runtime;
 mod sessions;
 mod supervision;
 mod support;
+mod zygote;

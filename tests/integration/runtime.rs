@@ -69,8 +69,9 @@ async fn routes_native_and_python_with_metadata_and_tree() {
     let names: Vec<&str> = tree.children.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["telemetry", "router", "pools", "sessions", "pipelines"]);
     let pool = tree.find("pool:general").unwrap();
-    assert_eq!(pool.children.len(), 2);
-    for w in &pool.children {
+    let kinds: Vec<&str> = pool.children.iter().map(|c| c.kind.as_str()).collect();
+    assert_eq!(kinds, ["zygote", "worker", "worker"], "the zygote first, then the workers");
+    for w in pool.children.iter().filter(|c| c.kind == "worker") {
         assert_eq!(w.status, "ready");
         assert!(w.info.pid.is_some());
         assert_eq!(w.restarts, 0);
@@ -260,11 +261,22 @@ async fn idempotent_request_survives_kill_9_of_its_worker() {
     rt.shutdown().await.unwrap();
 }
 
+/// The worker nodes of pool `general` (its zygote is a child too).
+async fn workers_in_tree(rt: &Runtime) -> usize {
+    let tree = rt.tree().await.unwrap();
+    tree.find("pool:general").unwrap().children.iter().filter(|c| c.kind == "worker").count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_refills_after_a_crash_storm_and_resizes() {
     let mut pool = PoolConfig::new("general").size(2);
-    pool.intensity =
-        IntensityConfig { max_restarts: 2, period_ms: 10_000, backoff_initial_ms: 10, backoff_max_ms: 100 };
+    pool.intensity = IntensityConfig {
+        max_restarts: 2,
+        period_ms: 10_000,
+        backoff_initial_ms: 10,
+        backoff_max_ms: 100,
+        healthy_after_ms: 0,
+    };
     let rt = Runtime::builder().python(support::python()).pool(pool).start().await.unwrap();
     let handle = rt.pool("general").unwrap();
     let mut events = rt.subscribe();
@@ -299,10 +311,10 @@ async fn pool_refills_after_a_crash_storm_and_resizes() {
     // Resize: up to 3, down to 1.
     rt.scale("general", 3).await.unwrap();
     handle.wait_ready(3, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(rt.tree().await.unwrap().find("pool:general").unwrap().children.len(), 3);
+    assert_eq!(workers_in_tree(&rt).await, 3);
     rt.scale("general", 1).await.unwrap();
     assert_eq!(handle.stats().workers.len(), 1);
-    assert_eq!(rt.tree().await.unwrap().find("pool:general").unwrap().children.len(), 1);
+    assert_eq!(workers_in_tree(&rt).await, 1);
     rt.call("general", "noop", json!({}), RequestOptions::default()).await.unwrap();
     rt.shutdown().await.unwrap();
 }

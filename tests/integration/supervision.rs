@@ -56,7 +56,13 @@ fn child(name: &str, restart: Restart, log: &Log) -> ChildSpec {
 }
 
 fn fast(max: u32) -> IntensityConfig {
-    IntensityConfig { max_restarts: max, period_ms: 5_000, backoff_initial_ms: 1, backoff_max_ms: 10 }
+    IntensityConfig {
+        max_restarts: max,
+        period_ms: 5_000,
+        backoff_initial_ms: 1,
+        backoff_max_ms: 10,
+        healthy_after_ms: 0,
+    }
 }
 
 fn abc(strategy: Strategy, log: &Log) -> SupervisorSpec {
@@ -226,4 +232,34 @@ async fn children_can_be_added_and_removed_at_runtime() {
     assert!(Supervisor::snapshot(&sup).await.unwrap().children.is_empty());
     sup.stop(None);
     h.await.unwrap();
+}
+
+#[tokio::test]
+async fn children_that_ran_healthily_are_replaced_at_once_and_not_counted() {
+    // At most one counted restart: a second quick failure escalates.
+    let log = Log::default();
+    let intensity = IntensityConfig { backoff_initial_ms: 200, backoff_max_ms: 1000, ..fast(1) }
+        .healthy_after(Duration::from_millis(50));
+    let spec = SupervisorSpec::new("pool", Strategy::OneForOne, intensity).child(child("w", Restart::Permanent, &log));
+    let (sup, h) = Supervisor::start(None, spec).await.unwrap();
+    // Killed from outside after running a while, five times: each replaced
+    // at once (no 200 ms back-off), none counted.
+    for n in 2..=6 {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let t = Instant::now();
+        tell(&sup, "w", Cmd::Fail).await;
+        wait_until("w replaced", || count(&log, "start w") == n).await;
+        assert!(t.elapsed() < Duration::from_millis(150), "a healthy child waited {:?}", t.elapsed());
+    }
+    assert_eq!(restarts(&sup).await, [5]);
+    // Failing right after its start is a crash loop: counted, backed off,
+    // and the second one escalates.
+    all_running(&sup).await;
+    tell(&sup, "w", Cmd::Fail).await;
+    let t = Instant::now();
+    wait_until("w restarted after its back-off", || count(&log, "start w") == 7).await;
+    assert!(t.elapsed() >= Duration::from_millis(150), "a crash-looping child was not backed off");
+    all_running(&sup).await;
+    tell(&sup, "w", Cmd::Fail).await;
+    tokio::time::timeout(Duration::from_secs(5), h).await.expect("the supervisor escalated").ok();
 }

@@ -713,9 +713,15 @@ impl Actor for Supervisor {
             }
             return Ok(());
         }
-        // A planned recycle restarts at once and does not count as a failure.
+        // A planned recycle restarts at once and does not count as a failure;
+        // nor does the end of a child that had been running healthily, when
+        // the intensity says so (killed from outside, not crash-looping).
+        let healthy_after = Duration::from_millis(state.intensity.healthy_after_ms);
         let delay = if why == RECYCLE {
             info!(supervisor = %state.name, child = %name, "child recycled; restarting");
+            Duration::ZERO
+        } else if !healthy_after.is_zero() && state.slots[i].started_at.elapsed() >= healthy_after {
+            warn!(supervisor = %state.name, child = %name, reason = %why, "child ended after running healthily; replacing it at once");
             Duration::ZERO
         } else {
             warn!(supervisor = %state.name, child = %name, reason = %why, "child ended; restarting");

@@ -23,6 +23,7 @@ mod process;
 pub mod protocol;
 pub mod runs;
 mod worker;
+pub mod zygote;
 
 pub use env::{default_cache_dir, worker_sources, EnvSpec, PythonEnv};
 pub use process::{
@@ -31,3 +32,4 @@ pub use process::{
 pub use protocol::{error_kind_from_wire, Codec, Hello};
 pub use runs::{RunRegistry, SweepReport};
 pub use worker::{CallOptions, ExitInfo, StreamItem, Worker, WorkerConfig, WorkerStream, DEFAULT_ENV_ALLOWLIST};
+pub use zygote::Zygote;

@@ -58,6 +58,13 @@ pub struct IntensityConfig {
     /// Longest restart delay, in milliseconds.
     #[serde(default = "default_backoff_max")]
     pub backoff_max_ms: u64,
+    /// A child that had run at least this long (ms) before it ended is
+    /// replaced at once and not counted against the intensity: it was
+    /// killed from outside (OOM killer, operator, chaos), not caught in a
+    /// crash loop. 0 counts every restart (Erlang's rule). Pools of
+    /// interchangeable workers use 1000 by default.
+    #[serde(default)]
+    pub healthy_after_ms: u64,
 }
 
 fn default_backoff_initial() -> u64 {
@@ -76,7 +83,14 @@ impl IntensityConfig {
             period_ms: period.as_millis() as u64,
             backoff_initial_ms: default_backoff_initial(),
             backoff_max_ms: default_backoff_max(),
+            healthy_after_ms: 0,
         }
+    }
+
+    /// Replace children that had run `after` or longer at once, uncounted.
+    pub fn healthy_after(mut self, after: Duration) -> IntensityConfig {
+        self.healthy_after_ms = after.as_millis() as u64;
+        self
     }
 }
 
@@ -143,6 +157,12 @@ pub struct PoolConfig {
     /// How long a worker may keep polling before it blocks (µs; see the bridge docs).
     #[serde(default = "default_spin")]
     pub spin_us: u64,
+    /// Fork workers from a zygote that has imported DSPy and the modules
+    /// once (milliseconds and a few MiB per worker) instead of starting each
+    /// cold. Off for pools whose modules start threads or initialise a GPU
+    /// at import (the zygote refuses to fork then anyway, and says why).
+    #[serde(default = "default_true")]
+    pub zygote: bool,
 }
 
 fn default_size() -> usize {
@@ -167,7 +187,11 @@ fn default_spin() -> u64 {
     100
 }
 fn default_worker_intensity() -> IntensityConfig {
-    IntensityConfig::new(20, Duration::from_secs(30))
+    // Workers are interchangeable and (forked from a zygote) cheap to
+    // replace: one killed after running a second is replaced at once; only
+    // workers that die within a second of starting — a crash loop — back
+    // off and count towards escalation.
+    IntensityConfig::new(20, Duration::from_secs(30)).healthy_after(Duration::from_secs(1))
 }
 
 impl PoolConfig {
@@ -194,20 +218,28 @@ impl PoolConfig {
             python: PythonConfig::default(),
             intensity: default_worker_intensity(),
             spin_us: default_spin(),
+            zygote: true,
         }
     }
 
     /// A preset: `general` (2 workers × 4), `optimizer` (1 worker, 1 at a
     /// time, long queue wait: optimizers run for minutes), `neural` (1 worker,
-    /// 2 at a time, memory capped at 8 GiB).
+    /// 2 at a time, memory capped at 8 GiB, started cold: no zygote).
     pub fn preset(name: &str) -> Option<PoolConfig> {
         let base = PoolConfig::new(name);
         Some(match name {
             "general" => base,
             "optimizer" => PoolConfig { size: 1, concurrency: 1, queue_timeout_ms: 3_600_000, ..base },
-            "neural" => PoolConfig { size: 1, concurrency: 2, memory_limit_mb: Some(8192), ..base },
+            // CUDA does not survive a fork: neural workers start cold.
+            "neural" => PoolConfig { size: 1, concurrency: 2, memory_limit_mb: Some(8192), zygote: false, ..base },
             _ => return None,
         })
+    }
+
+    /// Fork workers from a zygote (the default) or start each cold.
+    pub fn zygote(mut self, on: bool) -> PoolConfig {
+        self.zygote = on;
+        self
     }
 
     /// Set the number of workers.

@@ -44,6 +44,8 @@ use crate::supervisor::{
 use crate::telemetry::Telemetry;
 use worker::{worker_child, WorkerMsg};
 
+mod zygote;
+
 const STARTING: u8 = 0;
 const READY: u8 = 1;
 const DRAINING: u8 = 2;
@@ -104,6 +106,9 @@ impl Slot {
         let worker = self.worker.read().clone();
         let mut extra = Map::new();
         extra.insert("served".into(), self.served.load(Ordering::Relaxed).into());
+        if worker.as_ref().is_some_and(|w| w.forked()) {
+            extra.insert("forked".into(), true.into());
+        }
         if let Some(why) = self.last_exit.lock().clone() {
             extra.insert("last_exit".into(), why.into());
         }
@@ -137,6 +142,9 @@ pub(crate) struct PoolShared {
     next_index: AtomicUsize,
     resize: tokio::sync::Mutex<()>,
     counters: Counters,
+    /// The zygote workers fork from, while it runs and forks.
+    zygote: RwLock<Option<dspex_bridge::Zygote>>,
+    zygote_status: zygote::ZygoteCell,
 }
 
 /// A handle on a pool: dispatch, stats, resizing. Cheap to clone.
@@ -705,6 +713,8 @@ impl PoolHandle {
                 next_index: AtomicUsize::new(size),
                 resize: tokio::sync::Mutex::new(()),
                 counters: Counters::default(),
+                zygote: RwLock::new(None),
+                zygote_status: Default::default(),
             }),
         }
     }
@@ -743,6 +753,10 @@ fn pool_supervisor_spec(shared: &Arc<PoolShared>, name: String) -> SupervisorSpe
         }
     });
     let mut spec = SupervisorSpec::new(name, Strategy::OneForOne, intensity).kind("pool").info(info);
+    if shared.config.read().zygote {
+        // First, so the workers after it fork from it.
+        spec = spec.child(zygote::zygote_child(shared.clone()));
+    }
     for slot in shared.slots.read().iter() {
         spec = spec.child(worker_child(shared.clone(), slot.clone()));
     }

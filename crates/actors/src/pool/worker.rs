@@ -73,32 +73,42 @@ impl Drop for WorkerState {
     }
 }
 
+/// The bridge's settings for worker `name` (slot `index`) of the pool: its
+/// interpreter, environment, modules and limits. The zygote is started from
+/// the same settings, so its forks get what a cold start would.
+pub(super) fn worker_config(shared: &PoolShared, name: &str, index: usize) -> WorkerConfig {
+    let cfg = shared.config.read().clone();
+    let launch = &shared.launch;
+    let mut w = WorkerConfig::new(name.to_string(), launch.python.clone());
+    w.python_path = launch.python_path.clone();
+    w.python_path.extend(cfg.python_path.iter().cloned());
+    w.env = launch.env.clone();
+    for (k, v) in &cfg.env {
+        w.env.retain(|(ek, _)| ek != k);
+        w.env.push((k.clone(), v.clone()));
+    }
+    w.concurrency = cfg.concurrency.max(1);
+    w.limits = ChildLimits {
+        address_space: cfg.memory_limit_mb.map(|mb| mb * 1024 * 1024),
+        nice: cfg.nice,
+        cpu_affinity: cfg.cpu_affinity.clone(),
+    };
+    if !cfg.gpus.is_empty() {
+        w.cuda_visible_devices = Some(cfg.gpus[index % cfg.gpus.len()].clone());
+    }
+    w.user_modules = cfg.modules.clone();
+    w.preload_dspy = cfg.preload_dspy;
+    w.heartbeat = (cfg.heartbeat_ms > 0).then(|| Duration::from_millis(cfg.heartbeat_ms));
+    w.spin = Duration::from_micros(cfg.spin_us);
+    w.registry = launch.registry.clone();
+    w
+}
+
 impl WorkerActor {
     fn worker_config(&self) -> WorkerConfig {
-        let cfg = self.shared.config.read().clone();
-        let launch = &self.shared.launch;
-        let mut w = WorkerConfig::new(self.slot.name.clone(), launch.python.clone());
-        w.python_path = launch.python_path.clone();
-        w.python_path.extend(cfg.python_path.iter().cloned());
-        w.env = launch.env.clone();
-        for (k, v) in &cfg.env {
-            w.env.retain(|(ek, _)| ek != k);
-            w.env.push((k.clone(), v.clone()));
-        }
-        w.concurrency = cfg.concurrency.max(1);
-        w.limits = ChildLimits {
-            address_space: cfg.memory_limit_mb.map(|mb| mb * 1024 * 1024),
-            nice: cfg.nice,
-            cpu_affinity: cfg.cpu_affinity.clone(),
-        };
-        if !cfg.gpus.is_empty() {
-            w.cuda_visible_devices = Some(cfg.gpus[self.slot.index % cfg.gpus.len()].clone());
-        }
-        w.user_modules = cfg.modules.clone();
-        w.preload_dspy = cfg.preload_dspy;
-        w.heartbeat = (cfg.heartbeat_ms > 0).then(|| Duration::from_millis(cfg.heartbeat_ms));
-        w.spin = Duration::from_micros(cfg.spin_us);
-        w.registry = launch.registry.clone();
+        let mut w = worker_config(&self.shared, &self.slot.name, self.slot.index);
+        // Forked when the pool's zygote is up; cold otherwise.
+        w.zygote = self.shared.zygote.read().clone();
         w
     }
 }

@@ -82,6 +82,9 @@ pub struct WorkerConfig {
     pub spin: Duration,
     /// Record the worker in this run registry.
     pub registry: Option<Arc<RunRegistry>>,
+    /// Fork the worker from this zygote instead of starting it cold (a
+    /// cold start is used when the zygote refuses or fails).
+    pub zygote: Option<crate::Zygote>,
 }
 
 impl WorkerConfig {
@@ -108,10 +111,11 @@ impl WorkerConfig {
             heartbeat: None,
             spin: Duration::from_micros(100),
             registry: None,
+            zygote: None,
         }
     }
 
-    pub(super) fn environment(&self, req_fd: i32, resp_fd: i32) -> Vec<(OsString, OsString)> {
+    pub(crate) fn environment(&self, req_fd: i32, resp_fd: i32) -> Vec<(OsString, OsString)> {
         let mut env: Vec<(OsString, OsString)> = Vec::new();
         for key in &self.env_allowlist {
             if let Some(v) = std::env::var_os(key) {

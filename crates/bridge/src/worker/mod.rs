@@ -37,6 +37,7 @@ use tracing::{debug, error, info, warn};
 use crate::process::{self, SpawnSpec};
 use crate::protocol::{decode_frame, decode_reply, encode_frame, Codec, Hello, Message, PROTOCOL_VERSION};
 use crate::runs::RunRegistry;
+use crate::zygote::RawExit;
 
 mod config;
 
@@ -74,6 +75,8 @@ struct Shared {
     stderr_tail: Mutex<VecDeque<String>>,
     completed: AtomicU64,
     registry: Option<Arc<RunRegistry>>,
+    /// Forked from a zygote (not started cold).
+    forked: bool,
 }
 
 const ABANDONED_MAX: usize = 4096;
@@ -227,41 +230,136 @@ fn pump_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(reader: R, share
     });
 }
 
-impl Worker {
-    /// Start a worker and wait until it is ready (its `hello` arrived).
-    pub async fn spawn(config: WorkerConfig) -> Result<Worker> {
-        let (req_r, req_w) = process::pipe()?;
-        let (resp_r, resp_w) = process::pipe()?;
-        process::set_pipe_size(&req_w, config.pipe_size);
-        process::set_pipe_size(&resp_w, config.pipe_size);
-        use std::os::fd::AsRawFd;
-        let (child_req, child_resp) = (req_r.as_raw_fd(), resp_w.as_raw_fd());
-        let spec = SpawnSpec {
-            program: config.python.clone(),
-            args: config.args.clone(),
-            env: config.environment(child_req, child_resp),
-            inherit: vec![child_req, child_resp],
-            limits: config.limits.clone(),
-        };
-        let spawned = tokio::task::spawn_blocking(move || process::spawn(spec))
+/// How the runtime learns that a worker process ended: its own child's
+/// `wait`, or the zygote's report for a forked one.
+enum Process {
+    Child(std::process::Child),
+    Forked(oneshot::Receiver<RawExit>),
+}
+
+impl Process {
+    /// Wait up to `grace` for the process to end by itself, then kill its
+    /// group and wait for that; how it ended, when known.
+    async fn reap(self, pgid: i32, grace: Duration) -> Option<RawExit> {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            Process::Child(mut child) => tokio::task::spawn_blocking(move || {
+                let until = Instant::now() + grace;
+                let status = loop {
+                    match child.try_wait() {
+                        Ok(Some(s)) => break Some(s),
+                        Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
+                        Ok(None) => {
+                            process::signal_group(pgid, libc::SIGKILL);
+                            break child.wait().ok();
+                        }
+                        Err(_) => break None,
+                    }
+                };
+                status.map(|s| (s.code(), s.signal()))
+            })
             .await
-            .map_err(|e| Error::internal(format!("spawn task failed: {e}")))??;
-        // The child has its ends now.
-        drop(req_r);
-        drop(resp_w);
-        let mut child = spawned.child;
-        let (pid, pgid) = (spawned.pid, spawned.pgid);
+            .ok()
+            .flatten(),
+            Process::Forked(mut exit) => {
+                if let Ok(status) = tokio::time::timeout(grace, &mut exit).await {
+                    return status.ok();
+                }
+                process::signal_group(pgid, libc::SIGKILL);
+                // The zygote reaps it and reports; if the zygote is gone
+                // too, nobody will.
+                tokio::time::timeout(Duration::from_secs(2), exit).await.ok().and_then(|r| r.ok())
+            }
+        }
+    }
+}
+
+fn describe_raw((code, signal): RawExit) -> String {
+    ExitInfo { code, signal, reason: String::new() }.describe()
+}
+
+/// A started worker process and the runtime's ends of its pipes.
+struct Launched {
+    pid: u32,
+    pgid: i32,
+    requests: OwnedFd,
+    responses: OwnedFd,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    process: Process,
+    forked: bool,
+}
+
+/// `python -m dspex_worker` from scratch.
+async fn launch_cold(config: &WorkerConfig) -> Result<Launched> {
+    let (req_r, req_w) = process::pipe()?;
+    let (resp_r, resp_w) = process::pipe()?;
+    process::set_pipe_size(&req_w, config.pipe_size);
+    process::set_pipe_size(&resp_w, config.pipe_size);
+    use std::os::fd::AsRawFd;
+    let (child_req, child_resp) = (req_r.as_raw_fd(), resp_w.as_raw_fd());
+    let spec = SpawnSpec {
+        program: config.python.clone(),
+        args: config.args.clone(),
+        env: config.environment(child_req, child_resp),
+        inherit: vec![child_req, child_resp],
+        limits: config.limits.clone(),
+    };
+    let spawned = tokio::task::spawn_blocking(move || process::spawn(spec))
+        .await
+        .map_err(|e| Error::internal(format!("spawn task failed: {e}")))??;
+    // The child has its ends now.
+    drop(req_r);
+    drop(resp_w);
+    let mut child = spawned.child;
+    Ok(Launched {
+        pid: spawned.pid,
+        pgid: spawned.pgid,
+        requests: req_w,
+        responses: resp_r,
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
+        process: Process::Child(child),
+        forked: false,
+    })
+}
+
+impl Worker {
+    /// Start a worker and wait until it is ready (its `hello` arrived):
+    /// forked from the config's zygote when it has one, else (or when the
+    /// zygote refuses or fails) a cold start.
+    pub async fn spawn(config: WorkerConfig) -> Result<Worker> {
+        let started = Instant::now();
+        let launched = match &config.zygote {
+            Some(z) => match z.fork(&config).await {
+                Ok(f) => Launched {
+                    pid: f.pid,
+                    pgid: f.pid as i32,
+                    requests: f.requests,
+                    responses: f.responses,
+                    stdout: Some(f.stdout),
+                    stderr: Some(f.stderr),
+                    process: Process::Forked(f.exit),
+                    forked: true,
+                },
+                Err(e) => {
+                    warn!(worker = %config.name, zygote = %z.name(), error = %e, "fork failed; starting the worker cold");
+                    launch_cold(&config).await?
+                }
+            },
+            None => launch_cold(&config).await?,
+        };
+        let Launched { pid, pgid, requests, responses, stdout, stderr, process: proc_handle, forked } = launched;
         if let Some(reg) = &config.registry {
             if let Err(e) = reg.add_worker(pid, pgid) {
                 warn!(worker = %config.name, error = %e, "cannot record the worker in the run registry");
             }
         }
-        let stdout = child.stdout.take().map(|s| into_receiver(OwnedFd::from(s)));
-        let stderr = child.stderr.take().map(|s| into_receiver(OwnedFd::from(s)));
-        let writer = into_sender(req_w)?;
-        let mut reader = BufReader::with_capacity(256 * 1024, into_receiver(resp_r)?);
+        let stdout = stdout.map(into_receiver);
+        let stderr = stderr.map(into_receiver);
+        let writer = into_sender(requests)?;
+        let mut reader = BufReader::with_capacity(256 * 1024, into_receiver(responses)?);
 
-        let started = Instant::now();
         let hello_frame = tokio::time::timeout(config.start_timeout, read_frame(&mut reader, config.max_frame)).await;
         let tail_from = |stderr: Option<Result<pipe::Receiver>>| async move {
             let mut text = String::new();
@@ -273,8 +371,7 @@ impl Worker {
         let fail = |kind: ErrorKind, msg: String| Error::new(kind, msg).with_worker(config.name.clone());
         let hello = match hello_frame {
             Err(_) => {
-                process::signal_group(pgid, libc::SIGKILL);
-                let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                proc_handle.reap(pgid, Duration::ZERO).await;
                 return Err(fail(
                     ErrorKind::Timeout,
                     format!("worker {} did not say hello within {:?}", config.name, config.start_timeout),
@@ -283,20 +380,18 @@ impl Worker {
             Ok(Ok(Some(body))) => match decode_frame(&body) {
                 Ok((_, Message::Hello(h))) => h,
                 Ok((_, other)) => {
-                    process::signal_group(pgid, libc::SIGKILL);
-                    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                    proc_handle.reap(pgid, Duration::ZERO).await;
                     return Err(fail(ErrorKind::Protocol, format!("worker's first message was not hello: {other:?}")));
                 }
                 Err(e) => {
-                    process::signal_group(pgid, libc::SIGKILL);
-                    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                    proc_handle.reap(pgid, Duration::ZERO).await;
                     return Err(fail(ErrorKind::Protocol, format!("worker's hello is broken: {}", e.message())));
                 }
             },
             Ok(Ok(None)) | Ok(Err(_)) => {
                 let tail = tail_from(stderr).await;
-                let status = tokio::task::spawn_blocking(move || child.wait()).await.ok().and_then(|r| r.ok());
-                let how = status.map(|s| s.to_string()).unwrap_or_else(|| "ended".into());
+                let status = proc_handle.reap(pgid, Duration::from_secs(2)).await;
+                let how = status.map(describe_raw).unwrap_or_else(|| "ended".into());
                 return Err(fail(
                     ErrorKind::Config,
                     format!("worker {} {how} during start-up; its last output:\n{tail}", config.name),
@@ -304,14 +399,13 @@ impl Worker {
             }
         };
         if hello.protocol != PROTOCOL_VERSION {
-            process::signal_group(pgid, libc::SIGKILL);
-            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+            proc_handle.reap(pgid, Duration::ZERO).await;
             return Err(fail(
                 ErrorKind::Protocol,
                 format!("worker speaks protocol {}, this runtime {}", hello.protocol, PROTOCOL_VERSION),
             ));
         }
-        info!(worker = %config.name, pid, ready_ms = started.elapsed().as_millis() as u64, dspy = ?hello.dspy, "worker ready");
+        info!(worker = %config.name, pid, forked, ready_ms = started.elapsed().as_millis() as u64, dspy = ?hello.dspy, "worker ready");
         let (exit_tx, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             name: config.name.clone(),
@@ -333,6 +427,7 @@ impl Worker {
             stderr_tail: Mutex::new(VecDeque::new()),
             completed: AtomicU64::new(0),
             registry: config.registry.clone(),
+            forked,
         });
         if let Some(Ok(r)) = stdout {
             pump_lines(r, shared.clone(), false);
@@ -340,7 +435,7 @@ impl Worker {
         if let Some(Ok(r)) = stderr {
             pump_lines(r, shared.clone(), true);
         }
-        tokio::spawn(read_loop(shared.clone(), reader, child));
+        tokio::spawn(read_loop(shared.clone(), reader, proc_handle));
         let worker = Worker { inner: Arc::new(Handle { shared }) };
         if let Some(every) = config.heartbeat {
             tokio::spawn(heartbeat(Arc::downgrade(&worker.inner), every));
@@ -616,6 +711,11 @@ impl Worker {
         self.shared().kill();
     }
 
+    /// Whether the worker was forked from a zygote (not started cold).
+    pub fn forked(&self) -> bool {
+        self.shared().forked
+    }
+
     /// The worker's resident memory in bytes, while its process exists.
     pub fn resident_bytes(&self) -> Option<u64> {
         process::resident_bytes(self.pid())
@@ -682,7 +782,7 @@ async fn heartbeat(worker: std::sync::Weak<Handle>, every: Duration) {
     }
 }
 
-async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, mut child: std::process::Child) {
+async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, process: Process) {
     let end: Result<()> = async {
         loop {
             let Some(body) = read_frame(&mut reader, shared.max_frame).await? else { return Ok(()) };
@@ -770,28 +870,11 @@ async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, m
     }
     // Reap: give a closing process a moment, then make sure it is gone.
     let pgid = shared.pgid;
-    let status = tokio::task::spawn_blocking(move || {
-        let until = Instant::now() + Duration::from_millis(500);
-        loop {
-            match child.try_wait() {
-                Ok(Some(s)) => return Some(s),
-                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
-                Ok(None) => {
-                    process::signal_group(pgid, libc::SIGKILL);
-                    return child.wait().ok();
-                }
-                Err(_) => return None,
-            }
-        }
-    })
-    .await
-    .ok()
-    .flatten();
+    let status = process.reap(pgid, Duration::from_millis(500)).await;
     // Members of the group the worker started must not outlive it.
     process::signal_group(pgid, libc::SIGKILL);
-    use std::os::unix::process::ExitStatusExt;
     let reason = shared.failure.lock().as_ref().map(|e| e.message().to_string()).unwrap_or_default();
-    let info = ExitInfo { code: status.and_then(|s| s.code()), signal: status.and_then(|s| s.signal()), reason };
+    let info = ExitInfo { code: status.and_then(|s| s.0), signal: status.and_then(|s| s.1), reason };
     info!(worker = %shared.name, pid = shared.pid, how = %info.describe(), "worker exited");
     if let Some(reg) = &shared.registry {
         let _ = reg.remove_worker(shared.pid);

@@ -280,8 +280,8 @@ def _warm_up() -> None:
     dspy_commands.warm_up()
 
 
-def main() -> None:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+def _serve_on_fds() -> int:
+    """Serve on the protocol pipes the environment names; the exit code."""
     # A request's work spans threads (the request pool, the stream loop,
     # DSPy's own helpers, the frame writer). With CPython's default 5 ms
     # switch interval, a thread with a chunk ready can wait that long for the
@@ -294,6 +294,28 @@ def main() -> None:
         resp_fd = int(os.environ["DSPEX_RESP_FD"])
     except (KeyError, ValueError):
         print("dspex_worker: DSPEX_REQ_FD and DSPEX_RESP_FD must name the protocol pipes", file=sys.stderr)
+        return 2
+    worker = Worker(
+        req_fd,
+        resp_fd,
+        concurrency=int(os.environ.get("DSPEX_WORKER_CONCURRENCY", "4")),
+        max_frame=int(os.environ.get("DSPEX_MAX_FRAME", str(DEFAULT_MAX_FRAME))),
+        worker_id=worker_id,
+        spin_us=int(os.environ.get("DSPEX_WORKER_SPIN_US", "0")),
+    )
+    return worker.serve()
+
+
+def serve_forked() -> int:
+    """A worker forked from a zygote (``zygote.py``): DSPy and the user
+    modules are already imported; serve on the pipes the zygote handed over."""
+    return _serve_on_fds()
+
+
+def main() -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if "DSPEX_REQ_FD" not in os.environ or "DSPEX_RESP_FD" not in os.environ:
+        print("dspex_worker: DSPEX_REQ_FD and DSPEX_RESP_FD must name the protocol pipes", file=sys.stderr)
         sys.exit(2)
     from . import builtins  # noqa: F401  (registers the built-in commands)
 
@@ -304,15 +326,7 @@ def main() -> None:
     except Exception:  # noqa: BLE001 - report and exit: the runtime shows this text
         traceback.print_exc()
         sys.exit(4)
-    worker = Worker(
-        req_fd,
-        resp_fd,
-        concurrency=int(os.environ.get("DSPEX_WORKER_CONCURRENCY", "4")),
-        max_frame=int(os.environ.get("DSPEX_MAX_FRAME", str(DEFAULT_MAX_FRAME))),
-        worker_id=worker_id,
-        spin_us=int(os.environ.get("DSPEX_WORKER_SPIN_US", "0")),
-    )
-    code = worker.serve()
+    code = _serve_on_fds()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -1,0 +1,139 @@
+//! Workers forked from a zygote beside cold workers, in one run.
+//!
+//! - restart: a worker killed with `kill -9`, replaced, until its `hello`
+//!   (p50, p99 over 20 restarts);
+//! - 8 workers ready from nothing (the zygote's own start included);
+//! - memory per idle worker — RSS, PSS and USS (private: `Private_Clean` +
+//!   `Private_Dirty`) from `/proc/PID/smaps_rollup` — after start and after
+//!   1000 DSPy `Predict` requests per worker (DummyLM).
+//!
+//! Run: `cargo bench --bench zygote`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{machine, percentile, python, sorted};
+use dspex_bridge::{worker_sources, CallOptions, Worker, WorkerConfig, Zygote};
+use serde_json::json;
+
+const RESTARTS: usize = 20;
+const REQUESTS: usize = 1000;
+
+fn config(name: &str) -> WorkerConfig {
+    let py = python().expect("benchmarks need the project's .venv (scripts/setup-python)");
+    let mut c = WorkerConfig::new(name, py);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    c.python_path = vec![worker_sources(&root.join("target/bench-cache")).expect("worker sources")];
+    c.preload_dspy = true;
+    c.start_timeout = Duration::from_secs(120);
+    c
+}
+
+fn with(z: Option<&Zygote>, name: &str) -> WorkerConfig {
+    let mut c = config(name);
+    c.zygote = z.cloned();
+    c
+}
+
+/// (RSS, PSS, USS) in MiB from `/proc/PID/smaps_rollup`.
+fn memory(pid: u32) -> (f64, f64, f64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let kb = |key: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mib = |k: f64| k / 1024.0;
+    (mib(kb("Rss:")), mib(kb("Pss:")), mib(kb("Private_Clean:") + kb("Private_Dirty:")))
+}
+
+async fn restart_times(z: Option<&Zygote>, label: &str) -> Vec<f64> {
+    let mut times = Vec::new();
+    let mut w = Worker::spawn(with(z, &format!("worker:{label}:r"))).await.expect("worker");
+    for i in 0..RESTARTS {
+        w.crash();
+        let t = Instant::now();
+        w.exited().await;
+        w = Worker::spawn(with(z, &format!("worker:{label}:r{i}"))).await.expect("worker");
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    w.stop(Duration::from_secs(2)).await;
+    sorted(times)
+}
+
+async fn eight_ready(zygote: bool) -> (f64, Vec<Worker>, Option<Zygote>) {
+    let t = Instant::now();
+    let z = if zygote {
+        Some(Zygote::start("zygote:bench8", &config("zygote:bench8")).await.expect("zygote"))
+    } else {
+        None
+    };
+    let starts = (0..8).map(|i| Worker::spawn(with(z.as_ref(), &format!("worker:eight:{i}"))));
+    let workers: Vec<Worker> =
+        futures_util::future::join_all(starts).await.into_iter().map(|w| w.expect("worker")).collect();
+    (t.elapsed().as_secs_f64(), workers, z)
+}
+
+async fn after_requests(w: &Worker) {
+    let predict = json!({"program": {"module": "predict", "signature": "question -> answer"},
+        "inputs": {"question": "2+2?"}, "lm": {"dummy": [{"answer": "4"}]}});
+    for _ in 0..REQUESTS {
+        w.call("dspy.run", predict.clone(), &CallOptions::default()).await.expect("dspy.run");
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    rt.block_on(async {
+        println!("zygote vs cold workers — {}", machine());
+        let z = Zygote::start("zygote:bench", &config("zygote:bench")).await.expect("zygote");
+        assert_eq!(z.refusal(), None, "the zygote refuses to fork");
+
+        let forked = restart_times(Some(&z), "forked").await;
+        let cold = restart_times(None, "cold").await;
+        let (f50, f99, c50, c99) =
+            (percentile(&forked, 0.5), percentile(&forked, 0.99), percentile(&cold, 0.5), percentile(&cold, 0.99));
+        println!("restart after kill -9 to ready ({RESTARTS} each): forked p50 {f50:.1} ms, p99 {f99:.1} ms; cold p50 {c50:.0} ms, p99 {c99:.0} ms ({:.0}× faster at p50)", c50 / f50.max(0.001));
+
+        let (eight_forked, forked_workers, z8) = eight_ready(true).await;
+        let (eight_cold, cold_workers, _) = eight_ready(false).await;
+        println!("8 workers ready from nothing: zygote {eight_forked:.2} s (its own start included), cold {eight_cold:.2} s");
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = |ws: &[Worker]| {
+            let m: Vec<(f64, f64, f64)> = ws.iter().map(|w| memory(w.pid())).collect();
+            let n = m.len().max(1) as f64;
+            (m.iter().map(|x| x.0).sum::<f64>() / n, m.iter().map(|x| x.1).sum::<f64>() / n, m.iter().map(|x| x.2).sum::<f64>() / n)
+        };
+        let (fr, fp, fu) = idle(&forked_workers);
+        let (cr, cp, cu) = idle(&cold_workers);
+        println!("idle worker memory, mean of 8 (MiB): forked RSS {fr:.1} PSS {fp:.1} USS {fu:.1}; cold RSS {cr:.1} PSS {cp:.1} USS {cu:.1}");
+
+        // 1000 requests on one worker of each kind.
+        after_requests(&forked_workers[0]).await;
+        after_requests(&cold_workers[0]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (far, fap, fau) = memory(forked_workers[0].pid());
+        let (car, cap, cau) = memory(cold_workers[0].pid());
+        println!("after {REQUESTS} DSPy requests (MiB): forked RSS {far:.1} PSS {fap:.1} USS {fau:.1}; cold RSS {car:.1} PSS {cap:.1} USS {cau:.1}");
+
+        for w in forked_workers.iter().chain(cold_workers.iter()) {
+            w.stop(Duration::from_secs(2)).await;
+        }
+        drop(z8);
+        common::write_results(
+            "zygote",
+            &json!({
+                "machine": machine(),
+                "restart_ms": {"forked": {"p50": f50, "p99": f99}, "cold": {"p50": c50, "p99": c99}},
+                "eight_ready_s": {"zygote": eight_forked, "cold": eight_cold},
+                "idle_mib": {"forked": {"rss": fr, "pss": fp, "uss": fu}, "cold": {"rss": cr, "pss": cp, "uss": cu}},
+                "after_requests_mib": {"requests": REQUESTS, "forked": {"rss": far, "pss": fap, "uss": fau}, "cold": {"rss": car, "pss": cap, "uss": cau}},
+            }),
+        );
+    });
+}

@@ -1,0 +1,180 @@
+//! The zygote actor (`zygote:POOL`): keeps the pool's zygote running, so
+//! its workers are forked in milliseconds instead of started cold.
+//!
+//! It is the pool supervisor's first child: it starts the zygote in
+//! `pre_start`, so the workers that start after it fork from it. When the
+//! zygote dies (its forked workers die with it, and the pool restarts them)
+//! the actor fails and its supervisor restarts it; meanwhile workers start
+//! cold. A zygote that cannot start, or that refuses to fork (a module
+//! started a thread at import), never takes the pool down: the node says
+//! why, workers start cold, and a failed start is retried every few seconds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dspex_bridge::Zygote;
+use dspex_core::{EventKind, Map};
+use parking_lot::Mutex;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::warn;
+
+use super::worker::worker_config;
+use super::PoolShared;
+use crate::supervisor::{ChildSpec, NodeInfo, Restart, StartFn, Started};
+
+/// How long to wait before trying again to start a zygote that failed.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// What the tree shows of the zygote.
+#[derive(Debug, Default)]
+pub(super) struct ZygoteStatus {
+    status: String,
+    pid: Option<u32>,
+    detail: Option<String>,
+    zygote: Option<Zygote>,
+}
+
+pub(super) fn zygote_child(shared: Arc<PoolShared>) -> ChildSpec {
+    let name = format!("zygote:{}", shared.name);
+    let info_shared = shared.clone();
+    let start: StartFn = Arc::new(move |parent, name| {
+        let actor = ZygoteActor { shared: shared.clone(), name };
+        Box::pin(async move {
+            let (r, _) = Actor::spawn_linked(None, actor, (), parent).await?;
+            Ok(Started { cell: r.get_cell(), supervisor: None })
+        })
+    });
+    ChildSpec::new(name, Restart::Permanent, start)
+        .kind("zygote")
+        .info(Arc::new(move || {
+            let s = info_shared.zygote_status.lock();
+            let mut extra = Map::new();
+            if let Some(z) = &s.zygote {
+                extra.insert("forks".into(), z.forks().into());
+            }
+            if let Some(d) = &s.detail {
+                extra.insert("detail".into(), d.clone().into());
+            }
+            NodeInfo { status: Some(s.status.clone()), pid: s.pid, in_flight: None, queue: None, extra }
+        }))
+        .shutdown_timeout(Duration::from_secs(5))
+}
+
+struct ZygoteActor {
+    shared: Arc<PoolShared>,
+    name: String,
+}
+
+pub(super) enum ZygoteMsg {
+    /// Try to start the zygote (again).
+    Start,
+    /// The zygote process ended.
+    Exited(String),
+}
+
+impl ZygoteActor {
+    fn set(&self, status: &str, zygote: Option<Zygote>, detail: Option<String>) {
+        *self.shared.zygote.write() = zygote.clone().filter(|z| z.refusal().is_none());
+        let mut s = self.shared.zygote_status.lock();
+        s.status = status.to_string();
+        s.pid = zygote.as_ref().map(Zygote::pid);
+        s.detail = detail;
+        s.zygote = zygote;
+    }
+
+    async fn start(&self, myself: &ActorRef<ZygoteMsg>) {
+        self.set("starting", None, None);
+        let template = worker_config(&self.shared, &self.name, 0);
+        match Zygote::start(self.name.clone(), &template).await {
+            Ok(z) => {
+                let (status, detail) = match z.refusal() {
+                    None => ("ready", None),
+                    Some(why) => ("cold", Some(format!("refuses to fork: {why}"))),
+                };
+                self.shared.telemetry.emit(
+                    None,
+                    EventKind::Lifecycle {
+                        actor: self.name.clone(),
+                        what: "started".into(),
+                        detail: format!(
+                            "pid {}{}",
+                            z.pid(),
+                            detail.as_ref().map(|d| format!(", {d}")).unwrap_or_default()
+                        ),
+                    },
+                );
+                let watch = z.clone();
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let exit = watch.exited().await;
+                    let _ = me.cast(ZygoteMsg::Exited(exit.describe()));
+                });
+                self.set(status, Some(z), detail);
+            }
+            Err(e) => {
+                warn!(zygote = %self.name, error = %e, "the zygote did not start; workers start cold");
+                self.set("failed", None, Some(e.to_string()));
+                self.shared.telemetry.emit(
+                    None,
+                    EventKind::Lifecycle {
+                        actor: self.name.clone(),
+                        what: "start_failed".into(),
+                        detail: e.to_string(),
+                    },
+                );
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETRY).await;
+                    let _ = me.cast(ZygoteMsg::Start);
+                });
+            }
+        }
+    }
+}
+
+impl Actor for ZygoteActor {
+    type Msg = ZygoteMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, myself: ActorRef<ZygoteMsg>, _: ()) -> std::result::Result<(), ActorProcessingErr> {
+        // Before the workers start (they are the supervisor's next children),
+        // so they fork from it.
+        self.start(&myself).await;
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<ZygoteMsg>, _: &mut ()) -> std::result::Result<(), ActorProcessingErr> {
+        let z = self.shared.zygote_status.lock().zygote.take();
+        self.set("stopped", None, None);
+        drop(z);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ZygoteMsg>,
+        msg: ZygoteMsg,
+        _: &mut (),
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            ZygoteMsg::Start => {
+                if self.shared.zygote_status.lock().zygote.is_none() {
+                    self.start(&myself).await;
+                }
+                Ok(())
+            }
+            ZygoteMsg::Exited(how) => {
+                self.set("restarting", None, Some(format!("exited: {how}")));
+                self.shared.telemetry.emit(
+                    None,
+                    EventKind::Lifecycle { actor: self.name.clone(), what: "exited".into(), detail: how.clone() },
+                );
+                Err(format!("{} exited: {how}", self.name).into())
+            }
+        }
+    }
+}
+
+/// The zygote's state, as the pool keeps it.
+pub(super) type ZygoteCell = Mutex<ZygoteStatus>;
