@@ -31,7 +31,7 @@ use dspex::bridge::{worker_sources, CallOptions, Worker, WorkerConfig};
 use dspex::native::lm::offline::OfflineResponder;
 use dspex::native::lm::server::LmServer;
 use dspex::native::lm::{LanguageModel, LmEvent, LmRequest, OpenAiClient};
-use dspex::{LmConfig, PoolConfig, Program, ProgramSpec, RequestOptions, RouterConfig, Runtime, StreamEvent};
+use dspex::{LmConfig, Program, ProgramSpec, RequestOptions, RouterConfig, Runtime, StreamEvent};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -125,7 +125,7 @@ async fn run() {
     wc.preload_dspy = true;
     wc.concurrency = 64;
     let bare = Worker::spawn(wc).await.expect("bare worker");
-    let mut pool = PoolConfig::new("general").size(1).concurrency(64);
+    let mut pool = common::pool("general").size(1).concurrency(64);
     pool.max_queue = 100_000;
     let runtime = Runtime::builder().python(py()).pool(pool).start().await.expect("runtime");
     println!("no-op Python call, 1 worker:");
@@ -174,7 +174,7 @@ async fn run() {
     // 3. 1000 concurrent calls, stub LM with 100 ms latency, 2 workers × 50.
     let lm_server = LmServer::start(OfflineResponder::with_latency(Duration::from_millis(100))).await.expect("LM");
     let lm = LmConfig::new("offline").with_base_url(lm_server.base_url()).with_api_key("bench");
-    let mut pool = PoolConfig::new("general").size(2).concurrency(50);
+    let mut pool = common::pool("general").size(2).concurrency(50);
     pool.max_queue = 10_000;
     let runtime = Runtime::builder().python(py()).lm(lm).pool(pool).start().await.expect("runtime");
     let ideal = 2.0 * 50.0 / 0.1;
@@ -240,7 +240,7 @@ async fn run() {
     let runtime = Runtime::builder()
         .python(py())
         .lm(lm.clone())
-        .pool(PoolConfig::new("general").size(1))
+        .pool(common::pool("general").size(1))
         .start()
         .await
         .expect("runtime");

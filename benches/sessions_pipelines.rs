@@ -21,9 +21,7 @@ use common::{fmt_ns, machine, python, write_results};
 use dspex::native::lm::offline::OfflineResponder;
 use dspex::native::lm::server::LmServer;
 use dspex::native::lm::{LanguageModel, LmRequest, LmResponse};
-use dspex::{
-    CacheConfig, LmConfig, Map, Pipeline, PoolConfig, Program, ProgramSpec, RequestOptions, Runtime, Step, StepKind,
-};
+use dspex::{CacheConfig, LmConfig, Map, Pipeline, Program, ProgramSpec, RequestOptions, Runtime, Step, StepKind};
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
@@ -85,7 +83,7 @@ async fn run() {
     // 1a. Session call overhead, native route, in-process stub LM.
     let runtime = Runtime::builder()
         .python(py())
-        .pool(PoolConfig::new("general").size(1))
+        .pool(common::pool("general").size(1))
         .native_lm(Arc::new(StubLm))
         .cache(no_cache.clone())
         .start()
@@ -177,7 +175,7 @@ async fn run() {
     let lm = LmConfig::new("offline").with_base_url(server.base_url()).with_api_key("bench");
     let runtime = Runtime::builder()
         .python(py())
-        .pool(PoolConfig::new("general").size(1))
+        .pool(common::pool("general").size(1))
         .lm(lm)
         .cache(no_cache)
         .start()

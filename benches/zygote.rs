@@ -51,18 +51,23 @@ fn memory(pid: u32) -> (f64, f64, f64) {
     (mib(kb("Rss:")), mib(kb("Pss:")), mib(kb("Private_Clean:") + kb("Private_Dirty:")))
 }
 
-async fn restart_times(z: Option<&Zygote>, label: &str) -> Vec<f64> {
-    let mut times = Vec::new();
+/// Restart times (ms, sorted) and the median of their two parts: the
+/// death noticed and reported, and the new worker started to its hello.
+async fn restart_times(z: Option<&Zygote>, label: &str) -> (Vec<f64>, f64, f64) {
+    let (mut times, mut noticed, mut started) = (Vec::new(), Vec::new(), Vec::new());
     let mut w = Worker::spawn(with(z, &format!("worker:{label}:r"))).await.expect("worker");
     for i in 0..RESTARTS {
         w.crash();
         let t = Instant::now();
         w.exited().await;
+        let exit = t.elapsed();
         w = Worker::spawn(with(z, &format!("worker:{label}:r{i}"))).await.expect("worker");
         times.push(t.elapsed().as_secs_f64() * 1000.0);
+        noticed.push(exit.as_secs_f64() * 1000.0);
+        started.push((t.elapsed() - exit).as_secs_f64() * 1000.0);
     }
     w.stop(Duration::from_secs(2)).await;
-    sorted(times)
+    (sorted(times), percentile(&sorted(noticed), 0.5), percentile(&sorted(started), 0.5))
 }
 
 async fn eight_ready(zygote: bool) -> (f64, Vec<Worker>, Option<Zygote>) {
@@ -93,11 +98,12 @@ fn main() {
         let z = Zygote::start("zygote:bench", &config("zygote:bench")).await.expect("zygote");
         assert_eq!(z.refusal(), None, "the zygote refuses to fork");
 
-        let forked = restart_times(Some(&z), "forked").await;
-        let cold = restart_times(None, "cold").await;
+        let (forked, f_exit, f_start) = restart_times(Some(&z), "forked").await;
+        let (cold, c_exit, c_start) = restart_times(None, "cold").await;
         let (f50, f99, c50, c99) =
             (percentile(&forked, 0.5), percentile(&forked, 0.99), percentile(&cold, 0.5), percentile(&cold, 0.99));
         println!("restart after kill -9 to ready ({RESTARTS} each): forked p50 {f50:.1} ms, p99 {f99:.1} ms; cold p50 {c50:.0} ms, p99 {c99:.0} ms ({:.0}× faster at p50)", c50 / f50.max(0.001));
+        println!("  of which (medians): death noticed {f_exit:.1} ms / {c_exit:.1} ms, new worker to hello {f_start:.1} ms / {c_start:.0} ms (forked / cold)");
 
         let (eight_forked, forked_workers, z8) = eight_ready(true).await;
         let (eight_cold, cold_workers, _) = eight_ready(false).await;
@@ -129,7 +135,8 @@ fn main() {
             "zygote",
             &json!({
                 "machine": machine(),
-                "restart_ms": {"forked": {"p50": f50, "p99": f99}, "cold": {"p50": c50, "p99": c99}},
+                "restart_ms": {"forked": {"p50": f50, "p99": f99, "noticed_p50": f_exit, "started_p50": f_start},
+                               "cold": {"p50": c50, "p99": c99, "noticed_p50": c_exit, "started_p50": c_start}},
                 "eight_ready_s": {"zygote": eight_forked, "cold": eight_cold},
                 "idle_mib": {"forked": {"rss": fr, "pss": fp, "uss": fu}, "cold": {"rss": cr, "pss": cp, "uss": cu}},
                 "after_requests_mib": {"requests": REQUESTS, "forked": {"rss": far, "pss": fap, "uss": fau}, "cold": {"rss": car, "pss": cap, "uss": cau}},

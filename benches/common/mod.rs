@@ -88,3 +88,10 @@ pub fn write_results(name: &str, value: &serde_json::Value) {
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(value).unwrap_or_default());
 }
+
+/// A pool for the benchmarks: forked from a zygote (the default) unless
+/// `DSPEX_BENCH_ZYGOTE=0`, to compare both in one session.
+#[allow(dead_code)]
+pub fn pool(name: &str) -> dspex::PoolConfig {
+    dspex::PoolConfig::new(name).zygote(!std::env::var("DSPEX_BENCH_ZYGOTE").is_ok_and(|v| v == "0"))
+}

@@ -351,6 +351,8 @@ struct Slot {
     restarts: u32,
     started_at: Instant,
     status: SlotStatus,
+    /// Ends in a row, each before the child had run `healthy_after_ms`.
+    quick_failures: u32,
 }
 
 impl Slot {
@@ -363,6 +365,7 @@ impl Slot {
             restarts: 0,
             started_at: Instant::now(),
             status: SlotStatus::Running,
+            quick_failures: 0,
         }
     }
 }
@@ -433,6 +436,35 @@ impl SupervisorState {
             }
             slot.status = SlotStatus::Restarting;
         }
+    }
+
+    /// The delay before restarting child `i`, or why the supervisor must
+    /// escalate. Under `healthy_after_ms` each child is judged on its own:
+    /// one that had run that long is replaced at once (it was killed from
+    /// outside), one that keeps failing sooner is backed off by its own
+    /// count of such failures in a row and, past `max_restarts` of them,
+    /// escalates. Otherwise Erlang's rule: every restart counts within the
+    /// period, and the back-off grows with that count.
+    fn restart_delay(&mut self, i: usize) -> Result<Duration, String> {
+        let healthy_after = Duration::from_millis(self.intensity.healthy_after_ms);
+        if healthy_after.is_zero() {
+            return self.record_restart();
+        }
+        let slot = &mut self.slots[i];
+        if slot.started_at.elapsed() >= healthy_after {
+            slot.quick_failures = 0;
+            return Ok(Duration::ZERO);
+        }
+        slot.quick_failures += 1;
+        let k = slot.quick_failures;
+        if k > self.intensity.max_restarts {
+            return Err(format!(
+                "{} ended {k} times in a row within {healthy_after:?} of starting (at most {} allowed)",
+                slot.spec.name, self.intensity.max_restarts
+            ));
+        }
+        let exp = self.intensity.backoff_initial_ms.saturating_mul(1u64 << (k - 1).min(16));
+        Ok(Duration::from_millis(exp.min(self.intensity.backoff_max_ms)))
     }
 
     fn record_restart(&mut self) -> Result<Duration, String> {
@@ -596,8 +628,9 @@ impl Actor for Supervisor {
                         }
                         Err(e) => {
                             warn!(supervisor = %state.name, child = %name, error = %e, "restart failed");
-                            // A failed restart counts as another failure.
-                            match state.record_restart() {
+                            // A failed restart counts as another (quick) failure.
+                            state.slots[i].started_at = Instant::now();
+                            match state.restart_delay(i) {
                                 Ok(delay) => {
                                     state.slots[i].restarts += 1;
                                     schedule(&myself, vec![name], delay);
@@ -713,19 +746,13 @@ impl Actor for Supervisor {
             }
             return Ok(());
         }
-        // A planned recycle restarts at once and does not count as a failure;
-        // nor does the end of a child that had been running healthily, when
-        // the intensity says so (killed from outside, not crash-looping).
-        let healthy_after = Duration::from_millis(state.intensity.healthy_after_ms);
+        // A planned recycle restarts at once and does not count as a failure.
         let delay = if why == RECYCLE {
             info!(supervisor = %state.name, child = %name, "child recycled; restarting");
             Duration::ZERO
-        } else if !healthy_after.is_zero() && state.slots[i].started_at.elapsed() >= healthy_after {
-            warn!(supervisor = %state.name, child = %name, reason = %why, "child ended after running healthily; replacing it at once");
-            Duration::ZERO
         } else {
             warn!(supervisor = %state.name, child = %name, reason = %why, "child ended; restarting");
-            match state.record_restart() {
+            match state.restart_delay(i) {
                 Ok(d) => d,
                 Err(why) => return escalate(state, why).await,
             }

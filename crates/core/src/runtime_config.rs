@@ -58,11 +58,13 @@ pub struct IntensityConfig {
     /// Longest restart delay, in milliseconds.
     #[serde(default = "default_backoff_max")]
     pub backoff_max_ms: u64,
-    /// A child that had run at least this long (ms) before it ended is
-    /// replaced at once and not counted against the intensity: it was
-    /// killed from outside (OOM killer, operator, chaos), not caught in a
-    /// crash loop. 0 counts every restart (Erlang's rule). Pools of
-    /// interchangeable workers use 1000 by default.
+    /// Judge each child on its own (ms; 0 keeps Erlang's rule, every
+    /// restart counted within the period): a child that had run at least
+    /// this long before it ended is replaced at once — it was killed from
+    /// outside (OOM killer, operator, chaos), not caught in a crash loop —
+    /// and one that ends sooner is backed off by its own count of such ends
+    /// in a row, escalating past `max_restarts` of them. Pools of
+    /// interchangeable workers use 250 by default.
     #[serde(default)]
     pub healthy_after_ms: u64,
 }
@@ -188,10 +190,10 @@ fn default_spin() -> u64 {
 }
 fn default_worker_intensity() -> IntensityConfig {
     // Workers are interchangeable and (forked from a zygote) cheap to
-    // replace: one killed after running a second is replaced at once; only
-    // workers that die within a second of starting — a crash loop — back
-    // off and count towards escalation.
-    IntensityConfig::new(20, Duration::from_secs(30)).healthy_after(Duration::from_secs(1))
+    // replace: one killed after running 250 ms is replaced at once; only a
+    // worker that keeps dying sooner — a crash loop — backs off and, after
+    // 20 such ends in a row, escalates.
+    IntensityConfig::new(20, Duration::from_secs(30)).healthy_after(Duration::from_millis(250))
 }
 
 impl PoolConfig {

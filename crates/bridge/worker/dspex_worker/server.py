@@ -312,11 +312,11 @@ def serve_forked() -> int:
     return _serve_on_fds()
 
 
-def main() -> None:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    if "DSPEX_REQ_FD" not in os.environ or "DSPEX_RESP_FD" not in os.environ:
-        print("dspex_worker: DSPEX_REQ_FD and DSPEX_RESP_FD must name the protocol pipes", file=sys.stderr)
-        sys.exit(2)
+def prepare() -> None:
+    """What a worker does before it can serve, and a zygote before it can
+    fork: register the commands, import and warm up DSPy (unless
+    ``DSPEX_WORKER_PRELOAD_DSPY=0``), import the user modules. A failure is
+    printed and ends the process with code 4 (the runtime shows the text)."""
     from . import builtins  # noqa: F401  (registers the built-in commands)
 
     try:
@@ -326,6 +326,14 @@ def main() -> None:
     except Exception:  # noqa: BLE001 - report and exit: the runtime shows this text
         traceback.print_exc()
         sys.exit(4)
+
+
+def main() -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if "DSPEX_REQ_FD" not in os.environ or "DSPEX_RESP_FD" not in os.environ:
+        print("dspex_worker: DSPEX_REQ_FD and DSPEX_RESP_FD must name the protocol pipes", file=sys.stderr)
+        sys.exit(2)
+    prepare()
     code = _serve_on_fds()
     sys.stdout.flush()
     sys.stderr.flush()

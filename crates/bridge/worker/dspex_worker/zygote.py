@@ -114,7 +114,8 @@ def _become_worker(msg: dict, fds: list[int], zygote_pid: int, control: socket.s
         os.environ.update({str(k): str(v) for k, v in (msg.get("env") or {}).items()})
         os.environ["DSPEX_REQ_FD"] = str(req_fd)
         os.environ["DSPEX_RESP_FD"] = str(resp_fd)
-        gc.unfreeze()
+        # The frozen objects stay frozen: the collector never walks them, so
+        # their pages stay shared with the zygote.
         from .server import serve_forked
 
         code = serve_forked()
@@ -192,16 +193,9 @@ def main() -> None:
     except (KeyError, ValueError, OSError) as exc:
         print(f"dspex_worker.zygote: DSPEX_ZYGOTE_FD must name the control socket ({exc})", file=sys.stderr)
         sys.exit(2)
-    from . import builtins  # noqa: F401  (registers the built-in commands)
-    from .server import _load_user_modules, _warm_up
+    from .server import prepare
 
-    try:
-        if os.environ.get("DSPEX_WORKER_PRELOAD_DSPY", "1") != "0":
-            _warm_up()
-        _load_user_modules()
-    except Exception:  # noqa: BLE001 - report and exit: the runtime shows this text
-        traceback.print_exc()
-        sys.exit(4)
+    prepare()
     blocker = _fork_blockers()
     # What every worker would otherwise copy and then touch: the imported
     # modules' objects move to a permanent generation the collector skips,
