@@ -76,7 +76,10 @@ impl Stages {
         let out = self.out();
         out.touch();
         let t = Instant::now();
-        let watch = tokio::spawn(quiet_watch(out.clone(), t));
+        // The first stage waits on the Python environment and the workers;
+        // the others, mostly on the LM.
+        let waiting = if self.n == 1 { "preparing Python" } else { "waiting on the LM" };
+        let watch = tokio::spawn(quiet_watch(out.clone(), t, waiting));
         let outcome = body.await;
         watch.abort();
         let elapsed = t.elapsed();
@@ -113,13 +116,13 @@ impl Stages {
 }
 
 /// While a stage prints nothing for 5 s, say every 5 s how long it has run.
-async fn quiet_watch(out: Touch, stage_started: Instant) {
+async fn quiet_watch(out: Touch, stage_started: Instant, waiting: &'static str) {
     let quiet = Duration::from_secs(5);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let last = Duration::from_millis(out.last_output.load(Ordering::Relaxed));
         if out.started.elapsed().saturating_sub(last) >= quiet {
-            println!("  … {} into this stage, waiting on the LM", fmt_secs(stage_started.elapsed()));
+            println!("  … {} into this stage, {waiting}", fmt_secs(stage_started.elapsed()));
             out.touch();
         }
     }
