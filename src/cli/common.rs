@@ -58,12 +58,7 @@ impl LmFlags {
 /// neither sets a value (not for reasoning models, which DSPy allows only
 /// their own limits).
 pub async fn lm_setup(settings: LmSettings, defaults: LmSettings) -> Result<LmSetup> {
-    let settle = |config: LmConfig| -> Result<LmConfig> {
-        let defaults = if config.is_reasoning_model() { LmSettings::default() } else { defaults };
-        let config = config.with_settings(settings.over(defaults));
-        config.check()?;
-        Ok(config)
-    };
+    let settle = |config: LmConfig| settle(config, settings, defaults);
     if let Some(config) = dspex::native::lm::config_from_env()? {
         let config = settle(config)?;
         let label = format!("{} at {}{}", config.model, config.base_url.as_deref().unwrap_or("?"), describe(&config));
@@ -78,6 +73,16 @@ pub async fn lm_setup(settings: LmSettings, defaults: LmSettings) -> Result<LmSe
         server.base_url()
     );
     Ok(LmSetup { config, label, offline: true, _server: Some(server) })
+}
+
+/// `config` with `settings` over it, then `defaults` where neither sets a
+/// value (not for reasoning models, which DSPy allows only their own
+/// limits); checked as DSPy checks it.
+pub fn settle(config: LmConfig, settings: LmSettings, defaults: LmSettings) -> Result<LmConfig> {
+    let defaults = if config.is_reasoning_model() { LmSettings::default() } else { defaults };
+    let config = config.with_settings(settings.over(defaults));
+    config.check()?;
+    Ok(config)
 }
 
 /// `" (max_tokens 256, temperature 0)"`, for what is set.

@@ -101,11 +101,10 @@ pub async fn doctor() -> (Value, bool) {
                 name: "lm",
                 status: "ok",
                 detail: format!(
-                    "{} at {} (max_tokens {}, temperature {})",
+                    "{} at {}{}",
                     lm.model,
                     lm.base_url.as_deref().unwrap_or_default(),
-                    lm.max_tokens.map_or("unset".to_string(), |n| n.to_string()),
-                    lm.temperature.map_or("unset".to_string(), |t| t.to_string())
+                    super::common::describe(&lm)
                 ),
                 fix: None,
             },

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use dspex::actors::console::{default_socket, token_file, ConsoleEndpoint};
 use dspex::{Error, ErrorKind, LmSettings, Map, PoolConfig, Result, Runtime, RuntimeBuilder, RuntimeConfig, Value};
 
-use super::common::{describe, lm_setup, LmFlags, LmSetup};
+use super::common::{describe, lm_setup, settle, LmFlags, LmSetup};
 
 /// The runtime for `serve` and `run`: the file's settings, or a `general`
 /// pool of `default_size` workers; its LM, or the environment's, or the
@@ -35,8 +35,7 @@ async fn build(config: Option<&Path>, default_size: usize, lm: LmFlags) -> Resul
             Some(setup)
         }
         Some(lm) => {
-            let lm = lm.with_settings(settings);
-            lm.check()?;
+            let lm = settle(lm, settings, LmSettings::default())?;
             eprintln!("LM: {} at {}{}", lm.model, lm.base_url.as_deref().unwrap_or("OpenAI"), describe(&lm));
             cfg.lm = Some(lm);
             None

@@ -6,8 +6,7 @@
 use std::process::Command;
 
 use dspex::native::lm::server::{LmServer, Reply, Responder};
-use dspex::{ErrorKind, LmConfig, Map, Program, ProgramSpec, RequestOptions, StreamEvent, Usage};
-use futures_util::StreamExt;
+use dspex::{ErrorKind, LmConfig, Map, Program, ProgramSpec, RequestOptions, Usage};
 use serde_json::{json, Value};
 
 use crate::runtime::builder;
@@ -43,10 +42,7 @@ async fn both_routes_send_the_request_dspy_sends() {
         rt.run(&program, question(), opts.no_cache()).await.unwrap();
     }
     for opts in [RequestOptions::native(), RequestOptions::python()] {
-        let mut stream = rt.stream(&program, question(), opts).await.unwrap();
-        while let Some(ev) = stream.next().await {
-            ev.unwrap();
-        }
+        support::stream_to_end(rt.stream(&program, question(), opts).await.unwrap()).await;
     }
     let bodies = server.requests();
     assert_eq!(bodies.len(), 4, "{bodies:#?}");
@@ -95,14 +91,7 @@ async fn replies_cut_at_the_length_limit_are_flagged_on_both_routes_and_in_strea
         let whole = rt.run(&program, question(), opts.clone().no_cache()).await.unwrap();
         assert!(!whole.meta.truncated, "{:?}", whole.meta);
 
-        let mut stream = rt.stream(&program, cut.clone(), opts).await.unwrap();
-        let mut done = None;
-        while let Some(ev) = stream.next().await {
-            if let StreamEvent::Done(out) = ev.unwrap() {
-                done = Some(out);
-            }
-        }
-        let done = done.expect("a final prediction");
+        let (_, done) = support::stream_to_end(rt.stream(&program, cut.clone(), opts).await.unwrap()).await;
         assert!(done.meta.truncated, "stream: {:?}", done.meta);
         assert_eq!(done.meta.usage, Some(reported), "stream: {:?}", done.meta);
     }

@@ -125,19 +125,8 @@ async fn sse_streams_arrive_in_order_then_the_prediction() {
     let rt = runtime(48).await;
     for (label, opts) in routes() {
         let t = Instant::now();
-        let mut stream = rt.stream(&qa(), question("What is the capital of Italy?"), opts).await.unwrap();
-        let mut chunks = Vec::new();
-        let mut done = None;
-        while let Some(ev) = stream.next().await {
-            match ev.unwrap() {
-                StreamEvent::Chunk { text, .. } => {
-                    assert!(done.is_none(), "a chunk after the final prediction");
-                    chunks.push(text);
-                }
-                StreamEvent::Done(out) => done = Some(out),
-            }
-        }
-        let done = done.expect("the stream ends with the prediction");
+        let stream = rt.stream(&qa(), question("What is the capital of Italy?"), opts).await.unwrap();
+        let (chunks, done) = support::stream_to_end(stream).await;
         let joined: String = chunks.concat();
         let answer = done.get_str("answer").expect("an answer");
         assert!(chunks.iter().filter(|c| !c.is_empty()).count() >= 2, "{label}: one piece only: {chunks:?}");
@@ -266,14 +255,8 @@ async fn usage_and_truncation_are_reported() {
         let usage = usage_of(&out);
         assert_eq!(usage.completion_tokens, 32, "{label}: {usage:?}");
         assert_eq!(usage.total_tokens, usage.prompt_tokens + 32, "{label}: {usage:?}");
-        let mut stream = rt.stream(&qa(), question("What is the capital of Peru?"), opts).await.unwrap();
-        let mut done = None;
-        while let Some(ev) = stream.next().await {
-            if let StreamEvent::Done(o) = ev.unwrap() {
-                done = Some(o);
-            }
-        }
-        let done = done.expect("a prediction");
+        let stream = rt.stream(&qa(), question("What is the capital of Peru?"), opts).await.unwrap();
+        let (_, done) = support::stream_to_end(stream).await;
         assert!(done.meta.truncated, "{label} stream: {:?}", done.meta);
         assert_eq!(usage_of(&done).completion_tokens, 32, "{label} stream");
         report(&format!("{label} truncation"), t, format!("{usage:?}"));

@@ -75,3 +75,21 @@ pub fn run_python(script: &str, args: &Value) -> Value {
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
+
+/// Read a program's stream to its end: the chunks' texts in order, then the
+/// final output. Panics on an error, a chunk after the end, or no end.
+pub async fn stream_to_end(mut stream: dspex::OutputStream) -> (Vec<String>, Box<dspex::Output>) {
+    use futures_util::StreamExt;
+    let mut chunks = Vec::new();
+    let mut done = None;
+    while let Some(ev) = stream.next().await {
+        match ev.expect("a stream event") {
+            dspex::StreamEvent::Chunk { text, .. } => {
+                assert!(done.is_none(), "a chunk after the final prediction");
+                chunks.push(text);
+            }
+            dspex::StreamEvent::Done(out) => done = Some(out),
+        }
+    }
+    (chunks, done.expect("the stream ends with the prediction"))
+}

@@ -31,12 +31,11 @@ use std::time::{Duration, Instant};
 
 use dspex_core::{Error, ErrorKind, Result, Value};
 use parking_lot::Mutex;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::process::{self, SpawnSpec};
-use crate::worker::{ExitInfo, WorkerConfig};
+use crate::worker::{into_receiver, pump_lines, ExitInfo, OutputTail, WorkerConfig};
 
 /// How a forked worker ended, as its zygote reported it: exit code or signal.
 pub(crate) type RawExit = (Option<i32>, Option<i32>);
@@ -130,11 +129,13 @@ impl Zygote {
                 warn!(zygote = %name, error = %e, "cannot record the zygote in the run registry");
             }
         }
-        let tail = Arc::new(Mutex::new(std::collections::VecDeque::<String>::new()));
-        for out in
-            [child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)].into_iter().flatten()
+        let tail = OutputTail::default();
+        for (out, is_stderr) in
+            [(child.stdout.take().map(OwnedFd::from), false), (child.stderr.take().map(OwnedFd::from), true)]
         {
-            pump_lines(out, name.clone(), tail.clone());
+            if let Some(Ok(r)) = out.map(into_receiver) {
+                pump_lines(r, name.clone(), tail.clone(), is_stderr);
+            }
         }
 
         // The control socket: one reader thread, for the life of the zygote.
@@ -404,22 +405,4 @@ fn read_control(
     // The zygote is gone: nobody will report the remaining exits.
     pending.lock().take();
     exits.lock().waiting.clear();
-}
-
-/// The zygote's own output lines, into the runtime's logs (the last few
-/// kept for a start-up failure).
-fn pump_lines(fd: OwnedFd, name: String, tail: Arc<Mutex<std::collections::VecDeque<String>>>) {
-    let Ok(()) = process::set_nonblocking(&fd) else { return };
-    let Ok(receiver) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(receiver).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            info!(target: "dspex::worker", zygote = %name, "{line}");
-            let mut t = tail.lock();
-            if t.len() >= 12 {
-                t.pop_front();
-            }
-            t.push_back(line);
-        }
-    });
 }

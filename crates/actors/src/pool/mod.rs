@@ -142,8 +142,7 @@ pub(crate) struct PoolShared {
     next_index: AtomicUsize,
     resize: tokio::sync::Mutex<()>,
     counters: Counters,
-    /// The zygote workers fork from, while it runs and forks.
-    zygote: RwLock<Option<dspex_bridge::Zygote>>,
+    /// The zygote workers fork from, and its state for the tree.
     zygote_status: zygote::ZygoteCell,
 }
 
@@ -713,7 +712,6 @@ impl PoolHandle {
                 next_index: AtomicUsize::new(size),
                 resize: tokio::sync::Mutex::new(()),
                 counters: Counters::default(),
-                zygote: RwLock::new(None),
                 zygote_status: Default::default(),
             }),
         }

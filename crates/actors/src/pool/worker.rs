@@ -108,7 +108,7 @@ impl WorkerActor {
     fn worker_config(&self) -> WorkerConfig {
         let mut w = worker_config(&self.shared, &self.slot.name, self.slot.index);
         // Forked when the pool's zygote is up; cold otherwise.
-        w.zygote = self.shared.zygote.read().clone();
+        w.zygote = self.shared.zygote_status.lock().forking();
         w
     }
 }

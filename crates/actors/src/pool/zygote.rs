@@ -25,13 +25,19 @@ use crate::supervisor::{ChildSpec, NodeInfo, Restart, StartFn, Started};
 /// How long to wait before trying again to start a zygote that failed.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// What the tree shows of the zygote.
+/// The pool's zygote and what the tree shows of it.
 #[derive(Debug, Default)]
 pub(super) struct ZygoteStatus {
     status: String,
-    pid: Option<u32>,
     detail: Option<String>,
     zygote: Option<Zygote>,
+}
+
+impl ZygoteStatus {
+    /// The zygote to fork from: running and willing to fork.
+    pub(super) fn forking(&self) -> Option<Zygote> {
+        self.zygote.clone().filter(|z| z.refusal().is_none() && z.is_alive())
+    }
 }
 
 pub(super) fn zygote_child(shared: Arc<PoolShared>) -> ChildSpec {
@@ -55,7 +61,13 @@ pub(super) fn zygote_child(shared: Arc<PoolShared>) -> ChildSpec {
             if let Some(d) = &s.detail {
                 extra.insert("detail".into(), d.clone().into());
             }
-            NodeInfo { status: Some(s.status.clone()), pid: s.pid, in_flight: None, queue: None, extra }
+            NodeInfo {
+                status: Some(s.status.clone()),
+                pid: s.zygote.as_ref().map(Zygote::pid),
+                in_flight: None,
+                queue: None,
+                extra,
+            }
         }))
         .shutdown_timeout(Duration::from_secs(5))
 }
@@ -74,10 +86,8 @@ pub(super) enum ZygoteMsg {
 
 impl ZygoteActor {
     fn set(&self, status: &str, zygote: Option<Zygote>, detail: Option<String>) {
-        *self.shared.zygote.write() = zygote.clone().filter(|z| z.refusal().is_none());
         let mut s = self.shared.zygote_status.lock();
         s.status = status.to_string();
-        s.pid = zygote.as_ref().map(Zygote::pid);
         s.detail = detail;
         s.zygote = zygote;
     }

@@ -72,7 +72,7 @@ struct Shared {
     /// Why the worker stopped being ready (set once).
     failure: Mutex<Option<Error>>,
     exit: watch::Sender<Option<ExitInfo>>,
-    stderr_tail: Mutex<VecDeque<String>>,
+    stderr_tail: OutputTail,
     completed: AtomicU64,
     registry: Option<Arc<RunRegistry>>,
     /// Forked from a zygote (not started cold).
@@ -175,7 +175,7 @@ fn into_sender(fd: OwnedFd) -> Result<pipe::Sender> {
     pipe::Sender::from_owned_fd(fd).map_err(Error::from)
 }
 
-fn into_receiver(fd: OwnedFd) -> Result<pipe::Receiver> {
+pub(crate) fn into_receiver(fd: OwnedFd) -> Result<pipe::Receiver> {
     process::set_nonblocking(&fd)?;
     pipe::Receiver::from_owned_fd(fd).map_err(Error::from)
 }
@@ -199,14 +199,26 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R, max_frame: usize
     Ok(Some(body))
 }
 
-fn pump_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(reader: R, shared: Arc<Shared>, is_stderr: bool) {
+/// The last lines a process wrote to stderr, for error messages.
+pub(crate) type OutputTail = Arc<Mutex<VecDeque<String>>>;
+
+/// A Python process's stdout or stderr, line by line, into `tracing`
+/// (target `dspex::python`, the process named `worker`, log levels taken
+/// from the worker's log-line prefix); stderr's last lines kept in `tail`.
+/// Workers and zygotes both.
+pub(crate) fn pump_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    reader: R,
+    name: String,
+    tail: OutputTail,
+    is_stderr: bool,
+) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let worker = shared.name.as_str();
+            let worker = name.as_str();
             if is_stderr {
                 {
-                    let mut t = shared.stderr_tail.lock();
+                    let mut t = tail.lock();
                     t.push_back(line.clone());
                     if t.len() > STDERR_TAIL {
                         t.pop_front();
@@ -424,16 +436,16 @@ impl Worker {
             state: AtomicU8::new(READY),
             failure: Mutex::new(None),
             exit: exit_tx,
-            stderr_tail: Mutex::new(VecDeque::new()),
+            stderr_tail: OutputTail::default(),
             completed: AtomicU64::new(0),
             registry: config.registry.clone(),
             forked,
         });
         if let Some(Ok(r)) = stdout {
-            pump_lines(r, shared.clone(), false);
+            pump_lines(r, shared.name.clone(), shared.stderr_tail.clone(), false);
         }
         if let Some(Ok(r)) = stderr {
-            pump_lines(r, shared.clone(), true);
+            pump_lines(r, shared.name.clone(), shared.stderr_tail.clone(), true);
         }
         tokio::spawn(read_loop(shared.clone(), reader, proc_handle));
         let worker = Worker { inner: Arc::new(Handle { shared }) };
