@@ -31,6 +31,8 @@ struct Scenario {
     rate: u32,
     kill_every: Duration,
     zygote: bool,
+    /// Standby workers kept forked (with the zygote).
+    standby: usize,
 }
 
 #[derive(Default)]
@@ -44,7 +46,7 @@ struct Tally {
 
 async fn run(s: &Scenario) -> Value {
     let py = python().expect("benchmarks need the project's .venv (scripts/setup-python)");
-    let pool = PoolConfig::new("general").size(4).concurrency(4).zygote(s.zygote);
+    let pool = PoolConfig::new("general").size(4).concurrency(4).zygote(s.zygote).standby(s.standby);
     let rt = Runtime::builder().python(py).pool(pool).start().await.expect("runtime");
     let handle = rt.pool("general").expect("pool");
     handle.wait_ready(4, Duration::from_secs(60)).await.expect("4 workers");
@@ -145,7 +147,7 @@ async fn run(s: &Scenario) -> Value {
         s.name, tl.ok, tl.failed, tl.idempotent_failed, tl.late
     );
     json!({
-        "scenario": s.name, "rate": s.rate, "kill_every_ms": s.kill_every.as_millis() as u64, "zygote": s.zygote,
+        "scenario": s.name, "rate": s.rate, "kill_every_ms": s.kill_every.as_millis() as u64, "zygote": s.zygote, "standby": s.standby,
         "issued": issued, "succeeded": tl.ok, "succeeded_pct": pct, "failed": tl.failed,
         "idempotent_failed": tl.idempotent_failed, "late": tl.late, "hung": hung, "unclassified": unclassified,
         "kills": kills, "back_to_size_ms": back_ms,
@@ -158,22 +160,32 @@ fn main() {
         println!("availability under kill -9, 4 workers, deadline 5 s, 30 s of load — {}", machine());
         let scenarios = [
             Scenario {
-                name: "200/s, a kill per second (zygote)",
+                name: "200/s, a kill per second (zygote + standby)",
                 rate: 200,
                 kill_every: Duration::from_secs(1),
                 zygote: true,
+                standby: 1,
             },
             Scenario {
-                name: "500/s, five kills per second (zygote)",
+                name: "500/s, five kills per second (zygote + standby)",
                 rate: 500,
                 kill_every: Duration::from_millis(200),
                 zygote: true,
+                standby: 1,
+            },
+            Scenario {
+                name: "500/s, five kills per second (zygote, no standby)",
+                rate: 500,
+                kill_every: Duration::from_millis(200),
+                zygote: true,
+                standby: 0,
             },
             Scenario {
                 name: "200/s, a kill per second (cold)",
                 rate: 200,
                 kill_every: Duration::from_secs(1),
                 zygote: false,
+                standby: 0,
             },
         ];
         let mut rows = Vec::new();

@@ -2,6 +2,8 @@
 //!
 //! - restart: a worker killed with `kill -9`, replaced, until its `hello`
 //!   (p50, p99 over 20 restarts);
+//! - the same in a pool (`kill -9` until the slot is ready again, what a
+//!   request sees): with a standby worker promoted, forked, and cold;
 //! - 8 workers ready from nothing (the zygote's own start included);
 //! - memory per idle worker — RSS, PSS and USS (private: `Private_Clean` +
 //!   `Private_Dirty`) from `/proc/PID/smaps_rollup` — after start and after
@@ -15,6 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{machine, percentile, python, sorted};
+use dspex::{PoolConfig, Runtime};
 use dspex_bridge::{worker_sources, CallOptions, Worker, WorkerConfig, Zygote};
 use serde_json::json;
 
@@ -70,6 +73,67 @@ async fn restart_times(z: Option<&Zygote>, label: &str) -> (Vec<f64>, f64, f64) 
     (sorted(times), percentile(&sorted(noticed), 0.5), percentile(&sorted(started), 0.5))
 }
 
+/// Pool-level restarts of slot 0 (ms, sorted): `kill -9` of its process
+/// until the slot is ready with a new one, polled every 100 µs off the
+/// runtime's threads; and the median until the killed worker stopped taking
+/// requests (the rest is the replacement).
+async fn pool_restart_times(pool: PoolConfig) -> (Vec<f64>, f64) {
+    let py = python().expect("benchmarks need the project's .venv (scripts/setup-python)");
+    let name = pool.name.clone();
+    let rt = Runtime::builder().python(py).pool(pool.size(2)).start().await.expect("runtime");
+    let handle = rt.pool(&name).expect("pool");
+    handle.wait_ready(2, Duration::from_secs(120)).await.expect("pool ready");
+    let (mut times, mut down) = (Vec::new(), Vec::new());
+    for _ in 0..RESTARTS {
+        // Past the pool's healthy_after (a worker killed later is replaced at
+        // once, not backed off), and time for the standby to be forked again.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let killed = handle.kill_worker(0).expect("kill");
+        let t = Instant::now();
+        let h = handle.clone();
+        let (total, gone) = tokio::task::spawn_blocking(move || {
+            let mut gone = None;
+            loop {
+                let now = h.pid_of(0);
+                if now != Some(killed) && gone.is_none() {
+                    gone = Some(t.elapsed());
+                }
+                if let (Some(p), Some(gone)) = (now, gone) {
+                    if p != killed {
+                        return (t.elapsed(), gone);
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        })
+        .await
+        .expect("poller");
+        times.push(total.as_secs_f64() * 1000.0);
+        down.push(gone.as_secs_f64() * 1000.0);
+    }
+    rt.shutdown().await.expect("shutdown");
+    (sorted(times), percentile(&sorted(down), 0.5))
+}
+
+/// The floor under any Python start here: a bare `python -c "import dspy"`
+/// (seconds, median of 3).
+fn bare_import_dspy() -> f64 {
+    let py = python().expect("benchmarks need the project's .venv (scripts/setup-python)");
+    let times = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let ok = std::process::Command::new(&py)
+                .args(["-c", "import dspy"])
+                .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "python -c 'import dspy' failed");
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    percentile(&sorted(times), 0.5)
+}
+
 async fn eight_ready(zygote: bool) -> (f64, Vec<Worker>, Option<Zygote>) {
     let t = Instant::now();
     let z = if zygote {
@@ -105,9 +169,18 @@ fn main() {
         println!("restart after kill -9 to ready ({RESTARTS} each): forked p50 {f50:.1} ms, p99 {f99:.1} ms; cold p50 {c50:.0} ms, p99 {c99:.0} ms ({:.0}× faster at p50)", c50 / f50.max(0.001));
         println!("  of which (medians): death noticed {f_exit:.1} ms / {c_exit:.1} ms, new worker to hello {f_start:.1} ms / {c_start:.0} ms (forked / cold)");
 
+        let (standby, s_down) = pool_restart_times(PoolConfig::new("standby").standby(1)).await;
+        let (pool_forked, pf_down) = pool_restart_times(PoolConfig::new("forked").standby(0)).await;
+        let (pool_cold, pc_down) = pool_restart_times(PoolConfig::new("cold").zygote(false)).await;
+        let p = |v: &[f64]| (percentile(v, 0.5), percentile(v, 0.99));
+        let ((s50, s99), (pf50, pf99), (pc50, pc99)) = (p(&standby), p(&pool_forked), p(&pool_cold));
+        println!("in a pool, kill -9 to the slot ready again ({RESTARTS} each): standby p50 {s50:.1} ms, p99 {s99:.1} ms; forked p50 {pf50:.1} ms, p99 {pf99:.1} ms; cold p50 {pc50:.0} ms, p99 {pc99:.0} ms");
+        println!("  of which (medians) until the slot stopped taking requests: {s_down:.1} / {pf_down:.1} / {pc_down:.1} ms (standby / forked / cold)");
+
         let (eight_forked, forked_workers, z8) = eight_ready(true).await;
         let (eight_cold, cold_workers, _) = eight_ready(false).await;
-        println!("8 workers ready from nothing: zygote {eight_forked:.2} s (its own start included), cold {eight_cold:.2} s");
+        let import = bare_import_dspy();
+        println!("8 workers ready from nothing: zygote {eight_forked:.2} s (its own start included), cold {eight_cold:.2} s; a bare `import dspy` takes {import:.2} s here (zygote = {:.2}× that)", eight_forked / import);
 
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle = |ws: &[Worker]| {
@@ -137,7 +210,10 @@ fn main() {
                 "machine": machine(),
                 "restart_ms": {"forked": {"p50": f50, "p99": f99, "noticed_p50": f_exit, "started_p50": f_start},
                                "cold": {"p50": c50, "p99": c99, "noticed_p50": c_exit, "started_p50": c_start}},
-                "eight_ready_s": {"zygote": eight_forked, "cold": eight_cold},
+                "pool_restart_ms": {"standby": {"p50": s50, "p99": s99, "down_p50": s_down},
+                                    "forked": {"p50": pf50, "p99": pf99, "down_p50": pf_down},
+                                    "cold": {"p50": pc50, "p99": pc99, "down_p50": pc_down}},
+                "eight_ready_s": {"zygote": eight_forked, "cold": eight_cold, "bare_import_dspy": import},
                 "idle_mib": {"forked": {"rss": fr, "pss": fp, "uss": fu}, "cold": {"rss": cr, "pss": cp, "uss": cu}},
                 "after_requests_mib": {"requests": REQUESTS, "forked": {"rss": far, "pss": fap, "uss": fau}, "cold": {"rss": car, "pss": cap, "uss": cau}},
             }),

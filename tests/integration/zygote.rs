@@ -117,6 +117,7 @@ fn a_zygote_with_a_thread_refuses_to_fork_and_workers_start_cold() {
 
 // ------------------------------------------------------------ in a runtime
 
+use dspex::actors::PoolCallOptions;
 use dspex::{PoolConfig, Program, ProgramSpec, RequestOptions, Runtime, TreeNode};
 
 fn forked_in_tree(tree: &TreeNode, pool: &str, size: usize) -> Vec<(u32, bool)> {
@@ -182,6 +183,70 @@ async fn a_pool_forks_its_workers_and_outlives_its_zygote() {
     assert!(restarted.restarts >= 1, "{restarted:?}");
     let out = rt.run(&program, q, RequestOptions::python().no_cache()).await.unwrap();
     assert_eq!(out.get_str("answer"), Some("5"));
+    rt.shutdown().await.unwrap();
+}
+
+/// The zygote node's standby pids, once there are `n`.
+async fn standby_pids(rt: &Runtime, pool: &str, n: usize) -> Vec<u32> {
+    let t = Instant::now();
+    loop {
+        let tree = rt.tree().await.unwrap();
+        let z = tree.find(&format!("zygote:{pool}")).expect("a zygote node").clone();
+        let pids: Vec<u32> = z
+            .info
+            .extra
+            .get("standby")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p as u32).collect())
+            .unwrap_or_default();
+        if pids.len() == n {
+            return pids;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "zygote:{pool} has no {n} standby workers: {z:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_replaced_by_promoting_a_standby_worker() {
+    let rt = Runtime::builder()
+        .python(crate::support::python())
+        .pool(PoolConfig::new("warm").size(2).standby(1))
+        .start()
+        .await
+        .unwrap();
+    let standby = standby_pids(&rt, "warm", 1).await;
+    let workers = forked_in_tree(&rt.tree().await.unwrap(), "warm", 2);
+    assert!(!workers.iter().any(|(p, _)| standby.contains(p)), "a standby worker is in a slot: {workers:?}");
+
+    let killed = rt.kill_worker("warm", 0).unwrap();
+    until_ready(&rt, "warm", 2, &[killed]).await;
+    let pool = rt.pool("warm").unwrap();
+    assert_eq!(pool.pid_of(0), Some(standby[0]), "slot 0 was not given the standby worker");
+    // It took the slot's name, in Python too, and it answers.
+    let opts = PoolCallOptions { pin: Some(0), ..PoolCallOptions::default() };
+    let reply = pool.call("info", json!({}), &opts).await.unwrap();
+    assert_eq!(reply.worker, "worker:warm:0");
+    assert_eq!(reply.value["env"]["DSPEX_WORKER_ID"], json!("worker:warm:0"));
+    // The zygote forks a new standby.
+    let again = standby_pids(&rt, "warm", 1).await;
+    assert_ne!(again, standby);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_without_standby_forks_its_replacements() {
+    let rt = Runtime::builder()
+        .python(crate::support::python())
+        .pool(PoolConfig::new("lean").size(1).standby(0))
+        .start()
+        .await
+        .unwrap();
+    let killed = rt.kill_worker("lean", 0).unwrap();
+    let back = until_ready(&rt, "lean", 1, &[killed]).await;
+    assert!(back[0].1, "the replacement was not forked");
+    let z = rt.tree().await.unwrap().find("zygote:lean").expect("a zygote node").clone();
+    assert_eq!(z.info.extra.get("standby"), Some(&json!([])), "{z:?}");
     rt.shutdown().await.unwrap();
 }
 

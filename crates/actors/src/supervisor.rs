@@ -775,6 +775,10 @@ impl Actor for Supervisor {
 }
 
 fn schedule(myself: &ActorRef<SupervisorMsg>, names: Vec<String>, delay: Duration) {
+    if delay.is_zero() {
+        let _ = myself.cast(SupervisorMsg::Restart { names });
+        return;
+    }
     let me = myself.clone();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;

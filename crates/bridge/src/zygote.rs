@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::process::{self, SpawnSpec};
-use crate::worker::{into_receiver, pump_lines, ExitInfo, OutputTail, WorkerConfig};
+use crate::worker::{into_receiver, pump_lines, ExitInfo, OutputTail, ProcessName, WorkerConfig};
 
 /// How a forked worker ended, as its zygote reported it: exit code or signal.
 pub(crate) type RawExit = (Option<i32>, Option<i32>);
@@ -134,7 +134,7 @@ impl Zygote {
             [(child.stdout.take().map(OwnedFd::from), false), (child.stderr.take().map(OwnedFd::from), true)]
         {
             if let Some(Ok(r)) = out.map(into_receiver) {
-                pump_lines(r, name.clone(), tail.clone(), is_stderr);
+                pump_lines(r, ProcessName::new(&name), tail.clone(), is_stderr);
             }
         }
 

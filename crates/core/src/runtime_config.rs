@@ -165,6 +165,17 @@ pub struct PoolConfig {
     /// at import (the zygote refuses to fork then anyway, and says why).
     #[serde(default = "default_true")]
     pub zygote: bool,
+    /// Idle workers the zygote keeps forked and ready beside the pool's
+    /// `size`: a worker that dies is replaced by promoting one (a rename,
+    /// well under a millisecond) instead of a fork. Each costs a few MiB of
+    /// private memory; 0 turns standby off. Ignored without a zygote and
+    /// for pools with `gpus` (a worker's GPU is fixed when it starts).
+    #[serde(default = "default_standby")]
+    pub standby: usize,
+}
+
+fn default_standby() -> usize {
+    1
 }
 
 fn default_size() -> usize {
@@ -221,6 +232,7 @@ impl PoolConfig {
             intensity: default_worker_intensity(),
             spin_us: default_spin(),
             zygote: true,
+            standby: default_standby(),
         }
     }
 
@@ -241,6 +253,12 @@ impl PoolConfig {
     /// Fork workers from a zygote (the default) or start each cold.
     pub fn zygote(mut self, on: bool) -> PoolConfig {
         self.zygote = on;
+        self
+    }
+
+    /// Keep `n` forked workers on standby (default 1; 0 for none).
+    pub fn standby(mut self, n: usize) -> PoolConfig {
+        self.standby = n;
         self
     }
 

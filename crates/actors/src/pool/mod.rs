@@ -144,6 +144,8 @@ pub(crate) struct PoolShared {
     counters: Counters,
     /// The zygote workers fork from, and its state for the tree.
     zygote_status: zygote::ZygoteCell,
+    /// Forked idle workers that a starting slot promotes instead of forking.
+    standby: zygote::Standby,
 }
 
 /// A handle on a pool: dispatch, stats, resizing. Cheap to clone.
@@ -713,6 +715,7 @@ impl PoolHandle {
                 resize: tokio::sync::Mutex::new(()),
                 counters: Counters::default(),
                 zygote_status: Default::default(),
+                standby: Default::default(),
             }),
         }
     }

@@ -134,8 +134,12 @@ impl Actor for WorkerActor {
         myself: ActorRef<WorkerMsg>,
         state: &mut WorkerState,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        let config = self.worker_config();
-        let worker = Worker::spawn(config).await.map_err(|e| {
+        // A standby worker, when the zygote keeps one, is here already.
+        let (worker, how) = match self.shared.standby.promote(&self.slot.name) {
+            Some(w) => (Ok(w), "standby"),
+            None => (Worker::spawn(self.worker_config()).await, "started"),
+        };
+        let worker = worker.map_err(|e| {
             *self.slot.last_exit.lock() = Some(format!("start failed: {e}"));
             self.shared.telemetry.emit(
                 None,
@@ -165,21 +169,26 @@ impl Actor for WorkerActor {
             self.shared.notify.notify_one();
         }
         let pid = worker.pid();
-        info!(worker = %self.slot.name, pid, "worker ready");
+        info!(worker = %self.slot.name, pid, how, "worker ready");
         self.shared.telemetry.emit(
             None,
             EventKind::Lifecycle {
                 actor: self.slot.name.clone(),
                 what: "started".into(),
-                detail: format!("pid {pid}"),
+                detail: if how == "standby" {
+                    format!("pid {pid}, promoted from standby")
+                } else {
+                    format!("pid {pid}")
+                },
             },
         );
-        // The monitor: a process that ends fails this actor, so the supervisor restarts it.
-        let watch = worker.clone();
-        let me = myself.clone();
+        // The monitor: a worker that stops taking requests fails this actor,
+        // so the supervisor replaces it — as soon as its pipes close, not
+        // after the kernel has torn the process down; the exit status
+        // completes `last_exit` when it is reaped.
+        let (watch, me) = (worker.clone(), myself.clone());
         tokio::spawn(async move {
-            let exit = watch.exited().await;
-            let why = format!("{} ({})", exit.reason, exit.describe());
+            let why = watch.closed().await;
             let _ = me.cast(WorkerMsg::Exited(generation, why));
         });
         let cfg = self.shared.config.read().clone();
@@ -227,6 +236,17 @@ impl Actor for WorkerActor {
                     self.slot.state.store(DOWN, Ordering::Release);
                 }
                 *self.slot.last_exit.lock() = Some(why.clone());
+                if let Some(w) = state.worker.clone() {
+                    let slot = self.slot.clone();
+                    let said = why.clone();
+                    tokio::spawn(async move {
+                        let exit = w.exited().await;
+                        let mut last = slot.last_exit.lock();
+                        if last.as_deref() == Some(said.as_str()) {
+                            *last = Some(format!("{said} ({})", exit.describe()));
+                        }
+                    });
+                }
                 warn!(worker = %self.slot.name, reason = %why, "worker process ended");
                 self.shared.telemetry.emit(
                     None,

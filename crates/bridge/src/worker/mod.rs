@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use dspex_core::{Error, ErrorKind, Result, Value};
 use futures_util::Stream;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -54,7 +54,7 @@ const BROKEN: u8 = 2;
 const EXITED: u8 = 3;
 
 struct Shared {
-    name: String,
+    name: ProcessName,
     pid: u32,
     pgid: i32,
     hello: Hello,
@@ -72,6 +72,9 @@ struct Shared {
     /// Why the worker stopped being ready (set once).
     failure: Mutex<Option<Error>>,
     exit: watch::Sender<Option<ExitInfo>>,
+    /// Set (to why) when the worker stops taking requests: its output
+    /// closed, the protocol broke, it was killed — before the exit is reaped.
+    closed: watch::Sender<Option<String>>,
     stderr_tail: OutputTail,
     completed: AtomicU64,
     registry: Option<Arc<RunRegistry>>,
@@ -89,7 +92,7 @@ impl Shared {
     }
 
     fn worker_error(&self, kind: ErrorKind, msg: impl Into<String>) -> Error {
-        Error::new(kind, msg).with_worker(self.name.clone())
+        Error::new(kind, msg).with_worker(self.name.to_string())
     }
 
     /// Stop accepting requests and fail every pending one with `err`.
@@ -101,6 +104,9 @@ impl Shared {
             }
         }
         self.state.store(state, Ordering::SeqCst);
+        if self.closed.borrow().is_none() {
+            self.closed.send_replace(Some(err.message().to_string()));
+        }
         let drained: Vec<Slot> = self.pending.lock().drain().map(|(_, s)| s).collect();
         for slot in drained {
             match slot {
@@ -166,7 +172,10 @@ impl Drop for Handle {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("name", &self.inner.shared.name).field("pid", &self.inner.shared.pid).finish()
+        f.debug_struct("Worker")
+            .field("name", &self.inner.shared.name.get())
+            .field("pid", &self.inner.shared.pid)
+            .finish()
     }
 }
 
@@ -199,6 +208,31 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R, max_frame: usize
     Ok(Some(body))
 }
 
+/// A process's name as its log lines and errors show it; shared with the
+/// output pumps, so a renamed worker's later lines carry the new name.
+#[derive(Clone)]
+pub(crate) struct ProcessName(Arc<RwLock<Arc<str>>>);
+
+impl ProcessName {
+    pub(crate) fn new(name: &str) -> ProcessName {
+        ProcessName(Arc::new(RwLock::new(Arc::from(name))))
+    }
+
+    pub(crate) fn get(&self) -> Arc<str> {
+        self.0.read().clone()
+    }
+
+    fn set(&self, name: &str) {
+        *self.0.write() = Arc::from(name);
+    }
+}
+
+impl std::fmt::Display for ProcessName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.get())
+    }
+}
+
 /// The last lines a process wrote to stderr, for error messages.
 pub(crate) type OutputTail = Arc<Mutex<VecDeque<String>>>;
 
@@ -208,14 +242,15 @@ pub(crate) type OutputTail = Arc<Mutex<VecDeque<String>>>;
 /// Workers and zygotes both.
 pub(crate) fn pump_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     reader: R,
-    name: String,
+    name: ProcessName,
     tail: OutputTail,
     is_stderr: bool,
 ) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let worker = name.as_str();
+            let name = name.get();
+            let worker = &*name;
             if is_stderr {
                 {
                     let mut t = tail.lock();
@@ -341,6 +376,21 @@ impl Worker {
     /// forked from the config's zygote when it has one, else (or when the
     /// zygote refuses or fails) a cold start.
     pub async fn spawn(config: WorkerConfig) -> Result<Worker> {
+        Worker::start(config, true).await
+    }
+
+    /// Fork a worker from the config's zygote, never cold: for standby
+    /// workers, which are only worth keeping if they cost a fork. Fails with
+    /// `WorkerCrashed` without a zygote or when it refuses or fails.
+    pub async fn fork(config: WorkerConfig) -> Result<Worker> {
+        if config.zygote.is_none() {
+            return Err(Error::new(ErrorKind::Config, format!("worker {} has no zygote to fork from", config.name))
+                .with_worker(config.name.clone()));
+        }
+        Worker::start(config, false).await
+    }
+
+    async fn start(config: WorkerConfig, cold_fallback: bool) -> Result<Worker> {
         let started = Instant::now();
         let launched = match &config.zygote {
             Some(z) => match z.fork(&config).await {
@@ -354,6 +404,7 @@ impl Worker {
                     process: Process::Forked(f.exit),
                     forked: true,
                 },
+                Err(e) if !cold_fallback => return Err(e),
                 Err(e) => {
                     warn!(worker = %config.name, zygote = %z.name(), error = %e, "fork failed; starting the worker cold");
                     launch_cold(&config).await?
@@ -419,8 +470,9 @@ impl Worker {
         }
         info!(worker = %config.name, pid, forked, ready_ms = started.elapsed().as_millis() as u64, dspy = ?hello.dspy, "worker ready");
         let (exit_tx, _) = watch::channel(None);
+        let (closed_tx, _) = watch::channel(None);
         let shared = Arc::new(Shared {
-            name: config.name.clone(),
+            name: ProcessName::new(&config.name),
             pid,
             pgid,
             hello,
@@ -436,6 +488,7 @@ impl Worker {
             state: AtomicU8::new(READY),
             failure: Mutex::new(None),
             exit: exit_tx,
+            closed: closed_tx,
             stderr_tail: OutputTail::default(),
             completed: AtomicU64::new(0),
             registry: config.registry.clone(),
@@ -459,9 +512,22 @@ impl Worker {
         &self.inner.shared
     }
 
-    /// The worker's name.
-    pub fn name(&self) -> &str {
-        &self.shared().name
+    /// The worker's name (what logs and errors call it).
+    pub fn name(&self) -> String {
+        self.shared().name.get().to_string()
+    }
+
+    /// Give the worker a new name — a standby worker taking a pool slot's
+    /// place. Errors and the runtime's logs use it at once; the returned
+    /// future tells Python (whose own log lines take it from then on) and
+    /// fails if the worker does not answer within `timeout`.
+    pub fn rename(&self, name: &str, timeout: Duration) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.shared().name.set(name);
+        let (worker, name) = (self.clone(), name.to_string());
+        async move {
+            let opts = CallOptions { deadline: Some(Instant::now() + timeout), ..CallOptions::default() };
+            worker.call("identify", serde_json::json!({ "name": name }), &opts).await.map(drop)
+        }
     }
 
     /// The worker's process id.
@@ -703,6 +769,23 @@ impl Worker {
         }
     }
 
+    /// Wait until the worker stops taking requests (its output closed, the
+    /// protocol broke, it was stopped or killed) and say why. This comes
+    /// before [`Worker::exited`] — a killed process closes its pipes before
+    /// the kernel has torn it down and it can be reaped — so a supervisor
+    /// replaces it sooner.
+    pub async fn closed(&self) -> String {
+        let mut rx = self.shared().closed.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return "the worker's monitor ended".into();
+            }
+        }
+    }
+
     /// Wait until the process has exited and been reaped.
     pub async fn exited(&self) -> ExitInfo {
         let mut rx = self.shared().exit.subscribe();
@@ -804,7 +887,7 @@ async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, p
                     let slot = shared.pending.lock().remove(&id);
                     shared.completed.fetch_add(1, Ordering::Relaxed);
                     let result = match error {
-                        Some(e) => Err(e.into_error().with_worker(shared.name.clone())),
+                        Some(e) => Err(e.into_error().with_worker(shared.name.to_string())),
                         None => Ok(ok.unwrap_or(Value::Null)),
                     };
                     match slot {

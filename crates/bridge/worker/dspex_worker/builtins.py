@@ -27,6 +27,15 @@ def commands(ctx):
     return registry.names()
 
 
+@command("identify", inline=True)
+def identify(ctx, name: str):
+    """Take a new worker name (a standby worker adopted by a pool slot)."""
+    from .server import set_identity
+
+    set_identity(str(name))
+    return {"name": name}
+
+
 @command("info")
 def info(ctx):
     """Process facts: pid, process group, limits, thread caps, selected environment."""

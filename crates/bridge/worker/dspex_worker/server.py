@@ -53,6 +53,12 @@ def _setup_logging(worker_id: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def set_identity(worker_id: str) -> None:
+    """Log under `worker_id` from now on (and report it to user code)."""
+    os.environ["DSPEX_WORKER_ID"] = worker_id
+    _setup_logging(worker_id)
+
+
 def classify(exc: BaseException) -> dict:
     """The wire form of an exception: type, kind, message, traceback, retryable."""
     kind, retryable = "python", False

@@ -251,6 +251,24 @@ def test_info_reports_limits_and_caps(worker):
     assert "OMP_NUM_THREADS" in info["env"]
 
 
+def test_identify_renames_the_worker_in_its_log_lines(worker, monkeypatch):
+    import logging
+
+    monkeypatch.setenv("DSPEX_WORKER_ID", "standby:p:1")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        resp, _ = worker.call("identify", {"name": "worker:p:0"})
+        assert resp["ok"] == {"name": "worker:p:0"}
+        assert os.environ["DSPEX_WORKER_ID"] == "worker:p:0"
+        record = logging.LogRecord("dspy", logging.WARNING, __file__, 1, "hello", None, None)
+        record.request_id = "-"
+        assert root.handlers[0].format(record) == "WARNING worker:p:0 req=- dspy: hello"
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
 def _package_doc_example() -> str:
     """The example of ``on_loop`` in the package's docstring, as code."""
     import dspex_worker
