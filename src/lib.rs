@@ -39,8 +39,8 @@ pub use dspex_actors::{
     StepSpec,
 };
 pub use dspex_core::{
-    CacheConfig, Event, EventKind, IntensityConfig, PoolConfig, PythonConfig, Route, RoutePreference, RouterConfig,
-    RuntimeConfig, SessionConfig,
+    CacheConfig, ClusterConfig, Event, EventKind, IntensityConfig, NodeStatus, PoolConfig, PoolStatus, PythonConfig,
+    Route, RoutePreference, RouterConfig, RuntimeConfig, SessionConfig,
 };
 
 /// The native engine (`dspex-native`).
@@ -53,6 +53,11 @@ pub use dspex_actors as actors;
 /// The Python bridge (`dspex-bridge`): one worker process, environments.
 pub use dspex_bridge as bridge;
 
+/// Scale out on NATS JetStream (`dspex-cluster`, the `cluster` feature):
+/// [`cluster::ClusterNode::join`] puts a running runtime into a cluster.
+#[cfg(feature = "cluster")]
+pub use dspex_cluster as cluster;
+
 // The README's and the guides' code blocks are compiled and run as doctests:
 // an example in the docs that does not run is a bug.
 #[cfg(doctest)]
@@ -62,3 +67,7 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/getting-started.md")]
 pub struct GettingStartedDoctests;
+
+#[cfg(all(doctest, feature = "cluster"))]
+#[doc = include_str!("../docs/cluster.md")]
+pub struct ClusterDoctests;

@@ -139,6 +139,39 @@ fn render(cmd: &str, v: &Value) -> String {
             &["name", "size", "ready", "in_flight", "queued", "requests", "failed", "overloaded", "retried"],
         ),
         "workers" => table(&rows, &["name", "state", "pid", "in_flight", "served"]),
+        "nodes" => {
+            let flat: Vec<Value> = rows
+                .iter()
+                .map(|n| {
+                    let pools: Vec<String> = n["pools"]
+                        .as_array()
+                        .map(|ps| {
+                            ps.iter()
+                                .map(|p| {
+                                    let offered =
+                                        if p["offered"].as_bool() == Some(true) { "" } else { " (local only)" };
+                                    format!(
+                                        "{} {}/{}{offered}",
+                                        p["name"].as_str().unwrap_or("?"),
+                                        p["ready"],
+                                        p["size"]
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let mut row = n.clone();
+                    row["pools"] = Value::String(if pools.is_empty() { "-".into() } else { pools.join(", ") });
+                    row["node"] = Value::String(format!(
+                        "{}{}",
+                        n["node"].as_str().unwrap_or("?"),
+                        if n["local"].as_bool() == Some(true) { " (this node)" } else { "" }
+                    ));
+                    row
+                })
+                .collect();
+            table(&flat, &["node", "pools", "remote_in_flight", "accepting", "age_ms", "version"])
+        }
         "sessions" => table(&rows, &["id", "programs", "turns", "requests", "worker", "rebuilds", "idle_ms"]),
         "pipelines" => table(&rows, &["run_id", "pipeline", "session", "running_ms"]),
         "help" => {

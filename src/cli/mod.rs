@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and dispatch.
 
+mod cluster;
 mod common;
 mod console;
 mod demo;
@@ -101,6 +102,37 @@ enum Command {
         /// LM settings.
         #[command(flatten)]
         lm: common::LmFlags,
+        /// Cluster settings (Cargo feature `cluster`).
+        #[command(flatten)]
+        cluster: cluster::ClusterFlags,
+    },
+    /// Run one worker command on a pool — here, or on a node of the cluster —
+    /// and print its result and `Meta` as JSON.
+    Call {
+        /// The pool.
+        pool: String,
+        /// The command (e.g. `noop`, `echo`, `dspy.run`).
+        command: String,
+        /// Its arguments, a JSON object.
+        args: Option<String>,
+        /// Runtime settings (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run it on this cluster node.
+        #[arg(long)]
+        on_node: Option<String>,
+        /// Safe to run twice: retried on another worker or node if its own is lost.
+        #[arg(long)]
+        idempotent: bool,
+        /// Deadline in seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// LM settings.
+        #[command(flatten)]
+        lm: common::LmFlags,
+        /// Cluster settings (Cargo feature `cluster`).
+        #[command(flatten)]
+        cluster: cluster::ClusterFlags,
     },
     /// The debug console: a REPL onto a running runtime, or one command with --once.
     Console {
@@ -197,9 +229,24 @@ pub fn main() -> i32 {
             }
             return i32::from(missing);
         }
-        Command::Serve { config, console_socket, console_tcp, token, metrics, lm } => {
+        Command::Call { pool, command, args, config, on_node, idempotent, timeout, lm, cluster } => {
+            common::init_tracing("warn");
+            block_on(serve::call(serve::CallArgs {
+                pool,
+                command,
+                args,
+                config,
+                on_node,
+                idempotent,
+                timeout,
+                lm,
+                cluster,
+            }))
+        }
+        Command::Serve { config, console_socket, console_tcp, token, metrics, lm, cluster } => {
             common::init_tracing("info");
-            let opts = serve::ServeOptions { config, socket: console_socket, tcp: console_tcp, token, metrics, lm };
+            let opts =
+                serve::ServeOptions { config, socket: console_socket, tcp: console_tcp, token, metrics, lm, cluster };
             return match block_on(async { serve::serve(opts).await.map(|()| Value::Null) }) {
                 Ok(_) => 0,
                 Err(e) => {

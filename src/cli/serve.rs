@@ -7,18 +7,63 @@ use std::path::{Path, PathBuf};
 use dspex::actors::console::{default_socket, token_file, ConsoleEndpoint};
 use dspex::{Error, ErrorKind, LmSettings, Map, PoolConfig, Result, Runtime, RuntimeBuilder, RuntimeConfig, Value};
 
+use super::cluster::{self, ClusterFlags, Joined};
 use super::common::{describe, lm_setup, settle, LmFlags, LmSetup};
 
-/// The runtime for `serve` and `run`: the file's settings, or a `general`
-/// pool of `default_size` workers; its LM, or the environment's, or the
-/// offline one.
-async fn build(config: Option<&Path>, default_size: usize, lm: LmFlags) -> Result<(Runtime, Option<LmSetup>)> {
+/// A runtime built for a command, its offline LM (kept alive), and its
+/// cluster membership.
+pub struct Built {
+    pub rt: Runtime,
+    _lm: Option<LmSetup>,
+    pub joined: Option<Joined>,
+}
+
+impl Built {
+    /// Leave the cluster (after up to 5 s of remote work), then stop.
+    pub async fn shutdown(self) -> Result<()> {
+        cluster::leave(self.joined, std::time::Duration::from_secs(5)).await;
+        self.rt.shutdown().await
+    }
+}
+
+/// The runtime for `serve`, `run` and `call`: the file's settings, or a
+/// `general` pool of `default_size` workers (none with `default_pool =
+/// false`: a client-only node); its LM, or the environment's, or the
+/// offline one; in the cluster the file or the flags name.
+async fn build(config: Option<&Path>, default_size: usize, lm: LmFlags, flags: &ClusterFlags) -> Result<Built> {
+    build_with(config, default_size, lm, flags, Local::Default).await
+}
+
+/// Whether a file without `[[pools]]` gets the default pool.
+#[derive(PartialEq)]
+enum Local {
+    /// Yes (unless `default_pool = false`).
+    Default,
+    /// Not in a cluster: other nodes run the Python.
+    NoneInCluster,
+}
+
+async fn build_with(
+    config: Option<&Path>,
+    default_size: usize,
+    lm: LmFlags,
+    flags: &ClusterFlags,
+    local: Local,
+) -> Result<Built> {
     let settings = lm.settings()?;
     let mut cfg = match config {
         Some(path) => RuntimeConfig::from_toml_file(path)?,
         None => RuntimeConfig::default(),
     };
-    if cfg.pools.is_empty() {
+    let cluster_config = flags.settle(cfg.cluster.take());
+    if let Some(c) = &cluster_config {
+        cluster::available()?;
+        c.check()?;
+    }
+    if cluster_config.is_some() && local == Local::NoneInCluster && cfg.pools.is_empty() {
+        cfg.default_pool = false;
+    }
+    if cfg.pools.is_empty() && cfg.default_pool {
         cfg.pools.push(PoolConfig::preset("general").unwrap_or_else(|| PoolConfig::new("general")).size(default_size));
     }
     // A key kept out of the file comes from the environment.
@@ -42,7 +87,14 @@ async fn build(config: Option<&Path>, default_size: usize, lm: LmFlags) -> Resul
         }
     };
     let rt = RuntimeBuilder::from_config(cfg).on_progress(|m| eprintln!("  … {m}")).start().await?;
-    Ok((rt, setup))
+    let joined = match cluster::join(&rt, cluster_config).await {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = rt.shutdown().await;
+            return Err(e);
+        }
+    };
+    Ok(Built { rt, _lm: setup, joined })
 }
 
 /// What `dspex serve` was asked for.
@@ -59,11 +111,13 @@ pub struct ServeOptions {
     pub metrics: Option<String>,
     /// LM settings from flags.
     pub lm: LmFlags,
+    /// Cluster settings from flags.
+    pub cluster: ClusterFlags,
 }
 
 /// `dspex serve`: run until SIGTERM or SIGINT.
 pub async fn serve(opts: ServeOptions) -> Result<()> {
-    let ServeOptions { config, socket, tcp, token, metrics, lm } = opts;
+    let ServeOptions { config, socket, tcp, token, metrics, lm, cluster } = opts;
     // The recorder goes in before the runtime emits anything.
     let metrics_at = match metrics {
         #[cfg(feature = "prometheus")]
@@ -91,7 +145,8 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot watch SIGTERM: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot watch SIGINT: {e}")))?;
-    let (rt, _lm) = build(config.as_deref(), 2, lm).await?;
+    let built = build(config.as_deref(), 2, lm, &cluster).await?;
+    let rt = &built.rt;
     let (bound, _token) = rt.serve_console(endpoint).await?;
     let at = match &bound {
         ConsoleEndpoint::Unix(p) => format!("{} (token in {})", p.display(), token_file(p).display()),
@@ -99,7 +154,9 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     };
     let pools: Vec<String> = rt.pool_stats().iter().map(|p| format!("{} ({} workers)", p.name, p.size)).collect();
     let metrics_note = metrics_at.map(|a| format!(" — metrics at http://{a}/metrics")).unwrap_or_default();
-    println!("dspex serve: ready — pools {} — console at {at}{metrics_note}", pools.join(", "));
+    let node_note = rt.node_name().map(|n| format!(" — cluster node {n}")).unwrap_or_default();
+    let pools = if pools.is_empty() { "none (client-only)".to_string() } else { pools.join(", ") };
+    println!("dspex serve: ready — pools {pools} — console at {at}{metrics_note}{node_note}");
     let _ = std::io::stdout().flush();
     let why = tokio::select! {
         _ = term.recv() => "SIGTERM",
@@ -107,7 +164,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     };
     eprintln!("dspex serve: {why}; stopping");
     let uptime = rt.uptime();
-    rt.shutdown().await?;
+    built.shutdown().await?;
     eprintln!("dspex serve: stopped after {:.1}s", uptime.as_secs_f64());
     Ok(())
 }
@@ -138,9 +195,54 @@ pub fn inputs(pairs: &[String], file: Option<&Path>) -> Result<Map> {
 /// `dspex run PIPELINE`: the result as JSON.
 pub async fn run(pipeline: &Path, inputs: Map, config: Option<PathBuf>, lm: LmFlags) -> Result<Value> {
     let p = dspex::Pipeline::from_file(pipeline)?;
-    let (rt, _lm) = build(config.as_deref(), 1, lm).await?;
-    let result = rt.run_pipeline(&p, inputs).await;
-    rt.shutdown().await?;
+    let built = build(config.as_deref(), 1, lm, &ClusterFlags::default()).await?;
+    let result = built.rt.run_pipeline(&p, inputs).await;
+    built.shutdown().await?;
     let result = result?;
     serde_json::to_value(&result).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// What `dspex call` was asked for.
+pub struct CallArgs {
+    /// Pool and command.
+    pub pool: String,
+    pub command: String,
+    /// Arguments (a JSON object).
+    pub args: Option<String>,
+    /// Runtime settings file.
+    pub config: Option<PathBuf>,
+    /// Run on this cluster node.
+    pub on_node: Option<String>,
+    /// Safe to run twice (retried on another worker or node if its own is lost).
+    pub idempotent: bool,
+    /// Deadline in seconds.
+    pub timeout: Option<f64>,
+    pub lm: LmFlags,
+    pub cluster: ClusterFlags,
+}
+
+/// `dspex call POOL COMMAND [ARGS]`: one request through a local or cluster
+/// runtime; the result and its `Meta` as JSON. In a cluster, with no
+/// `[[pools]]` in the file, the runtime is a client-only node: no Python here.
+pub async fn call(a: CallArgs) -> Result<Value> {
+    let args = match a.args.as_deref() {
+        None => Value::Object(Map::new()),
+        Some(text) => match serde_json::from_str(text) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => return Err(Error::invalid_request("ARGS must be a JSON object")),
+            Err(e) => return Err(Error::invalid_request(format!("ARGS is not JSON: {e}"))),
+        },
+    };
+    let built = build_with(a.config.as_deref(), 1, a.lm, &a.cluster, Local::NoneInCluster).await?;
+    let mut opts = dspex::RequestOptions::default().idempotent(a.idempotent);
+    if let Some(t) = a.timeout {
+        opts = opts.timeout(std::time::Duration::from_secs_f64(t.max(0.001)));
+    }
+    if let Some(n) = a.on_node {
+        opts = opts.on_node(n);
+    }
+    let out = built.rt.call(&a.pool, &a.command, args, opts).await;
+    built.shutdown().await?;
+    let out = out?;
+    Ok(serde_json::json!({"value": out.value, "meta": out.meta}))
 }

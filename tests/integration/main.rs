@@ -3,12 +3,16 @@
 mod bridge;
 mod chaos;
 mod cli;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod console;
 mod docs;
 mod dspy_parity;
 mod lm_client;
 mod lm_settings;
 mod native_only;
+#[cfg(feature = "cluster")]
+mod nats;
 mod operations;
 mod parity;
 mod pipelines;

@@ -58,6 +58,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("tree", "the live supervision tree: names, status, restarts, uptime, pids, in-flight, queue depth"),
     ("pools", "every pool: size, ready, in flight, queued, requests, failures"),
     ("workers POOL", "the workers of a pool"),
+    ("nodes", "the cluster's live nodes: pools, remote load, whether they take work (empty outside a cluster)"),
     ("sessions", "every session"),
     ("session ID", "one session's state: programs, history, variables"),
     ("pipelines", "pipeline runs in progress"),
@@ -385,6 +386,7 @@ pub async fn command(rt: &Runtime, cmd: &str, args: &[String]) -> Result<Value> 
             let pool = arg(args, 0, "POOL", cmd)?;
             to_value(&rt.pool(pool)?.stats().workers)
         }
+        "nodes" => to_value(&rt.nodes()),
         "sessions" => to_value(&rt.sessions().list()),
         "session" => {
             let id = arg(args, 0, "ID", cmd)?;

@@ -16,7 +16,7 @@
 //! bridge.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dspex_bridge::commands::{self, RunArgs, RunReply, StreamChunk};
@@ -29,8 +29,9 @@ use futures_util::StreamExt;
 use tracing::warn;
 
 use crate::cache::{is_deterministic, CacheKey, ResultCache};
+use crate::cluster::Cluster;
 use crate::lms::Lms;
-use crate::pool::{PoolCallOptions, PoolHandle};
+use crate::pool::{PoolCallOptions, PoolHandle, PoolReply};
 use crate::program::Program;
 use crate::request::{CallOutput, Meta, Output, OutputStream, Ran, Request, RequestContext, StreamEvent};
 use crate::router::{Plan, RouteRequest, Router};
@@ -54,6 +55,8 @@ struct Shared {
     cache: Option<ResultCache<Output>>,
     lms: Lms,
     request_timeout: Duration,
+    /// The cluster, once one is attached.
+    cluster: OnceLock<Arc<dyn Cluster>>,
 }
 
 /// Executes plans for every caller. Cheap to clone.
@@ -77,7 +80,61 @@ impl Dispatcher {
         lms: Lms,
         request_timeout: Duration,
     ) -> Dispatcher {
-        Dispatcher { shared: Arc::new(Shared { router, pools, telemetry, cache, lms, request_timeout }) }
+        Dispatcher {
+            shared: Arc::new(Shared {
+                router,
+                pools,
+                telemetry,
+                cache,
+                lms,
+                request_timeout,
+                cluster: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Attach a cluster (once).
+    pub(crate) fn attach_cluster(&self, cluster: Arc<dyn Cluster>) -> Result<()> {
+        self.shared
+            .cluster
+            .set(cluster)
+            .map_err(|_| Error::new(ErrorKind::Config, "this runtime has joined a cluster already"))
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
+        self.shared.cluster.get()
+    }
+
+    /// Run a pool call where it belongs — the one placement decision between
+    /// the local pool and the cluster (see [`crate::cluster`]).
+    pub(crate) async fn pool_call(
+        &self,
+        pool: &str,
+        op: &str,
+        args: Value,
+        opts: &PoolCallOptions,
+    ) -> Result<PoolReply> {
+        let local = self.shared.pools.iter().find(|p| p.name() == pool);
+        let Some(cluster) = self.shared.cluster.get() else {
+            return self.pool(pool)?.call(op, args, opts).await;
+        };
+        let here = cluster.node();
+        let remote = match (opts.node.as_deref(), local) {
+            (Some(n), Some(_)) if n == here => false,
+            (Some(_), _) => true,
+            (None, None) => true,
+            (None, Some(l)) => {
+                cluster.serves(pool, None)
+                    && (opts.prefer_remote || l.stats().queued >= cluster.spill_queue() || l.ready() == 0)
+            }
+        };
+        if remote {
+            return cluster.call(pool, op, args, opts).await;
+        }
+        let handle = local.cloned().map_or_else(|| self.pool(pool), Ok)?;
+        let mut reply = handle.call(op, args, opts).await.map_err(|e| e.with_node(here))?;
+        reply.node = Some(here.to_string());
+        Ok(reply)
     }
 
     pub(crate) fn router(&self) -> &Arc<Router> {
@@ -319,8 +376,8 @@ impl Dispatcher {
     }
 
     async fn run_pool(&self, req: &Request, pool: &str) -> Result<Output> {
-        let handle = self.pool(pool)?;
-        let reply = handle.call(commands::RUN, self.run_args(req), &PoolCallOptions::for_request(&req.ctx)).await?;
+        let reply =
+            self.pool_call(pool, commands::RUN, self.run_args(req), &PoolCallOptions::for_request(&req.ctx)).await?;
         let (value, ran) = reply.into_parts();
         python_output(&req.ctx, Route::Python(pool.to_string()), value, ran)
     }
@@ -405,8 +462,7 @@ impl Dispatcher {
     ) -> Result<CallOutput> {
         let attempt = async {
             let plan = self.shared.router.plan_command(command, pool)?;
-            let handle = self.pool(pool)?;
-            let reply = handle.call(command, args, &PoolCallOptions::for_request(ctx)).await;
+            let reply = self.pool_call(pool, command, args, &PoolCallOptions::for_request(ctx)).await;
             self.shared.router.record(plan.primary(), reply.as_ref().map(|_| ()));
             let (value, mut ran) = reply?.into_parts();
             ran.reason = plan.reason.into_owned();

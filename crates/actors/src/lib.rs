@@ -15,6 +15,7 @@
 
 pub mod blocking;
 pub mod cache;
+pub mod cluster;
 pub mod console;
 mod dispatch;
 mod lms;
@@ -29,6 +30,7 @@ pub mod supervisor;
 pub mod telemetry;
 
 pub use blocking::BlockingRuntime;
+pub use cluster::Cluster;
 pub use console::{ConsoleEndpoint, ConsoleServer};
 pub use dispatch::ProgressFn;
 pub use lms::python_lm_spec;

@@ -43,6 +43,11 @@ pub struct RequestOptions {
     pub config: Map,
     /// Session the request belongs to (set by session actors).
     pub session: Option<String>,
+    /// Run Python work on this cluster node (by name) and nowhere else.
+    pub node: Option<String>,
+    /// Send Python work to another node of the cluster even when a local
+    /// pool could take it.
+    pub prefer_remote: bool,
 }
 
 impl Default for RequestOptions {
@@ -58,6 +63,8 @@ impl Default for RequestOptions {
             shadow: None,
             config: Map::new(),
             session: None,
+            node: None,
+            prefer_remote: false,
         }
     }
 }
@@ -112,6 +119,18 @@ impl RequestOptions {
     /// Force shadowing on or off.
     pub fn shadow(mut self, on: bool) -> RequestOptions {
         self.shadow = Some(on);
+        self
+    }
+
+    /// Run Python work on cluster node `node` only.
+    pub fn on_node(mut self, node: impl Into<String>) -> RequestOptions {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Prefer another cluster node for Python work.
+    pub fn prefer_remote(mut self) -> RequestOptions {
+        self.prefer_remote = true;
         self
     }
 
@@ -190,6 +209,7 @@ impl RequestContext {
         Meta {
             route,
             pool,
+            node: ran.node,
             worker,
             pid,
             timings: Timings {
@@ -214,6 +234,8 @@ impl RequestContext {
 pub struct Ran {
     /// The worker and its process id (Python routes).
     pub worker: Option<(String, u32)>,
+    /// The cluster node it ran on (in a cluster).
+    pub node: Option<String>,
     /// Time spent waiting for a worker.
     pub queue: Duration,
     /// From sending the work to its answer.
@@ -261,6 +283,8 @@ pub struct Meta {
     pub route: Route,
     /// Pool, for Python routes.
     pub pool: Option<String>,
+    /// The cluster node that ran it (a runtime in a cluster; `None` otherwise).
+    pub node: Option<String>,
     /// Worker, for Python routes.
     pub worker: Option<String>,
     /// Worker process id.

@@ -111,6 +111,9 @@ impl fmt::Display for ErrorKind {
 /// know as the error travels up.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorContext {
+    /// Cluster node, e.g. `node-b`, when the failure happened on another machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Pool name, e.g. `general`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
@@ -133,7 +136,8 @@ pub struct ErrorContext {
 
 impl ErrorContext {
     fn is_empty(&self) -> bool {
-        self.pool.is_none()
+        self.node.is_none()
+            && self.pool.is_none()
             && self.worker.is_none()
             && self.session.is_none()
             && self.step.is_none()
@@ -264,6 +268,12 @@ impl Error {
         self
     }
 
+    /// Set the cluster node, unless already set.
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.inner.context.node.get_or_insert_with(|| node.into());
+        self
+    }
+
     /// Set the worker, unless already set.
     pub fn with_worker(mut self, worker: impl Into<String>) -> Self {
         self.inner.context.worker.get_or_insert_with(|| worker.into());
@@ -300,6 +310,7 @@ impl fmt::Display for Error {
         write!(f, "{}: {}", self.inner.kind, self.inner.message)?;
         let c = &self.inner.context;
         let parts = [
+            ("node", &c.node),
             ("pool", &c.pool),
             ("worker", &c.worker),
             ("session", &c.session),

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod example;
@@ -18,6 +19,7 @@ pub mod runtime_config;
 pub mod signature;
 pub mod telemetry;
 
+pub use cluster::{ClusterConfig, NodeStatus, PoolStatus};
 pub use config::{LmConfig, LmSettings, Secret};
 pub use error::{Error, ErrorContext, ErrorKind, Result};
 pub use example::{Example, Map, Prediction, Usage};

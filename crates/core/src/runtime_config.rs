@@ -456,6 +456,9 @@ pub struct RuntimeConfig {
     /// Deadline of a request that sets none, in milliseconds (every request has one).
     #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: u64,
+    /// Join a cluster of nodes over NATS (needs the `cluster` feature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::ClusterConfig>,
 }
 
 fn default_request_timeout() -> u64 {
@@ -475,6 +478,7 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             pools_intensity: None,
             request_timeout_ms: default_request_timeout(),
+            cluster: None,
         }
     }
 }

@@ -175,6 +175,10 @@ pub struct PoolCallOptions {
     pub codec: Option<Codec>,
     /// Run on this worker (by index) and nowhere else.
     pub pin: Option<usize>,
+    /// Run on this cluster node only.
+    pub node: Option<String>,
+    /// Prefer another cluster node.
+    pub prefer_remote: bool,
 }
 
 impl PoolCallOptions {
@@ -188,6 +192,8 @@ impl PoolCallOptions {
             idempotent: ctx.idempotent,
             codec: None,
             pin: None,
+            node: ctx.options.node.clone(),
+            prefer_remote: ctx.options.prefer_remote,
         }
     }
 }
@@ -209,6 +215,8 @@ pub struct PoolReply {
     pub elapsed: Duration,
     /// Whether it was retried after its first worker died.
     pub retried: bool,
+    /// The cluster node it ran on (in a cluster).
+    pub node: Option<String>,
 }
 
 impl PoolReply {
@@ -216,6 +224,7 @@ impl PoolReply {
     pub fn into_parts(self) -> (Value, Ran) {
         let ran = Ran {
             worker: Some((self.worker, self.pid)),
+            node: self.node,
             queue: self.queue,
             elapsed: self.elapsed,
             retried: self.retried,
@@ -474,6 +483,7 @@ impl PoolHandle {
                         queue,
                         elapsed,
                         retried,
+                        node: None,
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::WorkerCrashed && retry_args.is_some() => {

@@ -207,6 +207,23 @@ impl Runtime {
         self.inner.dispatcher.pool(name)
     }
 
+    /// Join a cluster: from now on pool calls may run on other nodes (see
+    /// [`crate::cluster`]). Called by a cluster implementation once it has
+    /// connected; a runtime joins at most one cluster.
+    pub fn attach_cluster(&self, cluster: Arc<dyn crate::Cluster>) -> Result<()> {
+        self.inner.dispatcher.attach_cluster(cluster)
+    }
+
+    /// The cluster's live nodes, this one included (empty outside a cluster).
+    pub fn nodes(&self) -> Vec<dspex_core::NodeStatus> {
+        self.inner.dispatcher.cluster().map(|c| c.nodes()).unwrap_or_default()
+    }
+
+    /// This node's name in its cluster.
+    pub fn node_name(&self) -> Option<String> {
+        self.inner.dispatcher.cluster().map(|c| c.node().to_string())
+    }
+
     /// Figures about every pool.
     pub fn pool_stats(&self) -> Vec<PoolStats> {
         self.inner.dispatcher.pools().iter().map(|p| p.stats()).collect()

@@ -1,0 +1,123 @@
+//! Membership: who is in the cluster, what they offer, how loaded they are.
+//!
+//! Each node puts its [`NodeStatus`] into the bucket every third of the
+//! lease; the bucket's `max_age` is the lease, so the entry of a node that
+//! stopped refreshing ages out. Every node watches the bucket and keeps the
+//! latest entry of each peer with the time it arrived: a peer not heard of
+//! for a lease is gone, whether or not its entry has aged out yet (a watch
+//! does not announce age-outs).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{self, Operation};
+use dashmap::DashMap;
+use dspex_core::{Error, ErrorKind, NodeStatus, Result};
+use futures_util::StreamExt;
+use tracing::{debug, info, warn};
+
+/// The peers this node has heard of, and when.
+#[derive(Debug, Default)]
+pub(crate) struct Members {
+    peers: DashMap<String, (NodeStatus, Instant)>,
+}
+
+impl Members {
+    /// Live peers (heard of within `lease`), with their entries' ages.
+    pub(crate) fn live(&self, lease: Duration) -> Vec<NodeStatus> {
+        let mut out: Vec<NodeStatus> = self
+            .peers
+            .iter()
+            .filter(|e| e.value().1.elapsed() < lease)
+            .map(|e| {
+                let (status, seen) = e.value();
+                NodeStatus { age_ms: seen.elapsed().as_millis() as u64, local: false, ..status.clone() }
+            })
+            .collect();
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
+    }
+
+    /// Whether a live peer (`node`, or any) offers `pool` and takes work.
+    pub(crate) fn offers(&self, pool: &str, node: Option<&str>, lease: Duration) -> bool {
+        self.peers.iter().any(|e| {
+            let (status, seen) = e.value();
+            seen.elapsed() < lease
+                && status.accepting
+                && node.is_none_or(|n| n == status.node)
+                && status.pools.iter().any(|p| p.name == pool && p.offered)
+        })
+    }
+
+    fn update(&self, key: &str, entry: Option<NodeStatus>) {
+        match entry {
+            Some(status) => {
+                if self.peers.insert(key.to_string(), (status, Instant::now())).is_none() {
+                    info!(node = key, "cluster node joined");
+                }
+            }
+            None => {
+                if self.peers.remove(key).is_some() {
+                    info!(node = key, "cluster node left");
+                }
+            }
+        }
+    }
+}
+
+/// Open (or create) the membership bucket.
+pub(crate) async fn bucket(js: &async_nats::jetstream::Context, name: &str, lease: Duration) -> Result<kv::Store> {
+    let config = kv::Config {
+        bucket: name.to_string(),
+        description: "dspex cluster membership".into(),
+        history: 1,
+        max_age: lease,
+        ..Default::default()
+    };
+    match js.create_key_value(config.clone()).await {
+        Ok(store) => Ok(store),
+        // Another node created it first, or it exists from before.
+        Err(_) => js.get_key_value(name).await.map_err(|e| {
+            Error::new(ErrorKind::Transport, format!("cannot open the membership bucket {name}: {e}"))
+                .with_retryable(true)
+        }),
+    }
+}
+
+/// Follow the bucket: every put and delete, from the current entries on.
+/// Ends when the watch does (the connection is closing).
+pub(crate) async fn watch(store: kv::Store, members: Arc<Members>, me: String) {
+    loop {
+        let mut entries = match store.watch_with_history(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch cluster membership; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(entry) = entries.next().await {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    debug!(error = %e, "membership watch interrupted");
+                    break;
+                }
+            };
+            if entry.key == me {
+                continue;
+            }
+            match entry.operation {
+                Operation::Put => match serde_json::from_slice::<NodeStatus>(&entry.value) {
+                    Ok(status) if status.node == entry.key => members.update(&entry.key, Some(status)),
+                    Ok(status) => {
+                        warn!(key = %entry.key, node = %status.node, "membership entry under another node's name; ignored")
+                    }
+                    Err(e) => warn!(key = %entry.key, error = %e, "malformed membership entry; ignored"),
+                },
+                Operation::Delete | Operation::Purge => members.update(&entry.key, None),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

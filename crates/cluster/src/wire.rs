@@ -1,0 +1,142 @@
+//! What nodes send each other: the one definition of each cluster payload,
+//! and the subjects and buckets they travel on.
+//!
+//! Requests and replies are MessagePack (`rmp-serde`, named fields, so a
+//! newer node can add a field an older one ignores). Membership entries are
+//! JSON, readable with the `nats` CLI.
+//!
+//! | subject | what |
+//! |---|---|
+//! | `dspex.CLUSTER.pool.POOL` | a pool call any offering node may take (queue group `POOL`) |
+//! | `dspex.CLUSTER.node.NODE.pool.POOL` | a pool call for node `NODE` only |
+//! | `dspex.CLUSTER.cancel.NODE` | the caller stopped waiting for a call on `NODE` |
+//! | reply inbox | [`Reply`]s: `Accepted`, `Alive`…, then `Done` or `Failed` |
+//!
+//! Bucket `dspex-CLUSTER-nodes`: one [`NodeStatus`](dspex_core::NodeStatus)
+//! per node under its name, refreshed every third of the lease; entries
+//! age out (`max_age` = the lease) when a node stops refreshing them.
+
+use dspex_core::{Error, ErrorKind, Result, Value};
+use serde::{Deserialize, Serialize};
+
+/// A pool call sent to another node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CallRequest {
+    /// The caller's id for this call (unique per calling node).
+    pub id: u64,
+    /// The calling node.
+    pub from: String,
+    /// Pool and command.
+    pub pool: String,
+    pub op: String,
+    pub args: Value,
+    /// Milliseconds left before the caller's deadline, when it sent this.
+    pub deadline_ms: u64,
+    pub trace_id: Option<String>,
+    pub session: Option<String>,
+    pub idempotent: bool,
+}
+
+/// What the serving node sends back on the call's reply inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    /// Taken by `node`; keep-alives follow until the end.
+    Accepted { node: String },
+    /// Still running.
+    Alive,
+    /// The command's result, and where and how it ran.
+    Done { value: Value, worker: String, worker_index: usize, pid: u32, queue_us: u64, elapsed_us: u64, retried: bool },
+    /// A classified failure (it names the node).
+    Failed { error: Error },
+}
+
+/// The caller stopped waiting for call `id` from node `from`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Cancel {
+    pub from: String,
+    pub id: u64,
+}
+
+/// Encode a payload.
+pub(crate) fn encode<T: Serialize>(msg: &T) -> Result<bytes::Bytes> {
+    rmp_serde::to_vec_named(msg)
+        .map(bytes::Bytes::from)
+        .map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("cannot encode a cluster message: {e}")))
+}
+
+/// Decode a payload; what a peer sent is never trusted to be well formed.
+pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
+    rmp_serde::from_slice(bytes).map_err(|e| Error::new(ErrorKind::Protocol, format!("malformed cluster message: {e}")))
+}
+
+/// Subjects and buckets of one cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    prefix: String,
+    /// The membership bucket.
+    pub bucket: String,
+}
+
+impl Names {
+    pub(crate) fn new(cluster: &str) -> Names {
+        Names { prefix: format!("dspex.{cluster}"), bucket: format!("dspex-{cluster}-nodes") }
+    }
+
+    pub(crate) fn pool(&self, pool: &str) -> String {
+        format!("{}.pool.{pool}", self.prefix)
+    }
+
+    pub(crate) fn node_pool(&self, node: &str, pool: &str) -> String {
+        format!("{}.node.{node}.pool.{pool}", self.prefix)
+    }
+
+    pub(crate) fn cancel(&self, node: &str) -> String {
+        format!("{}.cancel.{node}", self.prefix)
+    }
+}
+
+/// Whether `s` can be one token of a subject (pool names become tokens).
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn payloads_round_trip() {
+        let req = CallRequest {
+            id: 7,
+            from: "a".into(),
+            pool: "general".into(),
+            op: "echo".into(),
+            args: json!({"x": [1, 2.5, "three", null, {"y": true}]}),
+            deadline_ms: 1500,
+            trace_id: Some("t".into()),
+            session: None,
+            idempotent: true,
+        };
+        assert_eq!(decode::<CallRequest>(&encode(&req).unwrap()).unwrap(), req);
+        let failed =
+            Reply::Failed { error: Error::new(ErrorKind::WorkerCrashed, "gone").with_node("b").with_pool("general") };
+        assert_eq!(decode::<Reply>(&encode(&failed).unwrap()).unwrap(), failed);
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error() {
+        let e = decode::<Reply>(b"\xc1\xff not msgpack").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn subjects_are_namespaced_by_cluster() {
+        let n = Names::new("prod");
+        assert_eq!(n.pool("general"), "dspex.prod.pool.general");
+        assert_eq!(n.node_pool("a", "general"), "dspex.prod.node.a.pool.general");
+        assert_eq!(n.cancel("a"), "dspex.prod.cancel.a");
+        assert_eq!(n.bucket, "dspex-prod-nodes");
+        assert!(is_token("gpu_1") && !is_token("a.b") && !is_token(""));
+    }
+}

@@ -1,0 +1,186 @@
+//! The cluster over real processes: a NATS server with JetStream, `dspex
+//! serve` nodes in their own processes, and a client-only runtime in the
+//! test that sends them work.
+
+use std::time::{Duration, Instant};
+
+use dspex::cluster::ClusterNode;
+use dspex::{ClusterConfig, ErrorKind, RequestOptions, Runtime, RuntimeConfig};
+use serde_json::json;
+
+use crate::nats::{NatsServer, ServeNode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dspex");
+
+/// A client-only runtime (no pools, no Python) in the cluster at `url`.
+async fn client(url: &str, node: &str) -> (Runtime, ClusterNode) {
+    let config = RuntimeConfig { default_pool: false, ..RuntimeConfig::default() };
+    let rt = Runtime::from_config(config).await.expect("a client-only runtime");
+    let mut c = ClusterConfig::new(url, node).allow_insecure(true).lease_ms(1000);
+    c.keepalive_ms = 100;
+    let joined = ClusterNode::join(&rt, c).await.expect("join");
+    (rt, joined)
+}
+
+/// Wait until `rt` sees `nodes` (by name) as the live cluster.
+async fn until_nodes(rt: &Runtime, want: &[&str]) {
+    let t = Instant::now();
+    loop {
+        let mut seen: Vec<String> = rt.nodes().into_iter().map(|n| n.node).collect();
+        seen.sort();
+        let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        if seen == want {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the cluster is {seen:?}, not {want:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_only_node_is_served_by_a_pool_on_another_node() {
+    let nats = NatsServer::start();
+    let _a = ServeNode::start(BIN, &nats.url(), "a", 1, 4);
+    let (rt, joined) = client(&nats.url(), "client").await;
+    until_nodes(&rt, &["a", "client"]).await;
+    let a = rt.nodes().into_iter().find(|n| n.node == "a").expect("node a");
+    assert!(a.pools.iter().any(|p| p.name == "general" && p.offered && p.size == 1), "{a:?}");
+    assert!(rt.nodes().iter().any(|n| n.node == "client" && n.local && n.pools.is_empty()));
+
+    let out = rt.call("general", "echo", json!({"x": [1, "two"]}), RequestOptions::default()).await.unwrap();
+    assert_eq!(out.value, json!({"x": [1, "two"]}));
+    assert_eq!(out.meta.node.as_deref(), Some("a"), "{:?}", out.meta);
+    assert_eq!(out.meta.worker.as_deref(), Some("worker:general:0"));
+
+    // Pinned to a node: served there; to a node that is not in the
+    // cluster: a classified error at once, not a timeout.
+    let out = rt.call("general", "noop", json!({}), RequestOptions::default().on_node("a")).await.unwrap();
+    assert_eq!(out.meta.node.as_deref(), Some("a"));
+    let t = Instant::now();
+    let e = rt.call("general", "noop", json!({}), RequestOptions::default().on_node("nowhere")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "no-responders took {:?}", t.elapsed());
+    // A pool nobody offers.
+    let e = rt.call("gpu", "noop", json!({}), RequestOptions::default()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // Python errors on the other node arrive classified, naming the node.
+    let e = rt.call("general", "fail", json!({"message": "boom"}), RequestOptions::default()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Python, "{e}");
+    assert_eq!(e.context().node.as_deref(), Some("a"), "{e}");
+    // A request whose deadline passes on the other node ends in `timeout`.
+    let t = Instant::now();
+    let slow = RequestOptions::default().timeout(Duration::from_millis(300));
+    let e = rt.call("general", "sleep", json!({"seconds": 5}), slow).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(t.elapsed() < Duration::from_millis(1500), "the deadline was not kept: {:?}", t.elapsed());
+
+    joined.leave().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_no_idempotent_request() {
+    let nats = NatsServer::start();
+    let mut a = ServeNode::start(BIN, &nats.url(), "a", 2, 60);
+    let _b = ServeNode::start(BIN, &nats.url(), "b", 2, 60);
+    let (rt, joined) = client(&nats.url(), "client").await;
+    until_nodes(&rt, &["a", "b", "client"]).await;
+
+    // 200 in flight, idempotent, half a second each, spread by NATS over a and b.
+    let deadline = Duration::from_secs(10);
+    let mut calls = Vec::new();
+    for _ in 0..200 {
+        let rt = rt.clone();
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let opts = RequestOptions::default().idempotent(true).timeout(deadline);
+            let out = rt.call("general", "sleep", json!({"seconds": 0.5}), opts).await;
+            (out, t.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    a.kill();
+    let killed = Instant::now();
+
+    let (mut on_a, mut retried) = (0, 0);
+    for c in calls {
+        let (out, took) = c.await.unwrap();
+        let out = out.unwrap_or_else(|e| panic!("an idempotent request was lost with node a: {e}"));
+        assert!(took < deadline, "a request ended after its deadline ({took:?})");
+        match out.meta.node.as_deref() {
+            Some("a") => on_a += 1,
+            Some("b") => {}
+            other => panic!("served by {other:?}"),
+        }
+        if out.meta.retried {
+            retried += 1;
+        }
+    }
+    assert!(retried > 0, "no request was running on node a when it died (a: {on_a})");
+    // The node leaves the membership within its lease (1 s) and a refresh.
+    until_nodes(&rt, &["b", "client"]).await;
+    assert!(killed.elapsed() < Duration::from_secs(4), "node a was seen for {:?}", killed.elapsed());
+
+    // Not idempotent: a classified error, not a hang, when its node dies.
+    let mut b2 = ServeNode::start(BIN, &nats.url(), "c", 1, 4);
+    until_nodes(&rt, &["b", "c", "client"]).await;
+    let rt2 = rt.clone();
+    let pinned = tokio::spawn(async move {
+        let opts = RequestOptions::default().on_node("c").timeout(deadline);
+        rt2.call("general", "sleep", json!({"seconds": 5}), opts).await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    b2.kill();
+    let t = Instant::now();
+    let e = pinned.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    assert_eq!(e.context().node.as_deref(), Some("c"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "the lost node was noticed after {:?}", t.elapsed());
+
+    joined.leave().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_without_credentials_is_refused_off_loopback() {
+    let rt = Runtime::from_config(RuntimeConfig { default_pool: false, ..RuntimeConfig::default() }).await.unwrap();
+    let e = ClusterNode::join(&rt, ClusterConfig::new("nats://192.0.2.1:4222", "x").allow_insecure(true))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.message().contains("without credentials"), "{e}");
+    let e = ClusterNode::join(&rt, ClusterConfig::new("nats://127.0.0.1:1", "x")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_protected_server_needs_the_token() {
+    let port = crate::nats::free_port();
+    let dir = std::env::temp_dir().join(format!("dspex-nats-auth-{}", std::process::id()));
+    let mut server = std::process::Command::new(crate::nats::nats_server_binary())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "--auth", "s3cret-token", "-sd"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server");
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("nats://127.0.0.1:{port}");
+    let rt = Runtime::from_config(RuntimeConfig { default_pool: false, ..RuntimeConfig::default() }).await.unwrap();
+    let e = ClusterNode::join(&rt, ClusterConfig::new(&url, "x").token("wrong")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transport, "{e}");
+    assert!(!e.to_string().contains("wrong"), "the token leaked into the error: {e}");
+    let joined = ClusterNode::join(&rt, ClusterConfig::new(&url, "x").token("s3cret-token")).await.unwrap();
+    assert_eq!(rt.node_name().as_deref(), Some("x"));
+    joined.leave().await;
+    rt.shutdown().await.unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
