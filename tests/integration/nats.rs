@@ -95,7 +95,8 @@ pub struct ServeNode {
 pub fn node_config(url: &str, node: &str, size: usize, concurrency: usize) -> String {
     format!(
         "default_pool = false\n\n[[pools]]\nname = \"general\"\nsize = {size}\nconcurrency = {concurrency}\nmax_queue = 10000\n\n\
-         [cluster]\nurls = [\"{url}\"]\nnode = \"{node}\"\nallow_insecure = true\nlease_ms = 1000\nkeepalive_ms = 100\n"
+         [cluster]\nurls = [\"{url}\"]\nnode = \"{node}\"\nallow_insecure = true\nlease_ms = 1000\nkeepalive_ms = 100\n\
+         max_remote_in_flight = 10000\n"
     )
 }
 

@@ -76,6 +76,10 @@ struct Inner {
     next_id: AtomicU64,
     /// Remote calls running here, by (caller node, call id): their cancel switches.
     running: DashMap<(String, u64), oneshot::Sender<()>>,
+    /// This node's calls waiting for replies, by id.
+    calls: DashMap<u64, tokio::sync::mpsc::Sender<async_nats::Message>>,
+    /// The subject prefix of this node's replies (`_INBOX.<unique>`).
+    reply_prefix: String,
 }
 
 impl std::fmt::Debug for Inner {
@@ -174,6 +178,7 @@ impl ClusterNode {
         let client = connect::connect(&config).await?;
         let names = Names::new(&config.name);
         let js = async_nats::jetstream::new(client.clone());
+        let reply_prefix = client.new_inbox();
         let lease = Duration::from_millis(config.lease_ms);
         let store = members::bucket(&js, &names.bucket, lease).await?;
         let inner = Arc::new(Inner {
@@ -186,6 +191,8 @@ impl ClusterNode {
             accepting: AtomicBool::new(true),
             next_id: AtomicU64::new(1),
             running: DashMap::new(),
+            calls: DashMap::new(),
+            reply_prefix,
             config,
         });
         let mut tasks = Vec::new();
@@ -211,6 +218,8 @@ impl ClusterNode {
             tasks.push(tokio::spawn(serve::serve_pool(inner.clone(), pool.clone(), any)));
             tasks.push(tokio::spawn(serve::serve_pool(inner.clone(), pool.clone(), pinned)));
         }
+        let replies = inner.client.subscribe(format!("{}.*", inner.reply_prefix)).await.map_err(|e| sub_err(&e))?;
+        tasks.push(tokio::spawn(remote::route_replies(inner.clone(), replies)));
         let cancels = inner.client.subscribe(inner.names.cancel(&inner.config.node)).await.map_err(|e| sub_err(&e))?;
         tasks.push(tokio::spawn(serve::serve_cancels(inner.clone(), cancels)));
         tasks.push(tokio::spawn(members::watch(inner.store.clone(), inner.members.clone(), inner.config.node.clone())));
@@ -268,4 +277,32 @@ async fn refresh(node: Arc<Inner>) {
             warn!(error = %e, "cannot refresh this node's membership entry");
         }
     }
+}
+
+/// The floor under any remote call from here: `samples` bare NATS
+/// request/reply round trips (an empty payload, answered by a responder on
+/// a second connection in this process) through the cluster's servers.
+/// For diagnostics and benchmarks.
+pub async fn nats_round_trip(config: &ClusterConfig, samples: usize) -> Result<Vec<Duration>> {
+    use futures_util::StreamExt;
+    let (client, responder) = (connect::connect(config).await?, connect::connect(config).await?);
+    let subject = format!("{}.probe.{}", Names::new(&config.name).pool("_"), client.new_inbox());
+    let transport = |e: &dyn std::fmt::Display| Error::new(ErrorKind::Transport, format!("NATS round trip: {e}"));
+    let mut sub = responder.subscribe(subject.clone()).await.map_err(|e| transport(&e))?;
+    responder.flush().await.map_err(|e| transport(&e))?;
+    let answer = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, bytes::Bytes::new()).await;
+            }
+        }
+    });
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = std::time::Instant::now();
+        client.request(subject.clone(), bytes::Bytes::new()).await.map_err(|e| transport(&e))?;
+        times.push(t.elapsed());
+    }
+    answer.abort();
+    Ok(times)
 }

@@ -1,11 +1,14 @@
 //! The calling side: a pool call sent to another node.
 //!
 //! The call goes out on the pool's subject (or a node's own, when pinned)
-//! with a fresh reply inbox. No subscriber at all is known at once (NATS's
-//! no-responders status) and fails with `not_found`. Otherwise the caller
-//! waits for `Accepted`, then for `Alive`s and the answer; three keep-alive
-//! intervals of silence mean the node was lost (`worker_crashed`, naming the
-//! node), and the deadline always wins (`timeout`). An idempotent call whose
+//! with its own reply subject under this node's one reply subscription
+//! (`_INBOX.ID.>`, subscribed once at join: no per-call subscribe and
+//! unsubscribe), where [`route_replies`] hands each message to its call. No
+//! subscriber at all is known at once (NATS's no-responders status) and
+//! fails with `not_found`. Otherwise the caller waits for `Alive`s and the
+//! answer; three keep-alive intervals of silence mean the node was lost
+//! (`worker_crashed`, naming the node), and the deadline always wins
+//! (`timeout`). An idempotent call whose
 //! node was lost or refused it is sent again — NATS hands it to another
 //! subscribed node — while its deadline allows. A caller that stops waiting
 //! tells the serving node, which cancels the call.
@@ -13,11 +16,12 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_nats::StatusCode;
+use async_nats::{Message, StatusCode, Subscriber};
 use dspex_actors::{PoolCallOptions, PoolReply};
 use dspex_core::{Error, ErrorKind, Result, Value};
 use futures_util::StreamExt;
-use tracing::warn;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
 
 use crate::wire::{decode, encode, CallRequest, Cancel, Reply};
 use crate::Inner;
@@ -52,16 +56,32 @@ fn worth_retrying(e: &Error) -> bool {
         || (e.kind() == ErrorKind::Overloaded && e.is_retryable())
 }
 
-/// Tells the serving node when the caller stops waiting early.
-struct CancelOnDrop<'a> {
+/// Hand each reply to its call, by the last token of its subject (the call id).
+pub(crate) async fn route_replies(node: std::sync::Arc<Inner>, mut sub: Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let id = msg.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok());
+        match id.and_then(|id| node.calls.get(&id).map(|tx| tx.clone())) {
+            // Full: only keep-alives can pile up; dropping one is harmless.
+            Some(tx) => {
+                let _ = tx.try_send(msg);
+            }
+            None => debug!(subject = %msg.subject, "a reply for no waiting call (it ended)"),
+        }
+    }
+}
+
+/// A call in flight: its reply queue, and — when it ends early — telling
+/// the serving node to cancel.
+struct CallGuard<'a> {
     node: &'a Inner,
     serving: Option<String>,
     id: u64,
     done: bool,
 }
 
-impl Drop for CancelOnDrop<'_> {
+impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
+        self.node.calls.remove(&self.id);
         let (Some(serving), false) = (self.serving.take(), self.done) else { return };
         let (client, subject) = (self.node.client.clone(), self.node.names.cancel(&serving));
         if let Ok(payload) = encode(&Cancel { from: self.node.config.node.clone(), id: self.id }) {
@@ -104,17 +124,16 @@ async fn call_once(
     let transport = |what: &str, e: &dyn std::fmt::Display| {
         Error::new(ErrorKind::Transport, format!("{what}: {e}")).with_retryable(true).with_node(me.clone())
     };
-    let inbox = node.client.new_inbox();
-    let mut replies =
-        node.client.subscribe(inbox.clone()).await.map_err(|e| transport("cannot subscribe to a reply inbox", &e))?;
     let payload = encode(&req)?;
+    let (tx, mut replies) = mpsc::channel::<Message>(16);
+    node.calls.insert(id, tx);
+    let mut guard = CallGuard { node, serving: None, id, done: false };
     node.client
-        .publish_with_reply(subject, inbox, payload)
+        .publish_with_reply(subject, format!("{}.{id}", node.reply_prefix), payload)
         .await
         .map_err(|e| transport("cannot send a remote call", &e))?;
     let sent = Instant::now();
     let silence = Duration::from_millis(node.config.keepalive_ms * 3);
-    let mut guard = CancelOnDrop { node, serving: None, id, done: false };
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -126,7 +145,7 @@ async fn call_once(
             });
         }
         let wait = silence.min(deadline - now);
-        let msg = match tokio::time::timeout(wait, replies.next()).await {
+        let msg = match tokio::time::timeout(wait, replies.recv()).await {
             Ok(Some(m)) => m,
             Ok(None) => return Err(transport("the reply inbox closed", &"connection lost")),
             Err(_) if Instant::now() >= deadline => continue,
@@ -156,13 +175,12 @@ async fn call_once(
             return Err(Error::new(ErrorKind::NotFound, what).with_retryable(true));
         }
         match decode::<Reply>(&msg.payload)? {
-            Reply::Accepted { node: n } => guard.serving = Some(n),
-            Reply::Alive => {}
+            Reply::Alive { node: n } => guard.serving = Some(n),
             Reply::Failed { error } => {
                 guard.done = true;
                 return Err(error);
             }
-            Reply::Done { value, worker, worker_index, pid, queue_us, elapsed_us, retried } => {
+            Reply::Done { node: served_by, value, worker, worker_index, pid, queue_us, elapsed_us, retried } => {
                 guard.done = true;
                 let queue = Duration::from_micros(queue_us);
                 let remote = Duration::from_micros(elapsed_us);
@@ -175,7 +193,7 @@ async fn call_once(
                     // The caller's view: the whole round trip, less the remote queue wait.
                     elapsed: sent.elapsed().saturating_sub(queue).max(remote),
                     retried,
-                    node: guard.serving.clone(),
+                    node: Some(served_by),
                 });
             }
         }

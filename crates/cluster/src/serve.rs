@@ -2,10 +2,10 @@
 //!
 //! Each offered pool is subscribed twice: on the pool's subject in a queue
 //! group (NATS hands each call to one subscribed node) and on this node's
-//! own subject for the pool (calls pinned here). A call is accepted at once
-//! (`Accepted`, naming this node), kept alive while it runs (`Alive` every
-//! `keepalive_ms`, so the caller can tell a slow call from a lost node),
-//! and answered with `Done` or `Failed`. A node past `max_remote_in_flight`
+//! own subject for the pool (calls pinned here). A call is kept alive while
+//! it runs (`Alive`, naming this node, every `keepalive_ms`, so the caller
+//! can tell a slow call from a lost node) and answered with `Done` or
+//! `Failed`; a call that ends within one interval costs one message back. A node past `max_remote_in_flight`
 //! or draining refuses with a retryable `overloaded`, and the caller tries
 //! elsewhere. A `Cancel` from the caller drops the call, which cancels it in
 //! Python.
@@ -88,7 +88,6 @@ async fn serve_call(node: Arc<Inner>, pool: PoolHandle, msg: Message) {
         .with_retryable(true);
         return send(&node, &reply_to, &fail(e)).await;
     }
-    send(&node, &reply_to, &Reply::Accepted { node: here.clone() }).await;
     let (stop_tx, mut stop_rx) = oneshot::channel();
     let key = (req.from.clone(), req.id);
     node.running.insert(key.clone(), stop_tx);
@@ -101,12 +100,15 @@ async fn serve_call(node: Arc<Inner>, pool: PoolHandle, msg: Message) {
     };
     let call = pool.call(&req.op, req.args, &opts);
     tokio::pin!(call);
-    let mut alive = tokio::time::interval(Duration::from_millis(node.config.keepalive_ms));
-    alive.tick().await;
+    // The first keep-alive after one interval. (Not `interval` and an
+    // initial tick: a timer due now still waits for the driver's next
+    // millisecond tick, which would cost every call up to 1 ms.)
+    let every = Duration::from_millis(node.config.keepalive_ms);
+    let mut alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let result: Option<Result<_>> = loop {
         tokio::select! {
             r = &mut call => break Some(r),
-            _ = alive.tick() => send(&node, &reply_to, &Reply::Alive).await,
+            _ = alive.tick() => send(&node, &reply_to, &Reply::Alive { node: here.clone() }).await,
             _ = &mut stop_rx => break None,
         }
     };
@@ -117,6 +119,7 @@ async fn serve_call(node: Arc<Inner>, pool: PoolHandle, msg: Message) {
             fail(Error::new(ErrorKind::Cancelled, "cancelled by the caller"))
         }
         Some(Ok(r)) => Reply::Done {
+            node: here.clone(),
             value: r.value,
             worker: r.worker,
             worker_index: r.worker_index,

@@ -10,7 +10,7 @@
 //! | `dspex.CLUSTER.pool.POOL` | a pool call any offering node may take (queue group `POOL`) |
 //! | `dspex.CLUSTER.node.NODE.pool.POOL` | a pool call for node `NODE` only |
 //! | `dspex.CLUSTER.cancel.NODE` | the caller stopped waiting for a call on `NODE` |
-//! | reply inbox | [`Reply`]s: `Accepted`, `Alive`…, then `Done` or `Failed` |
+//! | `_INBOX.NODE-ID.CALL` | a call's [`Reply`]s: `Alive`… while it runs, then `Done` or `Failed` |
 //!
 //! Bucket `dspex-CLUSTER-nodes`: one [`NodeStatus`](dspex_core::NodeStatus)
 //! per node under its name, refreshed every third of the lease; entries
@@ -40,12 +40,20 @@ pub(crate) struct CallRequest {
 /// What the serving node sends back on the call's reply inbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Reply {
-    /// Taken by `node`; keep-alives follow until the end.
-    Accepted { node: String },
-    /// Still running.
-    Alive,
+    /// Still running on `node` (every `keepalive_ms`; none for a call that
+    /// ends sooner).
+    Alive { node: String },
     /// The command's result, and where and how it ran.
-    Done { value: Value, worker: String, worker_index: usize, pid: u32, queue_us: u64, elapsed_us: u64, retried: bool },
+    Done {
+        node: String,
+        value: Value,
+        worker: String,
+        worker_index: usize,
+        pid: u32,
+        queue_us: u64,
+        elapsed_us: u64,
+        retried: bool,
+    },
     /// A classified failure (it names the node).
     Failed { error: Error },
 }

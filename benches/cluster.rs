@@ -1,0 +1,156 @@
+//! The cluster, in one run, over a real `nats-server` on loopback and
+//! `dspex serve` nodes in their own processes:
+//!
+//! - a no-op worker command from one client runtime, to its own local pool
+//!   and to the same pool on another node (p50, p99; the difference is the
+//!   remote overhead: NATS, MessagePack, the serving node's dispatch);
+//! - LM-bound throughput: DSPy `Predict` over a stub LM that answers after
+//!   100 ms, sent by a client-only runtime to 1, 2 and 3 serving nodes (one
+//!   worker × 10 concurrent requests each: 100 requests/s ideal per node).
+//!
+//! Run: `cargo bench --features cluster --bench cluster`.
+
+mod common;
+#[path = "../tests/integration/nats.rs"]
+mod nats;
+
+use std::time::{Duration, Instant};
+
+use common::{machine, percentile, python, sorted};
+use dspex::cluster::ClusterNode;
+use dspex::native::lm::{offline::OfflineResponder, server::LmServer};
+use dspex::{ClusterConfig, LmConfig, PoolConfig, Program, ProgramSpec, RequestOptions, Runtime};
+use nats::{NatsServer, ServeNode};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dspex");
+const CALLS: usize = 2000;
+
+fn cluster_config(url: &str, node: &str) -> ClusterConfig {
+    let mut c = ClusterConfig::new(url, node).allow_insecure(true).lease_ms(1000).offer(Vec::<String>::new());
+    c.keepalive_ms = 100;
+    c
+}
+
+async fn until_nodes(rt: &Runtime, n: usize) {
+    let t = Instant::now();
+    while rt.nodes().len() < n {
+        assert!(t.elapsed() < Duration::from_secs(30), "only {:?} joined", rt.nodes());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// No-op latencies (µs, sorted) with `opts`.
+async fn noop_latencies(rt: &Runtime, opts: &RequestOptions) -> Vec<f64> {
+    let mut times = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let t = Instant::now();
+        rt.call("general", "noop", json!({}), opts.clone()).await.expect("noop");
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    sorted(times)
+}
+
+/// Requests per second of `n` concurrent DSPy `Predict` runs on other nodes.
+async fn lm_bound(rt: &Runtime, n: usize) -> (f64, usize) {
+    let program = Program::new(ProgramSpec::predict("question -> answer"));
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (rt, program) = (rt.clone(), program.clone());
+            tokio::spawn(async move {
+                let q = json!({"question": format!("What is {i} + 1?")});
+                let opts = RequestOptions::python().no_cache().prefer_remote().timeout(Duration::from_secs(60));
+                rt.run(&program, q.as_object().cloned().unwrap_or_default(), opts).await.map(|_| ())
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for task in tasks {
+        if task.await.map(|r| r.is_err()).unwrap_or(true) {
+            failed += 1;
+        }
+    }
+    (n as f64 / t.elapsed().as_secs_f64(), failed)
+}
+
+fn main() {
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    tokio.block_on(async {
+        println!("cluster on loopback NATS — {}", machine());
+        let py = python().expect("benchmarks need the project's .venv (scripts/setup-python)");
+        let nats = NatsServer::start();
+        let url = nats.url();
+
+        // 1. Remote overhead: one client with a local pool, and node a.
+        let a = ServeNode::start(BIN, &url, "a", 1, 10);
+        let rt = Runtime::builder().python(py.clone()).pool(PoolConfig::new("general").size(1)).start().await.expect("runtime");
+        let joined = ClusterNode::join(&rt, cluster_config(&url, "client")).await.expect("join");
+        until_nodes(&rt, 2).await;
+        let local_opts = RequestOptions::default();
+        let remote_opts = RequestOptions::default().on_node("a");
+        // Warm up both paths.
+        let _ = noop_latencies(&rt, &local_opts).await;
+        let _ = noop_latencies(&rt, &remote_opts).await;
+        let local = noop_latencies(&rt, &local_opts).await;
+        let remote = noop_latencies(&rt, &remote_opts).await;
+        let (l50, l99, r50, r99) =
+            (percentile(&local, 0.5), percentile(&local, 0.99), percentile(&remote, 0.5), percentile(&remote, 0.99));
+        let floor: Vec<f64> = dspex::cluster::nats_round_trip(&cluster_config(&url, "probe"), CALLS)
+            .await
+            .expect("NATS round trip")
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e6)
+            .collect();
+        let floor = sorted(floor);
+        let (f50, f99) = (percentile(&floor, 0.5), percentile(&floor, 0.99));
+        println!(
+            "no-op from one client ({CALLS} each): local pool p50 {l50:.0} µs, p99 {l99:.0} µs; on node a p50 {r50:.0} µs, p99 {r99:.0} µs; remote overhead p50 {:.0} µs",
+            r50 - l50
+        );
+        println!(
+            "  bare NATS request/reply on the same server, same run: p50 {f50:.0} µs, p99 {f99:.0} µs — the overhead is {:.2}× that floor",
+            (r50 - l50) / f50.max(1.0)
+        );
+        joined.leave().await;
+        rt.shutdown().await.expect("shutdown");
+
+        // 2. LM-bound throughput over 1, 2, 3 serving nodes.
+        let lm_server = LmServer::start(OfflineResponder::with_latency(Duration::from_millis(100))).await.expect("LM");
+        let lm = LmConfig::new("offline").with_base_url(lm_server.base_url()).with_api_key("bench");
+        let client = Runtime::builder().python(py).lm(lm).native_only().start().await.expect("client runtime");
+        let joined = ClusterNode::join(&client, cluster_config(&url, "lm-client")).await.expect("join");
+        let mut nodes = vec![a];
+        let mut rows = Vec::new();
+        let mut one = 0.0;
+        for n in 1..=3usize {
+            if nodes.len() < n {
+                nodes.push(ServeNode::start(BIN, &url, &format!("n{n}"), 1, 10));
+            }
+            until_nodes(&client, n + 1).await;
+            let _ = lm_bound(&client, 100 * n).await; // warm-up: DSPy's first LM calls build clients
+            let (rate, failed) = lm_bound(&client, 300 * n).await;
+            if n == 1 {
+                one = rate;
+            }
+            println!(
+                "DSPy Predict, 100 ms stub LM, {n} serving node(s) × 1 worker × 10: {rate:.0} requests/s ({:.2}× one node's; ideal {:.0}/s), {failed} failed",
+                rate / one.max(1e-9),
+                100.0 * n as f64
+            );
+            rows.push(json!({"nodes": n, "rate": rate, "vs_one": rate / one.max(1e-9), "failed": failed}));
+        }
+        joined.leave().await;
+        client.shutdown().await.expect("shutdown");
+        drop(nodes);
+        common::write_results(
+            "cluster",
+            &json!({
+                "machine": machine(),
+                "noop_us": {"local": {"p50": l50, "p99": l99}, "remote": {"p50": r50, "p99": r99}, "overhead_p50": r50 - l50,
+                            "bare_nats": {"p50": f50, "p99": f99}},
+                "lm_bound": rows,
+            }),
+        );
+    });
+}
