@@ -184,3 +184,67 @@ async fn a_token_protected_server_needs_the_token() {
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_keeps_serving_when_one_of_three_nats_servers_dies() {
+    let mut servers = crate::nats::NatsServer::cluster(3);
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    // Both nodes know only the first server: they learn the others from it
+    // (NATS's discovery) and must fail over to them when it dies.
+    let config = crate::nats::node_config(&urls[0], "a", 1, 8).replace("kv_replicas = 1", "kv_replicas = 3");
+    let _a = ServeNode::with_config(BIN, "a", &config);
+    let rt = Runtime::from_config(RuntimeConfig { default_pool: false, ..RuntimeConfig::default() }).await.unwrap();
+    let mut c = ClusterConfig::new(&urls[0], "client").allow_insecure(true).lease_ms(1000);
+    c.keepalive_ms = 100;
+    c.kv_replicas = 3;
+    let joined = ClusterNode::join(&rt, c).await.expect("join a 3-server NATS cluster");
+    until_nodes(&rt, &["a", "client"]).await;
+    let opts = || RequestOptions::default().idempotent(true).timeout(Duration::from_secs(10));
+    let out = rt.call("general", "echo", json!({"n": 1}), opts()).await.unwrap();
+    assert_eq!(out.meta.node.as_deref(), Some("a"));
+
+    // The server both are connected to dies: they reconnect to the others,
+    // calls keep being served, and the membership (3 replicas) keeps both.
+    drop(servers.remove(0));
+    let t = Instant::now();
+    let mut served = 0;
+    while t.elapsed() < Duration::from_secs(4) {
+        let out = rt.call("general", "echo", json!({"n": served}), opts()).await;
+        let out = out.unwrap_or_else(|e| panic!("a call failed after a NATS server died: {e}"));
+        assert_eq!(out.value, json!({"n": served}));
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served > 20, "only {served} calls in 4 s");
+    until_nodes(&rt, &["a", "client"]).await;
+    joined.leave().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_streams_from_another_node() {
+    let nats = NatsServer::start();
+    let _a = ServeNode::start(BIN, &nats.url(), "a", 1, 4);
+    let (_lm_server, lm) = crate::runtime::offline_lm().await;
+    let config = RuntimeConfig { default_pool: false, lm: Some(lm), ..RuntimeConfig::default() };
+    let rt = Runtime::from_config(config).await.expect("a client-only runtime");
+    let mut c = ClusterConfig::new(nats.url(), "client").allow_insecure(true).lease_ms(1000);
+    c.keepalive_ms = 100;
+    let joined = ClusterNode::join(&rt, c).await.expect("join");
+    until_nodes(&rt, &["a", "client"]).await;
+
+    let program = dspex::Program::new(dspex::ProgramSpec::predict("question -> answer"));
+    let q = json!({"question": "What is 2 + 3?"}).as_object().cloned().unwrap_or_default();
+    let stream = rt.stream(&program, q.clone(), RequestOptions::python().no_cache()).await.expect("a remote stream");
+    let (chunks, out) = crate::support::stream_to_end(stream).await;
+    assert!(!chunks.is_empty(), "no chunks came across");
+    assert_eq!(out.get_str("answer"), Some("5"));
+    assert_eq!(out.meta.node.as_deref(), Some("a"), "{:?}", out.meta);
+    assert_eq!(chunks.concat().trim(), "5");
+    // The same program, not streamed, gives the same answer from there.
+    let plain = rt.run(&program, q, RequestOptions::python().no_cache()).await.unwrap();
+    assert_eq!(plain.get_str("answer"), Some("5"));
+    assert_eq!(plain.meta.node.as_deref(), Some("a"));
+    joined.leave().await;
+    rt.shutdown().await.unwrap();
+}

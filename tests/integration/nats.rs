@@ -57,17 +57,42 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::spawn(&[])
+    }
+
+    fn spawn(extra: &[String]) -> NatsServer {
         let port = free_port();
         let dir = temp_dir("nats");
         let child = Command::new(nats_server_binary())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir.join("js"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nats-server");
         wait_for_port(port, Duration::from_secs(10), "nats-server");
         NatsServer { port, child, dir }
+    }
+
+    /// `n` servers clustered with each other (JetStream clustered too).
+    pub fn cluster(n: usize) -> Vec<NatsServer> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let all = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        (0..n)
+            .map(|i| {
+                NatsServer::spawn(&[
+                    "--server_name".into(),
+                    format!("s{i}"),
+                    "--cluster_name".into(),
+                    "dspex-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes".into(),
+                    all.clone(),
+                ])
+            })
+            .collect()
     }
 
     pub fn url(&self) -> String {
@@ -95,17 +120,24 @@ pub struct ServeNode {
 pub fn node_config(url: &str, node: &str, size: usize, concurrency: usize) -> String {
     format!(
         "default_pool = false\n\n[[pools]]\nname = \"general\"\nsize = {size}\nconcurrency = {concurrency}\nmax_queue = 10000\n\n\
-         [cluster]\nurls = [\"{url}\"]\nnode = \"{node}\"\nallow_insecure = true\nlease_ms = 1000\nkeepalive_ms = 100\n\
-         max_remote_in_flight = 10000\n"
+         [cluster]\nurls = [{urls}]\nnode = \"{node}\"\nallow_insecure = true\nlease_ms = 1000\nkeepalive_ms = 100\n\
+         max_remote_in_flight = 10000\nkv_replicas = 1\n",
+        urls = url.split(',').map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", "),
     )
 }
 
 impl ServeNode {
-    /// Start `dspex serve` and wait until it says it is ready.
+    /// Start `dspex serve` and wait until it says it is ready (`url`: one
+    /// NATS URL, or several separated by commas).
     pub fn start(bin: &str, url: &str, node: &str, size: usize, concurrency: usize) -> ServeNode {
+        ServeNode::with_config(bin, node, &node_config(url, node, size, concurrency))
+    }
+
+    /// Start `dspex serve` with these runtime settings (TOML).
+    pub fn with_config(bin: &str, node: &str, toml: &str) -> ServeNode {
         let dir = temp_dir(&format!("node-{node}"));
         let config = dir.join("runtime.toml");
-        std::fs::write(&config, node_config(url, node, size, concurrency)).expect("write the node's config");
+        std::fs::write(&config, toml).expect("write the node's config");
         let mut child = Command::new(bin)
             .arg("serve")
             .arg(&config)

@@ -9,10 +9,36 @@
 //! pool is saturated (`spill_queue` requests waiting). Everything else —
 //! plans, fallbacks, breakers, `Meta` — is the same for local and remote work.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use dspex_bridge::StreamItem;
 use dspex_core::{NodeStatus, Result, Value};
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 
 use crate::pool::{PoolCallOptions, PoolReply};
+
+/// A streamed pool call running on another node: where it runs, and its
+/// chunks then its result. Dropping it cancels the call there.
+pub struct RemoteStream {
+    /// The node running it.
+    pub node: String,
+    /// The worker there.
+    pub worker: String,
+    /// Its process id (on that node).
+    pub pid: u32,
+    /// Time it waited for a worker there.
+    pub queue: Duration,
+    /// Chunks, then the result (`StreamItem::Done`), or an error.
+    pub items: BoxStream<'static, Result<StreamItem>>,
+}
+
+impl std::fmt::Debug for RemoteStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteStream").field("node", &self.node).field("worker", &self.worker).finish()
+    }
+}
 
 /// A cluster the runtime can send pool calls to.
 pub trait Cluster: Send + Sync + 'static {
@@ -34,6 +60,16 @@ pub trait Cluster: Send + Sync + 'static {
         args: Value,
         opts: &'a PoolCallOptions,
     ) -> BoxFuture<'a, Result<PoolReply>>;
+
+    /// Run streamed command `op` on `pool` on another node: ready once that
+    /// node's worker has started it.
+    fn stream(
+        self: Arc<Self>,
+        pool: String,
+        op: String,
+        args: Value,
+        opts: PoolCallOptions,
+    ) -> BoxFuture<'static, Result<RemoteStream>>;
 
     /// The live nodes (this one included, marked `local`).
     fn nodes(&self) -> Vec<NodeStatus>;

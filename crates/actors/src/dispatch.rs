@@ -45,6 +45,25 @@ pub(crate) trait Target: Send + Sync {
     fn run<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Output>>;
 }
 
+/// Where a pool call runs.
+enum Placement {
+    /// The local pool (no cluster).
+    Local(PoolHandle),
+    /// The local pool of cluster node (this one) `.1`.
+    Here(PoolHandle, String),
+    /// Another node.
+    Remote(Arc<dyn Cluster>),
+}
+
+/// A streamed pool call, wherever it runs.
+struct PlacedStream {
+    worker: String,
+    pid: u32,
+    queue: Duration,
+    node: Option<String>,
+    items: futures_util::stream::BoxStream<'static, Result<StreamItem>>,
+}
+
 /// Progress callback of streamed commands (`optimize`, `evaluate`).
 pub type ProgressFn = Arc<dyn Fn(&Value) + Send + Sync>;
 
@@ -105,19 +124,11 @@ impl Dispatcher {
         self.shared.cluster.get()
     }
 
-    /// Run a pool call where it belongs — the one placement decision between
-    /// the local pool and the cluster (see [`crate::cluster`]).
-    pub(crate) async fn pool_call(
-        &self,
-        pool: &str,
-        op: &str,
-        args: Value,
-        opts: &PoolCallOptions,
-    ) -> Result<PoolReply> {
+    /// Where a pool call runs — the one placement decision between the
+    /// local pool and the cluster (see [`crate::cluster`]).
+    fn place(&self, pool: &str, opts: &PoolCallOptions) -> Result<Placement> {
         let local = self.shared.pools.iter().find(|p| p.name() == pool);
-        let Some(cluster) = self.shared.cluster.get() else {
-            return self.pool(pool)?.call(op, args, opts).await;
-        };
+        let Some(cluster) = self.shared.cluster.get() else { return self.pool(pool).map(Placement::Local) };
         let here = cluster.node();
         let remote = match (opts.node.as_deref(), local) {
             (Some(n), Some(_)) if n == here => false,
@@ -128,13 +139,52 @@ impl Dispatcher {
                     && (opts.prefer_remote || l.stats().queued >= cluster.spill_queue() || l.ready() == 0)
             }
         };
-        if remote {
-            return cluster.call(pool, op, args, opts).await;
+        Ok(match (remote, local) {
+            (true, _) | (false, None) => Placement::Remote(cluster.clone()),
+            (false, Some(l)) => Placement::Here(l.clone(), here.to_string()),
+        })
+    }
+
+    /// Run a pool call where it belongs.
+    pub(crate) async fn pool_call(
+        &self,
+        pool: &str,
+        op: &str,
+        args: Value,
+        opts: &PoolCallOptions,
+    ) -> Result<PoolReply> {
+        match self.place(pool, opts)? {
+            Placement::Local(handle) => handle.call(op, args, opts).await,
+            Placement::Here(handle, node) => {
+                let mut reply = handle.call(op, args, opts).await.map_err(|e| e.with_node(node.clone()))?;
+                reply.node = Some(node);
+                Ok(reply)
+            }
+            Placement::Remote(cluster) => cluster.call(pool, op, args, opts).await,
         }
-        let handle = local.cloned().map_or_else(|| self.pool(pool), Ok)?;
-        let mut reply = handle.call(op, args, opts).await.map_err(|e| e.with_node(here))?;
-        reply.node = Some(here.to_string());
-        Ok(reply)
+    }
+
+    /// Run a streamed pool call where it belongs.
+    async fn pool_stream(&self, pool: &str, op: &str, args: Value, opts: &PoolCallOptions) -> Result<PlacedStream> {
+        let (handle, node) = match self.place(pool, opts)? {
+            Placement::Local(handle) => (handle, None),
+            Placement::Here(handle, node) => (handle, Some(node)),
+            Placement::Remote(cluster) => {
+                let s = cluster.stream(pool.to_string(), op.to_string(), args, opts.clone()).await?;
+                return Ok(PlacedStream {
+                    worker: s.worker,
+                    pid: s.pid,
+                    queue: s.queue,
+                    node: Some(s.node),
+                    items: s.items,
+                });
+            }
+        };
+        let s = handle.stream(op, args, opts).await.map_err(|e| match &node {
+            Some(n) => e.with_node(n.clone()),
+            None => e,
+        })?;
+        Ok(PlacedStream { worker: s.worker.clone(), pid: s.pid, queue: s.queue, node, items: Box::pin(s) })
     }
 
     pub(crate) fn router(&self) -> &Arc<Router> {
@@ -423,10 +473,10 @@ impl Dispatcher {
             return Ok(Box::pin(stream));
         }
         let Route::Python(pool) = &route else { return Err(Error::internal("a stream plan with no route")) };
-        let handle = self.pool(pool)?;
         let opts = PoolCallOptions { idempotent: false, ..PoolCallOptions::for_request(&req.ctx) };
-        let inner = handle.stream(commands::STREAM, self.run_args(&req), &opts).await?;
-        let (worker, pid, queue) = (inner.worker.clone(), inner.pid, inner.queue);
+        let placed = self.pool_stream(pool, commands::STREAM, self.run_args(&req), &opts).await?;
+        let (worker, pid, queue, node) = (placed.worker, placed.pid, placed.queue, placed.node);
+        let inner = placed.items;
         let sent = Instant::now();
         let ctx = req.ctx;
         let stream = inner.map(move |item| match item {
@@ -436,8 +486,13 @@ impl Dispatcher {
             }
             Ok(StreamItem::Done(v)) => {
                 router.record(&route, Ok(()));
-                let ran =
-                    Ran { worker: Some((worker.clone(), pid)), queue, elapsed: sent.elapsed(), ..Default::default() };
+                let ran = Ran {
+                    worker: Some((worker.clone(), pid)),
+                    node: node.clone(),
+                    queue,
+                    elapsed: sent.elapsed(),
+                    ..Default::default()
+                };
                 let mut out = python_output(&ctx, route.clone(), v, ran)?;
                 out.meta.reason = reason.clone();
                 Ok(StreamEvent::Done(Box::new(out)))
@@ -483,10 +538,10 @@ impl Dispatcher {
     ) -> Result<(Value, Meta)> {
         let attempt = async {
             let plan = self.shared.router.plan_command(command, pool)?;
-            let handle = self.pool(pool)?;
             let opts = PoolCallOptions { idempotent: false, ..PoolCallOptions::for_request(ctx) };
-            let mut stream = handle.stream(command, args, &opts).await?;
-            let (worker, pid, queue) = (stream.worker.clone(), stream.pid, stream.queue);
+            let placed = self.pool_stream(pool, command, args, &opts).await?;
+            let (worker, pid, queue, node) = (placed.worker, placed.pid, placed.queue, placed.node);
+            let mut stream = placed.items;
             let sent = Instant::now();
             while let Some(item) = stream.next().await {
                 match item {
@@ -503,6 +558,7 @@ impl Dispatcher {
                         self.shared.router.record(plan.primary(), Ok(()));
                         let ran = Ran {
                             worker: Some((worker, pid)),
+                            node,
                             queue,
                             elapsed: sent.elapsed(),
                             reason: command.to_string(),

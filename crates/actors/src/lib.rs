@@ -30,9 +30,10 @@ pub mod supervisor;
 pub mod telemetry;
 
 pub use blocking::BlockingRuntime;
-pub use cluster::Cluster;
+pub use cluster::{Cluster, RemoteStream};
 pub use console::{ConsoleEndpoint, ConsoleServer};
 pub use dispatch::ProgressFn;
+pub use dspex_bridge::StreamItem;
 pub use lms::python_lm_spec;
 pub use pipeline::{
     Condition, IntoPipeline, Pipeline, PipelineBuilder, PipelineResult, PipelineRun, PipelineRunInfo, PipelineSpec,

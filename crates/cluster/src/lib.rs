@@ -77,7 +77,7 @@ struct Inner {
     /// Remote calls running here, by (caller node, call id): their cancel switches.
     running: DashMap<(String, u64), oneshot::Sender<()>>,
     /// This node's calls waiting for replies, by id.
-    calls: DashMap<u64, tokio::sync::mpsc::Sender<async_nats::Message>>,
+    calls: DashMap<u64, remote::ReplySlot>,
     /// The subject prefix of this node's replies (`_INBOX.<unique>`).
     reply_prefix: String,
 }
@@ -154,6 +154,16 @@ impl Cluster for Inner {
         Box::pin(remote::call(self, pool, op, args, opts))
     }
 
+    fn stream(
+        self: Arc<Self>,
+        pool: String,
+        op: String,
+        args: Value,
+        opts: PoolCallOptions,
+    ) -> BoxFuture<'static, Result<dspex_actors::RemoteStream>> {
+        Box::pin(remote::stream(self, pool, op, args, opts))
+    }
+
     fn nodes(&self) -> Vec<NodeStatus> {
         let mut all = vec![self.status()];
         all.extend(self.members.live(self.lease()));
@@ -180,7 +190,7 @@ impl ClusterNode {
         let js = async_nats::jetstream::new(client.clone());
         let reply_prefix = client.new_inbox();
         let lease = Duration::from_millis(config.lease_ms);
-        let store = members::bucket(&js, &names.bucket, lease).await?;
+        let store = members::bucket(&js, &names.bucket, lease, config.kv_replicas, Duration::from_secs(15)).await?;
         let inner = Arc::new(Inner {
             names,
             client,

@@ -65,22 +65,42 @@ impl Members {
     }
 }
 
-/// Open (or create) the membership bucket.
-pub(crate) async fn bucket(js: &async_nats::jetstream::Context, name: &str, lease: Duration) -> Result<kv::Store> {
+/// Open (or create) the membership bucket. A JetStream that is still
+/// electing its leader (a clustered server just started) is waited for, up
+/// to `patience`.
+pub(crate) async fn bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    lease: Duration,
+    replicas: usize,
+    patience: Duration,
+) -> Result<kv::Store> {
     let config = kv::Config {
         bucket: name.to_string(),
         description: "dspex cluster membership".into(),
         history: 1,
         max_age: lease,
+        num_replicas: replicas,
         ..Default::default()
     };
-    match js.create_key_value(config.clone()).await {
-        Ok(store) => Ok(store),
-        // Another node created it first, or it exists from before.
-        Err(_) => js.get_key_value(name).await.map_err(|e| {
-            Error::new(ErrorKind::Transport, format!("cannot open the membership bucket {name}: {e}"))
-                .with_retryable(true)
-        }),
+    let end = Instant::now() + patience;
+    loop {
+        let created = match js.create_key_value(config.clone()).await {
+            Ok(store) => Ok(store),
+            // Another node created it first, or it exists from before.
+            Err(create) => js.get_key_value(name).await.map_err(|e| format!("{create}; {e}")),
+        };
+        match created {
+            Ok(store) => return Ok(store),
+            Err(e) if Instant::now() >= end => {
+                return Err(Error::new(ErrorKind::Transport, format!("cannot open the membership bucket {name}: {e}"))
+                    .with_retryable(true))
+            }
+            Err(e) => {
+                debug!(error = %e, "membership bucket not available yet; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
     }
 }
 

@@ -98,6 +98,14 @@ async fn serve_call(node: Arc<Inner>, pool: PoolHandle, msg: Message) {
         idempotent: req.idempotent,
         ..PoolCallOptions::default()
     };
+    if req.stream {
+        let ended = serve_stream(&node, &pool, &req, &opts, &reply_to, &mut stop_rx).await;
+        node.running.remove(&key);
+        if let Err(e) = ended {
+            send(&node, &reply_to, &fail(e)).await;
+        }
+        return;
+    }
     let call = pool.call(&req.op, req.args, &opts);
     tokio::pin!(call);
     // The first keep-alive after one interval. (Not `interval` and an
@@ -131,4 +139,60 @@ async fn serve_call(node: Arc<Inner>, pool: PoolHandle, msg: Message) {
         Some(Err(e)) => fail(e),
     };
     send(&node, &reply_to, &reply).await;
+}
+
+/// A streamed call: `Started`, then each chunk as the worker makes it, then
+/// `Done` — or an error (the caller's `Failed`).
+async fn serve_stream(
+    node: &Inner,
+    pool: &PoolHandle,
+    req: &CallRequest,
+    opts: &PoolCallOptions,
+    reply_to: &Subject,
+    stop: &mut oneshot::Receiver<()>,
+) -> Result<()> {
+    let here = node.config.node.clone();
+    let mut items = pool.stream(&req.op, req.args.clone(), opts).await?;
+    let started = Reply::Started {
+        node: here.clone(),
+        worker: items.worker.clone(),
+        pid: items.pid,
+        queue_us: items.queue.as_micros() as u64,
+    };
+    send(node, reply_to, &started).await;
+    let sent = Instant::now();
+    let every = Duration::from_millis(node.config.keepalive_ms);
+    let mut seq = 0;
+    loop {
+        let next = tokio::select! {
+            item = items.next() => item,
+            _ = tokio::time::sleep(every) => {
+                send(node, reply_to, &Reply::Alive { node: here.clone() }).await;
+                continue;
+            }
+            _ = &mut *stop => return Err(Error::new(ErrorKind::Cancelled, "cancelled by the caller")),
+        };
+        match next {
+            Some(Ok(dspex_actors::StreamItem::Chunk(value))) => {
+                send(node, reply_to, &Reply::Chunk { seq, value }).await;
+                seq += 1;
+            }
+            Some(Ok(dspex_actors::StreamItem::Done(value))) => {
+                let done = Reply::Done {
+                    node: here,
+                    value,
+                    worker: items.worker.clone(),
+                    worker_index: 0,
+                    pid: items.pid,
+                    queue_us: items.queue.as_micros() as u64,
+                    elapsed_us: sent.elapsed().as_micros() as u64,
+                    retried: false,
+                };
+                send(node, reply_to, &done).await;
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(Error::new(ErrorKind::Protocol, format!("{} ended without a result", req.op))),
+        }
+    }
 }

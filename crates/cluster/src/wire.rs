@@ -35,6 +35,9 @@ pub(crate) struct CallRequest {
     pub trace_id: Option<String>,
     pub session: Option<String>,
     pub idempotent: bool,
+    /// A streamed command: chunks come back as they are made.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// What the serving node sends back on the call's reply inbox.
@@ -43,6 +46,10 @@ pub(crate) enum Reply {
     /// Still running on `node` (every `keepalive_ms`; none for a call that
     /// ends sooner).
     Alive { node: String },
+    /// A streamed call started on `node`'s `worker`.
+    Started { node: String, worker: String, pid: u32, queue_us: u64 },
+    /// One chunk of a streamed call, numbered from 0 (a gap means one was lost).
+    Chunk { seq: u64, value: Value },
     /// The command's result, and where and how it ran.
     Done {
         node: String,
@@ -125,6 +132,7 @@ mod tests {
             trace_id: Some("t".into()),
             session: None,
             idempotent: true,
+            stream: false,
         };
         assert_eq!(decode::<CallRequest>(&encode(&req).unwrap()).unwrap(), req);
         let failed =

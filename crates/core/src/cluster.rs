@@ -82,6 +82,14 @@ pub struct ClusterConfig {
     /// (milliseconds); three silent intervals mean the node was lost.
     #[serde(default = "default_keepalive_ms")]
     pub keepalive_ms: u64,
+    /// Replicas of the membership bucket in a clustered NATS deployment
+    /// (3 survives the loss of one server; at most the number of servers).
+    #[serde(default = "default_kv_replicas")]
+    pub kv_replicas: usize,
+}
+
+fn default_kv_replicas() -> usize {
+    1
 }
 
 fn default_cluster_name() -> String {
@@ -121,6 +129,7 @@ impl ClusterConfig {
             spill_queue: default_spill_queue(),
             lease_ms: default_lease_ms(),
             keepalive_ms: default_keepalive_ms(),
+            kv_replicas: default_kv_replicas(),
         }
     }
 
@@ -183,6 +192,9 @@ impl ClusterConfig {
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return bad("tls_cert_file and tls_key_file go together".into());
+        }
+        if !(1..=5).contains(&self.kv_replicas) {
+            return bad(format!("kv_replicas must be 1 to 5, not {}", self.kv_replicas));
         }
         if self.lease_ms < 300 || self.keepalive_ms == 0 {
             return bad("lease_ms must be at least 300 and keepalive_ms above 0".into());
