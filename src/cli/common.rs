@@ -116,6 +116,36 @@ fn ms(v: Option<&Value>) -> String {
 pub fn render_tree(node: &Value) -> String {
     let mut out = String::new();
     walk(node, "", true, true, &mut out);
+    // Other cluster nodes (read-only: their own consoles show their trees).
+    let remote = node.get("cluster").and_then(Value::as_array).cloned().unwrap_or_default();
+    if !remote.is_empty() {
+        out.push_str("cluster (other nodes, read-only)\n");
+        for (i, n) in remote.iter().enumerate() {
+            let last = i + 1 == remote.len();
+            let accepting = if n["accepting"].as_bool() == Some(false) { "draining" } else { "accepting" };
+            out.push_str(&format!(
+                "{}node:{} [node] {accepting}  remote in-flight {}  seen {} ms ago\n",
+                if last { "└─ " } else { "├─ " },
+                n["node"].as_str().unwrap_or("?"),
+                n["remote_in_flight"],
+                n["age_ms"]
+            ));
+            let pools = n["pools"].as_array().cloned().unwrap_or_default();
+            for (j, p) in pools.iter().enumerate() {
+                out.push_str(&format!(
+                    "{}{}pool:{} [pool] ready {}/{}  in-flight {}  queued {}{}\n",
+                    if last { "   " } else { "│  " },
+                    if j + 1 == pools.len() { "└─ " } else { "├─ " },
+                    p["name"].as_str().unwrap_or("?"),
+                    p["ready"],
+                    p["size"],
+                    p["in_flight"],
+                    p["queued"],
+                    if p["offered"].as_bool() == Some(true) { "" } else { "  (not offered)" }
+                ));
+            }
+        }
+    }
     out
 }
 

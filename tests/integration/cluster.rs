@@ -191,13 +191,15 @@ async fn the_cluster_keeps_serving_when_one_of_three_nats_servers_dies() {
     let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
     // Both nodes know only the first server: they learn the others from it
     // (NATS's discovery) and must fail over to them when it dies.
-    let config = crate::nats::node_config(&urls[0], "a", 1, 8).replace("kv_replicas = 1", "kv_replicas = 3");
-    let _a = ServeNode::with_config(BIN, "a", &config);
+    // The client joins first: it waits for the servers' JetStream to elect
+    // a leader and creates the 3-replica membership bucket.
     let rt = Runtime::from_config(RuntimeConfig { default_pool: false, ..RuntimeConfig::default() }).await.unwrap();
     let mut c = ClusterConfig::new(&urls[0], "client").allow_insecure(true).lease_ms(1000);
     c.keepalive_ms = 100;
     c.kv_replicas = 3;
     let joined = ClusterNode::join(&rt, c).await.expect("join a 3-server NATS cluster");
+    let config = crate::nats::node_config(&urls[0], "a", 1, 8).replace("kv_replicas = 1", "kv_replicas = 3");
+    let _a = ServeNode::with_config(BIN, "a", &config);
     until_nodes(&rt, &["a", "client"]).await;
     let opts = || RequestOptions::default().idempotent(true).timeout(Duration::from_secs(10));
     let out = rt.call("general", "echo", json!({"n": 1}), opts()).await.unwrap();
@@ -245,6 +247,49 @@ async fn a_program_streams_from_another_node() {
     let plain = rt.run(&program, q, RequestOptions::python().no_cache()).await.unwrap();
     assert_eq!(plain.get_str("answer"), Some("5"));
     assert_eq!(plain.meta.node.as_deref(), Some("a"));
+    joined.leave().await;
+    rt.shutdown().await.unwrap();
+}
+
+/// `dspex console --socket SOCK --once CMD`: its stdout.
+fn console(socket: &std::path::Path, cmd: &str) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["console", "--socket"])
+        .arg(socket)
+        .args(["--once", cmd])
+        .output()
+        .expect("dspex console");
+    assert!(out.status.success(), "console {cmd}: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_takes_no_new_work_and_each_tree_shows_the_other_nodes() {
+    let nats = NatsServer::start();
+    let a = ServeNode::start(BIN, &nats.url(), "a", 1, 4);
+    let _b = ServeNode::start(BIN, &nats.url(), "b", 1, 4);
+    let (rt, joined) = client(&nats.url(), "client").await;
+    until_nodes(&rt, &["a", "b", "client"]).await;
+
+    let tree = console(&a.console_socket(), "tree");
+    assert!(tree.contains("cluster (other nodes, read-only)"), "{tree}");
+    assert!(tree.contains("node:b [node] accepting") && tree.contains("pool:general [pool] ready 1/1"), "{tree}");
+    assert!(tree.contains("node:client [node]"), "{tree}");
+    let nodes = console(&a.console_socket(), "nodes");
+    assert!(nodes.contains("a (this node)") && nodes.contains("general 1/1"), "{nodes}");
+
+    assert!(console(&a.console_socket(), "drain").contains("drained"));
+    // Not idempotent, and still never lost: a refuses before running, so
+    // every call lands on b.
+    for i in 0..30 {
+        let out = rt.call("general", "echo", json!({"i": i}), RequestOptions::default()).await.unwrap();
+        assert_eq!(out.meta.node.as_deref(), Some("b"), "call {i} went to a drained node");
+    }
+    let t = Instant::now();
+    while rt.nodes().iter().any(|n| n.node == "a" && n.accepting) {
+        assert!(t.elapsed() < Duration::from_secs(3), "a still says it takes work");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     joined.leave().await;
     rt.shutdown().await.unwrap();
 }

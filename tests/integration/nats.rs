@@ -145,7 +145,7 @@ impl ServeNode {
             .arg(dir.join("console.sock"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
             .spawn()
             .expect("spawn dspex serve");
         let stdout = child.stdout.take().expect("stdout");
@@ -157,11 +157,25 @@ impl ServeNode {
                 }
             }
         });
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(line) => assert!(line.contains(&format!("cluster node {node}")), "{line}"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("dspex serve (node {node}) did not get ready");
+        let t = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    assert!(line.contains(&format!("cluster node {node}")), "{line}");
+                    break;
+                }
+                Err(_) => {
+                    let exited = child.try_wait().ok().flatten();
+                    if exited.is_some() || t.elapsed() > Duration::from_secs(120) {
+                        let _ = child.kill();
+                        let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                        panic!(
+                            "dspex serve (node {node}) did not get ready ({exited:?}); its last output:\n{}",
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        );
+                    }
+                }
             }
         }
         ServeNode { name: node.to_string(), child, dir }
@@ -169,6 +183,11 @@ impl ServeNode {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The node's console socket.
+    pub fn console_socket(&self) -> PathBuf {
+        self.dir.join("console.sock")
     }
 
     /// `kill -9` the node's process.

@@ -73,4 +73,8 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// The live nodes (this one included, marked `local`).
     fn nodes(&self) -> Vec<NodeStatus>;
+
+    /// Stop taking remote calls (they are refused, retryably, so callers go
+    /// to other nodes) and wait up to `grace` for the running ones.
+    fn drain(self: Arc<Self>, grace: Duration) -> BoxFuture<'static, ()>;
 }

@@ -68,13 +68,14 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("kill ACTOR", "kill a worker (kill -9), close a session or cancel a pipeline run (needs the token)"),
     ("restart POOL", "restart a pool's workers one at a time (needs the token)"),
     ("scale POOL N", "resize a pool (needs the token)"),
+    ("drain", "stop taking work from other cluster nodes, finish what runs for them (needs the token)"),
     ("help", "this list"),
 ];
 
 /// The commands that change something: they need the token, and a client
 /// must not send one again on its own after a lost connection (it may have
 /// run).
-pub const MUTATING: &[&str] = &["kill", "restart", "scale"];
+pub const MUTATING: &[&str] = &["kill", "restart", "scale", "drain"];
 const MAX_LINE: usize = 64 * 1024;
 
 #[derive(Debug, Deserialize)]
@@ -380,7 +381,15 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
 pub async fn command(rt: &Runtime, cmd: &str, args: &[String]) -> Result<Value> {
     match cmd {
         "help" => Ok(json!(COMMANDS.iter().map(|(c, d)| json!({"command": c, "about": d})).collect::<Vec<_>>())),
-        "tree" => to_value(&rt.tree().await?),
+        "tree" => {
+            let mut tree = to_value(&rt.tree().await?)?;
+            // Other cluster nodes, read-only, beside the local tree.
+            let remote: Vec<_> = rt.nodes().into_iter().filter(|n| !n.local).collect();
+            if let (false, Some(t)) = (remote.is_empty(), tree.as_object_mut()) {
+                t.insert("cluster".into(), to_value(&remote)?);
+            }
+            Ok(tree)
+        }
         "pools" => to_value(&rt.pool_stats()),
         "workers" => {
             let pool = arg(args, 0, "POOL", cmd)?;
@@ -444,6 +453,10 @@ pub async fn command(rt: &Runtime, cmd: &str, args: &[String]) -> Result<Value> 
             }
             rt.scale(pool, n).await?;
             Ok(json!({"pool": pool, "size": n}))
+        }
+        "drain" => {
+            rt.drain_cluster(std::time::Duration::from_secs(30)).await?;
+            Ok(json!({"drained": rt.node_name()}))
         }
         other => Err(Error::invalid_request(format!("unknown command `{other}`; `help` lists the commands"))),
     }

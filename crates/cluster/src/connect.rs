@@ -13,9 +13,7 @@ pub(crate) async fn connect(config: &ClusterConfig) -> Result<async_nats::Client
     config.check()?;
     let mut opts = ConnectOptions::new()
         .name(format!("dspex:{}:{}", config.name, config.node))
-        .connection_timeout(Duration::from_secs(5))
-        // Requests carry their own deadlines; the client's default would cut them at 10 s.
-        .request_timeout(None);
+        .connection_timeout(Duration::from_secs(5));
     if let Some(t) = &config.token {
         opts = opts.token(t.expose().to_string());
     }

@@ -73,6 +73,8 @@ struct Inner {
     pools: Vec<PoolHandle>,
     remote_in_flight: AtomicUsize,
     accepting: AtomicBool,
+    /// Set when the node drains: its queue-group subscriptions go.
+    draining: tokio::sync::watch::Sender<bool>,
     next_id: AtomicU64,
     /// Remote calls running here, by (caller node, call id): their cancel switches.
     running: DashMap<(String, u64), oneshot::Sender<()>>,
@@ -169,6 +171,23 @@ impl Cluster for Inner {
         all.extend(self.members.live(self.lease()));
         all
     }
+
+    fn drain(self: Arc<Self>, grace: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.drain_remote(grace).await })
+    }
+}
+
+impl Inner {
+    async fn drain_remote(&self, grace: Duration) {
+        self.accepting.store(false, Ordering::Release);
+        self.draining.send_replace(true);
+        let _ = self.client.flush().await;
+        let _ = self.publish_status().await;
+        let end = tokio::time::Instant::now() + grace;
+        while self.remote_in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// A runtime's membership in a cluster. Dropping it does not leave the
@@ -187,10 +206,12 @@ impl ClusterNode {
     pub async fn join(runtime: &Runtime, config: ClusterConfig) -> Result<ClusterNode> {
         let client = connect::connect(&config).await?;
         let names = Names::new(&config.name);
-        let js = async_nats::jetstream::new(client.clone());
+        // Every JetStream request is bounded (a cluster still electing its
+        // leader answers none; `members::bucket` retries within its patience).
+        let js = async_nats::jetstream::ContextBuilder::new().timeout(Duration::from_secs(5)).build(client.clone());
         let reply_prefix = client.new_inbox();
         let lease = Duration::from_millis(config.lease_ms);
-        let store = members::bucket(&js, &names.bucket, lease, config.kv_replicas, Duration::from_secs(15)).await?;
+        let store = members::bucket(&js, &names.bucket, lease, config.kv_replicas, Duration::from_secs(30)).await?;
         let inner = Arc::new(Inner {
             names,
             client,
@@ -199,6 +220,7 @@ impl ClusterNode {
             pools: runtime.pools(),
             remote_in_flight: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
+            draining: tokio::sync::watch::Sender::new(false),
             next_id: AtomicU64::new(1),
             running: DashMap::new(),
             calls: DashMap::new(),
@@ -225,14 +247,19 @@ impl ClusterNode {
                 .subscribe(inner.names.node_pool(&inner.config.node, &name))
                 .await
                 .map_err(|e| sub_err(&e))?;
-            tasks.push(tokio::spawn(serve::serve_pool(inner.clone(), pool.clone(), any)));
-            tasks.push(tokio::spawn(serve::serve_pool(inner.clone(), pool.clone(), pinned)));
+            tasks.push(tokio::spawn(serve::serve_pool(inner.clone(), pool.clone(), any, true)));
+            tasks.push(tokio::spawn(serve::serve_pool(inner.clone(), pool.clone(), pinned, false)));
         }
         let replies = inner.client.subscribe(format!("{}.*", inner.reply_prefix)).await.map_err(|e| sub_err(&e))?;
         tasks.push(tokio::spawn(remote::route_replies(inner.clone(), replies)));
         let cancels = inner.client.subscribe(inner.names.cancel(&inner.config.node)).await.map_err(|e| sub_err(&e))?;
         tasks.push(tokio::spawn(serve::serve_cancels(inner.clone(), cancels)));
-        tasks.push(tokio::spawn(members::watch(inner.store.clone(), inner.members.clone(), inner.config.node.clone())));
+        tasks.push(tokio::spawn(members::watch(
+            inner.store.clone(),
+            inner.members.clone(),
+            inner.config.node.clone(),
+            lease,
+        )));
         inner.publish_status().await?;
         tasks.push(tokio::spawn(refresh(inner.clone())));
         // Subscriptions reach the server before others are told to use them.
@@ -256,12 +283,7 @@ impl ClusterNode {
     /// `overloaded`, so callers go elsewhere), wait up to `grace` for the
     /// running ones, and say so in the membership entry.
     pub async fn drain(&self, grace: Duration) {
-        self.inner.accepting.store(false, Ordering::Release);
-        let _ = self.inner.publish_status().await;
-        let end = tokio::time::Instant::now() + grace;
-        while self.inner.remote_in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.inner.drain_remote(grace).await;
     }
 
     /// Leave: stop serving, remove this node's entry, close the connection.

@@ -106,7 +106,7 @@ pub(crate) async fn bucket(
 
 /// Follow the bucket: every put and delete, from the current entries on.
 /// Ends when the watch does (the connection is closing).
-pub(crate) async fn watch(store: kv::Store, members: Arc<Members>, me: String) {
+pub(crate) async fn watch(store: kv::Store, members: Arc<Members>, me: String, lease: Duration) {
     loop {
         let mut entries = match store.watch_with_history(">").await {
             Ok(w) => w,
@@ -116,11 +116,20 @@ pub(crate) async fn watch(store: kv::Store, members: Arc<Members>, me: String) {
                 continue;
             }
         };
-        while let Some(entry) = entries.next().await {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
+        loop {
+            // Every live node refreshes three times a lease (this one too), so
+            // a lease of silence means the watch stalled — its server died
+            // and the consumer went with it: watch again from the current
+            // entries.
+            let entry = match tokio::time::timeout(lease, entries.next()).await {
+                Ok(Some(Ok(e))) => e,
+                Ok(Some(Err(e))) => {
                     debug!(error = %e, "membership watch interrupted");
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    debug!("membership watch silent for a lease; watching again");
                     break;
                 }
             };

@@ -2,16 +2,16 @@
 //!
 //! The call goes out on the pool's subject (or a node's own, when pinned)
 //! with its own reply subject under this node's one reply subscription
-//! (`_INBOX.ID.>`, subscribed once at join: no per-call subscribe and
+//! (`_INBOX.ID.*`, subscribed once at join: no per-call subscribe and
 //! unsubscribe), where [`route_replies`] hands each message to its call. No
 //! subscriber at all is known at once (NATS's no-responders status) and
 //! fails with `not_found`. Otherwise the caller waits for `Alive`s and the
 //! answer; three keep-alive intervals of silence mean the node was lost
 //! (`worker_crashed`, naming the node), and the deadline always wins
-//! (`timeout`). An idempotent call whose
-//! node was lost or refused it is sent again — NATS hands it to another
-//! subscribed node — while its deadline allows. A caller that stops waiting
-//! tells the serving node, which cancels the call.
+//! (`timeout`). A call a node refused (full, draining: it never ran), and an
+//! idempotent call whose node was lost, is sent again — NATS hands it to
+//! another subscribed node — while its deadline allows. A caller that stops
+//! waiting tells the serving node, which cancels the call.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,7 +37,7 @@ pub(crate) async fn call(node: &Inner, pool: &str, op: &str, args: Value, opts: 
     loop {
         attempt += 1;
         match call_once(node, pool, op, args.clone(), opts, deadline).await {
-            Err(e) if opts.idempotent && attempt < ATTEMPTS && Instant::now() < deadline && worth_retrying(&e) => {
+            Err(e) if attempt < ATTEMPTS && Instant::now() < deadline && worth_retrying(&e, opts.idempotent) => {
                 warn!(pool, op, error = %e, attempt, "remote call lost; sending it again");
                 // A moment for the lost node's subscriptions to go.
                 tokio::time::sleep(Duration::from_millis(20 * attempt as u64)).await;
@@ -51,10 +51,12 @@ pub(crate) async fn call(node: &Inner, pool: &str, op: &str, args: Value, opts: 
     }
 }
 
-/// A lost node or a node that refused: another may take it.
-fn worth_retrying(e: &Error) -> bool {
-    matches!(e.kind(), ErrorKind::WorkerCrashed | ErrorKind::Transport)
-        || (e.kind() == ErrorKind::Overloaded && e.is_retryable())
+/// A node that refused the call (full or draining: it never ran) — any
+/// call may go elsewhere; a lost node — only an idempotent one (it may have
+/// run).
+fn worth_retrying(e: &Error, idempotent: bool) -> bool {
+    (e.kind() == ErrorKind::Overloaded && e.is_retryable())
+        || (idempotent && matches!(e.kind(), ErrorKind::WorkerCrashed | ErrorKind::Transport))
 }
 
 /// Replies queued for one call, at most this many: a caller that reads a

@@ -24,9 +24,25 @@ use tracing::{debug, warn};
 use crate::wire::{decode, encode, CallRequest, Cancel, Reply};
 use crate::Inner;
 
-/// Serve `pool` from `sub` until the subscription ends.
-pub(crate) async fn serve_pool(node: Arc<Inner>, pool: PoolHandle, mut sub: Subscriber) {
-    while let Some(msg) = sub.next().await {
+/// Serve `pool` from `sub` until the subscription ends. A queue-group
+/// subscription (`leaves_on_drain`) is dropped when the node drains, so
+/// NATS stops handing it calls; calls already delivered are still answered.
+pub(crate) async fn serve_pool(node: Arc<Inner>, pool: PoolHandle, mut sub: Subscriber, leaves_on_drain: bool) {
+    let mut draining = node.draining.subscribe();
+    let mut subscribed = true;
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => m,
+            _ = draining.changed(), if leaves_on_drain && subscribed => {
+                if *draining.borrow_and_update() {
+                    // What was delivered before the unsubscribe still arrives.
+                    let _ = sub.unsubscribe().await;
+                    subscribed = false;
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else { return };
         let (node, pool) = (node.clone(), pool.clone());
         tokio::spawn(async move { serve_call(node, pool, msg).await });
     }

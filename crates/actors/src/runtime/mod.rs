@@ -219,6 +219,19 @@ impl Runtime {
         self.inner.dispatcher.cluster().map(|c| c.nodes()).unwrap_or_default()
     }
 
+    /// Stop taking work from other nodes of the cluster and wait up to
+    /// `grace` for what runs here for them (`Config` outside a cluster).
+    pub async fn drain_cluster(&self, grace: Duration) -> Result<()> {
+        let cluster = self
+            .inner
+            .dispatcher
+            .cluster()
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::Config, "this runtime is not in a cluster (nothing to drain)"))?;
+        cluster.drain(grace).await;
+        Ok(())
+    }
+
     /// This node's name in its cluster.
     pub fn node_name(&self) -> Option<String> {
         self.inner.dispatcher.cluster().map(|c| c.node().to_string())
