@@ -27,16 +27,33 @@ use tracing::{debug, warn};
 use crate::wire::{decode, encode, CallRequest, Cancel, Reply};
 use crate::Inner;
 
-/// How many times an idempotent call is sent in all.
+/// How many times a refused or (idempotent) lost call is sent in all.
 const ATTEMPTS: usize = 4;
+
+/// How long a call waits for a node that offers its pool to reconnect.
+const RECONNECT_GRACE: Duration = Duration::from_secs(5);
+const RECONNECT_POLL: Duration = Duration::from_millis(100);
 
 /// Run `op` on `pool` elsewhere in the cluster.
 pub(crate) async fn call(node: &Inner, pool: &str, op: &str, args: Value, opts: &PoolCallOptions) -> Result<PoolReply> {
     let deadline = opts.deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(120));
     let mut attempt = 0;
+    let started = Instant::now();
     loop {
         attempt += 1;
         match call_once(node, pool, op, args.clone(), opts, deadline).await {
+            // Nobody is subscribed, yet a live node offers the pool: it is
+            // reconnecting (its NATS server died). Nobody got the call, so
+            // any call may wait for it — briefly, within the deadline.
+            Err(e)
+                if e.kind() == ErrorKind::NotFound
+                    && node.members.offers(pool, opts.node.as_deref(), node.lease())
+                    && started.elapsed() < RECONNECT_GRACE
+                    && Instant::now() + RECONNECT_POLL < deadline =>
+            {
+                debug!(pool, op, "no responder, but a live node offers the pool; waiting for it to reconnect");
+                tokio::time::sleep(RECONNECT_POLL).await;
+            }
             Err(e) if attempt < ATTEMPTS && Instant::now() < deadline && worth_retrying(&e, opts.idempotent) => {
                 warn!(pool, op, error = %e, attempt, "remote call lost; sending it again");
                 // A moment for the lost node's subscriptions to go.
