@@ -106,3 +106,30 @@ pub async fn leave(joined: Option<Joined>, grace: std::time::Duration) {
     #[cfg(not(feature = "cluster"))]
     let _ = (joined, grace);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_make_a_config_of_their_own() {
+        let none = ClusterFlags::default();
+        assert!(none.settle(None).is_none());
+        let file = ClusterConfig::new("nats://127.0.0.1:1", "from-file");
+        assert_eq!(none.settle(Some(file.clone())).map(|c| c.node), Some("from-file".into()));
+        let flags = ClusterFlags {
+            urls: vec!["nats://127.0.0.1:2".into(), "nats://127.0.0.1:3".into()],
+            node: Some("n".into()),
+            cluster_name: Some("prod".into()),
+            cluster_token: Some("t0ken".into()),
+            allow_insecure: true,
+        };
+        let c = flags.settle(Some(file)).unwrap();
+        assert_eq!((c.urls.len(), c.node.as_str(), c.name.as_str()), (2, "n", "prod"));
+        assert_eq!(c.token.as_ref().map(|t| t.expose()), Some("t0ken"));
+        assert!(c.allow_insecure);
+        let fresh = ClusterFlags { node: None, ..flags }.settle(None).unwrap();
+        assert!(fresh.node.contains('-') && fresh.check().is_ok(), "{fresh:?}");
+        assert_eq!(available().is_ok(), cfg!(feature = "cluster"));
+    }
+}

@@ -293,3 +293,77 @@ async fn a_drained_node_takes_no_new_work_and_each_tree_shows_the_other_nodes() 
     joined.leave().await;
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_node_serves_calls_and_streams_refuses_past_its_limit_and_drains() {
+    let nats = NatsServer::start();
+    let (_lm_server, lm) = crate::runtime::offline_lm().await;
+    let server = crate::runtime::builder(1).lm(lm.clone()).start().await.expect("a serving runtime");
+    let mut s = ClusterConfig::new(nats.url(), "srv").allow_insecure(true).lease_ms(1000);
+    s.keepalive_ms = 100;
+    s.max_remote_in_flight = 1;
+    let serving = ClusterNode::join(&server, s).await.expect("join");
+    assert_eq!(serving.node(), "srv");
+    let config = RuntimeConfig { default_pool: false, lm: Some(lm), ..RuntimeConfig::default() };
+    let rt = Runtime::from_config(config).await.unwrap();
+    let mut c = ClusterConfig::new(nats.url(), "cli").allow_insecure(true).lease_ms(1000);
+    c.keepalive_ms = 100;
+    let joined = ClusterNode::join(&rt, c).await.expect("join");
+    until_nodes(&rt, &["cli", "srv"]).await;
+    assert_eq!(serving.nodes().len(), 2);
+
+    // A call, and a stream, served by the in-process node.
+    let out = rt.call("general", "echo", json!({"k": "v"}), RequestOptions::default()).await.unwrap();
+    assert_eq!((out.value, out.meta.node.as_deref()), (json!({"k": "v"}), Some("srv")));
+    let program = dspex::Program::new(dspex::ProgramSpec::predict("question -> answer"));
+    let q = json!({"question": "What is 2 + 3?"}).as_object().cloned().unwrap_or_default();
+    let (chunks, done) =
+        crate::support::stream_to_end(rt.stream(&program, q, RequestOptions::python().no_cache()).await.unwrap()).await;
+    assert_eq!((chunks.concat().trim(), done.meta.node.as_deref()), ("5", Some("srv")));
+
+    // A second call while one runs is past max_remote_in_flight: refused,
+    // resent, refused again — `overloaded`, long before its deadline.
+    let rt2 = rt.clone();
+    let long = tokio::spawn(async move {
+        rt2.call(
+            "general",
+            "sleep",
+            json!({"seconds": 1.0}),
+            RequestOptions::default().timeout(Duration::from_secs(10)),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let e = rt.call("general", "noop", json!({}), RequestOptions::default()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Overloaded, "{e}");
+    assert_eq!(e.context().node.as_deref(), Some("srv"), "{e}");
+    assert!(t.elapsed() < Duration::from_millis(900), "refusals took {:?}", t.elapsed());
+    // A caller that gives up cancels the call on the serving node.
+    let short = RequestOptions::default().timeout(Duration::from_millis(300));
+    assert!(long.await.unwrap().is_ok());
+    let e = rt.call("general", "sleep", json!({"seconds": 3.0}), short).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+
+    // Draining: the node leaves its queue group and says so; nobody else
+    // offers the pool, so a call fails at once with `not_found`.
+    server.drain_cluster(Duration::from_secs(2)).await.unwrap();
+    let t = Instant::now();
+    while rt.nodes().iter().any(|n| n.node == "srv" && n.accepting) {
+        assert!(t.elapsed() < Duration::from_secs(3), "srv still takes work");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = rt.call("general", "noop", json!({}), RequestOptions::default()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert_eq!(server.node_name().as_deref(), Some("srv"));
+    assert_eq!(rt.drain_cluster(Duration::ZERO).await.map(|()| "drained"), Ok("drained"));
+    let lone = Runtime::from_config(RuntimeConfig { default_pool: false, ..RuntimeConfig::default() }).await.unwrap();
+    assert_eq!(lone.drain_cluster(Duration::ZERO).await.unwrap_err().kind(), ErrorKind::Config);
+    assert!(lone.nodes().is_empty() && lone.node_name().is_none());
+    lone.shutdown().await.unwrap();
+
+    joined.leave().await;
+    serving.leave().await;
+    rt.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+}
