@@ -246,3 +246,81 @@ pub async fn call(a: CallArgs) -> Result<Value> {
     let out = out?;
     Ok(serde_json::json!({"value": out.value, "meta": out.meta}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn call_args(command: &str, args: Option<&str>, config: Option<PathBuf>) -> CallArgs {
+        CallArgs {
+            pool: "general".into(),
+            command: command.into(),
+            args: args.map(String::from),
+            config,
+            on_node: None,
+            idempotent: true,
+            timeout: Some(120.0),
+            lm: LmFlags::default(),
+            cluster: ClusterFlags::default(),
+        }
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dspex-serve-test-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn call_runs_one_worker_command_on_the_default_pool_and_reports_where() {
+        let out = call(call_args("echo", Some(r#"{"x": [1, 2]}"#), None)).await.unwrap();
+        assert_eq!(out["value"], json!({"x": [1, 2]}));
+        assert_eq!(out["meta"]["pool"], "general");
+        assert!(out["meta"]["pid"].as_u64().is_some_and(|p| p > 0), "{out}");
+        assert!(out["meta"]["node"].is_null(), "not in a cluster: {out}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn call_uses_the_pools_and_lm_of_a_config_file() {
+        let config = temp_file(
+            "dspex.toml",
+            "[lm]\nmodel = \"openai/never-called\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n\
+             [[pools]]\nname = \"tools\"\nsize = 1\n",
+        );
+        let mut args = call_args("commands", None, Some(config.clone()));
+        args.pool = "tools".into();
+        let out = call(args).await.unwrap();
+        assert!(out["value"].as_array().is_some_and(|names| names.contains(&json!("echo"))), "{out}");
+        assert_eq!(out["meta"]["pool"], "tools");
+        // The file's pools replace the default one.
+        let err = call(call_args("echo", None, Some(config))).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    }
+
+    #[tokio::test]
+    async fn call_refuses_arguments_that_are_not_a_json_object_before_starting_anything() {
+        for (args, says) in [("[1, 2]", "must be a JSON object"), ("{nope", "is not JSON")] {
+            let err = call(call_args("echo", Some(args), None)).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
+            assert!(err.message().contains(says), "{args}: {err}");
+        }
+        let err = call(call_args("echo", None, Some("/nonexistent/dspex.toml".into()))).await.unwrap_err();
+        assert!(err.message().contains("/nonexistent/dspex.toml"), "{err}");
+    }
+
+    #[test]
+    fn inputs_come_from_a_json_file_then_key_value_pairs() {
+        let file = temp_file("in.json", r#"{"question": "from file", "k": 1}"#);
+        let got = inputs(&["k=2".into(), "note=plain text".into()], Some(&file)).unwrap();
+        assert_eq!(Value::Object(got), json!({"question": "from file", "k": 2, "note": "plain text"}));
+        for (text, says) in [("[1]", "must hold a JSON object"), ("{", "in.json")] {
+            let err = inputs(&[], Some(&temp_file("in.json", text))).unwrap_err();
+            assert!(err.message().contains(says), "{text}: {err}");
+        }
+        assert!(inputs(&[], Some(Path::new("/nonexistent/in.json"))).unwrap_err().message().contains("cannot read"));
+        assert!(inputs(&["no-equals".into()], None).unwrap_err().message().contains("KEY=VALUE"));
+    }
+}

@@ -321,6 +321,20 @@ async fn an_in_process_node_serves_calls_and_streams_refuses_past_its_limit_and_
         crate::support::stream_to_end(rt.stream(&program, q, RequestOptions::python().no_cache()).await.unwrap()).await;
     assert_eq!((chunks.concat().trim(), done.meta.node.as_deref()), ("5", Some("srv")));
 
+    // A command the worker does not have fails remotely exactly as it fails
+    // locally (same kind and message), and says which node answered.
+    let local = server.call("general", "no_such_command", json!({}), RequestOptions::default()).await.unwrap_err();
+    let remote = rt.call("general", "no_such_command", json!({}), RequestOptions::default()).await.unwrap_err();
+    assert_eq!((remote.kind(), remote.message()), (local.kind(), local.message()), "{remote}");
+    assert_eq!(remote.context().node.as_deref(), Some("srv"), "{remote}");
+
+    // The floor under these calls: bare NATS request/reply through the same server.
+    let floor = dspex::cluster::nats_round_trip(&ClusterConfig::new(nats.url(), "probe").allow_insecure(true), 5)
+        .await
+        .unwrap();
+    assert_eq!(floor.len(), 5);
+    assert!(floor.iter().all(|t| *t > Duration::ZERO && *t < Duration::from_secs(5)), "{floor:?}");
+
     // A second call while one runs is past max_remote_in_flight: refused,
     // resent, refused again — `overloaded`, long before its deadline.
     let rt2 = rt.clone();
