@@ -6,7 +6,12 @@
 //!   remote overhead: NATS, MessagePack, the serving node's dispatch);
 //! - LM-bound throughput: DSPy `Predict` over a stub LM that answers after
 //!   100 ms, sent by a client-only runtime to 1, 2 and 3 serving nodes (one
-//!   worker × 10 concurrent requests each: 100 requests/s ideal per node).
+//!   worker × 10 concurrent requests each: 100 requests/s ideal per node);
+//! - session takeover: sessions owned by one node, whose NATS connection
+//!   is then cut (its subscriptions vanish, as when its process is killed);
+//!   the first request for each from another node — forward, "no
+//!   responders", compare-and-set claim, start — against a request to a
+//!   session that node already holds, and one forwarded to a live owner.
 //!
 //! Run: `cargo bench --features cluster --bench cluster`.
 
@@ -19,8 +24,11 @@ use std::time::{Duration, Instant};
 use common::{machine, percentile, python, sorted};
 use dspex::cluster::ClusterNode;
 use dspex::native::lm::{offline::OfflineResponder, server::LmServer};
-use dspex::{ClusterConfig, LmConfig, PoolConfig, Program, ProgramSpec, RequestOptions, Runtime};
-use nats::{NatsServer, ServeNode};
+use dspex::{
+    ClusterConfig, LmConfig, Map, PoolConfig, Program, ProgramSpec, RequestOptions, Runtime, RuntimeConfig,
+    SessionOptions,
+};
+use nats::{Link, NatsServer, ServeNode};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dspex");
@@ -72,6 +80,67 @@ async fn lm_bound(rt: &Runtime, n: usize) -> (f64, usize) {
         }
     }
     (n as f64 / t.elapsed().as_secs_f64(), failed)
+}
+
+const SESSIONS: usize = 100;
+
+fn question() -> Map {
+    json!({"question": "What is 2 + 3?"}).as_object().cloned().unwrap_or_default()
+}
+
+/// A native-only runtime with `lm`, in the cluster at `url` as `node`.
+async fn native_node(url: &str, node: &str, lm: &LmConfig) -> (Runtime, ClusterNode) {
+    let config = RuntimeConfig { default_pool: false, lm: Some(lm.clone()), ..RuntimeConfig::default() };
+    let rt = Runtime::from_config(config).await.expect("runtime");
+    let joined = ClusterNode::join(&rt, cluster_config(url, node)).await.expect("join");
+    (rt, joined)
+}
+
+/// Session takeover (µs, sorted): forwarded to a live owner, the first
+/// request after the owner's death (the takeover), then requests to the
+/// sessions now held here.
+async fn takeover(nats: &NatsServer) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let lm_server = LmServer::start(OfflineResponder::new()).await.expect("LM");
+    let lm = LmConfig::new("offline").with_base_url(lm_server.base_url()).with_api_key("bench");
+    let link = Link::to(nats.port).await;
+    let (owner, _owner_joined) = native_node(&link.url(), "owner", &lm).await;
+    let (taker, taker_joined) = native_node(&nats.url(), "taker", &lm).await;
+    until_nodes(&taker, 2).await;
+    let opts = RequestOptions::native().no_cache();
+    let mut ids = Vec::new();
+    for i in 0..SESSIONS {
+        let s = owner.sessions().create(SessionOptions::default().id(format!("s{i}"))).await.expect("session");
+        s.define("chat", ProgramSpec::predict("history: dspy.History, question -> answer")).await.expect("define");
+        s.run_with("chat", question(), opts.clone()).await.expect("a turn");
+        ids.push(s.id().to_string());
+    }
+    let mut forwarded = Vec::new();
+    let mut handles = Vec::new();
+    for id in &ids {
+        let s = taker.sessions().open(id).await.expect("open");
+        let t = Instant::now();
+        s.run_with("chat", question(), opts.clone()).await.expect("forwarded");
+        forwarded.push(t.elapsed().as_secs_f64() * 1e6);
+        handles.push(s);
+    }
+    link.cut();
+    let mut took_over = Vec::new();
+    for s in &handles {
+        let t = Instant::now();
+        s.run_with("chat", question(), opts.clone()).await.expect("taken over");
+        took_over.push(t.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(s.owner(), None, "the taker holds the session");
+    }
+    let mut held = Vec::new();
+    for s in &handles {
+        let t = Instant::now();
+        s.run_with("chat", question(), opts.clone()).await.expect("held");
+        held.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    taker_joined.leave().await;
+    taker.shutdown().await.expect("shutdown");
+    owner.shutdown().await.expect("shutdown");
+    (sorted(forwarded), sorted(took_over), sorted(held))
 }
 
 fn main() {
@@ -143,6 +212,15 @@ fn main() {
         joined.leave().await;
         client.shutdown().await.expect("shutdown");
         drop(nodes);
+
+        // 3. Session takeover after the owner's death.
+        let (forwarded, took_over, held) = takeover(&nats).await;
+        let (w50, t50, t99, h50) =
+            (percentile(&forwarded, 0.5), percentile(&took_over, 0.5), percentile(&took_over, 0.99), percentile(&held, 0.5));
+        println!(
+            "session turn ({SESSIONS} sessions, native Predict, instant stub LM): held here p50 {h50:.0} µs; forwarded to the live owner p50 {w50:.0} µs; first turn after the owner's death (takeover) p50 {t50:.0} µs, p99 {t99:.0} µs — {:.1}× a held session's",
+            t50 / h50.max(1.0)
+        );
         common::write_results(
             "cluster",
             &json!({
@@ -150,6 +228,7 @@ fn main() {
                 "noop_us": {"local": {"p50": l50, "p99": l99}, "remote": {"p50": r50, "p99": r99}, "overhead_p50": r50 - l50,
                             "bare_nats": {"p50": f50, "p99": f99}},
                 "lm_bound": rows,
+                "session_turn_us": {"held_p50": h50, "forwarded_p50": w50, "takeover": {"p50": t50, "p99": t99}},
             }),
         );
     });

@@ -23,7 +23,7 @@ async fn client(url: &str, node: &str) -> (Runtime, ClusterNode) {
 }
 
 /// Wait until `rt` sees `nodes` (by name) as the live cluster.
-async fn until_nodes(rt: &Runtime, want: &[&str]) {
+pub(crate) async fn until_nodes(rt: &Runtime, want: &[&str]) {
     let t = Instant::now();
     loop {
         let mut seen: Vec<String> = rt.nodes().into_iter().map(|n| n.node).collect();
@@ -317,9 +317,38 @@ async fn an_in_process_node_serves_calls_and_streams_refuses_past_its_limit_and_
     assert_eq!((out.value, out.meta.node.as_deref()), (json!({"k": "v"}), Some("srv")));
     let program = dspex::Program::new(dspex::ProgramSpec::predict("question -> answer"));
     let q = json!({"question": "What is 2 + 3?"}).as_object().cloned().unwrap_or_default();
-    let (chunks, done) =
-        crate::support::stream_to_end(rt.stream(&program, q, RequestOptions::python().no_cache()).await.unwrap()).await;
+    let (chunks, done) = crate::support::stream_to_end(
+        rt.stream(&program, q.clone(), RequestOptions::python().no_cache()).await.unwrap(),
+    )
+    .await;
     assert_eq!((chunks.concat().trim(), done.meta.node.as_deref()), ("5", Some("srv")));
+
+    // A pipeline on the client-only node: its native step runs here, its
+    // Python step on the serving node's pool.
+    let pipeline = dspex::Pipeline::from_toml(
+        r#"
+name = "spread"
+inputs = ["question"]
+outputs = ["answer", "checked"]
+
+[[steps]]
+name = "here"
+kind = "native"
+signature = "question -> answer"
+
+[[steps]]
+name = "there"
+kind = "python"
+signature = "question, answer -> checked: bool"
+"#,
+    )
+    .unwrap();
+    let run = rt.run_pipeline(&pipeline, q.clone()).await.unwrap();
+    assert_eq!(run.get("answer"), Some(&json!("5")), "{run:?}");
+    let (here, there) = (run.step("here").unwrap(), run.step("there").unwrap());
+    assert_eq!((here.node.as_deref(), here.route.clone()), (None, Some(dspex::Route::Native)), "{here:?}");
+    assert_eq!(there.node.as_deref(), Some("srv"), "{there:?}");
+    assert!(there.worker.as_deref().is_some_and(|w| w.starts_with("worker:general:")), "{there:?}");
 
     // A command the worker does not have fails remotely exactly as it fails
     // locally (same kind and message), and says which node answered.

@@ -5,6 +5,8 @@ mod chaos;
 mod cli;
 #[cfg(feature = "cluster")]
 mod cluster;
+#[cfg(feature = "cluster")]
+mod cluster_sessions;
 mod console;
 mod docs;
 mod dspy_parity;

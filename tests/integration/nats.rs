@@ -41,8 +41,13 @@ fn temp_dir(what: &str) -> PathBuf {
 }
 
 fn wait_for_port(port: u16, timeout: Duration, what: &str) {
+    wait_for(("127.0.0.1", port), timeout, what)
+}
+
+fn wait_for(addr: (&str, u16), timeout: Duration, what: &str) {
+    let (host, port) = addr;
     let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect((host, port)).is_err() {
         assert!(t.elapsed() < timeout, "{what} did not listen on port {port} within {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -51,6 +56,7 @@ fn wait_for_port(port: u16, timeout: Duration, what: &str) {
 /// A NATS server with JetStream.
 pub struct NatsServer {
     pub port: u16,
+    host: String,
     child: Child,
     dir: PathBuf,
 }
@@ -72,7 +78,26 @@ impl NatsServer {
             .spawn()
             .expect("spawn nats-server");
         wait_for_port(port, Duration::from_secs(10), "nats-server");
-        NatsServer { port, child, dir }
+        NatsServer { port, host: "127.0.0.1".into(), child, dir }
+    }
+
+    /// A server inside network namespace `ns`, reached at `host` (its
+    /// address there), requiring `token` (a node refuses to join a
+    /// non-loopback server without credentials).
+    pub fn in_netns(ns: &Netns, host: &str, token: &str) -> NatsServer {
+        let port = 4222;
+        let dir = temp_dir("nats");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(nats_server_binary())
+            .args(["-a", "0.0.0.0", "-p", &port.to_string(), "-js", "--auth", token, "-sd"])
+            .arg(dir.join("js"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server in a namespace");
+        wait_for((host, port), Duration::from_secs(10), "nats-server");
+        NatsServer { port, host: host.to_string(), child, dir }
     }
 
     /// `n` servers clustered with each other (JetStream clustered too).
@@ -96,7 +121,7 @@ impl NatsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 }
 
@@ -201,5 +226,121 @@ impl Drop for ServeNode {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP link from one node to a NATS server that the test can cut and
+/// restore: a network partition of that node alone (its open connections
+/// are closed, and new ones are closed as soon as they are accepted).
+pub struct Link {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    /// A link to the server listening on loopback port `target`.
+    pub async fn to(target: u16) -> Link {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the link");
+        let port = listener.local_addr().expect("the link's address").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (is_cut, open) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_cut.load(Ordering::Acquire) {
+                    continue;
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { continue };
+                let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+                open.lock().push(tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }));
+            }
+        });
+        Link { port, cut, conns, accept }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Partition: close every connection through the link and refuse new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        for c in self.conns.lock().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Heal: connections go through again.
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Run `ip ARGS`, failing the test with its stderr if it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A Linux network namespace the test made, deleted when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// A new namespace with its loopback up; `None` where the kernel (or a
+    /// missing `ip`, or not being root) refuses namespaces.
+    pub fn create(name: &str) -> Option<Netns> {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        let made = Command::new("ip").args(["netns", "add", name]).stderr(Stdio::null()).status();
+        if !made.map(|s| s.success()).unwrap_or(false) {
+            return None;
+        }
+        let ns = Netns { name: name.to_string() };
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    /// Join this namespace to `peer` (or to the root namespace) with a veth
+    /// pair: `here`/`there` are the two ends' names and addresses (CIDR).
+    pub fn link(&self, here: (&str, &str), peer: Option<&Netns>, there: (&str, &str)) {
+        // A root-side end left by an earlier run is still being cleaned up.
+        let _ = Command::new("ip").args(["link", "del", there.0]).stderr(Stdio::null()).status();
+        ip(&["link", "add", here.0, "type", "veth", "peer", "name", there.0]);
+        ip(&["link", "set", here.0, "netns", &self.name]);
+        if let Some(p) = peer {
+            ip(&["link", "set", there.0, "netns", &p.name]);
+        }
+        ip(&["-n", &self.name, "addr", "add", here.1, "dev", here.0]);
+        ip(&["-n", &self.name, "link", "set", here.0, "up"]);
+        let mut peer_args: Vec<&str> = Vec::new();
+        if let Some(p) = peer {
+            peer_args.extend(["-n", p.name.as_str()]);
+        }
+        ip(&[peer_args.as_slice(), &["addr", "add", there.1, "dev", there.0]].concat());
+        ip(&[peer_args.as_slice(), &["link", "set", there.0, "up"]].concat());
+    }
+
+    /// Take interface `dev` in this namespace down (`up = false`) or up.
+    pub fn set_link(&self, dev: &str, up: bool) {
+        ip(&["-n", &self.name, "link", "set", dev, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }

@@ -8,6 +8,16 @@
 //! no local pool of that name exists (a client-only node), or when the local
 //! pool is saturated (`spill_queue` requests waiting). Everything else —
 //! plans, fallbacks, breakers, `Meta` — is the same for local and remote work.
+//!
+//! Sessions use the same seam: a session created in a cluster is stored
+//! with its owner node and a revision ([`StoredSession`]); every change is
+//! written back only if the revision is still the one this node last wrote
+//! (compare-and-set), so a node that lost ownership — partitioned away,
+//! then back — can never overwrite newer state. Requests for a session that
+//! another live node owns are forwarded to it ([`SessionCall`]); a session
+//! whose owner is gone is taken over by whichever node claims it first.
+//!
+//! [`SessionCall`]: crate::session::SessionCall
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +26,23 @@ use dspex_bridge::StreamItem;
 use dspex_core::{NodeStatus, Result, Value};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
 
 use crate::pool::{PoolCallOptions, PoolReply};
+use crate::session::{SessionAnswer, SessionCall, SessionState};
+
+/// A session as the cluster stores it: who owns it, its state, and the
+/// revision every write must name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSession {
+    /// The owner node (empty: nobody — handed over by a draining node).
+    pub owner: String,
+    /// The state as last written.
+    pub state: SessionState,
+    /// The store's revision of that write (not serialized: the store's own).
+    #[serde(skip)]
+    pub revision: u64,
+}
 
 /// A streamed pool call running on another node: where it runs, and its
 /// chunks then its result. Dropping it cancels the call there.
@@ -77,4 +102,32 @@ pub trait Cluster: Send + Sync + 'static {
     /// Stop taking remote calls (they are refused, retryably, so callers go
     /// to other nodes) and wait up to `grace` for the running ones.
     fn drain(self: Arc<Self>, grace: Duration) -> BoxFuture<'static, ()>;
+
+    /// Session `id` as stored, or `None` if the cluster holds no such session.
+    fn session_load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredSession>>>;
+
+    /// Write `state` as owned by `owner`, only if the stored revision is
+    /// still `revision` (`None`: only if no such session exists). The new
+    /// revision; `Conflict` when another write came first.
+    fn session_store<'a>(
+        &'a self,
+        owner: &'a str,
+        state: &'a SessionState,
+        revision: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64>>;
+
+    /// Remove session `id` if its stored revision is still `revision`.
+    fn session_remove<'a>(&'a self, id: &'a str, revision: u64) -> BoxFuture<'a, Result<()>>;
+
+    /// Apply `call` to session `id` on node `owner` before `deadline`.
+    /// `Conflict` or `NotFound` when the owner no longer has the session;
+    /// `Transport` (retryable, naming the node) when the owner is unreachable.
+    fn session_forward<'a>(
+        &'a self,
+        owner: &'a str,
+        id: &'a str,
+        call: &'a SessionCall,
+        deadline: std::time::Instant,
+        trace_id: &'a str,
+    ) -> BoxFuture<'a, Result<SessionAnswer>>;
 }

@@ -120,6 +120,11 @@ impl Dispatcher {
             .map_err(|_| Error::new(ErrorKind::Config, "this runtime has joined a cluster already"))
     }
 
+    /// The deadline a request gets when it sets none.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.shared.request_timeout
+    }
+
     pub(crate) fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
         self.shared.cluster.get()
     }

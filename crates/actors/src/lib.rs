@@ -30,7 +30,7 @@ pub mod supervisor;
 pub mod telemetry;
 
 pub use blocking::BlockingRuntime;
-pub use cluster::{Cluster, RemoteStream};
+pub use cluster::{Cluster, RemoteStream, StoredSession};
 pub use console::{ConsoleEndpoint, ConsoleServer};
 pub use dispatch::ProgressFn;
 pub use dspex_bridge::StreamItem;
@@ -47,6 +47,8 @@ pub use request::{
 };
 pub use router::{BreakerState, DecisionRecord, Plan, RouteRequest, Router, RouterStats};
 pub use runtime::{EnvProgress, Evaluation, OptimizeRequest, Optimized, Runtime, RuntimeBuilder};
-pub use session::{RestoreReport, Session, SessionInfo, SessionOptions, SessionState, Sessions};
+pub use session::{
+    RestoreReport, Session, SessionAnswer, SessionCall, SessionInfo, SessionOptions, SessionState, Sessions,
+};
 pub use supervisor::{NodeInfo, TreeNode};
 pub use telemetry::Telemetry;

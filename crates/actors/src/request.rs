@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use dspex_core::{Map, Prediction, Result, Route, RoutePreference, Usage, Value};
 use futures_util::Stream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::program::Program;
 
@@ -264,7 +264,7 @@ pub struct Request {
 }
 
 /// Where the time went.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     /// Waiting for a worker.
     pub queue_us: u64,
@@ -277,7 +277,7 @@ pub struct Timings {
 }
 
 /// Where and how a request ran.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
     /// The route that produced the result.
     pub route: Route,
@@ -310,7 +310,7 @@ pub struct Meta {
 }
 
 /// A prediction and its metadata.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Output {
     /// The prediction.
     pub prediction: Prediction,

@@ -545,6 +545,14 @@ impl DynamicSupervisor {
         Supervisor::add_child(&sup, child).await.map_err(dspex_core::Error::internal)
     }
 
+    /// Start `child` in place of any child of the same name (one that was
+    /// told to stop and is still stopping: waited for and removed first).
+    pub(crate) async fn replace(&self, child: ChildSpec) -> dspex_core::Result<()> {
+        let sup = self.get().await?;
+        Supervisor::remove_child(&sup, &child.name).await.map_err(dspex_core::Error::internal)?;
+        Supervisor::add_child(&sup, child).await.map_err(dspex_core::Error::internal)
+    }
+
     async fn get(&self) -> dspex_core::Result<ActorRef<SupervisorMsg>> {
         let cached = self.current.lock().clone();
         if let Some(r) = cached.filter(|r| r.get_status() == ractor::ActorStatus::Running) {

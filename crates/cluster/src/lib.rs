@@ -44,6 +44,7 @@ mod connect;
 mod members;
 mod remote;
 mod serve;
+mod sessions;
 mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -52,7 +53,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use dashmap::DashMap;
-use dspex_actors::{Cluster, PoolCallOptions, PoolHandle, PoolReply, Runtime};
+use dspex_actors::{
+    Cluster, PoolCallOptions, PoolHandle, PoolReply, Runtime, SessionAnswer, SessionCall, SessionState, StoredSession,
+};
 use dspex_core::{ClusterConfig, Error, ErrorKind, NodeStatus, PoolStatus, Result, Value};
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -67,7 +70,10 @@ struct Inner {
     config: ClusterConfig,
     names: Names,
     client: async_nats::Client,
+    /// The membership bucket.
     store: kv::Store,
+    /// The sessions bucket.
+    sessions: kv::Store,
     members: Arc<Members>,
     /// Local pools (offered or not: membership reports them all).
     pools: Vec<PoolHandle>,
@@ -175,6 +181,34 @@ impl Cluster for Inner {
     fn drain(self: Arc<Self>, grace: Duration) -> BoxFuture<'static, ()> {
         Box::pin(async move { self.drain_remote(grace).await })
     }
+
+    fn session_load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredSession>>> {
+        Box::pin(sessions::load(self, id))
+    }
+
+    fn session_store<'a>(
+        &'a self,
+        owner: &'a str,
+        state: &'a SessionState,
+        revision: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(sessions::store(self, owner, state, revision))
+    }
+
+    fn session_remove<'a>(&'a self, id: &'a str, revision: u64) -> BoxFuture<'a, Result<()>> {
+        Box::pin(sessions::remove(self, id, revision))
+    }
+
+    fn session_forward<'a>(
+        &'a self,
+        owner: &'a str,
+        id: &'a str,
+        call: &'a SessionCall,
+        deadline: std::time::Instant,
+        trace_id: &'a str,
+    ) -> BoxFuture<'a, Result<SessionAnswer>> {
+        Box::pin(sessions::forward(self, owner, id, call, deadline, trace_id))
+    }
 }
 
 impl Inner {
@@ -211,11 +245,18 @@ impl ClusterNode {
         let js = async_nats::jetstream::ContextBuilder::new().timeout(Duration::from_secs(5)).build(client.clone());
         let reply_prefix = client.new_inbox();
         let lease = Duration::from_millis(config.lease_ms);
-        let store = members::bucket(&js, &names.bucket, lease, config.kv_replicas, Duration::from_secs(30)).await?;
+        let patience = Duration::from_secs(30);
+        let store =
+            members::bucket(&js, &names.bucket, "dspex cluster membership", lease, config.kv_replicas, patience)
+                .await?;
+        let sessions =
+            members::bucket(&js, &names.sessions, "dspex sessions", Duration::ZERO, config.kv_replicas, patience)
+                .await?;
         let inner = Arc::new(Inner {
             names,
             client,
             store,
+            sessions,
             members: Arc::new(Members::default()),
             pools: runtime.pools(),
             remote_in_flight: AtomicUsize::new(0),
@@ -254,6 +295,9 @@ impl ClusterNode {
         tasks.push(tokio::spawn(remote::route_replies(inner.clone(), replies)));
         let cancels = inner.client.subscribe(inner.names.cancel(&inner.config.node)).await.map_err(|e| sub_err(&e))?;
         tasks.push(tokio::spawn(serve::serve_cancels(inner.clone(), cancels)));
+        let session_requests =
+            inner.client.subscribe(inner.names.node_session(&inner.config.node)).await.map_err(|e| sub_err(&e))?;
+        tasks.push(tokio::spawn(sessions::serve(inner.clone(), runtime.sessions(), session_requests)));
         tasks.push(tokio::spawn(members::watch(
             inner.store.clone(),
             inner.members.clone(),

@@ -49,6 +49,11 @@ impl Members {
         })
     }
 
+    /// Whether peer `node` was heard of within `lease`.
+    pub(crate) fn is_live(&self, node: &str, lease: Duration) -> bool {
+        self.peers.get(node).is_some_and(|e| e.value().1.elapsed() < lease)
+    }
+
     fn update(&self, key: &str, entry: Option<NodeStatus>) {
         match entry {
             Some(status) => {
@@ -65,21 +70,22 @@ impl Members {
     }
 }
 
-/// Open (or create) the membership bucket. A JetStream that is still
-/// electing its leader (a clustered server just started) is waited for, up
-/// to `patience`.
+/// Open (or create) a bucket of the cluster: `max_age` ages entries out
+/// (zero: never). A JetStream that is still electing its leader (a
+/// clustered server just started) is waited for, up to `patience`.
 pub(crate) async fn bucket(
     js: &async_nats::jetstream::Context,
     name: &str,
-    lease: Duration,
+    description: &str,
+    max_age: Duration,
     replicas: usize,
     patience: Duration,
 ) -> Result<kv::Store> {
     let config = kv::Config {
         bucket: name.to_string(),
-        description: "dspex cluster membership".into(),
+        description: description.into(),
         history: 1,
-        max_age: lease,
+        max_age,
         num_replicas: replicas,
         ..Default::default()
     };
@@ -93,11 +99,11 @@ pub(crate) async fn bucket(
         match created {
             Ok(store) => return Ok(store),
             Err(e) if Instant::now() >= end => {
-                return Err(Error::new(ErrorKind::Transport, format!("cannot open the membership bucket {name}: {e}"))
+                return Err(Error::new(ErrorKind::Transport, format!("cannot open the bucket {name}: {e}"))
                     .with_retryable(true))
             }
             Err(e) => {
-                debug!(error = %e, "membership bucket not available yet; retrying");
+                debug!(bucket = name, error = %e, "bucket not available yet; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }

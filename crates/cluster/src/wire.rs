@@ -11,11 +11,17 @@
 //! | `dspex.CLUSTER.node.NODE.pool.POOL` | a pool call for node `NODE` only |
 //! | `dspex.CLUSTER.cancel.NODE` | the caller stopped waiting for a call on `NODE` |
 //! | `_INBOX.NODE-ID.CALL` | a call's [`Reply`]s: `Alive`… while it runs, then `Done` or `Failed` |
+//! | `dspex.CLUSTER.node.NODE.session` | a [`SessionRequest`] for a session `NODE` owns; answered with a [`SessionReply`] |
 //!
 //! Bucket `dspex-CLUSTER-nodes`: one [`NodeStatus`](dspex_core::NodeStatus)
 //! per node under its name, refreshed every third of the lease; entries
 //! age out (`max_age` = the lease) when a node stops refreshing them.
+//!
+//! Bucket `dspex-CLUSTER-sessions`: one
+//! [`StoredSession`](dspex_actors::StoredSession) (JSON: owner and state)
+//! per session under its id; the entry's revision fences every write.
 
+use dspex_actors::{SessionAnswer, SessionCall};
 use dspex_core::{Error, ErrorKind, Result, Value};
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +71,26 @@ pub(crate) enum Reply {
     Failed { error: Error },
 }
 
+/// A request for a session, sent to the node that owns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SessionRequest {
+    /// The sending node.
+    pub from: String,
+    /// The session.
+    pub session: String,
+    pub call: SessionCall,
+    /// Milliseconds left before the caller's deadline, when it sent this.
+    pub deadline_ms: u64,
+    pub trace_id: String,
+}
+
+/// The owner's answer to a [`SessionRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum SessionReply {
+    Answer(SessionAnswer),
+    Failed { error: Error },
+}
+
 /// The caller stopped waiting for call `id` from node `from`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Cancel {
@@ -90,11 +116,21 @@ pub(crate) struct Names {
     prefix: String,
     /// The membership bucket.
     pub bucket: String,
+    /// The sessions bucket.
+    pub sessions: String,
 }
 
 impl Names {
     pub(crate) fn new(cluster: &str) -> Names {
-        Names { prefix: format!("dspex.{cluster}"), bucket: format!("dspex-{cluster}-nodes") }
+        Names {
+            prefix: format!("dspex.{cluster}"),
+            bucket: format!("dspex-{cluster}-nodes"),
+            sessions: format!("dspex-{cluster}-sessions"),
+        }
+    }
+
+    pub(crate) fn node_session(&self, node: &str) -> String {
+        format!("{}.node.{node}.session", self.prefix)
     }
 
     pub(crate) fn pool(&self, pool: &str) -> String {
@@ -138,6 +174,26 @@ mod tests {
         let failed =
             Reply::Failed { error: Error::new(ErrorKind::WorkerCrashed, "gone").with_node("b").with_pool("general") };
         assert_eq!(decode::<Reply>(&encode(&failed).unwrap()).unwrap(), failed);
+        let inputs = json!({"question": "q", "n": 2}).as_object().cloned().unwrap();
+        let session = SessionRequest {
+            from: "a".into(),
+            session: "s-1".into(),
+            call: SessionCall::Run {
+                name: "chat".into(),
+                inputs,
+                route: None,
+                pool: None,
+                idempotent: Some(true),
+                config: Default::default(),
+                cache: false,
+                node: Some("b".into()),
+            },
+            deadline_ms: 900,
+            trace_id: "t".into(),
+        };
+        assert_eq!(decode::<SessionRequest>(&encode(&session).unwrap()).unwrap(), session);
+        let answer = SessionReply::Answer(SessionAnswer::History(vec![json!({"q": 1}).as_object().cloned().unwrap()]));
+        assert_eq!(decode::<SessionReply>(&encode(&answer).unwrap()).unwrap(), answer);
     }
 
     #[test]
@@ -153,6 +209,10 @@ mod tests {
         assert_eq!(n.node_pool("a", "general"), "dspex.prod.node.a.pool.general");
         assert_eq!(n.cancel("a"), "dspex.prod.cancel.a");
         assert_eq!(n.bucket, "dspex-prod-nodes");
+        assert_eq!(
+            (n.sessions.as_str(), n.node_session("a")),
+            ("dspex-prod-sessions", "dspex.prod.node.a.session".into())
+        );
         assert!(is_token("gpu_1") && !is_token("a.b") && !is_token(""));
     }
 }

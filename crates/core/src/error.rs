@@ -62,6 +62,10 @@ pub enum ErrorKind {
     Io,
     /// A bug in this runtime; please report it.
     Internal,
+    /// A write lost a compare-and-set race: another node changed the state
+    /// since this one read it (a session taken over by another cluster
+    /// node). Retrying reaches the new owner.
+    Conflict,
 }
 
 impl ErrorKind {
@@ -85,6 +89,7 @@ impl ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",
+            ErrorKind::Conflict => "conflict",
         }
     }
 
@@ -97,6 +102,7 @@ impl ErrorKind {
                 | ErrorKind::Overloaded
                 | ErrorKind::WorkerCrashed
                 | ErrorKind::Protocol
+                | ErrorKind::Conflict
         )
     }
 }

@@ -62,12 +62,13 @@ struct StepOut {
     fields: Map,
     route: Option<Route>,
     worker: Option<String>,
+    node: Option<String>,
     detail: Option<String>,
 }
 
 impl StepOut {
     fn fields(fields: Map) -> StepOut {
-        StepOut { fields, route: None, worker: None, detail: None }
+        StepOut { fields, route: None, worker: None, node: None, detail: None }
     }
 }
 
@@ -147,6 +148,7 @@ impl<'a> Executor<'a> {
                         kind: node.spec.kind,
                         route: o.route.clone(),
                         worker: o.worker.clone(),
+                        node: o.node.clone(),
                         attempts,
                         elapsed_us,
                         ok: true,
@@ -162,6 +164,7 @@ impl<'a> Executor<'a> {
                         kind: node.spec.kind,
                         route: None,
                         worker: e.context().worker.clone(),
+                        node: e.context().node.clone(),
                         attempts,
                         elapsed_us,
                         ok: false,
@@ -251,7 +254,13 @@ impl<'a> Executor<'a> {
                         Value::Object(m) => m,
                         other => Map::from_iter([(node.spec.name.clone(), other)]),
                     };
-                    Ok(StepOut { fields, route: Some(out.meta.route), worker: out.meta.worker, detail: None })
+                    Ok(StepOut {
+                        fields,
+                        route: Some(out.meta.route),
+                        worker: out.meta.worker,
+                        node: out.meta.node,
+                        detail: None,
+                    })
                 }
                 Exec::Parallel(children) => {
                     let paths: Vec<String> = children.iter().map(|c| path_of(path, &c.spec.name)).collect();
@@ -347,6 +356,7 @@ fn output_fields(out: Output) -> StepOut {
         fields: out.prediction.fields,
         route: Some(out.meta.route),
         worker: out.meta.worker,
+        node: out.meta.node,
         detail: out.meta.fallback.map(|f| format!("fallback: {f}")),
     }
 }

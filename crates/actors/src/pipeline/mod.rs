@@ -80,6 +80,8 @@ pub struct StepRecord {
     pub route: Option<Route>,
     /// Worker, for Python work.
     pub worker: Option<String>,
+    /// Cluster node that ran it, for Python work on another node.
+    pub node: Option<String>,
     /// Attempts made.
     pub attempts: u32,
     /// Time taken, retries included.

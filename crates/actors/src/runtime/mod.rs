@@ -219,8 +219,10 @@ impl Runtime {
         self.inner.dispatcher.cluster().map(|c| c.nodes()).unwrap_or_default()
     }
 
-    /// Stop taking work from other nodes of the cluster and wait up to
-    /// `grace` for what runs here for them (`Config` outside a cluster).
+    /// Stop taking work from other nodes of the cluster, wait up to `grace`
+    /// for what runs here for them, then hand this node's sessions over
+    /// (the next request for each, on any node, takes it over at once).
+    /// `Config` outside a cluster.
     pub async fn drain_cluster(&self, grace: Duration) -> Result<()> {
         let cluster = self
             .inner
@@ -229,6 +231,10 @@ impl Runtime {
             .cloned()
             .ok_or_else(|| Error::new(ErrorKind::Config, "this runtime is not in a cluster (nothing to drain)"))?;
         cluster.drain(grace).await;
+        let handed = self.inner.sessions.hand_over().await;
+        if handed > 0 {
+            tracing::info!(sessions = handed, "handed this node's sessions over");
+        }
         Ok(())
     }
 

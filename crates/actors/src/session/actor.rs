@@ -90,7 +90,9 @@ impl Actor for SessionActor {
                 let Ok(_busy) = self.session.work.try_lock() else { return Ok(()) };
                 if let Some(sessions) = self.session.sessions.upgrade() {
                     info!(session = %self.session.id(), "session expired");
-                    sessions.end(&self.session, "expired");
+                    if let Err(e) = sessions.end(&self.session, "expired").await {
+                        info!(session = %self.session.id(), error = %e, "the expired session lives on another node");
+                    }
                 }
             }
         }

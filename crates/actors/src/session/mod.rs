@@ -27,6 +27,19 @@
 //! length and a checksum, and a runtime started on the same directory
 //! restores the sessions; a torn or corrupt file is reported and moved
 //! aside, never half-loaded.
+//!
+//! In a cluster (a runtime that joined one before creating the session),
+//! the state is also stored in the cluster with its owner node and a
+//! revision, and every change is written there — compare-and-set on the
+//! revision this node last wrote — before the request returns. Any node can
+//! [`Sessions::open`] any session: requests are forwarded to the owner while
+//! it answers; when it is gone (NATS has no route to it, or its membership
+//! lease runs out while a request waits) the first node to claim the
+//! stored revision owns the
+//! session and rebuilds its Python state on its own workers. A node that
+//! lost a session (its write was refused: another node wrote first) drops
+//! its copy and sends the request to the new owner, so state written after
+//! a takeover is never overwritten by the node it was taken from.
 
 mod actor;
 mod run;
@@ -38,7 +51,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use dspex_core::{Error, ErrorKind, EventKind, Map, ProgramSpec, Result, SessionConfig, Value};
+use dspex_core::{Error, ErrorKind, EventKind, Map, ProgramSpec, Result, RoutePreference, SessionConfig, Value};
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
@@ -78,6 +91,111 @@ pub struct SessionState {
     /// session chose its own (otherwise `sessions.history_turns` applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_turns: Option<usize>,
+}
+
+/// One request to a session, as a cluster node forwards it to the session's
+/// owner (and as the owner applies it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SessionCall {
+    /// [`Session::define`].
+    Define {
+        /// Program name.
+        name: String,
+        /// Its spec.
+        spec: Box<ProgramSpec>,
+    },
+    /// [`Session::run_with`] (the request's deadline and trace id travel
+    /// beside the call).
+    Run {
+        /// Program name.
+        name: String,
+        /// Inputs.
+        inputs: Map,
+        /// Route preference.
+        #[serde(default)]
+        route: Option<RoutePreference>,
+        /// Pool for Python work.
+        #[serde(default)]
+        pool: Option<String>,
+        /// Safe to run twice.
+        #[serde(default)]
+        idempotent: Option<bool>,
+        /// LM call arguments.
+        #[serde(default)]
+        config: Map,
+        /// Use the result cache.
+        #[serde(default = "yes")]
+        cache: bool,
+        /// Run Python work on this node only.
+        #[serde(default)]
+        node: Option<String>,
+    },
+    /// [`Session::set_var`].
+    SetVar {
+        /// Variable name.
+        key: String,
+        /// Its value.
+        value: Value,
+    },
+    /// [`Session::state`].
+    State,
+    /// [`Session::history`].
+    History {
+        /// Program name.
+        name: String,
+    },
+    /// [`Session::clear_history`].
+    ClearHistory {
+        /// Program name.
+        name: String,
+    },
+    /// [`Session::close`].
+    Close,
+}
+
+impl SessionCall {
+    /// The request as a call, and the options the caller gave it.
+    fn run(name: &str, inputs: Map, opts: &RequestOptions) -> SessionCall {
+        SessionCall::Run {
+            name: name.to_string(),
+            inputs,
+            route: opts.route,
+            pool: opts.pool.clone(),
+            idempotent: opts.idempotent,
+            config: opts.config.clone(),
+            cache: opts.cache,
+            node: opts.node.clone(),
+        }
+    }
+
+    /// Whether the call may be applied again after an attempt whose result
+    /// was lost (writes are idempotent; a run unless marked otherwise).
+    fn repeatable(&self) -> bool {
+        !matches!(self, SessionCall::Run { idempotent: Some(false), .. })
+    }
+}
+
+/// What a [`SessionCall`] answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", content = "value", rename_all = "snake_case")]
+pub enum SessionAnswer {
+    /// Applied; nothing to return.
+    Done,
+    /// A run's output.
+    Output(Box<Output>),
+    /// The session's state.
+    State(Box<SessionState>),
+    /// A program's history.
+    History(Vec<Map>),
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn unexpected(answer: SessionAnswer) -> Error {
+    Error::new(ErrorKind::Protocol, format!("a session request got an answer of the wrong shape: {answer:?}"))
 }
 
 /// How to create a session.
@@ -163,6 +281,9 @@ struct SessionShared {
     closed: AtomicBool,
     actor: Mutex<Option<ActorRef<SessionMsg>>>,
     sessions: Weak<Shared>,
+    /// The cluster store's revision of this node's last write (`None`: the
+    /// session is not stored in a cluster).
+    revision: Mutex<Option<u64>>,
 }
 
 impl SessionShared {
@@ -196,15 +317,52 @@ struct Shared {
 }
 
 impl Shared {
-    fn persist(&self, session: &SessionShared) {
+    /// Write the session's state where it is kept: the snapshot file, and
+    /// the cluster store (fenced: `Conflict` when another node wrote since
+    /// this one did — the session is then dropped here, it lives elsewhere).
+    async fn persist(&self, session: &SessionShared) -> Result<()> {
+        let state = session.state.lock().clone();
         if let Some(dir) = &self.config.snapshot_dir {
-            snapshot::persist(dir, &session.state.lock().clone());
+            snapshot::persist(dir, &state);
+        }
+        let revision = *session.revision.lock();
+        let (Some(revision), Some(cluster)) = (revision, self.dispatcher.cluster()) else { return Ok(()) };
+        match cluster.session_store(cluster.node(), &state, Some(revision)).await {
+            Ok(next) => {
+                *session.revision.lock() = Some(next);
+                Ok(())
+            }
+            Err(e) => {
+                if e.kind() == ErrorKind::Conflict {
+                    warn!(session = %state.id, "another node owns this session now; dropping this node's copy");
+                    self.forget(session, "taken over elsewhere");
+                }
+                Err(e.with_session(&state.id))
+            }
         }
     }
 
-    /// Close or expire: no request runs after this one, the snapshot goes,
-    /// the actor stops (and drops the session's objects in its worker).
-    fn end(&self, session: &SessionShared, why: &str) {
+    /// Close or expire: no request runs after this one, the snapshot and
+    /// the cluster's copy go, the actor stops (and drops the session's
+    /// objects in its worker). `Conflict` (and nothing removed from the
+    /// cluster) when another node owns the session now.
+    async fn end(&self, session: &SessionShared, why: &str) -> Result<()> {
+        let revision = *session.revision.lock();
+        if let (Some(revision), Some(cluster)) = (revision, self.dispatcher.cluster()) {
+            let id = session.id();
+            if let Err(e) = cluster.session_remove(&id, revision).await {
+                if e.kind() == ErrorKind::Conflict {
+                    self.forget(session, "taken over elsewhere");
+                }
+                return Err(e.with_session(&id));
+            }
+        }
+        self.forget(session, why);
+        Ok(())
+    }
+
+    /// Drop the session here: registry, snapshot, actor.
+    fn forget(&self, session: &SessionShared, why: &str) {
         session.closed.store(true, Ordering::Release);
         let id = session.id();
         self.entries.lock().remove(&id);
@@ -284,25 +442,47 @@ impl Sessions {
             // applies at each request, so a changed config reaches every session.
             history_turns: opts.history_turns,
         };
-        self.start(state, true).await
-    }
-
-    async fn start(&self, state: SessionState, fresh: bool) -> Result<Session> {
-        let id = state.id.clone();
-        {
-            let entries = self.shared.entries.lock();
-            if entries.contains_key(&id) {
-                return Err(Error::invalid_request(format!("a session {id} already exists")).with_session(&id));
+        let Some(cluster) = self.shared.dispatcher.cluster().cloned() else {
+            return self.start(state, true, None).await;
+        };
+        // In a cluster the id is the cluster's: claimed before anything starts.
+        self.check_room(&id)?;
+        let revision = cluster.session_store(cluster.node(), &state, None).await.map_err(|e| {
+            if e.kind() == ErrorKind::Conflict {
+                Error::invalid_request(format!("a session {id} already exists in the cluster")).with_session(&id)
+            } else {
+                e.with_session(&id)
             }
-            let max = self.shared.config.max_sessions;
-            if entries.len() >= max {
-                return Err(Error::new(
-                    ErrorKind::Overloaded,
-                    format!("the runtime holds {max} sessions, its maximum (sessions.max_sessions)"),
-                )
-                .with_retryable(true));
+        })?;
+        match self.start(state, true, Some(revision)).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let _ = cluster.session_remove(&id, revision).await;
+                Err(e)
             }
         }
+    }
+
+    /// Refuse an id in use here, or a session past `max_sessions`.
+    fn check_room(&self, id: &str) -> Result<()> {
+        let entries = self.shared.entries.lock();
+        if entries.contains_key(id) {
+            return Err(Error::invalid_request(format!("a session {id} already exists")).with_session(id));
+        }
+        let max = self.shared.config.max_sessions;
+        if entries.len() >= max {
+            return Err(Error::new(
+                ErrorKind::Overloaded,
+                format!("the runtime holds {max} sessions, its maximum (sessions.max_sessions)"),
+            )
+            .with_retryable(true));
+        }
+        Ok(())
+    }
+
+    async fn start(&self, state: SessionState, fresh: bool, revision: Option<u64>) -> Result<Session> {
+        let id = state.id.clone();
+        self.check_room(&id)?;
         let programs = state.programs.iter().map(|(k, v)| (k.clone(), Program::new(v.clone()))).collect();
         let session = Arc::new(SessionShared {
             state: Mutex::new(state),
@@ -313,6 +493,7 @@ impl Sessions {
             closed: AtomicBool::new(false),
             actor: Mutex::new(None),
             sessions: Arc::downgrade(&self.shared),
+            revision: Mutex::new(revision),
         });
         let start_session = session.clone();
         let start: crate::supervisor::StartFn = Arc::new(move |parent, _name| {
@@ -340,28 +521,122 @@ impl Sessions {
                 NodeInfo { extra, ..Default::default() }
             },
         ));
+        // An earlier incarnation of this session here (dropped when another
+        // node took it, now back) may still be stopping: replace it.
         self.shared
             .supervisor
-            .add(child)
+            .replace(child)
             .await
             .map_err(|e| Error::internal(format!("cannot start session {id}: {}", e.message())).with_session(&id))?;
         self.shared.entries.lock().insert(id.clone(), session.clone());
         if fresh {
-            self.shared.persist(&session);
+            if let Some(dir) = &self.shared.config.snapshot_dir {
+                snapshot::persist(dir, &session.state.lock().clone());
+            }
         }
         self.shared.dispatcher.telemetry().emit(
             None,
             EventKind::Lifecycle { actor: format!("session:{id}"), what: "started".into(), detail: String::new() },
         );
-        Ok(Session { id, sessions: self.shared.clone(), session })
+        Ok(Session { id, sessions: self.shared.clone(), home: Arc::new(Mutex::new(Home::Here(session))) })
     }
 
-    /// A session by id.
+    /// A session held by this runtime, by id (see [`Sessions::open`] for
+    /// one anywhere in the cluster).
     pub fn get(&self, id: &str) -> Result<Session> {
         match self.shared.entries.lock().get(id) {
-            Some(s) => Ok(Session { id: id.to_string(), sessions: self.shared.clone(), session: s.clone() }),
-            None => Err(Error::new(ErrorKind::NotFound, format!("no session {id}")).with_session(id)),
+            Some(s) => Ok(Session {
+                id: id.to_string(),
+                sessions: self.shared.clone(),
+                home: Arc::new(Mutex::new(Home::Here(s.clone()))),
+            }),
+            None => Err(not_found(id)),
         }
+    }
+
+    /// A session by id, wherever it lives: this runtime's, or — in a
+    /// cluster — the one another live node owns (requests through the
+    /// handle are forwarded there), or one whose owner is gone, which this
+    /// node then takes over (compare-and-set on its stored revision: of
+    /// nodes racing for it exactly one wins, and the others forward to it).
+    pub async fn open(&self, id: &str) -> Result<Session> {
+        let home = self.locate(id, None).await?;
+        Ok(Session { id: id.to_string(), sessions: self.shared.clone(), home: Arc::new(Mutex::new(home)) })
+    }
+
+    /// Where session `id` lives now, taking it over when its owner is gone
+    /// (or is `unreachable`, as a request to it just found).
+    async fn locate(&self, id: &str, unreachable: Option<&str>) -> Result<Home> {
+        if let Some(s) = self.shared.entries.lock().get(id) {
+            return Ok(Home::Here(s.clone()));
+        }
+        let Some(cluster) = self.shared.dispatcher.cluster().cloned() else { return Err(not_found(id)) };
+        let here = cluster.node().to_string();
+        for _ in 0..4 {
+            let stored = cluster.session_load(id).await?.ok_or_else(|| not_found(id))?;
+            let owner = stored.owner.clone();
+            // Another node's: forwarded there, even when this node's view of
+            // the membership says it is gone (a view can be stale — this node
+            // may just have healed from a partition); a dead owner answers
+            // "no responders" at once and a cut-off one fails its liveness
+            // check within half a lease, and then it is `unreachable`.
+            if owner != here && !owner.is_empty() && unreachable != Some(owner.as_str()) {
+                return Ok(Home::Node(owner));
+            }
+            self.check_room(id)?;
+            match cluster.session_store(&here, &stored.state, Some(stored.revision)).await {
+                Ok(revision) => {
+                    let session = self.start(stored.state, true, Some(revision)).await?;
+                    info!(session = %id, from = %owner, "took the session over");
+                    self.shared.dispatcher.telemetry().emit(
+                        None,
+                        EventKind::Lifecycle {
+                            actor: format!("session:{id}"),
+                            what: "taken over".into(),
+                            detail: if owner.is_empty() { "handed over".into() } else { format!("from node {owner}") },
+                        },
+                    );
+                    let home = session.home.lock().clone();
+                    return Ok(home);
+                }
+                // Another node claimed it first: look again (and forward to it).
+                Err(e) if e.kind() == ErrorKind::Conflict => continue,
+                Err(e) => return Err(e.with_session(id)),
+            }
+        }
+        Err(Error::new(ErrorKind::Conflict, format!("session {id} kept changing owner while this node looked for it"))
+            .with_session(id)
+            .with_retryable(true))
+    }
+
+    /// Apply a call forwarded by another node to a session this runtime
+    /// holds (never forwarded further: `NotFound` if it is not here, and
+    /// `Conflict` if it turns out another node owns it now). For cluster
+    /// implementations.
+    pub async fn apply_forwarded(&self, id: &str, call: SessionCall, opts: RequestOptions) -> Result<SessionAnswer> {
+        let session = self.shared.entries.lock().get(id).cloned().ok_or_else(|| not_found(id))?;
+        apply(&self.shared, &session, call, opts).await.map_err(|e| e.with_session(id))
+    }
+
+    /// Hand this node's cluster sessions over (a draining node): each is
+    /// stored as owned by nobody and dropped here, so the next request for
+    /// it, on any node, takes it over at once. The number handed over.
+    pub async fn hand_over(&self) -> usize {
+        let Some(cluster) = self.shared.dispatcher.cluster().cloned() else { return 0 };
+        let all: Vec<Arc<SessionShared>> = self.shared.entries.lock().values().cloned().collect();
+        let mut handed = 0;
+        for session in all {
+            // Between requests only: the state written is the latest.
+            let _work = session.work.lock().await;
+            let Some(revision) = *session.revision.lock() else { continue };
+            let state = session.state.lock().clone();
+            match cluster.session_store("", &state, Some(revision)).await {
+                Ok(_) => handed += 1,
+                Err(e) => warn!(session = %state.id, error = %e, "cannot hand the session over"),
+            }
+            self.shared.forget(&session, "handed over");
+        }
+        handed
     }
 
     /// Every session.
@@ -394,7 +669,7 @@ impl Sessions {
             match loaded {
                 Ok(state) => {
                     let id = state.id.clone();
-                    match self.start(state, false).await {
+                    match self.start(state, false, None).await {
                         Ok(_) => report.restored.push(id),
                         Err(e) => report.rejected.push((path, e.to_string())),
                     }
@@ -422,19 +697,104 @@ impl Sessions {
 
 // ------------------------------------------------------------------ handle
 
+fn not_found(id: &str) -> Error {
+    Error::new(ErrorKind::NotFound, format!("no session {id}")).with_session(id)
+}
+
+/// Where a handle's requests go.
+#[derive(Clone)]
+enum Home {
+    /// This runtime holds the session.
+    Here(Arc<SessionShared>),
+    /// Another cluster node owns it: requests are forwarded there.
+    Node(String),
+}
+
 /// A handle on one session. Cheap to clone; requests through any clone are
-/// applied one at a time, in the order they reach the session.
+/// applied one at a time, in the order they reach the session — here, or on
+/// the cluster node that owns it.
 #[derive(Clone)]
 pub struct Session {
     id: String,
     sessions: Arc<Shared>,
-    session: Arc<SessionShared>,
+    home: Arc<Mutex<Home>>,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("id", &self.id).finish()
+        f.debug_struct("Session").field("id", &self.id).field("owner", &self.owner()).finish()
     }
+}
+
+/// Take the session for one request: in arrival order, one at a time.
+async fn enter(session: &SessionShared) -> Result<tokio::sync::MutexGuard<'_, WorkState>> {
+    let guard = session.work.lock().await;
+    if session.closed.load(Ordering::Acquire) {
+        let id = session.id();
+        // Dropped here because another node took it: the caller looks again.
+        let kind = if session.revision.lock().is_some() { ErrorKind::Conflict } else { ErrorKind::NotFound };
+        return Err(Error::new(kind, format!("session {id} is closed here")).with_session(&id));
+    }
+    *session.last_active.lock() = Instant::now();
+    Ok(guard)
+}
+
+/// After a request that changed the session: count it, touch it, write it.
+async fn commit(sessions: &Shared, session: &SessionShared) -> Result<()> {
+    session.state.lock().requests += 1;
+    *session.last_active.lock() = Instant::now();
+    sessions.persist(session).await
+}
+
+/// Apply one call to a session this runtime holds.
+async fn apply(
+    sessions: &Shared,
+    session: &SessionShared,
+    call: SessionCall,
+    opts: RequestOptions,
+) -> Result<SessionAnswer> {
+    let mut st = enter(session).await?;
+    let answer = match call {
+        SessionCall::Define { name, spec } => {
+            st.define(&name, Program::new((*spec).clone()));
+            session.state.lock().programs.insert(name, *spec);
+            Ok(SessionAnswer::Done)
+        }
+        SessionCall::Run { name, inputs, route, pool, idempotent, config, cache, node } => {
+            let opts = RequestOptions {
+                route: route.or(opts.route),
+                pool: pool.or(opts.pool),
+                idempotent: idempotent.or(opts.idempotent),
+                config: if config.is_empty() { opts.config } else { config },
+                cache: cache && opts.cache,
+                node: node.or(opts.node),
+                ..opts
+            };
+            run_program(sessions, session, &mut st, &name, inputs, opts)
+                .await
+                .map(|out| SessionAnswer::Output(Box::new(out)))
+        }
+        SessionCall::SetVar { key, value } => {
+            session.state.lock().variables.insert(key, value);
+            Ok(SessionAnswer::Done)
+        }
+        SessionCall::ClearHistory { name } => {
+            session.state.lock().history.remove(&name);
+            Ok(SessionAnswer::Done)
+        }
+        // Reads change nothing.
+        SessionCall::State => return Ok(SessionAnswer::State(Box::new(session.state.lock().clone()))),
+        SessionCall::History { name } => {
+            return Ok(SessionAnswer::History(session.state.lock().history.get(&name).cloned().unwrap_or_default()))
+        }
+        SessionCall::Close => {
+            sessions.end(session, "closed").await?;
+            return Ok(SessionAnswer::Done);
+        }
+    };
+    // A failed run counts too (and its state is written: nothing is lost).
+    commit(sessions, session).await?;
+    answer
 }
 
 impl Session {
@@ -443,33 +803,67 @@ impl Session {
         &self.id
     }
 
-    /// Take the session for one request: in arrival order, one at a time.
-    async fn enter(&self) -> Result<tokio::sync::MutexGuard<'_, WorkState>> {
-        let guard = self.session.work.lock().await;
-        if self.session.closed.load(Ordering::Acquire) {
-            return Err(
-                Error::new(ErrorKind::NotFound, format!("session {} is closed", self.id)).with_session(&self.id)
-            );
+    /// The cluster node the session's requests go to, when another node
+    /// owns it (`None`: this runtime holds it).
+    pub fn owner(&self) -> Option<String> {
+        match &*self.home.lock() {
+            Home::Here(_) => None,
+            Home::Node(n) => Some(n.clone()),
         }
-        *self.session.last_active.lock() = Instant::now();
-        Ok(guard)
     }
 
-    /// After a request: count it, touch the session, write the snapshot.
-    fn leave(&self) {
-        self.session.state.lock().requests += 1;
-        *self.session.last_active.lock() = Instant::now();
-        self.sessions.persist(&self.session);
+    /// Send `call` where the session lives; when it moved (taken over,
+    /// handed over, its owner gone), find it again and send it there — at
+    /// most three times, and a run marked not idempotent only if it surely
+    /// did not run.
+    async fn perform(&self, call: SessionCall, opts: RequestOptions) -> Result<SessionAnswer> {
+        let deadline = opts
+            .deadline
+            .unwrap_or_else(|| Instant::now() + opts.timeout.unwrap_or(self.sessions.dispatcher.request_timeout()));
+        let trace_id = opts.trace_id.clone().unwrap_or_else(new_trace_id);
+        let opts = RequestOptions { deadline: Some(deadline), trace_id: Some(trace_id.clone()), ..opts };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let home = self.home.lock().clone();
+            let (result, unreachable) = match &home {
+                Home::Here(session) => (apply(&self.sessions, session, call.clone(), opts.clone()).await, None),
+                Home::Node(owner) => {
+                    let Some(cluster) = self.sessions.dispatcher.cluster() else { return Err(not_found(&self.id)) };
+                    let r = cluster.session_forward(owner, &self.id, &call, deadline, &trace_id).await;
+                    let gone = matches!(&r, Err(e) if e.kind() == ErrorKind::Transport);
+                    (r, gone.then(|| owner.clone()))
+                }
+            };
+            let err = match result {
+                Ok(answer) => return Ok(answer),
+                Err(e) => e,
+            };
+            // Moved: a write refused (another node wrote first), the owner no
+            // longer has it, or the owner cannot be reached.
+            let moved = matches!(
+                (&home, err.kind()),
+                (_, ErrorKind::Conflict) | (Home::Node(_), ErrorKind::NotFound | ErrorKind::Transport)
+            );
+            // A refused write means the run happened but is not kept; a lost
+            // owner may have run it. Either way only a repeatable call goes again.
+            let may_repeat = call.repeatable() || (matches!(home, Home::Node(_)) && err.kind() == ErrorKind::NotFound);
+            if !moved || !may_repeat || attempt >= 3 || Instant::now() >= deadline {
+                return Err(err.with_session(&self.id));
+            }
+            let found = self.sessions_handle().locate(&self.id, unreachable.as_deref()).await?;
+            *self.home.lock() = found;
+        }
+    }
+
+    fn sessions_handle(&self) -> Sessions {
+        Sessions { shared: self.sessions.clone() }
     }
 
     /// Define a program under `name` (replacing one of the same name).
     pub async fn define(&self, name: &str, spec: impl Into<ProgramSpec>) -> Result<()> {
-        let spec = spec.into();
-        let mut st = self.enter().await?;
-        st.define(name, Program::new(spec.clone()));
-        self.session.state.lock().programs.insert(name.to_string(), spec);
-        self.leave();
-        Ok(())
+        let call = SessionCall::Define { name: name.to_string(), spec: Box::new(spec.into()) };
+        self.perform(call, RequestOptions::default()).await.map(drop)
     }
 
     /// Run a defined program with the session's history for it.
@@ -479,57 +873,67 @@ impl Session {
 
     /// [`Session::run`] with request options.
     pub async fn run_with(&self, name: &str, inputs: Map, opts: RequestOptions) -> Result<Output> {
-        let mut st = self.enter().await?;
-        let out = run_program(&self.sessions, &self.session, &mut st, name, inputs, opts).await;
-        self.leave();
-        out.map_err(|e| e.with_session(&self.id))
+        match self.perform(SessionCall::run(name, inputs, &opts), opts).await? {
+            SessionAnswer::Output(out) => Ok(*out),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Run a pipeline inside the session: its `session` steps run the
     /// session's programs (with their history), in order with the session's
-    /// other requests.
+    /// other requests. Runs where the session is held: on another node's
+    /// session it fails with `Unsupported` (open the session there, or run
+    /// the pipeline outside the session — its Python steps can still land
+    /// on any node's pools).
     pub async fn run_pipeline(&self, pipeline: &Pipeline, inputs: Map) -> Result<PipelineResult> {
-        let mut st = self.enter().await?;
-        let runner = SessionStepRunner::new(&self.sessions, &self.session, &mut st);
+        let session = match &*self.home.lock() {
+            Home::Here(s) => s.clone(),
+            Home::Node(n) => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("session {} is held by node {n}: run its pipelines there", self.id),
+                )
+                .with_session(&self.id)
+                .with_node(n.clone()))
+            }
+        };
+        let mut st = enter(&session).await?;
+        let runner = SessionStepRunner::new(&self.sessions, &session, &mut st);
         let out = self.sessions.pipelines.execute_in_session(pipeline, inputs, &self.id, &runner).await;
-        self.leave();
+        commit(&self.sessions, &session).await?;
         out
     }
 
     /// Set a variable.
     pub async fn set_var(&self, key: &str, value: Value) -> Result<()> {
-        let _st = self.enter().await?;
-        self.session.state.lock().variables.insert(key.to_string(), value);
-        self.leave();
-        Ok(())
+        let call = SessionCall::SetVar { key: key.to_string(), value };
+        self.perform(call, RequestOptions::default()).await.map(drop)
     }
 
     /// The session's state (programs, history, variables).
     pub async fn state(&self) -> Result<SessionState> {
-        let _st = self.enter().await?;
-        let state = self.session.state.lock().clone();
-        Ok(state)
+        match self.perform(SessionCall::State, RequestOptions::default()).await? {
+            SessionAnswer::State(s) => Ok(*s),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// A program's history (`dspy.History.messages`).
     pub async fn history(&self, name: &str) -> Result<Vec<Map>> {
-        let _st = self.enter().await?;
-        let turns = self.session.state.lock().history.get(name).cloned().unwrap_or_default();
-        Ok(turns)
+        match self.perform(SessionCall::History { name: name.to_string() }, RequestOptions::default()).await? {
+            SessionAnswer::History(h) => Ok(h),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Forget a program's history.
     pub async fn clear_history(&self, name: &str) -> Result<()> {
-        let _st = self.enter().await?;
-        self.session.state.lock().history.remove(name);
-        self.leave();
-        Ok(())
+        let call = SessionCall::ClearHistory { name: name.to_string() };
+        self.perform(call, RequestOptions::default()).await.map(drop)
     }
 
     /// End the session (its snapshot is deleted, its worker forgets it).
     pub async fn close(&self) -> Result<()> {
-        let _st = self.enter().await?;
-        self.sessions.end(&self.session, "closed");
-        Ok(())
+        self.perform(SessionCall::Close, RequestOptions::default()).await.map(drop)
     }
 }

@@ -1,0 +1,363 @@
+//! Sessions across cluster nodes: requests forwarded to the owner, a session
+//! that outlives its owner process's `kill -9`, two nodes racing to take one
+//! over, and a partitioned owner that, healed, cannot write stale state.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dspex::cluster::ClusterNode;
+use dspex::{ClusterConfig, ErrorKind, LmConfig, Map, ProgramSpec, RequestOptions, Runtime, SessionOptions};
+use serde_json::json;
+
+use crate::cluster::until_nodes;
+use crate::nats::{Link, NatsServer, Netns};
+use crate::runtime::{builder, offline_lm};
+
+const CHAT: &str = "history: dspy.History, question -> answer";
+
+fn q(question: &str) -> Map {
+    json!({ "question": question }).as_object().cloned().expect("an object")
+}
+
+fn python() -> RequestOptions {
+    RequestOptions::python().no_cache()
+}
+
+fn native() -> RequestOptions {
+    RequestOptions::native().no_cache()
+}
+
+/// A runtime with the offline LM, in the cluster at `url` as `name` (a
+/// `general` pool of one worker when `pool`, else client-only).
+async fn node(url: &str, name: &str, pool: bool, lm: LmConfig) -> (Runtime, ClusterNode) {
+    node_with(url, name, pool, lm, None).await
+}
+
+async fn node_with(url: &str, name: &str, pool: bool, lm: LmConfig, token: Option<&str>) -> (Runtime, ClusterNode) {
+    let rt = if pool {
+        builder(1).lm(lm).start().await.expect("a runtime with a pool")
+    } else {
+        let config = dspex::RuntimeConfig { default_pool: false, lm: Some(lm), ..dspex::RuntimeConfig::default() };
+        Runtime::from_config(config).await.expect("a client-only runtime")
+    };
+    let mut c = ClusterConfig::new(url, name).allow_insecure(true).lease_ms(1000);
+    if let Some(t) = token {
+        c = c.token(t);
+    }
+    c.keepalive_ms = 100;
+    let joined = ClusterNode::join(&rt, c).await.expect("join");
+    (rt, joined)
+}
+
+fn questions(history: &[Map]) -> Vec<String> {
+    history.iter().map(|t| t["question"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+const OWNER_ENV: &str = "DSPEX_TEST_SESSION_OWNER";
+
+/// How the owner process is asked to run: where it joins, as whom, which
+/// sessions it creates.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OwnerSpec {
+    url: String,
+    node: String,
+    token: Option<String>,
+    sessions: Vec<String>,
+}
+
+/// The node that owns the sessions, in its own process (this test binary
+/// run again for [`session_owner_node`], optionally inside a network
+/// namespace), so the test can `kill -9` it or cut its network.
+struct OwnerProcess {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    turns: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl OwnerProcess {
+    fn start(spec: &OwnerSpec, netns: Option<&str>) -> OwnerProcess {
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
+            .args(["cluster_sessions::session_owner_node", "--exact", "--ignored", "--nocapture"])
+            .env(OWNER_ENV, serde_json::to_string(spec).expect("a spec"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the owner process");
+        let stdout = child.stdout.take().expect("its stdout");
+        let stdin = child.stdin.take().expect("its stdin");
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (turn_tx, turns) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if line.trim() == "OWNER READY" {
+                    let _ = ready_tx.send(());
+                } else if let Some(json) = line.strip_prefix("OWNER TURN ") {
+                    let _ = turn_tx.send(serde_json::from_str(json).unwrap_or(serde_json::Value::Null));
+                }
+            }
+        });
+        let owner = OwnerProcess { child, stdin, turns };
+        ready.recv_timeout(Duration::from_secs(90)).expect("the owner process created its sessions");
+        owner
+    }
+
+    /// Have the owner run one turn of `session` through the handle it
+    /// created; its answer, node, and where the handle points afterwards.
+    fn turn(&mut self, session: &str, question: &str) -> serde_json::Value {
+        use std::io::Write;
+        writeln!(self.stdin, "{}", json!({"session": session, "question": question})).expect("write to the owner");
+        self.turns.recv_timeout(Duration::from_secs(60)).expect("the owner answered")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Not a test by itself: the body of the owner process that the session
+/// tests start. It joins as the spec says, creates its sessions (one turn
+/// each, on its own Python worker), says so, then runs the turns it is sent
+/// on stdin (one JSON line each) through the handles it created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the owner process of the cluster session tests, which start it"]
+async fn session_owner_node() {
+    let Ok(spec) = std::env::var(OWNER_ENV) else {
+        eprintln!("session_owner_node runs only as the owner process the cluster session tests start");
+        return;
+    };
+    let spec: OwnerSpec = serde_json::from_str(&spec).expect("the owner spec");
+    let (_lm_server, lm) = offline_lm().await;
+    let (rt, _joined) = node_with(&spec.url, &spec.node, true, lm, spec.token.as_deref()).await;
+    let mut held = std::collections::HashMap::new();
+    for id in &spec.sessions {
+        let s = rt.sessions().create(SessionOptions::default().id(id.clone())).await.expect("a cluster session");
+        s.define("chat", ProgramSpec::predict(CHAT)).await.expect("define");
+        let out = s.run_with("chat", q("What is 17 + 25?"), python()).await.expect("the first turn");
+        assert_eq!(out.get_str("answer"), Some("42"));
+        held.insert(id.clone(), s);
+    }
+    println!("OWNER READY");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    while let Ok(Some(line)) = lines.next_line().await {
+        let ask: serde_json::Value = serde_json::from_str(&line).expect("a turn");
+        let s = &held[ask["session"].as_str().expect("a session id")];
+        let question = ask["question"].as_str().expect("a question");
+        let answer = match s.run_with("chat", q(question), python()).await {
+            Ok(out) => json!({"answer": out.get_str("answer"), "node": out.meta.node, "owner": s.owner()}),
+            Err(e) => json!({"error": e.kind(), "message": e.message(), "owner": s.owner()}),
+        };
+        println!("OWNER TURN {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_outlives_its_owner_node_and_one_of_two_racing_nodes_takes_it() {
+    let nats = NatsServer::start();
+    let spec =
+        OwnerSpec { url: nats.url(), node: "owner".into(), token: None, sessions: vec!["conv".into(), "race".into()] };
+    let mut owner = OwnerProcess::start(&spec, None);
+    let (lm_server, lm) = offline_lm().await;
+    let (b, joined_b) = node(&nats.url(), "b", true, lm.clone()).await;
+    let (d, joined_d) = node(&nats.url(), "d", false, lm).await;
+    until_nodes(&b, &["b", "d", "owner"]).await;
+
+    // Any node opens any session; while its owner lives, requests go there.
+    let conv = b.sessions().open("conv").await.unwrap();
+    assert_eq!(conv.owner().as_deref(), Some("owner"));
+    let second = conv.run_with("chat", q("What is the capital of France?"), python()).await.unwrap();
+    assert_eq!(second.get_str("answer"), Some("Paris"));
+    assert_eq!(second.meta.node.as_deref(), Some("owner"), "{:?}", second.meta);
+    assert!(b.sessions().list().is_empty(), "b holds nothing while the owner lives");
+    assert_eq!(questions(&conv.history("chat").await.unwrap()), ["What is 17 + 25?", "What is the capital of France?"]);
+    assert_eq!(b.sessions().open("nobody").await.unwrap_err().kind(), ErrorKind::NotFound);
+    let pipeline = dspex::Pipeline::from_toml(
+        "name = \"p\"\ninputs = [\"question\"]\n[[steps]]\nname = \"a\"\nkind = \"native\"\nsignature = \"question -> answer\"\n",
+    )
+    .unwrap();
+    let e = conv.run_pipeline(&pipeline, q("What is 2 + 3?")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "pipelines run where the session is held: {e}");
+
+    // kill -9 the owner: the next request takes the session over and
+    // succeeds at once, its history intact and rebuilt on b's own worker.
+    owner.kill();
+    let t = Instant::now();
+    let third = conv.run_with("chat", q("What is 2 + 3?"), python()).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(third.get_str("answer"), Some("5"));
+    assert!(took < Duration::from_secs(2), "the takeover took {took:?}");
+    assert_eq!(conv.owner(), None, "b holds the session now");
+    assert!(b.sessions().list().iter().any(|s| s.id == "conv"));
+    assert!(third.meta.worker.as_deref().is_some_and(|w| w.starts_with("worker:general:")), "{:?}", third.meta);
+    let reqs = lm_server.requests();
+    let sent = reqs.last().expect("b's LM was called").to_string();
+    assert!(
+        sent.contains("What is 17 + 25?") && sent.contains("Paris"),
+        "the owner's turns reached b's worker: {sent}"
+    );
+    assert_eq!(
+        questions(&conv.history("chat").await.unwrap()),
+        ["What is 17 + 25?", "What is the capital of France?", "What is 2 + 3?"]
+    );
+
+    // Two nodes race for the other orphaned session: exactly one takes it,
+    // the other's request is forwarded to the winner, and both are served.
+    let turn = |rt: Runtime, question: &'static str| async move {
+        let s = rt.sessions().open("race").await?;
+        let out = s.run_with("chat", q(question), native()).await?;
+        Ok::<_, dspex::Error>((s, out))
+    };
+    let (at_b, at_d) =
+        tokio::join!(turn(b.clone(), "What is the capital of France?"), turn(d.clone(), "What is 2 + 3?"));
+    let ((sb, out_b), (sd, out_d)) = (at_b.unwrap(), at_d.unwrap());
+    assert_eq!((out_b.get_str("answer"), out_d.get_str("answer")), (Some("Paris"), Some("5")));
+    let holders: Vec<&str> = [("b", &b), ("d", &d)]
+        .into_iter()
+        .filter(|(_, rt)| rt.sessions().list().iter().any(|s| s.id == "race"))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(holders.len(), 1, "held by {holders:?}");
+    let (winner, loser) = if holders[0] == "b" { (&sb, &sd) } else { (&sd, &sb) };
+    assert_eq!(winner.owner(), None);
+    assert_eq!(loser.owner().as_deref(), Some(holders[0]));
+    let history = questions(&loser.history("chat").await.unwrap());
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert_eq!(history[0], "What is 17 + 25?");
+
+    // Closing through the non-owner ends it everywhere.
+    loser.close().await.unwrap();
+    assert!(b.sessions().list().iter().all(|s| s.id != "race") && d.sessions().list().is_empty());
+    assert_eq!(d.sessions().open("race").await.unwrap_err().kind(), ErrorKind::NotFound);
+
+    joined_b.leave().await;
+    joined_d.leave().await;
+    b.shutdown().await.unwrap();
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_owner_loses_its_session_and_after_healing_never_writes_stale_state() {
+    let nats = NatsServer::start();
+    let link = Link::to(nats.port).await;
+    let (lm_server, lm) = offline_lm().await;
+    let (a, joined_a) = node(&link.url(), "a", false, lm.clone()).await;
+    let (b, joined_b) = node(&nats.url(), "b", false, lm).await;
+    until_nodes(&b, &["a", "b"]).await;
+    let stale = a.sessions().create(SessionOptions::default().id("split")).await.unwrap();
+    stale.define("chat", ProgramSpec::predict(CHAT)).await.unwrap();
+    stale.run_with("chat", q("What is 17 + 25?"), native()).await.unwrap();
+
+    // Cut a off: its lease runs out, and b takes the session over.
+    link.cut();
+    until_nodes(&b, &["b"]).await;
+    let taken = b.sessions().open("split").await.unwrap();
+    let out = taken.run_with("chat", q("What is the capital of France?"), native()).await.unwrap();
+    assert_eq!(out.get_str("answer"), Some("Paris"));
+    assert_eq!(taken.owner(), None, "b took the session over");
+
+    // Heal. a still holds its old copy; its next request runs there against
+    // stale history, but the write is refused (b wrote since), so a drops
+    // its copy and the request is sent to b, which runs it on the real state.
+    link.heal();
+    until_nodes(&b, &["a", "b"]).await;
+    let out = stale.run_with("chat", q("What is 2 + 3?"), native()).await.unwrap();
+    assert_eq!(out.get_str("answer"), Some("5"));
+    assert_eq!(out.meta.node.as_deref(), Some("b"), "{:?}", out.meta);
+    assert_eq!(stale.owner().as_deref(), Some("b"));
+    assert!(a.sessions().list().is_empty(), "a dropped its copy");
+    let sent = lm_server.requests().last().expect("an LM call").to_string();
+    assert!(sent.contains("Paris"), "the last turn ran with b's history: {sent}");
+    assert_eq!(
+        questions(&taken.history("chat").await.unwrap()),
+        ["What is 17 + 25?", "What is the capital of France?", "What is 2 + 3?"]
+    );
+    assert_eq!(taken.state().await.unwrap().requests, 4, "define and three turns: none lost, none doubled");
+
+    joined_a.leave().await;
+    joined_b.leave().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_by_the_network_loses_its_session_and_after_healing_writes_nothing_stale() {
+    // Three namespaces' worth of network: the NATS server in its own, the
+    // owner node (a process) in another, this test's node in the root one;
+    // veth pairs join each to the server's namespace.
+    let k = std::process::id() % 200 + 20;
+    let Some(nats_ns) = Netns::create(&format!("dx{k}nats")) else {
+        eprintln!("SKIPPED: this kernel (or user) refuses network namespaces (`ip netns add` failed)");
+        return;
+    };
+    let owner_ns = Netns::create(&format!("dx{k}own")).expect("a second namespace");
+    let (to_root, to_owner) = (format!("dx{k}r"), format!("dx{k}o"));
+    nats_ns.link((&format!("{to_root}n"), &format!("10.201.{k}.2/30")), None, (&to_root, &format!("10.201.{k}.1/30")));
+    nats_ns.link(
+        (&format!("{to_owner}n"), &format!("10.201.{k}.5/30")),
+        Some(&owner_ns),
+        (&to_owner, &format!("10.201.{k}.6/30")),
+    );
+    let token = format!("t{}", fastrand::u64(..));
+    let nats = NatsServer::in_netns(&nats_ns, &format!("10.201.{k}.2"), &token);
+    let spec = OwnerSpec {
+        url: format!("nats://10.201.{k}.5:4222"),
+        node: "cut".into(),
+        token: Some(token.clone()),
+        sessions: vec!["netsplit".into()],
+    };
+    let mut owner = OwnerProcess::start(&spec, Some(&owner_ns.name));
+    let (_lm_server, lm) = offline_lm().await;
+    let (b, joined_b) = node_with(&nats.url(), "b", true, lm, Some(&token)).await;
+    until_nodes(&b, &["b", "cut"]).await;
+
+    let s = b.sessions().open("netsplit").await.unwrap();
+    let out = s.run_with("chat", q("What is the capital of France?"), python()).await.unwrap();
+    assert_eq!(out.meta.node.as_deref(), Some("cut"), "forwarded to the owner across namespaces");
+
+    // Cut the owner's link at the server's side: no FIN, no RST, packets
+    // just stop. The request waits for the owner until its lease runs out,
+    // then this node takes the session over.
+    nats_ns.set_link(&format!("{to_owner}n"), false);
+    let t = Instant::now();
+    let out = s.run_with("chat", q("What is 2 + 3?"), python()).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(out.get_str("answer"), Some("5"));
+    assert_eq!(s.owner(), None, "b took the session over");
+    assert!(took < Duration::from_secs(4), "the takeover of a cut-off owner's session took {took:?}");
+
+    // Heal: the owner's connection comes back (it never saw it break). Its
+    // handle still points at its own copy; that copy's next write is
+    // refused, so the turn goes to b and runs on the real state.
+    nats_ns.set_link(&format!("{to_owner}n"), true);
+    until_nodes(&b, &["b", "cut"]).await;
+    let turn = owner.turn("netsplit", "What is the capital of Japan?");
+    assert_eq!(turn["answer"], "Tokyo", "{turn}");
+    assert_eq!(turn["node"], "b", "{turn}");
+    assert_eq!(turn["owner"], "b", "{turn}");
+    assert_eq!(
+        questions(&s.history("chat").await.unwrap()),
+        ["What is 17 + 25?", "What is the capital of France?", "What is 2 + 3?", "What is the capital of Japan?"]
+    );
+    assert_eq!(s.state().await.unwrap().requests, 5, "define and four turns: none lost, none doubled");
+
+    joined_b.leave().await;
+    b.shutdown().await.unwrap();
+    drop(owner);
+}
