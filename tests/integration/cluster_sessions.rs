@@ -99,10 +99,12 @@ impl OwnerProcess {
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let (turn_tx, turns) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // The markers may follow libtest's own "test NAME ... " on a line.
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if line.trim() == "OWNER READY" {
+                if line.trim_end().ends_with("OWNER READY") {
                     let _ = ready_tx.send(());
-                } else if let Some(json) = line.strip_prefix("OWNER TURN ") {
+                } else if let Some(at) = line.find("OWNER TURN ") {
+                    let json = &line[at + "OWNER TURN ".len()..];
                     let _ = turn_tx.send(serde_json::from_str(json).unwrap_or(serde_json::Value::Null));
                 }
             }
@@ -360,4 +362,36 @@ async fn a_node_cut_off_by_the_network_loses_its_session_and_after_healing_write
     joined_b.leave().await;
     b.shutdown().await.unwrap();
     drop(owner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_hands_its_sessions_over() {
+    let nats = NatsServer::start();
+    let (_lm_server, lm) = offline_lm().await;
+    let (a, joined_a) = node(&nats.url(), "a", false, lm.clone()).await;
+    let (b, joined_b) = node(&nats.url(), "b", false, lm).await;
+    until_nodes(&b, &["a", "b"]).await;
+    let s = a.sessions().create(SessionOptions::default().id("handed")).await.unwrap();
+    s.define("chat", ProgramSpec::predict(CHAT)).await.unwrap();
+    s.run_with("chat", q("What is 17 + 25?"), native()).await.unwrap();
+    // Ids are the cluster's: another node cannot create the same one.
+    let e = b.sessions().create(SessionOptions::default().id("handed")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidRequest, "{e}");
+
+    a.drain_cluster(Duration::from_millis(100)).await.unwrap();
+    assert!(a.sessions().list().is_empty(), "a handed its session over");
+    // Owned by nobody: the first node to open it holds it at once.
+    let t = Instant::now();
+    let taken = b.sessions().open("handed").await.unwrap();
+    assert_eq!(taken.owner(), None);
+    assert!(b.sessions().list().iter().any(|i| i.id == "handed"));
+    let out = taken.run_with("chat", q("What is 2 + 3?"), native()).await.unwrap();
+    assert_eq!(out.get_str("answer"), Some("5"));
+    assert!(t.elapsed() < Duration::from_secs(1), "the handover took {:?}", t.elapsed());
+    assert_eq!(questions(&taken.history("chat").await.unwrap()), ["What is 17 + 25?", "What is 2 + 3?"]);
+
+    joined_a.leave().await;
+    joined_b.leave().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
