@@ -197,13 +197,20 @@ async fn a_session_outlives_its_owner_node_and_one_of_two_racing_nodes_takes_it(
     let e = conv.run_pipeline(&pipeline, q("What is 2 + 3?")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "pipelines run where the session is held: {e}");
 
-    // kill -9 the owner: the next request takes the session over and
-    // succeeds at once, its history intact and rebuilt on b's own worker.
+    // kill -9 the owner: the next requests — two at once, through two
+    // handles — take the session over (once) and succeed at once, its
+    // history intact and rebuilt on b's own worker.
+    let again = b.sessions().open("conv").await.unwrap();
     owner.kill();
     let t = Instant::now();
-    let third = conv.run_with("chat", q("What is 2 + 3?"), python()).await.unwrap();
+    let (third, fourth) = tokio::join!(
+        conv.run_with("chat", q("What is 2 + 3?"), python()),
+        again.run_with("chat", q("What is the capital of Japan?"), python())
+    );
     let took = t.elapsed();
-    assert_eq!(third.get_str("answer"), Some("5"));
+    let (third, fourth) = (third.unwrap(), fourth.unwrap());
+    assert_eq!((third.get_str("answer"), fourth.get_str("answer")), (Some("5"), Some("Tokyo")));
+    assert_eq!(again.owner(), None);
     assert!(took < Duration::from_secs(2), "the takeover took {took:?}");
     assert_eq!(conv.owner(), None, "b holds the session now");
     assert!(b.sessions().list().iter().any(|s| s.id == "conv"));
@@ -214,10 +221,12 @@ async fn a_session_outlives_its_owner_node_and_one_of_two_racing_nodes_takes_it(
         sent.contains("What is 17 + 25?") && sent.contains("Paris"),
         "the owner's turns reached b's worker: {sent}"
     );
-    assert_eq!(
-        questions(&conv.history("chat").await.unwrap()),
-        ["What is 17 + 25?", "What is the capital of France?", "What is 2 + 3?"]
-    );
+    let history = questions(&conv.history("chat").await.unwrap());
+    assert_eq!(history[..2], ["What is 17 + 25?", "What is the capital of France?"]);
+    let mut last_two = history[2..].to_vec();
+    last_two.sort();
+    assert_eq!(last_two, ["What is 2 + 3?", "What is the capital of Japan?"], "{history:?}");
+    assert_eq!(b.sessions().list().len(), 1, "started once");
 
     // Two nodes race for the other orphaned session: exactly one takes it,
     // the other's request is forwarded to the winner, and both are served.
@@ -394,4 +403,86 @@ async fn a_draining_node_hands_its_sessions_over() {
     joined_b.leave().await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_restarted_under_its_name_serves_its_sessions_again() {
+    let nats = NatsServer::start();
+    let spec = |sessions: Vec<String>| OwnerSpec { url: nats.url(), node: "phoenix".into(), token: None, sessions };
+    let mut first = OwnerProcess::start(&spec(vec!["phx".into()]), None);
+    let (_lm_server, lm) = offline_lm().await;
+    let (b, joined_b) = node(&nats.url(), "b", false, lm).await;
+    until_nodes(&b, &["b", "phoenix"]).await;
+    let s = b.sessions().open("phx").await.unwrap();
+    assert_eq!(s.owner().as_deref(), Some("phoenix"));
+
+    // The owner dies and comes back under the same name, holding nothing;
+    // the store still names it, so it takes the session from the store and
+    // answers — nobody is told "no such session".
+    first.kill();
+    let _second = OwnerProcess::start(&spec(vec![]), None);
+    let out = s.run_with("chat", q("What is the capital of France?"), python()).await.unwrap();
+    assert_eq!(out.get_str("answer"), Some("Paris"));
+    assert_eq!(out.meta.node.as_deref(), Some("phoenix"), "{:?}", out.meta);
+    assert_eq!(s.owner().as_deref(), Some("phoenix"));
+    assert!(b.sessions().list().is_empty());
+    assert_eq!(questions(&s.history("chat").await.unwrap()), ["What is 17 + 25?", "What is the capital of France?"]);
+
+    joined_b.leave().await;
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_defers_to_the_clusters_copy_of_its_restored_sessions() {
+    let nats = NatsServer::start();
+    let (_lm_server, lm) = offline_lm().await;
+    let dir = std::env::temp_dir().join(format!("dspex-test-defer-{}-{}", std::process::id(), fastrand::u32(..)));
+    let with_snapshots = |lm: LmConfig| dspex::RuntimeConfig {
+        default_pool: false,
+        lm: Some(lm),
+        sessions: dspex::SessionConfig { snapshot_dir: Some(dir.clone()), ..dspex::SessionConfig::default() },
+        ..dspex::RuntimeConfig::default()
+    };
+    let join = |rt: Runtime, name: &'static str| {
+        let url = nats.url();
+        async move {
+            let mut c = ClusterConfig::new(url, name).allow_insecure(true).lease_ms(1000);
+            c.keepalive_ms = 100;
+            ClusterNode::join(&rt, c).await.expect("join")
+        }
+    };
+    let a = Runtime::from_config(with_snapshots(lm.clone())).await.unwrap();
+    let joined_a = join(a.clone(), "a").await;
+    let s = a.sessions().create(SessionOptions::default().id("kept")).await.unwrap();
+    s.define("chat", ProgramSpec::predict(CHAT)).await.unwrap();
+    s.run_with("chat", q("What is 17 + 25?"), native()).await.unwrap();
+    joined_a.leave().await;
+    a.shutdown().await.unwrap();
+
+    // While a is down, b takes the session over and adds a turn.
+    let (b, joined_b) = node(&nats.url(), "b", false, lm.clone()).await;
+    let taken = b.sessions().open("kept").await.unwrap();
+    taken.run_with("chat", q("What is the capital of France?"), native()).await.unwrap();
+    assert_eq!(taken.owner(), None);
+
+    // a comes back on the same snapshot directory: it restores its old copy,
+    // and on joining drops it for the cluster's, so its requests go to b.
+    let again = Runtime::from_config(with_snapshots(lm)).await.unwrap();
+    assert_eq!(again.sessions().restore_report().restored, ["kept"]);
+    let rejoined = join(again.clone(), "a").await;
+    assert!(again.sessions().list().is_empty(), "the stale restored copy was dropped");
+    let s = again.sessions().open("kept").await.unwrap();
+    assert_eq!(s.owner().as_deref(), Some("b"));
+    let out = s.run_with("chat", q("What is 2 + 3?"), native()).await.unwrap();
+    assert_eq!(out.meta.node.as_deref(), Some("b"), "{:?}", out.meta);
+    assert_eq!(
+        questions(&taken.history("chat").await.unwrap()),
+        ["What is 17 + 25?", "What is the capital of France?", "What is 2 + 3?"]
+    );
+
+    rejoined.leave().await;
+    joined_b.leave().await;
+    again.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

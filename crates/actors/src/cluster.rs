@@ -119,9 +119,11 @@ pub trait Cluster: Send + Sync + 'static {
     /// Remove session `id` if its stored revision is still `revision`.
     fn session_remove<'a>(&'a self, id: &'a str, revision: u64) -> BoxFuture<'a, Result<()>>;
 
-    /// Apply `call` to session `id` on node `owner` before `deadline`.
-    /// `Conflict` or `NotFound` when the owner no longer has the session;
-    /// `Transport` (retryable, naming the node) when the owner is unreachable.
+    /// Apply `call` to session `id` on node `owner` before `deadline`. The
+    /// outer error is about reaching the owner — `Transport` (retryable,
+    /// naming the node) when it is unreachable, `Timeout` at the deadline —
+    /// and the inner result is the owner's answer (its own errors
+    /// included: `Conflict` when another node holds the session now).
     fn session_forward<'a>(
         &'a self,
         owner: &'a str,
@@ -129,5 +131,5 @@ pub trait Cluster: Send + Sync + 'static {
         call: &'a SessionCall,
         deadline: std::time::Instant,
         trace_id: &'a str,
-    ) -> BoxFuture<'a, Result<SessionAnswer>>;
+    ) -> BoxFuture<'a, Result<Result<SessionAnswer>>>;
 }

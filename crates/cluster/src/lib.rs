@@ -206,7 +206,7 @@ impl Cluster for Inner {
         call: &'a SessionCall,
         deadline: std::time::Instant,
         trace_id: &'a str,
-    ) -> BoxFuture<'a, Result<SessionAnswer>> {
+    ) -> BoxFuture<'a, Result<Result<SessionAnswer>>> {
         Box::pin(sessions::forward(self, owner, id, call, deadline, trace_id))
     }
 }
@@ -309,6 +309,10 @@ impl ClusterNode {
         // Subscriptions reach the server before others are told to use them.
         let _ = inner.client.flush().await;
         runtime.attach_cluster(inner.clone())?;
+        let superseded = runtime.sessions().defer_to_cluster().await;
+        if superseded > 0 {
+            info!(sessions = superseded, "restored sessions the cluster also holds were dropped for its copies");
+        }
         info!(cluster = %inner.config.name, node = %inner.config.node, "joined the cluster");
         Ok(ClusterNode { inner, tasks })
     }

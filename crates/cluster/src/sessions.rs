@@ -70,6 +70,8 @@ pub(crate) async fn remove(node: &Inner, id: &str, revision: u64) -> Result<()> 
 
 /// Send `call` to `owner` and wait for its answer — until the deadline, or
 /// until the owner stops being a live member (checked every half lease).
+/// The outer error: the owner could not be reached or did not answer; the
+/// inner result: what the owner answered.
 pub(crate) async fn forward(
     node: &Inner,
     owner: &str,
@@ -77,7 +79,7 @@ pub(crate) async fn forward(
     call: &SessionCall,
     deadline: Instant,
     trace_id: &str,
-) -> Result<SessionAnswer> {
+) -> Result<Result<SessionAnswer>> {
     let left = deadline.saturating_duration_since(Instant::now());
     let req = SessionRequest {
         from: node.config.node.clone(),
@@ -116,8 +118,8 @@ pub(crate) async fn forward(
         _ => unreachable(format!("cannot be sent the request: {e}")),
     })?;
     match decode::<SessionReply>(&msg.payload)? {
-        SessionReply::Answer(a) => Ok(a),
-        SessionReply::Failed { error } => Err(error),
+        SessionReply::Answer(a) => Ok(Ok(a)),
+        SessionReply::Failed { error } => Ok(Err(error)),
     }
 }
 
@@ -132,8 +134,10 @@ pub(crate) async fn serve(node: Arc<Inner>, sessions: Sessions, mut sub: Subscri
             let reply = match decode::<SessionRequest>(&msg.payload) {
                 Err(e) => SessionReply::Failed { error: e.with_node(here) },
                 Ok(req) => {
+                    // The caller's clock: the deadline counts from arrival,
+                    // time waiting for the session included.
                     let opts = RequestOptions {
-                        timeout: Some(Duration::from_millis(req.deadline_ms)),
+                        deadline: Some(Instant::now() + Duration::from_millis(req.deadline_ms)),
                         trace_id: Some(req.trace_id),
                         ..RequestOptions::default()
                     };

@@ -231,7 +231,7 @@ impl Runtime {
             .cloned()
             .ok_or_else(|| Error::new(ErrorKind::Config, "this runtime is not in a cluster (nothing to drain)"))?;
         cluster.drain(grace).await;
-        let handed = self.inner.sessions.hand_over().await;
+        let handed = self.inner.sessions.hand_over(grace).await;
         if handed > 0 {
             tracing::info!(sessions = handed, "handed this node's sessions over");
         }

@@ -313,8 +313,15 @@ struct Shared {
     pipelines: Arc<PipelineRuns>,
     supervisor: DynamicSupervisor,
     entries: Mutex<HashMap<String, Arc<SessionShared>>>,
+    /// Held while a session starts here (created, claimed, restored): one
+    /// at a time, so two requests racing to claim the same session on this
+    /// node start it once.
+    starting: tokio::sync::Mutex<()>,
     report: Mutex<RestoreReport>,
 }
+
+/// Proof that [`Shared::starting`] is held.
+type Starting<'a> = tokio::sync::MutexGuard<'a, ()>;
 
 impl Shared {
     /// Write the session's state where it is kept: the snapshot file, and
@@ -365,8 +372,16 @@ impl Shared {
     fn forget(&self, session: &SessionShared, why: &str) {
         session.closed.store(true, Ordering::Release);
         let id = session.id();
-        self.entries.lock().remove(&id);
-        if let Some(dir) = &self.config.snapshot_dir {
+        // Only this incarnation: a newer one of the same id may hold the entry.
+        let current = {
+            let mut entries = self.entries.lock();
+            let current = entries.get(&id).is_some_and(|e| std::ptr::eq(e.as_ref(), session));
+            if current {
+                entries.remove(&id);
+            }
+            current
+        };
+        if let (true, Some(dir)) = (current, &self.config.snapshot_dir) {
             let _ = std::fs::remove_file(snapshot::snapshot_path(dir, &id));
         }
         self.dispatcher.telemetry().emit(
@@ -410,6 +425,7 @@ impl Sessions {
                 pipelines,
                 supervisor,
                 entries: Mutex::default(),
+                starting: tokio::sync::Mutex::new(()),
                 report: Mutex::default(),
             }),
         }
@@ -442,8 +458,9 @@ impl Sessions {
             // applies at each request, so a changed config reaches every session.
             history_turns: opts.history_turns,
         };
+        let one = self.shared.starting.lock().await;
         let Some(cluster) = self.shared.dispatcher.cluster().cloned() else {
-            return self.start(state, true, None).await;
+            return self.start(&one, state, true, None).await;
         };
         // In a cluster the id is the cluster's: claimed before anything starts.
         self.check_room(&id)?;
@@ -454,7 +471,7 @@ impl Sessions {
                 e.with_session(&id)
             }
         })?;
-        match self.start(state, true, Some(revision)).await {
+        match self.start(&one, state, true, Some(revision)).await {
             Ok(s) => Ok(s),
             Err(e) => {
                 let _ = cluster.session_remove(&id, revision).await;
@@ -480,7 +497,13 @@ impl Sessions {
         Ok(())
     }
 
-    async fn start(&self, state: SessionState, fresh: bool, revision: Option<u64>) -> Result<Session> {
+    async fn start(
+        &self,
+        _one: &Starting<'_>,
+        state: SessionState,
+        fresh: bool,
+        revision: Option<u64>,
+    ) -> Result<Session> {
         let id = state.id.clone();
         self.check_room(&id)?;
         let programs = state.programs.iter().map(|(k, v)| (k.clone(), Program::new(v.clone()))).collect();
@@ -522,7 +545,9 @@ impl Sessions {
             },
         ));
         // An earlier incarnation of this session here (dropped when another
-        // node took it, now back) may still be stopping: replace it.
+        // node took it, now back) may still be stopping: replace it. (No
+        // live one can share the name: `starting` is held and the id is
+        // not in `entries`.)
         self.shared
             .supervisor
             .replace(child)
@@ -560,19 +585,29 @@ impl Sessions {
     /// node then takes over (compare-and-set on its stored revision: of
     /// nodes racing for it exactly one wins, and the others forward to it).
     pub async fn open(&self, id: &str) -> Result<Session> {
-        let home = self.locate(id, None).await?;
+        let home = self.locate(id, None, None).await?;
         Ok(Session { id: id.to_string(), sessions: self.shared.clone(), home: Arc::new(Mutex::new(home)) })
     }
 
     /// Where session `id` lives now, taking it over when its owner is gone
-    /// (or is `unreachable`, as a request to it just found).
-    async fn locate(&self, id: &str, unreachable: Option<&str>) -> Result<Home> {
+    /// (or is `unreachable`, as a request to it just found), or when the
+    /// store names this node but the session is not held here (this node
+    /// restarted under its name, or a start after a claim failed).
+    async fn locate(&self, id: &str, unreachable: Option<&str>, deadline: Option<Instant>) -> Result<Home> {
         if let Some(s) = self.shared.entries.lock().get(id) {
             return Ok(Home::Here(s.clone()));
         }
         let Some(cluster) = self.shared.dispatcher.cluster().cloned() else { return Err(not_found(id)) };
         let here = cluster.node().to_string();
         for _ in 0..4 {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("session {id}: the deadline passed while looking for its owner"),
+                )
+                .with_session(id)
+                .with_retryable(true));
+            }
             let stored = cluster.session_load(id).await?.ok_or_else(|| not_found(id))?;
             let owner = stored.owner.clone();
             // Another node's: forwarded there, even when this node's view of
@@ -583,10 +618,16 @@ impl Sessions {
             if owner != here && !owner.is_empty() && unreachable != Some(owner.as_str()) {
                 return Ok(Home::Node(owner));
             }
+            // One claim at a time here: a request that raced another on this
+            // node finds the session started when it gets the lock.
+            let one = self.shared.starting.lock().await;
+            if let Some(s) = self.shared.entries.lock().get(id) {
+                return Ok(Home::Here(s.clone()));
+            }
             self.check_room(id)?;
             match cluster.session_store(&here, &stored.state, Some(stored.revision)).await {
                 Ok(revision) => {
-                    let session = self.start(stored.state, true, Some(revision)).await?;
+                    let session = self.start(&one, stored.state, true, Some(revision)).await?;
                     info!(session = %id, from = %owner, "took the session over");
                     self.shared.dispatcher.telemetry().emit(
                         None,
@@ -609,25 +650,40 @@ impl Sessions {
             .with_retryable(true))
     }
 
-    /// Apply a call forwarded by another node to a session this runtime
-    /// holds (never forwarded further: `NotFound` if it is not here, and
-    /// `Conflict` if it turns out another node owns it now). For cluster
-    /// implementations.
+    /// Apply a call forwarded by another node to a session the cluster
+    /// says this node owns. Never forwarded further: a session not held
+    /// here is claimed from the store if the store still names this node
+    /// (it restarted under its name), and is `Conflict` — the caller looks
+    /// again — if another node owns it now; `NotFound` if the cluster has
+    /// no such session. For cluster implementations.
     pub async fn apply_forwarded(&self, id: &str, call: SessionCall, opts: RequestOptions) -> Result<SessionAnswer> {
-        let session = self.shared.entries.lock().get(id).cloned().ok_or_else(|| not_found(id))?;
+        let session = match self.locate(id, None, opts.deadline).await? {
+            Home::Here(s) => s,
+            Home::Node(other) => {
+                return Err(Error::new(ErrorKind::Conflict, format!("session {id} is held by node {other} now"))
+                    .with_session(id)
+                    .with_retryable(true))
+            }
+        };
         apply(&self.shared, &session, call, opts).await.map_err(|e| e.with_session(id))
     }
 
     /// Hand this node's cluster sessions over (a draining node): each is
     /// stored as owned by nobody and dropped here, so the next request for
-    /// it, on any node, takes it over at once. The number handed over.
-    pub async fn hand_over(&self) -> usize {
+    /// it, on any node, takes it over at once. A session still busy after
+    /// `grace` stays here (taken over once this node is gone). The number
+    /// handed over.
+    pub async fn hand_over(&self, grace: Duration) -> usize {
         let Some(cluster) = self.shared.dispatcher.cluster().cloned() else { return 0 };
         let all: Vec<Arc<SessionShared>> = self.shared.entries.lock().values().cloned().collect();
+        let until = tokio::time::Instant::now() + grace;
         let mut handed = 0;
         for session in all {
             // Between requests only: the state written is the latest.
-            let _work = session.work.lock().await;
+            let Ok(_work) = tokio::time::timeout_at(until, session.work.lock()).await else {
+                warn!(session = %session.id(), "busy past the drain's grace: not handed over");
+                continue;
+            };
             let Some(revision) = *session.revision.lock() else { continue };
             let state = session.state.lock().clone();
             match cluster.session_store("", &state, Some(revision)).await {
@@ -637,6 +693,33 @@ impl Sessions {
             self.shared.forget(&session, "handed over");
         }
         handed
+    }
+
+    /// After joining a cluster: drop the sessions restored from snapshots
+    /// that the cluster also stores — its copy is the one the cluster
+    /// fences, and may be newer (another node took the session over while
+    /// this one was down); the next request takes the session from there.
+    /// Restored sessions the cluster does not know stay, local only. The
+    /// number dropped. For cluster implementations.
+    pub async fn defer_to_cluster(&self) -> usize {
+        let Some(cluster) = self.shared.dispatcher.cluster().cloned() else { return 0 };
+        let local: Vec<Arc<SessionShared>> =
+            self.shared.entries.lock().values().filter(|s| s.revision.lock().is_none()).cloned().collect();
+        let mut dropped = 0;
+        for session in local {
+            let _work = session.work.lock().await;
+            let id = session.id();
+            match cluster.session_load(&id).await {
+                Ok(Some(stored)) => {
+                    info!(session = %id, owner = %stored.owner, "the cluster holds this restored session: using its copy");
+                    self.shared.forget(&session, "superseded by the cluster's copy");
+                    dropped += 1;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(session = %id, error = %e, "cannot check a restored session against the cluster"),
+            }
+        }
+        dropped
     }
 
     /// Every session.
@@ -669,7 +752,8 @@ impl Sessions {
             match loaded {
                 Ok(state) => {
                     let id = state.id.clone();
-                    match self.start(state, false, None).await {
+                    let one = self.shared.starting.lock().await;
+                    match self.start(&one, state, false, None).await {
                         Ok(_) => report.restored.push(id),
                         Err(e) => report.rejected.push((path, e.to_string())),
                     }
@@ -727,8 +811,16 @@ impl std::fmt::Debug for Session {
 }
 
 /// Take the session for one request: in arrival order, one at a time.
-async fn enter(session: &SessionShared) -> Result<tokio::sync::MutexGuard<'_, WorkState>> {
-    let guard = session.work.lock().await;
+async fn enter(session: &SessionShared, deadline: Option<Instant>) -> Result<tokio::sync::MutexGuard<'_, WorkState>> {
+    let guard = match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), session.work.lock()).await.map_err(|_| {
+            let id = session.id();
+            Error::new(ErrorKind::Timeout, format!("session {id} was busy with earlier requests until the deadline"))
+                .with_session(&id)
+                .with_retryable(true)
+        })?,
+        None => session.work.lock().await,
+    };
     if session.closed.load(Ordering::Acquire) {
         let id = session.id();
         // Dropped here because another node took it: the caller looks again.
@@ -753,7 +845,7 @@ async fn apply(
     call: SessionCall,
     opts: RequestOptions,
 ) -> Result<SessionAnswer> {
-    let mut st = enter(session).await?;
+    let mut st = enter(session, opts.deadline).await?;
     let answer = match call {
         SessionCall::Define { name, spec } => {
             st.define(&name, Program::new((*spec).clone()));
@@ -830,28 +922,30 @@ impl Session {
                 Home::Here(session) => (apply(&self.sessions, session, call.clone(), opts.clone()).await, None),
                 Home::Node(owner) => {
                     let Some(cluster) = self.sessions.dispatcher.cluster() else { return Err(not_found(&self.id)) };
-                    let r = cluster.session_forward(owner, &self.id, &call, deadline, &trace_id).await;
-                    let gone = matches!(&r, Err(e) if e.kind() == ErrorKind::Transport);
-                    (r, gone.then(|| owner.clone()))
+                    match cluster.session_forward(owner, &self.id, &call, deadline, &trace_id).await {
+                        // The owner answered: with its result or its own error.
+                        Ok(answered) => (answered, None),
+                        // Nobody answered: the owner is gone, or the deadline passed.
+                        Err(e) => {
+                            let gone = e.kind() == ErrorKind::Transport;
+                            (Err(e), gone.then(|| owner.clone()))
+                        }
+                    }
                 }
             };
             let err = match result {
                 Ok(answer) => return Ok(answer),
                 Err(e) => e,
             };
-            // Moved: a write refused (another node wrote first), the owner no
-            // longer has it, or the owner cannot be reached.
-            let moved = matches!(
-                (&home, err.kind()),
-                (_, ErrorKind::Conflict) | (Home::Node(_), ErrorKind::NotFound | ErrorKind::Transport)
-            );
+            // Moved: a write refused or the owner says another node holds it
+            // now (`conflict`), or the owner cannot be reached.
+            let moved = err.kind() == ErrorKind::Conflict || unreachable.is_some();
             // A refused write means the run happened but is not kept; a lost
             // owner may have run it. Either way only a repeatable call goes again.
-            let may_repeat = call.repeatable() || (matches!(home, Home::Node(_)) && err.kind() == ErrorKind::NotFound);
-            if !moved || !may_repeat || attempt >= 3 || Instant::now() >= deadline {
+            if !moved || !call.repeatable() || attempt >= 3 || Instant::now() >= deadline {
                 return Err(err.with_session(&self.id));
             }
-            let found = self.sessions_handle().locate(&self.id, unreachable.as_deref()).await?;
+            let found = self.sessions_handle().locate(&self.id, unreachable.as_deref(), Some(deadline)).await?;
             *self.home.lock() = found;
         }
     }
@@ -897,7 +991,7 @@ impl Session {
                 .with_node(n.clone()))
             }
         };
-        let mut st = enter(&session).await?;
+        let mut st = enter(&session, None).await?;
         let runner = SessionStepRunner::new(&self.sessions, &session, &mut st);
         let out = self.sessions.pipelines.execute_in_session(pipeline, inputs, &self.id, &runner).await;
         commit(&self.sessions, &session).await?;
