@@ -389,6 +389,10 @@ async fn a_draining_node_hands_its_sessions_over() {
 
     a.drain_cluster(Duration::from_millis(100)).await.unwrap();
     assert!(a.sessions().list().is_empty(), "a handed its session over");
+    // A request on a's old handle is not a reason for a to take it back.
+    let e = s.run_with("chat", q("What is the capital of France?"), native()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert!(a.sessions().list().is_empty(), "a draining node took a session back");
     // Owned by nobody: the first node to open it holds it at once.
     let t = Instant::now();
     let taken = b.sessions().open("handed").await.unwrap();

@@ -103,6 +103,10 @@ pub trait Cluster: Send + Sync + 'static {
     /// to other nodes) and wait up to `grace` for the running ones.
     fn drain(self: Arc<Self>, grace: Duration) -> BoxFuture<'static, ()>;
 
+    /// Whether this node takes work (false once it drains: it then takes no
+    /// session over either).
+    fn accepting(&self) -> bool;
+
     /// Session `id` as stored, or `None` if the cluster holds no such session.
     fn session_load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredSession>>>;
 

@@ -182,6 +182,10 @@ impl Cluster for Inner {
         Box::pin(async move { self.drain_remote(grace).await })
     }
 
+    fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
     fn session_load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredSession>>> {
         Box::pin(sessions::load(self, id))
     }

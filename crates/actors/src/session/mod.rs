@@ -618,6 +618,17 @@ impl Sessions {
             if owner != here && !owner.is_empty() && unreachable != Some(owner.as_str()) {
                 return Ok(Home::Node(owner));
             }
+            // A draining node hands sessions over and takes none back: the
+            // caller (a forwarded one looks again) goes to another node.
+            if !cluster.accepting() {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("node {here} is draining: it takes no session over (open {id} on another node)"),
+                )
+                .with_session(id)
+                .with_node(here.clone())
+                .with_retryable(true));
+            }
             // One claim at a time here: a request that raced another on this
             // node finds the session started when it gets the lock.
             let one = self.shared.starting.lock().await;
