@@ -50,6 +50,16 @@ async fn node_with(url: &str, name: &str, pool: bool, lm: LmConfig, token: Optio
     (rt, joined)
 }
 
+/// A new session `id` on `rt` with the chat program and its first turn
+/// ("What is 17 + 25?") run with `opts`.
+async fn chat_session(rt: &Runtime, id: &str, opts: RequestOptions) -> dspex::Session {
+    let s = rt.sessions().create(SessionOptions::default().id(id)).await.expect("a cluster session");
+    s.define("chat", ProgramSpec::predict(CHAT)).await.expect("define");
+    let out = s.run_with("chat", q("What is 17 + 25?"), opts).await.expect("the first turn");
+    assert_eq!(out.get_str("answer"), Some("42"));
+    s
+}
+
 fn questions(history: &[Map]) -> Vec<String> {
     history.iter().map(|t| t["question"].as_str().unwrap_or_default().to_string()).collect()
 }
@@ -150,11 +160,7 @@ async fn session_owner_node() {
     let (rt, _joined) = node_with(&spec.url, &spec.node, true, lm, spec.token.as_deref()).await;
     let mut held = std::collections::HashMap::new();
     for id in &spec.sessions {
-        let s = rt.sessions().create(SessionOptions::default().id(id.clone())).await.expect("a cluster session");
-        s.define("chat", ProgramSpec::predict(CHAT)).await.expect("define");
-        let out = s.run_with("chat", q("What is 17 + 25?"), python()).await.expect("the first turn");
-        assert_eq!(out.get_str("answer"), Some("42"));
-        held.insert(id.clone(), s);
+        held.insert(id.clone(), chat_session(&rt, id, python()).await);
     }
     println!("OWNER READY");
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
@@ -271,9 +277,7 @@ async fn a_partitioned_owner_loses_its_session_and_after_healing_never_writes_st
     let (a, joined_a) = node(&link.url(), "a", false, lm.clone()).await;
     let (b, joined_b) = node(&nats.url(), "b", false, lm).await;
     until_nodes(&b, &["a", "b"]).await;
-    let stale = a.sessions().create(SessionOptions::default().id("split")).await.unwrap();
-    stale.define("chat", ProgramSpec::predict(CHAT)).await.unwrap();
-    stale.run_with("chat", q("What is 17 + 25?"), native()).await.unwrap();
+    let stale = chat_session(&a, "split", native()).await;
 
     // Cut a off: its lease runs out, and b takes the session over.
     link.cut();
@@ -380,9 +384,7 @@ async fn a_draining_node_hands_its_sessions_over() {
     let (a, joined_a) = node(&nats.url(), "a", false, lm.clone()).await;
     let (b, joined_b) = node(&nats.url(), "b", false, lm).await;
     until_nodes(&b, &["a", "b"]).await;
-    let s = a.sessions().create(SessionOptions::default().id("handed")).await.unwrap();
-    s.define("chat", ProgramSpec::predict(CHAT)).await.unwrap();
-    s.run_with("chat", q("What is 17 + 25?"), native()).await.unwrap();
+    let s = chat_session(&a, "handed", native()).await;
     // Ids are the cluster's: another node cannot create the same one.
     let e = b.sessions().create(SessionOptions::default().id("handed")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidRequest, "{e}");
@@ -457,9 +459,7 @@ async fn a_restarted_node_defers_to_the_clusters_copy_of_its_restored_sessions()
     };
     let a = Runtime::from_config(with_snapshots(lm.clone())).await.unwrap();
     let joined_a = join(a.clone(), "a").await;
-    let s = a.sessions().create(SessionOptions::default().id("kept")).await.unwrap();
-    s.define("chat", ProgramSpec::predict(CHAT)).await.unwrap();
-    s.run_with("chat", q("What is 17 + 25?"), native()).await.unwrap();
+    chat_session(&a, "kept", native()).await;
     joined_a.leave().await;
     a.shutdown().await.unwrap();
 

@@ -20,7 +20,12 @@ use crate::program::Program;
 /// Per-request settings. The default: the configured route, the default
 /// pool, the runtime's request timeout, cache on; programs are idempotent
 /// (an LM call may safely run twice), commands are not unless marked.
-#[derive(Debug, Clone)]
+///
+/// Serializable for a session request forwarded to another cluster node;
+/// the absolute deadline and the session do not travel (the node that
+/// forwards sends the time left beside the options).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RequestOptions {
     /// Route preference for this request.
     pub route: Option<RoutePreference>,
@@ -29,6 +34,7 @@ pub struct RequestOptions {
     /// Time allowed from now.
     pub timeout: Option<Duration>,
     /// Absolute deadline (wins over `timeout`).
+    #[serde(skip)]
     pub deadline: Option<Instant>,
     /// Safe to run twice (retried once on another worker if its worker
     /// dies); `None`: yes for programs, no for commands.
@@ -42,6 +48,7 @@ pub struct RequestOptions {
     /// LM call arguments for this request only.
     pub config: Map,
     /// Session the request belongs to (set by session actors).
+    #[serde(skip)]
     pub session: Option<String>,
     /// Run Python work on this cluster node (by name) and nowhere else.
     pub node: Option<String>,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
 use async_nats::{RequestErrorKind, Subscriber};
-use dspex_actors::{RequestOptions, SessionAnswer, SessionCall, SessionState, Sessions, StoredSession};
+use dspex_actors::{SessionAnswer, SessionCall, SessionState, Sessions, StoredSession};
 use dspex_core::{Error, ErrorKind, Result};
 use futures_util::StreamExt;
 use tracing::{debug, warn};
@@ -136,13 +136,9 @@ pub(crate) async fn serve(node: Arc<Inner>, sessions: Sessions, mut sub: Subscri
                 Ok(req) => {
                     // The caller's clock: the deadline counts from arrival,
                     // time waiting for the session included.
-                    let opts = RequestOptions {
-                        deadline: Some(Instant::now() + Duration::from_millis(req.deadline_ms)),
-                        trace_id: Some(req.trace_id),
-                        ..RequestOptions::default()
-                    };
+                    let deadline = Instant::now() + Duration::from_millis(req.deadline_ms);
                     debug!(session = %req.session, from = %req.from, "a session request from another node");
-                    match sessions.apply_forwarded(&req.session, req.call, opts).await {
+                    match sessions.apply_forwarded(&req.session, req.call, deadline, req.trace_id).await {
                         Ok(SessionAnswer::Output(mut out)) => {
                             // Run here: the caller's `Meta` says where.
                             out.meta.node.get_or_insert(here);

@@ -154,6 +154,7 @@ pub(crate) fn is_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dspex_actors::RequestOptions;
     use serde_json::json;
 
     #[test]
@@ -181,12 +182,7 @@ mod tests {
             call: SessionCall::Run {
                 name: "chat".into(),
                 inputs,
-                route: None,
-                pool: None,
-                idempotent: Some(true),
-                config: Default::default(),
-                cache: false,
-                node: Some("b".into()),
+                options: Box::new(RequestOptions::python().no_cache().idempotent(true).on_node("b")),
             },
             deadline_ms: 900,
             trace_id: "t".into(),

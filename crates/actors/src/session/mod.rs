@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use dspex_core::{Error, ErrorKind, EventKind, Map, ProgramSpec, Result, RoutePreference, SessionConfig, Value};
+use dspex_core::{Error, ErrorKind, EventKind, Map, ProgramSpec, Result, SessionConfig, Value};
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
@@ -105,31 +105,15 @@ pub enum SessionCall {
         /// Its spec.
         spec: Box<ProgramSpec>,
     },
-    /// [`Session::run_with`] (the request's deadline and trace id travel
-    /// beside the call).
+    /// [`Session::run_with`] (the deadline travels beside the call).
     Run {
         /// Program name.
         name: String,
         /// Inputs.
         inputs: Map,
-        /// Route preference.
+        /// The caller's options.
         #[serde(default)]
-        route: Option<RoutePreference>,
-        /// Pool for Python work.
-        #[serde(default)]
-        pool: Option<String>,
-        /// Safe to run twice.
-        #[serde(default)]
-        idempotent: Option<bool>,
-        /// LM call arguments.
-        #[serde(default)]
-        config: Map,
-        /// Use the result cache.
-        #[serde(default = "yes")]
-        cache: bool,
-        /// Run Python work on this node only.
-        #[serde(default)]
-        node: Option<String>,
+        options: Box<RequestOptions>,
     },
     /// [`Session::set_var`].
     SetVar {
@@ -155,24 +139,10 @@ pub enum SessionCall {
 }
 
 impl SessionCall {
-    /// The request as a call, and the options the caller gave it.
-    fn run(name: &str, inputs: Map, opts: &RequestOptions) -> SessionCall {
-        SessionCall::Run {
-            name: name.to_string(),
-            inputs,
-            route: opts.route,
-            pool: opts.pool.clone(),
-            idempotent: opts.idempotent,
-            config: opts.config.clone(),
-            cache: opts.cache,
-            node: opts.node.clone(),
-        }
-    }
-
     /// Whether the call may be applied again after an attempt whose result
     /// was lost (writes are idempotent; a run unless marked otherwise).
     fn repeatable(&self) -> bool {
-        !matches!(self, SessionCall::Run { idempotent: Some(false), .. })
+        !matches!(self, SessionCall::Run { options, .. } if options.idempotent == Some(false))
     }
 }
 
@@ -188,10 +158,6 @@ pub enum SessionAnswer {
     State(Box<SessionState>),
     /// A program's history.
     History(Vec<Map>),
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn unexpected(answer: SessionAnswer) -> Error {
@@ -329,9 +295,7 @@ impl Shared {
     /// this one did — the session is then dropped here, it lives elsewhere).
     async fn persist(&self, session: &SessionShared) -> Result<()> {
         let state = session.state.lock().clone();
-        if let Some(dir) = &self.config.snapshot_dir {
-            snapshot::persist(dir, &state);
-        }
+        self.snapshot(&state);
         let revision = *session.revision.lock();
         let (Some(revision), Some(cluster)) = (revision, self.dispatcher.cluster()) else { return Ok(()) };
         match cluster.session_store(cluster.node(), &state, Some(revision)).await {
@@ -366,6 +330,13 @@ impl Shared {
         }
         self.forget(session, why);
         Ok(())
+    }
+
+    /// Write the snapshot file, when sessions have a snapshot directory.
+    fn snapshot(&self, state: &SessionState) {
+        if let Some(dir) = &self.config.snapshot_dir {
+            snapshot::persist(dir, state);
+        }
     }
 
     /// Drop the session here: registry, snapshot, actor.
@@ -460,7 +431,8 @@ impl Sessions {
         };
         let one = self.shared.starting.lock().await;
         let Some(cluster) = self.shared.dispatcher.cluster().cloned() else {
-            return self.start(&one, state, true, None).await;
+            let session = self.start(&one, state, true, None).await?;
+            return Ok(self.handle(&id, Home::Here(session)));
         };
         // In a cluster the id is the cluster's: claimed before anything starts.
         self.check_room(&id)?;
@@ -472,7 +444,7 @@ impl Sessions {
             }
         })?;
         match self.start(&one, state, true, Some(revision)).await {
-            Ok(s) => Ok(s),
+            Ok(s) => Ok(self.handle(&id, Home::Here(s))),
             Err(e) => {
                 let _ = cluster.session_remove(&id, revision).await;
                 Err(e)
@@ -503,7 +475,7 @@ impl Sessions {
         state: SessionState,
         fresh: bool,
         revision: Option<u64>,
-    ) -> Result<Session> {
+    ) -> Result<Arc<SessionShared>> {
         let id = state.id.clone();
         self.check_room(&id)?;
         let programs = state.programs.iter().map(|(k, v)| (k.clone(), Program::new(v.clone()))).collect();
@@ -555,28 +527,24 @@ impl Sessions {
             .map_err(|e| Error::internal(format!("cannot start session {id}: {}", e.message())).with_session(&id))?;
         self.shared.entries.lock().insert(id.clone(), session.clone());
         if fresh {
-            if let Some(dir) = &self.shared.config.snapshot_dir {
-                snapshot::persist(dir, &session.state.lock().clone());
-            }
+            self.shared.snapshot(&session.state.lock().clone());
         }
         self.shared.dispatcher.telemetry().emit(
             None,
             EventKind::Lifecycle { actor: format!("session:{id}"), what: "started".into(), detail: String::new() },
         );
-        Ok(Session { id, sessions: self.shared.clone(), home: Arc::new(Mutex::new(Home::Here(session))) })
+        Ok(session)
     }
 
     /// A session held by this runtime, by id (see [`Sessions::open`] for
     /// one anywhere in the cluster).
     pub fn get(&self, id: &str) -> Result<Session> {
-        match self.shared.entries.lock().get(id) {
-            Some(s) => Ok(Session {
-                id: id.to_string(),
-                sessions: self.shared.clone(),
-                home: Arc::new(Mutex::new(Home::Here(s.clone()))),
-            }),
-            None => Err(not_found(id)),
-        }
+        let held = self.shared.entries.lock().get(id).cloned();
+        held.map(|s| self.handle(id, Home::Here(s))).ok_or_else(|| not_found(id))
+    }
+
+    fn handle(&self, id: &str, home: Home) -> Session {
+        Session { id: id.to_string(), sessions: self.shared.clone(), home: Arc::new(Mutex::new(home)) }
     }
 
     /// A session by id, wherever it lives: this runtime's, or — in a
@@ -586,7 +554,7 @@ impl Sessions {
     /// nodes racing for it exactly one wins, and the others forward to it).
     pub async fn open(&self, id: &str) -> Result<Session> {
         let home = self.locate(id, None, None).await?;
-        Ok(Session { id: id.to_string(), sessions: self.shared.clone(), home: Arc::new(Mutex::new(home)) })
+        Ok(self.handle(id, home))
     }
 
     /// Where session `id` lives now, taking it over when its owner is gone
@@ -648,8 +616,7 @@ impl Sessions {
                             detail: if owner.is_empty() { "handed over".into() } else { format!("from node {owner}") },
                         },
                     );
-                    let home = session.home.lock().clone();
-                    return Ok(home);
+                    return Ok(Home::Here(session));
                 }
                 // Another node claimed it first: look again (and forward to it).
                 Err(e) if e.kind() == ErrorKind::Conflict => continue,
@@ -667,8 +634,16 @@ impl Sessions {
     /// (it restarted under its name), and is `Conflict` — the caller looks
     /// again — if another node owns it now; `NotFound` if the cluster has
     /// no such session. For cluster implementations.
-    pub async fn apply_forwarded(&self, id: &str, call: SessionCall, opts: RequestOptions) -> Result<SessionAnswer> {
-        let session = match self.locate(id, None, opts.deadline).await? {
+    /// The call runs under `deadline` (this node's clock) and in trace
+    /// `trace_id`.
+    pub async fn apply_forwarded(
+        &self,
+        id: &str,
+        call: SessionCall,
+        deadline: Instant,
+        trace_id: String,
+    ) -> Result<SessionAnswer> {
+        let session = match self.locate(id, None, Some(deadline)).await? {
             Home::Here(s) => s,
             Home::Node(other) => {
                 return Err(Error::new(ErrorKind::Conflict, format!("session {id} is held by node {other} now"))
@@ -676,7 +651,7 @@ impl Sessions {
                     .with_retryable(true))
             }
         };
-        apply(&self.shared, &session, call, opts).await.map_err(|e| e.with_session(id))
+        apply(&self.shared, &session, call, deadline, &trace_id).await.map_err(|e| e.with_session(id))
     }
 
     /// Hand this node's cluster sessions over (a draining node): each is
@@ -823,14 +798,16 @@ impl std::fmt::Debug for Session {
 
 /// Take the session for one request: in arrival order, one at a time.
 async fn enter(session: &SessionShared, deadline: Option<Instant>) -> Result<tokio::sync::MutexGuard<'_, WorkState>> {
-    let guard = match deadline {
-        Some(d) => tokio::time::timeout_at(d.into(), session.work.lock()).await.map_err(|_| {
+    let guard = match (session.work.try_lock(), deadline) {
+        // Free: no timer needed.
+        (Ok(guard), _) => guard,
+        (Err(_), Some(d)) => tokio::time::timeout_at(d.into(), session.work.lock()).await.map_err(|_| {
             let id = session.id();
             Error::new(ErrorKind::Timeout, format!("session {id} was busy with earlier requests until the deadline"))
                 .with_session(&id)
                 .with_retryable(true)
         })?,
-        None => session.work.lock().await,
+        (Err(_), None) => session.work.lock().await,
     };
     if session.closed.load(Ordering::Acquire) {
         let id = session.id();
@@ -849,30 +826,25 @@ async fn commit(sessions: &Shared, session: &SessionShared) -> Result<()> {
     sessions.persist(session).await
 }
 
-/// Apply one call to a session this runtime holds.
+/// Apply one call to a session this runtime holds, before `deadline`.
 async fn apply(
     sessions: &Shared,
     session: &SessionShared,
     call: SessionCall,
-    opts: RequestOptions,
+    deadline: Instant,
+    trace_id: &str,
 ) -> Result<SessionAnswer> {
-    let mut st = enter(session, opts.deadline).await?;
+    let mut st = enter(session, Some(deadline)).await?;
     let answer = match call {
         SessionCall::Define { name, spec } => {
             st.define(&name, Program::new((*spec).clone()));
             session.state.lock().programs.insert(name, *spec);
             Ok(SessionAnswer::Done)
         }
-        SessionCall::Run { name, inputs, route, pool, idempotent, config, cache, node } => {
-            let opts = RequestOptions {
-                route: route.or(opts.route),
-                pool: pool.or(opts.pool),
-                idempotent: idempotent.or(opts.idempotent),
-                config: if config.is_empty() { opts.config } else { config },
-                cache: cache && opts.cache,
-                node: node.or(opts.node),
-                ..opts
-            };
+        SessionCall::Run { name, inputs, options } => {
+            // The caller's options, under the deadline and trace id this
+            // request runs with here.
+            let opts = RequestOptions { deadline: Some(deadline), trace_id: Some(trace_id.to_string()), ..*options };
             run_program(sessions, session, &mut st, &name, inputs, opts)
                 .await
                 .map(|out| SessionAnswer::Output(Box::new(out)))
@@ -919,18 +891,24 @@ impl Session {
     /// handed over, its owner gone), find it again and send it there — at
     /// most three times, and a run marked not idempotent only if it surely
     /// did not run.
-    async fn perform(&self, call: SessionCall, opts: RequestOptions) -> Result<SessionAnswer> {
+    /// The request's deadline and trace come from `opts` (a run's own
+    /// options, or the defaults).
+    async fn perform(&self, call: SessionCall) -> Result<SessionAnswer> {
+        let defaults = RequestOptions::default();
+        let opts = match &call {
+            SessionCall::Run { options, .. } => options,
+            _ => &defaults,
+        };
         let deadline = opts
             .deadline
             .unwrap_or_else(|| Instant::now() + opts.timeout.unwrap_or(self.sessions.dispatcher.request_timeout()));
         let trace_id = opts.trace_id.clone().unwrap_or_else(new_trace_id);
-        let opts = RequestOptions { deadline: Some(deadline), trace_id: Some(trace_id.clone()), ..opts };
         let mut attempt = 0;
         loop {
             attempt += 1;
             let home = self.home.lock().clone();
             let (result, unreachable) = match &home {
-                Home::Here(session) => (apply(&self.sessions, session, call.clone(), opts.clone()).await, None),
+                Home::Here(session) => (apply(&self.sessions, session, call.clone(), deadline, &trace_id).await, None),
                 Home::Node(owner) => {
                     let Some(cluster) = self.sessions.dispatcher.cluster() else { return Err(not_found(&self.id)) };
                     match cluster.session_forward(owner, &self.id, &call, deadline, &trace_id).await {
@@ -968,7 +946,7 @@ impl Session {
     /// Define a program under `name` (replacing one of the same name).
     pub async fn define(&self, name: &str, spec: impl Into<ProgramSpec>) -> Result<()> {
         let call = SessionCall::Define { name: name.to_string(), spec: Box::new(spec.into()) };
-        self.perform(call, RequestOptions::default()).await.map(drop)
+        self.perform(call).await.map(drop)
     }
 
     /// Run a defined program with the session's history for it.
@@ -978,7 +956,7 @@ impl Session {
 
     /// [`Session::run`] with request options.
     pub async fn run_with(&self, name: &str, inputs: Map, opts: RequestOptions) -> Result<Output> {
-        match self.perform(SessionCall::run(name, inputs, &opts), opts).await? {
+        match self.perform(SessionCall::Run { name: name.to_string(), inputs, options: Box::new(opts) }).await? {
             SessionAnswer::Output(out) => Ok(*out),
             other => Err(unexpected(other)),
         }
@@ -1012,12 +990,12 @@ impl Session {
     /// Set a variable.
     pub async fn set_var(&self, key: &str, value: Value) -> Result<()> {
         let call = SessionCall::SetVar { key: key.to_string(), value };
-        self.perform(call, RequestOptions::default()).await.map(drop)
+        self.perform(call).await.map(drop)
     }
 
     /// The session's state (programs, history, variables).
     pub async fn state(&self) -> Result<SessionState> {
-        match self.perform(SessionCall::State, RequestOptions::default()).await? {
+        match self.perform(SessionCall::State).await? {
             SessionAnswer::State(s) => Ok(*s),
             other => Err(unexpected(other)),
         }
@@ -1025,7 +1003,7 @@ impl Session {
 
     /// A program's history (`dspy.History.messages`).
     pub async fn history(&self, name: &str) -> Result<Vec<Map>> {
-        match self.perform(SessionCall::History { name: name.to_string() }, RequestOptions::default()).await? {
+        match self.perform(SessionCall::History { name: name.to_string() }).await? {
             SessionAnswer::History(h) => Ok(h),
             other => Err(unexpected(other)),
         }
@@ -1034,11 +1012,11 @@ impl Session {
     /// Forget a program's history.
     pub async fn clear_history(&self, name: &str) -> Result<()> {
         let call = SessionCall::ClearHistory { name: name.to_string() };
-        self.perform(call, RequestOptions::default()).await.map(drop)
+        self.perform(call).await.map(drop)
     }
 
     /// End the session (its snapshot is deleted, its worker forgets it).
     pub async fn close(&self) -> Result<()> {
-        self.perform(SessionCall::Close, RequestOptions::default()).await.map(drop)
+        self.perform(SessionCall::Close).await.map(drop)
     }
 }
