@@ -51,16 +51,22 @@ async fn run(s: &Scenario) -> Value {
     let handle = rt.pool("general").expect("pool");
     handle.wait_ready(4, Duration::from_secs(60)).await.expect("4 workers");
 
-    // When the pool last came back to full size (sampled every millisecond).
+    // When the pool last came back to full size, and when it was last seen
+    // short of it (sampled every millisecond). A standby promoted in the
+    // same step that drops the dead worker keeps it at size throughout.
     let refilled = Arc::new(Mutex::new(None::<Instant>));
+    let short = Arc::new(Mutex::new(None::<Instant>));
     let monitor = {
-        let (handle, refilled) = (handle.clone(), refilled.clone());
+        let (handle, refilled, short) = (handle.clone(), refilled.clone(), short.clone());
         tokio::spawn(async move {
             let mut full = true;
             loop {
                 let now_full = handle.stats().ready >= 4;
                 if now_full && !full {
                     *refilled.lock() = Some(Instant::now());
+                }
+                if !now_full {
+                    *short.lock() = Some(Instant::now());
                 }
                 full = now_full;
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -125,13 +131,20 @@ async fn run(s: &Scenario) -> Value {
         tokio::time::sleep_until(wake.into()).await;
     }
     let issued = n as usize;
-    // Back to size after the last kill: the first refill after it.
+    // Back to size after the last kill: the first refill after it, or 0 if
+    // the pool was never seen short after it.
     let t = Instant::now();
-    while refilled.lock().is_none_or(|at| at < last_kill) && t.elapsed() < Duration::from_secs(30) {
+    let short_after_kill = || short.lock().is_some_and(|at| at >= last_kill);
+    while short_after_kill() && refilled.lock().is_none_or(|at| at < last_kill) && t.elapsed() < Duration::from_secs(30)
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     monitor.abort();
-    let back_ms = refilled.lock().map_or(f64::NAN, |at| at.saturating_duration_since(last_kill).as_secs_f64() * 1000.0);
+    let back_ms = if !short_after_kill() {
+        0.0
+    } else {
+        refilled.lock().map_or(f64::NAN, |at| at.saturating_duration_since(last_kill).as_secs_f64() * 1000.0)
+    };
     // Whatever has not answered 10 s after the load is hung.
     let wait = Instant::now();
     while outstanding.load(Ordering::Relaxed) > 0 && wait.elapsed() < Duration::from_secs(10) {

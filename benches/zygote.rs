@@ -4,7 +4,8 @@
 //!   (p50, p99 over 20 restarts);
 //! - the same in a pool (`kill -9` until the slot is ready again, what a
 //!   request sees): with a standby worker promoted, forked, and cold;
-//! - 8 workers ready from nothing (the zygote's own start included);
+//! - 8 workers ready from nothing (the zygote's own start included; median
+//!   of 5, beside a bare `python -c "import dspy"`, median of 5);
 //! - memory per idle worker — RSS, PSS and USS (private: `Private_Clean` +
 //!   `Private_Dirty`) from `/proc/PID/smaps_rollup` — after start and after
 //!   1000 DSPy `Predict` requests per worker (DummyLM).
@@ -23,6 +24,8 @@ use serde_json::json;
 
 const RESTARTS: usize = 20;
 const REQUESTS: usize = 1000;
+/// How many times 8 workers are started from nothing, each way.
+const EIGHT_RUNS: usize = 5;
 
 fn config(name: &str) -> WorkerConfig {
     let py = python().expect("benchmarks need the project's .venv (scripts/setup-python)");
@@ -116,10 +119,10 @@ async fn pool_restart_times(pool: PoolConfig) -> (Vec<f64>, f64) {
 }
 
 /// The floor under any Python start here: a bare `python -c "import dspy"`
-/// (seconds, median of 3).
+/// (seconds, median of 5).
 fn bare_import_dspy() -> f64 {
     let py = python().expect("benchmarks need the project's .venv (scripts/setup-python)");
-    let times = (0..3)
+    let times = (0..5)
         .map(|_| {
             let t = Instant::now();
             let ok = std::process::Command::new(&py)
@@ -134,17 +137,42 @@ fn bare_import_dspy() -> f64 {
     percentile(&sorted(times), 0.5)
 }
 
-async fn eight_ready(zygote: bool) -> (f64, Vec<Worker>, Option<Zygote>) {
+/// 8 workers from nothing: (seconds until all 8 said hello, seconds until
+/// the zygote was ready — 0 for cold workers —, the workers, the zygote).
+async fn eight_ready(zygote: bool) -> (f64, f64, Vec<Worker>, Option<Zygote>) {
     let t = Instant::now();
     let z = if zygote {
         Some(Zygote::start("zygote:bench8", &config("zygote:bench8")).await.expect("zygote"))
     } else {
         None
     };
+    let zygote_ready = if zygote { t.elapsed().as_secs_f64() } else { 0.0 };
     let starts = (0..8).map(|i| Worker::spawn(with(z.as_ref(), &format!("worker:eight:{i}"))));
     let workers: Vec<Worker> =
         futures_util::future::join_all(starts).await.into_iter().map(|w| w.expect("worker")).collect();
-    (t.elapsed().as_secs_f64(), workers, z)
+    (t.elapsed().as_secs_f64(), zygote_ready, workers, z)
+}
+
+/// `eight_ready` `runs` times; the medians and the last run's workers.
+async fn eight_ready_median(zygote: bool, runs: usize) -> (f64, f64, (f64, f64), Vec<Worker>, Option<Zygote>) {
+    let (mut totals, mut zygotes) = (Vec::new(), Vec::new());
+    let mut last = (Vec::new(), None);
+    for run in 0..runs {
+        let (total, z_ready, workers, z) = eight_ready(zygote).await;
+        totals.push(total);
+        zygotes.push(z_ready);
+        if run + 1 < runs {
+            for w in &workers {
+                w.stop(Duration::from_secs(2)).await;
+            }
+            drop(z);
+        } else {
+            last = (workers, z);
+        }
+    }
+    let (totals, zygotes) = (sorted(totals), sorted(zygotes));
+    let range = (totals[0], totals[totals.len() - 1]);
+    (percentile(&totals, 0.5), percentile(&zygotes, 0.5), range, last.0, last.1)
 }
 
 async fn after_requests(w: &Worker) {
@@ -177,10 +205,10 @@ fn main() {
         println!("in a pool, kill -9 to the slot ready again ({RESTARTS} each): standby p50 {s50:.1} ms, p99 {s99:.1} ms; forked p50 {pf50:.1} ms, p99 {pf99:.1} ms; cold p50 {pc50:.0} ms, p99 {pc99:.0} ms");
         println!("  of which (medians) until the slot stopped taking requests: {s_down:.1} / {pf_down:.1} / {pc_down:.1} ms (standby / forked / cold)");
 
-        let (eight_forked, forked_workers, z8) = eight_ready(true).await;
-        let (eight_cold, cold_workers, _) = eight_ready(false).await;
         let import = bare_import_dspy();
-        println!("8 workers ready from nothing: zygote {eight_forked:.2} s (its own start included), cold {eight_cold:.2} s; a bare `import dspy` takes {import:.2} s here (zygote = {:.2}× that)", eight_forked / import);
+        let (eight_forked, eight_zygote, (f_min, f_max), forked_workers, z8) = eight_ready_median(true, EIGHT_RUNS).await;
+        let (eight_cold, _, (c_min, c_max), cold_workers, _) = eight_ready_median(false, EIGHT_RUNS).await;
+        println!("8 workers ready from nothing (median of {EIGHT_RUNS}): zygote {eight_forked:.2} s ({f_min:.2}–{f_max:.2}; its own start included, of which zygote ready {eight_zygote:.2} s), cold {eight_cold:.2} s ({c_min:.2}–{c_max:.2}); a bare `import dspy` takes {import:.2} s here (zygote = {:.2}× that)", eight_forked / import);
 
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle = |ws: &[Worker]| {
@@ -213,7 +241,7 @@ fn main() {
                 "pool_restart_ms": {"standby": {"p50": s50, "p99": s99, "down_p50": s_down},
                                     "forked": {"p50": pf50, "p99": pf99, "down_p50": pf_down},
                                     "cold": {"p50": pc50, "p99": pc99, "down_p50": pc_down}},
-                "eight_ready_s": {"zygote": eight_forked, "cold": eight_cold, "bare_import_dspy": import},
+                "eight_ready_s": {"runs": EIGHT_RUNS, "zygote": eight_forked, "zygote_min": f_min, "zygote_max": f_max, "zygote_ready": eight_zygote, "cold": eight_cold, "cold_min": c_min, "cold_max": c_max, "bare_import_dspy": import},
                 "idle_mib": {"forked": {"rss": fr, "pss": fp, "uss": fu}, "cold": {"rss": cr, "pss": cp, "uss": cu}},
                 "after_requests_mib": {"requests": REQUESTS, "forked": {"rss": far, "pss": fap, "uss": fau}, "cold": {"rss": car, "pss": cap, "uss": cau}},
             }),

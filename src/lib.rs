@@ -23,9 +23,9 @@
 #![forbid(unsafe_code)]
 
 pub use dspex_core::{
-    AdapterKind, ClassSignature, Error, ErrorContext, ErrorKind, Example, Field, FieldDecl, FieldRole, FieldSpec,
-    FieldType, LmConfig, LmSettings, Map, ModuleKind, Prediction, ProgramSpec, Result, Signature, SignatureSpec, Usage,
-    Value,
+    AdapterKind, ClassSignature, Error, ErrorBody, ErrorContext, ErrorKind, ErrorReply, Example, Field, FieldDecl,
+    FieldRole, FieldSpec, FieldType, LmConfig, LmSettings, Map, ModuleKind, Prediction, ProgramSpec, Result, Signature,
+    SignatureSpec, Usage, Value,
 };
 
 pub use dspex_actors::{
@@ -39,8 +39,8 @@ pub use dspex_actors::{
     StepSpec,
 };
 pub use dspex_core::{
-    CacheConfig, ClusterConfig, Event, EventKind, IntensityConfig, NodeStatus, PoolConfig, PoolStatus, PythonConfig,
-    Route, RoutePreference, RouterConfig, RuntimeConfig, SessionConfig,
+    CacheConfig, ClusterConfig, Event, EventKind, HttpConfig, IntensityConfig, NodeStatus, PoolConfig, PoolStatus,
+    ProgramEntry, PythonConfig, Route, RoutePreference, RouterConfig, RuntimeConfig, SessionConfig,
 };
 
 /// The native engine (`dspex-native`).
@@ -57,6 +57,9 @@ pub use dspex_bridge as bridge;
 /// [`cluster::ClusterNode::join`] puts a running runtime into a cluster.
 #[cfg(feature = "cluster")]
 pub use dspex_cluster as cluster;
+
+#[cfg(feature = "http")]
+pub mod http;
 
 // The README's and the guides' code blocks are compiled and run as doctests:
 // an example in the docs that does not run is a bug.

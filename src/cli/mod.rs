@@ -99,6 +99,10 @@ enum Command {
         /// Serve Prometheus metrics on ADDR (`GET /metrics`; Cargo feature `prometheus`).
         #[arg(long)]
         metrics: Option<String>,
+        /// Serve the config's programs, pipelines and sessions over HTTP on
+        /// ADDR (over `[http] addr`; Cargo feature `http`).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
         /// LM settings.
         #[command(flatten)]
         lm: common::LmFlags,
@@ -171,16 +175,10 @@ fn block_on<F: std::future::Future<Output = dspex::Result<serde_json::Value>>>(
     }
 }
 
-/// Print an error as `{"error": {...}}` and return exit code 2.
+/// Print an error as `{"error": {...}}` (what the console and the HTTP API
+/// answer too) and return exit code 2.
 pub fn fail(err: &dspex::Error) -> i32 {
-    let mut e = json!({"kind": err.kind().as_str(), "message": err.message()});
-    if let Some(t) = err.python_type() {
-        e["python_type"] = json!(t);
-    }
-    if let Some(f) = &err.context().field {
-        e["field"] = json!(f);
-    }
-    println!("{}", json!({"error": e}));
+    println!("{}", json!(err.reply()));
     2
 }
 
@@ -243,10 +241,18 @@ pub fn main() -> i32 {
                 cluster,
             }))
         }
-        Command::Serve { config, console_socket, console_tcp, token, metrics, lm, cluster } => {
+        Command::Serve { config, console_socket, console_tcp, token, metrics, http, lm, cluster } => {
             common::init_tracing("info");
-            let opts =
-                serve::ServeOptions { config, socket: console_socket, tcp: console_tcp, token, metrics, lm, cluster };
+            let opts = serve::ServeOptions {
+                config,
+                socket: console_socket,
+                tcp: console_tcp,
+                token,
+                metrics,
+                http,
+                lm,
+                cluster,
+            };
             return match block_on(async { serve::serve(opts).await.map(|()| Value::Null) }) {
                 Ok(_) => 0,
                 Err(e) => {

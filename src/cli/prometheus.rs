@@ -128,12 +128,17 @@ impl Registry {
     }
 }
 
-/// Install the recorder and serve `GET /metrics` on `addr` (loopback or not:
-/// metrics are read-only). Returns the bound address.
-pub async fn serve(addr: &str) -> std::io::Result<std::net::SocketAddr> {
+/// Install the recorder (once per process).
+pub fn install() -> std::io::Result<Registry> {
     let registry = Registry::default();
     metrics::set_global_recorder(registry.clone())
         .map_err(|_| std::io::Error::other("a metrics recorder is already installed"))?;
+    Ok(registry)
+}
+
+/// Serve `GET /metrics` of `registry` on `addr` (loopback or not: metrics
+/// are read-only). Returns the bound address.
+pub async fn serve(addr: &str, registry: Registry) -> std::io::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {

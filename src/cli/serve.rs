@@ -109,6 +109,8 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Prometheus address.
     pub metrics: Option<String>,
+    /// HTTP API address (over the config's `[http] addr`).
+    pub http: Option<String>,
     /// LM settings from flags.
     pub lm: LmFlags,
     /// Cluster settings from flags.
@@ -117,12 +119,30 @@ pub struct ServeOptions {
 
 /// `dspex serve`: run until SIGTERM or SIGINT.
 pub async fn serve(opts: ServeOptions) -> Result<()> {
-    let ServeOptions { config, socket, tcp, token, metrics, lm, cluster } = opts;
-    // The recorder goes in before the runtime emits anything.
+    let ServeOptions { config, socket, tcp, token, metrics, http, lm, cluster } = opts;
+    // The recorder goes in before the runtime emits anything, when metrics
+    // are served: on their own address or by the HTTP API.
+    let http_wanted = http.is_some()
+        || config.as_deref().and_then(|p| RuntimeConfig::from_toml_file(p).ok()).is_some_and(|c| c.http.is_some());
+    #[cfg(feature = "prometheus")]
+    let registry = if metrics.is_some() || http_wanted {
+        Some(
+            super::prometheus::install()
+                .map_err(|e| Error::new(ErrorKind::Config, format!("cannot record metrics: {e}")))?,
+        )
+    } else {
+        None
+    };
+    #[cfg(feature = "prometheus")]
+    let render: Render = registry
+        .clone()
+        .map(|r| -> std::sync::Arc<dyn Fn() -> String + Send + Sync> { std::sync::Arc::new(move || r.render()) });
+    #[cfg(not(feature = "prometheus"))]
+    let render: Render = None;
     let metrics_at = match metrics {
         #[cfg(feature = "prometheus")]
         Some(addr) => Some(
-            super::prometheus::serve(&addr)
+            super::prometheus::serve(&addr, registry.clone().unwrap_or_default())
                 .await
                 .map_err(|e| Error::new(ErrorKind::Config, format!("cannot serve metrics on {addr}: {e}")))?,
         ),
@@ -152,8 +172,18 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         ConsoleEndpoint::Unix(p) => format!("{} (token in {})", p.display(), token_file(p).display()),
         ConsoleEndpoint::Tcp { addr, .. } => format!("tcp {addr}"),
     };
+    let http_server = match serve_http(rt, http, render).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = built.shutdown().await;
+            return Err(e);
+        }
+    };
     let pools: Vec<String> = rt.pool_stats().iter().map(|p| format!("{} ({} workers)", p.name, p.size)).collect();
-    let metrics_note = metrics_at.map(|a| format!(" — metrics at http://{a}/metrics")).unwrap_or_default();
+    let mut metrics_note = metrics_at.map(|a| format!(" — metrics at http://{a}/metrics")).unwrap_or_default();
+    if let Some(note) = http_note(&http_server) {
+        metrics_note.push_str(&note);
+    }
     let node_note = rt.node_name().map(|n| format!(" — cluster node {n}")).unwrap_or_default();
     let pools = if pools.is_empty() { "none (client-only)".to_string() } else { pools.join(", ") };
     println!("dspex serve: ready — pools {pools} — console at {at}{metrics_note}{node_note}");
@@ -163,10 +193,66 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         _ = int.recv() => "SIGINT",
     };
     eprintln!("dspex serve: {why}; stopping");
+    stop_http(http_server).await;
     let uptime = rt.uptime();
     built.shutdown().await?;
     eprintln!("dspex serve: stopped after {:.1}s", uptime.as_secs_f64());
     Ok(())
+}
+
+#[cfg(feature = "http")]
+type HttpServer = Option<dspex::http::HttpServer>;
+#[cfg(not(feature = "http"))]
+type HttpServer = Option<()>;
+
+/// What renders the metrics, when they are recorded.
+type Render = Option<std::sync::Arc<dyn Fn() -> String + Send + Sync>>;
+
+/// The HTTP API, when `--http` or `[http]` asks for it.
+async fn serve_http(rt: &Runtime, addr: Option<String>, render: Render) -> Result<HttpServer> {
+    let wanted = addr.is_some() || rt.config().http.is_some();
+    if !wanted {
+        return Ok(None);
+    }
+    #[cfg(feature = "http")]
+    {
+        let mut config = rt.config().http.clone().unwrap_or_default();
+        if let Some(addr) = addr {
+            config.addr = addr;
+        }
+        let mut api = dspex::http::HttpApi::from_config(rt, rt.config())?.config(config);
+        if let Some(render) = render {
+            api = api.metrics(render);
+        }
+        Ok(Some(api.serve().await?))
+    }
+    #[cfg(not(feature = "http"))]
+    {
+        drop(render);
+        Err(Error::new(ErrorKind::Config, "this dspex was built without the `http` feature"))
+    }
+}
+
+#[cfg(feature = "http")]
+fn http_note(server: &HttpServer) -> Option<String> {
+    server.as_ref().map(|s| {
+        let auth = if s.token().is_some() { ", bearer token" } else { "" };
+        format!(" — HTTP API at http://{}{auth}", s.local_addr())
+    })
+}
+
+#[cfg(not(feature = "http"))]
+fn http_note(_: &HttpServer) -> Option<String> {
+    None
+}
+
+async fn stop_http(server: HttpServer) {
+    #[cfg(feature = "http")]
+    if let Some(s) = server {
+        s.stop(std::time::Duration::from_secs(5)).await;
+    }
+    #[cfg(not(feature = "http"))]
+    let _ = server;
 }
 
 /// Inputs from `--input k=v` (v parsed as JSON when it is JSON) and a JSON file.

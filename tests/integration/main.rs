@@ -10,6 +10,7 @@ mod cluster_sessions;
 mod console;
 mod docs;
 mod dspy_parity;
+mod http;
 mod lm_client;
 mod lm_settings;
 mod native_only;

@@ -102,25 +102,6 @@ fn io_err(what: String, e: std::io::Error) -> Error {
     Error::new(ErrorKind::Io, format!("{what}: {e}"))
 }
 
-fn new_token() -> String {
-    let mut bytes = [0u8; 24];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| {
-        use std::io::Read;
-        f.read_exact(&mut bytes)
-    });
-    if read.is_err() {
-        for b in &mut bytes {
-            *b = fastrand::u8(..);
-        }
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Equal in time whatever the inputs' common prefix.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl ConsoleServer {
     /// Start serving `rt`'s console on `endpoint` (outside the tree; see
     /// [`Runtime::serve_console`] for the supervised form).
@@ -151,9 +132,9 @@ impl ConsoleServer {
                     .map_err(|e| io_err(format!("cannot listen on {}", path.display()), e))?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                     .map_err(|e| io_err(format!("cannot set the mode of {}", path.display()), e))?;
-                let token = new_token();
+                let token = crate::token::generate();
                 let token_path = token_file(path);
-                write_private(&token_path, &token)?;
+                crate::token::write_private(&token_path, &token)?;
                 info!(socket = %path.display(), "console listening");
                 let task = Listener::Unix(listener).serve(rt, token.clone());
                 Ok(ConsoleServer { endpoint, token, task })
@@ -165,7 +146,7 @@ impl ConsoleServer {
                         format!("the console listens on loopback addresses only, not {addr}"),
                     ));
                 }
-                if token.len() < 8 {
+                if token.len() < crate::token::MIN_LEN {
                     return Err(Error::new(ErrorKind::Config, "the console token must have at least 8 characters"));
                 }
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -244,19 +225,6 @@ pub fn token_file(socket: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io_err(format!("cannot write {}", path.display()), e))?;
-    f.write_all(text.as_bytes()).map_err(|e| io_err(format!("cannot write {}", path.display()), e))
-}
-
 /// The default socket path: `$XDG_RUNTIME_DIR/dspex/console.sock`, else
 /// `/tmp/dspex-<uid>/console.sock`.
 pub fn default_socket() -> PathBuf {
@@ -304,7 +272,7 @@ where
                 continue;
             }
         };
-        let authorized = req.token.as_deref().is_some_and(|t| same(t, &token));
+        let authorized = req.token.as_deref().is_some_and(|t| crate::token::matches(t, &token));
         if (tcp || MUTATING.contains(&req.cmd.as_str())) && !authorized {
             let err = Error::new(
                 ErrorKind::InvalidRequest,
@@ -359,9 +327,7 @@ where
 async fn reply<W: AsyncWrite + Unpin>(write: &mut W, id: &Value, result: Result<Value>) -> std::io::Result<()> {
     let v = match result {
         Ok(r) => json!({"id": id, "ok": true, "result": r}),
-        Err(e) => json!({"id": id, "ok": false, "error": {
-            "kind": e.kind().as_str(), "message": e.message(), "retryable": e.is_retryable()
-        }}),
+        Err(e) => json!({"id": id, "ok": false, "error": e.body()}),
     };
     let mut line = v.to_string();
     line.push('\n');

@@ -266,7 +266,7 @@ impl Dispatcher {
             }
             self.shared.telemetry.emit_lazy(Some(trace), || EventKind::CacheMiss { op: op.into() });
         }
-        let out = match self.plan(req, req.ctx.options.shadow) {
+        let out = match self.plan(req, req.ctx.options.shadow, self.has_python()) {
             Ok(plan) => self.execute(req, &plan, python).await,
             Err(e) => Err(e),
         };
@@ -284,7 +284,13 @@ impl Dispatcher {
         out.map_err(|e| e.with_request_id(trace))
     }
 
-    fn plan(&self, req: &Request, shadow: Option<bool>) -> Result<Plan> {
+    /// Whether Python can run a request: a local pool or the cluster's (a
+    /// session's target runs on those too).
+    fn has_python(&self) -> bool {
+        !self.shared.pools.is_empty() || self.cluster().is_some()
+    }
+
+    fn plan(&self, req: &Request, shadow: Option<bool>, python: bool) -> Result<Plan> {
         let native_ok = match (req.program.native_support(), self.shared.lms.native_for(&req.program)) {
             (Err(why), _) => Err(Cow::Borrowed(why)),
             (Ok(()), Err(why)) => Err(Cow::Owned(why)),
@@ -296,6 +302,7 @@ impl Dispatcher {
             prefer: req.ctx.options.route,
             pool: req.ctx.options.pool.as_deref(),
             shadow,
+            python,
         })
     }
 
@@ -439,7 +446,7 @@ impl Dispatcher {
 
     /// Run a program as a stream, by the first target of its plan.
     pub(crate) async fn stream(&self, req: Request) -> Result<OutputStream> {
-        let plan = self.plan(&req, Some(false))?;
+        let plan = self.plan(&req, Some(false), self.has_python())?;
         let reason = plan.reason.to_string();
         let router = self.shared.router.clone();
         let route = plan.primary().clone();

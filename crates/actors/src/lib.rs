@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod session;
 pub mod supervisor;
 pub mod telemetry;
+pub mod token;
 
 pub use blocking::BlockingRuntime;
 pub use cluster::{Cluster, RemoteStream, StoredSession};

@@ -45,6 +45,7 @@ impl std::fmt::Debug for Program {
 }
 
 /// One field as [`Program::inspect`] shows it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FieldInfo {
     /// Name.
@@ -61,6 +62,7 @@ pub struct FieldInfo {
 }
 
 /// What a program is: module, signature, demos, parameters.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProgramInfo {
     /// `predict`, `chain_of_thought`, `react`, ...

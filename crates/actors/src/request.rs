@@ -24,14 +24,17 @@ use crate::program::Program;
 /// Serializable for a session request forwarded to another cluster node;
 /// the absolute deadline and the session do not travel (the node that
 /// forwards sends the time left beside the options).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RequestOptions {
     /// Route preference for this request.
     pub route: Option<RoutePreference>,
     /// Python pool.
     pub pool: Option<String>,
-    /// Time allowed from now.
+    /// Time allowed from now (in JSON: `timeout_ms`, whole milliseconds).
+    #[serde(rename = "timeout_ms", with = "dspex_core::wire::opt_millis")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u64>"))]
     pub timeout: Option<Duration>,
     /// Absolute deadline (wins over `timeout`).
     #[serde(skip)]
@@ -271,6 +274,7 @@ pub struct Request {
 }
 
 /// Where the time went.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     /// Waiting for a worker.
@@ -284,6 +288,7 @@ pub struct Timings {
 }
 
 /// Where and how a request ran.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
     /// The route that produced the result.
@@ -317,6 +322,7 @@ pub struct Meta {
 }
 
 /// A prediction and its metadata.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Output {
     /// The prediction.

@@ -85,6 +85,9 @@ pub struct RouteRequest<'a> {
     pub pool: Option<&'a str>,
     /// Force shadowing on or off (the configured rate when `None`).
     pub shadow: Option<bool>,
+    /// Whether there is Python to run on (a local pool or the cluster's):
+    /// without it nothing falls back to Python.
+    pub python: bool,
 }
 
 /// Where a request runs: its targets in order — the first, then each one
@@ -353,16 +356,17 @@ impl Router {
             // Only `auto` falls back, and only from native to Python.
             RoutePreference::Auto => match req.native {
                 Ok(()) if self.allow(&Route::Native) => {
-                    let shadow = match req.shadow {
-                        Some(on) => on,
-                        None => self.sample_shadow(shadow_rate),
-                    };
-                    Plan {
-                        shadow: shadow.then(|| pool.clone()),
-                        targets: vec![Route::Native, pool],
-                        reason: Cow::Borrowed("native engine supports it"),
-                    }
+                    let shadow = req.python
+                        && match req.shadow {
+                            Some(on) => on,
+                            None => self.sample_shadow(shadow_rate),
+                        };
+                    let shadow = shadow.then(|| pool.clone());
+                    let targets = if req.python { vec![Route::Native, pool] } else { vec![Route::Native] };
+                    Plan { shadow, targets, reason: Cow::Borrowed("native engine supports it") }
                 }
+                // No Python to take over while the native circuit is open.
+                Ok(()) if !req.python => return Err(self.open_error(&Route::Native)),
                 native => {
                     if !self.allow(&pool) {
                         return Err(self.open_error(&pool));
@@ -601,6 +605,7 @@ impl Actor for RouterActor {
                     prefer,
                     pool: None,
                     shadow: None,
+                    python: true,
                 };
                 let _ = reply.send(self.router.plan(&req));
             }
@@ -618,7 +623,7 @@ mod tests {
     }
 
     fn req<'a>(native: std::result::Result<(), &'a str>, prefer: Option<RoutePreference>) -> RouteRequest<'a> {
-        RouteRequest { op: "predict", native, prefer, pool: None, shadow: None }
+        RouteRequest { op: "predict", native, prefer, pool: None, shadow: None, python: true }
     }
 
     #[tokio::test]
@@ -673,6 +678,14 @@ mod tests {
     }
 
     #[test]
+    fn without_python_a_native_plan_has_nothing_to_fall_back_to() {
+        let r = router(RouterConfig::default());
+        let plan = r.plan(&RouteRequest { python: false, shadow: Some(true), ..req(Ok(()), None) }).unwrap();
+        assert_eq!((plan.targets.clone(), plan.shadow.clone()), (vec![Route::Native], None));
+        assert_eq!(r.plan(&req(Ok(()), None)).unwrap().targets.len(), 2, "with Python: native, then the pool");
+    }
+
+    #[test]
     fn breaker_opens_half_opens_and_closes() {
         let r = router(RouterConfig { breaker_failures: 2, breaker_cooldown_ms: 30, ..Default::default() });
         let lm_down = Error::new(ErrorKind::Transport, "connection refused");
@@ -680,8 +693,10 @@ mod tests {
         assert_eq!(r.breaker_state(&Route::Native), BreakerState::Closed);
         r.record(&Route::Native, Err(&lm_down));
         assert_eq!(r.breaker_state(&Route::Native), BreakerState::Open);
-        // Open: auto goes to Python.
+        // Open: auto goes to Python; with no Python anywhere it sheds.
         assert_eq!(r.plan(&req(Ok(()), None)).unwrap().primary(), &Route::Python("general".into()));
+        let alone = RouteRequest { python: false, ..req(Ok(()), None) };
+        assert_eq!(r.plan(&alone).unwrap_err().kind(), ErrorKind::Overloaded);
         std::thread::sleep(std::time::Duration::from_millis(40));
         // The probe goes native; a second request meanwhile does not.
         assert_eq!(r.plan(&req(Ok(()), None)).unwrap().primary(), &Route::Native);

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 /// What failed. The kind decides the default retry advice and how the router
 /// and supervisors react (for example `Unsupported` on the native path means
 /// "run it in Python", `WorkerCrashed` means "the pool replaces the worker").
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -69,6 +70,28 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 18] = [
+        ErrorKind::InvalidSignature,
+        ErrorKind::Validation,
+        ErrorKind::Parse,
+        ErrorKind::InvalidRequest,
+        ErrorKind::Unsupported,
+        ErrorKind::Lm,
+        ErrorKind::Transport,
+        ErrorKind::Timeout,
+        ErrorKind::Cancelled,
+        ErrorKind::Overloaded,
+        ErrorKind::WorkerCrashed,
+        ErrorKind::Protocol,
+        ErrorKind::Python,
+        ErrorKind::NotFound,
+        ErrorKind::Config,
+        ErrorKind::Io,
+        ErrorKind::Internal,
+        ErrorKind::Conflict,
+    ];
+
     /// The stable snake_case name used in JSON and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,6 +138,7 @@ impl fmt::Display for ErrorKind {
 
 /// Where a failure happened. Every part is optional; layers fill in what they
 /// know as the error travels up.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorContext {
     /// Cluster node, e.g. `node-b`, when the failure happened on another machine.
@@ -141,7 +165,8 @@ pub struct ErrorContext {
 }
 
 impl ErrorContext {
-    fn is_empty(&self) -> bool {
+    /// Whether no part is known.
+    pub fn is_empty(&self) -> bool {
         self.node.is_none()
             && self.pool.is_none()
             && self.worker.is_none()
@@ -156,12 +181,14 @@ impl ErrorContext {
 ///
 /// The fields live behind one box so `Result<T, Error>` stays pointer-sized
 /// on the happy path.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Error {
     inner: Box<Inner>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Inner {
     kind: ErrorKind,
@@ -259,6 +286,7 @@ impl Error {
     /// Merge context: fields already set are kept (the innermost layer knows best).
     pub fn with_context(mut self, ctx: ErrorContext) -> Self {
         let c = &mut self.inner.context;
+        c.node = c.node.take().or(ctx.node);
         c.pool = c.pool.take().or(ctx.pool);
         c.worker = c.worker.take().or(ctx.worker);
         c.session = c.session.take().or(ctx.session);
@@ -311,6 +339,64 @@ impl Error {
     }
 }
 
+/// An error as clients outside the process see it: what failed, where,
+/// and whether a retry may help. The CLI prints it, the console answers
+/// with it and the HTTP API returns it (as `{"error": ...}`, see
+/// [`ErrorReply`]). A Python traceback stays out: it is for the runtime's
+/// own logs, not for whoever sent the request.
+///
+/// ```
+/// use dspex_core::{Error, ErrorKind};
+///
+/// let e = Error::new(ErrorKind::Validation, "answer: expected int").with_field("answer");
+/// let body = serde_json::to_value(e.reply()).unwrap();
+/// assert_eq!(body["error"]["kind"], "validation");
+/// assert_eq!(body["error"]["context"]["field"], "answer");
+/// assert_eq!(body["error"]["retryable"], false);
+/// ```
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What failed.
+    pub kind: ErrorKind,
+    /// What happened, in words.
+    pub message: String,
+    /// Whether retrying the same request may succeed.
+    pub retryable: bool,
+    /// Where it failed (only the parts known).
+    #[serde(default, skip_serializing_if = "ErrorContext::is_empty")]
+    pub context: ErrorContext,
+    /// DSPy's (or Python's) name for the error, where it mirrors one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_type: Option<String>,
+}
+
+/// `{"error": ErrorBody}`: the whole body of a failed reply.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+impl Error {
+    /// What clients outside the process are told.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            kind: self.inner.kind,
+            message: self.inner.message.clone(),
+            retryable: self.inner.retryable,
+            context: self.inner.context.clone(),
+            python_type: self.inner.python_type.clone(),
+        }
+    }
+
+    /// `{"error": body}`.
+    pub fn reply(&self) -> ErrorReply {
+        ErrorReply { error: self.body() }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.inner.kind, self.inner.message)?;
@@ -357,6 +443,47 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_kind_once_and_bodies_carry_context() {
+        // Exhaustive: a new kind fails to compile here until it is in ALL.
+        let position = |k: ErrorKind| match k {
+            ErrorKind::InvalidSignature
+            | ErrorKind::Validation
+            | ErrorKind::Parse
+            | ErrorKind::InvalidRequest
+            | ErrorKind::Unsupported
+            | ErrorKind::Lm
+            | ErrorKind::Transport
+            | ErrorKind::Timeout
+            | ErrorKind::Cancelled
+            | ErrorKind::Overloaded
+            | ErrorKind::WorkerCrashed
+            | ErrorKind::Protocol
+            | ErrorKind::Python
+            | ErrorKind::NotFound
+            | ErrorKind::Config
+            | ErrorKind::Io
+            | ErrorKind::Internal
+            | ErrorKind::Conflict => ErrorKind::ALL.iter().position(|x| *x == k),
+        };
+        let names: std::collections::BTreeSet<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        for k in ErrorKind::ALL {
+            assert!(position(k).is_some());
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        let e = Error::new(ErrorKind::Lm, "boom")
+            .with_python_type("LMError")
+            .with_traceback("Traceback ...")
+            .with_context(ErrorContext { node: Some("n1".into()), ..Default::default() });
+        let body = serde_json::to_value(e.reply()).unwrap();
+        assert_eq!(body["error"]["context"]["node"], "n1", "with_context merges the node too");
+        assert_eq!(body["error"]["python_type"], "LMError");
+        assert!(body["error"].get("traceback").is_none(), "tracebacks stay in the logs: {body}");
+        let plain = serde_json::to_value(Error::internal("x").body()).unwrap();
+        assert!(plain.get("context").is_none() && plain.get("python_type").is_none(), "{plain}");
+    }
 
     #[test]
     fn display_includes_context_in_order() {

@@ -71,6 +71,7 @@ impl Example {
 }
 
 /// Token accounting reported by the LM.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Tokens in the prompt.
@@ -92,6 +93,7 @@ impl Usage {
 
 /// A `dspy.Prediction`: the output fields a program produced, plus the other
 /// completions when the LM was asked for several (`n > 1`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
     /// Output fields of the first completion.

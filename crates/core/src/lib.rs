@@ -18,14 +18,16 @@ pub mod program;
 pub mod runtime_config;
 pub mod signature;
 pub mod telemetry;
+pub mod wire;
 
 pub use cluster::{ClusterConfig, NodeStatus, PoolStatus};
 pub use config::{LmConfig, LmSettings, Secret};
-pub use error::{Error, ErrorContext, ErrorKind, Result};
+pub use error::{Error, ErrorBody, ErrorContext, ErrorKind, ErrorReply, Result};
 pub use example::{Example, Map, Prediction, Usage};
 pub use program::{AdapterKind, ClassSignature, FieldDecl, ModuleKind, ProgramSpec, SignatureSpec};
 pub use runtime_config::{
-    CacheConfig, IntensityConfig, PoolConfig, PythonConfig, RoutePreference, RouterConfig, RuntimeConfig, SessionConfig,
+    CacheConfig, HttpConfig, IntensityConfig, PoolConfig, ProgramEntry, PythonConfig, RoutePreference, RouterConfig,
+    RuntimeConfig, SessionConfig,
 };
 pub use signature::{
     check_field_name, cleandoc, infer_prefix, Constraint, DspyType, Field, FieldRole, FieldSpec, FieldType,

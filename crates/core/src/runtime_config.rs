@@ -21,6 +21,7 @@
 //! assert!(RuntimeConfig::from_toml("[router]\npreffer = 'auto'").unwrap_err().message().contains("preffer"));
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::LmConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::program::ProgramSpec;
 
 /// Where a pool's Python comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -287,6 +289,7 @@ impl PoolConfig {
 }
 
 /// Which implementation the router prefers when both can run a request.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RoutePreference {
@@ -459,6 +462,101 @@ pub struct RuntimeConfig {
     /// Join a cluster of nodes over NATS (needs the `cluster` feature).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::ClusterConfig>,
+    /// Serve the programs and pipelines below over HTTP (`dspex serve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpConfig>,
+    /// Programs by name (`[programs.NAME]`), for the HTTP API.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub programs: BTreeMap<String, ProgramEntry>,
+    /// Pipeline files by name (`[pipelines]`, `NAME = "file.toml"`), for the
+    /// HTTP API.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pipelines: BTreeMap<String, PathBuf>,
+}
+
+/// `[http]`: the HTTP API of `dspex serve`.
+///
+/// Without a `token_file` the API answers without authentication and may
+/// only listen on a loopback address; with one, every request but the
+/// health checks needs `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where to listen, e.g. `127.0.0.1:8080` (port 0: any free port).
+    #[serde(default = "default_http_addr")]
+    pub addr: String,
+    /// A file holding the bearer token; created (mode 0600, a random token)
+    /// when it does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes (larger: `413`).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Requests served at once; more are shed at once with `503` and
+    /// `Retry-After` (the runtime's own queues shed with the same status).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Longest deadline a client may ask for with `X-Dspex-Timeout-Ms`;
+    /// requests without the header get the runtime's request timeout.
+    #[serde(default = "default_max_timeout")]
+    pub max_timeout_ms: u64,
+}
+
+fn default_http_addr() -> String {
+    "127.0.0.1:8080".to_string()
+}
+
+fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+
+fn default_max_in_flight() -> usize {
+    1024
+}
+
+fn default_max_timeout() -> u64 {
+    600_000
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: default_http_addr(),
+            token_file: None,
+            max_body_bytes: default_max_body(),
+            max_in_flight: default_max_in_flight(),
+            max_timeout_ms: default_max_timeout(),
+        }
+    }
+}
+
+/// `[programs.NAME]`: a program served by name — a [`ProgramSpec`]'s fields
+/// (`module`, `signature`, `demos`, ...) and, optionally, the JSON DSPy's
+/// `program.save(path)` wrote for it (`state_file`), applied as its state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramEntry {
+    /// The program.
+    #[serde(flatten)]
+    pub spec: ProgramSpec,
+    /// A saved DSPy program (JSON), relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+}
+
+impl ProgramEntry {
+    /// The program with its saved state read in.
+    pub fn load(&self) -> Result<ProgramSpec> {
+        let mut spec = self.spec.clone();
+        if let Some(path) = &self.state_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::new(ErrorKind::Config, format!("cannot read {}: {e}", path.display())))?;
+            let state: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                Error::new(ErrorKind::Config, format!("{} is not a saved DSPy program (JSON): {e}", path.display()))
+            })?;
+            spec.state = Some(state);
+        }
+        Ok(spec)
+    }
 }
 
 fn default_request_timeout() -> u64 {
@@ -479,6 +577,9 @@ impl Default for RuntimeConfig {
             pools_intensity: None,
             request_timeout_ms: default_request_timeout(),
             cluster: None,
+            http: None,
+            programs: BTreeMap::new(),
+            pipelines: BTreeMap::new(),
         }
     }
 }
@@ -493,8 +594,22 @@ impl RuntimeConfig {
     pub fn from_toml_file(path: &std::path::Path) -> Result<RuntimeConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::new(ErrorKind::Config, format!("cannot read {}: {e}", path.display())))?;
-        RuntimeConfig::from_toml(&text)
-            .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {}", path.display(), e.message())))
+        let mut config = RuntimeConfig::from_toml(&text)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {}", path.display(), e.message())))?;
+        // Files the config names are relative to it.
+        if let Some(dir) = path.parent() {
+            let near = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            };
+            config.programs.values_mut().filter_map(|p| p.state_file.as_mut()).for_each(near);
+            config.pipelines.values_mut().for_each(near);
+            if let Some(token) = config.http.as_mut().and_then(|h| h.token_file.as_mut()) {
+                near(token);
+            }
+        }
+        Ok(config)
     }
 }
 

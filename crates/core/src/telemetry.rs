@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ErrorKind;
 
 /// Where a request ran.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "target", content = "pool")]
 pub enum Route {

@@ -32,7 +32,8 @@ pub fn matches_type(ty: &FieldType, value: &Value) -> bool {
         (FieldType::Str, Value::String(_)) => true,
         (FieldType::Str, Value::Array(items)) => items.iter().all(Value::is_string),
         (FieldType::Bytes, Value::String(_)) => true,
-        (FieldType::Int, Value::Number(n)) => n.is_i64() || n.is_u64(),
+        // pydantic (lax) takes a float without a fractional part as an int.
+        (FieldType::Int, Value::Number(n)) => n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0),
         (FieldType::Int, Value::Bool(_)) => true,
         (FieldType::Float, Value::Number(_)) => true,
         (FieldType::Bool, Value::Bool(_)) => true,
@@ -59,6 +60,80 @@ pub fn matches_type(ty: &FieldType, value: &Value) -> bool {
         }
         _ => false,
     }
+}
+
+/// The JSON Schema (2020-12) of exactly the values [`matches_type`] takes
+/// for `ty` — what an API that checks its inputs with it documents for a
+/// typed input field — or `None` where a part of the type is not modelled
+/// (DSPy's own types but `History`, classes, `complex`): such a field is
+/// best left unchecked. (`null`, which [`check_inputs`] lets through for
+/// every field, is the caller's to add.)
+///
+/// ```
+/// use dspex_native::{parse_type, validate::values_schema};
+/// use serde_json::json;
+///
+/// let t = parse_type("list[int]").unwrap();
+/// assert_eq!(values_schema(&t), Some(json!({"type": "array", "items": {"type": ["integer", "boolean"]}})));
+/// assert_eq!(values_schema(&parse_type("dspy.Image").unwrap()), None);
+/// ```
+pub fn values_schema(ty: &FieldType) -> Option<Value> {
+    use serde_json::json;
+    let items = |t: &Option<Box<FieldType>>| -> Option<Value> {
+        Some(match t {
+            Some(t) => json!({"type": "array", "items": values_schema(t)?}),
+            None => json!({"type": "array"}),
+        })
+    };
+    let all = |ts: &[FieldType]| ts.iter().map(values_schema).collect::<Option<Vec<Value>>>();
+    Some(match ty {
+        FieldType::Any => json!({}),
+        FieldType::Str => json!({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+        FieldType::Bytes => json!({"type": "string"}),
+        FieldType::Int => json!({"type": ["integer", "boolean"]}),
+        FieldType::Float => json!({"type": "number"}),
+        FieldType::Bool => json!({"type": "boolean"}),
+        FieldType::None => json!({"type": "null"}),
+        FieldType::List(t) | FieldType::Set(t) | FieldType::FrozenSet(t) => items(t)?,
+        FieldType::Tuple(None) => json!({"type": "array"}),
+        FieldType::Tuple(Some(members)) => json!({
+            "type": "array",
+            "prefixItems": all(members)?,
+            "minItems": members.len(),
+            "maxItems": members.len(),
+        }),
+        FieldType::VarTuple(t) => json!({"type": "array", "items": values_schema(t)?}),
+        FieldType::Dict(None) => json!({"type": "object"}),
+        FieldType::Dict(Some((k, v))) => {
+            let mut schema = json!({"type": "object", "additionalProperties": values_schema(v)?});
+            match k.as_ref() {
+                FieldType::Str | FieldType::Any => {}
+                FieldType::Int => schema["propertyNames"] = json!({"pattern": "^[+-]?[0-9]+$"}),
+                other => schema["propertyNames"] = values_schema(other)?,
+            }
+            schema
+        }
+        FieldType::Literal(values) => {
+            let values: Vec<Value> = values
+                .iter()
+                .map(|l| match l {
+                    LiteralValue::Str(s) => Value::String(s.clone()),
+                    LiteralValue::Int(i) => json!(i),
+                    LiteralValue::Bool(b) => Value::Bool(*b),
+                    LiteralValue::None => Value::Null,
+                })
+                .collect();
+            json!({"enum": values})
+        }
+        FieldType::Union(members) => json!({"anyOf": all(members)?}),
+        FieldType::Dspy(DspyType::History) => json!({
+            "type": "object",
+            "required": ["messages"],
+            "additionalProperties": false,
+            "properties": {"messages": {"type": "array", "items": {"type": "object"}}},
+        }),
+        _ => return None,
+    })
 }
 
 fn literal_matches(l: &LiteralValue, v: &Value) -> bool {

@@ -70,6 +70,7 @@ pub use runs::{PipelineRun, PipelineRunInfo};
 pub use spec::{Condition, PipelineSpec, RetrySpec, StepKind, StepSpec};
 
 /// How one step went.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRecord {
     /// Path of the step (`map_step[2]/inner`).
@@ -95,6 +96,7 @@ pub struct StepRecord {
 }
 
 /// The result of a pipeline run.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PipelineResult {
     /// Run id.

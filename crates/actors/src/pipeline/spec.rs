@@ -32,6 +32,7 @@ pub struct PipelineSpec {
 }
 
 /// What a step runs. See the [module docs](self).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {

@@ -205,6 +205,7 @@ impl SessionOptions {
 }
 
 /// A session as `list` shows it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SessionInfo {
     /// Id.
@@ -438,7 +439,9 @@ impl Sessions {
         self.check_room(&id)?;
         let revision = cluster.session_store(cluster.node(), &state, None).await.map_err(|e| {
             if e.kind() == ErrorKind::Conflict {
-                Error::invalid_request(format!("a session {id} already exists in the cluster")).with_session(&id)
+                Error::new(ErrorKind::Conflict, format!("a session {id} already exists in the cluster"))
+                    .with_retryable(false)
+                    .with_session(&id)
             } else {
                 e.with_session(&id)
             }
@@ -456,7 +459,9 @@ impl Sessions {
     fn check_room(&self, id: &str) -> Result<()> {
         let entries = self.shared.entries.lock();
         if entries.contains_key(id) {
-            return Err(Error::invalid_request(format!("a session {id} already exists")).with_session(id));
+            return Err(Error::new(ErrorKind::Conflict, format!("a session {id} already exists"))
+                .with_retryable(false)
+                .with_session(id));
         }
         let max = self.shared.config.max_sessions;
         if entries.len() >= max {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import importlib
 import logging
 import os
@@ -323,15 +324,24 @@ def prepare() -> None:
     fork: register the commands, import and warm up DSPy (unless
     ``DSPEX_WORKER_PRELOAD_DSPY=0``), import the user modules. A failure is
     printed and ends the process with code 4 (the runtime shows the text)."""
-    from . import builtins  # noqa: F401  (registers the built-in commands)
-
+    # Importing DSPy allocates a few hundred thousand objects and garbage
+    # cycles are rare among them: the collector's passes over a growing heap
+    # cost a tenth of the import. It runs again once the imports are done
+    # (a zygote keeps it off until it has frozen the heap).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
+        from . import builtins  # noqa: F401  (registers the built-in commands)
+
         if os.environ.get("DSPEX_WORKER_PRELOAD_DSPY", "1") != "0":
             _warm_up()
         _load_user_modules()
     except Exception:  # noqa: BLE001 - report and exit: the runtime shows this text
         traceback.print_exc()
         sys.exit(4)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def main() -> None:

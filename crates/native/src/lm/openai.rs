@@ -58,6 +58,12 @@ pub struct OpenAiClient {
 }
 
 fn transport(e: reqwest::Error, url: &str) -> Error {
+    // The request's time limit can also run out while the body is read:
+    // reqwest then reports a body error, but it is the deadline.
+    if e.is_timeout() {
+        return Error::new(ErrorKind::Timeout, format!("LM call to {url} ran past its time limit"))
+            .with_retryable(true);
+    }
     Error::new(ErrorKind::Transport, format!("request to {url} failed: {e}")).with_retryable(true)
 }
 
