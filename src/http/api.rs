@@ -31,7 +31,7 @@ use crate::{
 /// What every handler shares.
 pub(crate) struct State {
     pub(crate) rt: Runtime,
-    pub(crate) programs: BTreeMap<String, Program>,
+    pub(crate) programs: BTreeMap<String, ServedProgram>,
     pub(crate) pipelines: BTreeMap<String, Pipeline>,
     pub(crate) token: Option<String>,
     pub(crate) in_flight: Arc<Semaphore>,
@@ -282,8 +282,6 @@ impl Edge {
             (None, Some(t)) => Some(t.min(max)),
             (None, None) => None,
         };
-        options.deadline = None;
-        options.session = None;
         options
     }
 }
@@ -418,36 +416,63 @@ pub(crate) fn pipeline_inputs_schema(pipeline: &Pipeline) -> Value {
     json!({"type": "object", "required": pipeline.spec().inputs})
 }
 
-/// Every required input present, every typed one of its type — or a
-/// `validation` error naming the field (`422`).
-fn check_inputs(program: &Program, inputs: &Map) -> ApiResult<()> {
-    for f in input_fields(program).unwrap_or(&[]) {
-        match inputs.get(f.name()) {
-            None if required(f) => {
-                let msg = format!("missing input `{}` ({})", f.name(), f.ty().annotation_name());
-                return Err(Error::new(ErrorKind::Validation, msg).with_field(f.name()).into());
-            }
-            Some(v)
-                if !v.is_null() && f.type_declared() && values_schema(f.ty()).is_some() && !matches_type(f.ty(), v) =>
-            {
-                let msg = format!("input `{}` expects {}", f.name(), f.ty().annotation_name());
-                return Err(Error::new(ErrorKind::Validation, msg).with_field(f.name()).into());
-            }
-            _ => {}
-        }
+/// A served program and, per input field, whether its type is checked
+/// (declared, and modelled by [`values_schema`]) — settled once, not per
+/// request.
+pub(crate) struct ServedProgram {
+    pub(crate) program: Program,
+    checked: Vec<bool>,
+}
+
+impl ServedProgram {
+    pub(crate) fn new(program: Program) -> ServedProgram {
+        let checked = input_fields(&program)
+            .unwrap_or(&[])
+            .iter()
+            .map(|f| f.type_declared() && values_schema(f.ty()).is_some())
+            .collect();
+        ServedProgram { program, checked }
     }
-    Ok(())
+
+    /// Every required input present, every checked one of its type — or a
+    /// `validation` error naming the field (`422`).
+    fn check_inputs(&self, inputs: &Map) -> ApiResult<()> {
+        let fields = input_fields(&self.program).unwrap_or(&[]);
+        for (f, checked) in fields.iter().zip(&self.checked) {
+            match inputs.get(f.name()) {
+                None if required(f) => {
+                    let msg = format!("missing input `{}` ({})", f.name(), f.ty().annotation_name());
+                    return Err(Error::new(ErrorKind::Validation, msg).with_field(f.name()).into());
+                }
+                Some(v) if *checked && !v.is_null() && !matches_type(f.ty(), v) => {
+                    let msg = format!("input `{}` expects {}", f.name(), f.ty().annotation_name());
+                    return Err(Error::new(ErrorKind::Validation, msg).with_field(f.name()).into());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 // ------------------------------------------------------------ handlers
 
 type St = axum::extract::State<Shared>;
 
-fn program<'a>(state: &'a State, name: &str) -> ApiResult<&'a Program> {
-    state.programs.get(name).ok_or_else(|| {
-        let known: Vec<&str> = state.programs.keys().map(String::as_str).collect();
-        Error::new(ErrorKind::NotFound, format!("no program {name:?} is served (served: {})", known.join(", "))).into()
-    })
+impl State {
+    /// A program run's parts: the served program, its checked inputs and
+    /// the request's options.
+    fn prepare(&self, edge: &Edge, name: &str, req: RunRequest) -> ApiResult<(&Program, Map, RequestOptions)> {
+        let served = self.programs.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.programs.keys().map(String::as_str).collect();
+            ApiError::from(Error::new(
+                ErrorKind::NotFound,
+                format!("no program {name:?} is served (served: {})", known.join(", ")),
+            ))
+        })?;
+        served.check_inputs(&req.inputs)?;
+        Ok((&served.program, req.inputs, self.options(edge, req.options)?))
+    }
 }
 
 pub(crate) async fn run_program(
@@ -456,10 +481,8 @@ pub(crate) async fn run_program(
     Path(name): Path<String>,
     Body(req): Body<RunRequest>,
 ) -> ApiResult<Response> {
-    let program = program(&state, &name)?;
-    check_inputs(program, &req.inputs)?;
-    let opts = state.options(&edge, req.options)?;
-    let out = state.rt.run(program, req.inputs, opts).await?;
+    let (program, inputs, opts) = state.prepare(&edge, &name, req)?;
+    let out = state.rt.run(program, inputs, opts).await?;
     Ok(Json(out).into_response())
 }
 
@@ -469,10 +492,8 @@ pub(crate) async fn stream_program(
     Path(name): Path<String>,
     Body(req): Body<RunRequest>,
 ) -> ApiResult<Response> {
-    let program = program(&state, &name)?;
-    check_inputs(program, &req.inputs)?;
-    let opts = state.options(&edge, req.options)?;
-    let stream = state.rt.stream(program, req.inputs, opts).await?;
+    let (program, inputs, opts) = state.prepare(&edge, &name, req)?;
+    let stream = state.rt.stream(program, inputs, opts).await?;
     // Chunks, then `done` with the prediction; a failure mid-stream is an
     // `error` event (the status line has gone out already). Nothing follows
     // `done` or `error`.
@@ -525,8 +546,8 @@ pub(crate) async fn create_session(
         history_turns: req.history_turns,
     };
     let session = state.rt.sessions().create(opts).await?;
-    for (name, program) in &state.programs {
-        if let Err(e) = session.define(name, program.spec().clone()).await {
+    for (name, served) in &state.programs {
+        if let Err(e) = session.define(name, served.program.spec().clone()).await {
             let _ = session.close().await;
             return Err(e.into());
         }
@@ -541,10 +562,9 @@ pub(crate) async fn session_run(
     Path((id, name)): Path<(String, String)>,
     Body(req): Body<RunRequest>,
 ) -> ApiResult<Response> {
-    check_inputs(program(&state, &name)?, &req.inputs)?;
+    let (_, inputs, opts) = state.prepare(&edge, &name, req)?;
     let session = state.rt.sessions().open(&id).await?;
-    let opts = state.options(&edge, req.options)?;
-    let out = session.run_with(&name, req.inputs, opts).await?;
+    let out = session.run_with(&name, inputs, opts).await?;
     Ok(Json(out).into_response())
 }
 
@@ -560,7 +580,7 @@ pub(crate) async fn delete_session(axum::extract::State(state): St, Path(id): Pa
 }
 
 pub(crate) async fn served(axum::extract::State(state): St) -> Response {
-    let programs = state.programs.iter().map(|(k, p)| (k.clone(), p.inspect())).collect();
+    let programs = state.programs.iter().map(|(k, p)| (k.clone(), p.program.inspect())).collect();
     Json(Served { programs, pipelines: state.pipelines.keys().cloned().collect() }).into_response()
 }
 

@@ -165,7 +165,7 @@ impl HttpApi {
         let document = self.openapi(token.is_some());
         let router = api::router(api::State {
             rt: self.rt,
-            programs: self.programs,
+            programs: self.programs.into_iter().map(|(k, p)| (k, api::ServedProgram::new(p))).collect(),
             pipelines: self.pipelines,
             token: token.clone(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(self.config.max_in_flight.max(1))),

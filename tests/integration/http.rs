@@ -10,7 +10,7 @@ use dspex::native::lm::server::LmServer;
 use dspex::{HttpConfig, LmConfig, Pipeline, ProgramSpec, Runtime};
 use serde_json::{json, Value};
 
-use crate::support::runtime;
+use crate::support::{repo_root, runtime};
 
 /// A native-only runtime over the offline LM (`latency` per LM call).
 async fn native_runtime(latency: Duration) -> (Runtime, LmServer) {
@@ -24,31 +24,13 @@ fn loopback(config: HttpConfig) -> HttpConfig {
     HttpConfig { addr: "127.0.0.1:0".into(), ..config }
 }
 
-const PIPELINE: &str = r#"
-name = "double"
-inputs = ["question"]
-outputs = ["answer", "check"]
-
-[[steps]]
-name = "solve"
-kind = "program"
-program = { module = "predict", signature = "question -> answer: int" }
-inputs = { question = "question" }
-
-[[steps]]
-name = "check"
-kind = "program"
-program = { module = "predict", signature = "question -> check: int" }
-inputs = { question = "question" }
-"#;
-
 async fn serve(rt: &Runtime, config: HttpConfig) -> HttpServer {
     HttpApi::new(rt)
         .program("qa", ProgramSpec::predict("question -> answer: int"))
         .program("cot", ProgramSpec::chain_of_thought("question -> answer: int"))
         .program("chat", ProgramSpec::predict("history: dspy.History, question -> answer"))
         .program("typed", ProgramSpec::predict("question, k: int -> answer"))
-        .pipeline("double", Pipeline::from_toml(PIPELINE).unwrap())
+        .pipeline("double", Pipeline::from_file(repo_root().join("tests/fixtures/http/double.toml")).unwrap())
         .config(loopback(config))
         .serve()
         .await

@@ -143,10 +143,8 @@ async fn idle_sessions_expire_and_the_cap_is_enforced() {
     assert_eq!(short.state().await.unwrap_err().kind(), ErrorKind::NotFound);
     // Room again below the cap; a duplicate id is refused.
     rt.session().await.unwrap();
-    assert_eq!(
-        rt.sessions().create(SessionOptions::default().id("long")).await.unwrap_err().kind(),
-        ErrorKind::InvalidRequest
-    );
+    let dup = rt.sessions().create(SessionOptions::default().id("long")).await.unwrap_err();
+    assert_eq!((dup.kind(), dup.is_retryable()), (ErrorKind::Conflict, false), "{dup}");
     rt.shutdown().await.unwrap();
 }
 
