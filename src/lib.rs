@@ -71,6 +71,14 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/getting-started.md")]
 pub struct GettingStartedDoctests;
 
+#[cfg(all(doctest, feature = "prometheus"))]
+#[doc = include_str!("../docs/operations.md")]
+pub struct OperationsDoctests;
+
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../docs/serving.md")]
+pub struct ServingDoctests;
+
 #[cfg(all(doctest, feature = "cluster"))]
 #[doc = include_str!("../docs/cluster.md")]
 pub struct ClusterDoctests;

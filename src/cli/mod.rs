@@ -6,8 +6,6 @@ mod console;
 mod demo;
 mod doctor;
 mod engine;
-#[cfg(feature = "prometheus")]
-mod prometheus;
 mod serve;
 
 use std::path::PathBuf;

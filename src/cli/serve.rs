@@ -31,7 +31,7 @@ impl Built {
 /// false`: a client-only node); its LM, or the environment's, or the
 /// offline one; in the cluster the file or the flags name.
 async fn build(config: Option<&Path>, default_size: usize, lm: LmFlags, flags: &ClusterFlags) -> Result<Built> {
-    build_with(config, default_size, lm, flags, Local::Default).await
+    build_with(config, default_size, lm, flags, Local::Default, false).await
 }
 
 /// Whether a file without `[[pools]]` gets the default pool.
@@ -49,6 +49,7 @@ async fn build_with(
     lm: LmFlags,
     flags: &ClusterFlags,
     local: Local,
+    prometheus: bool,
 ) -> Result<Built> {
     let settings = lm.settings()?;
     let mut cfg = match config {
@@ -86,7 +87,12 @@ async fn build_with(
             None
         }
     };
-    let rt = RuntimeBuilder::from_config(cfg).on_progress(|m| eprintln!("  … {m}")).start().await?;
+    let builder = RuntimeBuilder::from_config(cfg).on_progress(|m| eprintln!("  … {m}"));
+    #[cfg(feature = "prometheus")]
+    let builder = if prometheus { builder.prometheus() } else { builder };
+    #[cfg(not(feature = "prometheus"))]
+    let _ = prometheus;
+    let rt = builder.start().await?;
     let joined = match cluster::join(&rt, cluster_config).await {
         Ok(j) => j,
         Err(e) => {
@@ -120,36 +126,15 @@ pub struct ServeOptions {
 /// `dspex serve`: run until SIGTERM or SIGINT.
 pub async fn serve(opts: ServeOptions) -> Result<()> {
     let ServeOptions { config, socket, tcp, token, metrics, http, lm, cluster } = opts;
-    // The recorder goes in before the runtime emits anything, when metrics
-    // are served: on their own address or by the HTTP API.
+    // Metrics are recorded when they are served: on their own address or
+    // by the HTTP API.
     let http_wanted = http.is_some()
         || config.as_deref().and_then(|p| RuntimeConfig::from_toml_file(p).ok()).is_some_and(|c| c.http.is_some());
-    #[cfg(feature = "prometheus")]
-    let registry = if metrics.is_some() || http_wanted {
-        Some(
-            super::prometheus::install()
-                .map_err(|e| Error::new(ErrorKind::Config, format!("cannot record metrics: {e}")))?,
-        )
-    } else {
-        None
-    };
-    #[cfg(feature = "prometheus")]
-    let render: Render = registry
-        .clone()
-        .map(|r| -> std::sync::Arc<dyn Fn() -> String + Send + Sync> { std::sync::Arc::new(move || r.render()) });
     #[cfg(not(feature = "prometheus"))]
-    let render: Render = None;
-    let metrics_at = match metrics {
-        #[cfg(feature = "prometheus")]
-        Some(addr) => Some(
-            super::prometheus::serve(&addr, registry.clone().unwrap_or_default())
-                .await
-                .map_err(|e| Error::new(ErrorKind::Config, format!("cannot serve metrics on {addr}: {e}")))?,
-        ),
-        #[cfg(not(feature = "prometheus"))]
-        Some(_) => return Err(Error::new(ErrorKind::Config, "this dspex was built without the `prometheus` feature")),
-        None => None,
-    };
+    if metrics.is_some() {
+        return Err(Error::new(ErrorKind::Config, "this dspex was built without the `prometheus` feature"));
+    }
+    let record = metrics.is_some() || http_wanted;
     let endpoint = match tcp {
         Some(addr) => {
             let addr = addr
@@ -165,14 +150,25 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot watch SIGTERM: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot watch SIGINT: {e}")))?;
-    let built = build(config.as_deref(), 2, lm, &cluster).await?;
+    let built = build_with(config.as_deref(), 2, lm, &cluster, Local::Default, record).await?;
     let rt = &built.rt;
+    let metrics_at = match metrics {
+        #[cfg(feature = "prometheus")]
+        Some(addr) => match serve_metrics(&addr).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let _ = built.shutdown().await;
+                return Err(e);
+            }
+        },
+        _ => None::<std::net::SocketAddr>,
+    };
     let (bound, _token) = rt.serve_console(endpoint).await?;
     let at = match &bound {
         ConsoleEndpoint::Unix(p) => format!("{} (token in {})", p.display(), token_file(p).display()),
         ConsoleEndpoint::Tcp { addr, .. } => format!("tcp {addr}"),
     };
-    let http_server = match serve_http(rt, http, render).await {
+    let http_server = match serve_http(rt, http).await {
         Ok(s) => s,
         Err(e) => {
             let _ = built.shutdown().await;
@@ -205,11 +201,8 @@ type HttpServer = Option<dspex::http::HttpServer>;
 #[cfg(not(feature = "http"))]
 type HttpServer = Option<()>;
 
-/// What renders the metrics, when they are recorded.
-type Render = Option<std::sync::Arc<dyn Fn() -> String + Send + Sync>>;
-
 /// The HTTP API, when `--http` or `[http]` asks for it.
-async fn serve_http(rt: &Runtime, addr: Option<String>, render: Render) -> Result<HttpServer> {
+async fn serve_http(rt: &Runtime, addr: Option<String>) -> Result<HttpServer> {
     let wanted = addr.is_some() || rt.config().http.is_some();
     if !wanted {
         return Ok(None);
@@ -220,17 +213,36 @@ async fn serve_http(rt: &Runtime, addr: Option<String>, render: Render) -> Resul
         if let Some(addr) = addr {
             config.addr = addr;
         }
-        let mut api = dspex::http::HttpApi::from_config(rt, rt.config())?.config(config);
-        if let Some(render) = render {
-            api = api.metrics(render);
-        }
-        Ok(Some(api.serve().await?))
+        Ok(Some(dspex::http::HttpApi::from_config(rt, rt.config())?.config(config).serve().await?))
     }
     #[cfg(not(feature = "http"))]
     {
-        drop(render);
         Err(Error::new(ErrorKind::Config, "this dspex was built without the `http` feature"))
     }
+}
+
+/// `GET /metrics` of the process's Prometheus registry (the runtime's) on
+/// `addr` (read-only, so any address may serve it). Returns the bound address.
+#[cfg(feature = "prometheus")]
+async fn serve_metrics(addr: &str) -> Result<std::net::SocketAddr> {
+    use axum::http::{header, StatusCode};
+    let registry = dspex::actors::prometheus::install()?;
+    let cannot = |e: std::io::Error| Error::new(ErrorKind::Config, format!("cannot serve metrics on {addr}: {e}"));
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(cannot)?;
+    let local = listener.local_addr().map_err(cannot)?;
+    let metrics = move || {
+        let text = registry.render();
+        async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+    };
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try GET /metrics\n") });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(target: "dspex::metrics", "the metrics endpoint failed: {e}");
+        }
+    });
+    Ok(local)
 }
 
 #[cfg(feature = "http")]
@@ -319,7 +331,7 @@ pub async fn call(a: CallArgs) -> Result<Value> {
             Err(e) => return Err(Error::invalid_request(format!("ARGS is not JSON: {e}"))),
         },
     };
-    let built = build_with(a.config.as_deref(), 1, a.lm, &a.cluster, Local::NoneInCluster).await?;
+    let built = build_with(a.config.as_deref(), 1, a.lm, &a.cluster, Local::NoneInCluster, false).await?;
     let mut opts = dspex::RequestOptions::default().idempotent(a.idempotent);
     if let Some(t) = a.timeout {
         opts = opts.timeout(std::time::Duration::from_secs_f64(t.max(0.001)));

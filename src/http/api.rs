@@ -602,10 +602,25 @@ pub(crate) async fn readyz(axum::extract::State(state): St) -> Response {
 }
 
 pub(crate) async fn metrics(axum::extract::State(state): St) -> ApiResult<Response> {
-    let render = state.metrics.as_ref().ok_or_else(|| {
+    let text = match &state.metrics {
+        Some(render) => Some(render()),
+        None => runtime_metrics(&state.rt),
+    };
+    let text = text.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, "metrics are not exported by this server")
     })?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render()).into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// The runtime's own Prometheus registry, when it was built with one.
+#[cfg(feature = "prometheus")]
+fn runtime_metrics(rt: &Runtime) -> Option<String> {
+    rt.metrics_text()
+}
+
+#[cfg(not(feature = "prometheus"))]
+fn runtime_metrics(_: &Runtime) -> Option<String> {
+    None
 }
 
 pub(crate) async fn openapi_json(axum::extract::State(state): St) -> Response {

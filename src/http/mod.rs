@@ -11,7 +11,7 @@
 //! | `GET`, `DELETE /v1/sessions/{id}` | a session's state; end it |
 //! | `GET /v1/programs` | what is served |
 //! | `GET /healthz`, `/readyz` | alive; ready (every pool has a ready worker) |
-//! | `GET /metrics` | Prometheus text, when a renderer was given |
+//! | `GET /metrics` | Prometheus text: the renderer given, else the runtime's registry ([`RuntimeBuilder::prometheus`](crate::RuntimeBuilder::prometheus)) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document, generated from the wire types |
 //!
 //! Every failure is one HTTP status and the same JSON body the CLI prints
@@ -125,7 +125,8 @@ impl HttpApi {
         self
     }
 
-    /// Answer `GET /metrics` with what `render` returns.
+    /// Answer `GET /metrics` with what `render` returns (by default, the
+    /// runtime's Prometheus registry when it has one).
     pub fn metrics(mut self, render: MetricsRenderer) -> HttpApi {
         self.metrics = Some(render);
         self

@@ -265,7 +265,8 @@ fn serve_and_console_show_the_tree_and_restart_a_killed_worker() {
     let metrics_addr = serve.ready.split("http://").nth(1).unwrap().trim_end_matches("/metrics\n").to_string();
     let metrics_addr = metrics_addr.trim().trim_end_matches("/metrics").to_string();
     let mut http = std::net::TcpStream::connect(&metrics_addr).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    http.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
     let mut body = String::new();
     http.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");

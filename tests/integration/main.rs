@@ -13,6 +13,7 @@ mod dspy_parity;
 mod http;
 mod lm_client;
 mod lm_settings;
+mod metrics;
 mod native_only;
 #[cfg(feature = "cluster")]
 mod nats;

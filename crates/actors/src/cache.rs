@@ -3,15 +3,13 @@
 //! A request is deterministic when its LM settings pin the temperature to 0
 //! and ask for one generation; only those are cached. Keys are canonical:
 //! the same program, inputs and LM settings give the same key whatever the
-//! order of their JSON maps. The cache is bounded (oldest entries go first)
-//! and entries expire after a TTL.
+//! order of their JSON maps. The cache is bounded by entry count (evicting
+//! by S3-FIFO, so entries that are read again stay) and entries expire
+//! after a TTL.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use dspex_core::Value;
-use parking_lot::Mutex;
 
 /// A canonical cache key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -95,92 +93,54 @@ pub fn is_deterministic(params: &[&serde_json::Map<String, Value>]) -> bool {
     temperature == Some(0.0) && n.unwrap_or(1) <= 1
 }
 
-struct Shard<V> {
-    map: HashMap<CacheKey, (Instant, V)>,
-    order: VecDeque<CacheKey>,
+/// A bounded, expiring map from [`CacheKey`] to results, on quick_cache:
+/// S3-FIFO eviction (an entry read since it came in outlives one-off
+/// entries), sharded locks, and a TTL checked on every read.
+pub struct ResultCache<V> {
+    entries: quick_cache::sync::Cache<CacheKey, (Instant, V)>,
+    ttl: Duration,
 }
 
 impl<V> std::fmt::Debug for ResultCache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResultCache").field("shards", &self.shards.len()).field("ttl", &self.ttl).finish()
+        f.debug_struct("ResultCache").field("ttl", &self.ttl).finish_non_exhaustive()
     }
-}
-
-/// A bounded, expiring map from [`CacheKey`] to results.
-pub struct ResultCache<V> {
-    shards: Vec<Mutex<Shard<V>>>,
-    per_shard: usize,
-    ttl: Duration,
 }
 
 impl<V: Clone> ResultCache<V> {
-    /// A cache of about `capacity` entries living `ttl` each.
+    /// A cache of at most `capacity` entries living `ttl` each.
     pub fn new(capacity: usize, ttl: Duration) -> ResultCache<V> {
-        let n = 16;
-        ResultCache {
-            shards: (0..n).map(|_| Mutex::new(Shard { map: HashMap::new(), order: VecDeque::new() })).collect(),
-            per_shard: capacity.div_ceil(n).max(1),
-            ttl,
-        }
+        ResultCache { entries: quick_cache::sync::Cache::new(capacity.max(1)), ttl }
     }
 
-    fn shard(&self, key: &CacheKey) -> &Mutex<Shard<V>> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % self.shards.len()]
-    }
-
-    /// A live entry.
+    /// A live entry (an expired one is dropped).
     pub fn get(&self, key: &CacheKey) -> Option<V> {
-        let mut shard = self.shard(key).lock();
-        match shard.map.get(key) {
-            Some((at, v)) if at.elapsed() < self.ttl => Some(v.clone()),
-            Some(_) => {
-                shard.map.remove(key);
-                None
-            }
-            None => None,
+        let (at, value) = self.entries.get(key)?;
+        if at.elapsed() < self.ttl {
+            return Some(value);
         }
+        self.entries.remove_if(key, |(stored, _)| *stored == at);
+        None
     }
 
-    /// Store an entry (the oldest one goes when the shard is full).
+    /// Store an entry (eviction makes room when the cache is full).
     pub fn put(&self, key: CacheKey, value: V) {
-        let mut shard = self.shard(&key).lock();
-        if shard.map.insert(key.clone(), (Instant::now(), value)).is_none() {
-            shard.order.push_back(key);
-        }
-        while shard.map.len() > self.per_shard {
-            match shard.order.pop_front() {
-                Some(old) => {
-                    shard.map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        // Keep the order queue from growing with keys already evicted or expired.
-        if shard.order.len() > self.per_shard * 2 {
-            let Shard { map, order } = &mut *shard;
-            order.retain(|k| map.contains_key(k));
-        }
+        self.entries.insert(key, (Instant::now(), value));
     }
 
-    /// Entries stored.
+    /// Entries stored (expired ones included until read or evicted).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map.len()).sum()
+        self.entries.len()
     }
 
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
     }
 
     /// Drop everything.
     pub fn clear(&self) {
-        for s in &self.shards {
-            let mut s = s.lock();
-            s.map.clear();
-            s.order.clear();
-        }
+        self.entries.clear();
     }
 }
 
@@ -209,6 +169,18 @@ mod tests {
         assert_eq!(c.get(&CacheKey::new("k", &[&json!(99)])), None);
         c.clear();
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn entries_read_again_survive_a_scan() {
+        let c: ResultCache<u32> = ResultCache::new(64, Duration::from_secs(60));
+        let hot = CacheKey::new("k", &[&json!("hot")]);
+        c.put(hot.clone(), 7);
+        for i in 0..1000 {
+            assert_eq!(c.get(&hot), Some(7), "after {i} one-off entries");
+            c.put(CacheKey::new("k", &[&json!(i)]), i);
+        }
+        assert!(c.len() <= 64);
     }
 
     #[test]

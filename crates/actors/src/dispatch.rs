@@ -30,7 +30,7 @@ use tracing::warn;
 
 use crate::cache::{is_deterministic, CacheKey, ResultCache};
 use crate::cluster::Cluster;
-use crate::lms::Lms;
+use crate::lms::{Lms, TimedLm};
 use crate::pool::{PoolCallOptions, PoolHandle, PoolReply};
 use crate::program::Program;
 use crate::request::{CallOutput, Meta, Output, OutputStream, Ran, Request, RequestContext, StreamEvent};
@@ -260,8 +260,8 @@ impl Dispatcher {
                 self.shared.telemetry.emit_lazy(Some(trace), || EventKind::CacheHit { op: op.into() });
                 hit.meta.cached = true;
                 hit.meta.trace_id = trace.clone();
-                hit.meta.timings =
-                    crate::Timings { total_us: req.ctx.started.elapsed().as_micros() as u64, ..Default::default() };
+                hit.meta.timings = crate::Timings::of(req.ctx.started.elapsed().as_micros() as u64, 0);
+                self.shared.telemetry.finished(op, &hit.meta);
                 return Ok(hit);
             }
             self.shared.telemetry.emit_lazy(Some(trace), || EventKind::CacheMiss { op: op.into() });
@@ -272,6 +272,7 @@ impl Dispatcher {
         };
         match &out {
             Ok(o) => {
+                self.shared.telemetry.finished(op, &o.meta);
                 if let (Some(k), Some(c)) = (key, &self.shared.cache) {
                     c.put(k, o.clone());
                 }
@@ -395,8 +396,9 @@ impl Dispatcher {
         let lm = self.native_lm(program)?;
         let native = program.native().ok_or_else(|| Error::unsupported("the native engine cannot run this program"))?;
         let opts = Self::native_options(req);
+        let lm = TimedLm::new(lm);
         let t = Instant::now();
-        let result = match tokio::time::timeout_at(req.ctx.deadline.into(), native.call(&*lm, &req.inputs, &opts)).await
+        let result = match tokio::time::timeout_at(req.ctx.deadline.into(), native.call(&lm, &req.inputs, &opts)).await
         {
             Ok(r) => r,
             Err(_) => {
@@ -412,7 +414,13 @@ impl Dispatcher {
             ok,
         });
         let prediction = result?;
-        let ran = Ran { elapsed, usage: prediction.usage, truncated: prediction.truncated, ..Default::default() };
+        let ran = Ran {
+            elapsed,
+            lm: Some(lm.clock().spent()),
+            usage: prediction.usage,
+            truncated: prediction.truncated,
+            ..Default::default()
+        };
         Ok(Output { meta: req.ctx.meta(Route::Native, ran), prediction })
     }
 
@@ -452,9 +460,10 @@ impl Dispatcher {
         let route = plan.primary().clone();
         let trace = req.ctx.trace_id.clone();
         if route == Route::Native {
-            let lm = self.native_lm(&req.program)?;
+            let lm = TimedLm::new(self.native_lm(&req.program)?);
+            let clock = lm.clock();
             let native = req.program.native().ok_or_else(|| Error::unsupported("not native"))?;
-            let inner = native.stream(lm, &req.inputs, &Self::native_options(&req)).await?;
+            let inner = native.stream(Arc::new(lm), &req.inputs, &Self::native_options(&req)).await?;
             let telemetry = self.shared.telemetry.clone();
             let op = req.program.op();
             let ctx = req.ctx;
@@ -470,12 +479,15 @@ impl Dispatcher {
                     });
                     let ran = Ran {
                         elapsed,
+                        lm: Some(clock.spent()),
                         usage: prediction.usage,
                         truncated: prediction.truncated,
                         reason: reason.clone(),
                         ..Default::default()
                     };
-                    Ok(StreamEvent::Done(Box::new(Output { meta: ctx.meta(Route::Native, ran), prediction })))
+                    let meta = ctx.meta(Route::Native, ran);
+                    telemetry.finished(op, &meta);
+                    Ok(StreamEvent::Done(Box::new(Output { meta, prediction })))
                 }
                 Err(e) => {
                     router.record(&Route::Native, Err(&e));
@@ -485,6 +497,7 @@ impl Dispatcher {
             return Ok(Box::pin(stream));
         }
         let Route::Python(pool) = &route else { return Err(Error::internal("a stream plan with no route")) };
+        let (telemetry, op) = (self.shared.telemetry.clone(), req.program.op());
         let opts = PoolCallOptions { idempotent: false, ..PoolCallOptions::for_request(&req.ctx) };
         let placed = self.pool_stream(pool, commands::STREAM, self.run_args(&req), &opts).await?;
         let (worker, pid, queue, node) = (placed.worker, placed.pid, placed.queue, placed.node);
@@ -507,6 +520,7 @@ impl Dispatcher {
                 };
                 let mut out = python_output(&ctx, route.clone(), v, ran)?;
                 out.meta.reason = reason.clone();
+                telemetry.finished(op, &out.meta);
                 Ok(StreamEvent::Done(Box::new(out)))
             }
             Err(e) => {
@@ -533,7 +547,9 @@ impl Dispatcher {
             self.shared.router.record(plan.primary(), reply.as_ref().map(|_| ()));
             let (value, mut ran) = reply?.into_parts();
             ran.reason = plan.reason.into_owned();
-            Ok(CallOutput { meta: ctx.meta(Route::Python(pool.to_string()), ran), value })
+            let meta = ctx.meta(Route::Python(pool.to_string()), ran);
+            self.shared.telemetry.finished(command, &meta);
+            Ok(CallOutput { meta, value })
         };
         attempt.await.map_err(|e: Error| e.with_request_id(&ctx.trace_id))
     }

@@ -22,6 +22,8 @@ mod lms;
 pub mod pipeline;
 pub mod pool;
 pub mod program;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 pub mod request;
 pub mod router;
 pub mod runtime;

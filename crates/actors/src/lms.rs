@@ -6,10 +6,14 @@
 //! own LMs are built once and kept (a small LRU), so a request never pays
 //! for building an HTTP client.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use dspex_core::{LmConfig, Map, Value};
-use dspex_native::lm::{LanguageModel, OpenAiClient};
+use dspex_core::{LmConfig, Map, Result, Value};
+use dspex_native::lm::{LanguageModel, LmEvent, LmRequest, LmResponse, LmStream, OpenAiClient};
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 
 use crate::program::Program;
@@ -119,5 +123,75 @@ impl Lms {
             _ => self.python.clone().unwrap_or(Value::Null),
         };
         (params, identity)
+    }
+}
+
+/// An LM that adds up how long its calls take, so a native request's own
+/// cost (its time minus the model's) can be told apart. A stream's time runs
+/// from the call to its last event.
+pub(crate) struct TimedLm {
+    inner: Arc<dyn LanguageModel>,
+    spent_us: Arc<AtomicU64>,
+}
+
+impl TimedLm {
+    /// Time the calls made through `inner`.
+    pub(crate) fn new(inner: Arc<dyn LanguageModel>) -> TimedLm {
+        TimedLm { inner, spent_us: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// A reader of the time spent so far, that outlives the LM.
+    pub(crate) fn clock(&self) -> LmClock {
+        LmClock(self.spent_us.clone())
+    }
+}
+
+/// The time a [`TimedLm`] has spent in its model.
+#[derive(Clone)]
+pub(crate) struct LmClock(Arc<AtomicU64>);
+
+impl LmClock {
+    /// Time spent in the model so far.
+    pub(crate) fn spent(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+}
+
+fn add_since(spent: &AtomicU64, since: Instant) {
+    spent.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+}
+
+impl LanguageModel for TimedLm {
+    fn complete(&self, request: LmRequest) -> BoxFuture<'_, Result<LmResponse>> {
+        Box::pin(async move {
+            let t = Instant::now();
+            let response = self.inner.complete(request).await;
+            add_since(&self.spent_us, t);
+            response
+        })
+    }
+
+    fn stream(&self, request: LmRequest) -> BoxFuture<'_, Result<LmStream>> {
+        Box::pin(async move {
+            let t = Instant::now();
+            let stream = match self.inner.stream(request).await {
+                Ok(s) => s,
+                Err(e) => {
+                    add_since(&self.spent_us, t);
+                    return Err(e);
+                }
+            };
+            let spent = self.spent_us.clone();
+            let timed = stream.inspect(move |event| {
+                if matches!(event, Ok(LmEvent::Done(_)) | Err(_)) {
+                    add_since(&spent, t);
+                }
+            });
+            Ok(Box::pin(timed) as LmStream)
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }

@@ -216,6 +216,9 @@ impl RequestContext {
             Some((w, p)) => (Some(w), Some(p)),
             None => (None, None),
         };
+        // What the model cost: measured LM time natively, DSPy's whole
+        // execution on Python.
+        let lm_us = ran.lm.map(|d| d.as_micros() as u64).or(ran.execution_us).unwrap_or(0);
         Meta {
             route,
             pool,
@@ -226,7 +229,7 @@ impl RequestContext {
                 queue_us: ran.queue.as_micros() as u64,
                 transport_us,
                 execution_us,
-                total_us: self.started.elapsed().as_micros() as u64,
+                ..Timings::of(self.started.elapsed().as_micros() as u64, lm_us)
             },
             usage: ran.usage,
             truncated: ran.truncated,
@@ -252,6 +255,8 @@ pub struct Ran {
     pub elapsed: Duration,
     /// Execution time the worker reported (the rest of `elapsed` is transport).
     pub execution_us: Option<u64>,
+    /// Time the native engine spent in LM calls.
+    pub lm: Option<Duration>,
     /// Token usage.
     pub usage: Option<Usage>,
     /// The LM's reply was cut at its length limit.
@@ -283,8 +288,21 @@ pub struct Timings {
     pub transport_us: u64,
     /// Running it (the native engine, or Python, LM call included).
     pub execution_us: u64,
+    /// Waiting on the model: the native engine's LM calls, or the whole of
+    /// DSPy's execution in the worker (its LM calls included).
+    pub lm_us: u64,
+    /// The runtime's own cost: `total_us - lm_us` (routing, queueing,
+    /// transport, prompt formatting and parsing, bookkeeping).
+    pub overhead_us: u64,
     /// From the call to the result.
     pub total_us: u64,
+}
+
+impl Timings {
+    /// Timings of a result that took `total_us`, `lm_us` of it in the model.
+    pub(crate) fn of(total_us: u64, lm_us: u64) -> Timings {
+        Timings { lm_us, overhead_us: total_us.saturating_sub(lm_us), total_us, ..Default::default() }
+    }
 }
 
 /// Where and how a request ran.
@@ -395,8 +413,15 @@ mod tests {
         };
         let meta = ctx.meta(Route::Python("general".into()), ran);
         assert_eq!((meta.timings.execution_us, meta.timings.transport_us), (300, 200));
+        // DSPy's time is the model's; the rest of the request is overhead.
+        assert_eq!(meta.timings.lm_us, 300);
+        assert_eq!(meta.timings.overhead_us, meta.timings.total_us.saturating_sub(300));
         assert_eq!((meta.pool.as_deref(), meta.pid), (Some("general"), Some(42)));
         let native = ctx.meta(Route::Native, Ran { elapsed: Duration::from_micros(70), ..Default::default() });
         assert_eq!((native.timings.execution_us, native.timings.transport_us, native.pool), (70, 0, None));
+        let ran = Ran { elapsed: Duration::from_micros(90), lm: Some(Duration::from_micros(60)), ..Default::default() };
+        let native = ctx.meta(Route::Native, ran);
+        assert_eq!((native.timings.execution_us, native.timings.lm_us), (90, 60));
+        assert!(native.timings.overhead_us + 60 == native.timings.total_us);
     }
 }

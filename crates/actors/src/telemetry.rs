@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use dspex_core::{Event, EventKind};
+
+use crate::request::Meta;
 use tokio::sync::broadcast;
 
 /// Events kept for a subscriber that falls behind.
@@ -59,6 +61,17 @@ impl Telemetry {
         }
     }
 
+    /// Report a request's result: its total time and the runtime's own
+    /// part of it (the overhead histogram).
+    pub fn finished(&self, op: &str, meta: &Meta) {
+        self.emit_lazy(Some(&meta.trace_id), || EventKind::RequestFinished {
+            op: op.into(),
+            route: if meta.cached { "cache".into() } else { meta.route.label() },
+            total_us: meta.timings.total_us,
+            overhead_us: meta.timings.overhead_us,
+        });
+    }
+
     /// Subscribers right now.
     pub fn subscriber_count(&self) -> usize {
         self.tx.receiver_count()
@@ -96,6 +109,10 @@ fn record_metrics(kind: &EventKind) {
                 .increment(1);
             metrics::histogram!("dspex_python_seconds", "pool" => pool.clone()).record(*elapsed_us as f64 / 1e6);
             metrics::histogram!("dspex_queue_seconds", "pool" => pool.clone()).record(*queue_us as f64 / 1e6);
+        }
+        EventKind::RequestFinished { route, total_us, overhead_us, .. } => {
+            metrics::histogram!("dspex_request_seconds", "route" => route.clone()).record(*total_us as f64 / 1e6);
+            metrics::histogram!("dspex_overhead_seconds", "route" => route.clone()).record(*overhead_us as f64 / 1e6);
         }
         EventKind::PipelineStep { elapsed_us, ok, .. } => {
             metrics::counter!("dspex_pipeline_steps_total", "ok" => ok.to_string()).increment(1);

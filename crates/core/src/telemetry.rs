@@ -81,6 +81,18 @@ pub enum EventKind {
         /// Whether it succeeded.
         ok: bool,
     },
+    /// A request finished with a result.
+    RequestFinished {
+        /// Operation.
+        op: String,
+        /// Where its result came from: `native`, `python:<pool>`, or `cache`.
+        route: String,
+        /// From the call to the result.
+        total_us: u64,
+        /// The runtime's own part of it: the total minus the model's time
+        /// (native LM calls, or DSPy's execution in the worker).
+        overhead_us: u64,
+    },
     /// A result came from the cache.
     CacheHit {
         /// Operation.
@@ -142,6 +154,7 @@ impl EventKind {
             EventKind::NativeExecute { .. } => "native.execute",
             EventKind::PythonExecute { .. } => "python.execute",
             EventKind::PipelineStep { .. } => "pipeline.step",
+            EventKind::RequestFinished { .. } => "request.finished",
             EventKind::CacheHit { .. } => "cache.hit",
             EventKind::CacheMiss { .. } => "cache.miss",
             EventKind::PoolCheckout { .. } => "pool.checkout",

@@ -136,6 +136,9 @@ pub(crate) struct Inner {
     /// How workers start (`None`: no pools).
     launch: Option<Launch>,
     started: Instant,
+    /// The Prometheus registry, when the builder installed it.
+    #[cfg(feature = "prometheus")]
+    prometheus: Option<crate::prometheus::PrometheusMetrics>,
 }
 
 impl Drop for Inner {
@@ -184,6 +187,13 @@ impl Runtime {
     }
 
     // -------------------------------------------------------------- inspection
+
+    /// The runtime's metrics in the Prometheus text format, when it was
+    /// built with [`RuntimeBuilder::prometheus`].
+    #[cfg(feature = "prometheus")]
+    pub fn metrics_text(&self) -> Option<String> {
+        self.inner.prometheus.as_ref().map(|p| p.render())
+    }
 
     /// A snapshot of the supervision tree.
     pub async fn tree(&self) -> Result<TreeNode> {

@@ -36,6 +36,8 @@ pub struct RuntimeBuilder {
     python_lm: Option<Value>,
     progress: Option<EnvProgress>,
     extra_children: Vec<ChildSpec>,
+    #[cfg(feature = "prometheus")]
+    prometheus: bool,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -46,7 +48,15 @@ impl std::fmt::Debug for RuntimeBuilder {
 impl RuntimeBuilder {
     /// Start from a configuration.
     pub fn from_config(config: RuntimeConfig) -> RuntimeBuilder {
-        RuntimeBuilder { config, native_lm: None, python_lm: None, progress: None, extra_children: Vec::new() }
+        RuntimeBuilder {
+            config,
+            native_lm: None,
+            python_lm: None,
+            progress: None,
+            extra_children: Vec::new(),
+            #[cfg(feature = "prometheus")]
+            prometheus: false,
+        }
     }
 
     /// The default LM (an OpenAI-compatible service), for both routes.
@@ -129,6 +139,15 @@ impl RuntimeBuilder {
     /// debug console is one).
     pub fn child(mut self, child: ChildSpec) -> RuntimeBuilder {
         self.extra_children.push(child);
+        self
+    }
+
+    /// Record the runtime's metrics in a Prometheus registry (installed
+    /// once per process; see [`crate::prometheus`]), rendered by
+    /// [`Runtime::metrics_text`].
+    #[cfg(feature = "prometheus")]
+    pub fn prometheus(mut self) -> RuntimeBuilder {
+        self.prometheus = true;
         self
     }
 
@@ -257,6 +276,9 @@ async fn start(b: RuntimeBuilder) -> Result<Runtime> {
             return Err(Error::new(ErrorKind::Config, format!("two pools are named {}", p.name)));
         }
     }
+    // The recorder goes in before the runtime records anything.
+    #[cfg(feature = "prometheus")]
+    let prometheus = if b.prometheus { Some(crate::prometheus::install()?) } else { None };
     let telemetry = Telemetry::new();
     let progress: EnvProgress = b.progress.unwrap_or_else(|| Arc::new(|m: &str| info!(target: "dspex::env", "{m}")));
     let (pools, launch) = build_pools(&config, &telemetry, &*progress).await?;
@@ -313,6 +335,8 @@ async fn start(b: RuntimeBuilder) -> Result<Runtime> {
             root_done: Mutex::new(Some(root_done)),
             launch,
             started,
+            #[cfg(feature = "prometheus")]
+            prometheus,
         }),
     };
     for p in rt.pools() {
