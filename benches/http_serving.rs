@@ -50,7 +50,8 @@ fn main() {
     let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
 
     let (rt, lm, api) = server_rt.block_on(async {
-        let lm = LmServer::start(OfflineResponder::with_latency(Duration::from_millis(lm_ms))).await.expect("LM server");
+        let lm =
+            LmServer::start(OfflineResponder::with_latency(Duration::from_millis(lm_ms))).await.expect("LM server");
         let config = LmConfig::new("offline").with_base_url(lm.base_url()).with_api_key("bench").with_temperature(0.0);
         let rt = Runtime::builder().native_only().lm(config).prometheus().start().await.expect("runtime");
         let api = HttpApi::new(&rt)

@@ -420,6 +420,8 @@ mod tests {
         let native = ctx.meta(Route::Native, Ran { elapsed: Duration::from_micros(70), ..Default::default() });
         assert_eq!((native.timings.execution_us, native.timings.transport_us, native.pool), (70, 0, None));
         let ran = Ran { elapsed: Duration::from_micros(90), lm: Some(Duration::from_micros(60)), ..Default::default() };
+        // The request has run longer than its LM calls (the total is real time).
+        std::thread::sleep(Duration::from_millis(1));
         let native = ctx.meta(Route::Native, ran);
         assert_eq!((native.timings.execution_us, native.timings.lm_us), (90, 60));
         assert!(native.timings.overhead_us + 60 == native.timings.total_us);
