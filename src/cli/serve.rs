@@ -49,6 +49,7 @@ async fn build_with(
     lm: LmFlags,
     flags: &ClusterFlags,
     local: Local,
+    // Record Prometheus metrics (also whenever the file has `[http]`).
     prometheus: bool,
 ) -> Result<Built> {
     let settings = lm.settings()?;
@@ -87,6 +88,8 @@ async fn build_with(
             None
         }
     };
+    #[cfg(feature = "prometheus")]
+    let prometheus = prometheus || cfg.http.is_some();
     let builder = RuntimeBuilder::from_config(cfg).on_progress(|m| eprintln!("  … {m}"));
     #[cfg(feature = "prometheus")]
     let builder = if prometheus { builder.prometheus() } else { builder };
@@ -126,15 +129,13 @@ pub struct ServeOptions {
 /// `dspex serve`: run until SIGTERM or SIGINT.
 pub async fn serve(opts: ServeOptions) -> Result<()> {
     let ServeOptions { config, socket, tcp, token, metrics, http, lm, cluster } = opts;
-    // Metrics are recorded when they are served: on their own address or
-    // by the HTTP API.
-    let http_wanted = http.is_some()
-        || config.as_deref().and_then(|p| RuntimeConfig::from_toml_file(p).ok()).is_some_and(|c| c.http.is_some());
     #[cfg(not(feature = "prometheus"))]
     if metrics.is_some() {
         return Err(Error::new(ErrorKind::Config, "this dspex was built without the `prometheus` feature"));
     }
-    let record = metrics.is_some() || http_wanted;
+    // Metrics are recorded when they are served: on their own address or by
+    // the HTTP API (`--http` here, or `[http]` in the file).
+    let record = metrics.is_some() || http.is_some();
     let endpoint = match tcp {
         Some(addr) => {
             let addr = addr

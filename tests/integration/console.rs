@@ -482,3 +482,30 @@ fn demo_run_and_doctor_work_offline() {
     assert_eq!(dspy["status"], "ok", "{dspy}");
     assert!(dspy["detail"].as_str().unwrap().contains("3.4.1"));
 }
+
+#[test]
+fn serve_with_an_http_section_records_and_serves_metrics() {
+    let dir = scratch("http-metrics");
+    let socket = dir.join("c.sock");
+    let config = support::repo_root().join("tests/fixtures/http/serve.toml");
+    let serve = Serve::start(&[config.to_str().unwrap(), "--console-socket", socket.to_str().unwrap()]);
+    // `[http]` in the file (no --http, no --metrics) is enough to record.
+    let addr = serve.ready.split("HTTP API at http://").nth(1).expect("the HTTP API's address").trim().to_string();
+    let addr = addr.split([' ', ',']).next().unwrap().to_string();
+    support::runtime().block_on(async {
+        let c = reqwest::Client::new();
+        let body = json!({"inputs": {"question": "What is 2 + 3?"}, "options": {"cache": false}});
+        let r = c
+            .post(format!("http://{addr}/v1/programs/qa/run"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let text = c.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(text.contains("dspex_overhead_seconds_count{route=\"native\"} 1"), "{text}");
+    });
+    assert_eq!(serve.stop(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -63,7 +63,7 @@ impl Telemetry {
 
     /// Report a request's result: its total time and the runtime's own
     /// part of it (the overhead histogram).
-    pub fn finished(&self, op: &str, meta: &Meta) {
+    pub(crate) fn finished(&self, op: &str, meta: &Meta) {
         self.emit_lazy(Some(&meta.trace_id), || EventKind::RequestFinished {
             op: op.into(),
             route: if meta.cached { "cache".into() } else { meta.route.label() },
