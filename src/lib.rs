@@ -61,6 +61,9 @@ pub use dspex_cluster as cluster;
 #[cfg(feature = "http")]
 pub mod http;
 
+#[cfg(feature = "otel")]
+pub mod otel;
+
 // The README's and the guides' code blocks are compiled and run as doctests:
 // an example in the docs that does not run is a bug.
 #[cfg(doctest)]

@@ -5,20 +5,79 @@ use dspex::native::lm::server::LmServer;
 use dspex::{LmConfig, LmSettings, Result, Value};
 
 /// Log to stderr: `DSPEX_LOG` (or `RUST_LOG`) as the filter, `default`
-/// otherwise; `DSPEX_LOG_FORMAT=json` for JSON lines.
-pub fn init_tracing(default: &str) {
+/// otherwise; `DSPEX_LOG_FORMAT=json` for JSON lines. Traces go to
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set (feature `otel`); a bad
+/// exporter setting is reported and logging goes on without it.
+pub fn init_tracing(default: &str) -> TracingGuard {
+    match init_tracing_with(default, None) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("dspex: tracing export is off: {}", e.message());
+            let _ = init_tracing_with(default, Some(""));
+            TracingGuard::default()
+        }
+    }
+}
+
+/// [`init_tracing`], exporting traces to `otlp` (over the environment);
+/// `Some("")` exports nowhere. Fails when the exporter cannot be set up.
+pub fn init_tracing_with(default: &str, otlp: Option<&str>) -> Result<TracingGuard> {
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("DSPEX_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if std::env::var("DSPEX_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let json = std::env::var("DSPEX_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json { fmt.json().with_filter(filter).boxed() } else { fmt.with_filter(filter).boxed() };
+    let guard = TracingGuard::new(otlp)?;
+    let registry = tracing_subscriber::registry().with(fmt);
+    #[cfg(feature = "otel")]
+    let _ = registry.with(guard.otel.as_ref().map(|o| o.layer())).try_init();
+    #[cfg(not(feature = "otel"))]
+    let _ = registry.try_init();
+    Ok(guard)
+}
+
+/// Keeps the trace exporter (if any) until the command ends, then flushes it.
+#[derive(Default)]
+pub struct TracingGuard {
+    #[cfg(feature = "otel")]
+    otel: Option<dspex::otel::Otel>,
+}
+
+impl TracingGuard {
+    #[cfg(feature = "otel")]
+    fn new(otlp: Option<&str>) -> Result<TracingGuard> {
+        let config = match otlp {
+            Some("") => None,
+            Some(url) => Some(dspex::otel::OtelConfig::new(url).with_env()),
+            None => dspex::otel::OtelConfig::from_env(),
+        };
+        Ok(TracingGuard { otel: config.map(dspex::otel::Otel::install).transpose()? })
+    }
+
+    #[cfg(not(feature = "otel"))]
+    fn new(otlp: Option<&str>) -> Result<TracingGuard> {
+        match otlp {
+            Some(url) if !url.is_empty() => Err(dspex::Error::new(
+                dspex::ErrorKind::Config,
+                format!("cannot export traces to {url}: this dspex was built without the `otel` feature"),
+            )),
+            _ => Ok(TracingGuard::default()),
+        }
+    }
+}
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        #[cfg(feature = "otel")]
+        if let Some(otel) = self.otel.take() {
+            otel.shutdown();
+        }
+    }
 }
 
 /// The LM the runtime commands use: a real one from the environment, or the
@@ -101,7 +160,7 @@ pub fn describe(config: &LmConfig) -> String {
     }
 }
 
-fn ms(v: Option<&Value>) -> String {
+pub fn ms(v: Option<&Value>) -> String {
     let ms = v.and_then(Value::as_u64).unwrap_or(0);
     if ms < 1000 {
         format!("{ms}ms")

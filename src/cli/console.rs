@@ -18,6 +18,7 @@ use serde_json::json;
 use super::common::{render_tree, table};
 
 /// Where to connect.
+#[derive(Clone)]
 pub struct Target {
     /// A unix socket (the default one when neither is given).
     pub socket: Option<PathBuf>,
@@ -43,7 +44,8 @@ impl Stream for std::net::TcpStream {
     }
 }
 
-struct Client {
+/// A connection to a console endpoint.
+pub(super) struct Client {
     reader: BufReader<Box<dyn Stream>>,
     writer: Box<dyn Stream>,
     token: Option<String>,
@@ -62,8 +64,14 @@ impl Failure {
     }
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl Client {
-    fn connect(target: &Target) -> Result<Client, Failure> {
+    pub(super) fn connect(target: &Target) -> Result<Client, Failure> {
         let (a, b): (Box<dyn Stream>, Box<dyn Stream>) = match (&target.tcp, &target.socket) {
             (Some(addr), _) => {
                 let s = std::net::TcpStream::connect(addr)
@@ -106,7 +114,7 @@ impl Client {
         Ok(id)
     }
 
-    fn read(&mut self) -> Result<Value, Failure> {
+    pub(super) fn read(&mut self) -> Result<Value, Failure> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => Err(Failure::io("the console closed the connection".into())),
@@ -115,7 +123,7 @@ impl Client {
         }
     }
 
-    fn request(&mut self, cmd: &str, args: &[String]) -> Result<Value, Failure> {
+    pub(super) fn request(&mut self, cmd: &str, args: &[String]) -> Result<Value, Failure> {
         self.send(cmd, args)?;
         let reply = self.read()?;
         if reply["ok"] == json!(true) {
@@ -198,7 +206,7 @@ fn render(cmd: &str, v: &Value) -> String {
 }
 
 /// One event as a line: its name, its trace id, then its fields.
-fn render_event(e: &Value) -> String {
+pub(super) fn render_event(e: &Value) -> String {
     let name = e.get("event").and_then(Value::as_str).unwrap_or("?");
     let trace = e.get("trace_id").and_then(Value::as_str).unwrap_or("-");
     let fields: Vec<String> = e

@@ -7,6 +7,8 @@ mod demo;
 mod doctor;
 mod engine;
 mod serve;
+#[cfg(feature = "top")]
+mod top;
 
 use std::path::PathBuf;
 
@@ -101,6 +103,10 @@ enum Command {
         /// ADDR (over `[http] addr`; Cargo feature `http`).
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
+        /// Export traces over OTLP/HTTP to URL (`http://127.0.0.1:4318`; over
+        /// `OTEL_EXPORTER_OTLP_ENDPOINT`; Cargo feature `otel`).
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
         /// LM settings.
         #[command(flatten)]
         lm: common::LmFlags,
@@ -156,7 +162,18 @@ enum Command {
         /// With --once "events …": stop after this many events.
         #[arg(long, requires = "once")]
         count: Option<u64>,
+        /// `top`: a live full-screen view (tree, pools, sessions, routes,
+        /// events; Cargo feature `top`).
+        #[arg(value_name = "VIEW", conflicts_with = "once")]
+        view: Option<ConsoleView>,
     },
+}
+
+/// A full-screen view of `dspex console`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConsoleView {
+    /// Live tree, pools, sessions, routes and events.
+    Top,
 }
 
 fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -196,7 +213,7 @@ pub fn main() -> i32 {
         Command::Parse { adapter } => engine::parse(adapter),
         Command::Demo { lm } => {
             // The demo kills a worker on purpose: only errors are worth a log line.
-            common::init_tracing("error");
+            let _tracing = common::init_tracing("error");
             return match block_on(demo::demo(lm)) {
                 Ok(summary) => i32::from(summary.get("failed").and_then(Value::as_u64).unwrap_or(0) > 0),
                 Err(e) => {
@@ -206,7 +223,7 @@ pub fn main() -> i32 {
             };
         }
         Command::Run { pipeline, inputs, inputs_file, config, lm } => {
-            common::init_tracing("warn");
+            let _tracing = common::init_tracing("warn");
             serve::inputs(&inputs, inputs_file.as_deref())
                 .and_then(|inputs| block_on(serve::run(&pipeline, inputs, config, lm)))
         }
@@ -226,7 +243,7 @@ pub fn main() -> i32 {
             return i32::from(missing);
         }
         Command::Call { pool, command, args, config, on_node, idempotent, timeout, lm, cluster } => {
-            common::init_tracing("warn");
+            let _tracing = common::init_tracing("warn");
             block_on(serve::call(serve::CallArgs {
                 pool,
                 command,
@@ -239,8 +256,14 @@ pub fn main() -> i32 {
                 cluster,
             }))
         }
-        Command::Serve { config, console_socket, console_tcp, token, metrics, http, lm, cluster } => {
-            common::init_tracing("info");
+        Command::Serve { config, console_socket, console_tcp, token, metrics, http, otlp, lm, cluster } => {
+            let _tracing = match common::init_tracing_with("info", otlp.as_deref()) {
+                Ok(guard) => guard,
+                Err(e) => {
+                    eprintln!("dspex serve: {} ({})", e.message(), e.kind());
+                    return 1;
+                }
+            };
             let opts = serve::ServeOptions {
                 config,
                 socket: console_socket,
@@ -259,11 +282,18 @@ pub fn main() -> i32 {
                 }
             };
         }
-        Command::Console { socket, tcp, token, once, json, count } => {
+        Command::Console { socket, tcp, token, once, json, count, view } => {
             let target = console::Target { socket, tcp, token };
-            return match once {
-                Some(cmd) => console::once(&target, &cmd, json, count),
-                None => console::repl(&target),
+            return match (once, view) {
+                (Some(cmd), _) => console::once(&target, &cmd, json, count),
+                #[cfg(feature = "top")]
+                (None, Some(ConsoleView::Top)) => top::top(&target),
+                #[cfg(not(feature = "top"))]
+                (None, Some(ConsoleView::Top)) => {
+                    eprintln!("dspex console top: this dspex was built without the `top` feature");
+                    2
+                }
+                (None, None) => console::repl(&target),
             };
         }
     };

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use dspex_core::{DspyType, Field, FieldType};
 use dspex_native::validate::{matches_type, values_schema};
@@ -327,6 +328,28 @@ fn timeout(headers: &HeaderMap, max: Duration) -> std::result::Result<Option<Dur
     Ok(Some(Duration::from_millis(ms).min(max)))
 }
 
+/// The endpoint template a path is served by (`/v1/programs/{name}/run`),
+/// for the edge span's name: low-cardinality, unlike the path itself.
+fn route_of(path: &str) -> &'static str {
+    static TEMPLATES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let templates = TEMPLATES.get_or_init(|| {
+        let mut t: Vec<&'static str> = openapi::endpoints().iter().map(|e| e.path).collect();
+        t.dedup();
+        t
+    });
+    let matches = |template: &str| {
+        let (mut t, mut p) = (template.split('/'), path.split('/'));
+        loop {
+            match (t.next(), p.next()) {
+                (None, None) => return true,
+                (Some(ts), Some(ps)) if ts == ps || (ts.starts_with('{') && !ps.is_empty()) => {}
+                _ => return false,
+            }
+        }
+    };
+    templates.iter().copied().find(|t| matches(t)).unwrap_or("unmatched")
+}
+
 fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz")
 }
@@ -377,7 +400,21 @@ pub(crate) async fn edge(
         return echo(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Overloaded, msg).into_response());
     };
     req.extensions_mut().insert(Edge { trace_id: trace_id.clone(), timeout });
-    echo(next.run(req).await)
+    let span = tracing::debug_span!(
+        "dspex.http",
+        "otel.name" = %format_args!("{} {}", req.method(), route_of(req.uri().path())),
+        "http.route" = route_of(req.uri().path()),
+        "otel.kind" = "server",
+        "http.request.method" = %req.method(),
+        "url.path" = req.uri().path(),
+        "dspex.trace" = %trace_id,
+        "http.response.status_code" = tracing::field::Empty,
+    );
+    #[cfg(feature = "otel")]
+    crate::otel::adopt_parent(&span, traceparent.as_ref().and_then(|v| v.to_str().ok()));
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    echo(response)
 }
 
 // ------------------------------------------------------------ inputs

@@ -4,70 +4,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dspex"));
-    c.env("DSPEX_PYTHON", support::python()).env_remove("DSPEX_LM_BASE_URL").env("DSPEX_LOG", "warn");
-    c
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dspex-cli-{tag}-{}-{}", std::process::id(), fastrand::u32(..)));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-/// `dspex serve` running until dropped (SIGTERM, then reaped).
-struct Serve {
-    child: Child,
-    ready: String,
-}
-
-impl Serve {
-    fn start(args: &[&str]) -> Serve {
-        let mut child = bin()
-            .arg("serve")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dspex serve");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut ready = String::new();
-        out.read_line(&mut ready).expect("the ready line");
-        assert!(ready.contains("ready"), "dspex serve printed {ready:?}");
-        Serve { child, ready }
-    }
-
-    fn stop(mut self) -> i32 {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < end, "dspex serve did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{self, bin, scratch, Serve};
 
 fn console(socket: &Path, cmd: &str) -> (i32, Value) {
     let out = bin()

@@ -18,6 +18,8 @@ mod native_only;
 #[cfg(feature = "cluster")]
 mod nats;
 mod operations;
+#[cfg(all(feature = "otel", feature = "http"))]
+mod otel;
 mod parity;
 mod pipelines;
 mod real_lm;
@@ -26,4 +28,6 @@ mod runtime;
 mod sessions;
 mod supervision;
 mod support;
+#[cfg(feature = "top")]
+mod top;
 mod zygote;

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -92,4 +95,72 @@ pub async fn stream_to_end(mut stream: dspex::OutputStream) -> (Vec<String>, Box
         }
     }
     (chunks, done.expect("the stream ends with the prediction"))
+}
+
+/// The `dspex` binary, with the test venv's Python and quiet logs.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dspex"));
+    c.env("DSPEX_PYTHON", python()).env_remove("DSPEX_LM_BASE_URL").env("DSPEX_LOG", "warn");
+    c
+}
+
+/// A fresh scratch directory.
+pub fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dspex-cli-{tag}-{}-{}", std::process::id(), fastrand::u32(..)));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// `dspex serve` running until dropped (SIGTERM, then reaped).
+pub struct Serve {
+    child: Child,
+    /// The line `dspex serve` printed when it was ready.
+    pub ready: String,
+}
+
+impl Serve {
+    /// Start `dspex serve ARGS` and wait for its ready line.
+    pub fn start(args: &[&str]) -> Serve {
+        Serve::start_with(args, &[])
+    }
+
+    /// [`Serve::start`] with extra environment variables.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut child = bin()
+            .envs(env.iter().copied())
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dspex serve");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut ready = String::new();
+        out.read_line(&mut ready).expect("the ready line");
+        assert!(ready.contains("ready"), "dspex serve printed {ready:?}");
+        Serve { child, ready }
+    }
+
+    /// SIGTERM, then its exit code.
+    pub fn stop(mut self) -> i32 {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < end, "dspex serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

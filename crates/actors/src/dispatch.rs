@@ -26,7 +26,7 @@ use dspex_native::lm::LanguageModel;
 use dspex_native::PredictEvent;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 use crate::cache::{is_deterministic, CacheKey, ResultCache};
 use crate::cluster::Cluster;
@@ -252,6 +252,11 @@ impl Dispatcher {
     /// Run a program request: from the cache when it may be, else by its
     /// plan. `python`, when given, runs the plan's Python routes.
     pub(crate) async fn run(&self, req: &Request, python: Option<&dyn Target>) -> Result<Output> {
+        let span = request_span(req);
+        self.run_in_span(req, python).instrument(span).await
+    }
+
+    async fn run_in_span(&self, req: &Request, python: Option<&dyn Target>) -> Result<Output> {
         let trace = &req.ctx.trace_id;
         let op = req.program.op();
         let key = self.cache_key(req);
@@ -259,6 +264,7 @@ impl Dispatcher {
             if let Some(mut hit) = cache.get(k) {
                 self.shared.telemetry.emit_lazy(Some(trace), || EventKind::CacheHit { op: op.into() });
                 hit.meta.cached = true;
+                tracing::Span::current().record("route", "cache");
                 hit.meta.trace_id = trace.clone();
                 hit.meta.timings = crate::Timings::of(req.ctx.started.elapsed().as_micros() as u64, 0);
                 self.shared.telemetry.finished(op, &hit.meta);
@@ -292,6 +298,7 @@ impl Dispatcher {
     }
 
     fn plan(&self, req: &Request, shadow: Option<bool>, python: bool) -> Result<Plan> {
+        let _span = tracing::debug_span!("dspex.route", op = req.program.op()).entered();
         let native_ok = match (req.program.native_support(), self.shared.lms.native_for(&req.program)) {
             (Err(why), _) => Err(Cow::Borrowed(why)),
             (Ok(()), Err(why)) => Err(Cow::Owned(why)),
@@ -319,6 +326,7 @@ impl Dispatcher {
                 warn!(trace = %req.ctx.trace_id, op = req.program.op(), error = %e, "{} failed; falling back to {}", from.label(), route.label());
                 self.shared.router.record_fallback(req.program.op(), e, route);
             }
+            tracing::Span::current().record("route", tracing::field::display(route.label()));
             let result = match (route, python) {
                 (Route::Native, _) => self.run_native(req).await,
                 (Route::Python(_), Some(target)) => target.run(req).await,
@@ -454,10 +462,17 @@ impl Dispatcher {
 
     /// Run a program as a stream, by the first target of its plan.
     pub(crate) async fn stream(&self, req: Request) -> Result<OutputStream> {
+        // The span covers placing the stream (its items flow to the caller after).
+        let span = request_span(&req);
+        self.stream_in_span(req).instrument(span).await
+    }
+
+    async fn stream_in_span(&self, req: Request) -> Result<OutputStream> {
         let plan = self.plan(&req, Some(false), self.has_python())?;
         let reason = plan.reason.to_string();
         let router = self.shared.router.clone();
         let route = plan.primary().clone();
+        tracing::Span::current().record("route", tracing::field::display(route.label()));
         let trace = req.ctx.trace_id.clone();
         if route == Route::Native {
             let lm = TimedLm::new(self.native_lm(&req.program)?);
@@ -541,6 +556,7 @@ impl Dispatcher {
         args: Value,
         ctx: &RequestContext,
     ) -> Result<CallOutput> {
+        let span = tracing::debug_span!("dspex.request", op = command, trace = %ctx.trace_id, route = pool);
         let attempt = async {
             let plan = self.shared.router.plan_command(command, pool)?;
             let reply = self.pool_call(pool, command, args, &PoolCallOptions::for_request(ctx)).await;
@@ -551,7 +567,7 @@ impl Dispatcher {
             self.shared.telemetry.finished(command, &meta);
             Ok(CallOutput { meta, value })
         };
-        attempt.await.map_err(|e: Error| e.with_request_id(&ctx.trace_id))
+        attempt.instrument(span).await.map_err(|e: Error| e.with_request_id(&ctx.trace_id))
     }
 
     /// Run a streamed worker command on `pool` to its end; `progress` sees
@@ -564,6 +580,7 @@ impl Dispatcher {
         ctx: &RequestContext,
         progress: Option<ProgressFn>,
     ) -> Result<(Value, Meta)> {
+        let span = tracing::debug_span!("dspex.request", op = command, trace = %ctx.trace_id, route = pool);
         let attempt = async {
             let plan = self.shared.router.plan_command(command, pool)?;
             let opts = PoolCallOptions { idempotent: false, ..PoolCallOptions::for_request(ctx) };
@@ -598,8 +615,21 @@ impl Dispatcher {
             }
             Err(Error::new(ErrorKind::Protocol, format!("{command} ended without a result")).with_pool(pool))
         };
-        attempt.await.map_err(|e: Error| e.with_request_id(&ctx.trace_id))
+        attempt.instrument(span).await.map_err(|e: Error| e.with_request_id(&ctx.trace_id))
     }
+}
+
+/// The root span of one request: every phase (route, pool checkout, the
+/// worker call and the worker's own spans, native LM calls) is its child.
+/// Debug level: free unless a subscriber (the `otel` exporter) wants it.
+fn request_span(req: &Request) -> tracing::Span {
+    tracing::debug_span!(
+        "dspex.request",
+        op = req.program.op(),
+        trace = %req.ctx.trace_id,
+        session = req.ctx.options.session.as_deref(),
+        route = tracing::field::Empty,
+    )
 }
 
 /// The output of a Python program run (`dspy.run`, `session.run`, a

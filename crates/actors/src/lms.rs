@@ -161,34 +161,48 @@ fn add_since(spent: &AtomicU64, since: Instant) {
     spent.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
 }
 
+/// One native LM call (the HTTP client sends the span as `traceparent`).
+fn lm_span(request: &LmRequest) -> tracing::Span {
+    tracing::debug_span!("dspex.lm.call", messages = request.messages.len(), "otel.kind" = "client")
+}
+
 impl LanguageModel for TimedLm {
     fn complete(&self, request: LmRequest) -> BoxFuture<'_, Result<LmResponse>> {
-        Box::pin(async move {
-            let t = Instant::now();
-            let response = self.inner.complete(request).await;
-            add_since(&self.spent_us, t);
-            response
-        })
+        let span = lm_span(&request);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let t = Instant::now();
+                let response = self.inner.complete(request).await;
+                add_since(&self.spent_us, t);
+                response
+            },
+            span,
+        ))
     }
 
     fn stream(&self, request: LmRequest) -> BoxFuture<'_, Result<LmStream>> {
-        Box::pin(async move {
-            let t = Instant::now();
-            let stream = match self.inner.stream(request).await {
-                Ok(s) => s,
-                Err(e) => {
-                    add_since(&self.spent_us, t);
-                    return Err(e);
-                }
-            };
-            let spent = self.spent_us.clone();
-            let timed = stream.inspect(move |event| {
-                if matches!(event, Ok(LmEvent::Done(_)) | Err(_)) {
-                    add_since(&spent, t);
-                }
-            });
-            Ok(Box::pin(timed) as LmStream)
-        })
+        // The span covers the request until the LM starts answering.
+        let span = lm_span(&request);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let t = Instant::now();
+                let stream = match self.inner.stream(request).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        add_since(&self.spent_us, t);
+                        return Err(e);
+                    }
+                };
+                let spent = self.spent_us.clone();
+                let timed = stream.inspect(move |event| {
+                    if matches!(event, Ok(LmEvent::Done(_)) | Err(_)) {
+                        add_since(&spent, t);
+                    }
+                });
+                Ok(Box::pin(timed) as LmStream)
+            },
+            span,
+        ))
     }
 
     fn describe(&self) -> String {

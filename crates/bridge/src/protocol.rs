@@ -19,6 +19,7 @@
 
 use std::fmt;
 
+use dspex_core::trace::RemoteSpan;
 use dspex_core::{Error, ErrorKind, Result, Value};
 use serde::{Deserialize, Serialize};
 
@@ -169,6 +170,11 @@ pub enum Message {
         /// Trace id for the worker's logs.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trace_id: Option<String>,
+        /// W3C `traceparent` of the runtime's span for this request: when
+        /// set, the worker records its spans as children and returns them
+        /// in the response.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
         /// Whether chunks are wanted.
         #[serde(default)]
         stream: bool,
@@ -183,6 +189,9 @@ pub enum Message {
         /// The failure.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<WireError>,
+        /// The spans the worker recorded for a request with a `traceparent`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        spans: Vec<RemoteSpan>,
     },
     /// Worker → runtime: one stream item.
     Chunk {
@@ -275,6 +284,8 @@ struct Reply {
     data: Option<Value>,
     #[serde(default)]
     in_flight: Option<u64>,
+    #[serde(default)]
+    spans: Vec<RemoteSpan>,
 }
 
 /// Decode a frame body from a worker: [`decode_frame`], fast for the hot
@@ -291,9 +302,12 @@ pub fn decode_reply(body: &[u8]) -> Result<(Codec, Message)> {
         Ok(r) => Ok((
             codec,
             match r.kind.as_str() {
-                "response" => {
-                    Message::Response { id: r.id.ok_or_else(|| missing("response"))?, ok: r.ok, error: r.error }
-                }
+                "response" => Message::Response {
+                    id: r.id.ok_or_else(|| missing("response"))?,
+                    ok: r.ok,
+                    error: r.error,
+                    spans: r.spans,
+                },
                 "chunk" => Message::Chunk {
                     id: r.id.ok_or_else(|| missing("chunk"))?,
                     seq: r.seq.unwrap_or(0),
@@ -349,7 +363,9 @@ mod tests {
             let fast = decode_reply(&bytes[4..]).unwrap();
             // `ok: null` and a missing `ok` mean the same to the runtime.
             let norm = |m: Message| match m {
-                Message::Response { id, ok: Some(Value::Null), error } => Message::Response { id, ok: None, error },
+                Message::Response { id, ok: Some(Value::Null), error, spans } => {
+                    Message::Response { id, ok: None, error, spans }
+                }
                 other => other,
             };
             assert_eq!(norm(fast.1), norm(full.1), "{}", case["name"]);

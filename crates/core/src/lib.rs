@@ -18,6 +18,7 @@ pub mod program;
 pub mod runtime_config;
 pub mod signature;
 pub mod telemetry;
+pub mod trace;
 pub mod wire;
 
 pub use cluster::{ClusterConfig, NodeStatus, PoolStatus};

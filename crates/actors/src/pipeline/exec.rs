@@ -115,81 +115,85 @@ impl<'a> Executor<'a> {
 
     /// A step with its timeout, retries and `continue_on_error`.
     fn guarded<'s>(&'s self, node: &'s Node, ctx: &'s Map, path: &'s str) -> BoxFuture<'s, Result<Map>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let (max, backoff) =
-                node.spec.retry.as_ref().map(|r| (r.max_attempts.max(1), r.backoff_ms)).unwrap_or((1, 0));
-            let timeout = node.spec.timeout_ms.map(Duration::from_millis);
-            let mut attempts = 0;
-            let result = loop {
-                attempts += 1;
-                let fut = self.exec(node, ctx, path, timeout);
-                let r = match timeout {
-                    Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
-                        Err(Error::new(ErrorKind::Timeout, format!("step {path} took longer than {t:?}"))
-                            .with_retryable(true))
-                    }),
-                    None => fut.await,
-                };
-                match r {
-                    Err(e) if attempts < max && may_retry(&e) => {
-                        let wait = backoff.saturating_mul(1 << (attempts - 1).min(16)).min(30_000);
-                        tracing::debug!(run = %self.run, step = %path, attempt = attempts, error = %e, "step failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(wait)).await;
-                    }
-                    other => break other,
-                }
-            };
-            let elapsed_us = started.elapsed().as_micros() as u64;
-            let (record, out) = match result {
-                Ok(o) => (
-                    StepRecord {
-                        step: path.to_string(),
-                        kind: node.spec.kind,
-                        route: o.route.clone(),
-                        worker: o.worker.clone(),
-                        node: o.node.clone(),
-                        attempts,
-                        elapsed_us,
-                        ok: true,
-                        detail: o.detail.clone(),
-                        error: None,
-                    },
-                    Ok(rename(o.fields, &node.spec.outputs)),
-                ),
-                Err(e) => {
-                    let e = if e.context().step.is_none() { e.with_step(path) } else { e };
-                    let record = StepRecord {
-                        step: path.to_string(),
-                        kind: node.spec.kind,
-                        route: None,
-                        worker: e.context().worker.clone(),
-                        node: e.context().node.clone(),
-                        attempts,
-                        elapsed_us,
-                        ok: false,
-                        detail: None,
-                        error: Some(e.clone()),
+        let span = tracing::debug_span!("dspex.pipeline.step", run = %self.run, step = path);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let started = Instant::now();
+                let (max, backoff) =
+                    node.spec.retry.as_ref().map(|r| (r.max_attempts.max(1), r.backoff_ms)).unwrap_or((1, 0));
+                let timeout = node.spec.timeout_ms.map(Duration::from_millis);
+                let mut attempts = 0;
+                let result = loop {
+                    attempts += 1;
+                    let fut = self.exec(node, ctx, path, timeout);
+                    let r = match timeout {
+                        Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
+                            Err(Error::new(ErrorKind::Timeout, format!("step {path} took longer than {t:?}"))
+                                .with_retryable(true))
+                        }),
+                        None => fut.await,
                     };
-                    if node.spec.continue_on_error {
-                        tracing::warn!(run = %self.run, step = %path, error = %e, "step failed; continuing (continue_on_error)");
-                        self.failed.lock().push(path.to_string());
-                        (record, Ok(Map::new()))
-                    } else {
-                        (record, Err(e))
+                    match r {
+                        Err(e) if attempts < max && may_retry(&e) => {
+                            let wait = backoff.saturating_mul(1 << (attempts - 1).min(16)).min(30_000);
+                            tracing::debug!(run = %self.run, step = %path, attempt = attempts, error = %e, "step failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
+                        other => break other,
                     }
-                }
-            };
-            self.dispatcher.telemetry().emit_lazy(Some(self.run), || EventKind::PipelineStep {
-                run: self.run.to_string(),
-                step: record.step.clone(),
-                route: record.route.clone(),
-                elapsed_us,
-                ok: record.ok,
-            });
-            self.records.lock().push(record);
-            out
-        })
+                };
+                let elapsed_us = started.elapsed().as_micros() as u64;
+                let (record, out) = match result {
+                    Ok(o) => (
+                        StepRecord {
+                            step: path.to_string(),
+                            kind: node.spec.kind,
+                            route: o.route.clone(),
+                            worker: o.worker.clone(),
+                            node: o.node.clone(),
+                            attempts,
+                            elapsed_us,
+                            ok: true,
+                            detail: o.detail.clone(),
+                            error: None,
+                        },
+                        Ok(rename(o.fields, &node.spec.outputs)),
+                    ),
+                    Err(e) => {
+                        let e = if e.context().step.is_none() { e.with_step(path) } else { e };
+                        let record = StepRecord {
+                            step: path.to_string(),
+                            kind: node.spec.kind,
+                            route: None,
+                            worker: e.context().worker.clone(),
+                            node: e.context().node.clone(),
+                            attempts,
+                            elapsed_us,
+                            ok: false,
+                            detail: None,
+                            error: Some(e.clone()),
+                        };
+                        if node.spec.continue_on_error {
+                            tracing::warn!(run = %self.run, step = %path, error = %e, "step failed; continuing (continue_on_error)");
+                            self.failed.lock().push(path.to_string());
+                            (record, Ok(Map::new()))
+                        } else {
+                            (record, Err(e))
+                        }
+                    }
+                };
+                self.dispatcher.telemetry().emit_lazy(Some(self.run), || EventKind::PipelineStep {
+                    run: self.run.to_string(),
+                    step: record.step.clone(),
+                    route: record.route.clone(),
+                    elapsed_us,
+                    ok: record.ok,
+                });
+                self.records.lock().push(record);
+                out
+            },
+            span,
+        ))
     }
 
     fn exec<'s>(

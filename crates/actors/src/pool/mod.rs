@@ -35,7 +35,7 @@ use parking_lot::{Mutex, RwLock};
 use ractor::ActorRef;
 use serde::Serialize;
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::request::{Ran, RequestContext};
 use crate::supervisor::{
@@ -341,6 +341,11 @@ impl PoolShared {
         None
     }
 
+    /// Waiting in the pool's queue for a ready worker.
+    fn checkout_span(&self) -> tracing::Span {
+        tracing::debug_span!("dspex.pool.checkout", pool = %self.name)
+    }
+
     async fn checkout(self: &Arc<Self>, opts: &PoolCallOptions, avoid: Option<usize>) -> Result<(Lease, Duration)> {
         let started = Instant::now();
         // Newcomers take the fast path only when nobody waits: the queue is FIFO.
@@ -446,7 +451,7 @@ impl PoolHandle {
         let mut avoid = None;
         let mut retried = false;
         loop {
-            let (lease, queue) = match s.checkout(opts, avoid).await {
+            let (lease, queue) = match s.checkout(opts, avoid).instrument(s.checkout_span()).await {
                 Ok(x) => x,
                 Err(e) => {
                     s.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -507,7 +512,7 @@ impl PoolHandle {
     pub async fn stream(&self, op: &str, args: Value, opts: &PoolCallOptions) -> Result<PoolStream> {
         let s = &self.shared;
         s.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let (lease, queue) = s.checkout(opts, None).await.inspect_err(|_| {
+        let (lease, queue) = s.checkout(opts, None).instrument(s.checkout_span()).await.inspect_err(|_| {
             s.counters.failed.fetch_add(1, Ordering::Relaxed);
         })?;
         let inner = lease.worker.stream(op, args, &bridge_options(opts)).await.map_err(|e| e.with_pool(&s.name))?;

@@ -56,7 +56,7 @@ use parking_lot::Mutex;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::dispatch::Dispatcher;
 use crate::pipeline::{Pipeline, PipelineResult, PipelineRuns};
@@ -804,15 +804,21 @@ impl std::fmt::Debug for Session {
 /// Take the session for one request: in arrival order, one at a time.
 async fn enter(session: &SessionShared, deadline: Option<Instant>) -> Result<tokio::sync::MutexGuard<'_, WorkState>> {
     let guard = match (session.work.try_lock(), deadline) {
-        // Free: no timer needed.
+        // Free: no timer needed (and no span: nothing was waited for).
         (Ok(guard), _) => guard,
-        (Err(_), Some(d)) => tokio::time::timeout_at(d.into(), session.work.lock()).await.map_err(|_| {
-            let id = session.id();
-            Error::new(ErrorKind::Timeout, format!("session {id} was busy with earlier requests until the deadline"))
+        (Err(_), Some(d)) => tokio::time::timeout_at(d.into(), session.work.lock())
+            .instrument(lock_span(session))
+            .await
+            .map_err(|_| {
+                let id = session.id();
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("session {id} was busy with earlier requests until the deadline"),
+                )
                 .with_session(&id)
                 .with_retryable(true)
-        })?,
-        (Err(_), None) => session.work.lock().await,
+            })?,
+        (Err(_), None) => session.work.lock().instrument(lock_span(session)).await,
     };
     if session.closed.load(Ordering::Acquire) {
         let id = session.id();
@@ -822,6 +828,11 @@ async fn enter(session: &SessionShared, deadline: Option<Instant>) -> Result<tok
     }
     *session.last_active.lock() = Instant::now();
     Ok(guard)
+}
+
+/// Waiting for a busy session (its earlier requests run first).
+fn lock_span(session: &SessionShared) -> tracing::Span {
+    tracing::debug_span!("dspex.session.lock", session = %session.id())
 }
 
 /// After a request that changed the session: count it, touch it, write it.

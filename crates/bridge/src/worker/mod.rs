@@ -32,7 +32,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::process::{self, SpawnSpec};
 use crate::protocol::{decode_frame, decode_reply, encode_frame, Codec, Hello, Message, PROTOCOL_VERSION};
@@ -618,6 +618,7 @@ impl Worker {
             args,
             deadline_ms,
             trace_id: opts.trace_id.clone(),
+            traceparent: dspex_core::trace::current().filter(|cx| cx.sampled).map(|cx| cx.to_traceparent()),
             stream,
         })
     }
@@ -658,6 +659,13 @@ impl Worker {
 
     /// Run command `op` with `args` (a map) and wait for its result.
     pub async fn call(&self, op: &str, args: Value, opts: &CallOptions) -> Result<Value> {
+        // The transport phase: the worker's own spans (its command, DSPy's
+        // modules and LM calls) are recorded as this span's children.
+        let span = tracing::debug_span!("dspex.worker.call", op, worker = %self.name(), "otel.kind" = "client");
+        self.call_in_span(op, args, opts).instrument(span).await
+    }
+
+    async fn call_in_span(&self, op: &str, args: Value, opts: &CallOptions) -> Result<Value> {
         let (tx, rx) = oneshot::channel();
         let id = self.register(Slot::Call(tx))?;
         let codec = opts.codec.unwrap_or(self.shared().codec);
@@ -713,6 +721,11 @@ impl Worker {
 
     /// Run command `op` as a stream: its chunks, then its result.
     pub async fn stream(&self, op: &str, args: Value, opts: &CallOptions) -> Result<WorkerStream> {
+        let span = tracing::debug_span!("dspex.worker.stream", op, worker = %self.name(), "otel.kind" = "client");
+        self.stream_in_span(op, args, opts).instrument(span).await
+    }
+
+    async fn stream_in_span(&self, op: &str, args: Value, opts: &CallOptions) -> Result<WorkerStream> {
         let (tx, rx) = mpsc::channel(32);
         let id = self.register(Slot::Stream(tx))?;
         let codec = opts.codec.unwrap_or(self.shared().codec);
@@ -883,7 +896,8 @@ async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, p
             let Some(body) = read_frame(&mut reader, shared.max_frame).await? else { return Ok(()) };
             let (_, msg) = decode_reply(&body)?;
             match msg {
-                Message::Response { id, ok, error } => {
+                Message::Response { id, ok, error, spans } => {
+                    spans.into_iter().for_each(dspex_core::trace::record);
                     let slot = shared.pending.lock().remove(&id);
                     shared.completed.fetch_add(1, Ordering::Relaxed);
                     let result = match error {

@@ -20,6 +20,7 @@ import os
 
 import dspy
 from dspy.adapters.json_adapter import JSONAdapter
+from dspy.utils.callback import BaseCallback
 
 from . import dspy_patches  # noqa: F401 - the LMs built here call the patched DSPy
 from .lru import LruCache
@@ -114,6 +115,9 @@ def lm_context(ctx, lm_spec, adapter: str | None = None, **extra):
     on for their own run."""
     lm = build_lm(lm_spec, ctx)
     settings = {"lm": lm, "adapter": adapter_for(adapter), "track_usage": True, "disable_history": True, **extra}
+    recorder = getattr(ctx, "spans", None)
+    if recorder is not None:
+        settings["callbacks"] = [*dspy.settings.get("callbacks", []), SpanCallback(recorder)]
     report = LmReport()
     token = _lm_report.set(report)
     try:
@@ -121,3 +125,33 @@ def lm_context(ctx, lm_spec, adapter: str | None = None, **extra):
             yield report
     finally:
         _lm_report.reset(token)
+
+
+class SpanCallback(BaseCallback):
+    """Records DSPy's modules, LM calls and tools of one request as spans."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def on_module_start(self, call_id, instance, inputs):
+        self.recorder.start(call_id, f"dspy.{type(instance).__name__}", {"dspy.module": type(instance).__name__})
+
+    def on_module_end(self, call_id, outputs, exception=None):
+        self.recorder.finish(call_id, exception)
+
+    def on_lm_start(self, call_id, instance, inputs):
+        model = getattr(instance, "model", None) or type(instance).__name__
+        self.recorder.start(
+            call_id,
+            f"lm {model}",
+            {"gen_ai.operation.name": "chat", "gen_ai.request.model": model, "dspy.lm": type(instance).__name__},
+        )
+
+    def on_lm_end(self, call_id, outputs, exception=None):
+        self.recorder.finish(call_id, exception)
+
+    def on_tool_start(self, call_id, instance, inputs):
+        self.recorder.start(call_id, f"tool {getattr(instance, 'name', '?')}")
+
+    def on_tool_end(self, call_id, outputs, exception=None):
+        self.recorder.finish(call_id, exception)

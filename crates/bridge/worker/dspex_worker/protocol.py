@@ -52,12 +52,17 @@ def hello_message(
     }
 
 
-def ok_response(request_id, result) -> dict:
+def ok_response(request_id, result, spans: list | None = None) -> dict:
+    """``spans``: what the request recorded when it was traced (``spans.SpanRecorder``)."""
+    if spans:
+        return {"type": "response", "id": request_id, "ok": result, "spans": spans}
     return {"type": "response", "id": request_id, "ok": result}
 
 
-def error_response(request_id, error: dict) -> dict:
+def error_response(request_id, error: dict, spans: list | None = None) -> dict:
     """``error``: type, kind, message, traceback, retryable (see ``server.classify``)."""
+    if spans:
+        return {"type": "response", "id": request_id, "error": error, "spans": spans}
     return {"type": "response", "id": request_id, "error": error}
 
 

@@ -49,12 +49,25 @@ class DeadlineExceeded(CommandError):
 class Context:
     """What a command knows about the request it serves."""
 
-    __slots__ = ("request_id", "session", "trace_id", "deadline", "stream", "_cancelled", "_emit", "_seq", "_on_cancel")
+    __slots__ = (
+        "request_id",
+        "session",
+        "trace_id",
+        "spans",
+        "deadline",
+        "stream",
+        "_cancelled",
+        "_emit",
+        "_seq",
+        "_on_cancel",
+    )
 
-    def __init__(self, request_id, session=None, trace_id=None, deadline=None, stream=False, emit=None):
+    def __init__(self, request_id, session=None, trace_id=None, deadline=None, stream=False, emit=None, spans=None):
         self.request_id = request_id
         self.session = session
         self.trace_id = trace_id
+        #: The request's ``spans.SpanRecorder`` when the runtime traces it, else None.
+        self.spans = spans
         #: ``time.monotonic()`` value after which the caller has given up, or None.
         self.deadline = deadline
         self.stream = stream

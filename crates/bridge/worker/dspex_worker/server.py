@@ -30,6 +30,7 @@ from .protocol import (
     pong_message,
 )
 from .registry import CommandError, Context, DeadlineExceeded, registry
+from .spans import SpanRecorder
 
 log = logging.getLogger("dspex_worker")
 # The request a log line belongs to: per thread, and per task on the loop.
@@ -104,6 +105,7 @@ class Worker:
     # -- requests and their replies ------------------------------------------
     def _run(self, tag, cmd, ctx: Context, args: dict, stream: bool) -> None:
         token = _request_id.set(ctx.trace_id or ctx.request_id)
+        self._span_start(cmd, ctx)
         try:
             ctx.check()
             result = cmd.call(ctx, args)
@@ -121,6 +123,7 @@ class Worker:
         """A request in its coroutine form, as a task on the worker's loop:
         ended by its deadline or a cancel at once, wherever it is waiting."""
         _request_id.set(ctx.trace_id or ctx.request_id)  # this task's own context
+        self._span_start(cmd, ctx)
         try:
             ctx.check()
             work = aio.guard_exits(cmd.start_coroutine(ctx, args))
@@ -152,18 +155,35 @@ class Worker:
         task = loop.create_task(self._run_on_loop(tag, cmd, ctx, args, stream))
         ctx.on_cancel(lambda: loop.call_soon_threadsafe(task.cancel))
 
+    def _span_start(self, cmd, ctx: Context) -> None:
+        if ctx.spans is not None:
+            ctx.spans.start(
+                "command",
+                f"python {cmd.name}",
+                {"dspex.op": cmd.name, "dspex.worker": self.worker_id, "otel.kind": "server"},
+            )
+
+    @staticmethod
+    def _spans(ctx: Context, exc: BaseException | None = None) -> list | None:
+        if ctx.spans is None:
+            return None
+        ctx.spans.finish("command", exc)
+        return ctx.spans.take()
+
     def _succeed(self, tag, ctx: Context, stream: bool, result) -> None:
+        spans = self._spans(ctx)
         if stream:
             self.writer.send(tag, end_message(ctx.request_id))
-        self.writer.send(tag, ok_response(ctx.request_id, result))
+        self.writer.send(tag, ok_response(ctx.request_id, result, spans))
 
     def _fail(self, tag, cmd, ctx: Context, stream: bool, exc: BaseException) -> None:
         if not isinstance(exc, CommandError):
             log.warning("command %s failed: %s: %s", cmd.name, type(exc).__name__, exc)
         error = classify(exc)
+        spans = self._spans(ctx, exc)
         if stream:
             self.writer.send(tag, end_message(ctx.request_id))
-        self.writer.send(tag, error_response(ctx.request_id, error))
+        self.writer.send(tag, error_response(ctx.request_id, error, spans))
 
     def _send_error(self, tag, rid, exc: BaseException) -> None:
         self.writer.send(tag, error_response(rid, classify(exc)))
@@ -176,14 +196,18 @@ class Worker:
         if deadline_ms is not None and deadline_ms <= 0:
             self._send_error(tag, rid, DeadlineExceeded(f"request {rid} ran past its deadline"))
             return
+        ctx = Context(
+            rid, msg.get("session"), msg.get("trace_id"), spans=SpanRecorder.for_request(msg.get("traceparent"))
+        )
+        self._span_start(cmd, ctx)
         try:
             if not isinstance(args, dict):
                 raise CommandError("request args must be a map", kind="invalid_request")
-            result = cmd.call(Context(rid, msg.get("session"), msg.get("trace_id")), args)
+            result = cmd.call(ctx, args)
         except BaseException as exc:  # noqa: BLE001
-            self._send_error(tag, rid, exc)
+            self.writer.send(tag, error_response(rid, classify(exc), self._spans(ctx, exc)))
         else:
-            self.writer.send(tag, ok_response(rid, result))
+            self.writer.send(tag, ok_response(rid, result, self._spans(ctx)))
 
     def _request(self, tag: int, msg: dict) -> None:
         rid = msg.get("id")
@@ -204,7 +228,13 @@ class Worker:
             self.writer.send(tag, chunk_message(rid, seq, data))
 
         ctx = Context(
-            rid, session=msg.get("session"), trace_id=msg.get("trace_id"), deadline=deadline, stream=stream, emit=emit
+            rid,
+            session=msg.get("session"),
+            trace_id=msg.get("trace_id"),
+            deadline=deadline,
+            stream=stream,
+            emit=emit,
+            spans=SpanRecorder.for_request(msg.get("traceparent")),
         )
         if cmd.inline:
             self._run(tag, cmd, ctx, args, stream)

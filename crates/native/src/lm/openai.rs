@@ -232,6 +232,10 @@ impl OpenAiClient {
             if let Some(id) = &request.request_id {
                 req = req.header("x-request-id", id);
             }
+            // W3C trace context of the runtime's LM-call span, when traced.
+            if let Some(cx) = dspex_core::trace::current().filter(|cx| cx.sampled) {
+                req = req.header("traceparent", cx.to_traceparent());
+            }
             let (err, hint) = match req.send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => {
