@@ -151,12 +151,6 @@ fn us(v: u64) -> String {
     fmt(Duration::from_micros(v))
 }
 
-fn progress_bar(done: u64, total: u64) -> String {
-    let width = 30;
-    let filled = (done.min(total) * width).checked_div(total).unwrap_or(0) as usize;
-    format!("[{}{}] {done}/{total}", "#".repeat(filled), "-".repeat(width as usize - filled))
-}
-
 /// The demo's LM settings where neither flags nor the environment set them:
 /// short replies, deterministic sampling, so a run with a slow real model
 /// takes minutes, not hours.
@@ -375,25 +369,19 @@ pub async fn demo(flags: LmFlags) -> Result<Value> {
             .param("max_bootstrapped_demos", json!(3))
             .param("max_labeled_demos", json!(0))
             .input_keys(["question"]);
-        let total = Arc::new(AtomicU64::new(0));
-        let bar_total = total.clone();
-        let bar_out = out.clone();
-        let bar = Arc::new(move |p: &Value| {
-            let event = p.get("event").and_then(Value::as_str).unwrap_or("");
-            if let Some(n) = p.get("trainset").and_then(Value::as_u64) {
-                bar_total.store(n, Ordering::Relaxed);
+        // indicatif's bar on a terminal; in a log, the lines below say it all.
+        let bar = super::progress::Progress::stdout_bar("  bootstrapping demos");
+        let (shown, bar_out) = (bar.clone(), out.clone());
+        let progress = Arc::new(move |p: &Value| {
+            if let Some(bar) = &shown {
+                super::progress::show(bar, p);
             }
-            let all = p.get("total").and_then(Value::as_u64).unwrap_or(bar_total.load(Ordering::Relaxed));
-            let done = match event {
-                "progress" => p.get("done").and_then(Value::as_u64).unwrap_or(0),
-                "finished" => all,
-                _ => 0,
-            };
-            print!("\r  bootstrapping demos {}", progress_bar(done, all));
             bar_out.touch();
         });
-        let optimized = rt.optimize(req, Some(bar)).await;
-        println!();
+        let optimized = rt.optimize(req, Some(progress)).await;
+        if let Some(bar) = bar {
+            bar.finish();
+        }
         let optimized = optimized?;
         say!(
             out,

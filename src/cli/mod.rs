@@ -6,6 +6,8 @@ mod console;
 mod demo;
 mod doctor;
 mod engine;
+mod optimize;
+mod progress;
 mod serve;
 #[cfg(feature = "top")]
 mod top;
@@ -70,6 +72,71 @@ enum Command {
         /// A JSON file with the inputs.
         #[arg(long)]
         inputs_file: Option<PathBuf>,
+        /// Runtime settings (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// LM settings.
+        #[command(flatten)]
+        lm: common::LmFlags,
+    },
+    /// Compile a program with a DSPy optimizer on examples from a file; a
+    /// progress bar on a terminal, JSON lines on stderr otherwise; the
+    /// summary as JSON on stdout.
+    Optimize {
+        /// The program: a `[programs.NAME]` entry on its own, TOML or JSON
+        /// (`module`, `signature`, optionally `state_file`).
+        program: PathBuf,
+        /// Training examples: JSON Lines or a JSON array of objects.
+        #[arg(long)]
+        trainset: PathBuf,
+        /// Validation examples, for optimizers that take them.
+        #[arg(long)]
+        valset: Option<PathBuf>,
+        /// The DSPy optimizer: BootstrapFewShot, LabeledFewShot, MIPROv2, COPRO, GEPA, ...
+        #[arg(long, default_value = "BootstrapFewShot")]
+        optimizer: String,
+        /// The metric: exact_match, passage_match, or module:function.
+        #[arg(long, default_value = "exact_match")]
+        metric: String,
+        /// An optimizer argument, KEY=VALUE (VALUE as JSON when it is JSON); repeatable.
+        #[arg(long = "param", short = 'p')]
+        params: Vec<String>,
+        /// A `compile` argument, KEY=VALUE; repeatable.
+        #[arg(long = "compile-param")]
+        compile_params: Vec<String>,
+        /// The examples' input keys (comma-separated; the signature's inputs by default).
+        #[arg(long = "input-keys")]
+        input_keys: Vec<String>,
+        /// Write the optimized program (DSPy's `program.save` JSON) here.
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
+        /// Runtime settings (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Time allowed, in seconds (1 hour by default).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// LM settings.
+        #[command(flatten)]
+        lm: common::LmFlags,
+    },
+    /// Score a program on examples from a file with `dspy.Evaluate`; progress
+    /// as for `optimize`; the score as JSON on stdout.
+    Evaluate {
+        /// The program file (as for `optimize`).
+        program: PathBuf,
+        /// The examples: JSON Lines or a JSON array of objects.
+        #[arg(long)]
+        devset: PathBuf,
+        /// The metric: exact_match, passage_match, or module:function.
+        #[arg(long, default_value = "exact_match")]
+        metric: String,
+        /// A saved program (`optimize --out`) to apply over the file's own state.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Include every example's prediction and score.
+        #[arg(long)]
+        results: bool,
         /// Runtime settings (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -226,6 +293,40 @@ pub fn main() -> i32 {
             let _tracing = common::init_tracing("warn");
             serve::inputs(&inputs, inputs_file.as_deref())
                 .and_then(|inputs| block_on(serve::run(&pipeline, inputs, config, lm)))
+        }
+        Command::Optimize {
+            program,
+            trainset,
+            valset,
+            optimizer,
+            metric,
+            params,
+            compile_params,
+            input_keys,
+            out,
+            config,
+            timeout,
+            lm,
+        } => {
+            let _tracing = common::init_tracing("warn");
+            block_on(optimize::optimize(optimize::OptimizeArgs {
+                program,
+                trainset,
+                valset,
+                optimizer,
+                metric,
+                params,
+                compile_params,
+                input_keys,
+                out,
+                config,
+                timeout,
+                lm,
+            }))
+        }
+        Command::Evaluate { program, devset, metric, state, results, config, lm } => {
+            let _tracing = common::init_tracing("warn");
+            block_on(optimize::evaluate(optimize::EvaluateArgs { program, devset, metric, state, results, config, lm }))
         }
         Command::Doctor { json } => {
             let (report, missing) = match tokio_runtime() {

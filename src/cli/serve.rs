@@ -30,7 +30,7 @@ impl Built {
 /// `general` pool of `default_size` workers (none with `default_pool =
 /// false`: a client-only node); its LM, or the environment's, or the
 /// offline one; in the cluster the file or the flags name.
-async fn build(config: Option<&Path>, default_size: usize, lm: LmFlags, flags: &ClusterFlags) -> Result<Built> {
+pub async fn build(config: Option<&Path>, default_size: usize, lm: LmFlags, flags: &ClusterFlags) -> Result<Built> {
     build_with(config, default_size, lm, flags, Local::Default, false).await
 }
 

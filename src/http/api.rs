@@ -217,7 +217,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.error.reply())).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
@@ -396,8 +396,10 @@ pub(crate) async fn edge(
         Err(e) => return echo(e.into_response()),
     };
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        // The API's own admission limit: 429. A pool whose queue is full
+        // answers `overloaded` from inside, and that is a 503.
         let msg = "too many requests in flight: try again shortly";
-        return echo(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Overloaded, msg).into_response());
+        return echo(ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorKind::Overloaded, msg).into_response());
     };
     req.extensions_mut().insert(Edge { trace_id: trace_id.clone(), timeout });
     let span = tracing::debug_span!(

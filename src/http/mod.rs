@@ -21,8 +21,8 @@
 //! only listens on loopback. `X-Dspex-Timeout-Ms` sets a request's deadline
 //! (capped by `max_timeout_ms`); `X-Request-Id` and `traceparent` are taken
 //! as the request's trace id and echoed. Past `max_in_flight` requests, or
-//! when a pool's queue is full, requests are shed with `503` and
-//! `Retry-After`.
+//! past `max_in_flight` requests are shed with `429`, and when a pool's
+//! queue is full with `503`, both with `Retry-After`.
 //!
 //! ```no_run
 //! # async fn demo() -> dspex::Result<()> {

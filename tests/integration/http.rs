@@ -225,10 +225,10 @@ fn requests_past_the_in_flight_limit_are_shed_with_retry_after() {
         });
         let replies = futures_util::future::join_all(calls).await;
         let ok = replies.iter().filter(|r| r.status == 200).count();
-        let shed: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
+        let shed: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
         assert_eq!((ok, shed.len()), (2, 4), "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
         for r in shed {
-            assert_error(r, 503, "overloaded");
+            assert_error(r, 429, "overloaded");
             assert_eq!(r.headers["retry-after"], "1");
             assert_eq!(r.body["error"]["retryable"], true);
         }

@@ -18,6 +18,7 @@ mod native_only;
 #[cfg(feature = "cluster")]
 mod nats;
 mod operations;
+mod optimize;
 #[cfg(all(feature = "otel", feature = "http"))]
 mod otel;
 mod parity;

@@ -164,3 +164,98 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// A command running on a pseudo-terminal, its screen read back through a
+/// terminal emulator.
+pub struct Pty {
+    /// The process.
+    pub child: Child,
+    /// The terminal's master side: write keys here.
+    pub term: std::fs::File,
+    parser: std::sync::Arc<parking_lot::Mutex<vt100::Parser>>,
+}
+
+impl Pty {
+    /// Start `cmd` on a new `rows` x `cols` pseudo-terminal (stdin, stdout, stderr).
+    pub fn spawn(mut cmd: Command, rows: u16, cols: u16) -> Pty {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (0, 0);
+        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: openpty(3) fills the two descriptors we pass; `size` outlives the call.
+        let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+        assert_eq!(rc, 0, "openpty");
+        let stdio = |fd: i32| {
+            // SAFETY: dup(2) of a descriptor we own; the Stdio takes the copy.
+            unsafe { Stdio::from(std::os::fd::OwnedFd::from_raw_fd(libc::dup(fd))) }
+        };
+        let child = cmd
+            .env("TERM", "xterm-256color")
+            .stdin(stdio(slave))
+            .stdout(stdio(slave))
+            .stderr(stdio(slave))
+            .spawn()
+            .expect("start the command on a pty");
+        // SAFETY: the parent's copy of the slave is no longer needed.
+        unsafe {
+            libc::close(slave);
+        }
+        // SAFETY: we own the master descriptor.
+        let term = unsafe { std::fs::File::from_raw_fd(master) };
+        let parser = std::sync::Arc::new(parking_lot::Mutex::new(vt100::Parser::new(rows, cols, 0)));
+        let feed = parser.clone();
+        let mut reader = term.try_clone().expect("a second handle on the pty");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                feed.lock().process(&buf[..n]);
+            }
+        });
+        Pty { child, term, parser }
+    }
+
+    /// The screen's text now.
+    pub fn text(&self) -> String {
+        self.parser.lock().screen().contents()
+    }
+
+    /// Wait (30 s at most) until `ok` holds for the screen's text; that text.
+    pub fn wait(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.text();
+            if ok(&text) {
+                return text;
+            }
+            assert!(Instant::now() < end, "the screen never showed {what}:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait until the screen shows `needle`.
+    pub fn wait_for(&self, needle: &str) -> String {
+        self.wait(needle, |t| t.contains(needle))
+    }
+
+    /// Wait (10 s at most) for the process to exit; its status.
+    pub fn exit(&mut self) -> std::process::ExitStatus {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the pty's process") {
+                return status;
+            }
+            assert!(Instant::now() < end, "the process on the pty did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

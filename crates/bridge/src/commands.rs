@@ -121,6 +121,9 @@ pub struct OptimizeReply {
     /// Demos across its predictors.
     #[serde(default)]
     pub demos: u64,
+    /// What `program.save` adds to the state: `{"dependency_versions": ...}`.
+    #[serde(default)]
+    pub metadata: Value,
 }
 
 /// Arguments of [`EVALUATE`].

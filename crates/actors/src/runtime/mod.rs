@@ -111,6 +111,9 @@ pub struct Optimized {
     pub state: Value,
     /// Demos in the compiled program.
     pub demos: usize,
+    /// What DSPy's `program.save(path)` writes: the state and its
+    /// `metadata` (the versions DSPy's `program.load` checks).
+    pub saved: Value,
     /// Where and how it ran.
     pub meta: Meta,
 }
@@ -390,7 +393,12 @@ impl Runtime {
         let (value, meta) =
             d.stream_command(&pool, commands::OPTIMIZE, args, &d.context(opts, false), progress).await?;
         let reply: OptimizeReply = commands::from_reply(commands::OPTIMIZE, value)?;
+        let mut saved = reply.state.clone();
+        if let Some(s) = saved.as_object_mut() {
+            s.insert("metadata".into(), reply.metadata);
+        }
         Ok(Optimized {
+            saved,
             program: req.program.with_state(reply.state.clone()),
             state: reply.state,
             demos: reply.demos as usize,

@@ -139,6 +139,9 @@ impl WorkerConfig {
         // Without it, LiteLLM fetches its cost map from the network on first use.
         set("LITELLM_LOCAL_MODEL_COST_MAP", "True".into());
         set("TOKENIZERS_PARALLELISM", "false".into());
+        // Optimizers' tqdm bars would reach the logs as warnings; the worker
+        // reports their progress as events instead (`dspex optimize` draws it).
+        set("TQDM_DISABLE", "1".into());
         if let Some(n) = self.thread_caps {
             for k in [
                 "OMP_NUM_THREADS",

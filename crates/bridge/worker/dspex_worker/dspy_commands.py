@@ -13,6 +13,7 @@ import time
 
 import dspy
 from dspy.adapters.chat_adapter import ChatAdapter
+from dspy.utils.saving import get_dependency_versions
 
 from . import aio
 from .lms import build_lm, lm_context
@@ -265,7 +266,12 @@ def optimize(
     with lm_context(ctx, lm, program.get("adapter"), disable_history=False):
         compiled = cls(**init).compile(module, trainset=train, **compile_kwargs)
     ctx.emit({"event": "finished", "optimizer": optimizer, "evaluations": scorer.done})
-    return {"state": dump_state(compiled), "demos": sum(len(p.demos) for p in predictors(compiled))}
+    return {
+        "state": dump_state(compiled),
+        "demos": sum(len(p.demos) for p in predictors(compiled)),
+        # What `program.save(path)` adds: `program.load` checks it.
+        "metadata": {"dependency_versions": get_dependency_versions()},
+    }
 
 
 @command("dspy.state")
