@@ -166,6 +166,7 @@ fn a_request_is_one_trace_from_the_http_edge_into_the_python_workers_lm_call() {
     let request = one("dspex.request");
     assert_eq!(request.parent, http.id);
     assert_eq!(request.attributes.get("op").and_then(Value::as_str), Some("chain_of_thought"), "{request:?}");
+    assert_eq!(request.attributes.get("route").and_then(Value::as_str), Some("python:general"), "{request:?}");
     assert_eq!(one("dspex.route").parent, request.id);
     assert_eq!(one("dspex.pool.checkout").parent, request.id);
     let call = one("dspex.worker.call");

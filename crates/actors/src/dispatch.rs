@@ -326,7 +326,7 @@ impl Dispatcher {
                 warn!(trace = %req.ctx.trace_id, op = req.program.op(), error = %e, "{} failed; falling back to {}", from.label(), route.label());
                 self.shared.router.record_fallback(req.program.op(), e, route);
             }
-            tracing::Span::current().record("route", tracing::field::display(route.label()));
+            record_route(route);
             let result = match (route, python) {
                 (Route::Native, _) => self.run_native(req).await,
                 (Route::Python(_), Some(target)) => target.run(req).await,
@@ -472,7 +472,7 @@ impl Dispatcher {
         let reason = plan.reason.to_string();
         let router = self.shared.router.clone();
         let route = plan.primary().clone();
-        tracing::Span::current().record("route", tracing::field::display(route.label()));
+        record_route(&route);
         let trace = req.ctx.trace_id.clone();
         if route == Route::Native {
             let lm = TimedLm::new(self.native_lm(&req.program)?);
@@ -630,6 +630,14 @@ fn request_span(req: &Request) -> tracing::Span {
         session = req.ctx.options.session.as_deref(),
         route = tracing::field::Empty,
     )
+}
+
+/// Name the route on the request's span (no label is built when nothing records it).
+fn record_route(route: &Route) {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("route", tracing::field::display(route.label()));
+    }
 }
 
 /// The output of a Python program run (`dspy.run`, `session.run`, a
