@@ -196,4 +196,35 @@ mod tests {
         assert_eq!(Value::Object(m), json!({"k": 3, "name": "x", "on": true}));
         assert!(params(&["nokey".into()], "--param").unwrap_err().message().contains("KEY=VALUE"));
     }
+
+    #[test]
+    fn examples_files_are_jsonl_or_a_json_array_and_bad_ones_say_where() {
+        let dir = std::env::temp_dir().join(format!("dspex-examples-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let ok = load_examples(&write("a.jsonl", "{\"q\": 1}\n\n{\"q\": 2}\n")).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(load_examples(&write("b.json", "[{\"q\": 1}]")).unwrap().len(), 1);
+        for (name, text, why) in [
+            ("c.json", "[1]", "item 1 is not an object"),
+            ("d.json", "[", "not a JSON array"),
+            ("e.jsonl", "[]x", "not a JSON array"),
+            ("f.jsonl", "7\n", "line 1 is not a JSON object"),
+            ("g.jsonl", "\n\n", "no examples"),
+        ] {
+            let e = load_examples(&write(name, text)).unwrap_err();
+            assert!(e.message().contains(why), "{name}: {e}");
+        }
+        assert_eq!(load_examples(&dir.join("missing.jsonl")).unwrap_err().kind(), ErrorKind::Io);
+        let program = write("p.json", "{\"module\": \"predict\", \"signature\": \"question, context -> answer\"}");
+        let program = load_program(&program, None).unwrap();
+        assert_eq!(input_keys(&[], &program), vec!["question", "context"]);
+        assert_eq!(input_keys(&["a, b".into(), "c".into()], &program), vec!["a", "b", "c"]);
+        assert_eq!(load_program(&write("bad.toml", "module = 3"), None).unwrap_err().kind(), ErrorKind::Config);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

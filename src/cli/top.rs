@@ -71,18 +71,7 @@ pub fn top(target: &Target) -> i32 {
         (None, Some(path)) => path.display().to_string(),
         (None, None) => dspex::actors::console::default_socket().display().to_string(),
     };
-    let mut state = Top {
-        target: label,
-        pane: 0,
-        filter: String::new(),
-        editing: false,
-        snapshot: None,
-        disconnected: None,
-        events: VecDeque::new(),
-        latencies: HashMap::new(),
-        rates: HashMap::new(),
-        refreshes: 0,
-    };
+    let mut state = Top::new(label);
     let mut terminal = ratatui::init();
     let result = run(&mut terminal, &mut state, &rx);
     ratatui::restore();
@@ -112,6 +101,21 @@ fn run(terminal: &mut ratatui::DefaultTerminal, state: &mut Top, rx: &mpsc::Rece
 }
 
 impl Top {
+    fn new(target: String) -> Top {
+        Top {
+            target,
+            pane: 0,
+            filter: String::new(),
+            editing: false,
+            snapshot: None,
+            disconnected: None,
+            events: VecDeque::new(),
+            latencies: HashMap::new(),
+            rates: HashMap::new(),
+            refreshes: 0,
+        }
+    }
+
     fn apply(&mut self, update: Update) {
         match update {
             Update::Snapshot(s) => {
@@ -371,4 +375,80 @@ fn spawn_tail(target: Target, tx: mpsc::Sender<Update>) {
         }
         std::thread::sleep(Duration::from_millis(500));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn snapshot(requests: u64, at: Instant) -> Update {
+        Update::Snapshot(Box::new(Snapshot {
+            at,
+            tree: json!({"name": "dspex", "kind": "supervisor", "status": "running", "uptime_ms": 1500, "children": []}),
+            pools: json!([{"name": "general", "size": 2, "ready": 2, "in_flight": 0, "queued": 0, "requests": requests, "failed": 0}]),
+            sessions: json!([{"id": "s-1", "programs": 1, "turns": 3, "requests": 3, "idle_ms": 10}]),
+            routes: json!({"routes": {"native": 4}, "fallbacks": 0, "shadowed": 0, "divergences": 0,
+                "breakers": {"python:general": "closed"}, "recent": [{"op": "predict", "route": "native", "reason": "auto"}]}),
+        }))
+    }
+
+    #[test]
+    fn rates_latencies_and_every_pane_come_from_the_updates() {
+        let mut top = Top::new("sock".into());
+        assert_eq!(top.pane_lines(), vec!["waiting for the runtime...".to_string()]);
+        let t0 = Instant::now();
+        top.apply(snapshot(10, t0));
+        top.apply(snapshot(30, t0 + Duration::from_secs(2)));
+        assert_eq!(top.rates.get("general").copied(), Some(10.0));
+        for us in [800, 1_500, 12_000, 40_000] {
+            top.apply(Update::Event(json!({"event": "python.execute", "pool": "general", "elapsed_us": us})));
+        }
+        assert_eq!(top.percentiles("general"), ("12 ms".to_string(), "40 ms".to_string()));
+        assert_eq!(top.percentiles("other"), ("-".to_string(), "-".to_string()));
+        assert_eq!((micros(800), micros(1_500)), ("800 µs".to_string(), "1.5 ms".to_string()));
+        let panes: Vec<String> = (0..PANES.len())
+            .map(|i| {
+                top.pane = i;
+                top.pane_lines().join("\n")
+            })
+            .collect();
+        assert!(panes[0].contains("dspex [supervisor] running"), "{}", panes[0]);
+        assert!(panes[1].contains("10.0") && panes[1].contains("40 ms"), "{}", panes[1]);
+        assert!(panes[2].contains("s-1"), "{}", panes[2]);
+        assert!(panes[3].contains("python:general") && panes[3].contains("closed"), "{}", panes[3]);
+        assert!(panes[4].starts_with("python.execute"), "newest first: {}", panes[4]);
+        top.apply(Update::Disconnected("gone".into()));
+        assert_eq!(top.disconnected.as_deref(), Some("gone"));
+        assert!(routes_text(&json!({})).contains("(none yet)"));
+    }
+
+    #[test]
+    fn keys_switch_panes_edit_the_filter_and_quit() {
+        let mut top = Top::new("sock".into());
+        let none = KeyModifiers::NONE;
+        assert!(top.key(KeyCode::Tab, none) && top.pane == 1);
+        assert!(top.key(KeyCode::BackTab, none) && top.pane == 0);
+        assert!(top.key(KeyCode::Left, none) && top.pane == PANES.len() - 1);
+        assert!(top.key(KeyCode::Right, none) && top.pane == 0);
+        assert!(top.key(KeyCode::Char('4'), none) && top.pane == 3);
+        top.key(KeyCode::Char('/'), none);
+        for c in "abx".chars() {
+            top.key(KeyCode::Char(c), none);
+        }
+        top.key(KeyCode::Backspace, none);
+        top.key(KeyCode::Up, none);
+        assert!(top.key(KeyCode::Char('q'), none), "q while editing is text");
+        assert_eq!(top.filter, "abq");
+        top.key(KeyCode::Esc, none);
+        assert!(!top.editing && top.filter.is_empty());
+        top.key(KeyCode::Char('/'), none);
+        top.key(KeyCode::Char('z'), none);
+        top.key(KeyCode::Enter, none);
+        assert_eq!((top.editing, top.filter.as_str()), (false, "z"));
+        top.key(KeyCode::Esc, none);
+        assert!(top.filter.is_empty());
+        assert!(!top.key(KeyCode::Char('c'), KeyModifiers::CONTROL));
+        assert!(!top.key(KeyCode::Char('q'), none));
+    }
 }
