@@ -420,3 +420,54 @@ async fn bad_configuration_is_reported_not_hung() {
     let err = Runtime::from_config(err).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
 }
+
+/// An LM for ProgramOfThought: it writes code for the question (no digits in
+/// it, so the offline LM cannot answer by itself), then answers with what
+/// the sandbox printed, so the answer proves the code ran.
+fn code_writer(request: &Value) -> Reply {
+    let messages = request["messages"].as_array().cloned().unwrap_or_default();
+    let system = messages.first().and_then(|m| m["content"].as_str()).unwrap_or_default();
+    let user = messages.last().and_then(|m| m["content"].as_str()).unwrap_or_default();
+    if system.contains("`generated_code`") {
+        return Reply::text(
+            "[[ ## reasoning ## ]]\nMultiply.\n\n[[ ## generated_code ## ]]\n```python\nprint(6 * 7)\n```\n\n[[ ## completed ## ]]",
+        );
+    }
+    if let Some((_, rest)) = user.split_once("[[ ## code_output ## ]]\n") {
+        let shown = rest.split("\n\n").next().unwrap_or_default().trim();
+        // DSPy shows the output as a JSON string.
+        let printed = serde_json::from_str::<String>(shown).unwrap_or_else(|_| shown.to_string()).trim().to_string();
+        return Reply::text(format!(
+            "[[ ## reasoning ## ]]\nThe code printed it.\n\n[[ ## answer ## ]]\n{printed}\n\n[[ ## completed ## ]]"
+        ));
+    }
+    OfflineResponder::new().respond(request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn program_of_thought_runs_code_in_the_sandbox_and_best_of_n_needs_its_reward() {
+    let server = LmServer::start(code_writer).await.expect("LM server");
+    let lm = LmConfig::new("offline").with_base_url(server.base_url()).with_api_key("test").with_temperature(0.0);
+    let mut pool = PoolConfig::new("general").size(1).concurrency(2);
+    pool.python_path = vec![support::repo_root().join("tests/python")];
+    let rt = Runtime::builder().python(support::python()).pool(pool).lm(lm).start().await.unwrap();
+    let q = inputs(json!({"question": "What is six times seven?"}));
+
+    let pot = Program::new(ProgramSpec::program_of_thought("question -> answer"));
+    let out = rt.run(&pot, q.clone(), RequestOptions::default()).await.unwrap();
+    assert_eq!(out.meta.route, Route::Python("general".into()), "ProgramOfThought has no native form");
+    assert_eq!(out.get_str("answer"), Some("42"), "the sandbox's output: {:?}", out.prediction.fields);
+
+    let best = Program::new(ProgramSpec::best_of_n("question -> answer", 2, "dspex_test_helpers:short_answer", 1.0));
+    let out = rt.run(&best, q.clone(), RequestOptions::default()).await.unwrap();
+    assert!(out.get_str("answer").is_some(), "{:?}", out.prediction.fields);
+    for kind in [dspex::ModuleKind::BestOfN, dspex::ModuleKind::Refine] {
+        let mut spec = ProgramSpec::best_of_n("question -> answer", 2, "x:y", 1.0);
+        spec.module = kind;
+        spec.params.remove("reward_fn");
+        let err = rt.run(&Program::new(spec), q.clone(), RequestOptions::default()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
+        assert!(err.message().contains("reward_fn"), "no silent constant reward: {err}");
+    }
+    rt.shutdown().await.unwrap();
+}

@@ -28,3 +28,8 @@ def add(a: int, b: int) -> int:
 
 def exact_answer(example, pred, trace=None):
     return str(example.answer).strip() == str(pred.answer).strip()
+
+
+def short_answer(args, pred) -> float:
+    """A BestOfN/Refine reward: 1.0 for an answer of at most three words."""
+    return 1.0 if len(str(pred.answer).split()) <= 3 else 0.0

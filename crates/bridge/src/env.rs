@@ -101,17 +101,21 @@ impl EnvSpec {
         EnvSpec { name: name.into(), requirements, base_python: None }
     }
 
-    /// A preset: `general` (DSPy and the worker's codec), `optimizer` (plus
-    /// Optuna, which MIPROv2 uses), `neural` (plus NumPy for embedding work).
+    /// A preset: `general` (DSPy with its `deno` extra, which ProgramOfThought
+    /// runs generated code with, and the worker's codec), `optimizer` (plus
+    /// the `optuna` and `numpy` extras MIPROv2 and SIMBA need), `neural`
+    /// (plus NumPy and PyArrow for embeddings and numeric arrays).
     pub fn preset(name: &str) -> Option<EnvSpec> {
-        let base = vec![DSPY_REQUIREMENT.to_string(), "msgpack>=1.0".to_string()];
-        let extra: &[&str] = match name {
-            "general" => &[],
-            "optimizer" => &["optuna>=3.0"],
-            "neural" => &["numpy>=1.26"],
+        let version = DSPY_REQUIREMENT.trim_start_matches("dspy==");
+        let (extras, more): (&str, &[&str]) = match name {
+            "general" => ("deno", &[]),
+            "optimizer" => ("deno,numpy,optuna", &[]),
+            "neural" => ("deno,numpy", &["pyarrow>=14"]),
             _ => return None,
         };
-        Some(EnvSpec::new(name, base.into_iter().chain(extra.iter().map(|s| s.to_string())).collect()))
+        let mut requirements = vec![format!("dspy[{extras}]=={version}"), "msgpack>=1.0".to_string()];
+        requirements.extend(more.iter().map(|s| s.to_string()));
+        Some(EnvSpec::new(name, requirements))
     }
 
     /// The spec's cache key.
@@ -266,8 +270,11 @@ mod tests {
     #[test]
     fn presets_and_hashes() {
         let g = EnvSpec::preset("general").unwrap();
-        assert!(g.requirements.contains(&DSPY_REQUIREMENT.to_string()));
+        assert_eq!(g.requirements[0], "dspy[deno]==3.4.1");
         let o = EnvSpec::preset("optimizer").unwrap();
+        assert_eq!(o.requirements[0], "dspy[deno,numpy,optuna]==3.4.1", "MIPROv2 and SIMBA need optuna and numpy");
+        let n = EnvSpec::preset("neural").unwrap();
+        assert!(n.requirements.iter().any(|r| r.starts_with("pyarrow")), "{:?}", n.requirements);
         assert_ne!(g.hash(), o.hash());
         assert_eq!(g.hash(), EnvSpec::preset("general").unwrap().hash());
         assert!(EnvSpec::preset("nope").is_none());

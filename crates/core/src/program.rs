@@ -87,11 +87,13 @@ pub enum ModuleKind {
     ChainOfThought,
     /// `dspy.ReAct` (tools named in `params.tools` as import paths; Python only).
     React,
-    /// `dspy.ProgramOfThought` (needs Deno on the worker's PATH; Python only).
+    /// `dspy.ProgramOfThought` (generated code runs in DSPy's Deno sandbox,
+    /// from DSPy's `deno` extra; Python only).
     ProgramOfThought,
     /// `dspy.MultiChainComparison` (`params.M`; Python only).
     MultiChainComparison,
-    /// `dspy.BestOfN` (`params.N`, `params.reward_fn`, `params.threshold`; Python only).
+    /// `dspy.BestOfN` (`params.N`, `params.threshold` and the required
+    /// `params.reward_fn`, an import path; Python only).
     BestOfN,
     /// `dspy.Refine` (as `BestOfN`; Python only).
     Refine,
@@ -196,6 +198,35 @@ impl ProgramSpec {
         let tools: Vec<Value> = tools.into_iter().map(|t| Value::String(t.into())).collect();
         ProgramSpec { module: ModuleKind::React, ..ProgramSpec::predict(signature) }
             .with_param("tools", Value::Array(tools))
+    }
+
+    /// A `ProgramOfThought` program: the LM writes Python, DSPy runs it in
+    /// its sandboxed interpreter (Pyodide on Deno) and answers from the output.
+    pub fn program_of_thought(signature: impl Into<SignatureSpec>) -> ProgramSpec {
+        ProgramSpec { module: ModuleKind::ProgramOfThought, ..ProgramSpec::predict(signature) }
+    }
+
+    /// A `MultiChainComparison` program over `m` reasoning attempts (the
+    /// `completions` input).
+    pub fn multi_chain_comparison(signature: impl Into<SignatureSpec>, m: u32) -> ProgramSpec {
+        ProgramSpec { module: ModuleKind::MultiChainComparison, ..ProgramSpec::predict(signature) }
+            .with_param("M", Value::from(m))
+    }
+
+    /// A `BestOfN` program: up to `n` ChainOfThought attempts, the first whose
+    /// reward reaches `threshold` wins. `reward_fn` is the import path of a
+    /// Python function `(args, prediction) -> float`; there is no default.
+    pub fn best_of_n(signature: impl Into<SignatureSpec>, n: u32, reward_fn: &str, threshold: f64) -> ProgramSpec {
+        ProgramSpec { module: ModuleKind::BestOfN, ..ProgramSpec::predict(signature) }
+            .with_param("N", Value::from(n))
+            .with_param("reward_fn", Value::String(reward_fn.to_string()))
+            .with_param("threshold", Value::from(threshold))
+    }
+
+    /// A `Refine` program: as [`ProgramSpec::best_of_n`], with DSPy's
+    /// feedback between attempts.
+    pub fn refine(signature: impl Into<SignatureSpec>, n: u32, reward_fn: &str, threshold: f64) -> ProgramSpec {
+        ProgramSpec { module: ModuleKind::Refine, ..ProgramSpec::best_of_n(signature, n, reward_fn, threshold) }
     }
 
     /// Set one module parameter.

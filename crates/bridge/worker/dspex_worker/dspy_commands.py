@@ -227,6 +227,7 @@ OPTIMIZERS = {
     "BootstrapFewShotWithRandomSearch": "dspy.teleprompt:BootstrapFewShotWithRandomSearch",
     "MIPROv2": "dspy.teleprompt:MIPROv2",
     "COPRO": "dspy.teleprompt:COPRO",
+    "SIMBA": "dspy.teleprompt:SIMBA",
     "GEPA": "dspy.teleprompt:GEPA",
 }
 

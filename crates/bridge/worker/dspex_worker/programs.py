@@ -16,13 +16,13 @@ from __future__ import annotations
 import ast
 import importlib
 import json
-import shutil
 
 import dspy
 from dspy.adapters.chat_adapter import ChatAdapter
 from dspy.adapters.json_adapter import JSONAdapter
 from dspy.signatures.signature import _parse_type_node
 
+from . import sandbox
 from .lru import LruCache
 from .registry import InvalidArguments, Unsupported
 from .values import jsonable
@@ -104,17 +104,23 @@ def build_program(spec: dict):
             raise InvalidArguments("react needs `params.tools`: import paths of the tool functions")
         module = dspy.ReAct(sig, tools=tools, max_iters=int(params.get("max_iters", 5)))
     elif kind == "program_of_thought":
-        if shutil.which("deno") is None:
+        if sandbox.deno_binary() is None:
             raise Unsupported(
-                "ProgramOfThought runs generated code in DSPy's sandboxed interpreter, which needs Deno "
-                "(https://deno.land) on the worker's PATH; it is not installed here"
+                "ProgramOfThought runs generated code in DSPy's sandboxed interpreter, which needs Deno: "
+                "install DSPy's deno extra (pip install 'dspy[deno]') in the worker's environment"
             )
-        module = dspy.ProgramOfThought(sig, max_iters=int(params.get("max_iters", 3)))
+        module = dspy.ProgramOfThought(
+            sig, max_iters=int(params.get("max_iters", 3)), interpreter_factory=sandbox.interpreter
+        )
     elif kind == "multi_chain_comparison":
         module = dspy.MultiChainComparison(sig, M=int(params.get("M", 3)))
     elif kind in ("best_of_n", "refine"):
         inner = build_program({**spec, "module": params.get("inner", "chain_of_thought"), "params": {}})
-        reward = import_object(params["reward_fn"]) if "reward_fn" in params else (lambda args, pred: 1.0)
+        if not params.get("reward_fn"):
+            raise InvalidArguments(
+                f"{kind} needs `params.reward_fn`: the import path of a function (args, prediction) -> float"
+            )
+        reward = import_object(params["reward_fn"])
         cls = dspy.BestOfN if kind == "best_of_n" else dspy.Refine
         module = cls(
             module=inner, N=int(params.get("N", 3)), reward_fn=reward, threshold=float(params.get("threshold", 1.0))

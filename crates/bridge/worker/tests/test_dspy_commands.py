@@ -2,7 +2,6 @@
 
 import functools
 import os
-import shutil
 import sys
 import time
 
@@ -88,14 +87,44 @@ def test_react_calls_a_tool(worker):
     assert "5" in str(fields["trajectory"]), fields["trajectory"]
 
 
-def test_program_of_thought_says_what_is_missing(worker):
-    resp, _ = worker.call(
-        "dspy.run",
-        {"program": {"module": "program_of_thought", "signature": "q -> a"}, "inputs": {"q": "1+1"}, "lm": dummy()},
+def test_program_of_thought_runs_the_generated_code_in_the_deno_sandbox(worker):
+    # DSPy's deno extra provides the binary; the sandbox needs no deno.land.
+    code = "```python\nresult = 6 * 7\nprint(result)\n```"
+    lm = dummy(
+        {"reasoning": "multiply", "generated_code": code},
+        {"reasoning": "the code printed 42", "answer": "42"},
     )
-    if shutil.which("deno") is None:
-        assert resp["error"]["kind"] == "unsupported"
-        assert "Deno" in resp["error"]["message"]
+    program = {"module": "program_of_thought", "signature": "question -> answer"}
+    resp, _ = worker.call("dspy.run", {"program": program, "inputs": {"question": "What is 6 times 7?"}, "lm": lm})
+    assert resp["ok"]["fields"]["answer"] == "42", resp
+
+
+def test_program_of_thought_without_deno_says_what_is_missing(worker, monkeypatch):
+    from dspex_worker import programs, sandbox
+
+    monkeypatch.setattr(sandbox, "deno_binary", lambda: None)
+    with pytest.raises(programs.Unsupported, match="deno extra"):
+        programs.build_program({"module": "program_of_thought", "signature": "q -> a"})
+    with pytest.raises(programs.Unsupported, match="deno extra"):
+        sandbox.interpreter()
+
+
+def test_the_sandbox_import_map_stands_in_for_deno_land(tmp_path, monkeypatch):
+    import json
+
+    from dspex_worker import sandbox
+
+    monkeypatch.setattr(sandbox, "_import_map", None)
+    monkeypatch.setattr(sandbox.tempfile, "gettempdir", lambda: str(tmp_path))
+    path = sandbox.import_map()
+    mapping = json.load(open(path))["imports"]
+    (target,) = mapping.values()
+    assert list(mapping) == [sandbox._STD_IO_URL]
+    assert open(target[len("file://") :]).read() == sandbox._STD_IO
+    assert sandbox.import_map() == path
+    interp = sandbox.interpreter()
+    assert interp.deno_command[1:3] == ["run", f"--import-map={path}"]
+    interp.shutdown()
 
 
 def test_multi_chain_comparison_best_of_n_refine(worker):
@@ -125,6 +154,14 @@ def test_multi_chain_comparison_best_of_n_refine(worker):
             },
         )
         assert resp["ok"]["fields"]["answer"] == "4", (kind, resp)
+
+
+def test_best_of_n_and_refine_need_a_reward(worker):
+    for kind in ("best_of_n", "refine"):
+        program = {"module": kind, "signature": "question -> answer", "params": {"N": 2}}
+        resp, _ = worker.call("dspy.run", {"program": program, "inputs": {"question": "2+2?"}, "lm": dummy()})
+        assert resp["error"]["kind"] == "invalid_request", resp
+        assert "reward_fn" in resp["error"]["message"]
 
 
 def test_parallel(worker):
