@@ -24,7 +24,7 @@ from dspy.signatures.signature import _parse_type_node
 
 from . import sandbox
 from .lru import LruCache
-from .registry import InvalidArguments, Unsupported
+from .registry import InvalidArguments
 from .values import jsonable
 
 
@@ -104,11 +104,7 @@ def build_program(spec: dict):
             raise InvalidArguments("react needs `params.tools`: import paths of the tool functions")
         module = dspy.ReAct(sig, tools=tools, max_iters=int(params.get("max_iters", 5)))
     elif kind == "program_of_thought":
-        if sandbox.deno_binary() is None:
-            raise Unsupported(
-                "ProgramOfThought runs generated code in DSPy's sandboxed interpreter, which needs Deno: "
-                "install DSPy's deno extra (pip install 'dspy[deno]') in the worker's environment"
-            )
+        sandbox.require_deno("ProgramOfThought")
         module = dspy.ProgramOfThought(
             sig, max_iters=int(params.get("max_iters", 3)), interpreter_factory=sandbox.interpreter
         )

@@ -56,6 +56,15 @@ def deno_binary() -> str | None:
     return path if os.path.isabs(path) and os.access(path, os.X_OK) else None
 
 
+def require_deno(module: str) -> None:
+    """Fail with ``Unsupported`` when ``module`` cannot have its sandbox here."""
+    if deno_binary() is None:
+        raise Unsupported(
+            f"{module} runs generated code in DSPy's sandboxed interpreter, which needs Deno: "
+            "install DSPy's deno extra (pip install 'dspy[deno]') in the worker's environment"
+        )
+
+
 def import_map() -> str:
     """The import map file (written on first use, private to this user)."""
     global _import_map
@@ -78,8 +87,8 @@ def _write_once(path: str, content: str) -> None:
         with open(path, encoding="utf-8") as f:
             if f.read() == content:
                 return
-    staging = f"{path}.{os.getpid()}"
-    with open(staging, "w", encoding="utf-8") as f:
+    fd, staging = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".staging-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(content)
     os.replace(staging, path)
 
@@ -88,11 +97,7 @@ def interpreter():
     """A new sandboxed interpreter (DSPy's ``interpreter_factory`` contract)."""
     from dspy.primitives.python_interpreter import PythonInterpreter
 
-    if deno_binary() is None:
-        raise Unsupported(
-            "this module runs generated code in DSPy's sandboxed interpreter, which needs Deno: "
-            "install DSPy's deno extra (pip install 'dspy[deno]') in the worker's environment"
-        )
+    require_deno("this module")
     interp = PythonInterpreter()
     # deno_command is [deno, "run", flags..., runner.js, ...]: the map goes with the flags.
     interp.deno_command.insert(2, f"--import-map={import_map()}")

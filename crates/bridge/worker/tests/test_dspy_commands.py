@@ -103,9 +103,9 @@ def test_program_of_thought_without_deno_says_what_is_missing(worker, monkeypatc
     from dspex_worker import programs, sandbox
 
     monkeypatch.setattr(sandbox, "deno_binary", lambda: None)
-    with pytest.raises(programs.Unsupported, match="deno extra"):
+    with pytest.raises(sandbox.Unsupported, match="deno extra"):
         programs.build_program({"module": "program_of_thought", "signature": "q -> a"})
-    with pytest.raises(programs.Unsupported, match="deno extra"):
+    with pytest.raises(sandbox.Unsupported, match="deno extra"):
         sandbox.interpreter()
 
 
