@@ -29,9 +29,9 @@ pub use dspex_core::{
 };
 
 pub use dspex_actors::{
-    new_trace_id, BlockingRuntime, BreakerState, CallOutput, Evaluation, Meta, NodeInfo, OptimizeRequest, Optimized,
-    Output, OutputStream, PoolHandle, PoolStats, Program, ProgramInfo, RequestOptions, Router, RouterStats, Runtime,
-    RuntimeBuilder, StreamEvent, Timings, TreeNode, WorkerStats,
+    new_trace_id, BlockingRuntime, BreakerState, CallOutput, EvaluateRequest, Evaluation, Meta, NodeInfo,
+    OptimizeRequest, Optimized, Output, OutputStream, PoolHandle, PoolStats, Program, ProgramInfo, RequestOptions,
+    Router, RouterStats, Runtime, RuntimeBuilder, StreamEvent, Timings, TreeNode, WorkerStats,
 };
 pub use dspex_actors::{
     Condition, IntoPipeline, Pipeline, PipelineBuilder, PipelineResult, PipelineRun, PipelineRunInfo, PipelineSpec,

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dspex::{Error, ErrorKind, Map, OptimizeRequest, Program, ProgramEntry, Result, Value};
+use dspex::{Error, ErrorKind, EvaluateRequest, Map, OptimizeRequest, Program, ProgramEntry, Result, Value};
 use serde_json::json;
 
 use super::cluster::ClusterFlags;
@@ -170,7 +170,7 @@ pub async fn evaluate(a: EvaluateArgs) -> Result<Value> {
     let examples = devset.len();
     let built = serve::build(a.config.as_deref(), 1, a.lm, &ClusterFlags::default()).await?;
     let progress = Progress::stderr("evaluate");
-    let result = built.rt.evaluate(&program, devset, &a.metric, Some(progress.callback())).await;
+    let result = built.rt.evaluate(EvaluateRequest::new(program, devset, &a.metric), Some(progress.callback())).await;
     progress.finish();
     built.shutdown().await?;
     let evaluation = result?;

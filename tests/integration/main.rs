@@ -19,6 +19,7 @@ mod native_only;
 mod nats;
 mod operations;
 mod optimize;
+mod optimizers;
 #[cfg(all(feature = "otel", feature = "http"))]
 mod otel;
 mod parity;

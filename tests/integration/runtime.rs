@@ -390,9 +390,7 @@ async fn optimize_then_serve_natively_and_evaluate_with_progress() {
     let s = seen.clone();
     let eval = rt
         .evaluate(
-            &optimized.program,
-            train,
-            "exact_match",
+            dspex::EvaluateRequest::new(optimized.program.clone(), train, "exact_match"),
             Some(Arc::new(move |_: &Value| {
                 s.fetch_add(1, Ordering::Relaxed);
             })),

@@ -259,3 +259,68 @@ impl Drop for Pty {
         let _ = self.child.wait();
     }
 }
+
+/// An offline LM with something to learn, for the optimizer tests.
+///
+/// It answers a question correctly (through [`OfflineResponder`]) only when
+/// the prompt shows what an optimizer adds: demos (more than the system and
+/// one user message), an objective other than DSPy's default instruction
+/// ("Given the fields `…`"), or — at temperature 1 or more, and when the question's first
+/// number is even — by luck, which gives SIMBA's sampled trajectories the
+/// variance it looks for. Otherwise it answers without the question's
+/// digits, which is wrong. Instruction proposals (COPRO's and MIPROv2's
+/// proposers) are answered by the offline LM; GEPA's reflection is answered
+/// with [`LEARNED_INSTRUCTION`].
+///
+/// [`OfflineResponder`]: dspex::native::lm::offline::OfflineResponder
+#[derive(Debug, Default, Clone)]
+pub struct Learner;
+
+/// The instruction the learner proposes when GEPA asks it to reflect.
+pub const LEARNED_INSTRUCTION: &str = "Add the two numbers in the question; answer with the sum in digits.";
+
+impl Learner {
+    fn learned(request: &Value, system: &str, user: &str) -> bool {
+        let messages = request["messages"].as_array().map_or(0, Vec::len);
+        let objective = system.split_once("your objective is:").map_or("", |(_, rest)| rest.trim_start());
+        if messages > 2 || !objective.starts_with("Given the fields `") {
+            return true;
+        }
+        let hot = request["temperature"].as_f64().is_some_and(|t| t >= 1.0);
+        let first =
+            user.split(|c: char| !c.is_ascii_digit()).find(|t| !t.is_empty()).and_then(|t| t.parse::<u64>().ok());
+        hot && first.is_some_and(|n| n % 2 == 0)
+    }
+}
+
+impl dspex::native::lm::server::Responder for Learner {
+    fn respond(&self, request: &Value) -> dspex::native::lm::server::Reply {
+        use dspex::native::lm::offline::OfflineResponder;
+        let messages = request["messages"].as_array().cloned().unwrap_or_default();
+        let text = |role: &str| {
+            messages.iter().rev().find(|m| m["role"] == role).and_then(|m| m["content"].as_str()).unwrap_or_default()
+        };
+        let (system, user) = (text("system"), text("user"));
+        // GEPA's proposer in DSPy 3.4.1: a `ProposeInstruction` signature
+        // whose output is `new_instruction`, in Chat or JSON format.
+        if system.contains("`new_instruction`") {
+            let json = system.contains("Outputs will be a JSON object") || request.get("response_format").is_some();
+            return dspex::native::lm::server::Reply::text(if json {
+                serde_json::json!({ "new_instruction": LEARNED_INSTRUCTION }).to_string()
+            } else {
+                format!("[[ ## new_instruction ## ]]\n{LEARNED_INSTRUCTION}\n\n[[ ## completed ## ]]")
+            });
+        }
+        // Questions are the last user message's first field: only those are
+        // made wrong; proposer prompts (no `question` field) pass through.
+        if !user.contains("[[ ## question ## ]]") || Learner::learned(request, system, user) {
+            return OfflineResponder::new().respond(request);
+        }
+        let mut forgetful = request.clone();
+        if let Some(last) = forgetful["messages"].as_array_mut().and_then(|m| m.last_mut()) {
+            let blurred: String = user.chars().filter(|c| !c.is_ascii_digit()).collect();
+            last["content"] = Value::String(blurred);
+        }
+        OfflineResponder::new().respond(&forgetful)
+    }
+}

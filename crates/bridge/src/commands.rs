@@ -137,6 +137,16 @@ pub struct EvaluateArgs {
     pub metric: String,
     /// The LM.
     pub lm: Value,
+    /// Which example keys are inputs (all but `answer` when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_keys: Vec<String>,
+    /// Examples scored at once (`dspy.Evaluate`'s `num_threads`).
+    #[serde(default = "one")]
+    pub num_threads: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The reply of [`EVALUATE`].

@@ -758,8 +758,24 @@ fn pool_supervisor_spec(shared: &Arc<PoolShared>, name: String) -> SupervisorSpe
         let s = &info_shared;
         let slots = s.slots.read();
         let mut extra = Map::new();
-        extra.insert("size".into(), s.config.read().size.into());
+        let config = s.config.read();
+        extra.insert("size".into(), config.size.into());
         extra.insert("ready".into(), slots.iter().filter(|x| x.state.load(Ordering::Acquire) == READY).count().into());
+        // What the pool runs on and within: its environment and limits.
+        extra.insert("python".into(), s.launch.python.display().to_string().into());
+        if !config.python.requirements.is_empty() {
+            extra.insert("requirements".into(), config.python.requirements.clone().into());
+        }
+        extra.insert("concurrency".into(), config.concurrency.into());
+        extra.insert("max_queue".into(), config.max_queue.into());
+        extra.insert("queue_timeout_ms".into(), config.queue_timeout_ms.into());
+        if let Some(mb) = config.memory_limit_mb {
+            extra.insert("memory_limit_mb".into(), mb.into());
+        }
+        if !config.gpus.is_empty() {
+            extra.insert("gpus".into(), config.gpus.clone().into());
+        }
+        drop(config);
         NodeInfo {
             status: None,
             pid: None,

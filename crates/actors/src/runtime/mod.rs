@@ -118,6 +118,59 @@ pub struct Optimized {
     pub meta: Meta,
 }
 
+/// An evaluation run: `dspy.Evaluate(devset, metric, num_threads)(program)`.
+#[derive(Debug, Clone)]
+pub struct EvaluateRequest {
+    /// The program to score.
+    pub program: Program,
+    /// Examples to score it on.
+    pub devset: Vec<Map>,
+    /// Metric: `exact_match`, `passage_match` (the native metrics' names,
+    /// scored by DSPy's equal ones) or a Python import path.
+    pub metric: String,
+    /// Input keys of the examples (all but `answer` when empty).
+    pub input_keys: Vec<String>,
+    /// Examples scored at once (`dspy.Evaluate`'s `num_threads`; 1).
+    pub num_threads: usize,
+    /// Pool (the default pool when unset).
+    pub pool: Option<String>,
+    /// Time allowed for the whole evaluation (1 hour when unset).
+    pub timeout: Option<Duration>,
+}
+
+impl EvaluateRequest {
+    /// Score `program` on `devset` with `metric`, one example at a time.
+    pub fn new(program: Program, devset: Vec<Map>, metric: &str) -> EvaluateRequest {
+        EvaluateRequest {
+            program,
+            devset,
+            metric: metric.into(),
+            input_keys: Vec::new(),
+            num_threads: 1,
+            pool: None,
+            timeout: None,
+        }
+    }
+
+    /// Score `n` examples at once (at least 1).
+    pub fn num_threads(mut self, n: usize) -> EvaluateRequest {
+        self.num_threads = n.max(1);
+        self
+    }
+
+    /// Fail with `Timeout` if the evaluation takes longer than `t`.
+    pub fn timeout(mut self, t: Duration) -> EvaluateRequest {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Set the input keys.
+    pub fn input_keys<I: IntoIterator<Item = S>, S: Into<String>>(mut self, keys: I) -> EvaluateRequest {
+        self.input_keys = keys.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
 /// An evaluation's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
@@ -408,22 +461,20 @@ impl Runtime {
 
     /// Score a program on a dev set with `dspy.Evaluate` (in Python);
     /// `progress` sees one event per scored example.
-    pub async fn evaluate(
-        &self,
-        program: &Program,
-        devset: Vec<Map>,
-        metric: &str,
-        progress: Option<ProgressFn>,
-    ) -> Result<Evaluation> {
+    pub async fn evaluate(&self, req: EvaluateRequest, progress: Option<ProgressFn>) -> Result<Evaluation> {
         let d = &self.inner.dispatcher;
+        let pool = req.pool.clone().unwrap_or_else(|| d.default_pool());
         let args = commands::to_args(&EvaluateArgs {
-            program: program.wire().clone(),
-            devset,
-            metric: metric.to_string(),
-            lm: d.lms().python_for(program),
+            program: req.program.wire().clone(),
+            lm: d.lms().python_for(&req.program),
+            devset: req.devset,
+            metric: req.metric,
+            input_keys: req.input_keys,
+            num_threads: req.num_threads.max(1),
         });
-        let ctx = d.context(RequestOptions::default(), false);
-        let (value, meta) = d.stream_command(&d.default_pool(), commands::EVALUATE, args, &ctx, progress).await?;
+        let opts = RequestOptions::default().timeout(req.timeout.unwrap_or(Duration::from_secs(3600)));
+        let (value, meta) =
+            d.stream_command(&pool, commands::EVALUATE, args, &d.context(opts, false), progress).await?;
         let reply: EvaluateReply = commands::from_reply(commands::EVALUATE, value)?;
         Ok(Evaluation { score: reply.score, results: reply.results, meta })
     }

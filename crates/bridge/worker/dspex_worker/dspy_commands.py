@@ -8,6 +8,8 @@ Programs arrive as descriptions (see ``programs``), LMs as specs (see
 
 from __future__ import annotations
 
+import inspect
+import math
 import threading
 import time
 
@@ -170,25 +172,59 @@ def resolve_metric(name: str):
     return import_object(name)
 
 
-class _Progress:
-    """Wraps a metric so every evaluation is reported as a progress event."""
+def _positional_arity(fn) -> int:
+    """How many positional arguments `fn` takes (a large number for *args)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 3
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 1 << 16
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    # answer_exact_match(example, pred, trace=None, frac=1.0): `frac` is
+    # not a GEPA argument; only parameters named as GEPA names them count
+    # past the third.
+    gepa = ("example", "pred", "trace", "pred_name", "pred_trace")
+    count = 0
+    for i, p in enumerate(positional):
+        if i >= 3 and (i >= len(gepa) or p.name != gepa[i]):
+            break
+        count += 1
+    return count
 
-    def __init__(self, ctx, metric, total: int | None, phase: str):
-        self.ctx, self.metric, self.total, self.phase = ctx, metric, total, phase
+
+class _Progress:
+    """Wraps a metric so every evaluation is reported as a progress event.
+
+    ``total`` is the number of metric calls expected, or a callable that
+    says so once the optimizer has worked it out (GEPA's budget). It is an
+    upper bound where one is known; when a run goes past it (GEPA finishes
+    the iteration that crosses its budget), the reported total grows with
+    ``done``, so a bar never runs past its end.
+    """
+
+    def __init__(self, ctx, metric, total, phase: str):
+        self.ctx, self.metric, self.phase = ctx, metric, phase
+        self.total = total
         self.done = 0
         self.lock = threading.Lock()
+        self.positional = _positional_arity(metric)
+
+    def _total(self, done: int) -> int | None:
+        total = self.total() if callable(self.total) else self.total
+        return None if total is None else max(int(total), done)
 
     def __call__(self, example, pred, trace=None, *args, **kwargs):
         self.ctx.check()
-        score = (
-            self.metric(example, pred, trace, *args, **kwargs)
-            if trace is not None
-            else self.metric(example, pred, *args, **kwargs)
-        )
+        # GEPA calls metric(gold, pred, trace, pred_name, pred_trace); a
+        # plain DSPy metric takes fewer (answer_exact_match's third
+        # parameter after trace is `frac`): pass what the metric declares.
+        extra = (trace, *args)[: max(self.positional - 2, 0)]
+        score = self.metric(example, pred, *extra, **kwargs)
         with self.lock:
             self.done += 1
             done = self.done
-        self.ctx.emit({"event": "progress", "phase": self.phase, "done": done, "total": self.total})
+        self.ctx.emit({"event": "progress", "phase": self.phase, "done": done, "total": self._total(done)})
         return score
 
 
@@ -232,6 +268,70 @@ OPTIMIZERS = {
 }
 
 
+def metric_budget(optimizer: str, init: dict, compile_kwargs: dict, n_train: int, n_predictors: int):
+    """The most metric calls a run of `optimizer` makes (None when unknown).
+
+    Worked out from each optimizer's loop in DSPy 3.4.1 and its defaults;
+    progress events report it as their total (see ``_Progress``).
+    """
+    n_val = len(compile_kwargs["valset"]) if "valset" in compile_kwargs else None
+    rounds = int(init.get("max_rounds", 1))
+    if optimizer == "BootstrapFewShot":
+        # Each training example is scored at most once per round (it
+        # stops early once it has its demos).
+        return n_train * rounds
+    if optimizer == "BootstrapFewShotWithRandomSearch":
+        # Seeds -3..n-1: each is evaluated on the valset, and all but the
+        # zero-shot and labelled-only seeds bootstrap on the trainset first.
+        n = int(init.get("num_candidate_programs", 16))
+        return (n + 3) * (n_val or n_train) + (n + 1) * n_train * rounds
+    if optimizer == "COPRO":
+        # Each depth scores `breadth` instructions per predictor on the trainset.
+        return int(init.get("breadth", 10)) * int(init.get("depth", 3)) * n_train * n_predictors
+    if optimizer == "SIMBA":
+        # Per step: bsize × num_candidates sampled trajectories, then up to
+        # num_candidates + 1 programs on the batch; at the end up to
+        # num_candidates + 1 programs on the whole trainset.
+        bsize, cands = int(init.get("bsize", 32)), int(init.get("num_candidates", 6))
+        return int(init.get("max_steps", 8)) * bsize * (2 * cands + 1) + (cands + 1) * n_train
+    if optimizer == "MIPROv2":
+        return _mipro_budget(init, compile_kwargs, n_train, n_val, n_predictors)
+    return None
+
+
+def _mipro_budget(init: dict, kw: dict, n_train: int, n_val: int | None, n_predictors: int) -> int | None:
+    from dspy.teleprompt.mipro_optimizer_v2 import AUTO_RUN_SETTINGS, MIN_MINIBATCH_SIZE
+
+    if n_val is None:  # MIPROv2 splits the trainset 20/80 itself
+        n_val = min(1000, max(1, int(n_train * 0.8)))
+        n_train -= n_val
+    auto = init.get("auto", "light")
+    demos = kw.get("max_bootstrapped_demos", init.get("max_bootstrapped_demos", 4))
+    labeled = kw.get("max_labeled_demos", init.get("max_labeled_demos", 4))
+    zeroshot = demos == 0 and labeled == 0
+    if auto is not None:
+        settings = AUTO_RUN_SETTINGS.get(auto)
+        if settings is None:
+            return None
+        n_val = min(n_val, settings["val_size"])
+        num_vars = n_predictors * (1 if zeroshot else 2)
+        trials = int(max(2 * num_vars * math.log2(settings["n"]), 1.5 * settings["n"]))
+        fewshot_sets = settings["n"]
+        minibatch = n_val > MIN_MINIBATCH_SIZE
+    else:
+        trials = kw.get("num_trials")
+        fewshot_sets = init.get("num_candidates")
+        if trials is None or fewshot_sets is None:
+            return None
+        minibatch = kw.get("minibatch", True)
+    bootstrap = 0 if zeroshot else int(fewshot_sets) * n_train
+    if minibatch:
+        size = min(int(kw.get("minibatch_size", 35)), n_val)
+        full = int(trials) // int(kw.get("minibatch_full_eval_steps", 5)) + 2
+        return bootstrap + int(trials) * size + full * n_val
+    return bootstrap + (int(trials) + 1) * n_val
+
+
 @command("dspy.optimize")
 def optimize(
     ctx,
@@ -251,21 +351,31 @@ def optimize(
     cls = import_object(OPTIMIZERS[optimizer])
     module = build_program(program)
     train = _examples(trainset, input_keys)
-    # BootstrapFewShot scores each training example at most once (it stops
-    # early once it has its demos): the trainset bounds its evaluations.
-    bound = len(train) if optimizer == "BootstrapFewShot" else None
-    scorer = _Progress(ctx, resolve_metric(metric), bound, "optimize")
     init = dict(params or {})
-    if optimizer != "LabeledFewShot":
-        init.setdefault("metric", scorer)
-    if optimizer == "GEPA" and "reflection_lm" not in init:
-        init["reflection_lm"] = build_lm(lm, ctx)
     compile_kwargs = dict(compile_params or {})
     if valset is not None and optimizer in ("BootstrapFewShotWithRandomSearch", "MIPROv2", "GEPA"):
         compile_kwargs["valset"] = _examples(valset, input_keys)
-    ctx.emit({"event": "started", "optimizer": optimizer, "trainset": len(train)})
+    if optimizer == "GEPA" and "reflection_lm" not in init:
+        init["reflection_lm"] = build_lm(lm, ctx)
+    budget = metric_budget(optimizer, init, compile_kwargs, len(train), len(predictors(module)))
+    scorer = _Progress(ctx, resolve_metric(metric), budget, "optimize")
+    if optimizer != "LabeledFewShot":
+        init.setdefault("metric", scorer)
     with lm_context(ctx, lm, program.get("adapter"), disable_history=False):
-        compiled = cls(**init).compile(module, trainset=train, **compile_kwargs)
+        # Inside the request's LM context: MIPROv2 reads the LM when built.
+        try:
+            teleprompter = cls(**init)
+        except (TypeError, ValueError, AssertionError) as e:
+            raise InvalidArguments(f"{optimizer}: {e}") from e
+        if optimizer == "GEPA":
+            # GEPA works out its budget (from `auto` or `max_full_evals`)
+            # in compile; read it when the first metric call is reported.
+            scorer.total = lambda: getattr(teleprompter, "max_metric_calls", None)
+        ctx.emit({"event": "started", "optimizer": optimizer, "trainset": len(train), "total": scorer._total(0)})
+        compiled = teleprompter.compile(module, trainset=train, **compile_kwargs)
+    if optimizer == "LabeledFewShot":
+        # No metric calls: one step, choosing the demos.
+        ctx.emit({"event": "progress", "phase": "optimize", "done": 1, "total": 1})
     ctx.emit({"event": "finished", "optimizer": optimizer, "evaluations": scorer.done})
     return {
         "state": dump_state(compiled),

@@ -592,3 +592,51 @@ def test_capabilities_run_in_place_only_on_the_lm15_route_of_this_call():
     # A call's own client options can send it to LiteLLM: then to a thread.
     with planning_scope(lm, {"extra_headers": {"x-test": "1"}}):
         assert not dspy_patches._native_route(lm)
+
+
+def test_metric_budgets_follow_each_optimizers_loop():
+    from dspex_worker.dspy_commands import metric_budget
+
+    assert metric_budget("BootstrapFewShot", {"max_rounds": 2}, {}, 8, 1) == 16
+    assert (
+        metric_budget("BootstrapFewShotWithRandomSearch", {"num_candidate_programs": 2}, {"valset": [0] * 4}, 8, 1)
+        == 44
+    )
+    assert metric_budget("COPRO", {"breadth": 2, "depth": 1}, {}, 8, 1) == 16
+    assert metric_budget("SIMBA", {"bsize": 4, "num_candidates": 2, "max_steps": 2}, {}, 8, 1) == 64
+    # MIPROv2 light, no minibatch under 50 validation examples: 6 demo sets
+    # bootstrapped, then the default program and 10 trials on the valset.
+    assert metric_budget("MIPROv2", {}, {"valset": [0] * 4}, 8, 1) == 6 * 8 + 11 * 4
+    assert metric_budget("MIPROv2", {"auto": None}, {"valset": [0] * 4}, 8, 1) is None
+    big = metric_budget(
+        "MIPROv2", {"auto": "light"}, {"valset": [0] * 100, "max_bootstrapped_demos": 0, "max_labeled_demos": 0}, 8, 1
+    )
+    assert big == 9 * 35 + (9 // 5 + 2) * 100
+    assert metric_budget("GEPA", {}, {}, 8, 1) is None
+
+
+def test_progress_passes_a_metric_only_the_arguments_it_declares():
+    from dspex_worker.dspy_commands import _positional_arity, _Progress
+
+    class Ctx:
+        events = []
+
+        def check(self):
+            pass
+
+        def emit(self, e):
+            self.events.append(e)
+
+    def plain(example, pred, trace=None, frac=1.0):
+        return frac
+
+    def gepa(gold, pred, trace, pred_name, pred_trace):
+        return pred_name
+
+    assert _positional_arity(plain) == 3 and _positional_arity(gepa) == 5
+    ctx = Ctx()
+    p = _Progress(ctx, plain, lambda: 1, "optimize")
+    assert p(None, None, None, "predict", []) == 1.0, "frac is not GEPA's pred_name"
+    assert _Progress(ctx, gepa, None, "optimize")(None, None, None, "predict", []) == "predict"
+    assert ctx.events[0]["total"] == 1 and ctx.events[1]["total"] is None
+    assert p(None, None) == 1.0 and ctx.events[-1] == {"event": "progress", "phase": "optimize", "done": 2, "total": 2}
