@@ -44,6 +44,35 @@ pub async fn doctor() -> (Value, bool) {
                     detail: format!("{} {py} (from {from})", python.display()),
                     fix: None,
                 });
+                match PythonEnv::from_interpreter(python).extras().await {
+                    Ok(extras) => {
+                        for (extra, needed_by, found) in extras {
+                            checks.push(match found {
+                                Some(what) => Check {
+                                    name: extra,
+                                    status: "ok",
+                                    detail: format!("{extra} {what} (for {needed_by})"),
+                                    fix: None,
+                                },
+                                None => Check {
+                                    name: extra,
+                                    status: "warn",
+                                    detail: format!("no {extra}: {needed_by} cannot run"),
+                                    fix: Some(match extra {
+                                        "pyarrow" => format!("{} -m pip install pyarrow", python.display()),
+                                        _ => format!("{} -m pip install 'dspy[{extra}]=={wanted}'", python.display()),
+                                    }),
+                                },
+                            });
+                        }
+                    }
+                    Err(e) => checks.push(Check {
+                        name: "extras",
+                        status: "warn",
+                        detail: e.message().to_string(),
+                        fix: None,
+                    }),
+                }
                 match dspy {
                     Some(v) if v == wanted => {
                         checks.push(Check { name: "dspy", status: "ok", detail: format!("dspy {v}"), fix: None })

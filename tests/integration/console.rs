@@ -406,6 +406,20 @@ fn demo_run_and_doctor_work_offline() {
     let dspy = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "dspy").unwrap();
     assert_eq!(dspy["status"], "missing", "{dspy}");
     assert!(dspy["fix"].as_str().unwrap().contains("pip install 'dspy==3.4.1'"), "{dspy}");
+    let check = |report: &Value, name: &str| {
+        report["checks"].as_array().unwrap().iter().find(|c| c["check"] == name).cloned().unwrap_or_default()
+    };
+    let optuna = check(&report, "optuna");
+    assert_eq!(optuna["status"], "warn", "{report}");
+    assert!(optuna["detail"].as_str().unwrap().contains("MIPROv2"), "{optuna}");
+    assert!(optuna["fix"].as_str().unwrap().contains("dspy[optuna]==3.4.1"), "{optuna}");
+    // The project's environment has every extra.
+    let out = bin().args(["doctor", "--json"]).output().unwrap();
+    let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    for extra in ["deno", "optuna", "numpy", "pyarrow"] {
+        assert_eq!(check(&report, extra)["status"], "ok", "{extra}: {report}");
+    }
+    assert!(check(&report, "deno")["detail"].as_str().unwrap().contains("/deno"), "{report}");
     // No interpreter chosen yet: the first start will provision one.
     let out = bin()
         .args(["doctor", "--json"])

@@ -14,6 +14,7 @@ mod http;
 mod lm_client;
 mod lm_settings;
 mod metrics;
+mod modules;
 mod native_only;
 #[cfg(feature = "cluster")]
 mod nats;

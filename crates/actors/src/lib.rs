@@ -49,7 +49,9 @@ pub use request::{
     Timings,
 };
 pub use router::{BreakerState, DecisionRecord, Plan, RouteRequest, Router, RouterStats};
-pub use runtime::{EnvProgress, EvaluateRequest, Evaluation, OptimizeRequest, Optimized, Runtime, RuntimeBuilder};
+pub use runtime::{
+    EnvProgress, EvaluateRequest, Evaluation, OptimizeRequest, Optimized, ParallelOutput, Runtime, RuntimeBuilder,
+};
 pub use session::{
     RestoreReport, Session, SessionAnswer, SessionCall, SessionInfo, SessionOptions, SessionState, Sessions,
 };

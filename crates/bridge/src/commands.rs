@@ -20,6 +20,8 @@ pub const STREAM: &str = "dspy.stream";
 pub const OPTIMIZE: &str = "dspy.optimize";
 /// `dspy.evaluate`: score a program on a dev set ([`EvaluateArgs`]).
 pub const EVALUATE: &str = "dspy.evaluate";
+/// `dspy.parallel`: run a program over many inputs ([`ParallelArgs`]).
+pub const PARALLEL: &str = "dspy.parallel";
 /// `session.define`: build a program and keep it for a session ([`DefineArgs`]).
 pub const SESSION_DEFINE: &str = "session.define";
 /// `session.run`: run a program a session defined ([`SessionRunArgs`]).
@@ -149,6 +151,38 @@ fn one() -> usize {
     1
 }
 
+/// Arguments of [`PARALLEL`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParallelArgs {
+    /// The program to run.
+    pub program: Value,
+    /// One input map per item.
+    pub inputs: Vec<Map>,
+    /// The LM.
+    pub lm: Value,
+    /// Items run at once (`dspy.Parallel`'s `num_threads`).
+    pub num_threads: usize,
+}
+
+/// The reply of [`PARALLEL`]: one entry per input, in input order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParallelReply {
+    /// Each item's outcome.
+    #[serde(default)]
+    pub results: Vec<ParallelItem>,
+}
+
+/// One item of a [`ParallelReply`]: its fields, or the error it raised.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParallelItem {
+    /// The prediction's fields, when the item succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Map>,
+    /// The item's error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::protocol::WireError>,
+}
+
 /// The reply of [`EVALUATE`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvaluateReply {
@@ -211,6 +245,9 @@ mod tests {
         round_trip::<SessionRunArgs>(SESSION_RUN);
         round_trip::<OptimizeArgs>(OPTIMIZE);
         round_trip::<EvaluateArgs>(EVALUATE);
+        round_trip::<ParallelArgs>(PARALLEL);
+        let par: ParallelReply = from_reply(PARALLEL, fixture(PARALLEL)["reply"].clone()).unwrap();
+        assert!(par.results[0].fields.is_some() && par.results[1].error.is_some(), "{par:?}");
         let run: RunReply = from_reply(RUN, fixture(RUN)["reply"].clone()).unwrap();
         assert!(run.fields.contains_key("answer") && run.elapsed_us > 0);
         let _: RunReply = from_reply(SESSION_RUN, fixture(SESSION_RUN)["reply"].clone()).unwrap();
@@ -221,7 +258,7 @@ mod tests {
         let eval: EvaluateReply = from_reply(EVALUATE, fixture(EVALUATE)["reply"].clone()).unwrap();
         assert_eq!(eval.results.len(), 2);
         let names: Vec<String> = fixtures().iter().map(|f| f["command"].as_str().unwrap().to_string()).collect();
-        for c in [RUN, STREAM, OPTIMIZE, EVALUATE, SESSION_DEFINE, SESSION_RUN, SESSION_DROP] {
+        for c in [RUN, STREAM, OPTIMIZE, EVALUATE, PARALLEL, SESSION_DEFINE, SESSION_RUN, SESSION_DROP] {
             assert!(names.iter().any(|n| n == c), "{c} has a fixture");
         }
     }

@@ -261,6 +261,35 @@ impl PythonEnv {
         }
         Ok((py, parts.next().map(str::to_string)))
     }
+
+    /// What each of DSPy's extras that modules and optimizers need has in
+    /// this environment: `(extra, what it provides, version or path)`, the
+    /// last `None` when missing. `deno` runs ProgramOfThought and CodeAct;
+    /// `optuna` MIPROv2; `numpy` SIMBA; `pyarrow` the Arrow codec.
+    pub async fn extras(&self) -> Result<Vec<(&'static str, &'static str, Option<String>)>> {
+        const PROBE: &str = "import json, os, importlib.metadata as m\n\
+            def v(n):\n    try:\n        return m.version(n)\n    except Exception:\n        return None\n\
+            def deno():\n    try:\n        from dspy.primitives.python_interpreter import _find_deno_executable\n\
+            \x20       p = _find_deno_executable()\n        return p if os.path.isabs(p) and os.access(p, os.X_OK) else None\n\
+            \x20   except Exception:\n        return None\n\
+            print(json.dumps({'deno': deno(), 'optuna': v('optuna'), 'numpy': v('numpy'), 'pyarrow': v('pyarrow')}))";
+        let out = tokio::process::Command::new(&self.python)
+            .args(["-c", PROBE])
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            .output()
+            .await
+            .map_err(|e| Error::new(ErrorKind::Config, format!("cannot run {}: {e}", self.python.display())))?;
+        let found: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&out.stdout).map_err(|e| {
+            Error::new(ErrorKind::Config, format!("{} did not report its extras ({e})", self.python.display()))
+        })?;
+        let get = |k: &str| found.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        Ok(vec![
+            ("deno", "ProgramOfThought and CodeAct (DSPy's sandbox)", get("deno")),
+            ("optuna", "MIPROv2", get("optuna")),
+            ("numpy", "SIMBA", get("numpy")),
+            ("pyarrow", "the Arrow codec", get("pyarrow")),
+        ])
+    }
 }
 
 #[cfg(test)]

@@ -97,6 +97,13 @@ pub enum ModuleKind {
     BestOfN,
     /// `dspy.Refine` (as `BestOfN`; Python only).
     Refine,
+    /// `dspy.CodeAct` (the LM writes Python that calls the tools, named in
+    /// `params.tools` as import paths of plain functions; it runs in the
+    /// Deno sandbox, as ProgramOfThought's does; Python only).
+    CodeAct,
+    /// `dspy.ReActV2` (tools as for `React`; Python only).
+    #[serde(rename = "react_v2")]
+    ReactV2,
 }
 
 impl ModuleKind {
@@ -110,6 +117,8 @@ impl ModuleKind {
             ModuleKind::MultiChainComparison => "multi_chain_comparison",
             ModuleKind::BestOfN => "best_of_n",
             ModuleKind::Refine => "refine",
+            ModuleKind::CodeAct => "code_act",
+            ModuleKind::ReactV2 => "react_v2",
         }
     }
 
@@ -200,6 +209,25 @@ impl ProgramSpec {
             .with_param("tools", Value::Array(tools))
     }
 
+    /// A `CodeAct` program: the LM writes Python that calls `tools` (import
+    /// paths of plain functions), run in the Deno sandbox until it is done.
+    pub fn code_act<I, S>(signature: impl Into<SignatureSpec>, tools: I) -> ProgramSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ProgramSpec { module: ModuleKind::CodeAct, ..ProgramSpec::react(signature, tools) }
+    }
+
+    /// A `ReActV2` program with `tools` (import paths).
+    pub fn react_v2<I, S>(signature: impl Into<SignatureSpec>, tools: I) -> ProgramSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ProgramSpec { module: ModuleKind::ReactV2, ..ProgramSpec::react(signature, tools) }
+    }
+
     /// A `ProgramOfThought` program: the LM writes Python, DSPy runs it in
     /// its sandboxed interpreter (Pyodide on Deno) and answers from the output.
     pub fn program_of_thought(signature: impl Into<SignatureSpec>) -> ProgramSpec {
@@ -274,6 +302,8 @@ mod tests {
             ModuleKind::MultiChainComparison,
             ModuleKind::BestOfN,
             ModuleKind::Refine,
+            ModuleKind::CodeAct,
+            ModuleKind::ReactV2,
         ] {
             let json = serde_json::to_value(m).unwrap();
             assert_eq!(json, m.as_str());

@@ -25,8 +25,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use dspex_bridge::commands::{self, EvaluateArgs, EvaluateReply, OptimizeArgs, OptimizeReply};
-use dspex_core::{Error, ErrorKind, Map, ProgramSpec, Result, RuntimeConfig, Value};
+use dspex_bridge::commands::{
+    self, EvaluateArgs, EvaluateReply, OptimizeArgs, OptimizeReply, ParallelArgs, ParallelReply,
+};
+use dspex_core::{Error, ErrorKind, Map, Prediction, ProgramSpec, Result, RuntimeConfig, Value};
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use serde::Serialize;
@@ -115,6 +117,16 @@ pub struct Optimized {
     /// `metadata` (the versions DSPy's `program.load` checks).
     pub saved: Value,
     /// Where and how it ran.
+    pub meta: Meta,
+}
+
+/// The results of [`Runtime::parallel`].
+#[derive(Debug)]
+pub struct ParallelOutput {
+    /// One per input, in input order: its prediction or its own error
+    /// (whose context names the item as the field `inputs[i]`).
+    pub results: Vec<Result<Prediction>>,
+    /// Where and how the batch ran.
     pub meta: Meta,
 }
 
@@ -418,6 +430,45 @@ impl Runtime {
     pub async fn stream(&self, program: &Program, inputs: Map, opts: RequestOptions) -> Result<OutputStream> {
         let d = &self.inner.dispatcher;
         d.stream(d.request(program, inputs, opts)).await
+    }
+
+    /// `dspy.Parallel` over `inputs` (in Python, `num_threads` at once):
+    /// one result per input, in input order, each the item's prediction or
+    /// its own classified error — one failing item does not fail the rest.
+    /// The call as a whole fails only when the batch cannot run (no pool,
+    /// a timeout, a crashed worker). It runs on `opts.pool` or the default
+    /// pool; for native programs, concurrent [`Runtime::run`] calls are the
+    /// faster way.
+    pub async fn parallel(
+        &self,
+        program: &Program,
+        inputs: Vec<Map>,
+        num_threads: usize,
+        opts: RequestOptions,
+    ) -> Result<ParallelOutput> {
+        let d = &self.inner.dispatcher;
+        let pool = opts.pool.clone().unwrap_or_else(|| d.default_pool());
+        let args = commands::to_args(&ParallelArgs {
+            program: program.wire().clone(),
+            inputs,
+            lm: d.lms().python_for(program),
+            num_threads: num_threads.max(1),
+        });
+        let out = d.call(&pool, commands::PARALLEL, args, &d.context(opts, false)).await?;
+        let reply: ParallelReply = commands::from_reply(commands::PARALLEL, out.value)?;
+        let results = reply
+            .results
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match (item.fields, item.error) {
+                (_, Some(e)) => Err(e.into_error().with_pool(pool.clone()).with_field(format!("inputs[{i}]"))),
+                (Some(fields), None) => Ok(Prediction { fields, ..Prediction::default() }),
+                (None, None) => {
+                    Err(Error::new(ErrorKind::Protocol, format!("item {i} of dspy.parallel has no result")))
+                }
+            })
+            .collect();
+        Ok(ParallelOutput { results, meta: out.meta })
     }
 
     /// Compile a program with a DSPy optimizer (in Python); `progress` sees

@@ -29,7 +29,7 @@ from .programs import (
     predictors,
     shared_program,
 )
-from .registry import CommandError, InvalidArguments, command, on_loop
+from .registry import Cancelled, CommandError, DeadlineExceeded, InvalidArguments, command, on_loop
 from .values import coerce_inputs, history_inputs, jsonable, prediction_fields, run_reply
 
 # Module kinds whose DSPy class has a native ``aforward``: their streams are
@@ -60,14 +60,53 @@ def run(ctx, program: dict, inputs: dict, lm: dict | None = None):
     return run_reply(pred, started, report)
 
 
+class _Failed:
+    """An item of a parallel run that raised: its wire error."""
+
+    def __init__(self, exc: BaseException):
+        from .server import classify
+
+        self.error = classify(exc)
+        # The traceback stays in the worker's log: per-item errors are read
+        # by callers, who need the kind and the message.
+        self.error["traceback"] = None
+
+
 @command("dspy.parallel")
 def parallel(ctx, program: dict, inputs: list, lm: dict | None = None, num_threads: int = 4):
-    """Run a program over many inputs with dspy.Parallel."""
+    """Run a program over many inputs with dspy.Parallel; results in input
+    order, each its fields or its own classified error (one failing input
+    does not fail the others)."""
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        raise InvalidArguments("inputs must be a list of maps (one per item)")
     module = shared_program(program)
+
+    def one(**item):
+        ctx.check()
+        try:
+            return module(**coerce_inputs(module, item))
+        except (Cancelled, DeadlineExceeded):
+            raise
+        except Exception as e:  # noqa: BLE001 - every item's failure is reported as its result
+            return _Failed(e)
+
     with lm_context(ctx, lm, program.get("adapter")):
-        runner = dspy.Parallel(num_threads=int(num_threads), disable_progress_bar=True)
-        results = runner([(module, dspy.Example(**i).with_inputs(*i.keys())) for i in inputs])
-    return {"results": [prediction_fields(r) if r is not None else None for r in results]}
+        runner = dspy.Parallel(
+            num_threads=max(int(num_threads), 1), disable_progress_bar=True, max_errors=len(inputs) + 1
+        )
+        results = runner([(one, dspy.Example(**i).with_inputs(*i.keys())) for i in inputs])
+    ctx.check()
+    out = []
+    for r in results:
+        if isinstance(r, _Failed):
+            out.append({"error": r.error})
+        elif r is None:
+            out.append(
+                {"error": {"type": "RuntimeError", "kind": "python", "message": "no result", "retryable": False}}
+            )
+        else:
+            out.append({"fields": prediction_fields(r)})
+    return {"results": out}
 
 
 def _streaming(module, is_async: bool):

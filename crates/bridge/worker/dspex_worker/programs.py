@@ -1,7 +1,7 @@
 """DSPy programs built from their descriptions (the Rust ``ProgramSpec``)::
 
-    {"module": "predict" | "chain_of_thought" | "react" | "program_of_thought"
-               | "multi_chain_comparison" | "best_of_n" | "refine",
+    {"module": "predict" | "chain_of_thought" | "react" | "react_v2" | "code_act"
+               | "program_of_thought" | "multi_chain_comparison" | "best_of_n" | "refine",
      "signature": "question -> answer" | {"instructions", "inputs": [...], "outputs": [...]},
      "demos": [{...}], "adapter": "chat" | "json", "config": {...},
      "params": {...},        # module-specific (tools, max_iters, M, N, reward_fn, threshold)
@@ -98,11 +98,22 @@ def build_program(spec: dict):
         module = dspy.Predict(sig, **config)
     elif kind == "chain_of_thought":
         module = dspy.ChainOfThought(sig, **config)
-    elif kind == "react":
+    elif kind in ("react", "react_v2", "code_act"):
         tools = [import_object(t) for t in params.get("tools", [])]
         if not tools:
-            raise InvalidArguments("react needs `params.tools`: import paths of the tool functions")
-        module = dspy.ReAct(sig, tools=tools, max_iters=int(params.get("max_iters", 5)))
+            raise InvalidArguments(f"{kind} needs `params.tools`: import paths of the tool functions")
+        if kind == "react":
+            module = dspy.ReAct(sig, tools=tools, max_iters=int(params.get("max_iters", 5)))
+        elif kind == "react_v2":
+            module = dspy.ReActV2(sig, tools=tools, max_iters=int(params.get("max_iters", 20)))
+        else:
+            sandbox.require_deno("CodeAct")
+            try:
+                module = dspy.CodeAct(
+                    sig, tools=tools, max_iters=int(params.get("max_iters", 5)), interpreter_factory=sandbox.interpreter
+                )
+            except ValueError as e:  # a tool that is not a plain function
+                raise InvalidArguments(f"code_act: {e}") from e
     elif kind == "program_of_thought":
         sandbox.require_deno("ProgramOfThought")
         module = dspy.ProgramOfThought(

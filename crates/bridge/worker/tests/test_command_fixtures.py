@@ -109,7 +109,8 @@ def json_type(value) -> str:
 
 def shape_mismatches(expected, actual, path: str = "reply", key: str | None = None) -> list:
     """Where ``actual`` does not have the shape of ``expected``: the same keys
-    (recursively), list elements shaped like the fixture's first element,
+    (recursively), list elements shaped like the fixture's (element by
+    element when the lengths agree, else like its first),
     scalars of the same JSON type; ``usage`` may be null or an object."""
     if key == "usage" and (actual is None or isinstance(actual, dict)):
         if isinstance(expected, dict) and isinstance(actual, dict):
@@ -122,9 +123,13 @@ def shape_mismatches(expected, actual, path: str = "reply", key: str | None = No
     if isinstance(expected, list) and expected:
         if not actual:
             return [f"{path}: expected elements shaped like {expected[0]!r}, got an empty list"]
+        # A list as long as the fixture's is compared element by element
+        # (items of a parallel run differ: fields or an error); any other,
+        # each element against the fixture's first.
+        pattern = expected if len(expected) == len(actual) else [expected[0]] * len(actual)
         out = []
-        for i, item in enumerate(actual):
-            out += shape_mismatches(expected[0], item, f"{path}[{i}]", key)
+        for i, (want, item) in enumerate(zip(pattern, actual, strict=True)):
+            out += shape_mismatches(want, item, f"{path}[{i}]", key)
         return out
     return []
 

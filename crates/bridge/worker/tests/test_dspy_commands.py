@@ -175,7 +175,19 @@ def test_parallel(worker):
             "num_threads": 1,
         },
     )
-    assert sorted(r["answer"] for r in resp["ok"]["results"]) == ["a", "b", "c"]
+    assert [r["fields"]["answer"] for r in resp["ok"]["results"]] == ["a", "b", "c"], "in input order"
+
+
+def test_parallel_reports_each_items_error_in_its_place(worker):
+    lm = dummy({"answer": "a"}, {"answer": "c"})
+    # Predict takes `config` from the call: a string there fails that item only.
+    items = [{"question": "1"}, {"question": "2", "config": "not a map"}, {"question": "3"}]
+    resp, _ = worker.call("dspy.parallel", {"program": QA, "inputs": items, "lm": lm, "num_threads": 1})
+    first, bad, last = resp["ok"]["results"]
+    assert first["fields"]["answer"] == "a" and last["fields"]["answer"] == "c"
+    assert bad["error"]["kind"] == "python" and bad["error"]["type"] == "TypeError", bad
+    resp, _ = worker.call("dspy.parallel", {"program": QA, "inputs": ["not a map"], "lm": lm})
+    assert resp["error"]["kind"] == "invalid_request"
 
 
 def test_format_and_parse_expose_dspys_adapters(worker):
