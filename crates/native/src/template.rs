@@ -73,11 +73,40 @@ fn value_filter(v: minijinja::Value) -> std::result::Result<String, minijinja::E
     })
 }
 
-/// (system template, user template) → compiled pair.
-type TemplateCache = Mutex<HashMap<(Option<String>, String), PromptTemplate>>;
+/// (system template, user template) → compiled pair, least recently used
+/// evicted first. Each entry carries the tick of its last use; a miss on a
+/// full cache drops the oldest — a scan of at most `CACHE_CAPACITY`
+/// entries, small beside compiling the template that missed.
+#[derive(Default)]
+struct TemplateCache {
+    entries: HashMap<(Option<String>, String), (PromptTemplate, u64)>,
+    tick: u64,
+}
 
-fn cache() -> &'static TemplateCache {
-    static CACHE: OnceLock<TemplateCache> = OnceLock::new();
+impl TemplateCache {
+    fn get(&mut self, key: &(Option<String>, String)) -> Option<PromptTemplate> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(key).map(|(t, used)| {
+            *used = tick;
+            t.clone()
+        })
+    }
+
+    fn insert(&mut self, key: (Option<String>, String), template: PromptTemplate) {
+        if self.entries.len() >= CACHE_CAPACITY && !self.entries.contains_key(&key) {
+            let oldest = self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.entries.remove(&k);
+            }
+        }
+        self.tick += 1;
+        self.entries.insert(key, (template, self.tick));
+    }
+}
+
+fn cache() -> &'static Mutex<TemplateCache> {
+    static CACHE: OnceLock<Mutex<TemplateCache>> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
@@ -99,11 +128,7 @@ impl PromptTemplate {
         }
         env.add_template_owned("user", user.to_string()).map_err(|e| template_error("user", e))?;
         let t = PromptTemplate { env: Arc::new(env), has_system: system.is_some() };
-        let mut c = cache().lock();
-        if c.len() >= CACHE_CAPACITY {
-            c.clear();
-        }
-        c.insert(key, t.clone());
+        cache().lock().insert(key, t.clone());
         Ok(t)
     }
 
@@ -175,5 +200,25 @@ mod tests {
         let again =
             PromptTemplate::new(None, "{{ inputs.x | value }} {{ inputs.y | value }} {{ inputs.z | value }}").unwrap();
         assert!(Arc::ptr_eq(&t.env, &again.env));
+    }
+
+    #[test]
+    fn the_cache_evicts_the_least_recently_used_template() {
+        let mut c = TemplateCache::default();
+        let key = |i: usize| (None, format!("t{i}"));
+        let first = PromptTemplate::new(None, "first").unwrap();
+        for i in 0..CACHE_CAPACITY {
+            c.insert(key(i), first.clone());
+        }
+        // t0 is used again: t1 is now the least recently used.
+        assert!(c.get(&key(0)).is_some());
+        c.insert(key(CACHE_CAPACITY), first.clone());
+        assert_eq!(c.entries.len(), CACHE_CAPACITY);
+        assert!(c.get(&key(0)).is_some(), "a template in use stays");
+        assert!(c.get(&key(1)).is_none(), "the least recently used one went");
+        // Re-inserting a cached key evicts nothing.
+        c.insert(key(2), first);
+        assert_eq!(c.entries.len(), CACHE_CAPACITY);
+        assert!(c.get(&key(3)).is_some());
     }
 }
