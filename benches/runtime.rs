@@ -84,7 +84,15 @@ async fn run() {
 
     // 1. Routing decision.
     let router = Arc::new(Router::new(RouterConfig::default(), Telemetry::new().with_metrics(false)));
-    let req = RouteRequest { op: "predict", native: Ok(()), prefer: None, pool: None, shadow: None, python: true };
+    let req = RouteRequest {
+        op: "predict",
+        native: Ok(()),
+        prefer: None,
+        pool: None,
+        shadow: None,
+        python: true,
+        python_unsupported: None,
+    };
     let direct = measure(101, 1000, || {
         std::hint::black_box(router.plan(&req).expect("plan"));
     });

@@ -469,3 +469,55 @@ async fn program_of_thought_runs_code_in_the_sandbox_and_best_of_n_needs_its_rew
     }
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn program_specs_carry_templates_and_strict_inputs_on_every_path() {
+    let (server, lm) = offline_lm().await;
+    let rt = builder(1).lm(lm).start().await.unwrap();
+    let templated = Program::new(
+        ProgramSpec::predict("question -> answer").with_template(
+            Some("Your output fields are:\n{% for f in signature.outputs %}{{ loop.index }}. `{{ f.name }}` ({{ f.type }})\n{% endfor %}Answer with digits only."),
+            "[[ ## question ## ]]\nQ: {{ inputs.question }}",
+        ),
+    );
+    let q = inputs(json!({"question": "What is 17 + 25?"}));
+    let out = rt.run(&templated, q.clone(), RequestOptions::default().no_cache()).await.unwrap();
+    assert_eq!(out.meta.route, Route::Native);
+    let sent = server.requests().pop().unwrap();
+    assert_eq!(sent["messages"][0]["content"], "Your output fields are:\n1. `answer` (str)\nAnswer with digits only.");
+    assert_eq!(sent["messages"][1]["content"], "[[ ## question ## ]]\nQ: What is 17 + 25?");
+    assert_eq!(out.get_str("answer"), Some("42"));
+    // DSPy cannot render it: no Python route, asked for or as a fallback.
+    let err = rt.run(&templated, q.clone(), RequestOptions::python()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.message().contains("template"), "{err}");
+    // A session runs it natively too.
+    let session = rt.session().await.unwrap();
+    session.define("t", templated.spec().clone()).await.unwrap();
+    server.clear_requests();
+    session.run("t", q.clone()).await.unwrap();
+    let sent = &server.requests()[0]["messages"][0]["content"];
+    assert!(sent.as_str().unwrap().ends_with("Answer with digits only."), "{sent}");
+    // A broken template is a clear error when the program is built.
+    let broken = Program::new(ProgramSpec::predict("question -> answer").with_template(None, "{% if %}"));
+    let err = rt.run(&broken, q, RequestOptions::default()).await.unwrap_err();
+    assert!(err.message().contains("template"), "{err}");
+
+    // Strict inputs: a wrong type fails before any LM call, on both routes.
+    let strict = Program::new(ProgramSpec::predict("n: int -> answer").with_strict_inputs());
+    let lax = Program::new(ProgramSpec::predict("n: int -> answer"));
+    let wrong = inputs(json!({"n": "two"}));
+    server.clear_requests();
+    for opts in [RequestOptions::default(), RequestOptions::python()] {
+        let err = rt.run(&strict, wrong.clone(), opts.no_cache()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Validation, "{err}");
+        assert!(err.message().contains('n'), "{err}");
+    }
+    assert!(server.requests().is_empty(), "nothing reached the LM");
+    for opts in [RequestOptions::default(), RequestOptions::python()] {
+        rt.run(&lax, wrong.clone(), opts.no_cache()).await.expect("DSPy only warns");
+    }
+    let right = rt.run(&strict, inputs(json!({"n": 2})), RequestOptions::python().no_cache()).await.unwrap();
+    assert!(right.get_str("answer").is_some());
+    rt.shutdown().await.unwrap();
+}

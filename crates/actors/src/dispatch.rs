@@ -299,6 +299,8 @@ impl Dispatcher {
 
     fn plan(&self, req: &Request, shadow: Option<bool>, python: bool) -> Result<Plan> {
         let _span = tracing::debug_span!("dspex.route", op = req.program.op()).entered();
+        // Before any route is chosen, so both routes are held to it.
+        req.program.check_inputs(&req.inputs)?;
         let native_ok = match (req.program.native_support(), self.shared.lms.native_for(&req.program)) {
             (Err(why), _) => Err(Cow::Borrowed(why)),
             (Ok(()), Err(why)) => Err(Cow::Owned(why)),
@@ -311,6 +313,7 @@ impl Dispatcher {
             pool: req.ctx.options.pool.as_deref(),
             shadow,
             python,
+            python_unsupported: req.program.python_support().err(),
         })
     }
 

@@ -113,6 +113,25 @@ impl Program {
         }
     }
 
+    /// `Ok` when a Python worker can run this program as specified; else
+    /// why not (a user template is rendered by the native engine only).
+    pub fn python_support(&self) -> Result<(), &'static str> {
+        match self.inner.spec.template {
+            Some(_) => Err("a user template formats prompts natively only"),
+            None => Ok(()),
+        }
+    }
+
+    /// With `strict_inputs`, check `inputs` against the field types, for
+    /// whichever route will run it: a `Validation` error naming the field.
+    pub(crate) fn check_inputs(&self, inputs: &Map) -> dspex_core::Result<()> {
+        if !self.inner.spec.strict_inputs {
+            return Ok(());
+        }
+        let sig = dspex_native::signature_from_spec(&self.inner.spec.signature)?;
+        dspex_native::validate::check_inputs(&sig, inputs)
+    }
+
     /// The spec as JSON (what Python workers receive).
     pub fn wire(&self) -> &Value {
         &self.inner.wire

@@ -88,6 +88,9 @@ pub struct RouteRequest<'a> {
     /// Whether there is Python to run on (a local pool or the cluster's):
     /// without it nothing falls back to Python.
     pub python: bool,
+    /// `Some(why)` when Python cannot run this program as specified (a
+    /// user template): no fallback, shadow or `python` preference then.
+    pub python_unsupported: Option<&'a str>,
 }
 
 /// Where a request runs: its targets in order — the first, then each one
@@ -340,6 +343,7 @@ impl Router {
             Some(p) => Route::Python(p.to_string()),
             None => Route::Python(default_pool.unwrap_or_default()),
         };
+        let python = req.python && req.python_unsupported.is_none();
         let plan = match prefer {
             RoutePreference::Native => {
                 if let Err(why) = req.native {
@@ -348,6 +352,9 @@ impl Router {
                 Plan::to(Route::Native, "native requested")
             }
             RoutePreference::Python => {
+                if let Some(why) = req.python_unsupported {
+                    return Err(Error::unsupported(format!("{} cannot run in Python: {why}", req.op)));
+                }
                 if !self.allow(&pool) {
                     return Err(self.open_error(&pool));
                 }
@@ -356,17 +363,24 @@ impl Router {
             // Only `auto` falls back, and only from native to Python.
             RoutePreference::Auto => match req.native {
                 Ok(()) if self.allow(&Route::Native) => {
-                    let shadow = req.python
+                    let shadow = python
                         && match req.shadow {
                             Some(on) => on,
                             None => self.sample_shadow(shadow_rate),
                         };
                     let shadow = shadow.then(|| pool.clone());
-                    let targets = if req.python { vec![Route::Native, pool] } else { vec![Route::Native] };
+                    let targets = if python { vec![Route::Native, pool] } else { vec![Route::Native] };
                     Plan { shadow, targets, reason: Cow::Borrowed("native engine supports it") }
                 }
                 // No Python to take over while the native circuit is open.
-                Ok(()) if !req.python => return Err(self.open_error(&Route::Native)),
+                Ok(()) if !python => return Err(self.open_error(&Route::Native)),
+                Err(why) if req.python_unsupported.is_some() => {
+                    let py = req.python_unsupported.unwrap_or_default();
+                    return Err(Error::unsupported(format!(
+                        "{} cannot run natively ({why}) nor in Python ({py})",
+                        req.op
+                    )));
+                }
                 native => {
                     if !self.allow(&pool) {
                         return Err(self.open_error(&pool));
@@ -606,6 +620,7 @@ impl Actor for RouterActor {
                     pool: None,
                     shadow: None,
                     python: true,
+                    python_unsupported: None,
                 };
                 let _ = reply.send(self.router.plan(&req));
             }
@@ -623,7 +638,20 @@ mod tests {
     }
 
     fn req<'a>(native: std::result::Result<(), &'a str>, prefer: Option<RoutePreference>) -> RouteRequest<'a> {
-        RouteRequest { op: "predict", native, prefer, pool: None, shadow: None, python: true }
+        RouteRequest { op: "predict", native, prefer, pool: None, shadow: None, python: true, python_unsupported: None }
+    }
+
+    #[test]
+    fn a_program_python_cannot_run_has_no_python_route() {
+        let r = router(RouterConfig { shadow_rate: 1.0, ..RouterConfig::default() });
+        let native_only =
+            |native, prefer| RouteRequest { python_unsupported: Some("a user template"), ..req(native, prefer) };
+        let plan = r.plan(&native_only(Ok(()), None)).unwrap();
+        assert_eq!((plan.targets.clone(), plan.shadow.clone()), (vec![Route::Native], None), "no fallback, no shadow");
+        let err = r.plan(&native_only(Ok(()), Some(RoutePreference::Python))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        let err = r.plan(&native_only(Err("bad template"), None)).unwrap_err();
+        assert!(err.message().contains("bad template") && err.message().contains("a user template"), "{err}");
     }
 
     #[tokio::test]

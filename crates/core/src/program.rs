@@ -175,6 +175,28 @@ pub struct ProgramSpec {
     /// A saved program state (what DSPy's `program.save(path)` writes), applied after the demos.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<Value>,
+    /// A user prompt template in place of the adapter's formatting. The
+    /// native engine renders it (minijinja); DSPy has no equivalent, so a
+    /// program with one runs natively only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateSpec>,
+    /// Check every input against its field's type before the call, on
+    /// either route, and fail with `Validation` (DSPy only warns).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict_inputs: bool,
+}
+
+/// A user prompt template: minijinja sources for the system message
+/// (optional: none is sent when absent) and the user message, over
+/// `signature`, `inputs` and `demos` (see `dspex_native::template`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    /// The system message's template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// The user message's template.
+    pub user: String,
 }
 
 impl ProgramSpec {
@@ -189,6 +211,8 @@ impl ProgramSpec {
             config: Map::new(),
             params: Map::new(),
             state: None,
+            template: None,
+            strict_inputs: false,
         }
     }
 
@@ -255,6 +279,18 @@ impl ProgramSpec {
     /// feedback between attempts.
     pub fn refine(signature: impl Into<SignatureSpec>, n: u32, reward_fn: &str, threshold: f64) -> ProgramSpec {
         ProgramSpec { module: ModuleKind::Refine, ..ProgramSpec::best_of_n(signature, n, reward_fn, threshold) }
+    }
+
+    /// Format prompts with a user template (native only; see [`TemplateSpec`]).
+    pub fn with_template(mut self, system: Option<&str>, user: &str) -> ProgramSpec {
+        self.template = Some(TemplateSpec { system: system.map(str::to_string), user: user.to_string() });
+        self
+    }
+
+    /// Fail requests whose inputs do not match their field types.
+    pub fn with_strict_inputs(mut self) -> ProgramSpec {
+        self.strict_inputs = true;
+        self
     }
 
     /// Set one module parameter.

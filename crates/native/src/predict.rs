@@ -503,8 +503,19 @@ impl NativeProgram {
                 f.ty().annotation_name()
             )));
         }
-        let configure =
-            |p: Predict| p.with_demos(spec.demos.clone()).with_adapter(spec.adapter).with_config(spec.config.clone());
+        let template = match &spec.template {
+            Some(t) => Some(PromptTemplate::new(t.system.as_deref(), &t.user)?),
+            None => None,
+        };
+        let check = if spec.strict_inputs { InputCheck::Strict } else { InputCheck::Warn };
+        let configure = |p: Predict| {
+            let p = p.with_demos(spec.demos.clone()).with_adapter(spec.adapter).with_config(spec.config.clone());
+            let p = p.with_input_check(check);
+            match template.clone() {
+                Some(t) => p.with_template(t),
+                None => p,
+            }
+        };
         let mut program = match spec.module {
             ModuleKind::Predict => NativeProgram::Predict(configure(Predict::new(sig))),
             ModuleKind::ChainOfThought => {
