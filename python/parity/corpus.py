@@ -1,9 +1,10 @@
 """The parity corpus: inputs only. ``generate_fixtures.py`` adds DSPy's answers.
 
 Each signature case may carry ``"native"``: ``"unsupported"`` marks a program
-DSPy accepts but the native engine deliberately routes to Python (the router
-treats ``Unsupported`` as "run it in a worker"), so the test expects that error
-instead of a result.
+the native engine deliberately routes to Python (the router treats
+``Unsupported`` as "run it in a worker"), whatever DSPy makes of it: the test
+expects that error, or a signature with a type the engine does not run,
+instead of DSPy's result.
 """
 
 # ---------------------------------------------------------------- signatures
@@ -70,6 +71,24 @@ _ACCEPTED = [
     "a: dspy.History, question -> answer",
     "a: dspy.Image -> b",
     "a: list[dspy.Image] -> b",
+    # pydantic constraints in the type: at the top pydantic lifts them off
+    # the type (not shown, not checked on outputs); nested, they are part of
+    # the type's name, JSON schema and validation.
+    "q -> a: Annotated[int, Field(gt=0, lt=10)]",
+    "q: Annotated[str, Field(min_length=3, description='the question')] -> a: Annotated[float, Field(ge=0.5)]",
+    "q -> a: list[Annotated[int, Field(gt=0)]]",
+    "q -> a: Optional[Annotated[int, Field(le=5)]]",
+    "q -> a: dict[str, Annotated[int, Field(multiple_of=2)]]",
+    "q -> a: list[Annotated[float, Field(lt=1.0, ge=1e-07, allow_inf_nan=False)]]",
+    "q -> a: list[Annotated[str, Field(max_length=3, min_length=1)]]",
+    'q -> a: list[Annotated[list[int], Field(min_length=1, description="it\'s\\n")]]',
+    "q -> a: tuple[Annotated[set[str], Field(max_length=2)], Annotated[dict[str, int], Field(min_length=1)]]",
+    "q -> a: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=3)]",
+    "q -> a: list[Annotated[bool, Field(description='flag')]]",
+    "q -> a: list[Annotated[int, Field()]]",
+    "q -> a: list[Annotated[tuple[int, ...], Field(min_length=2)]]",
+    "q -> a: list[typing.Annotated[frozenset[int], Field(3, max_length=4)]]",
+    "q -> a: Annotated[float, Field(gt=2.5e20)] | None",
 ]
 
 _ACCEPTED_NATIVE_UNSUPPORTED = [
@@ -79,6 +98,19 @@ _ACCEPTED_NATIVE_UNSUPPORTED = [
     "a -> b: dspy.Reasoning",
     "a -> b: complex",
     "a -> b: Sequence[str]",
+    "q -> a: list[Annotated[int, Field(title='n')]]",
+    "q -> a: list[Annotated[int, 'a note']]",
+    "q -> a: list[Annotated[Optional[int], Field(gt=0)]]",
+    "q -> a: list[Annotated[float, Field(description='fancy\u00a0space')]]",
+    "q -> a: Annotated",
+    "q -> a: list[Annotated[str, Field(gt=0)]]",
+]
+
+# DSPy (pydantic) rejects these when it builds the signature; the engine
+# does not model pydantic's schema errors and leaves them to Python.
+_REJECTED_NATIVE_UNSUPPORTED = [
+    "q -> a: list[Annotated[int, Field(gt=0.5)]]",
+    "q -> a: Annotated[int, Field(gt=2.5e20)] | None",
 ]
 
 _REJECTED = [
@@ -121,6 +153,8 @@ _REJECTED = [
     "a: int() -> b",
     "a: (int, str) -> b",
     "a: int.real -> b",
+    "q -> a: Annotated[int, Field(gt=-1)]",
+    "q -> a: Annotated[int, Field(gt=foo)]",
 ]
 
 SIGNATURE_CASES = (
@@ -130,6 +164,10 @@ SIGNATURE_CASES = (
         for i, s in enumerate(_ACCEPTED_NATIVE_UNSUPPORTED)
     ]
     + [{"id": f"reject-{i:02d}", "signature": s} for i, s in enumerate(_REJECTED)]
+    + [
+        {"id": f"reject-unsupported-{i:02d}", "signature": s, "native": "unsupported"}
+        for i, s in enumerate(_REJECTED_NATIVE_UNSUPPORTED)
+    ]
     + [
         {"id": "instructions-plain", "signature": "question -> answer", "instructions": "Answer briefly."},
         {
@@ -159,6 +197,22 @@ _CLASS_STYLE = {
 _HISTORY_SIG = "question: str, history: dspy.History -> answer"
 
 FORMAT_CASES = [
+    {
+        "id": "constraints-in-types",
+        "signature": "question: Annotated[str, Field(min_length=1)], hints: list[Annotated[str, Field(max_length=20)]]"
+        " -> answer: Annotated[int, Field(ge=0)], steps: list[Annotated[str, Field(min_length=1, description='one step')]],"
+        " scores: dict[str, Annotated[float, Field(gt=0, le=1.0)]] | None",
+        "inputs": {"question": "What is 2 + 2?", "hints": ["add", "count"]},
+        "demos": [
+            {
+                "question": "What is 1 + 1?",
+                "hints": ["add"],
+                "answer": 2,
+                "steps": ["one plus one"],
+                "scores": {"add": 0.5},
+            }
+        ],
+    },
     {"id": "qa-simple", "signature": _QA, "inputs": {"question": "What is the capital of France?"}},
     {"id": "qa-multiline", "signature": _QA, "inputs": {"question": "Line one\nLine two\n\n  indented line\n"}},
     {"id": "qa-unicode", "signature": _QA, "inputs": {"question": "¿Qué es «DSPy»? 日本語 🚀 — naïve"}},
@@ -372,7 +426,54 @@ FORMAT_CASES = [
 # ---------------------------------------------------------------- parse
 _CHAT_QA_OK = "[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]"
 
+_CONSTRAINT_PARSES = [
+    ("top-level-not-checked", "q -> a: Annotated[int, Field(gt=0, lt=10)]", "15"),
+    (
+        "top-level-list-not-checked",
+        "q -> a: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=2)]",
+        "[1, 2, 3]",
+    ),
+    ("nested-top-list", "q -> a: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=2)]", "[-1]"),
+    ("list-gt-ok", "q -> a: list[Annotated[int, Field(gt=0)]]", "[1, '2']"),
+    ("list-gt", "q -> a: list[Annotated[int, Field(gt=0)]]", "[1, -2, 0]"),
+    ("optional-le", "q -> a: Optional[Annotated[int, Field(le=5)]]", "15"),
+    ("optional-le-none", "q -> a: Optional[Annotated[int, Field(le=5)]]", "None"),
+    ("dict-multiple", "q -> a: dict[str, Annotated[int, Field(multiple_of=2)]]", '{"x": 3, "y": 4, "z": true}'),
+    ("str-lengths", "q -> a: list[Annotated[str, Field(min_length=2, max_length=3)]]", '["a", "abcd", "abc", ""]'),
+    (
+        "float-bounds",
+        "q -> a: list[Annotated[float, Field(gt=0.5, lt=2.5e20, allow_inf_nan=False)]]",
+        '[0.1, "inf", 3e20, 1]',
+    ),
+    ("float-nan", "q -> a: list[Annotated[float, Field(ge=0.0)]]", '["nan", -1e-300, 0]'),
+    ("float-multiple", "q -> a: list[Annotated[float, Field(multiple_of=0.1)]]", "[0.7, 1.25, 0.30000000000000004]"),
+    ("int-order", "q -> a: list[Annotated[int, Field(ge=2, le=1, multiple_of=3)]]", "[0, 5, 1, '6', 7.0]"),
+    ("list-too-long", "q -> a: list[Annotated[list[int], Field(max_length=1)]]", '[[1, "x"], [2]]'),
+    ("list-too-short", "q -> a: list[Annotated[list[int], Field(min_length=2)]]", '[[1, "x"], [2]]'),
+    ("set-too-long", "q -> a: list[Annotated[set[int], Field(max_length=1)]]", '[[1, "x", 2], ["x", 1]]'),
+    ("frozenset-too-short", "q -> a: list[Annotated[frozenset[int], Field(min_length=2)]]", "[[1, 1], [1, 2]]"),
+    (
+        "dict-lengths",
+        "q -> a: list[Annotated[dict[str, int], Field(min_length=1, max_length=1)]]",
+        '[{}, {"a": 1, "b": "x"}, {"a": 1, "b": 2, "c": "x"}]',
+    ),
+    (
+        "tuple-lengths",
+        "q -> a: list[Annotated[tuple[int, ...], Field(min_length=2, max_length=2)]]",
+        "[[1], [1, 2, 3], [4, 5]]",
+    ),
+    ("description-only", "q -> a: list[Annotated[bool, Field(description='flag')]]", "[true, 'no']"),
+]
+
 PARSE_CASES = [
+    *[
+        {
+            "id": f"constraint-{name}",
+            "signature": sig,
+            "completions": {"chat": f"[[ ## a ## ]]\n{value}\n\n[[ ## completed ## ]]", "json": f'{{"a": {value}}}'},
+        }
+        for name, sig, value in _CONSTRAINT_PARSES
+    ],
     {"id": "qa-ok", "signature": _QA, "completions": {"chat": _CHAT_QA_OK, "json": '{"answer": "Paris"}'}},
     {
         "id": "qa-preamble",

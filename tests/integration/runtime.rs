@@ -519,5 +519,27 @@ async fn program_specs_carry_templates_and_strict_inputs_on_every_path() {
     }
     let right = rt.run(&strict, inputs(json!({"n": 2})), RequestOptions::python().no_cache()).await.unwrap();
     assert!(right.get_str("answer").is_some());
+    // The request can ask for the check, or waive it.
+    let err = rt.run(&lax, wrong.clone(), RequestOptions::default().strict_inputs(true)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation, "{err}");
+    rt.run(&strict, wrong, RequestOptions::python().no_cache().strict_inputs(false)).await.expect("waived");
+
+    // Constraints written into the types run natively; strict checks hold
+    // inputs to them with pydantic's words.
+    let constrained = Program::new(
+        ProgramSpec::predict("question: Annotated[str, Field(min_length=5)] -> answer: Annotated[int, Field(ge=0)]")
+            .with_strict_inputs(),
+    );
+    assert!(constrained.native_support().is_ok(), "{:?}", constrained.native_support());
+    let out = rt.run(&constrained, q_42(), RequestOptions::native().no_cache()).await.unwrap();
+    assert_eq!(out.meta.route, Route::Native);
+    assert_eq!(out.get("answer"), Some(&json!(42)));
+    let err = rt.run(&constrained, inputs(json!({"question": "2+2"})), RequestOptions::default()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation, "{err}");
+    assert!(err.message().ends_with("String should have at least 5 characters"), "{err}");
     rt.shutdown().await.unwrap();
+}
+
+fn q_42() -> Map {
+    inputs(json!({"question": "What is 17 + 25?"}))
 }

@@ -300,7 +300,7 @@ impl Dispatcher {
     fn plan(&self, req: &Request, shadow: Option<bool>, python: bool) -> Result<Plan> {
         let _span = tracing::debug_span!("dspex.route", op = req.program.op()).entered();
         // Before any route is chosen, so both routes are held to it.
-        req.program.check_inputs(&req.inputs)?;
+        req.program.check_inputs(&req.inputs, req.ctx.options.strict_inputs)?;
         let native_ok = match (req.program.native_support(), self.shared.lms.native_for(&req.program)) {
             (Err(why), _) => Err(Cow::Borrowed(why)),
             (Ok(()), Err(why)) => Err(Cow::Owned(why)),

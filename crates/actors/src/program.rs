@@ -17,9 +17,9 @@
 //! assert!(react.native_support().unwrap_err().contains("Python"));
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use dspex_core::{Map, ProgramSpec, Value};
+use dspex_core::{Map, ProgramSpec, Signature, Value};
 use dspex_native::NativeProgram;
 use serde::Serialize;
 
@@ -30,6 +30,8 @@ struct Inner {
     native: Result<NativeProgram, String>,
     wire: Value,
     key: CacheKey,
+    /// The signature strict input checks read, parsed on first use.
+    checked_signature: OnceLock<dspex_core::Result<Arc<Signature>>>,
 }
 
 /// A program and its precomputed forms. See the [module docs](self).
@@ -92,7 +94,7 @@ impl Program {
         let native = NativeProgram::from_spec(&spec).map_err(|e| e.message().to_string());
         let wire = serde_json::to_value(&spec).unwrap_or(Value::Null);
         let key = CacheKey::new("program", &[&wire]);
-        Program { inner: Arc::new(Inner { spec, native, wire, key }) }
+        Program { inner: Arc::new(Inner { spec, native, wire, key, checked_signature: OnceLock::new() }) }
     }
 
     /// The description it was made from.
@@ -122,14 +124,20 @@ impl Program {
         }
     }
 
-    /// With `strict_inputs`, check `inputs` against the field types, for
+    /// With `strict_inputs` (the request's choice over the program's), check
+    /// `inputs` against the field types and the constraints in them, for
     /// whichever route will run it: a `Validation` error naming the field.
-    pub(crate) fn check_inputs(&self, inputs: &Map) -> dspex_core::Result<()> {
-        if !self.inner.spec.strict_inputs {
+    pub(crate) fn check_inputs(&self, inputs: &Map, strict: Option<bool>) -> dspex_core::Result<()> {
+        if !strict.unwrap_or(self.inner.spec.strict_inputs) {
             return Ok(());
         }
-        let sig = dspex_native::signature_from_spec(&self.inner.spec.signature)?;
-        dspex_native::validate::check_inputs(&sig, inputs)
+        let sig = self
+            .inner
+            .checked_signature
+            .get_or_init(|| dspex_native::signature_from_spec(&self.inner.spec.signature))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        dspex_native::validate::check_inputs(sig, inputs)
     }
 
     /// The spec as JSON (what Python workers receive).

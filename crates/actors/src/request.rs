@@ -58,6 +58,10 @@ pub struct RequestOptions {
     /// Send Python work to another node of the cluster even when a local
     /// pool could take it.
     pub prefer_remote: bool,
+    /// Check the inputs against the signature's types before routing
+    /// (`Validation` on a mismatch), or not, whatever the program's
+    /// `strict_inputs` says; `None`: as the program says.
+    pub strict_inputs: Option<bool>,
 }
 
 impl Default for RequestOptions {
@@ -75,6 +79,7 @@ impl Default for RequestOptions {
             session: None,
             node: None,
             prefer_remote: false,
+            strict_inputs: None,
         }
     }
 }
@@ -141,6 +146,13 @@ impl RequestOptions {
     /// Prefer another cluster node for Python work.
     pub fn prefer_remote(mut self) -> RequestOptions {
         self.prefer_remote = true;
+        self
+    }
+
+    /// Check (or do not check) the inputs against the signature's types,
+    /// over the program's own `strict_inputs`.
+    pub fn strict_inputs(mut self, on: bool) -> RequestOptions {
+        self.strict_inputs = Some(on);
         self
     }
 

@@ -361,8 +361,8 @@ impl Router {
                 Plan::to(pool, "python requested")
             }
             // Only `auto` falls back, and only from native to Python.
-            RoutePreference::Auto => match req.native {
-                Ok(()) if self.allow(&Route::Native) => {
+            RoutePreference::Auto => match (req.native, req.python_unsupported) {
+                (Ok(()), _) if self.allow(&Route::Native) => {
                     let shadow = python
                         && match req.shadow {
                             Some(on) => on,
@@ -373,15 +373,14 @@ impl Router {
                     Plan { shadow, targets, reason: Cow::Borrowed("native engine supports it") }
                 }
                 // No Python to take over while the native circuit is open.
-                Ok(()) if !python => return Err(self.open_error(&Route::Native)),
-                Err(why) if req.python_unsupported.is_some() => {
-                    let py = req.python_unsupported.unwrap_or_default();
+                (Ok(()), _) if !python => return Err(self.open_error(&Route::Native)),
+                (Err(why), Some(py)) => {
                     return Err(Error::unsupported(format!(
                         "{} cannot run natively ({why}) nor in Python ({py})",
                         req.op
                     )));
                 }
-                native => {
+                (native, _) => {
                     if !self.allow(&pool) {
                         return Err(self.open_error(&pool));
                     }

@@ -17,7 +17,7 @@
 //! );
 //! ```
 
-use dspex_core::{DspyType, Error, Field, FieldRole, FieldType, LiteralValue, Map, Result, Value};
+use dspex_core::{Constraint, DspyType, Error, Field, FieldRole, FieldType, LiteralValue, Map, Result, Value};
 
 use crate::py;
 
@@ -96,6 +96,22 @@ pub fn json_schema(t: &FieldType) -> Result<Value> {
                 _ => obj(vec![("enum", Value::Array(json))]),
             }
         }
+        FieldType::Annotated { inner, constraints, description } => {
+            let Value::Object(mut schema) = json_schema(inner)? else {
+                return Err(Error::unsupported("a constrained type whose schema is not an object"));
+            };
+            for c in constraints {
+                if let Some(key) = constraint_key(inner, c) {
+                    schema.insert(key.to_string(), c.value());
+                }
+            }
+            if let Some(d) = description {
+                schema.insert("description".into(), Value::String(d.clone()));
+            }
+            let mut pairs: Vec<(String, Value)> = schema.into_iter().collect();
+            pairs.sort_by(|(a, _), (b, _)| (a != "type", a).cmp(&(b != "type", b)));
+            Value::Object(pairs.into_iter().collect())
+        }
         other => {
             return Err(Error::unsupported(format!(
                 "the JSON schema of `{}` is not modelled natively",
@@ -103,6 +119,33 @@ pub fn json_schema(t: &FieldType) -> Result<Value> {
             )))
         }
     })
+}
+
+/// The JSON Schema keyword pydantic writes for a constraint on `inner`
+/// (`allow_inf_nan` has none).
+pub(crate) fn constraint_key(inner: &FieldType, c: &Constraint) -> Option<&'static str> {
+    let length = |min: &'static str, max: &'static str| match c {
+        Constraint::MinLength(_) => Some(min),
+        Constraint::MaxLength(_) => Some(max),
+        _ => None,
+    };
+    match inner {
+        FieldType::Str => length("minLength", "maxLength"),
+        FieldType::Dict(_) => length("minProperties", "maxProperties"),
+        FieldType::List(_)
+        | FieldType::Set(_)
+        | FieldType::FrozenSet(_)
+        | FieldType::VarTuple(_)
+        | FieldType::Tuple(_) => length("minItems", "maxItems"),
+        _ => match c {
+            Constraint::Gt(_) => Some("exclusiveMinimum"),
+            Constraint::Ge(_) => Some("minimum"),
+            Constraint::Lt(_) => Some("exclusiveMaximum"),
+            Constraint::Le(_) => Some("maximum"),
+            Constraint::MultipleOf(_) => Some("multipleOf"),
+            _ => None,
+        },
+    }
 }
 
 /// DSPy's `translate_field_type`: the placeholder line for a field in the
@@ -158,5 +201,21 @@ mod tests {
         assert_eq!(schema("list[None]"), r#"{"type": "array", "items": {"type": "null"}}"#);
         assert_eq!(schema("list[bytes]"), r#"{"type": "array", "items": {"type": "string", "format": "binary"}}"#);
         assert!(json_schema(&FieldType::Dspy(DspyType::History)).is_err());
+    }
+
+    #[test]
+    fn constrained_schemas_like_pydantic() {
+        assert_eq!(
+            schema("list[Annotated[int, Field(lt=10, gt=0, multiple_of=2)]]"),
+            r#"{"type": "array", "items": {"type": "integer", "exclusiveMaximum": 10, "exclusiveMinimum": 0, "multipleOf": 2}}"#
+        );
+        assert_eq!(
+            schema("dict[str, Annotated[list[str], Field(min_length=1, description='tags')]]"),
+            r#"{"type": "object", "additionalProperties": {"type": "array", "description": "tags", "items": {"type": "string"}, "minItems": 1}}"#
+        );
+        assert_eq!(
+            schema("Optional[Annotated[float, Field(ge=0.5, allow_inf_nan=False)]]"),
+            r#"{"anyOf": [{"type": "number", "minimum": 0.5}, {"type": "null"}]}"#
+        );
     }
 }

@@ -16,9 +16,10 @@
 //! assert_eq!(err.context().field.as_deref(), Some("k"));
 //! ```
 
-use dspex_core::{DspyType, Error, ErrorKind, FieldType, LiteralValue, Map, Result, Signature, Value};
+use dspex_core::{Constraint, DspyType, Error, ErrorKind, FieldType, LiteralValue, Map, Result, Signature, Value};
 
 use crate::py;
+use crate::pyemu::pydantic::constraint_violation;
 
 /// Whether `value` is a valid value of type `ty` (ints count as floats; a
 /// `str` field also takes a list of strings, as DSPy allows).
@@ -55,6 +56,9 @@ pub fn matches_type(ty: &FieldType, value: &Value) -> bool {
         }),
         (FieldType::Literal(values), v) => values.iter().any(|l| literal_matches(l, v)),
         (FieldType::Union(members), v) => members.iter().any(|t| matches_type(t, v)),
+        (FieldType::Annotated { inner, constraints, .. }, v) => {
+            matches_type(inner, v) && constraint_violation(inner, constraints, v).is_none()
+        }
         (FieldType::Dspy(DspyType::History), Value::Object(o)) => {
             o.len() == 1 && o.get("messages").and_then(Value::as_array).is_some_and(|m| m.iter().all(Value::is_object))
         }
@@ -126,6 +130,11 @@ pub fn values_schema(ty: &FieldType) -> Option<Value> {
             json!({"enum": values})
         }
         FieldType::Union(members) => json!({"anyOf": all(members)?}),
+        FieldType::Annotated { inner, constraints, .. } => {
+            let mut schema = values_schema(inner)?;
+            add_constraints(&mut schema, inner, constraints);
+            schema
+        }
         FieldType::Dspy(DspyType::History) => json!({
             "type": "object",
             "required": ["messages"],
@@ -134,6 +143,19 @@ pub fn values_schema(ty: &FieldType) -> Option<Value> {
         }),
         _ => return None,
     })
+}
+
+/// `constraints` on values of `ty` as JSON Schema keywords, added to `schema`
+/// (a string's length also at the top of its list-of-strings alternative:
+/// the keyword only ever applies to strings).
+fn add_constraints(schema: &mut Value, ty: &FieldType, constraints: &[Constraint]) {
+    if let Value::Object(map) = schema {
+        for c in constraints {
+            if let Some(key) = crate::schema::constraint_key(ty, c) {
+                map.insert(key.to_string(), c.value());
+            }
+        }
+    }
 }
 
 fn literal_matches(l: &LiteralValue, v: &Value) -> bool {
@@ -157,14 +179,19 @@ pub fn check_inputs(sig: &Signature, inputs: &Map) -> Result<()> {
         if value.is_null() || !field.type_declared() {
             continue;
         }
-        if !matches_type(field.ty(), value) {
+        let broken = if !matches_type(field.ty(), value) {
+            Some(String::new())
+        } else {
+            constraint_violation(field.ty(), field.type_constraints(), value).map(|msg| format!(": {msg}"))
+        };
+        if let Some(why) = broken {
             let mut shown = py::value_repr(value);
             if shown.chars().count() > 200 {
                 shown = shown.chars().take(200).collect::<String>() + "…";
             }
             return Err(Error::new(
                 ErrorKind::Validation,
-                format!("input `{}` expects {}, got {shown}", field.name(), field.ty().annotation_name()),
+                format!("input `{}` expects {}, got {shown}{why}", field.name(), field.ty().annotation_name()),
             )
             .with_field(field.name()));
         }
@@ -208,6 +235,26 @@ mod tests {
         assert!(ok("str", json!(["a", "b"])));
         assert!(ok("dspy.History", json!({"messages": [{"q": "x"}]})));
         assert!(!ok("dspy.History", json!({"messages": "x"})));
+        assert!(ok("list[Annotated[int, Field(gt=0)]]", json!([1, 2])));
+        assert!(!ok("list[Annotated[int, Field(gt=0)]]", json!([1, 0])));
+        assert!(!ok("dict[str, Annotated[str, Field(max_length=2)]]", json!({"a": "abc"})));
+    }
+
+    #[test]
+    fn constraints_in_the_type_are_checked_on_inputs() {
+        let sig =
+            crate::parse_signature("q: Annotated[str, Field(min_length=3)], n: Annotated[int, Field(le=5)] -> a", None)
+                .unwrap();
+        assert_eq!(sig.inputs()[0].ty(), &FieldType::Str, "pydantic lifts the constraints off the type");
+        let err = check_inputs(&sig, json!({"q": "ab"}).as_object().unwrap()).unwrap_err();
+        assert_eq!(err.message(), "input `q` expects str, got 'ab': String should have at least 3 characters");
+        let err = check_inputs(&sig, json!({"q": "abc", "n": 6}).as_object().unwrap()).unwrap_err();
+        assert_eq!(err.message(), "input `n` expects int, got 6: Input should be less than or equal to 5");
+        assert!(check_inputs(&sig, json!({"q": "abc", "n": 5}).as_object().unwrap()).is_ok());
+        assert_eq!(
+            values_schema(&parse_type("list[Annotated[int, Field(gt=0)]]").unwrap()),
+            Some(json!({"type": "array", "items": {"type": ["integer", "boolean"], "exclusiveMinimum": 0}}))
+        );
     }
 
     #[test]

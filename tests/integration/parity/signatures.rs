@@ -17,6 +17,9 @@ fn signatures_parse_like_dspy() {
         let instructions = case["instructions"].as_str();
         let native_unsupported = case["native"] == "unsupported";
         let got = parse_signature(text, instructions);
+        if native_unsupported && got.as_ref().is_err_and(|e| e.kind() == ErrorKind::Unsupported) {
+            continue;
+        }
         match (&case["expect"]["ok"], &case["expect"]["error"], got) {
             (Value::Object(want), _, Ok(sig)) => {
                 bad.check(id, "instructions", sig.instructions(), want["instructions"].as_str().unwrap_or_default());

@@ -29,7 +29,7 @@ from .programs import (
     predictors,
     shared_program,
 )
-from .registry import Cancelled, CommandError, DeadlineExceeded, InvalidArguments, command, on_loop
+from .registry import Cancelled, CommandError, DeadlineExceeded, InvalidArguments, classify, command, on_loop
 from .values import coerce_inputs, history_inputs, jsonable, prediction_fields, run_reply
 
 # Module kinds whose DSPy class has a native ``aforward``: their streams are
@@ -64,8 +64,6 @@ class _Failed:
     """An item of a parallel run that raised: its wire error."""
 
     def __init__(self, exc: BaseException):
-        from .server import classify
-
         self.error = classify(exc)
         # The traceback stays in the worker's log: per-item errors are read
         # by callers, who need the kind and the message.
@@ -249,7 +247,8 @@ class _Progress:
         self.lock = threading.Lock()
         self.positional = _positional_arity(metric)
 
-    def _total(self, done: int) -> int | None:
+    def total_now(self, done: int) -> int | None:
+        """The total to report after `done` metric calls."""
         total = self.total() if callable(self.total) else self.total
         return None if total is None else max(int(total), done)
 
@@ -263,7 +262,7 @@ class _Progress:
         with self.lock:
             self.done += 1
             done = self.done
-        self.ctx.emit({"event": "progress", "phase": self.phase, "done": done, "total": self._total(done)})
+        self.ctx.emit({"event": "progress", "phase": self.phase, "done": done, "total": self.total_now(done)})
         return score
 
 
@@ -410,7 +409,7 @@ def optimize(
             # GEPA works out its budget (from `auto` or `max_full_evals`)
             # in compile; read it when the first metric call is reported.
             scorer.total = lambda: getattr(teleprompter, "max_metric_calls", None)
-        ctx.emit({"event": "started", "optimizer": optimizer, "trainset": len(train), "total": scorer._total(0)})
+        ctx.emit({"event": "started", "optimizer": optimizer, "trainset": len(train), "total": scorer.total_now(0)})
         compiled = teleprompter.compile(module, trainset=train, **compile_kwargs)
     if optimizer == "LabeledFewShot":
         # No metric calls: one step, choosing the demos.

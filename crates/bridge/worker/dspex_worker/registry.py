@@ -6,6 +6,7 @@ import functools
 import inspect
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,35 @@ class Context:
         if self.stream and self._emit is not None:
             self._seq += 1
             self._emit(self._seq, data)
+
+
+def classify(exc: BaseException) -> dict:
+    """The wire form of an exception: type, kind, message, traceback, retryable."""
+    kind, retryable = "python", False
+    if isinstance(exc, CommandError):
+        kind, retryable = exc.kind, exc.retryable
+    else:
+        name = type(exc).__name__
+        mro = {c.__name__ for c in type(exc).__mro__}
+        if "AdapterParseError" in mro:
+            kind = "parse"
+        elif "ContextWindowExceededError" in mro:
+            kind = "lm"
+        elif "Timeout" in name or "TimeoutError" in mro:
+            kind, retryable = "timeout", True
+        elif "RateLimit" in name or "LMRateLimitError" in mro or "LMServerError" in mro:
+            kind, retryable = "lm", True
+        elif "Connection" in name or "LMTransportError" in mro:
+            kind, retryable = "transport", True
+        elif "LMError" in mro or "APIError" in mro:
+            kind = "lm"
+    return {
+        "type": type(exc).__name__,
+        "kind": kind,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "retryable": retryable,
+    }
 
 
 @dataclass

@@ -29,7 +29,7 @@ from .protocol import (
     ok_response,
     pong_message,
 )
-from .registry import CommandError, Context, DeadlineExceeded, registry
+from .registry import CommandError, Context, DeadlineExceeded, classify, registry
 from .spans import SpanRecorder
 
 log = logging.getLogger("dspex_worker")
@@ -59,35 +59,6 @@ def set_identity(worker_id: str) -> None:
     """Log under `worker_id` from now on (and report it to user code)."""
     os.environ["DSPEX_WORKER_ID"] = worker_id
     _setup_logging(worker_id)
-
-
-def classify(exc: BaseException) -> dict:
-    """The wire form of an exception: type, kind, message, traceback, retryable."""
-    kind, retryable = "python", False
-    if isinstance(exc, CommandError):
-        kind, retryable = exc.kind, exc.retryable
-    else:
-        name = type(exc).__name__
-        mro = {c.__name__ for c in type(exc).__mro__}
-        if "AdapterParseError" in mro:
-            kind = "parse"
-        elif "ContextWindowExceededError" in mro:
-            kind = "lm"
-        elif "Timeout" in name or "TimeoutError" in mro:
-            kind, retryable = "timeout", True
-        elif "RateLimit" in name or "LMRateLimitError" in mro or "LMServerError" in mro:
-            kind, retryable = "lm", True
-        elif "Connection" in name or "LMTransportError" in mro:
-            kind, retryable = "transport", True
-        elif "LMError" in mro or "APIError" in mro:
-            kind = "lm"
-    return {
-        "type": type(exc).__name__,
-        "kind": kind,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        "retryable": retryable,
-    }
 
 
 class Worker:

@@ -282,7 +282,7 @@ def test_unknown_metric_path(worker):
 def test_jsonable_and_error_classification():
     import enum
 
-    from dspex_worker.server import classify
+    from dspex_worker.registry import classify
     from dspex_worker.values import jsonable
 
     class Color(enum.Enum):

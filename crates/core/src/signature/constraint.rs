@@ -8,7 +8,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// A pydantic field constraint, shown to the LM as DSPy shows it
 /// (`greater than or equal to: 0`). Values are numbers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Constraint {
     /// `gt`
@@ -56,6 +56,48 @@ impl Constraint {
             Constraint::MultipleOf(_) => "a multiple of the given number: ",
             Constraint::AllowInfNan(_) => "allow 'inf', '-inf', 'nan' values: ",
         }
+    }
+
+    /// Where pydantic puts this constraint among a field's metadata: `Field()`
+    /// collects them in this fixed order, whatever order the keywords came in.
+    pub fn pydantic_order(&self) -> u8 {
+        match self {
+            Constraint::Gt(_) => 0,
+            Constraint::Ge(_) => 1,
+            Constraint::Lt(_) => 2,
+            Constraint::Le(_) => 3,
+            Constraint::MultipleOf(_) => 4,
+            Constraint::MinLength(_) => 5,
+            Constraint::MaxLength(_) => 6,
+            Constraint::AllowInfNan(_) => 7,
+        }
+    }
+
+    /// Python's `repr()` of the annotated-types object pydantic keeps for
+    /// this constraint: `Gt(gt=0)`, `MinLen(min_length=1)`, `Ge(ge=1e-07)`.
+    pub fn py_repr(&self) -> String {
+        let class = match self {
+            Constraint::Gt(_) => "Gt",
+            Constraint::Ge(_) => "Ge",
+            Constraint::Lt(_) => "Lt",
+            Constraint::Le(_) => "Le",
+            Constraint::MinLength(_) => "MinLen",
+            Constraint::MaxLength(_) => "MaxLen",
+            Constraint::MultipleOf(_) => "MultipleOf",
+            Constraint::AllowInfNan(_) => "AllowInfNan",
+        };
+        let mut out = format!("{class}({}=", self.key());
+        match self {
+            Constraint::Gt(n)
+            | Constraint::Ge(n)
+            | Constraint::Lt(n)
+            | Constraint::Le(n)
+            | Constraint::MultipleOf(n) => super::text::write_number(&mut out, n),
+            Constraint::MinLength(n) | Constraint::MaxLength(n) => out.push_str(&n.to_string()),
+            Constraint::AllowInfNan(b) => out.push_str(if *b { "True" } else { "False" }),
+        }
+        out.push(')');
+        out
     }
 
     /// The constraint's value as JSON.
@@ -118,5 +160,18 @@ mod tests {
         assert_eq!(c.key(), "ge");
         assert!(Constraint::from_key("min_length", &serde_json::json!(-1)).is_err());
         assert!(Constraint::from_key("bogus", &serde_json::json!(1)).is_err());
+    }
+
+    #[test]
+    fn constraints_print_as_pydantic_keeps_them() {
+        let c = |k: &str, v: serde_json::Value| Constraint::from_key(k, &v).unwrap();
+        assert_eq!(c("gt", serde_json::json!(0)).py_repr(), "Gt(gt=0)");
+        assert_eq!(c("ge", serde_json::json!(1e-7)).py_repr(), "Ge(ge=1e-07)");
+        assert_eq!(c("lt", serde_json::json!(1.0)).py_repr(), "Lt(lt=1.0)");
+        assert_eq!(c("max_length", serde_json::json!(3)).py_repr(), "MaxLen(max_length=3)");
+        assert_eq!(c("allow_inf_nan", serde_json::json!(false)).py_repr(), "AllowInfNan(allow_inf_nan=False)");
+        assert!(
+            c("gt", serde_json::json!(0)).pydantic_order() < c("multiple_of", serde_json::json!(2)).pydantic_order()
+        );
     }
 }

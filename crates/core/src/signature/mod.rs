@@ -47,7 +47,7 @@ use serde_json::Value;
 use crate::error::{Error, ErrorKind, Result};
 
 pub use constraint::Constraint;
-pub use text::{cleandoc, expandtabs, infer_prefix};
+pub use text::{cleandoc, expandtabs, float_repr, infer_prefix, write_float_repr, write_number};
 pub use types::{DspyType, FieldType, LiteralValue};
 
 /// Whether a field is given to the program or produced by it.
@@ -79,6 +79,7 @@ pub struct Field {
     prefix: String,
     desc: String,
     constraints: Vec<Constraint>,
+    type_constraints: Vec<Constraint>,
     type_declared: bool,
     default: Option<Value>,
 }
@@ -121,6 +122,14 @@ impl Field {
     pub fn constraints(&self) -> &[Constraint] {
         &self.constraints
     }
+    /// Constraints written into the type, `a: Annotated[int, Field(gt=0)]`,
+    /// in pydantic's order. pydantic lifts them off the field's type, so DSPy
+    /// neither shows them to the LM nor checks parsed outputs against them
+    /// (nor does the engine); strict input checks apply them.
+    #[inline]
+    pub fn type_constraints(&self) -> &[Constraint] {
+        &self.type_constraints
+    }
     /// False when the signature string gave no type (the type is then `str`).
     #[inline]
     pub fn type_declared(&self) -> bool {
@@ -142,6 +151,7 @@ pub struct FieldSpec {
     desc: Option<String>,
     prefix: Option<String>,
     constraints: Vec<Constraint>,
+    type_constraints: Vec<Constraint>,
     type_declared: bool,
     default: Option<Value>,
 }
@@ -155,6 +165,7 @@ impl FieldSpec {
             desc: None,
             prefix: None,
             constraints: Vec::new(),
+            type_constraints: Vec::new(),
             type_declared: true,
             default: None,
         }
@@ -180,6 +191,13 @@ impl FieldSpec {
     /// Add a pydantic constraint.
     pub fn constraint(mut self, c: Constraint) -> Self {
         self.constraints.push(c);
+        self
+    }
+
+    /// Constraints from the type's `Annotated[T, Field(...)]` (see
+    /// [`Field::type_constraints`]).
+    pub fn type_constraints(mut self, constraints: Vec<Constraint>) -> Self {
+        self.type_constraints = constraints;
         self
     }
 
@@ -324,6 +342,7 @@ impl Signature {
             desc: Some(f.desc.clone()),
             prefix: Some(f.prefix.clone()),
             constraints: f.constraints.clone(),
+            type_constraints: f.type_constraints.clone(),
             type_declared: f.type_declared,
             default: f.default.clone(),
         };
@@ -446,6 +465,7 @@ impl SignatureBuilder {
             role,
             ty: spec.ty,
             constraints: spec.constraints,
+            type_constraints: spec.type_constraints,
             type_declared: spec.type_declared,
             default: spec.default,
         };

@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde_json::Value;
 
+use super::Constraint;
+
 /// A constant allowed in a `Literal[...]` type.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LiteralValue {
@@ -147,6 +149,18 @@ pub enum FieldType {
     Literal(Vec<LiteralValue>),
     /// One of DSPy's value types.
     Dspy(DspyType),
+    /// `Annotated[T, Field(...)]` inside another type, as in
+    /// `list[Annotated[int, Field(gt=0)]]`: pydantic checks every value
+    /// against the constraints. (At the top of a field's type pydantic lifts
+    /// them off instead: see [`Field::type_constraints`](super::Field::type_constraints).)
+    Annotated {
+        /// The constrained type.
+        inner: Box<FieldType>,
+        /// The constraints, in pydantic's order.
+        constraints: Vec<Constraint>,
+        /// `Field(description=...)`, shown in the type's name and JSON schema.
+        description: Option<String>,
+    },
     /// A type DSPy accepts that this runtime can name but not run natively,
     /// for example `Sequence[str]`. `name` is the origin's `__name__`.
     Other {
@@ -215,6 +229,7 @@ impl FieldType {
         match self {
             FieldType::None => true,
             FieldType::Union(members) => members.iter().any(FieldType::allows_none),
+            FieldType::Annotated { inner, .. } => inner.allows_none(),
             _ => false,
         }
     }
@@ -286,6 +301,27 @@ impl FieldType {
             // DSPy prints `Reasoning` as `str` for backward compatibility.
             FieldType::Dspy(DspyType::Reasoning) => out.push_str("str"),
             FieldType::Dspy(t) => out.push_str(t.name()),
+            // `get_annotation_name` prints the `FieldInfo` by its `str()`.
+            FieldType::Annotated { inner, constraints, description } => {
+                out.push_str("Annotated[");
+                inner.write_annotation_name(out);
+                out.push_str(", annotation=NoneType required=True");
+                if let Some(d) = description {
+                    out.push_str(" description=");
+                    push_ascii_str_repr(out, d);
+                }
+                if !constraints.is_empty() {
+                    out.push_str(" metadata=[");
+                    for (i, c) in constraints.iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        out.push_str(&c.py_repr());
+                    }
+                    out.push(']');
+                }
+                out.push(']');
+            }
             FieldType::Other { name, args: a } => {
                 if a.is_empty() {
                     out.push_str(name);
@@ -310,6 +346,7 @@ impl FieldType {
             FieldType::Tuple(items) => items.as_ref().is_none_or(|i| i.iter().all(FieldType::is_native_value)),
             FieldType::VarTuple(t) => t.is_native_value(),
             FieldType::Union(items) => items.iter().all(FieldType::is_native_value),
+            FieldType::Annotated { inner, .. } => inner.is_native_value(),
             _ => true,
         }
     }
@@ -341,6 +378,29 @@ fn push_literal_quoted(out: &mut String, s: &str) {
             out.push('\'');
         }
     }
+}
+
+/// Python's `repr(str)` for text whose every character Python prints as
+/// itself or as one of the escapes below (the signature parser sends any
+/// other text to Python, whose `repr` escapes more).
+fn push_ascii_str_repr(out: &mut String, s: &str) {
+    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
 }
 
 impl fmt::Display for FieldType {

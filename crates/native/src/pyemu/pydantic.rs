@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use dspex_core::{FieldType, LiteralValue};
+use dspex_core::{Constraint, FieldType, LiteralValue};
 
 use super::PyObj;
 
@@ -96,6 +96,22 @@ fn title(t: &FieldType) -> String {
                 format!("nullable[{inner}]")
             } else {
                 inner
+            }
+        }
+        // Bounds on numbers and lengths on strings make pydantic build a
+        // "constrained" scalar; lengths on containers keep their title.
+        FieldType::Annotated { inner, constraints, .. } => {
+            let constrained = match inner.as_ref() {
+                FieldType::Int | FieldType::Float => {
+                    constraints.iter().any(|c| !matches!(c, Constraint::AllowInfNan(_)))
+                }
+                FieldType::Str => !constraints.is_empty(),
+                _ => false,
+            };
+            if constrained {
+                format!("constrained-{}", title(inner))
+            } else {
+                title(inner)
             }
         }
         other => other.annotation_name(),
@@ -343,57 +359,10 @@ fn validate(t: &FieldType, v: &PyObj, strict: bool) -> Result<PyObj, Vec<LineErr
             }
         }
         FieldType::Set(item) | FieldType::FrozenSet(item) => {
-            let frozen = matches!(t, FieldType::FrozenSet(_));
-            let ok_input = if strict { matches!(v, PyObj::Set(_)) } else { sequence_items(v).is_some() };
-            let Some(items) = sequence_items(v).filter(|_| ok_input) else {
-                return Err(if frozen {
-                    err("frozen_set_type", "Input should be a valid frozenset", v)
-                } else {
-                    err("set_type", "Input should be a valid set", v)
-                });
-            };
-            let validated = validate_items(item.as_deref(), items, strict)?;
-            let mut out: Vec<PyObj> = Vec::new();
-            for x in validated {
-                if !out.iter().any(|o| o.py_eq(&x)) {
-                    out.push(x);
-                }
-            }
-            Ok(PyObj::Set(out))
+            validate_set(item.as_deref(), matches!(t, FieldType::FrozenSet(_)), v, strict, None)
         }
-        FieldType::Dict(kv) => {
-            let PyObj::Dict(pairs) = v else {
-                return Err(err("dict_type", "Input should be a valid dictionary", v));
-            };
-            let Some((kt, vt)) = kv else {
-                return Ok(v.clone());
-            };
-            let mut out = Vec::new();
-            let mut errors = Vec::new();
-            for (k, x) in pairs {
-                let key_loc = k.py_str();
-                let key = match validate(kt, k, strict) {
-                    Ok(key) => Some(key),
-                    Err(e) => {
-                        errors.extend(prefixed(prefixed_key(e), key_loc.clone()));
-                        None
-                    }
-                };
-                match validate(vt, x, strict) {
-                    Ok(val) => {
-                        if let Some(key) = key {
-                            out.push((key, val));
-                        }
-                    }
-                    Err(e) => errors.extend(prefixed(e, key_loc)),
-                }
-            }
-            if errors.is_empty() {
-                Ok(PyObj::Dict(out))
-            } else {
-                Err(errors)
-            }
-        }
+        FieldType::Dict(kv) => validate_dict(kv.as_ref(), v, strict, None),
+        FieldType::Annotated { inner, constraints, .. } => validate_constrained(inner, constraints, v, strict),
         FieldType::Literal(values) => {
             for lit in values {
                 let expected = literal_obj(lit);
@@ -451,6 +420,307 @@ fn validate(t: &FieldType, v: &PyObj, strict: bool) -> Result<PyObj, Vec<LineErr
             Err(err("unsupported", format!("validation of `{}` is not modelled natively", other.annotation_name()), v))
         }
     }
+}
+
+/// A set or frozenset; past `max` distinct valid items pydantic stops with
+/// `too_long` alone ("not more": it never counts the rest).
+fn validate_set(
+    item: Option<&FieldType>,
+    frozen: bool,
+    v: &PyObj,
+    strict: bool,
+    max: Option<u64>,
+) -> Result<PyObj, Vec<LineError>> {
+    let ok_input = if strict { matches!(v, PyObj::Set(_)) } else { sequence_items(v).is_some() };
+    let Some(items) = sequence_items(v).filter(|_| ok_input) else {
+        return Err(if frozen {
+            err("frozen_set_type", "Input should be a valid frozenset", v)
+        } else {
+            err("set_type", "Input should be a valid set", v)
+        });
+    };
+    let mut out: Vec<PyObj> = Vec::new();
+    let mut errors = Vec::new();
+    for (i, x) in items.iter().enumerate() {
+        let x = match item {
+            None => x.clone(),
+            Some(t) => match validate(t, x, strict) {
+                Ok(x) => x,
+                Err(e) => {
+                    errors.extend(prefixed(e, i.to_string()));
+                    continue;
+                }
+            },
+        };
+        if !out.iter().any(|o| o.py_eq(&x)) {
+            out.push(x);
+            if let Some(max) = max.filter(|m| out.len() as u64 > *m) {
+                let kind = if frozen { "Frozenset" } else { "Set" };
+                return Err(err("too_long", too_long(kind, max, "more"), v));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(PyObj::Set(out))
+    } else {
+        Err(errors)
+    }
+}
+
+/// A dict; past `max` valid entries pydantic stops with `too_long` alone.
+fn validate_dict(
+    kv: Option<&(Box<FieldType>, Box<FieldType>)>,
+    v: &PyObj,
+    strict: bool,
+    max: Option<u64>,
+) -> Result<PyObj, Vec<LineError>> {
+    let PyObj::Dict(pairs) = v else {
+        return Err(err("dict_type", "Input should be a valid dictionary", v));
+    };
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (k, x) in pairs {
+        let (key, val) = match kv {
+            None => (Some(k.clone()), Some(x.clone())),
+            Some((kt, vt)) => {
+                let key_loc = k.py_str();
+                let key = match validate(kt, k, strict) {
+                    Ok(key) => Some(key),
+                    Err(e) => {
+                        errors.extend(prefixed(prefixed_key(e), key_loc.clone()));
+                        None
+                    }
+                };
+                let val = match validate(vt, x, strict) {
+                    Ok(val) => Some(val),
+                    Err(e) => {
+                        errors.extend(prefixed(e, key_loc));
+                        None
+                    }
+                };
+                (key, val)
+            }
+        };
+        if let (Some(key), Some(val)) = (key, val) {
+            out.push((key, val));
+            if let Some(max) = max.filter(|m| out.len() as u64 > *m) {
+                return Err(err("too_long", too_long("Dictionary", max, "more"), v));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(PyObj::Dict(out))
+    } else {
+        Err(errors)
+    }
+}
+
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn too_long(kind: &str, max: u64, actual: &str) -> String {
+    format!("{kind} should have at most {} after validation, not {actual}", plural(max, "item"))
+}
+
+fn max_length(constraints: &[Constraint]) -> Option<u64> {
+    constraints.iter().find_map(|c| match c {
+        Constraint::MaxLength(n) => Some(*n),
+        _ => None,
+    })
+}
+
+/// `Annotated[inner, Field(...)]`: `inner`'s validation, then its constraints
+/// in pydantic's order. Containers check `max_length` as pydantic does, while
+/// reading: a list or tuple on the input's length before its items, a set or
+/// dict as it grows.
+fn validate_constrained(
+    inner: &FieldType,
+    constraints: &[Constraint],
+    v: &PyObj,
+    strict: bool,
+) -> Result<PyObj, Vec<LineError>> {
+    let max = max_length(constraints);
+    let out = match inner {
+        FieldType::Set(item) | FieldType::FrozenSet(item) => {
+            validate_set(item.as_deref(), matches!(inner, FieldType::FrozenSet(_)), v, strict, max)?
+        }
+        FieldType::Dict(kv) => validate_dict(kv.as_ref(), v, strict, max)?,
+        FieldType::List(_) | FieldType::VarTuple(_) | FieldType::Tuple(_) => {
+            let accepted = match inner {
+                FieldType::List(_) => !strict || matches!(v, PyObj::List(_)),
+                _ => !strict || matches!(v, PyObj::Tuple(_)),
+            };
+            if let (Some(max), Some(items), true) = (max, sequence_items(v), accepted) {
+                if items.len() as u64 > max {
+                    let kind = if matches!(inner, FieldType::List(_)) { "List" } else { "Tuple" };
+                    return Err(err("too_long", too_long(kind, max, &items.len().to_string()), v));
+                }
+            }
+            validate(inner, v, strict)?
+        }
+        _ => validate(inner, v, strict)?,
+    };
+    match constraint_error(inner, constraints, &out) {
+        Some((kind, msg)) => Err(err(kind, msg, v)),
+        None => Ok(out),
+    }
+}
+
+/// A number as pydantic prints a bound in its messages (Rust's formatting:
+/// `1` for `1.0`, `250000000000000000000` for `2.5e20`).
+fn bound_text(n: &serde_json::Number, float_field: bool) -> String {
+    match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(i), _, _) => i.to_string(),
+        (_, Some(u), _) => u.to_string(),
+        (_, _, Some(f)) if float_field => f.to_string(),
+        (_, _, f) => f.unwrap_or_default().to_string(),
+    }
+}
+
+/// The first constraint a value (already valid for `inner`) breaks, in the
+/// order pydantic checks them: the error type and message.
+pub(crate) fn constraint_error(
+    inner: &FieldType,
+    constraints: &[Constraint],
+    value: &PyObj,
+) -> Option<(&'static str, String)> {
+    let find = |pick: fn(&Constraint) -> Option<&serde_json::Number>| constraints.iter().find_map(pick);
+    match (inner, value) {
+        (FieldType::Int, PyObj::Int(i)) => {
+            let as_int = |n: &serde_json::Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+            if let Some(n) = find(|c| if let Constraint::MultipleOf(n) = c { Some(n) } else { None }) {
+                if as_int(n).is_some_and(|m| m != 0 && i % m != 0) {
+                    return Some(("multiple_of", format!("Input should be a multiple of {}", bound_text(n, false))));
+                }
+            }
+            bounds(constraints, |n, op| as_int(n).is_some_and(|b| op.holds_int(*i, b)), false)
+        }
+        (FieldType::Float, PyObj::Float(f)) => {
+            if constraints.contains(&Constraint::AllowInfNan(false)) && !f.is_finite() {
+                return Some(("finite_number", "Input should be a finite number".into()));
+            }
+            if let Some(n) = find(|c| if let Constraint::MultipleOf(n) = c { Some(n) } else { None }) {
+                let m = n.as_f64().unwrap_or(1.0);
+                let rem = f % m;
+                let threshold = f.abs() / 1e9;
+                if rem.abs() > threshold && (rem - m).abs() > threshold {
+                    return Some(("multiple_of", format!("Input should be a multiple of {}", bound_text(n, true))));
+                }
+            }
+            bounds(constraints, |n, op| n.as_f64().is_some_and(|b| op.holds_float(*f, b)), true)
+        }
+        (FieldType::Str, PyObj::Str(s)) => {
+            let len = s.chars().count() as u64;
+            constraints.iter().find_map(|c| match c {
+                Constraint::MinLength(n) if len < *n => {
+                    Some(("string_too_short", format!("String should have at least {}", plural(*n, "character"))))
+                }
+                Constraint::MaxLength(n) if len > *n => {
+                    Some(("string_too_long", format!("String should have at most {}", plural(*n, "character"))))
+                }
+                _ => None,
+            })
+        }
+        _ => {
+            let (kind, len) = match value {
+                PyObj::List(items) => ("List", items.len()),
+                PyObj::Tuple(items) => ("Tuple", items.len()),
+                PyObj::Set(items) if matches!(inner, FieldType::FrozenSet(_)) => ("Frozenset", items.len()),
+                PyObj::Set(items) => ("Set", items.len()),
+                PyObj::Dict(pairs) => ("Dictionary", pairs.len()),
+                _ => return None,
+            };
+            let len = len as u64;
+            if let Some(max) = max_length(constraints).filter(|m| len > *m) {
+                let actual = if matches!(kind, "Set" | "Frozenset" | "Dictionary") {
+                    "more".to_string()
+                } else {
+                    len.to_string()
+                };
+                return Some(("too_long", too_long(kind, max, &actual)));
+            }
+            constraints.iter().find_map(|c| match c {
+                Constraint::MinLength(n) if len < *n => Some((
+                    "too_short",
+                    format!("{kind} should have at least {} after validation, not {len}", plural(*n, "item")),
+                )),
+                _ => None,
+            })
+        }
+    }
+}
+
+/// A numeric bound, by its comparison.
+#[derive(Clone, Copy)]
+enum Bound {
+    Le,
+    Lt,
+    Ge,
+    Gt,
+}
+
+impl Bound {
+    fn holds_int(self, v: i128, b: i128) -> bool {
+        match self {
+            Bound::Le => v <= b,
+            Bound::Lt => v < b,
+            Bound::Ge => v >= b,
+            Bound::Gt => v > b,
+        }
+    }
+
+    /// NaN meets no bound.
+    fn holds_float(self, v: f64, b: f64) -> bool {
+        match self {
+            Bound::Le => v <= b,
+            Bound::Lt => v < b,
+            Bound::Ge => v >= b,
+            Bound::Gt => v > b,
+        }
+    }
+}
+
+/// The first bound broken, checked as pydantic does: `le`, `lt`, `ge`, `gt`.
+fn bounds(
+    constraints: &[Constraint],
+    holds: impl Fn(&serde_json::Number, Bound) -> bool,
+    float_field: bool,
+) -> Option<(&'static str, String)> {
+    for op in [Bound::Le, Bound::Lt, Bound::Ge, Bound::Gt] {
+        let found = constraints.iter().find_map(|c| match (op, c) {
+            (Bound::Le, Constraint::Le(n)) | (Bound::Lt, Constraint::Lt(n)) => Some(n),
+            (Bound::Ge, Constraint::Ge(n)) | (Bound::Gt, Constraint::Gt(n)) => Some(n),
+            _ => None,
+        });
+        let Some(n) = found else { continue };
+        if !holds(n, op) {
+            let (kind, words) = match op {
+                Bound::Le => ("less_than_equal", "less than or equal to"),
+                Bound::Lt => ("less_than", "less than"),
+                Bound::Ge => ("greater_than_equal", "greater than or equal to"),
+                Bound::Gt => ("greater_than", "greater than"),
+            };
+            return Some((kind, format!("Input should be {words} {}", bound_text(n, float_field))));
+        }
+    }
+    None
+}
+
+/// A JSON value checked against constraints on its type as pydantic would
+/// check the object it stands for: the message of the first one broken.
+pub(crate) fn constraint_violation(
+    inner: &FieldType,
+    constraints: &[Constraint],
+    value: &serde_json::Value,
+) -> Option<String> {
+    let obj = PyObj::from_json(value);
+    let out = validate(inner, &obj, false).ok()?;
+    constraint_error(inner, constraints, &out).map(|(_, msg)| msg)
 }
 
 fn prefixed_key(mut errors: Vec<LineError>) -> Vec<LineError> {

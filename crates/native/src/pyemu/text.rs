@@ -7,7 +7,7 @@
 //! difference would change a prompt byte. This module is the one place those
 //! rules live.
 
-use serde_json::{Number, Value};
+use serde_json::Value;
 
 /// Python's `str.isspace()` for one character.
 #[inline]
@@ -177,79 +177,7 @@ pub fn dedent(text: &str) -> String {
     out
 }
 
-/// Python's `repr(float)` (also what `str()` and `json.dumps` print for finite floats).
-pub fn float_repr(f: f64) -> String {
-    let mut out = String::new();
-    write_float_repr(&mut out, f);
-    out
-}
-
-/// Append Python's `repr(float)` of `f`.
-pub fn write_float_repr(out: &mut String, f: f64) {
-    if f.is_nan() {
-        out.push_str("nan");
-        return;
-    }
-    if f.is_infinite() {
-        out.push_str(if f > 0.0 { "inf" } else { "-inf" });
-        return;
-    }
-    // Rust's `{:e}` prints the shortest round-tripping digits, as Python's repr does.
-    let sci = format!("{:e}", f);
-    let (mantissa, exp) = match sci.split_once('e') {
-        Some(parts) => parts,
-        None => (sci.as_str(), "0"),
-    };
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => (true, m),
-        None => (false, mantissa),
-    };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    if negative {
-        out.push('-');
-    }
-    if (-4..16).contains(&exp) {
-        let point = exp + 1; // digits before the decimal point
-        if point <= 0 {
-            out.push_str("0.");
-            out.extend(std::iter::repeat_n('0', (-point) as usize));
-            out.push_str(&digits);
-        } else if point as usize >= digits.len() {
-            out.push_str(&digits);
-            out.extend(std::iter::repeat_n('0', point as usize - digits.len()));
-            out.push_str(".0");
-        } else {
-            out.push_str(&digits[..point as usize]);
-            out.push('.');
-            out.push_str(&digits[point as usize..]);
-        }
-    } else {
-        out.push_str(&digits[..1]);
-        if digits.len() > 1 {
-            out.push('.');
-            out.push_str(&digits[1..]);
-        }
-        out.push('e');
-        out.push(if exp < 0 { '-' } else { '+' });
-        let abs = exp.unsigned_abs();
-        if abs < 10 {
-            out.push('0');
-        }
-        out.push_str(&abs.to_string());
-    }
-}
-
-/// Python's rendering of a JSON number: integers as digits, floats as `repr(float)`.
-pub fn write_number(out: &mut String, n: &Number) {
-    if let Some(i) = n.as_i64() {
-        out.push_str(&i.to_string());
-    } else if let Some(u) = n.as_u64() {
-        out.push_str(&u.to_string());
-    } else if let Some(f) = n.as_f64() {
-        write_float_repr(out, f);
-    }
-}
+pub use dspex_core::signature::{float_repr, write_float_repr, write_number};
 
 /// Whether Python's `str.isprintable()` holds for `c` (what `repr` leaves unescaped).
 pub fn is_printable(c: char) -> bool {

@@ -105,7 +105,14 @@ fn finish(inputs: Vec<Pending>, outputs: Vec<Pending>, instructions: Option<&str
             Some(py) => into_field_type(py).map_err(from_resolve)?,
         };
         let spec = p.extra.unwrap_or_else(|| FieldSpec::new(p.name, FieldType::Str));
-        Ok(spec.with_type(ty, declared))
+        // pydantic lifts `Annotated[T, Field(...)]` at the top of a field's type
+        // into the field itself: the type is `T`, the constraints its metadata.
+        Ok(match ty {
+            FieldType::Annotated { inner, constraints, .. } => {
+                spec.with_type(*inner, declared).type_constraints(constraints)
+            }
+            ty => spec.with_type(ty, declared),
+        })
     };
     let mut b = Signature::builder();
     if let Some(text) = instructions {

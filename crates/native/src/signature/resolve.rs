@@ -5,7 +5,7 @@
 //! exactly becomes `Unsupported`: the router then sends the program to Python,
 //! where DSPy itself gives the answer.
 
-use dspex_core::{DspyType, FieldType, LiteralValue};
+use dspex_core::{Constraint, DspyType, FieldType, LiteralValue};
 
 use crate::pyemu::syntax::ast::{BinOp, Const, Expr};
 
@@ -30,6 +30,16 @@ pub(crate) enum Py {
     /// Something DSPy resolves that is not a type, known only by its `str`
     /// and class (`<attribute 'real' of 'int' objects>`).
     Opaque { display: String, class: &'static str },
+    /// pydantic's `Field(...)`: the keywords the engine models, or why not.
+    FieldInfo(Result<FieldInfo, String>),
+}
+
+/// The part of a `pydantic.Field(...)` an `Annotated[T, Field(...)]` can carry natively.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct FieldInfo {
+    /// In pydantic's order.
+    constraints: Vec<Constraint>,
+    description: Option<String>,
 }
 
 /// Why resolution stopped.
@@ -50,6 +60,7 @@ fn unsupported(what: impl Into<String>) -> ResolveError {
 }
 
 const SPECIAL_FORMS: &[&str] = &[
+    "Annotated",
     "Union",
     "Optional",
     "Literal",
@@ -149,12 +160,12 @@ fn typing_name(name: &str) -> Option<Result<Py, ResolveError>> {
         "Text" => Py::Type(FieldType::Str),
         "TYPE_CHECKING" => Py::Const(Const::Bool(false)),
         // Present in `typing.__dict__` but nothing a signature can use natively.
-        "Annotated" | "Generic" | "Protocol" | "TypeVar" | "ParamSpec" | "TypeVarTuple" | "ForwardRef" | "NewType"
-        | "NamedTuple" | "TypedDict" | "IO" | "TextIO" | "BinaryIO" | "AnyStr" | "T" | "KT" | "VT" | "T_co"
-        | "V_co" | "VT_co" | "T_contra" | "CT_co" | "cast" | "overload" | "final" | "get_type_hints" | "get_origin"
-        | "get_args" | "collections" | "functools" | "operator" | "sys" | "types" | "warnings" | "contextlib"
-        | "re" | "io" | "abstractmethod" | "ABCMeta" | "defaultdict" | "SupportsInt" | "SupportsFloat"
-        | "SupportsComplex" | "SupportsBytes" | "SupportsIndex" | "SupportsAbs" | "SupportsRound" => {
+        "Generic" | "Protocol" | "TypeVar" | "ParamSpec" | "TypeVarTuple" | "ForwardRef" | "NewType" | "NamedTuple"
+        | "TypedDict" | "IO" | "TextIO" | "BinaryIO" | "AnyStr" | "T" | "KT" | "VT" | "T_co" | "V_co" | "VT_co"
+        | "T_contra" | "CT_co" | "cast" | "overload" | "final" | "get_type_hints" | "get_origin" | "get_args"
+        | "collections" | "functools" | "operator" | "sys" | "types" | "warnings" | "contextlib" | "re" | "io"
+        | "abstractmethod" | "ABCMeta" | "defaultdict" | "SupportsInt" | "SupportsFloat" | "SupportsComplex"
+        | "SupportsBytes" | "SupportsIndex" | "SupportsAbs" | "SupportsRound" => {
             return Some(Err(unsupported(format!("`{name}` from typing"))))
         }
         _ => return None,
@@ -245,6 +256,7 @@ pub(crate) fn py_repr(p: &Py) -> String {
         }
         Py::Unschematizable { display, .. } => display.clone(),
         Py::Opaque { display, .. } => display.clone(),
+        Py::FieldInfo(_) => "FieldInfo(...)".into(),
     }
 }
 
@@ -266,6 +278,7 @@ fn py_class(p: &Py) -> String {
         Py::Const(c) => c.class_name().into(),
         Py::Tuple(_) => "tuple".into(),
         Py::Opaque { class, .. } => (*class).into(),
+        Py::FieldInfo(_) => "pydantic.fields.FieldInfo".into(),
     }
 }
 
@@ -283,11 +296,13 @@ fn repr_is_exact(p: &Py) -> bool {
     }
     match p {
         Py::Type(t) => exact_type(t),
-        Py::Const(_) | Py::SpecialForm(_) | Py::Alias(_) => true,
+        // `typing.Annotated` is a class in Python 3.11, printed as one.
+        Py::SpecialForm(f) => *f != "Annotated",
+        Py::Const(_) | Py::Alias(_) => true,
         Py::Tuple(items) => items.iter().all(repr_is_exact),
         // A union's display is built from its members' reprs.
         Py::Opaque { class, .. } => *class != "typing._UnionGenericAlias",
-        Py::Module(_) | Py::Unschematizable { .. } => false,
+        Py::Module(_) | Py::Unschematizable { .. } | Py::FieldInfo(_) => false,
     }
 }
 
@@ -430,14 +445,133 @@ pub(crate) fn resolve(expr: &Expr) -> Result<Py, ResolveError> {
         }
         Expr::Tuple(items) => Ok(Py::Tuple(items.iter().map(resolve).collect::<Result<_, _>>()?)),
         Expr::Constant(c) => Ok(Py::Const(c.clone())),
-        Expr::Call { func, .. } if matches!(func.as_ref(), Expr::Name(n) if n == "Field") => {
-            Err(unsupported("`Field(...)` as a type annotation"))
+        Expr::Call { func, keywords, .. } if matches!(func.as_ref(), Expr::Name(n) if n == "Field") => {
+            field_call(keywords)
         }
         other => Err(value_error(format!(
             "Failed to parse string-base Signature due to unhandled AST node type in annotation: {}. Please consider using class-based DSPy Signatures instead.",
             other.dump()
         ))),
     }
+}
+
+/// DSPy's reading of `Field(k=v, ...)`: positional arguments are ignored,
+/// constant values taken as they are, any other value evaluated as a type
+/// expression (so `Field(gt=-1)` fails as DSPy fails on the unary minus).
+fn field_call(keywords: &[(Option<String>, Expr)]) -> Result<Py, ResolveError> {
+    let mut info = FieldInfo::default();
+    let mut why_not: Option<String> = None;
+    for (key, value) in keywords {
+        let value = match value {
+            Expr::Constant(c) => Some(c),
+            other => {
+                resolve(other)?;
+                None
+            }
+        };
+        if why_not.is_some() {
+            continue;
+        }
+        let Some(key) = key else {
+            why_not = Some("`**` in `Field(...)`".into());
+            continue;
+        };
+        match (key.as_str(), value) {
+            ("description", Some(Const::Str { value, .. })) if repr_is_plain(value) => {
+                info.description = Some(value.clone())
+            }
+            ("gt" | "ge" | "lt" | "le" | "multiple_of", Some(c @ (Const::Int(_) | Const::Float(_)))) => {
+                let number = match c {
+                    Const::Int(i) => i64::try_from(*i).ok().map(serde_json::Number::from),
+                    Const::Float(f) => serde_json::Number::from_f64(*f),
+                    _ => None,
+                };
+                match number.map(|n| Constraint::from_key(key, &serde_json::Value::Number(n))) {
+                    Some(Ok(c)) => info.constraints.push(c),
+                    _ => why_not = Some(format!("`Field({key}={})`", c.repr())),
+                }
+            }
+            ("min_length" | "max_length", Some(Const::Int(i))) if u64::try_from(*i).is_ok() => {
+                let n = serde_json::Value::from(u64::try_from(*i).unwrap_or_default());
+                match Constraint::from_key(key, &n) {
+                    Ok(c) => info.constraints.push(c),
+                    Err(e) => why_not = Some(e.message().to_string()),
+                }
+            }
+            ("allow_inf_nan", Some(Const::Bool(b))) => info.constraints.push(Constraint::AllowInfNan(*b)),
+            (key, _) => why_not = Some(format!("`Field({key}=...)`")),
+        }
+    }
+    info.constraints.sort_by_key(Constraint::pydantic_order);
+    Ok(Py::FieldInfo(match why_not {
+        None => Ok(info),
+        Some(why) => Err(why),
+    }))
+}
+
+/// Whether Python's `repr` of `s` escapes nothing beyond what the engine's
+/// type names escape (quotes, backslashes, ASCII control characters).
+fn repr_is_plain(s: &str) -> bool {
+    s.chars().all(|c| (c as u32) < 0x7f || crate::py::is_printable(c))
+}
+
+/// `Annotated[t, Field(...)]`, where pydantic's behaviour is modelled: the
+/// constraints pydantic accepts for `t` (others make it fail building a
+/// schema, or change the error text), on the types the engine validates.
+fn annotated(args: Vec<Py>) -> Result<Py, ResolveError> {
+    let mut args = args.into_iter();
+    let (Some(Py::Type(inner)), Some(Py::FieldInfo(info)), None) = (args.next(), args.next(), args.next()) else {
+        return Err(unsupported("`Annotated[...]` other than `Annotated[T, Field(...)]`"));
+    };
+    let info = info.map_err(|why| unsupported(format!("{why} in `Annotated[...]`")))?;
+    let is_int_number = |n: &serde_json::Number| n.is_i64() || n.is_u64();
+    let positive = |n: &serde_json::Number| n.as_f64().is_some_and(|f| f > 0.0);
+    for c in &info.constraints {
+        let fits = match (&inner, c) {
+            (FieldType::Int, Constraint::Gt(n) | Constraint::Ge(n) | Constraint::Lt(n) | Constraint::Le(n)) => {
+                is_int_number(n)
+            }
+            (FieldType::Int, Constraint::MultipleOf(n)) => is_int_number(n) && positive(n),
+            (FieldType::Float, Constraint::Gt(_) | Constraint::Ge(_) | Constraint::Lt(_) | Constraint::Le(_)) => true,
+            (FieldType::Float, Constraint::MultipleOf(n)) => positive(n),
+            (FieldType::Float, Constraint::AllowInfNan(_)) => true,
+            (
+                FieldType::Str
+                | FieldType::List(_)
+                | FieldType::Set(_)
+                | FieldType::FrozenSet(_)
+                | FieldType::VarTuple(_)
+                | FieldType::Tuple(None)
+                | FieldType::Dict(_),
+                Constraint::MinLength(_) | Constraint::MaxLength(_),
+            ) => true,
+            _ => false,
+        };
+        if !fits {
+            return Err(unsupported(format!("`{}` on `{}` in `Annotated[...]`", c.key(), inner.annotation_name())));
+        }
+    }
+    let plain = matches!(
+        inner,
+        FieldType::Int
+            | FieldType::Float
+            | FieldType::Str
+            | FieldType::Bool
+            | FieldType::List(_)
+            | FieldType::Set(_)
+            | FieldType::FrozenSet(_)
+            | FieldType::VarTuple(_)
+            | FieldType::Tuple(None)
+            | FieldType::Dict(_)
+    );
+    if !plain {
+        return Err(unsupported(format!("`Annotated[{}, ...]`", inner.annotation_name())));
+    }
+    Ok(Py::Type(FieldType::Annotated {
+        inner: Box::new(inner),
+        constraints: info.constraints,
+        description: info.description,
+    }))
 }
 
 fn is_none(p: &Py) -> bool {
@@ -489,6 +623,7 @@ fn type_arg(p: Py) -> Result<Result<FieldType, String>, ResolveError> {
 
 fn subscript(base: Py, args: Vec<Py>) -> Result<Py, ResolveError> {
     match base {
+        Py::SpecialForm("Annotated") => annotated(args),
         Py::SpecialForm("Union") => Ok(make_union(args)),
         Py::SpecialForm("Optional") => {
             if args.len() != 1 {
