@@ -51,7 +51,7 @@ struct Result_ {
 
 async fn drive(workers: &[Worker], depth: usize, codec: Codec) -> Result_ {
     let workers = Arc::new(workers.to_vec());
-    let opts = CallOptions { codec: Some(codec), ..Default::default() };
+    let opts = CallOptions { codec: Some(codec.into()), ..Default::default() };
     // Warm up.
     for w in workers.iter() {
         for _ in 0..200 {

@@ -39,8 +39,8 @@ pub use dspex_actors::{
     StepSpec,
 };
 pub use dspex_core::{
-    CacheConfig, ClusterConfig, Event, EventKind, HttpConfig, IntensityConfig, NodeStatus, PoolConfig, PoolStatus,
-    ProgramEntry, PythonConfig, Route, RoutePreference, RouterConfig, RuntimeConfig, SessionConfig,
+    CacheConfig, ClusterConfig, CodecChoice, Event, EventKind, HttpConfig, IntensityConfig, NodeStatus, PoolConfig,
+    PoolStatus, ProgramEntry, PythonConfig, Route, RoutePreference, RouterConfig, RuntimeConfig, SessionConfig,
 };
 
 /// The native engine (`dspex-native`).

@@ -51,8 +51,10 @@ fn dspy_programs_run_in_a_worker() {
         assert_eq!(out["fields"], json!({"answer": "4"}));
         let cot = json!({"program": {"module": "chain_of_thought", "signature": "question -> answer: int"},
             "inputs": {"question": "2+2?"}, "lm": {"dummy": [{"reasoning": "add", "answer": "4"}]}});
-        let out =
-            w.call("dspy.run", cot, &CallOptions { codec: Some(Codec::Json), ..Default::default() }).await.unwrap();
+        let out = w
+            .call("dspy.run", cot, &CallOptions { codec: Some(Codec::Json.into()), ..Default::default() })
+            .await
+            .unwrap();
         assert_eq!(out["fields"], json!({"reasoning": "add", "answer": 4}));
 
         // ReAct with a tool given by import path.
@@ -164,7 +166,7 @@ fn codecs_concurrency_and_environment() {
         let w = Worker::spawn(c).await.unwrap();
         for codec in [Codec::Json, Codec::MsgPack] {
             let payload = json!({"text": "héllo «x» 🚀", "n": 1, "f": 2.5, "deep": {"list": [1, null, true]}});
-            let out = w.call("echo", payload.clone(), &CallOptions { codec: Some(codec), ..Default::default() }).await.unwrap();
+            let out = w.call("echo", payload.clone(), &CallOptions { codec: Some(codec.into()), ..Default::default() }).await.unwrap();
             assert_eq!(out, payload);
         }
         let env = w
@@ -193,6 +195,66 @@ fn codecs_concurrency_and_environment() {
         assert!(many.iter().enumerate().all(|(i, r)| r.as_ref().map(|v| v["i"] == i).unwrap_or(false)));
         assert_eq!(w.in_flight(), 0);
         assert!(w.ping(Duration::from_secs(1)).await.unwrap() < Duration::from_millis(500));
+    });
+}
+
+/// A dataset of records and a float matrix, large enough for `auto` to
+/// send as Arrow.
+#[cfg(feature = "arrow")]
+fn columnar_payload(rows: usize) -> Value {
+    json!({
+        "devset": (0..rows).map(|i| json!({"question": format!("What is {i} + {i}?"), "answer": (2 * i).to_string(),
+            "n": i, "score": i as f64 / 7.0, "ok": i % 2 == 0, "embedding": [i as f64 / 2.0, 0.25]})).collect::<Vec<_>>(),
+        "matrix": (0..rows).map(|i| vec![i as f64 + 0.5; 8]).collect::<Vec<_>>(),
+        "note": "not columnar",
+    })
+}
+
+#[cfg(feature = "arrow")]
+#[test]
+fn arrow_frames_carry_large_columnar_payloads_both_ways() {
+    use dspex_bridge::CodecChoice;
+    runtime().block_on(async {
+        let w = Worker::spawn(config("worker:test:arrow", false)).await.unwrap();
+        assert!(w.hello().codecs.iter().any(|c| c == "arrow"), "pyarrow is in the pinned environment");
+        let arrow = |w: &Worker| w.codec_counts().of(Codec::Arrow);
+        // Auto: a large columnar payload goes as Arrow, and comes back as Arrow.
+        let big = columnar_payload(3000);
+        let out = w.call("echo", big.clone(), &CallOptions::default()).await.unwrap();
+        assert_eq!(out, big, "exactly what was sent");
+        assert_eq!(arrow(&w), (1, 1));
+        // Auto: a small one stays MessagePack.
+        let small = columnar_payload(3);
+        assert_eq!(w.call("echo", small.clone(), &CallOptions::default()).await.unwrap(), small);
+        assert_eq!(arrow(&w), (1, 1));
+        // Forced either way, per request.
+        let msgpack = CallOptions { codec: Some(CodecChoice::MsgPack), ..Default::default() };
+        assert_eq!(w.call("echo", big.clone(), &msgpack).await.unwrap(), big);
+        assert_eq!(arrow(&w), (1, 1));
+        let forced = CallOptions { codec: Some(CodecChoice::Arrow), ..Default::default() };
+        assert_eq!(w.call("echo", small.clone(), &forced).await.unwrap(), small);
+        assert_eq!(arrow(&w), (2, 2));
+        // A reply that is large and columnar comes back as Arrow to a small request.
+        let made = w.call("test.floats", json!({"n": 50_000}), &CallOptions::default()).await.unwrap();
+        assert_eq!(made.as_array().map(Vec::len), Some(50_000));
+        assert_eq!(made[3], json!(1.5));
+        assert_eq!(arrow(&w), (2, 3));
+    });
+}
+
+#[cfg(not(feature = "arrow"))]
+#[test]
+fn without_the_arrow_feature_auto_stays_messagepack_and_arrow_is_refused() {
+    use dspex_bridge::CodecChoice;
+    runtime().block_on(async {
+        let w = Worker::spawn(config("worker:test:no-arrow", false)).await.unwrap();
+        let big = json!({"x": (0..100_000).map(|i| i as f64 + 0.5).collect::<Vec<_>>()});
+        assert_eq!(w.call("echo", big.clone(), &CallOptions::default()).await.unwrap(), big);
+        assert_eq!(w.codec_counts().of(Codec::Arrow), (0, 0));
+        let forced = CallOptions { codec: Some(CodecChoice::Arrow), ..Default::default() };
+        let err = w.call("echo", big, &forced).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.message().contains("arrow"), "{err}");
     });
 }
 

@@ -33,3 +33,9 @@ def exact_answer(example, pred, trace=None):
 def short_answer(args, pred) -> float:
     """A BestOfN/Refine reward: 1.0 for an answer of at most three words."""
     return 1.0 if len(str(pred.answer).split()) <= 3 else 0.0
+
+
+@command("test.floats")
+def floats(ctx, n: int):
+    """A reply of `n` floats (i / 2): large and columnar."""
+    return [i / 2 for i in range(n)]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use dspex_core::{Map, Prediction, Result, Route, RoutePreference, Usage, Value};
+use dspex_core::{CodecChoice, Map, Prediction, Result, Route, RoutePreference, Usage, Value};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,9 @@ pub struct RequestOptions {
     /// (`Validation` on a mismatch), or not, whatever the program's
     /// `strict_inputs` says; `None`: as the program says.
     pub strict_inputs: Option<bool>,
+    /// How this request's Python work is encoded on its way to the worker
+    /// and back (`auto`, `msgpack`, `json`, `arrow`); `None`: the pool's.
+    pub codec: Option<CodecChoice>,
 }
 
 impl Default for RequestOptions {
@@ -80,6 +83,7 @@ impl Default for RequestOptions {
             node: None,
             prefer_remote: false,
             strict_inputs: None,
+            codec: None,
         }
     }
 }
@@ -153,6 +157,12 @@ impl RequestOptions {
     /// over the program's own `strict_inputs`.
     pub fn strict_inputs(mut self, on: bool) -> RequestOptions {
         self.strict_inputs = Some(on);
+        self
+    }
+
+    /// Encode this request's Python work with `codec`, over the pool's choice.
+    pub fn codec(mut self, codec: CodecChoice) -> RequestOptions {
+        self.codec = Some(codec);
         self
     }
 

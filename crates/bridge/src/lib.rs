@@ -29,7 +29,9 @@ pub use env::{default_cache_dir, worker_sources, EnvSpec, PythonEnv};
 pub use process::{
     group_members, process_alive, process_start_time, resident_bytes, runtime_dir, signal_group, ChildLimits,
 };
-pub use protocol::{error_kind_from_wire, Codec, Hello};
+pub use protocol::{error_kind_from_wire, Codec, CodecChoice, Hello};
 pub use runs::{RunRegistry, SweepReport};
-pub use worker::{CallOptions, ExitInfo, StreamItem, Worker, WorkerConfig, WorkerStream, DEFAULT_ENV_ALLOWLIST};
+pub use worker::{
+    CallOptions, CodecCounts, ExitInfo, StreamItem, Worker, WorkerConfig, WorkerStream, DEFAULT_ENV_ALLOWLIST,
+};
 pub use zygote::Zygote;

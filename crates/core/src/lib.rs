@@ -27,8 +27,8 @@ pub use error::{Error, ErrorBody, ErrorContext, ErrorKind, ErrorReply, Result};
 pub use example::{Example, Map, Prediction, Usage};
 pub use program::{AdapterKind, ClassSignature, FieldDecl, ModuleKind, ProgramSpec, SignatureSpec, TemplateSpec};
 pub use runtime_config::{
-    CacheConfig, HttpConfig, IntensityConfig, PoolConfig, ProgramEntry, PythonConfig, RoutePreference, RouterConfig,
-    RuntimeConfig, SessionConfig,
+    CacheConfig, CodecChoice, HttpConfig, IntensityConfig, PoolConfig, ProgramEntry, PythonConfig, RoutePreference,
+    RouterConfig, RuntimeConfig, SessionConfig,
 };
 pub use signature::{
     check_field_name, cleandoc, infer_prefix, Constraint, DspyType, Field, FieldRole, FieldSpec, FieldType,

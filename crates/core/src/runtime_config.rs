@@ -98,6 +98,63 @@ impl IntensityConfig {
     }
 }
 
+/// Which codec requests to Python workers (and the replies to them) travel
+/// in: one codec, or chosen per message by size and shape. In TOML:
+/// `codec = "auto"` (the default), `"msgpack"`, `"json"` or `"arrow"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum CodecChoice {
+    /// Per message: Arrow for large columnar payloads (datasets of records,
+    /// float arrays, embeddings) when both ends read Arrow (the `arrow`
+    /// feature, `pyarrow` in the worker); MessagePack otherwise.
+    #[default]
+    Auto,
+    /// Always JSON.
+    Json,
+    /// Always MessagePack.
+    #[serde(rename = "msgpack")]
+    MsgPack,
+    /// Always Arrow (its columnar values as Arrow, the rest MessagePack).
+    Arrow,
+}
+
+impl CodecChoice {
+    /// The name in configuration and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodecChoice::Auto => "auto",
+            CodecChoice::Json => "json",
+            CodecChoice::MsgPack => "msgpack",
+            CodecChoice::Arrow => "arrow",
+        }
+    }
+}
+
+impl std::fmt::Display for CodecChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CodecChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<CodecChoice> {
+        Ok(match s {
+            "auto" => CodecChoice::Auto,
+            "json" => CodecChoice::Json,
+            "msgpack" => CodecChoice::MsgPack,
+            "arrow" => CodecChoice::Arrow,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("unknown codec `{other}` (known: auto, json, msgpack, arrow)"),
+                ))
+            }
+        })
+    }
+}
+
 /// A pool of Python workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +231,16 @@ pub struct PoolConfig {
     /// for pools with `gpus` (a worker's GPU is fixed when it starts).
     #[serde(default = "default_standby")]
     pub standby: usize,
+    /// How requests to this pool's workers (and their replies) are encoded:
+    /// `auto` (the default: MessagePack, Arrow for large columnar payloads
+    /// when the build has the `arrow` feature and the workers `pyarrow`),
+    /// `msgpack`, `json` or `arrow`.
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub codec: CodecChoice,
+}
+
+fn is_auto(c: &CodecChoice) -> bool {
+    *c == CodecChoice::Auto
 }
 
 fn default_standby() -> usize {
@@ -233,6 +300,7 @@ impl PoolConfig {
             python: PythonConfig::default(),
             intensity: default_worker_intensity(),
             spin_us: default_spin(),
+            codec: CodecChoice::Auto,
             zygote: true,
             standby: default_standby(),
         }
@@ -273,6 +341,12 @@ impl PoolConfig {
     /// Set the per-worker concurrency.
     pub fn concurrency(mut self, n: u32) -> PoolConfig {
         self.concurrency = n;
+        self
+    }
+
+    /// Encode requests to the workers (and their replies) with `codec`.
+    pub fn codec(mut self, codec: CodecChoice) -> PoolConfig {
+        self.codec = codec;
         self
     }
 

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dspex_bridge::{CallOptions, Codec, RunRegistry, StreamItem, Worker, WorkerStream};
+use dspex_core::CodecChoice;
 use dspex_core::{Error, ErrorKind, EventKind, Map, PoolConfig, Result, Value};
 use futures_util::Stream;
 use parking_lot::{Mutex, RwLock};
@@ -112,6 +113,18 @@ impl Slot {
         if let Some(why) = self.last_exit.lock().clone() {
             extra.insert("last_exit".into(), why.into());
         }
+        // What the codec choice did on this process's pipes.
+        if let Some(w) = &worker {
+            let counts = w.codec_counts();
+            let mut frames = Map::new();
+            for codec in [Codec::Json, Codec::MsgPack, Codec::Arrow] {
+                let (sent, received) = counts.of(codec);
+                if sent + received > 0 {
+                    frames.insert(codec.to_string(), serde_json::json!({"sent": sent, "received": received}));
+                }
+            }
+            extra.insert("frames".into(), Value::Object(frames));
+        }
         NodeInfo {
             status: Some(state_name(self.state.load(Ordering::Acquire)).into()),
             pid: worker.as_ref().map(|w| w.pid()),
@@ -171,8 +184,8 @@ pub struct PoolCallOptions {
     pub session: Option<String>,
     /// Safe to run twice: retried once on another worker if its worker dies.
     pub idempotent: bool,
-    /// Codec for this request.
-    pub codec: Option<Codec>,
+    /// Codec for this request (else the pool's).
+    pub codec: Option<CodecChoice>,
     /// Run on this worker (by index) and nowhere else.
     pub pin: Option<usize>,
     /// Run on this cluster node only.
@@ -190,7 +203,7 @@ impl PoolCallOptions {
             trace_id: Some(ctx.trace_id.clone()),
             session: ctx.options.session.clone(),
             idempotent: ctx.idempotent,
-            codec: None,
+            codec: ctx.options.codec,
             pin: None,
             node: ctx.options.node.clone(),
             prefer_remote: ctx.options.prefer_remote,
@@ -767,6 +780,7 @@ fn pool_supervisor_spec(shared: &Arc<PoolShared>, name: String) -> SupervisorSpe
             extra.insert("requirements".into(), config.python.requirements.clone().into());
         }
         extra.insert("concurrency".into(), config.concurrency.into());
+        extra.insert("codec".into(), config.codec.as_str().into());
         extra.insert("max_queue".into(), config.max_queue.into());
         extra.insert("queue_timeout_ms".into(), config.queue_timeout_ms.into());
         if let Some(mb) = config.memory_limit_mb {

@@ -176,6 +176,12 @@ impl EvaluateRequest {
         self
     }
 
+    /// Run on pool `pool` (else the default pool).
+    pub fn pool(mut self, pool: impl Into<String>) -> EvaluateRequest {
+        self.pool = Some(pool.into());
+        self
+    }
+
     /// Set the input keys.
     pub fn input_keys<I: IntoIterator<Item = S>, S: Into<String>>(mut self, keys: I) -> EvaluateRequest {
         self.input_keys = keys.into_iter().map(Into::into).collect();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dspex_core::Value;
 
 use crate::process::ChildLimits;
-use crate::protocol::{Codec, DEFAULT_MAX_FRAME};
+use crate::protocol::{CodecChoice, DEFAULT_MAX_FRAME};
 use crate::runs::RunRegistry;
 
 /// Environment variables passed through from the runtime unless configured otherwise.
@@ -66,8 +66,9 @@ pub struct WorkerConfig {
     pub preload_dspy: bool,
     /// How long start-up (through `hello`) may take.
     pub start_timeout: Duration,
-    /// Codec for requests unless a call asks for another.
-    pub codec: Codec,
+    /// Codec for requests (and their replies) unless a call asks for
+    /// another; `auto`: per message, by size and shape.
+    pub codec: CodecChoice,
     /// How long a request may keep running after its deadline and a cancel
     /// before the worker is considered hung and killed.
     pub hung_grace: Duration,
@@ -105,7 +106,7 @@ impl WorkerConfig {
             user_modules: Vec::new(),
             preload_dspy: true,
             start_timeout: Duration::from_secs(60),
-            codec: Codec::MsgPack,
+            codec: CodecChoice::Auto,
             hung_grace: Duration::from_secs(2),
             pipe_size: 1 << 20,
             heartbeat: None,
@@ -182,8 +183,9 @@ pub struct CallOptions {
     pub session: Option<String>,
     /// Trace id, shown in the worker's log lines.
     pub trace_id: Option<String>,
-    /// Codec for this request (the worker answers in the same one).
-    pub codec: Option<Codec>,
+    /// Codec for this request; `None`: the worker's (a fixed codec is the
+    /// replies' too; under `auto` each side picks per message).
+    pub codec: Option<CodecChoice>,
 }
 
 /// One item of a streamed request.

@@ -35,7 +35,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::process::{self, SpawnSpec};
-use crate::protocol::{decode_frame, decode_reply, encode_frame, Codec, Hello, Message, PROTOCOL_VERSION};
+use crate::protocol::{
+    choose_codec, decode_frame, decode_reply, encode_frame, Codec, CodecChoice, Hello, Message, PROTOCOL_VERSION,
+};
 use crate::runs::RunRegistry;
 use crate::zygote::RawExit;
 
@@ -58,7 +60,11 @@ struct Shared {
     pid: u32,
     pgid: i32,
     hello: Hello,
-    codec: Codec,
+    /// How requests are encoded unless a call says otherwise.
+    codec: CodecChoice,
+    /// Both ends read Arrow: the worker said so in its hello, and this
+    /// build has the `arrow` feature.
+    arrow_ok: bool,
     max_frame: usize,
     hung_grace: Duration,
     writer: Arc<tokio::sync::Mutex<pipe::Sender>>,
@@ -77,9 +83,36 @@ struct Shared {
     closed: watch::Sender<Option<String>>,
     stderr_tail: OutputTail,
     completed: AtomicU64,
+    /// Frames written and read, by codec tag.
+    frames: FrameCounts,
     registry: Option<Arc<RunRegistry>>,
     /// Forked from a zygote (not started cold).
     forked: bool,
+}
+
+/// Frames a worker's pipes carried, by codec: what the codec choice did.
+#[derive(Debug, Default)]
+struct FrameCounts {
+    sent: [AtomicU64; 3],
+    received: [AtomicU64; 3],
+}
+
+/// How many frames went to and came from a worker in each codec
+/// (indexed by tag: JSON, MessagePack, Arrow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CodecCounts {
+    /// Frames written to the worker.
+    pub sent: [u64; 3],
+    /// Frames read from the worker.
+    pub received: [u64; 3],
+}
+
+impl CodecCounts {
+    /// Frames in `codec` either way.
+    pub fn of(&self, codec: Codec) -> (u64, u64) {
+        let i = codec.tag() as usize;
+        (self.sent[i], self.received[i])
+    }
 }
 
 const ABANDONED_MAX: usize = 4096;
@@ -461,6 +494,7 @@ impl Worker {
                 ));
             }
         };
+        let arrow_ok = Codec::Arrow.is_available() && hello.codecs.iter().any(|c| c == "arrow");
         if hello.protocol != PROTOCOL_VERSION {
             proc_handle.reap(pgid, Duration::ZERO).await;
             return Err(fail(
@@ -477,6 +511,7 @@ impl Worker {
             pgid,
             hello,
             codec: config.codec,
+            arrow_ok,
             max_frame: config.max_frame,
             hung_grace: config.hung_grace,
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
@@ -491,6 +526,7 @@ impl Worker {
             closed: closed_tx,
             stderr_tail: OutputTail::default(),
             completed: AtomicU64::new(0),
+            frames: FrameCounts::default(),
             registry: config.registry.clone(),
             forked,
         });
@@ -555,6 +591,13 @@ impl Worker {
         self.shared().completed.load(Ordering::Relaxed)
     }
 
+    /// Frames sent and received so far, by codec.
+    pub fn codec_counts(&self) -> CodecCounts {
+        let f = &self.shared().frames;
+        let load = |a: &[AtomicU64; 3]| [0, 1, 2].map(|i| a[i].load(Ordering::Relaxed));
+        CodecCounts { sent: load(&f.sent), received: load(&f.received) }
+    }
+
     /// The last lines the worker wrote to stderr.
     pub fn stderr_tail(&self) -> String {
         self.shared().tail()
@@ -567,6 +610,7 @@ impl Worker {
     /// otherwise the worker would read the next frame as the rest of this one.
     async fn send(&self, codec: Codec, msg: &Message) -> Result<()> {
         let frame = encode_frame(codec, msg)?;
+        self.shared().frames.sent[codec.tag() as usize].fetch_add(1, Ordering::Relaxed);
         let broken = |e: std::io::Error| {
             self.shared()
                 .worker_error(ErrorKind::WorkerCrashed, format!("cannot write to worker {}: {e}", self.name()))
@@ -603,6 +647,41 @@ impl Worker {
         Ok(id)
     }
 
+    /// The codec of control messages (pings, cancels, shutdown).
+    fn control_codec(&self) -> Codec {
+        match self.shared().codec {
+            CodecChoice::Json => Codec::Json,
+            _ => Codec::MsgPack,
+        }
+    }
+
+    /// A request message for a call, and the codec it goes in: under
+    /// `auto` the worker is told to pick its replies' codec the same way.
+    fn request_frame(
+        &self,
+        id: u64,
+        op: &str,
+        args: Value,
+        opts: &CallOptions,
+        stream: bool,
+    ) -> Result<(Codec, Message)> {
+        let s = self.shared();
+        let choice = opts.codec.unwrap_or(s.codec);
+        if choice == CodecChoice::Arrow && !s.arrow_ok {
+            let why = if Codec::Arrow.is_available() {
+                "its Python has no pyarrow"
+            } else {
+                "this build has no `arrow` feature"
+            };
+            return Err(s.worker_error(ErrorKind::Config, format!("worker {} cannot take Arrow frames: {why}", s.name)));
+        }
+        let mut msg = Self::request_message(id, op, args, opts, stream)?;
+        if let Message::Request { reply_codec, .. } = &mut msg {
+            *reply_codec = (choice == CodecChoice::Auto && s.arrow_ok).then(|| "auto".to_string());
+        }
+        Ok((choose_codec(choice, &msg, s.arrow_ok), msg))
+    }
+
     fn request_message(id: u64, op: &str, args: Value, opts: &CallOptions, stream: bool) -> Result<Message> {
         let deadline_ms = match opts.deadline {
             Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -620,6 +699,7 @@ impl Worker {
             trace_id: opts.trace_id.clone(),
             traceparent: dspex_core::trace::current().filter(|cx| cx.sampled).map(|cx| cx.to_traceparent()),
             stream,
+            reply_codec: None,
         })
     }
 
@@ -637,6 +717,7 @@ impl Worker {
             let started = Instant::now();
             if let Some(w) = worker.upgrade().map(|inner| Worker { inner }) {
                 // Bounded: a worker that stopped reading its pipe is hung too.
+                let codec = if codec == Codec::Arrow { Codec::MsgPack } else { codec };
                 let _ = tokio::time::timeout(s.hung_grace, w.send(codec, &Message::Cancel { id })).await;
             }
             tokio::time::sleep(s.hung_grace.saturating_sub(started.elapsed())).await;
@@ -668,8 +749,7 @@ impl Worker {
     async fn call_in_span(&self, op: &str, args: Value, opts: &CallOptions) -> Result<Value> {
         let (tx, rx) = oneshot::channel();
         let id = self.register(Slot::Call(tx))?;
-        let codec = opts.codec.unwrap_or(self.shared().codec);
-        let msg = match Self::request_message(id, op, args, opts, false) {
+        let (codec, msg) = match self.request_frame(id, op, args, opts, false) {
             Ok(m) => m,
             Err(e) => {
                 self.shared().pending.lock().remove(&id);
@@ -728,8 +808,7 @@ impl Worker {
     async fn stream_in_span(&self, op: &str, args: Value, opts: &CallOptions) -> Result<WorkerStream> {
         let (tx, rx) = mpsc::channel(32);
         let id = self.register(Slot::Stream(tx))?;
-        let codec = opts.codec.unwrap_or(self.shared().codec);
-        let msg = match Self::request_message(id, op, args, opts, true) {
+        let (codec, msg) = match self.request_frame(id, op, args, opts, true) {
             Ok(m) => m,
             Err(e) => {
                 self.shared().pending.lock().remove(&id);
@@ -764,7 +843,7 @@ impl Worker {
         // The write counts against the timeout: a worker that stopped reading
         // its pipe must not stall its own heartbeat.
         let answered = tokio::time::timeout(timeout, async {
-            self.send(s.codec, &Message::Ping { seq }).await?;
+            self.send(self.control_codec(), &Message::Ping { seq }).await?;
             Ok::<_, Error>(rx.await)
         })
         .await;
@@ -846,7 +925,7 @@ impl Worker {
         let s = self.shared().clone();
         if s.state.compare_exchange(READY, STOPPING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
             let shutdown = Message::Shutdown { grace_ms: grace.as_millis() as u64 };
-            let _ = tokio::time::timeout(grace, self.send(s.codec, &shutdown)).await;
+            let _ = tokio::time::timeout(grace, self.send(self.control_codec(), &shutdown)).await;
         }
         let waited = tokio::time::timeout(grace + Duration::from_millis(500), self.exited()).await;
         if let Ok(info) = waited {
@@ -894,7 +973,8 @@ async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, p
     let end: Result<()> = async {
         loop {
             let Some(body) = read_frame(&mut reader, shared.max_frame).await? else { return Ok(()) };
-            let (_, msg) = decode_reply(&body)?;
+            let (codec, msg) = decode_reply(&body)?;
+            shared.frames.received[codec.tag() as usize].fetch_add(1, Ordering::Relaxed);
             match msg {
                 Message::Response { id, ok, error, spans } => {
                     spans.into_iter().for_each(dspex_core::trace::record);

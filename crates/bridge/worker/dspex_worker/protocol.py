@@ -1,7 +1,9 @@
 """The dspex wire protocol: its version, the worker's messages, framing and codecs.
 
 A frame is a 4-byte big-endian length of the rest, one codec tag byte
-(0 JSON, 1 MessagePack) and the payload. Messages are dicts with a ``type``.
+(0 JSON, 1 MessagePack, 2 Arrow: MessagePack with large columnar values as
+Arrow IPC streams, see ``columnar``) and the payload. Messages are dicts
+with a ``type``.
 The Rust side (``crates/bridge/src/protocol.rs``) implements the same rules;
 ``tests/fixtures/protocol/golden.json`` holds frames both suites decode and
 re-encode.
@@ -16,12 +18,19 @@ import time
 
 import msgpack
 
+from . import columnar
+
 #: The runtime refuses a worker whose ``hello`` names another version.
 PROTOCOL_VERSION = 1
 
 JSON = 0
 MSGPACK = 1
+ARROW = 2
+#: Not a tag: pick MessagePack or Arrow per message (a request's ``reply_codec: "auto"``).
+AUTO = -1
 CODECS = {"json": JSON, "msgpack": MSGPACK}
+if columnar.available():
+    CODECS["arrow"] = ARROW
 HEADER = struct.Struct(">IB")
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
@@ -83,11 +92,35 @@ def pong_message(seq, in_flight: int) -> dict:
 # -- codecs and framing --------------------------------------------------------
 
 
-def encode_payload(tag: int, message) -> bytes:
+def reply_tag(tag: int, request: dict) -> int:
+    """The codec of the replies to ``request`` (which came in ``tag``)."""
+    wanted = request.get("reply_codec")
+    if wanted == "auto":
+        return AUTO if ARROW in CODECS.values() else MSGPACK
+    return CODECS.get(wanted, tag) if wanted is not None else tag
+
+
+def choose(message) -> tuple[int, list | None]:
+    """``auto``'s pick for ``message``: MessagePack, or Arrow when its columnar
+    values add up to ``columnar.AUTO_ARROW_MIN_BYTES`` (and those values)."""
+    if ARROW not in CODECS.values() or not isinstance(message, dict):
+        return MSGPACK, None
+    key = columnar._payload_key(message)
+    if key is None:
+        return MSGPACK, None
+    found = columnar.find(message[key])
+    if sum(f[3] for f in found) >= columnar.AUTO_ARROW_MIN_BYTES:
+        return ARROW, found
+    return MSGPACK, None
+
+
+def encode_payload(tag: int, message, found: list | None = None) -> bytes:
     if tag == MSGPACK:
         return msgpack.packb(message, use_bin_type=True)
     if tag == JSON:
         return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    if tag == ARROW:
+        return columnar.encode_payload(message, found)
     raise ProtocolError(f"unknown codec tag {tag}")
 
 
@@ -99,10 +132,26 @@ def decode_payload(tag: int, payload: bytes):
             return json.loads(payload)
     except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
         raise ProtocolError(f"undecodable {('JSON', 'MessagePack')[tag]} payload: {exc}") from exc
+    if tag == ARROW:
+        try:
+            return columnar.decode_payload(payload)
+        except ImportError as exc:
+            raise ProtocolError(f"an Arrow frame (codec tag 2), and this Python has no pyarrow: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds; all are a broken frame here
+            raise ProtocolError(f"undecodable Arrow payload: {exc}") from exc
     raise ProtocolError(f"unknown codec tag {tag}")
 
 
 def encode_frame(tag: int, message) -> bytes:
+    if tag == AUTO:
+        tag, found = choose(message)
+        if tag == ARROW:
+            try:
+                payload = encode_payload(ARROW, message, found)
+            except Exception:  # noqa: BLE001 - auto may always fall back to MessagePack
+                tag = MSGPACK
+            else:
+                return HEADER.pack(len(payload) + 1, tag) + payload
     payload = encode_payload(tag, message)
     return HEADER.pack(len(payload) + 1, tag) + payload
 

@@ -17,8 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import aio
 from .protocol import (
+    ARROW,
+    AUTO,
     DEFAULT_MAX_FRAME,
     JSON,
+    MSGPACK,
     FrameReader,
     FrameWriter,
     ProtocolError,
@@ -28,6 +31,7 @@ from .protocol import (
     hello_message,
     ok_response,
     pong_message,
+    reply_tag,
 )
 from .registry import CommandError, Context, DeadlineExceeded, classify, registry
 from .spans import SpanRecorder
@@ -145,7 +149,14 @@ class Worker:
         spans = self._spans(ctx)
         if stream:
             self.writer.send(tag, end_message(ctx.request_id))
-        self.writer.send(tag, ok_response(ctx.request_id, result, spans))
+        try:
+            self.writer.send(tag, ok_response(ctx.request_id, result, spans))
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be encoded is the caller's error, not a hang
+            log.warning("cannot encode the result of request %s: %s: %s", ctx.request_id, type(exc).__name__, exc)
+            failure = CommandError(f"the command's result cannot be sent: {type(exc).__name__}: {exc}")
+            self.writer.send(
+                MSGPACK if tag in (AUTO, ARROW) else tag, error_response(ctx.request_id, classify(failure))
+            )
 
     def _fail(self, tag, cmd, ctx: Context, stream: bool, exc: BaseException) -> None:
         if not isinstance(exc, CommandError):
@@ -161,6 +172,7 @@ class Worker:
 
     def _inline(self, tag: int, cmd, msg: dict) -> None:
         """The fast path for cheap commands: run on this thread, no stream, no pool."""
+        tag = reply_tag(tag, msg)
         rid = msg.get("id")
         args = msg.get("args") or {}
         deadline_ms = msg.get("deadline_ms")
@@ -181,6 +193,7 @@ class Worker:
             self.writer.send(tag, ok_response(rid, result, self._spans(ctx)))
 
     def _request(self, tag: int, msg: dict) -> None:
+        tag = reply_tag(tag, msg)
         rid = msg.get("id")
         op = msg.get("op")
         args = msg.get("args") or {}

@@ -10,10 +10,14 @@ import time
 import pytest
 
 from conftest import JSON, MSGPACK, spawn_worker, wait_exit
+from dspex_worker import columnar
 from dspex_worker.protocol import (
+    ARROW,
+    AUTO,
     CODECS,
     FrameReader,
     ProtocolError,
+    choose,
     chunk_message,
     decode_payload,
     encode_frame,
@@ -23,6 +27,7 @@ from dspex_worker.protocol import (
     hello_message,
     ok_response,
     pong_message,
+    reply_tag,
 )
 
 
@@ -30,7 +35,7 @@ def test_hello_announces_the_worker(worker):
     hello = worker.hello
     assert hello["protocol"] == 1
     assert hello["pid"] == os.getpid()
-    assert set(hello["codecs"]) == {"json", "msgpack"}
+    assert set(hello["codecs"]) == {"json", "msgpack", "arrow"}, "pyarrow is pinned in the project environment"
     assert {"noop", "echo", "dspy.run", "dspy.optimize", "dspy.format"} <= set(hello["commands"])
     assert hello["max_concurrency"] == 4
 
@@ -149,6 +154,112 @@ def test_golden_frames_decode_and_reencode():
         message = decode_payload(tag, frame[5:])
         assert message == case["message"], case["name"]
         assert encode_frame(tag, message) == frame, case["name"]
+
+
+def _golden_arrow_frames() -> list:
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "..", "..", "..", "tests", "fixtures", "protocol", "golden.json"
+    )
+    with open(path) as fh:
+        return json.load(fh)["arrow_frames"]
+
+
+def test_golden_arrow_frames_decode_and_reencode():
+    frames = _golden_arrow_frames()
+    assert {f["made_by"] for f in frames} == {"python", "rust"}
+    for case in frames:
+        frame = bytes.fromhex(case["hex"])
+        length, tag = struct.unpack(">IB", frame[:5])
+        assert (length, tag) == (len(frame) - 4, ARROW), case["name"]
+        message = decode_payload(tag, frame[5:])
+        assert message == case["message"], case["name"]
+        again = encode_frame(ARROW, message)
+        if case["made_by"] == "python":
+            assert again == frame, case["name"]
+        assert decode_payload(ARROW, again[5:]) == case["message"], case["name"]
+
+
+def test_columnar_shapes_are_exact_about_kinds():
+    assert columnar.shape([1.5, 2.0]) == ("floats", 18)
+    assert columnar.shape([1, -2])[0] == "ints"
+    assert columnar.shape([1, 2.5]) is None, "an int must not become a float"
+    assert columnar.shape([True, False]) is None
+    assert columnar.shape([2**64]) is None
+    assert columnar.shape([[1.0, 2.0], []])[0] == "float_lists"
+    assert columnar.shape([[1.0, 2]]) is None
+    recs = [{"q": "a", "n": 1, "v": None}, {"q": None, "n": 2, "v": [0.5]}]
+    assert columnar.shape(recs)[0] == [("q", "str"), ("n", "int"), ("v", "float_list")]
+    assert columnar.shape([{"a": 1}, {"b": 1}]) is None
+    assert columnar.shape([{"a": 1, "b": 2}, {"b": 1, "a": 2}]) is None
+    assert columnar.shape([{"a": 1}, {"a": 1.5}]) is None
+    assert columnar.shape([{"a": {"x": 1}}]) is None
+    assert columnar.shape([{}]) is None
+    assert columnar.shape(["a"]) is None
+    assert columnar.shape([]) is None
+    payload = {
+        "small": [1.5, 2.5],
+        "a/b~c": [i + 0.5 for i in range(100)],
+        "nested": {"rows": [{"id": i, "text": "some text"} for i in range(40)]},
+        "list": [[1.5] * 80, "x"],
+        "long": [{"x": [0.5] * 100}] + ["y"] * 64,
+    }
+    found = columnar.find(payload)
+    assert [f[0] for f in found] == ["/a~1b~0c", "/nested/rows", "/list/0"]
+    assert found[0][3] == 900
+
+
+def test_auto_picks_arrow_for_large_columnar_payloads_only():
+    big = {"type": "response", "id": 1, "ok": {"emb": [i / 7 for i in range(40_000)]}}
+    small = {"type": "response", "id": 1, "ok": {"emb": [i / 7 for i in range(100)]}}
+    irregular = {"type": "response", "id": 1, "ok": [i / 7 if i % 2 else str(i) for i in range(40_000)]}
+    assert choose(big)[0] == ARROW
+    assert choose(small)[0] == MSGPACK
+    assert choose(irregular)[0] == MSGPACK
+    assert choose({"type": "pong", "seq": 1, "in_flight": 0})[0] == MSGPACK
+    assert encode_frame(AUTO, big)[4] == ARROW
+    assert encode_frame(AUTO, small)[4] == MSGPACK
+    assert reply_tag(MSGPACK, {"reply_codec": "auto"}) == AUTO
+    assert reply_tag(ARROW, {}) == ARROW
+    assert reply_tag(MSGPACK, {"reply_codec": "json"}) == JSON
+
+
+def test_broken_arrow_payloads_are_protocol_errors():
+    good = encode_frame(ARROW, {"type": "response", "id": 1, "ok": [0.5] * 100})[5:]
+    for bad in [b"", b"\x00\x00\x00\x09", good[:-3], good + b"x", good.replace(b"values", b"valuez")]:
+        with pytest.raises(ProtocolError):
+            decode_payload(ARROW, bad)
+
+
+@pytest.mark.parametrize("reply", [None, "auto", "msgpack"])
+def test_echo_round_trips_large_columnar_payloads_in_arrow(worker, reply):
+    payload = {
+        "devset": [{"question": f"q{i}", "answer": str(i), "score": i / 3} for i in range(5000)],
+        "vectors": [[i / 2, i / 4] for i in range(3000)],
+        "text": "not columnar",
+    }
+    extra = {} if reply is None else {"reply_codec": reply}
+    rid = worker.request("echo", payload, tag=ARROW, **extra)
+    tag, msg = worker.reader.read()
+    assert msg == {"type": "response", "id": rid, "ok": payload}
+    assert tag == {None: ARROW, "auto": ARROW, "msgpack": MSGPACK}[reply]
+
+
+def test_a_result_that_cannot_be_encoded_is_an_error_not_a_hang():
+    from dspex_worker.registry import Context
+    from dspex_worker.server import Worker
+
+    sent = []
+
+    class Writer:
+        def send(self, tag, message):
+            encode_frame(tag, message)
+            sent.append((tag, message))
+
+    w = Worker.__new__(Worker)
+    w.writer = Writer()
+    w._succeed(AUTO, Context(5, None, None), False, {"bad": object()})
+    ((tag, message),) = sent
+    assert tag == MSGPACK and message["error"]["message"].startswith("the command's result cannot be sent")
 
 
 def test_the_message_builders_make_the_golden_frames():

@@ -1,11 +1,16 @@
 //! The wire protocol between the runtime and a Python worker.
 //!
 //! A frame is a 4-byte big-endian length of the rest, one codec tag byte
-//! ([`Codec::Json`] = 0, [`Codec::MsgPack`] = 1; other tags are reserved) and
-//! the payload, a map with a `type`. The worker side is
-//! `crates/bridge/worker/dspex_worker/protocol.py`; both test suites decode and
-//! re-encode the golden frames in `tests/fixtures/protocol/golden.json`, so
-//! the two implementations cannot drift apart.
+//! ([`Codec::Json`] = 0, [`Codec::MsgPack`] = 1, [`Codec::Arrow`] = 2; other
+//! tags are reserved) and the payload, a map with a `type`. An Arrow frame
+//! carries the message's large columnar values (datasets of records, float
+//! arrays, embeddings) as Arrow IPC streams and the rest as MessagePack
+//! (layout in `arrow.rs`, shape rules in [`columnar`]); reading and writing
+//! it needs the `arrow` feature. [`CodecChoice::Auto`] picks per message ([`choose_codec`]).
+//! The worker side is `crates/bridge/worker/dspex_worker/protocol.py`; both
+//! test suites decode and re-encode the golden frames in
+//! `tests/fixtures/protocol/golden.json`, so the two implementations cannot
+//! drift apart.
 //!
 //! ```
 //! use dspex_bridge::protocol::{decode_frame, encode_frame, Codec, Message};
@@ -19,7 +24,12 @@
 
 use std::fmt;
 
+#[cfg(feature = "arrow")]
+mod arrow;
+pub mod columnar;
+
 use dspex_core::trace::RemoteSpan;
+pub use dspex_core::CodecChoice;
 use dspex_core::{Error, ErrorKind, Result, Value};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +48,9 @@ pub enum Codec {
     /// MessagePack (tag 1): the default.
     #[default]
     MsgPack,
+    /// MessagePack with large columnar values as Arrow IPC streams (tag 2;
+    /// feature `arrow`, and `pyarrow` in the worker).
+    Arrow,
 }
 
 impl Codec {
@@ -46,6 +59,7 @@ impl Codec {
         match self {
             Codec::Json => 0,
             Codec::MsgPack => 1,
+            Codec::Arrow => 2,
         }
     }
 
@@ -54,17 +68,66 @@ impl Codec {
         match tag {
             0 => Some(Codec::Json),
             1 => Some(Codec::MsgPack),
+            2 => Some(Codec::Arrow),
             _ => None,
+        }
+    }
+
+    /// Whether this build reads and writes the codec (Arrow needs the
+    /// `arrow` feature).
+    pub fn is_available(self) -> bool {
+        self != Codec::Arrow || cfg!(feature = "arrow")
+    }
+
+    /// The name in a worker's `hello` and in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::Json => "json",
+            Codec::MsgPack => "msgpack",
+            Codec::Arrow => "arrow",
         }
     }
 }
 
 impl fmt::Display for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Codec::Json => "json",
-            Codec::MsgPack => "msgpack",
-        })
+        f.write_str(self.as_str())
+    }
+}
+
+/// Below this much columnar data (estimated MessagePack bytes of the lists
+/// [`columnar::find`] reports), [`CodecChoice::Auto`] sends MessagePack: an
+/// Arrow frame's fixed costs (schemas, `pyarrow` calls) outweigh its gains.
+pub const AUTO_ARROW_MIN_BYTES: usize = 256 * 1024;
+
+impl From<Codec> for CodecChoice {
+    fn from(c: Codec) -> CodecChoice {
+        match c {
+            Codec::Json => CodecChoice::Json,
+            Codec::MsgPack => CodecChoice::MsgPack,
+            Codec::Arrow => CodecChoice::Arrow,
+        }
+    }
+}
+
+/// The codec `msg` goes in under `choice`, when the peer reads Arrow
+/// (`arrow_ok`) or not: [`CodecChoice::Auto`] picks Arrow when the message's
+/// columnar values add up to [`AUTO_ARROW_MIN_BYTES`] and both ends read it,
+/// else MessagePack.
+pub fn choose_codec(choice: CodecChoice, msg: &Message, arrow_ok: bool) -> Codec {
+    match choice {
+        CodecChoice::Json => Codec::Json,
+        CodecChoice::MsgPack => Codec::MsgPack,
+        CodecChoice::Arrow => Codec::Arrow,
+        CodecChoice::Auto if arrow_ok && Codec::Arrow.is_available() => {
+            let columnar: usize = payload(msg).map_or(0, |p| columnar::find(p).iter().map(|f| f.bytes).sum());
+            if columnar >= AUTO_ARROW_MIN_BYTES {
+                Codec::Arrow
+            } else {
+                Codec::MsgPack
+            }
+        }
+        CodecChoice::Auto => Codec::MsgPack,
     }
 }
 
@@ -178,6 +241,10 @@ pub enum Message {
         /// Whether chunks are wanted.
         #[serde(default)]
         stream: bool,
+        /// The codec of the replies (`auto`: the worker picks per message,
+        /// as [`CodecChoice::Auto`] does); absent: the request's own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_codec: Option<String>,
     },
     /// Worker → runtime: the result of a request.
     Response {
@@ -236,17 +303,91 @@ fn protocol_error(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Protocol, msg)
 }
 
+fn no_arrow() -> Error {
+    Error::new(ErrorKind::Config, "the Arrow codec (tag 2) needs dspex-bridge's `arrow` feature")
+}
+
+/// The value a message carries (a request's `args`, a response's `ok`, a
+/// chunk's `data`): where columnar values are looked for.
+pub fn payload(msg: &Message) -> Option<&Value> {
+    match msg {
+        Message::Request { args, .. } => Some(args),
+        Message::Response { ok, .. } => ok.as_ref(),
+        Message::Chunk { data, .. } => Some(data),
+        _ => None,
+    }
+}
+
+#[cfg_attr(not(feature = "arrow"), allow(dead_code))]
+fn payload_mut(msg: &mut Message) -> Option<&mut Value> {
+    match msg {
+        Message::Request { args, .. } => Some(args),
+        // A skeleton's `ok: nil` reads back as no `ok` at all.
+        Message::Response { ok, error: None, .. } => Some(ok.get_or_insert(Value::Null)),
+        Message::Response { ok, .. } => ok.as_mut(),
+        Message::Chunk { data, .. } => Some(data),
+        _ => None,
+    }
+}
+
+impl Message {
+    /// A copy with an empty payload (`null`), for an Arrow frame's skeleton.
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))]
+    fn clone_without_payload(&self) -> Message {
+        match self {
+            Message::Request { id, op, session, deadline_ms, trace_id, traceparent, stream, reply_codec, .. } => {
+                Message::Request {
+                    id: *id,
+                    op: op.clone(),
+                    session: session.clone(),
+                    args: Value::Null,
+                    deadline_ms: *deadline_ms,
+                    trace_id: trace_id.clone(),
+                    traceparent: traceparent.clone(),
+                    stream: *stream,
+                    reply_codec: reply_codec.clone(),
+                }
+            }
+            Message::Response { id, ok, error, spans } => Message::Response {
+                id: *id,
+                ok: ok.as_ref().map(|_| Value::Null),
+                error: error.clone(),
+                spans: spans.clone(),
+            },
+            Message::Chunk { id, seq, .. } => Message::Chunk { id: *id, seq: *seq, data: Value::Null },
+            other => other.clone(),
+        }
+    }
+}
+
+/// A message's payload bytes in `codec` (JSON or MessagePack).
+#[cfg_attr(not(feature = "arrow"), allow(dead_code))]
+fn encode_payload(codec: Codec, msg: &Message) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    encode_into(&mut out, codec, msg)?;
+    Ok(out)
+}
+
+fn encode_into(out: &mut Vec<u8>, codec: Codec, msg: &Message) -> Result<()> {
+    match codec {
+        Codec::Json => serde_json::to_writer(out, msg).map_err(|e| protocol_error(format!("cannot encode JSON: {e}"))),
+        Codec::MsgPack => rmp_serde::encode::write_named(out, msg)
+            .map_err(|e| protocol_error(format!("cannot encode MessagePack: {e}"))),
+        Codec::Arrow => Err(no_arrow()),
+    }
+}
+
 /// Encode a whole frame (length, tag, payload) in one buffer.
 pub fn encode_frame(codec: Codec, msg: &Message) -> Result<Vec<u8>> {
+    if codec == Codec::Arrow {
+        #[cfg(feature = "arrow")]
+        return arrow::encode(msg);
+        #[cfg(not(feature = "arrow"))]
+        return Err(no_arrow());
+    }
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(&[0, 0, 0, 0, codec.tag()]);
-    match codec {
-        Codec::Json => {
-            serde_json::to_writer(&mut out, msg).map_err(|e| protocol_error(format!("cannot encode JSON: {e}")))?
-        }
-        Codec::MsgPack => rmp_serde::encode::write_named(&mut out, msg)
-            .map_err(|e| protocol_error(format!("cannot encode MessagePack: {e}")))?,
-    }
+    encode_into(&mut out, codec, msg)?;
     let len = u32::try_from(out.len() - 4).map_err(|_| protocol_error("frame larger than 4 GiB"))?;
     out[..4].copy_from_slice(&len.to_be_bytes());
     Ok(out)
@@ -256,14 +397,26 @@ pub fn encode_frame(codec: Codec, msg: &Message) -> Result<Vec<u8>> {
 pub fn decode_frame(body: &[u8]) -> Result<(Codec, Message)> {
     let (&tag, payload) = body.split_first().ok_or_else(|| protocol_error("empty frame"))?;
     let codec = Codec::from_tag(tag).ok_or_else(|| protocol_error(format!("unknown codec tag {tag}")))?;
-    let msg = match codec {
-        Codec::Json => {
-            serde_json::from_slice(payload).map_err(|e| protocol_error(format!("undecodable JSON payload: {e}")))?
+    Ok((codec, decode_message(codec, payload, false)?))
+}
+
+/// A payload in `codec` as a message; `fast`: the reply fast path.
+fn decode_message(codec: Codec, payload: &[u8], fast: bool) -> Result<Message> {
+    match codec {
+        Codec::Json if !fast => {
+            serde_json::from_slice(payload).map_err(|e| protocol_error(format!("undecodable JSON payload: {e}")))
         }
-        Codec::MsgPack => rmp_serde::from_slice(payload)
-            .map_err(|e| protocol_error(format!("undecodable MessagePack payload: {e}")))?,
-    };
-    Ok((codec, msg))
+        Codec::MsgPack if !fast => {
+            rmp_serde::from_slice(payload).map_err(|e| protocol_error(format!("undecodable MessagePack payload: {e}")))
+        }
+        Codec::Json | Codec::MsgPack => decode_reply_payload(codec, payload),
+        #[cfg(feature = "arrow")]
+        Codec::Arrow => arrow::decode(payload, fast),
+        #[cfg(not(feature = "arrow"))]
+        Codec::Arrow => Err(protocol_error(
+            "an Arrow frame (codec tag 2), which this build cannot read: dspex-bridge has no `arrow` feature",
+        )),
+    }
 }
 
 /// The messages a worker sends after `hello`, read without buffering the
@@ -293,34 +446,33 @@ struct Reply {
 pub fn decode_reply(body: &[u8]) -> Result<(Codec, Message)> {
     let (&tag, payload) = body.split_first().ok_or_else(|| protocol_error("empty frame"))?;
     let codec = Codec::from_tag(tag).ok_or_else(|| protocol_error(format!("unknown codec tag {tag}")))?;
+    Ok((codec, decode_message(codec, payload, true)?))
+}
+
+fn decode_reply_payload(codec: Codec, payload: &[u8]) -> Result<Message> {
     let reply: std::result::Result<Reply, String> = match codec {
         Codec::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
-        Codec::MsgPack => rmp_serde::from_slice(payload).map_err(|e| e.to_string()),
+        _ => rmp_serde::from_slice(payload).map_err(|e| e.to_string()),
     };
     let missing = |what: &str| protocol_error(format!("`{what}` without an id or seq"));
     match reply {
-        Ok(r) => Ok((
-            codec,
-            match r.kind.as_str() {
-                "response" => Message::Response {
-                    id: r.id.ok_or_else(|| missing("response"))?,
-                    ok: r.ok,
-                    error: r.error,
-                    spans: r.spans,
-                },
-                "chunk" => Message::Chunk {
-                    id: r.id.ok_or_else(|| missing("chunk"))?,
-                    seq: r.seq.unwrap_or(0),
-                    data: r.data.unwrap_or(Value::Null),
-                },
-                "end" => Message::End { id: r.id.ok_or_else(|| missing("end"))? },
-                "pong" => {
-                    Message::Pong { seq: r.seq.ok_or_else(|| missing("pong"))?, in_flight: r.in_flight.unwrap_or(0) }
-                }
-                _ => return decode_frame(body),
+        Ok(r) => Ok(match r.kind.as_str() {
+            "response" => Message::Response {
+                id: r.id.ok_or_else(|| missing("response"))?,
+                ok: r.ok,
+                error: r.error,
+                spans: r.spans,
             },
-        )),
-        Err(_) => decode_frame(body),
+            "chunk" => Message::Chunk {
+                id: r.id.ok_or_else(|| missing("chunk"))?,
+                seq: r.seq.unwrap_or(0),
+                data: r.data.unwrap_or(Value::Null),
+            },
+            "end" => Message::End { id: r.id.ok_or_else(|| missing("end"))? },
+            "pong" => Message::Pong { seq: r.seq.ok_or_else(|| missing("pong"))?, in_flight: r.in_flight.unwrap_or(0) },
+            _ => return decode_message(codec, payload, false),
+        }),
+        Err(_) => decode_message(codec, payload, false),
     }
 }
 
@@ -352,6 +504,57 @@ mod tests {
             let expected: Message = serde_json::from_value(case["message"].clone()).expect("message");
             assert_eq!(msg, expected, "{name}");
             assert_eq!(encode_frame(codec, &msg).unwrap(), bytes, "{name} re-encodes identically");
+        }
+    }
+
+    /// Tag-2 frames: each side decodes every one, re-encodes its own to the
+    /// same bytes and the other side's to frames that decode the same.
+    /// `DSPEX_WRITE_GOLDEN=1` (re)writes the Rust-made ones from the
+    /// Python-made messages.
+    #[cfg(feature = "arrow")]
+    #[test]
+    fn golden_arrow_frames_decode_and_reencode() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/protocol/golden.json");
+        let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("golden")).expect("json");
+        let frames = doc["arrow_frames"].as_array().cloned().unwrap_or_default();
+        if std::env::var_os("DSPEX_WRITE_GOLDEN").is_some() {
+            let mut out: Vec<Value> = frames.iter().filter(|f| f["made_by"] == "python").cloned().collect();
+            for f in frames.iter().filter(|f| f["made_by"] == "python") {
+                let msg: Message = serde_json::from_value(f["message"].clone()).expect("message");
+                let hex: String =
+                    encode_frame(Codec::Arrow, &msg).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+                out.push(serde_json::json!({
+                    "name": format!("{}-rust", f["name"].as_str().unwrap_or("?")),
+                    "made_by": "rust",
+                    "message": f["message"],
+                    "hex": hex,
+                }));
+            }
+            doc["arrow_frames"] = Value::Array(out);
+            let mut text = Vec::new();
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(b" ");
+            let mut ser = serde_json::Serializer::with_formatter(&mut text, fmt);
+            serde::Serialize::serialize(&doc, &mut ser).expect("write");
+            text.push(b'\n');
+            std::fs::write(path, text).expect("write golden");
+            return;
+        }
+        let made_by = |who: &str| frames.iter().filter(|f| f["made_by"] == who).count();
+        assert!(made_by("python") >= 4 && made_by("rust") >= 4, "frames from both sides");
+        for case in &frames {
+            let name = case["name"].as_str().unwrap_or("?");
+            let bytes = unhex(case["hex"].as_str().unwrap_or_default());
+            let expected: Message = serde_json::from_value(case["message"].clone()).expect("message");
+            let (codec, msg) = decode_frame(&bytes[4..]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!((codec, &msg), (Codec::Arrow, &expected), "{name}");
+            if !matches!(expected, Message::Request { .. }) {
+                assert_eq!(decode_reply(&bytes[4..]).unwrap().1, expected, "{name}: the reply fast path agrees");
+            }
+            let again = encode_frame(Codec::Arrow, &msg).unwrap();
+            if case["made_by"] == "rust" {
+                assert_eq!(again, bytes, "{name} re-encodes identically");
+            }
+            assert_eq!(decode_frame(&again[4..]).unwrap().1, expected, "{name} round trip");
         }
     }
 
