@@ -544,18 +544,20 @@ fn q_42() -> Map {
     inputs(json!({"question": "What is 17 + 25?"}))
 }
 
-/// Large datasets go to Python workers as Arrow under `auto`; a pool or a
-/// request can choose MessagePack; the tree shows each pool's choice and
-/// each worker's frames by codec.
+/// Datasets go to Python workers as Arrow where that is faster: under
+/// `auto`, large numeric payloads (a dev set of text stays MessagePack,
+/// which is as fast for it); a pool or a request can choose either way; the
+/// tree shows each pool's choice and each worker's frames by codec.
 #[cfg(feature = "arrow")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_datasets_travel_as_arrow_under_auto_and_pools_or_requests_can_opt_out() {
+async fn datasets_travel_as_arrow_where_chosen_and_pools_or_requests_choose() {
     use dspex::{CodecChoice, EvaluateRequest};
     let (_server, lm) = offline_lm().await;
     let pool = |name: &str| PoolConfig::new(name).size(1).concurrency(4).standby(0);
     let rt = Runtime::builder()
         .python(support::python())
         .pool(pool("general"))
+        .pool(pool("columnar").codec(CodecChoice::Arrow))
         .pool(pool("plain").codec(CodecChoice::MsgPack))
         .lm(lm)
         .start()
@@ -565,27 +567,33 @@ async fn large_datasets_travel_as_arrow_under_auto_and_pools_or_requests_can_opt
         let frames = &tree.find(worker).expect("worker node").info.extra["frames"];
         frames["arrow"]["sent"].as_u64().unwrap_or(0)
     };
-    // 400 examples of ~700 bytes: well past the automatic choice's threshold.
-    let devset: Vec<Map> = (0..400)
-        .map(|i| inputs(json!({"question": format!("What is {i} + 1? {}", "context ".repeat(85)), "answer": (i + 1).to_string()})))
+    let devset: Vec<Map> = (0..300)
+        .map(|i| inputs(json!({"question": format!("What is {i} + 1? {}", "context ".repeat(40)), "answer": (i + 1).to_string()})))
         .collect();
     let student = Program::new(ProgramSpec::predict("question -> answer"));
-    let eval = rt.evaluate(EvaluateRequest::new(student.clone(), devset.clone(), "exact_match").num_threads(4), None);
-    assert_eq!(eval.await.unwrap().results.len(), 400);
+    let evaluate = |pool: &str| {
+        EvaluateRequest::new(student.clone(), devset.clone(), "exact_match").num_threads(4).pool(pool.to_string())
+    };
+    // A pool that chose Arrow sends the dev set as Arrow; the results are the same.
+    let on_arrow = rt.evaluate(evaluate("columnar"), None).await.unwrap();
+    let on_auto = rt.evaluate(evaluate("general"), None).await.unwrap();
+    assert_eq!(on_arrow.results.len(), 300);
+    assert_eq!(on_arrow.results, on_auto.results);
     let tree = rt.tree().await.unwrap();
-    assert_eq!(arrow_frames(&tree, "worker:general:0"), 1, "the dev set went as Arrow");
+    assert_eq!(arrow_frames(&tree, "worker:columnar:0"), 1, "the dev set went as Arrow");
+    assert_eq!(arrow_frames(&tree, "worker:general:0"), 0, "auto keeps text records in MessagePack");
     assert_eq!(tree.find("pool:general").unwrap().info.extra["codec"], "auto");
+    assert_eq!(tree.find("pool:columnar").unwrap().info.extra["codec"], "arrow");
     assert_eq!(tree.find("pool:plain").unwrap().info.extra["codec"], "msgpack");
-    // The pool that chose MessagePack keeps to it.
-    let plain = EvaluateRequest::new(student, devset, "exact_match").num_threads(4).pool("plain");
-    assert_eq!(rt.evaluate(plain, None).await.unwrap().results.len(), 400);
-    assert_eq!(arrow_frames(&rt.tree().await.unwrap(), "worker:plain:0"), 0);
-    // A request may choose for itself.
+    // Under auto a large float array goes as Arrow, unless the request says otherwise.
     let big = json!({"x": (0..50_000).map(|i| i as f64 + 0.5).collect::<Vec<_>>()});
+    assert_eq!(rt.call("general", "echo", big.clone(), RequestOptions::default()).await.unwrap().value, big);
+    assert_eq!(arrow_frames(&rt.tree().await.unwrap(), "worker:general:0"), 1);
     let opts = RequestOptions::default().codec(CodecChoice::MsgPack);
     assert_eq!(rt.call("general", "echo", big.clone(), opts).await.unwrap().value, big);
     assert_eq!(arrow_frames(&rt.tree().await.unwrap(), "worker:general:0"), 1);
-    assert_eq!(rt.call("general", "echo", big.clone(), RequestOptions::default()).await.unwrap().value, big);
-    assert_eq!(arrow_frames(&rt.tree().await.unwrap(), "worker:general:0"), 2);
+    // The pool that chose MessagePack keeps to it.
+    assert_eq!(rt.call("plain", "echo", big.clone(), RequestOptions::default()).await.unwrap().value, big);
+    assert_eq!(arrow_frames(&rt.tree().await.unwrap(), "worker:plain:0"), 0);
     rt.shutdown().await.unwrap();
 }

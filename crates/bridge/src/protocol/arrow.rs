@@ -39,7 +39,11 @@ fn arrow_error(e: impl std::fmt::Display) -> dspex_core::Error {
 
 /// A whole tag-2 frame (length, tag, payload) for `msg`.
 pub(super) fn encode(msg: &Message) -> Result<Vec<u8>> {
-    let found = payload(msg).map(columnar::find).unwrap_or_default();
+    encode_found(msg, payload(msg).map(columnar::find).unwrap_or_default())
+}
+
+/// [`encode`], with the payload's columnar values already found.
+pub(super) fn encode_found(msg: &Message, found: Vec<Found<'_>>) -> Result<Vec<u8>> {
     let holes: HashSet<usize> = found.iter().map(|f| f.value.as_ptr() as usize).collect();
     let skeleton = match payload(msg) {
         Some(p) if !holes.is_empty() => {

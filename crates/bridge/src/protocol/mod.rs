@@ -95,9 +95,10 @@ impl fmt::Display for Codec {
     }
 }
 
-/// Below this much columnar data (estimated MessagePack bytes of the lists
-/// [`columnar::find`] reports), [`CodecChoice::Auto`] sends MessagePack: an
-/// Arrow frame's fixed costs (schemas, `pyarrow` calls) outweigh its gains.
+/// Below this much numeric columnar data (estimated MessagePack bytes of the
+/// lists [`columnar::find_numeric`] reports), [`CodecChoice::Auto`] sends
+/// MessagePack: an Arrow frame's fixed costs (schemas, `pyarrow` calls)
+/// outweigh its gains (`benches/codecs.rs` measures both).
 pub const AUTO_ARROW_MIN_BYTES: usize = 256 * 1024;
 
 impl From<Codec> for CodecChoice {
@@ -115,19 +116,34 @@ impl From<Codec> for CodecChoice {
 /// columnar values add up to [`AUTO_ARROW_MIN_BYTES`] and both ends read it,
 /// else MessagePack.
 pub fn choose_codec(choice: CodecChoice, msg: &Message, arrow_ok: bool) -> Codec {
+    choose(choice, msg, arrow_ok).0
+}
+
+/// [`choose_codec`], and the columnar values it found when it looked.
+fn choose(choice: CodecChoice, msg: &Message, arrow_ok: bool) -> (Codec, Option<Vec<columnar::Found<'_>>>) {
     match choice {
-        CodecChoice::Json => Codec::Json,
-        CodecChoice::MsgPack => Codec::MsgPack,
-        CodecChoice::Arrow => Codec::Arrow,
+        CodecChoice::Json => (Codec::Json, None),
+        CodecChoice::MsgPack => (Codec::MsgPack, None),
+        CodecChoice::Arrow => (Codec::Arrow, None),
         CodecChoice::Auto if arrow_ok && Codec::Arrow.is_available() => {
-            let columnar: usize = payload(msg).map_or(0, |p| columnar::find(p).iter().map(|f| f.bytes).sum());
-            if columnar >= AUTO_ARROW_MIN_BYTES {
-                Codec::Arrow
+            let found = payload(msg).map(columnar::find_numeric).unwrap_or_default();
+            if found.iter().map(|f| f.bytes).sum::<usize>() >= AUTO_ARROW_MIN_BYTES {
+                (Codec::Arrow, Some(found))
             } else {
-                Codec::MsgPack
+                (Codec::MsgPack, None)
             }
         }
-        CodecChoice::Auto => Codec::MsgPack,
+        CodecChoice::Auto => (Codec::MsgPack, None),
+    }
+}
+
+/// A whole frame for `msg` in the codec `choice` picks (looking through the
+/// payload once): the codec and the frame.
+pub fn encode_chosen(choice: CodecChoice, msg: &Message, arrow_ok: bool) -> Result<(Codec, Vec<u8>)> {
+    match choose(choice, msg, arrow_ok) {
+        #[cfg(feature = "arrow")]
+        (Codec::Arrow, Some(found)) => Ok((Codec::Arrow, arrow::encode_found(msg, found)?)),
+        (codec, _) => Ok((codec, encode_frame(codec, msg)?)),
     }
 }
 
@@ -556,6 +572,27 @@ mod tests {
             }
             assert_eq!(decode_frame(&again[4..]).unwrap().1, expected, "{name} round trip");
         }
+    }
+
+    /// Without the `arrow` feature: Arrow is refused clearly both ways, and
+    /// `auto` never picks it.
+    #[cfg(not(feature = "arrow"))]
+    #[test]
+    fn without_the_arrow_feature_arrow_is_refused_and_auto_stays_messagepack() {
+        let big = Message::Response {
+            id: 1,
+            ok: Some(Value::Array((0..100_000).map(|i| Value::from(i as f64 + 0.5)).collect())),
+            error: None,
+            spans: Vec::new(),
+        };
+        assert!(!Codec::Arrow.is_available());
+        assert_eq!(choose_codec(CodecChoice::Auto, &big, true), Codec::MsgPack);
+        let err = encode_frame(Codec::Arrow, &big).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.message().contains("`arrow` feature"), "{err}");
+        let err = decode_frame(&[2, 0, 0, 0, 0]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        assert!(err.message().contains("`arrow` feature"), "{err}");
     }
 
     #[test]

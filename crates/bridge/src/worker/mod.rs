@@ -36,7 +36,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::process::{self, SpawnSpec};
 use crate::protocol::{
-    choose_codec, decode_frame, decode_reply, encode_frame, Codec, CodecChoice, Hello, Message, PROTOCOL_VERSION,
+    decode_frame, decode_reply, encode_chosen, encode_frame, Codec, CodecChoice, Hello, Message, PROTOCOL_VERSION,
 };
 use crate::runs::RunRegistry;
 use crate::zygote::RawExit;
@@ -609,7 +609,11 @@ impl Worker {
     /// which finishes the frame even if this caller gives up meanwhile —
     /// otherwise the worker would read the next frame as the rest of this one.
     async fn send(&self, codec: Codec, msg: &Message) -> Result<()> {
-        let frame = encode_frame(codec, msg)?;
+        self.write_frame(codec, encode_frame(codec, msg)?).await
+    }
+
+    /// Write one encoded frame (see [`Worker::send`]).
+    async fn write_frame(&self, codec: Codec, frame: Vec<u8>) -> Result<()> {
         self.shared().frames.sent[codec.tag() as usize].fetch_add(1, Ordering::Relaxed);
         let broken = |e: std::io::Error| {
             self.shared()
@@ -655,8 +659,8 @@ impl Worker {
         }
     }
 
-    /// A request message for a call, and the codec it goes in: under
-    /// `auto` the worker is told to pick its replies' codec the same way.
+    /// A request's frame for a call, and the codec it is in: under `auto`
+    /// the worker is told to pick its replies' codec the same way.
     fn request_frame(
         &self,
         id: u64,
@@ -664,7 +668,7 @@ impl Worker {
         args: Value,
         opts: &CallOptions,
         stream: bool,
-    ) -> Result<(Codec, Message)> {
+    ) -> Result<(Codec, Vec<u8>)> {
         let s = self.shared();
         let choice = opts.codec.unwrap_or(s.codec);
         if choice == CodecChoice::Arrow && !s.arrow_ok {
@@ -679,7 +683,7 @@ impl Worker {
         if let Message::Request { reply_codec, .. } = &mut msg {
             *reply_codec = (choice == CodecChoice::Auto && s.arrow_ok).then(|| "auto".to_string());
         }
-        Ok((choose_codec(choice, &msg, s.arrow_ok), msg))
+        encode_chosen(choice, &msg, s.arrow_ok)
     }
 
     fn request_message(id: u64, op: &str, args: Value, opts: &CallOptions, stream: bool) -> Result<Message> {
@@ -749,7 +753,7 @@ impl Worker {
     async fn call_in_span(&self, op: &str, args: Value, opts: &CallOptions) -> Result<Value> {
         let (tx, rx) = oneshot::channel();
         let id = self.register(Slot::Call(tx))?;
-        let (codec, msg) = match self.request_frame(id, op, args, opts, false) {
+        let (codec, frame) = match self.request_frame(id, op, args, opts, false) {
             Ok(m) => m,
             Err(e) => {
                 self.shared().pending.lock().remove(&id);
@@ -773,7 +777,7 @@ impl Worker {
             }
         }
         let mut guard = CancelOnDrop { worker: self, id, codec, op, armed: true };
-        if let Err(e) = self.send(codec, &msg).await {
+        if let Err(e) = self.write_frame(codec, frame).await {
             guard.armed = false;
             self.shared().pending.lock().remove(&id);
             return Err(e);
@@ -808,14 +812,14 @@ impl Worker {
     async fn stream_in_span(&self, op: &str, args: Value, opts: &CallOptions) -> Result<WorkerStream> {
         let (tx, rx) = mpsc::channel(32);
         let id = self.register(Slot::Stream(tx))?;
-        let (codec, msg) = match self.request_frame(id, op, args, opts, true) {
+        let (codec, frame) = match self.request_frame(id, op, args, opts, true) {
             Ok(m) => m,
             Err(e) => {
                 self.shared().pending.lock().remove(&id);
                 return Err(e.with_worker(self.name()));
             }
         };
-        if let Err(e) = self.send(codec, &msg).await {
+        if let Err(e) = self.write_frame(codec, frame).await {
             self.shared().pending.lock().remove(&id);
             return Err(e);
         }

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import struct
+from operator import itemgetter
 
 import msgpack
 
@@ -46,34 +47,44 @@ def available() -> bool:
     return importlib.util.find_spec("pyarrow") is not None
 
 
-def _float_list(v) -> int | None:
-    if type(v) is list and all(map(_is_float, v)):
-        return len(v)
-    return None
+_NONE = type(None)
 
 
-_is_float = float.__instancecheck__
+def _is_float_list(v) -> bool:
+    return type(v) is list and set(map(type, v)) <= {float}
 
 
-def _is_int(v) -> bool:
-    return type(v) is int and _I64_MIN <= v <= _I64_MAX
-
-
-def _cell(v):
-    """A records cell's kind and estimated size, or None."""
-    if v is None:
-        return NULL, 1
-    t = type(v)
+def _column(cells: list):
+    """A records column's kind and estimated size, or None. Type checks run
+    over the whole column at C speed (``set(map(type, ...))``), not per cell."""
+    types = set(map(type, cells))
+    nulls = 0
+    if _NONE in types:
+        types.discard(_NONE)
+        nulls = cells.count(None)
+        values = [c for c in cells if c is not None] if types else []
+    else:
+        values = cells
+    if not types:
+        return NULL, nulls
+    if len(types) > 1:
+        return None
+    (t,) = types
     if t is bool:
-        return BOOL, 1
+        return BOOL, len(cells)
     if t is int:
-        return (INT, 9) if _I64_MIN <= v <= _I64_MAX else None
+        if min(values) < _I64_MIN or max(values) > _I64_MAX:
+            return None
+        return INT, 9 * len(values) + nulls
+    if t is float:
+        return FLOAT, 9 * len(values) + nulls
     if t is str:
-        return STR, len(v.encode()) + 5
-    if _is_float(v):
-        return FLOAT, 9
-    n = _float_list(v)
-    return None if n is None else (FLOAT_LIST, n * 9 + 5)
+        return STR, sum(map(len, values)) + 5 * len(values) + nulls
+    if t is list:
+        if not all(map(_is_float_list, values)):
+            return None
+        return FLOAT_LIST, sum(map(len, values)) * 9 + 5 * len(values) + nulls
+    return None
 
 
 def shape(items: list):
@@ -81,41 +92,35 @@ def shape(items: list):
     ``"float_lists"`` or a list of ``(key, column kind)`` for records."""
     if not items:
         return None
-    first = items[0]
-    if type(first) is not bool and _is_float(first):
-        return ("floats", len(items) * 9) if all(map(_is_float, items)) else None
-    if type(first) is int:
-        return ("ints", len(items) * 9) if all(map(_is_int, items)) else None
-    if type(first) is list:
-        size = 0
-        for item in items:
-            n = _float_list(item)
-            if n is None:
-                return None
-            size += n * 9 + 5
-        return "float_lists", size
-    if type(first) is dict and first:
-        keys = list(first)
-        if not all(type(k) is str for k in keys):
+    types = set(map(type, items))
+    if len(types) != 1:
+        return None
+    (t,) = types
+    if t is float:
+        return "floats", len(items) * 9
+    if t is int:
+        if min(items) < _I64_MIN or max(items) > _I64_MAX:
             return None
-        kinds = [NULL] * len(keys)
-        key_bytes = sum(len(k.encode()) + 1 for k in keys)
-        size = 0
-        for item in items:
-            if type(item) is not dict or list(item) != keys:
+        return "ints", len(items) * 9
+    if t is list:
+        if not all(map(_is_float_list, items)):
+            return None
+        return "float_lists", sum(map(len, items)) * 9 + 5 * len(items)
+    if t is dict:
+        keys = tuple(items[0])
+        if not keys or not all(type(k) is str for k in keys):
+            return None
+        if not all(map(keys.__eq__, map(tuple, items))):
+            return None
+        size = len(items) * sum(len(k) + 1 for k in keys)
+        kinds = []
+        for k in keys:
+            column = _column(list(map(itemgetter(k), items)))
+            if column is None:
                 return None
-            size += key_bytes
-            for i, value in enumerate(item.values()):
-                cell = _cell(value)
-                if cell is None:
-                    return None
-                kind, n = cell
-                size += n
-                if kind != NULL and kinds[i] != kind:
-                    if kinds[i] != NULL:
-                        return None
-                    kinds[i] = kind
-        return list(zip(keys, kinds, strict=True)), size
+            kinds.append((k, column[0]))
+            size += column[1]
+        return kinds, size
     return None
 
 
@@ -123,16 +128,55 @@ def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def find(payload) -> list:
+def numeric_shape(items: list):
+    """``shape`` for numbers and float vectors only: what ``auto`` sends as
+    Arrow (``benches/codecs.rs``: records are as fast or faster in
+    MessagePack), judged for records by their first item alone."""
+    if items and type(items[0]) is dict:
+        return None
+    return shape(items)
+
+
+def rough_numeric_bytes(payload) -> int:
+    """An estimate of ``find(payload, numeric_shape)``'s total from each
+    list's first item alone: cheap enough to skip the exact look at every
+    item for payloads far too small to go as Arrow."""
+    total = 0
+
+    def walk(v):
+        nonlocal total
+        t = type(v)
+        if t is list:
+            if not v:
+                return
+            first = type(v[0])
+            if first is float or first is int:
+                total += 9 * len(v)
+            elif first is list:
+                total += (9 * len(v[0]) + 5) * len(v)
+            elif len(v) <= MAX_SEARCHED_ITEMS and first is not dict:
+                for item in v:
+                    walk(item)
+        elif t is dict:
+            for item in v.values():
+                walk(item)
+
+    walk(payload)
+    return total
+
+
+def find(payload, shape_of=None) -> list:
     """Every columnar list of at least MIN_COLUMN_BYTES in ``payload``:
     ``(path, list, kind, size)``, depth first (a list found, or a list of
-    more than MAX_SEARCHED_ITEMS that is not columnar, is not searched)."""
+    more than MAX_SEARCHED_ITEMS that is not columnar, is not searched).
+    ``shape_of``: ``shape`` (the default) or ``numeric_shape``."""
     out: list = []
+    shape_of = shape_of or shape
 
     def walk(v, path):
         t = type(v)
         if t is list:
-            found = shape(v)
+            found = shape_of(v)
             if found is not None:
                 if found[1] >= MIN_COLUMN_BYTES:
                     out.append((path, v, found[0], found[1]))
@@ -201,7 +245,7 @@ def _ipc_stream(items: list, kind) -> bytes:
         arrays, names, what = [pa.array(items, type=_arrow_type(pa, FLOAT_LIST))], ["values"], b"values"
     else:
         names = [k for k, _ in kind]
-        arrays = [pa.array([row[k] for row in items], type=_arrow_type(pa, c)) for k, c in kind]
+        arrays = [pa.array(list(map(itemgetter(k), items)), type=_arrow_type(pa, c)) for k, c in kind]
         what = b"records"
     batch = pa.RecordBatch.from_arrays(arrays, names=names)
     batch = batch.replace_schema_metadata({SHAPE_KEY: what})

@@ -101,14 +101,16 @@ def reply_tag(tag: int, request: dict) -> int:
 
 
 def choose(message) -> tuple[int, list | None]:
-    """``auto``'s pick for ``message``: MessagePack, or Arrow when its columnar
-    values add up to ``columnar.AUTO_ARROW_MIN_BYTES`` (and those values)."""
+    """``auto``'s pick for ``message``: MessagePack, or Arrow when its numeric
+    columnar values add up to ``columnar.AUTO_ARROW_MIN_BYTES`` (and those values)."""
     if ARROW not in CODECS.values() or not isinstance(message, dict):
         return MSGPACK, None
     key = columnar._payload_key(message)
     if key is None:
         return MSGPACK, None
-    found = columnar.find(message[key])
+    if columnar.rough_numeric_bytes(message[key]) < columnar.AUTO_ARROW_MIN_BYTES // 2:
+        return MSGPACK, None
+    found = columnar.find(message[key], columnar.numeric_shape)
     if sum(f[3] for f in found) >= columnar.AUTO_ARROW_MIN_BYTES:
         return ARROW, found
     return MSGPACK, None

@@ -206,6 +206,8 @@ def test_columnar_shapes_are_exact_about_kinds():
     found = columnar.find(payload)
     assert [f[0] for f in found] == ["/a~1b~0c", "/nested/rows", "/list/0"]
     assert found[0][3] == 900
+    numeric = columnar.find(payload, columnar.numeric_shape)
+    assert [f[0] for f in numeric] == ["/a~1b~0c", "/list/0"], "records are left to MessagePack"
 
 
 def test_auto_picks_arrow_for_large_columnar_payloads_only():
@@ -234,7 +236,7 @@ def test_broken_arrow_payloads_are_protocol_errors():
 def test_echo_round_trips_large_columnar_payloads_in_arrow(worker, reply):
     payload = {
         "devset": [{"question": f"q{i}", "answer": str(i), "score": i / 3} for i in range(5000)],
-        "vectors": [[i / 2, i / 4] for i in range(3000)],
+        "vectors": [[i / 2, i / 4] for i in range(15_000)],
         "text": "not columnar",
     }
     extra = {} if reply is None else {"reply_codec": reply}
