@@ -24,8 +24,8 @@
 
 pub use dspex_core::{
     AdapterKind, ClassSignature, Error, ErrorBody, ErrorContext, ErrorKind, ErrorReply, Example, Field, FieldDecl,
-    FieldRole, FieldSpec, FieldType, LmConfig, LmSettings, Map, ModuleKind, Prediction, ProgramSpec, Result, Signature,
-    SignatureSpec, Usage, Value,
+    FieldRole, FieldSpec, FieldType, LmConfig, LmSettings, Map, ModuleKind, Prediction, ProgramSpec, Result, Reward,
+    Signature, SignatureSpec, Usage, Value,
 };
 
 pub use dspex_actors::{

@@ -6,7 +6,7 @@
 
 use dspex::native::lm::offline::OfflineResponder;
 use dspex::native::lm::server::{LmServer, Reply, Responder};
-use dspex::{ErrorKind, LmConfig, Map, PoolConfig, Program, ProgramSpec, RequestOptions, Route, Runtime};
+use dspex::{ErrorKind, LmConfig, Map, PoolConfig, Program, ProgramSpec, RequestOptions, Reward, Route, Runtime};
 use serde_json::{json, Value};
 
 use crate::support;
@@ -154,6 +154,36 @@ async fn best_of_n_and_refine_retry_under_their_reward() {
     let requests = server.requests();
     assert!(requests.len() >= 3, "two attempts and the feedback between them: {}", requests.len());
     assert!(requests.iter().any(|r| r.to_string().contains("`advice`")), "Refine asks for advice");
+    rt.shutdown().await.unwrap();
+}
+
+/// A reward given as a metric by name scores the prediction against an
+/// input, with DSPy's own metric; an unknown name is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn best_of_n_and_refine_take_a_metric_by_name_as_their_reward() {
+    let (server, rt) = start().await;
+    let exact = Reward::metric("exact_match", "answer", "gold");
+    let best = Program::new(ProgramSpec::best_of_n("question, gold -> answer", 3, exact.clone(), 1.0));
+    server.clear_requests();
+    let right = inputs(json!({"question": "What is 17 + 25?", "gold": "42"}));
+    assert_eq!(rt.run(&best, right, RequestOptions::default()).await.unwrap().get_str("answer"), Some("42"));
+    assert_eq!(server.requests().len(), 1, "the first attempt matched");
+    server.clear_requests();
+    let never = inputs(json!({"question": "What is 17 + 25?", "gold": ["41", "forty-one"]}));
+    rt.run(&best, never, RequestOptions::default().no_cache()).await.unwrap();
+    assert_eq!(server.requests().len(), 3, "no attempt matched: N tries");
+    // Grounded: is the answer in the passages it was given?
+    let grounded = Reward::metric("passage_match", "answer", "context");
+    let refine = Program::new(ProgramSpec::refine("question, context: list[str] -> answer", 2, grounded, 1.0));
+    server.clear_requests();
+    let q = inputs(json!({"question": "What is 17 + 25?", "context": ["The sum is 42."]}));
+    assert_eq!(rt.run(&refine, q, RequestOptions::default()).await.unwrap().get_str("answer"), Some("42"));
+    assert_eq!(server.requests().len(), 1);
+    let unknown =
+        Program::new(ProgramSpec::best_of_n("question -> answer", 2, Reward::metric("bleu", "answer", "q"), 1.0));
+    let err = rt.run(&unknown, inputs(json!({"question": "?"})), RequestOptions::default()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
+    assert!(err.message().contains("unknown reward metric 'bleu'"), "{err}");
     rt.shutdown().await.unwrap();
 }
 

@@ -25,7 +25,9 @@ pub use cluster::{ClusterConfig, NodeStatus, PoolStatus};
 pub use config::{LmConfig, LmSettings, Secret};
 pub use error::{Error, ErrorBody, ErrorContext, ErrorKind, ErrorReply, Result};
 pub use example::{Example, Map, Prediction, Usage};
-pub use program::{AdapterKind, ClassSignature, FieldDecl, ModuleKind, ProgramSpec, SignatureSpec, TemplateSpec};
+pub use program::{
+    AdapterKind, ClassSignature, FieldDecl, ModuleKind, ProgramSpec, Reward, SignatureSpec, TemplateSpec,
+};
 pub use runtime_config::{
     CacheConfig, CodecChoice, HttpConfig, IntensityConfig, PoolConfig, ProgramEntry, PythonConfig, RoutePreference,
     RouterConfig, RuntimeConfig, SessionConfig,

@@ -93,7 +93,8 @@ pub enum ModuleKind {
     /// `dspy.MultiChainComparison` (`params.M`; Python only).
     MultiChainComparison,
     /// `dspy.BestOfN` (`params.N`, `params.threshold` and the required
-    /// `params.reward_fn`, an import path; Python only).
+    /// reward: `params.reward_fn`, an import path, or `params.reward_metric`,
+    /// a metric by name; see [`Reward`]; Python only).
     BestOfN,
     /// `dspy.Refine` (as `BestOfN`; Python only).
     Refine,
@@ -266,19 +267,34 @@ impl ProgramSpec {
     }
 
     /// A `BestOfN` program: up to `n` ChainOfThought attempts, the first whose
-    /// reward reaches `threshold` wins. `reward_fn` is the import path of a
-    /// Python function `(args, prediction) -> float`; there is no default.
-    pub fn best_of_n(signature: impl Into<SignatureSpec>, n: u32, reward_fn: &str, threshold: f64) -> ProgramSpec {
-        ProgramSpec { module: ModuleKind::BestOfN, ..ProgramSpec::predict(signature) }
+    /// reward reaches `threshold` wins. The reward is required (a `&str` is
+    /// the import path of a Python function `(args, prediction) -> float`;
+    /// [`Reward::metric`] names a metric); there is no default.
+    pub fn best_of_n(
+        signature: impl Into<SignatureSpec>,
+        n: u32,
+        reward: impl Into<Reward>,
+        threshold: f64,
+    ) -> ProgramSpec {
+        let spec = ProgramSpec { module: ModuleKind::BestOfN, ..ProgramSpec::predict(signature) }
             .with_param("N", Value::from(n))
-            .with_param("reward_fn", Value::String(reward_fn.to_string()))
-            .with_param("threshold", Value::from(threshold))
+            .with_param("threshold", Value::from(threshold));
+        match reward.into() {
+            Reward::Python(path) => spec.with_param("reward_fn", Value::String(path)),
+            Reward::Metric { name, field, expected } => spec
+                .with_param("reward_metric", serde_json::json!({"name": name, "field": field, "expected": expected})),
+        }
     }
 
     /// A `Refine` program: as [`ProgramSpec::best_of_n`], with DSPy's
     /// feedback between attempts.
-    pub fn refine(signature: impl Into<SignatureSpec>, n: u32, reward_fn: &str, threshold: f64) -> ProgramSpec {
-        ProgramSpec { module: ModuleKind::Refine, ..ProgramSpec::best_of_n(signature, n, reward_fn, threshold) }
+    pub fn refine(
+        signature: impl Into<SignatureSpec>,
+        n: u32,
+        reward: impl Into<Reward>,
+        threshold: f64,
+    ) -> ProgramSpec {
+        ProgramSpec { module: ModuleKind::Refine, ..ProgramSpec::best_of_n(signature, n, reward, threshold) }
     }
 
     /// Format prompts with a user template (native only; see [`TemplateSpec`]).
@@ -321,6 +337,60 @@ impl ProgramSpec {
     pub fn with_config(mut self, key: &str, value: Value) -> ProgramSpec {
         self.config.insert(key.to_string(), value);
         self
+    }
+}
+
+/// How `BestOfN` and `Refine` score an attempt: DSPy calls the reward with
+/// the module's inputs and the attempt's prediction.
+///
+/// ```
+/// use dspex_core::{ProgramSpec, Reward};
+///
+/// // A Python function `(args, prediction) -> float`, by import path.
+/// let by_path = ProgramSpec::best_of_n("question -> answer", 3, "my_rewards:short", 1.0);
+/// assert_eq!(by_path.params["reward_fn"], "my_rewards:short");
+/// // A metric by name: is the answer in the passages it was given?
+/// let grounded = Reward::metric("passage_match", "answer", "context");
+/// let spec = ProgramSpec::refine("context, question -> answer", 3, grounded, 1.0);
+/// assert_eq!(spec.params["reward_metric"]["name"], "passage_match");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reward {
+    /// The import path of a Python function `(args, prediction) -> float`.
+    Python(String),
+    /// A metric DSPy has (and the native engine scores alike,
+    /// `dspex_native::metrics`), comparing the prediction's `field` with
+    /// the input `expected`: `exact_match` (1.0 when they match, after
+    /// DSPy's normalisation; `expected` may be a list of answers), `f1`
+    /// (the best token F1 against them) or `passage_match` (1.0 when the
+    /// prediction appears in the passages of `expected`). The reference is
+    /// an input, so the LM sees it; a hidden reference needs a Python reward.
+    Metric {
+        /// `exact_match`, `f1` or `passage_match`.
+        name: String,
+        /// The prediction's field scored.
+        field: String,
+        /// The input field it is scored against.
+        expected: String,
+    },
+}
+
+impl Reward {
+    /// A metric by name (see [`Reward::Metric`]).
+    pub fn metric(name: &str, field: &str, expected: &str) -> Reward {
+        Reward::Metric { name: name.into(), field: field.into(), expected: expected.into() }
+    }
+}
+
+impl From<&str> for Reward {
+    fn from(path: &str) -> Reward {
+        Reward::Python(path.to_string())
+    }
+}
+
+impl From<String> for Reward {
+    fn from(path: String) -> Reward {
+        Reward::Python(path)
     }
 }
 

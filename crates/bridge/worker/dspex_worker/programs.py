@@ -82,6 +82,46 @@ def import_object(path: str):
         raise InvalidArguments(f"cannot import {path!r}: {exc}") from exc
 
 
+def metric_reward(spec):
+    """A BestOfN/Refine reward from a metric by name: the prediction's
+    ``field`` scored against the input ``expected`` with DSPy's own metric
+    (``exact_match``, ``f1``, ``passage_match``)."""
+    from dspy.evaluate import metrics
+
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), str) for k in ("name", "field", "expected")):
+        raise InvalidArguments("`params.reward_metric` needs `name`, `field` and `expected`, each a string")
+    name, field, expected = spec["name"], spec["field"], spec["expected"]
+
+    def references(args) -> list:
+        if expected not in args:
+            raise InvalidArguments(f"reward metric {name}: no input `{expected}` to score `{field}` against")
+        ref = args[expected]
+        return [str(r) for r in ref] if isinstance(ref, (list, tuple)) else [str(ref)]
+
+    def text(pred) -> str:
+        return str(getattr(pred, field, "") or "")
+
+    if name in ("exact_match", "answer_exact_match"):
+
+        def reward(args, pred):
+            return float(metrics.EM(text(pred), references(args)))
+    elif name in ("f1", "F1"):
+
+        def reward(args, pred):
+            return float(metrics.F1(text(pred), references(args)))
+    elif name in ("passage_match", "answer_passage_match"):
+
+        def reward(args, pred):
+            passages = references(args)
+            return float(
+                metrics.answer_passage_match(dspy.Example(answer=text(pred)), dspy.Prediction(context=passages))
+            )
+    else:
+        raise InvalidArguments(f"unknown reward metric {name!r} (known: exact_match, f1, passage_match)")
+    reward.__name__ = f"{name}({field}, {expected})"
+    return reward
+
+
 def predictors(module) -> list:
     return [p for _, p in module.named_predictors()]
 
@@ -123,11 +163,15 @@ def build_program(spec: dict):
         module = dspy.MultiChainComparison(sig, M=int(params.get("M", 3)))
     elif kind in ("best_of_n", "refine"):
         inner = build_program({**spec, "module": params.get("inner", "chain_of_thought"), "params": {}})
-        if not params.get("reward_fn"):
+        if params.get("reward_fn"):
+            reward = import_object(params["reward_fn"])
+        elif params.get("reward_metric"):
+            reward = metric_reward(params["reward_metric"])
+        else:
             raise InvalidArguments(
-                f"{kind} needs `params.reward_fn`: the import path of a function (args, prediction) -> float"
+                f"{kind} needs a reward: `params.reward_fn`, the import path of a function (args, prediction)"
+                " -> float, or `params.reward_metric`, {name, field, expected}"
             )
-        reward = import_object(params["reward_fn"])
         cls = dspy.BestOfN if kind == "best_of_n" else dspy.Refine
         module = cls(
             module=inner, N=int(params.get("N", 3)), reward_fn=reward, threshold=float(params.get("threshold", 1.0))

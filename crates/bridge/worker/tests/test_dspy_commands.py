@@ -161,7 +161,41 @@ def test_best_of_n_and_refine_need_a_reward(worker):
         program = {"module": kind, "signature": "question -> answer", "params": {"N": 2}}
         resp, _ = worker.call("dspy.run", {"program": program, "inputs": {"question": "2+2?"}, "lm": dummy()})
         assert resp["error"]["kind"] == "invalid_request", resp
-        assert "reward_fn" in resp["error"]["message"]
+        assert "reward_fn" in resp["error"]["message"] and "reward_metric" in resp["error"]["message"]
+
+
+def test_rewards_by_metric_name_score_the_prediction_against_an_input():
+    import dspy
+    from dspex_worker.programs import metric_reward
+    from dspex_worker.registry import InvalidArguments
+
+    pred = dspy.Prediction(answer="The Eiffel Tower")
+    em = metric_reward({"name": "exact_match", "field": "answer", "expected": "gold"})
+    assert em({"gold": "eiffel tower"}, pred) == 1.0
+    assert em({"gold": ["Louvre", "Eiffel Tower!"]}, pred) == 1.0
+    assert em({"gold": "Louvre"}, pred) == 0.0
+    f1 = metric_reward({"name": "f1", "field": "answer", "expected": "gold"})
+    assert f1({"gold": "Eiffel Tower in Paris"}, pred) == pytest.approx(2 / 3)
+    grounded = metric_reward({"name": "passage_match", "field": "answer", "expected": "context"})
+    assert grounded({"context": ["It is the Eiffel Tower, in Paris."]}, pred) == 1.0
+    assert grounded({"context": "Nothing here."}, pred) == 0.0
+    with pytest.raises(InvalidArguments, match="no input `gold`"):
+        em({}, pred)
+    with pytest.raises(InvalidArguments, match="unknown reward metric"):
+        metric_reward({"name": "bleu", "field": "answer", "expected": "gold"})
+    with pytest.raises(InvalidArguments, match="needs `name`"):
+        metric_reward({"name": "f1"})
+
+
+def test_best_of_n_with_a_metric_reward_stops_at_the_first_match(worker):
+    program = {
+        "module": "best_of_n",
+        "signature": "question, gold -> answer",
+        "params": {"N": 3, "reward_metric": {"name": "exact_match", "field": "answer", "expected": "gold"}},
+    }
+    lm = dummy({"reasoning": "r", "answer": "5"}, {"reasoning": "r", "answer": "4"}, {"reasoning": "r", "answer": "9"})
+    resp, _ = worker.call("dspy.run", {"program": program, "inputs": {"question": "2+2?", "gold": "4"}, "lm": lm})
+    assert resp["ok"]["fields"]["answer"] == "4", resp
 
 
 def test_parallel(worker):
