@@ -24,6 +24,9 @@ use common::{fmt_ns, machine, percentile, python, sorted};
 use dspex_bridge::{worker_sources, CallOptions, Codec, CodecChoice, Worker, WorkerConfig};
 use serde_json::{json, Value};
 
+/// A payload of about that many bytes (as JSON).
+type MakePayload = fn(usize) -> Value;
+
 const CHOICES: [CodecChoice; 4] = [CodecChoice::Json, CodecChoice::MsgPack, CodecChoice::Arrow, CodecChoice::Auto];
 
 fn config() -> WorkerConfig {
@@ -89,7 +92,7 @@ fn main() {
         );
         let worker = Worker::spawn(config()).await.expect("worker");
         let mut rows = Vec::new();
-        let shapes: [(&str, fn(usize) -> Value); 4] = [
+        let shapes: [(&str, MakePayload); 4] = [
             ("records", records),
             ("numeric records", numeric_records),
             ("float vectors", vectors),
