@@ -29,7 +29,7 @@ pub use dspex_core::{
 };
 
 pub use dspex_actors::{
-    new_trace_id, BlockingRuntime, BreakerState, CallOutput, EvaluateRequest, Evaluation, Meta, NodeInfo,
+    new_trace_id, BlockingRuntime, BreakerState, CallOutput, EvaluateRequest, Evaluation, GatewayStats, Meta, NodeInfo,
     OptimizeRequest, Optimized, Output, OutputStream, PoolHandle, PoolStats, Program, ProgramInfo, RequestOptions,
     Router, RouterStats, Runtime, RuntimeBuilder, StreamEvent, Timings, TreeNode, WorkerStats,
 };
@@ -38,6 +38,7 @@ pub use dspex_actors::{
     RestoreReport, RetrySpec, Session, SessionInfo, SessionOptions, SessionState, Sessions, Step, StepKind, StepRecord,
     StepSpec,
 };
+pub use dspex_core::{BudgetConfig, GatewayCacheConfig, GatewayConfig, LmCalls, LmPolicy, Price};
 pub use dspex_core::{
     CacheConfig, ClusterConfig, CodecChoice, Event, EventKind, HttpConfig, IntensityConfig, NodeStatus, PoolConfig,
     PoolStatus, ProgramEntry, PythonConfig, Route, RoutePreference, RouterConfig, RuntimeConfig, SessionConfig,

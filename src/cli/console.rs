@@ -190,6 +190,33 @@ fn render(cmd: &str, v: &Value) -> String {
             out.push_str("  quit             leave the console\n");
             out
         }
+        "gateway" => {
+            let rows_of = |key: &str, label: &str| -> Vec<Value> {
+                v[key]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(name, t)| {
+                                let mut row = t.clone();
+                                row[label] = Value::String(name.clone());
+                                row["cost_usd"] =
+                                    Value::String(format!("{:.6}", t["cost_usd"].as_f64().unwrap_or(0.0)));
+                                row
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let cols = ["requests", "cache_hits", "retries", "rate_limited", "refused", "fallbacks", "errors"];
+            let tokens = ["prompt_tokens", "completion_tokens", "cost_usd"];
+            let with = |first: &'static str| [&[first][..], &cols[..], &tokens[..]].concat();
+            format!(
+                "LMs:\n{}tenants:\n{}cached responses: {}\n",
+                table(&rows_of("lms", "lm"), &with("lm")),
+                table(&rows_of("tenants", "tenant"), &with("tenant")),
+                v["cached_responses"]
+            )
+        }
         "routes" => {
             let mut out = String::new();
             out.push_str(&format!(

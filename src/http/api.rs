@@ -103,6 +103,9 @@ pub struct CreateSession {
     #[serde(default, with = "dspex_core::wire::opt_whole_usize")]
     #[schemars(with = "Option<usize>")]
     pub history_turns: Option<usize>,
+    /// The tenant whose LM budget its requests count against.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// A session as the API shows it.
@@ -195,6 +198,8 @@ pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorKind::Parse | ErrorKind::Lm | ErrorKind::Transport => StatusCode::BAD_GATEWAY,
         ErrorKind::Overloaded | ErrorKind::WorkerCrashed => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         // The client went away; nobody reads this (nginx's "client closed request").
         ErrorKind::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -583,6 +588,7 @@ pub(crate) async fn create_session(
         pool: req.pool,
         ttl: req.ttl_ms.map(Duration::from_millis),
         history_turns: req.history_turns,
+        tenant: req.tenant,
     };
     let session = state.rt.sessions().create(opts).await?;
     for (name, served) in &state.programs {

@@ -203,7 +203,8 @@ fn describe(status: u16) -> &'static str {
         500 => "A failure in the program's Python code or in the runtime",
         501 => "Not runnable here (native only, no pool)",
         502 => "The LM failed or answered unparsably",
-        429 => "Shed: more requests in flight than max_in_flight (see Retry-After)",
+        429 => "Shed: more requests in flight than max_in_flight, or an LM's rate limit leaves no time before the deadline (see Retry-After)",
+        402 => "The tenant's LM budget is spent for this period",
         503 => "Shed: a pool's queue is full or its worker was lost (see Retry-After)",
         504 => "The request's deadline passed",
         _ => "Error",
@@ -297,7 +298,7 @@ fn operation(
         }
     }
     let mut errors: Vec<u16> = e.errors.to_vec();
-    errors.extend([400, 405, 429, 503]);
+    errors.extend([400, 402, 405, 429, 503]);
     if auth && !e.public {
         errors.push(401);
     }

@@ -10,6 +10,7 @@ mod cluster_sessions;
 mod console;
 mod docs;
 mod dspy_parity;
+mod gateway;
 mod http;
 mod lm_client;
 mod lm_settings;

@@ -63,6 +63,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("session ID", "one session's state: programs, history, variables"),
     ("pipelines", "pipeline runs in progress"),
     ("routes", "the router's counters, breakers and recent decisions"),
+    ("gateway", "the LM gateway, per LM and per tenant: calls, cache hits, retries, limits, refusals, tokens, cost"),
     ("stats", "uptime, pools, router counters, sessions, pipelines"),
     ("events [FILTER]", "a live tail of telemetry events (those whose text contains FILTER)"),
     ("kill ACTOR", "kill a worker (kill -9), close a session or cancel a pipeline run (needs the token)"),
@@ -371,12 +372,14 @@ pub async fn command(rt: &Runtime, cmd: &str, args: &[String]) -> Result<Value> 
         }
         "pipelines" => to_value(&rt.pipeline_runs()),
         "routes" => to_value(&rt.router().stats()),
+        "gateway" => to_value(&rt.gateway_stats()),
         "stats" => {
             let pools = rt.pool_stats();
             Ok(json!({
                 "uptime_ms": rt.uptime().as_millis() as u64,
                 "pools": to_value(&pools)?,
                 "router": to_value(&rt.router().stats())?,
+                "gateway": to_value(&rt.gateway_stats())?,
                 "sessions": rt.sessions().list().len(),
                 "pipelines_running": rt.pipeline_runs().len(),
                 "telemetry_subscribers": rt.telemetry().subscriber_count(),

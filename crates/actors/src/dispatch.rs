@@ -399,6 +399,7 @@ impl Dispatcher {
             deadline: Some(req.ctx.deadline),
             request_id: Some(req.ctx.trace_id.clone()),
             config: req.ctx.options.config.clone(),
+            scope: req.ctx.lm_scope(),
         }
     }
 

@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dspex_bridge::{LmAnswer, LmCall, LmGateway};
 use dspex_core::{LmConfig, Map, Result, Value};
-use dspex_native::lm::{LanguageModel, LmEvent, LmRequest, LmResponse, LmStream, OpenAiClient};
+use dspex_native::lm::{
+    Gateway, HttpCall, LanguageModel, LmEvent, LmRequest, LmResponse, LmScope, LmStream, OpenAiClient, ReplyBody,
+};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -23,6 +26,8 @@ const KEPT_CLIENTS: usize = 32;
 
 /// The runtime's LMs and the clients built for programs' own.
 pub(crate) struct Lms {
+    /// Every native client sends through it, as the pools' workers do.
+    gateway: Gateway,
     /// The runtime's LM settings (also the cache key's LM identity).
     config: Option<LmConfig>,
     /// The native client for programs that name no LM.
@@ -66,14 +71,22 @@ impl Lms {
         config: Option<LmConfig>,
         native: Option<Arc<dyn LanguageModel>>,
         python: Option<Value>,
+        gateway: Gateway,
     ) -> dspex_core::Result<Lms> {
         let native = match (native, &config) {
             (Some(lm), _) => Some(lm),
-            (None, Some(cfg)) => Some(Arc::new(OpenAiClient::new(cfg)?) as Arc<dyn LanguageModel>),
+            (None, Some(cfg)) => {
+                Some(Arc::new(OpenAiClient::new(cfg)?.with_gateway(gateway.clone())) as Arc<dyn LanguageModel>)
+            }
             (None, None) => None,
         };
         let python = python.or_else(|| config.as_ref().map(python_lm_spec));
-        Ok(Lms { config, native, clients: Mutex::new(Vec::new()), python })
+        Ok(Lms { gateway, config, native, clients: Mutex::new(Vec::new()), python })
+    }
+
+    /// The gateway every LM call goes through.
+    pub(crate) fn gateway(&self) -> &Gateway {
+        &self.gateway
     }
 
     /// The native client for `program`, or why there is none.
@@ -88,7 +101,8 @@ impl Lms {
             clients.push(kept);
             return Ok(lm);
         }
-        let lm: Arc<dyn LanguageModel> = Arc::new(OpenAiClient::new(cfg).map_err(|e| e.to_string())?);
+        let client = OpenAiClient::new(cfg).map_err(|e| e.to_string())?.with_gateway(self.gateway.clone());
+        let lm: Arc<dyn LanguageModel> = Arc::new(client);
         if clients.len() >= KEPT_CLIENTS {
             clients.remove(0);
         }
@@ -123,6 +137,33 @@ impl Lms {
             _ => self.python.clone().unwrap_or(Value::Null),
         };
         (params, identity)
+    }
+}
+
+/// The gateway as the pools' workers reach it: a worker's DSPy HTTP
+/// request, with its request's tenant and meter, through the same policies
+/// as the native route's calls.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerGateway(pub(crate) Gateway);
+
+impl LmGateway for WorkerGateway {
+    fn call(&self, call: LmCall) -> BoxFuture<'static, Result<LmAnswer>> {
+        let gateway = self.0.clone();
+        Box::pin(async move {
+            let scope = call.scope.as_ref().and_then(|s| s.downcast_ref::<LmScope>()).cloned().unwrap_or_default();
+            let mut http = HttpCall::new(call.url, call.headers, call.body);
+            http.deadline = call.deadline;
+            http.max_retries = call.max_retries;
+            http.tenant = scope.tenant;
+            http.meter = scope.meter;
+            http.cache = !scope.no_cache;
+            let reply = gateway.send(http).await.map_err(|e| e.with_worker(call.worker))?;
+            let body = match reply.body {
+                ReplyBody::Full(b) => futures_util::stream::iter([Ok(b)]).boxed(),
+                ReplyBody::Stream(s) => s,
+            };
+            Ok(LmAnswer { status: reply.status, headers: reply.headers, body })
+        })
     }
 }
 

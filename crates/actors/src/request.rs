@@ -8,10 +8,11 @@
 //! [`RequestContext::meta`], from where the request ran ([`Ran`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dspex_core::{CodecChoice, Map, Prediction, Result, Route, RoutePreference, Usage, Value};
+use dspex_native::lm::{CallMeter, LmScope};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,9 @@ pub struct RequestOptions {
     /// How this request's Python work is encoded on its way to the worker
     /// and back (`auto`, `msgpack`, `json`, `arrow`); `None`: the pool's.
     pub codec: Option<CodecChoice>,
+    /// The tenant whose LM budget the request's calls count against (the
+    /// gateway's `[gateway.budgets]`), on either route.
+    pub tenant: Option<String>,
 }
 
 impl Default for RequestOptions {
@@ -84,6 +88,7 @@ impl Default for RequestOptions {
             prefer_remote: false,
             strict_inputs: None,
             codec: None,
+            tenant: None,
         }
     }
 }
@@ -160,6 +165,12 @@ impl RequestOptions {
         self
     }
 
+    /// Count the request's LM calls against `tenant`'s budget.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> RequestOptions {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
     /// Encode this request's Python work with `codec`, over the pool's choice.
     pub fn codec(mut self, codec: CodecChoice) -> RequestOptions {
         self.codec = Some(codec);
@@ -197,6 +208,8 @@ pub struct RequestContext {
     pub idempotent: bool,
     /// When the request entered the runtime.
     pub started: Instant,
+    /// The LM use of the request's calls, summed by the gateway.
+    pub meter: Arc<CallMeter>,
 }
 
 impl RequestContext {
@@ -208,12 +221,17 @@ impl RequestContext {
         let deadline = options.deadline.unwrap_or_else(|| started + options.timeout.unwrap_or(default_timeout));
         let trace_id = options.trace_id.clone().unwrap_or_else(new_trace_id);
         let idempotent = options.idempotent.unwrap_or(idempotent);
-        RequestContext { options, deadline, trace_id, idempotent, started }
+        RequestContext { options, deadline, trace_id, idempotent, started, meter: CallMeter::new() }
     }
 
     /// The session this request belongs to.
     pub fn session(&self) -> Option<&str> {
         self.options.session.as_deref()
+    }
+
+    /// Who the request's LM calls are for, as the gateway sees them.
+    pub fn lm_scope(&self) -> LmScope {
+        LmScope { tenant: self.options.tenant.clone(), meter: Some(self.meter.clone()), no_cache: !self.options.cache }
     }
 
     /// Whether time is left.
@@ -241,6 +259,7 @@ impl RequestContext {
         // What the model cost: measured LM time natively, DSPy's whole
         // execution on Python.
         let lm_us = ran.lm.map(|d| d.as_micros() as u64).or(ran.execution_us).unwrap_or(0);
+        let reading = self.meter.reading();
         Meta {
             route,
             pool,
@@ -256,6 +275,9 @@ impl RequestContext {
             usage: ran.usage,
             truncated: ran.truncated,
             trace_id: self.trace_id.clone(),
+            cost_usd: reading.cost_usd,
+            lm_calls: reading.calls,
+            lm_cache_hits: reading.cached,
             cached: false,
             fallback: None,
             retried: ran.retried,
@@ -351,6 +373,18 @@ pub struct Meta {
     pub truncated: bool,
     /// The request's trace id (also in the worker's log lines).
     pub trace_id: String,
+    /// What its LM calls cost, in US dollars, as the gateway priced them
+    /// (DSPy's price table or configured prices); `None` when no call had a
+    /// price (or the result came from the result cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// LM calls the request made through the gateway, and how many of them
+    /// its shared response cache answered.
+    #[serde(default)]
+    pub lm_calls: u64,
+    /// Of `lm_calls`, answered by the gateway's shared response cache.
+    #[serde(default)]
+    pub lm_cache_hits: u64,
     /// Served from the result cache.
     pub cached: bool,
     /// Why the first route was abandoned, when the result came from the fallback.

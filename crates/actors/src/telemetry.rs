@@ -94,6 +94,34 @@ impl Telemetry {
     }
 }
 
+/// The LM gateway's calls and refusals as metrics: calls, tokens and cost
+/// per LM and tenant (`dspex_lm_calls_total`, `dspex_lm_tokens_total`,
+/// `dspex_lm_cost_usd_total`, `dspex_lm_failures_total`).
+pub(crate) fn record_gateway(event: &dspex_native::lm::GatewayEvent<'_>) {
+    use dspex_native::lm::GatewayEvent;
+    match *event {
+        GatewayEvent::Called { lm, tenant, usage, cost_usd, cached } => {
+            let (lm, tenant) = (lm.to_string(), tenant.to_string());
+            metrics::counter!("dspex_lm_calls_total", "lm" => lm.clone(), "tenant" => tenant.clone(), "cached" => cached.to_string())
+                .increment(1);
+            if let Some(u) = usage {
+                metrics::counter!("dspex_lm_tokens_total", "lm" => lm.clone(), "tenant" => tenant.clone(), "direction" => "prompt")
+                    .increment(u.prompt_tokens);
+                metrics::counter!("dspex_lm_tokens_total", "lm" => lm.clone(), "tenant" => tenant.clone(), "direction" => "completion")
+                    .increment(u.completion_tokens);
+            }
+            if let Some(c) = cost_usd {
+                metrics::gauge!("dspex_lm_cost_usd_total", "lm" => lm, "tenant" => tenant).increment(c);
+            }
+        }
+        GatewayEvent::Failed { lm, tenant, kind } => {
+            metrics::counter!("dspex_lm_failures_total", "lm" => lm.unwrap_or("-").to_string(),
+                "tenant" => tenant.to_string(), "kind" => kind.as_str())
+            .increment(1);
+        }
+    }
+}
+
 fn record_metrics(kind: &EventKind) {
     let name = kind.name();
     match kind {

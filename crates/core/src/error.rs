@@ -67,11 +67,17 @@ pub enum ErrorKind {
     /// since this one read it (a session taken over by another cluster
     /// node). Retrying reaches the new owner.
     Conflict,
+    /// An LM's rate limit (the runtime's gateway, or the service's own 429)
+    /// leaves no room before the request's deadline. Retrying later helps.
+    RateLimited,
+    /// A tenant spent its budget (requests, tokens or money) for the
+    /// current period; nothing was sent.
+    BudgetExceeded,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 20] = [
         ErrorKind::InvalidSignature,
         ErrorKind::Validation,
         ErrorKind::Parse,
@@ -90,6 +96,8 @@ impl ErrorKind {
         ErrorKind::Io,
         ErrorKind::Internal,
         ErrorKind::Conflict,
+        ErrorKind::RateLimited,
+        ErrorKind::BudgetExceeded,
     ];
 
     /// The stable snake_case name used in JSON and logs.
@@ -113,6 +121,8 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",
             ErrorKind::Conflict => "conflict",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
         }
     }
 
@@ -126,6 +136,7 @@ impl ErrorKind {
                 | ErrorKind::WorkerCrashed
                 | ErrorKind::Protocol
                 | ErrorKind::Conflict
+                | ErrorKind::RateLimited
         )
     }
 }
@@ -162,6 +173,12 @@ pub struct ErrorContext {
     /// Request or trace id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The LM a call went to (`model@base_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm: Option<String>,
+    /// The tenant whose budget the request counts against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl ErrorContext {
@@ -174,6 +191,8 @@ impl ErrorContext {
             && self.step.is_none()
             && self.field.is_none()
             && self.request_id.is_none()
+            && self.lm.is_none()
+            && self.tenant.is_none()
     }
 }
 
@@ -293,6 +312,20 @@ impl Error {
         c.step = c.step.take().or(ctx.step);
         c.field = c.field.take().or(ctx.field);
         c.request_id = c.request_id.take().or(ctx.request_id);
+        c.lm = c.lm.take().or(ctx.lm);
+        c.tenant = c.tenant.take().or(ctx.tenant);
+        self
+    }
+
+    /// Set the LM (`model@base_url`), unless already set.
+    pub fn with_lm(mut self, lm: impl Into<String>) -> Self {
+        self.inner.context.lm.get_or_insert_with(|| lm.into());
+        self
+    }
+
+    /// Set the tenant, unless already set.
+    pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.inner.context.tenant.get_or_insert_with(|| tenant.into());
         self
     }
 
@@ -409,6 +442,8 @@ impl fmt::Display for Error {
             ("step", &c.step),
             ("field", &c.field),
             ("request", &c.request_id),
+            ("lm", &c.lm),
+            ("tenant", &c.tenant),
         ];
         let mut first = true;
         for (name, value) in parts {
@@ -465,7 +500,9 @@ mod tests {
             | ErrorKind::Config
             | ErrorKind::Io
             | ErrorKind::Internal
-            | ErrorKind::Conflict => ErrorKind::ALL.iter().position(|x| *x == k),
+            | ErrorKind::Conflict
+            | ErrorKind::RateLimited
+            | ErrorKind::BudgetExceeded => ErrorKind::ALL.iter().position(|x| *x == k),
         };
         let names: std::collections::BTreeSet<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), ErrorKind::ALL.len());

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod example;
+pub mod gateway;
 pub mod hash;
 pub mod program;
 pub mod runtime_config;
@@ -25,6 +26,7 @@ pub use cluster::{ClusterConfig, NodeStatus, PoolStatus};
 pub use config::{LmConfig, LmSettings, Secret};
 pub use error::{Error, ErrorBody, ErrorContext, ErrorKind, ErrorReply, Result};
 pub use example::{Example, Map, Prediction, Usage};
+pub use gateway::{BudgetConfig, GatewayCacheConfig, GatewayConfig, LmCalls, LmPolicy, Price};
 pub use program::{
     AdapterKind, ClassSignature, FieldDecl, ModuleKind, ProgramSpec, Reward, SignatureSpec, TemplateSpec,
 };

@@ -237,6 +237,15 @@ pub struct PoolConfig {
     /// `msgpack`, `json` or `arrow`.
     #[serde(default, skip_serializing_if = "is_auto")]
     pub codec: CodecChoice,
+    /// How the workers' DSPy calls LMs: through the runtime's gateway
+    /// (`gateway`, the default: its limits, budgets, cache and accounting
+    /// cover them) or `direct`ly.
+    #[serde(default, skip_serializing_if = "is_gateway")]
+    pub lm_calls: crate::LmCalls,
+}
+
+fn is_gateway(c: &crate::LmCalls) -> bool {
+    *c == crate::LmCalls::Gateway
 }
 
 fn is_auto(c: &CodecChoice) -> bool {
@@ -301,6 +310,7 @@ impl PoolConfig {
             intensity: default_worker_intensity(),
             spin_us: default_spin(),
             codec: CodecChoice::Auto,
+            lm_calls: crate::LmCalls::Gateway,
             zygote: true,
             standby: default_standby(),
         }
@@ -546,6 +556,10 @@ pub struct RuntimeConfig {
     /// HTTP API.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pipelines: BTreeMap<String, PathBuf>,
+    /// The LM gateway every LM call goes through (`[gateway]`): rate
+    /// limits, budgets, the shared response cache, retries, fallbacks, cost.
+    #[serde(default)]
+    pub gateway: crate::GatewayConfig,
 }
 
 /// `[http]`: the HTTP API of `dspex serve`.
@@ -654,6 +668,7 @@ impl Default for RuntimeConfig {
             http: None,
             programs: BTreeMap::new(),
             pipelines: BTreeMap::new(),
+            gateway: crate::GatewayConfig::default(),
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct PredictOptions {
     pub request_id: Option<String>,
     /// LM arguments for this call only (`Predict(..)(config={...})`).
     pub config: Map,
+    /// Who the LM calls are for (tenant, meter), as the gateway sees them.
+    pub scope: crate::lm::LmScope,
 }
 
 /// One event of a streamed prediction: text as it arrives, then the result.
@@ -339,6 +341,7 @@ impl Predict {
             params: params.clone(),
             deadline: opts.deadline,
             request_id: opts.request_id.clone(),
+            scope: opts.scope.clone(),
         };
         let response = lm.complete(request).await?;
         let mut usage = response.usage.unwrap_or_default();
@@ -356,6 +359,7 @@ impl Predict {
                     params,
                     deadline: opts.deadline,
                     request_id: opts.request_id.clone(),
+                    scope: opts.scope.clone(),
                 };
                 let response = lm.complete(request).await?;
                 if let Some(u) = response.usage {
@@ -384,6 +388,7 @@ impl Predict {
             params: self.params(opts),
             deadline: opts.deadline,
             request_id: opts.request_id.clone(),
+            scope: opts.scope.clone(),
         };
         let this = self.clone();
         let chat = self.adapter == AdapterKind::Chat && self.template.is_none();

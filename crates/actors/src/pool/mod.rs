@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use dspex_bridge::{CallOptions, Codec, RunRegistry, StreamItem, Worker, WorkerStream};
 use dspex_core::CodecChoice;
 use dspex_core::{Error, ErrorKind, EventKind, Map, PoolConfig, Result, Value};
+use dspex_native::lm::LmScope;
 use futures_util::Stream;
 use parking_lot::{Mutex, RwLock};
 use ractor::ActorRef;
@@ -73,6 +74,8 @@ pub struct Launch {
     pub registry: Option<Arc<RunRegistry>>,
     /// Variables every worker of the runtime gets (the pool's own win).
     pub env: Vec<(String, String)>,
+    /// Where the workers' LM calls go (`None`: DSPy calls services itself).
+    pub lm_gateway: Option<Arc<dyn dspex_bridge::LmGateway>>,
 }
 
 /// One worker position in a pool; it outlives the processes that fill it.
@@ -192,6 +195,8 @@ pub struct PoolCallOptions {
     pub node: Option<String>,
     /// Prefer another cluster node.
     pub prefer_remote: bool,
+    /// The tenant and meter of the request's LM calls (through the gateway).
+    pub lm_scope: Option<Arc<LmScope>>,
 }
 
 impl PoolCallOptions {
@@ -207,6 +212,7 @@ impl PoolCallOptions {
             pin: None,
             node: ctx.options.node.clone(),
             prefer_remote: ctx.options.prefer_remote,
+            lm_scope: Some(Arc::new(ctx.lm_scope())),
         }
     }
 }
@@ -443,6 +449,7 @@ fn bridge_options(opts: &PoolCallOptions) -> CallOptions {
         session: opts.session.clone(),
         trace_id: opts.trace_id.clone(),
         codec: opts.codec,
+        lm_scope: opts.lm_scope.clone().map(|s| s as dspex_bridge::LmScopeToken),
     }
 }
 

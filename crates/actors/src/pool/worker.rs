@@ -101,6 +101,7 @@ pub(super) fn worker_config(shared: &PoolShared, name: &str, index: usize) -> Wo
     w.heartbeat = (cfg.heartbeat_ms > 0).then(|| Duration::from_millis(cfg.heartbeat_ms));
     w.spin = Duration::from_micros(cfg.spin_us);
     w.codec = cfg.codec;
+    w.lm_gateway = launch.lm_gateway.clone();
     w.registry = launch.registry.clone();
     w
 }

@@ -29,6 +29,7 @@ use dspex_bridge::commands::{
     self, EvaluateArgs, EvaluateReply, OptimizeArgs, OptimizeReply, ParallelArgs, ParallelReply,
 };
 use dspex_core::{Error, ErrorKind, Map, Prediction, ProgramSpec, Result, RuntimeConfig, Value};
+use dspex_native::lm::gateway::GatewayStats;
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use serde::Serialize;
@@ -330,6 +331,12 @@ impl Runtime {
     /// Figures about every pool.
     pub fn pool_stats(&self) -> Vec<PoolStats> {
         self.inner.dispatcher.pools().iter().map(|p| p.stats()).collect()
+    }
+
+    /// The LM gateway's figures: per LM and per tenant, calls, cache hits,
+    /// retries, refusals, tokens and cost (native and Python calls alike).
+    pub fn gateway_stats(&self) -> GatewayStats {
+        self.inner.dispatcher.lms().gateway().stats()
     }
 
     /// The router (decisions, counters, breakers, settings).

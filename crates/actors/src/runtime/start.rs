@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use dspex_bridge::{default_cache_dir, worker_sources, EnvSpec, PythonEnv, RunRegistry};
 use dspex_core::{
-    CacheConfig, Error, ErrorKind, EventKind, IntensityConfig, LmConfig, Map, PoolConfig, Result, RouterConfig,
-    RuntimeConfig, SessionConfig, Value,
+    CacheConfig, Error, ErrorKind, EventKind, IntensityConfig, LmCalls, LmConfig, Map, PoolConfig, Result,
+    RouterConfig, RuntimeConfig, SessionConfig, Value,
 };
-use dspex_native::lm::LanguageModel;
+use dspex_native::lm::{Gateway, LanguageModel};
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use tracing::{info, warn};
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::{Inner, Runtime};
 use crate::cache::ResultCache;
 use crate::dispatch::Dispatcher;
-use crate::lms::Lms;
+use crate::lms::{Lms, WorkerGateway};
 use crate::pipeline::PipelineRuns;
 use crate::pool::{Launch, PoolHandle};
 use crate::router::{Router, RouterActor};
@@ -62,6 +62,13 @@ impl RuntimeBuilder {
     /// The default LM (an OpenAI-compatible service), for both routes.
     pub fn lm(mut self, lm: LmConfig) -> RuntimeBuilder {
         self.config.lm = Some(lm);
+        self
+    }
+
+    /// The LM gateway's policies: limits per LM, budgets per tenant, the
+    /// shared cache, prices (see [`GatewayConfig`](dspex_core::GatewayConfig)).
+    pub fn gateway(mut self, gateway: dspex_core::GatewayConfig) -> RuntimeBuilder {
+        self.config.gateway = gateway;
         self
     }
 
@@ -200,6 +207,7 @@ async fn build_pools(
     config: &RuntimeConfig,
     telemetry: &Telemetry,
     progress: &(dyn Fn(&str) + Send + Sync),
+    gateway: &Gateway,
 ) -> Result<(Vec<PoolHandle>, Option<Launch>)> {
     if config.pools.is_empty() {
         return Ok((Vec::new(), None));
@@ -227,6 +235,8 @@ async fn build_pools(
             python_path: vec![sources.clone()],
             registry: registry.clone(),
             env: vec![("DSPEX_DSPY_DISK_CACHE".into(), "0".into())],
+            lm_gateway: (pc.lm_calls == LmCalls::Gateway)
+                .then(|| Arc::new(WorkerGateway(gateway.clone())) as Arc<dyn dspex_bridge::LmGateway>),
         };
         first.get_or_insert_with(|| launch.clone());
         pools.push(PoolHandle::new(pc.clone(), launch, telemetry.clone()));
@@ -281,7 +291,8 @@ async fn start(b: RuntimeBuilder) -> Result<Runtime> {
     let prometheus = if b.prometheus { Some(crate::prometheus::install()?) } else { None };
     let telemetry = Telemetry::new();
     let progress: EnvProgress = b.progress.unwrap_or_else(|| Arc::new(|m: &str| info!(target: "dspex::env", "{m}")));
-    let (pools, launch) = build_pools(&config, &telemetry, &*progress).await?;
+    let gateway = Gateway::new(config.gateway.clone())?.with_observer(crate::telemetry::record_gateway);
+    let (pools, launch) = build_pools(&config, &telemetry, &*progress, &gateway).await?;
     let router = Arc::new(Router::new(config.router.clone(), telemetry.clone()));
     let pools_intensity = config.pools_intensity.unwrap_or(IntensityConfig::new(10, Duration::from_secs(60)));
     let mut pools_spec = SupervisorSpec::new("pools", Strategy::OneForOne, pools_intensity);
@@ -306,7 +317,7 @@ async fn start(b: RuntimeBuilder) -> Result<Runtime> {
     for c in b.extra_children {
         root = root.child(c);
     }
-    let lms = Lms::new(config.lm.clone(), b.native_lm, b.python_lm)?;
+    let lms = Lms::new(config.lm.clone(), b.native_lm, b.python_lm, gateway)?;
     let cache = config
         .cache
         .enabled

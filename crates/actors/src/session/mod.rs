@@ -91,6 +91,10 @@ pub struct SessionState {
     /// session chose its own (otherwise `sessions.history_turns` applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_turns: Option<usize>,
+    /// The tenant the session's LM calls count against (a request's own
+    /// `tenant` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// One request to a session, as a cluster node forwards it to the session's
@@ -175,6 +179,8 @@ pub struct SessionOptions {
     pub ttl: Option<Duration>,
     /// Turns of history kept per program (`sessions.history_turns` otherwise).
     pub history_turns: Option<usize>,
+    /// The tenant whose LM budget the session's requests count against.
+    pub tenant: Option<String>,
 }
 
 impl SessionOptions {
@@ -187,6 +193,12 @@ impl SessionOptions {
     /// Expire after this much idle time.
     pub fn ttl(mut self, ttl: Duration) -> SessionOptions {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// Count the session's LM calls against `tenant`'s budget.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> SessionOptions {
+        self.tenant = Some(tenant.into());
         self
     }
 
@@ -429,6 +441,7 @@ impl Sessions {
             // Only the session's own choice is kept: the runtime's setting
             // applies at each request, so a changed config reaches every session.
             history_turns: opts.history_turns,
+            tenant: opts.tenant,
         };
         let one = self.shared.starting.lock().await;
         let Some(cluster) = self.shared.dispatcher.cluster().cloned() else {

@@ -73,12 +73,17 @@ pub(crate) async fn run_program(
             inputs.insert(h.clone(), json!({"messages": turns}));
         }
     }
-    let (id, pool) = {
+    let (id, pool, tenant) = {
         let s = session.state.lock();
-        (s.id.clone(), s.pool.clone())
+        (s.id.clone(), s.pool.clone(), s.tenant.clone())
     };
-    let opts =
-        RequestOptions { session: Some(id), cache: false, pool: Some(opts.pool.clone().unwrap_or(pool)), ..opts };
+    let opts = RequestOptions {
+        session: Some(id),
+        cache: false,
+        pool: Some(opts.pool.clone().unwrap_or(pool)),
+        tenant: opts.tenant.clone().or(tenant),
+        ..opts
+    };
     let req = sessions.dispatcher.request(&program, inputs, opts);
     let pinned = PinnedWorker { sessions, session, name, st: tokio::sync::Mutex::new(st) };
     let out = sessions.dispatcher.run(&req, Some(&pinned)).await?;

@@ -110,6 +110,7 @@ mod tests {
             created_ms: 1,
             requests: 2,
             history_turns: Some(5),
+            tenant: Some("acme".into()),
         }
     }
 

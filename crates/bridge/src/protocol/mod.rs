@@ -220,6 +220,9 @@ pub fn error_kind_from_wire(kind: Option<&str>) -> ErrorKind {
         Some("not_found") => ErrorKind::NotFound,
         Some("config") => ErrorKind::Config,
         Some("io") => ErrorKind::Io,
+        // The runtime's own gateway named these, through the worker.
+        Some("rate_limited") => ErrorKind::RateLimited,
+        Some("budget_exceeded") => ErrorKind::BudgetExceeded,
         Some("overloaded" | "worker_crashed" | "protocol" | "internal" | "python") | Some(_) | None => {
             ErrorKind::Python
         }
@@ -312,6 +315,64 @@ pub enum Message {
     Shutdown {
         /// How long in-flight requests may take.
         grace_ms: u64,
+    },
+    /// Worker → runtime: send this HTTP request of DSPy's to the LM service
+    /// through the runtime's gateway (`dspex_worker/gateway.py`).
+    LmCall {
+        /// The call's id (the worker's own numbering).
+        id: u64,
+        /// The request it belongs to (its budget, meter and trace), if known.
+        #[serde(default)]
+        request: Option<u64>,
+        /// Where DSPy sends it.
+        url: String,
+        /// DSPy's headers (the credential among them).
+        headers: Vec<(String, String)>,
+        /// The JSON body, as DSPy built it.
+        body: String,
+        /// Milliseconds left until the request's deadline.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<u64>,
+        /// Retries the LM asks for (DSPy's `num_retries`).
+        #[serde(default)]
+        max_retries: u32,
+        /// A streamed completion.
+        #[serde(default)]
+        stream: bool,
+    },
+    /// Runtime → worker: the service's status and headers for `id`.
+    LmHead {
+        /// The call.
+        id: u64,
+        /// HTTP status.
+        status: u16,
+        /// Response headers.
+        headers: Vec<(String, String)>,
+    },
+    /// Runtime → worker: the body, whole or a piece of a stream.
+    LmData {
+        /// The call.
+        id: u64,
+        /// Text (UTF-8; a piece never splits a character).
+        data: String,
+    },
+    /// Runtime → worker: the body is complete.
+    LmEnd {
+        /// The call.
+        id: u64,
+    },
+    /// Runtime → worker: the call failed (refused by the gateway, or the
+    /// service could not be reached), instead of an answer or mid-stream.
+    LmError {
+        /// The call.
+        id: u64,
+        /// What went wrong; `kind` is the runtime's (`rate_limited`, ...).
+        error: WireError,
+    },
+    /// Worker → runtime: the worker stopped reading `id`'s answer.
+    LmCancel {
+        /// The call.
+        id: u64,
     },
 }
 
@@ -662,6 +723,8 @@ mod tests {
             NotFound,
             Config,
             Io,
+            RateLimited,
+            BudgetExceeded,
         ];
         for kind in from_workers {
             assert_eq!(error_kind_from_wire(Some(kind.as_str())), kind);

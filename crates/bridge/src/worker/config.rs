@@ -86,6 +86,10 @@ pub struct WorkerConfig {
     /// Fork the worker from this zygote instead of starting it cold (a
     /// cold start is used when the zygote refuses or fails).
     pub zygote: Option<crate::Zygote>,
+    /// Send the worker's LM calls (OpenAI-compatible chat completions)
+    /// through this gateway: the worker's DSPy hands each HTTP request to
+    /// the runtime instead of calling the service (see `worker::lm`).
+    pub lm_gateway: Option<Arc<dyn super::LmGateway>>,
 }
 
 impl WorkerConfig {
@@ -113,6 +117,7 @@ impl WorkerConfig {
             spin: Duration::from_micros(100),
             registry: None,
             zygote: None,
+            lm_gateway: None,
         }
     }
 
@@ -131,6 +136,7 @@ impl WorkerConfig {
         set("DSPEX_MAX_FRAME", self.max_frame.to_string());
         set("DSPEX_WORKER_PRELOAD_DSPY", if self.preload_dspy { "1" } else { "0" }.to_string());
         set("DSPEX_WORKER_SPIN_US", self.spin.as_micros().to_string());
+        set("DSPEX_LM_GATEWAY", if self.lm_gateway.is_some() { "1" } else { "0" }.to_string());
         if !self.user_modules.is_empty() {
             set("DSPEX_WORKER_MODULES", self.user_modules.join(","));
         }
@@ -186,6 +192,9 @@ pub struct CallOptions {
     /// Codec for this request; `None`: the worker's (a fixed codec is the
     /// replies' too; under `auto` each side picks per message).
     pub codec: Option<CodecChoice>,
+    /// Goes with the request's LM calls to the gateway (the runtime's
+    /// tenant and meter for it; the bridge does not look inside).
+    pub lm_scope: Option<super::LmScopeToken>,
 }
 
 /// One item of a streamed request.

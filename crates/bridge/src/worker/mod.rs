@@ -42,8 +42,10 @@ use crate::runs::RunRegistry;
 use crate::zygote::RawExit;
 
 mod config;
+mod lm;
 
 pub use config::{CallOptions, ExitInfo, StreamItem, WorkerConfig, DEFAULT_ENV_ALLOWLIST};
+pub use lm::{LmAnswer, LmCall, LmGateway, LmScopeToken};
 
 enum Slot {
     Call(oneshot::Sender<Result<Value>>),
@@ -85,6 +87,12 @@ struct Shared {
     completed: AtomicU64,
     /// Frames written and read, by codec tag.
     frames: FrameCounts,
+    /// Where the worker's LM calls go, when they go through the runtime.
+    lm_gateway: Option<Arc<dyn LmGateway>>,
+    /// The LM scope of each request that has one, by request id.
+    lm_scopes: Mutex<HashMap<u64, LmScopeToken>>,
+    /// LM calls being served, by the worker's call id.
+    lm_calls: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
     registry: Option<Arc<RunRegistry>>,
     /// Forked from a zygote (not started cold).
     forked: bool,
@@ -119,6 +127,37 @@ const ABANDONED_MAX: usize = 4096;
 const STDERR_TAIL: usize = 40;
 
 impl Shared {
+    /// Write one encoded frame. A frame is never left half-written: what
+    /// the pipe takes at once is written here, and a remainder (a large
+    /// frame, or a worker that is behind on reading) is written by a task
+    /// of its own, which finishes the frame even if this caller gives up
+    /// meanwhile — otherwise the worker would read the next frame as the
+    /// rest of this one.
+    async fn write_frame(&self, codec: Codec, frame: Vec<u8>) -> Result<()> {
+        self.frames.sent[codec.tag() as usize].fetch_add(1, Ordering::Relaxed);
+        let broken = |e: std::io::Error| {
+            self.worker_error(ErrorKind::WorkerCrashed, format!("cannot write to worker {}: {e}", self.name))
+                .with_retryable(true)
+        };
+        let mut w = self.writer.clone().lock_owned().await;
+        let mut written = 0;
+        while written < frame.len() {
+            match w.try_write(&frame[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(broken(e)),
+            }
+        }
+        if written == frame.len() {
+            return Ok(());
+        }
+        let rest = tokio::spawn(async move { w.write_all(&frame[written..]).await });
+        match rest.await {
+            Ok(result) => result.map_err(broken),
+            Err(e) => Err(broken(std::io::Error::other(e.to_string()))),
+        }
+    }
+
     fn tail(&self) -> String {
         let t = self.stderr_tail.lock();
         t.iter().rev().take(8).rev().cloned().collect::<Vec<_>>().join("\n")
@@ -139,6 +178,10 @@ impl Shared {
         self.state.store(state, Ordering::SeqCst);
         if self.closed.borrow().is_none() {
             self.closed.send_replace(Some(err.message().to_string()));
+        }
+        self.lm_scopes.lock().clear();
+        for (_, call) in self.lm_calls.lock().drain() {
+            call.abort();
         }
         let drained: Vec<Slot> = self.pending.lock().drain().map(|(_, s)| s).collect();
         for slot in drained {
@@ -527,6 +570,9 @@ impl Worker {
             stderr_tail: OutputTail::default(),
             completed: AtomicU64::new(0),
             frames: FrameCounts::default(),
+            lm_gateway: config.lm_gateway.clone(),
+            lm_scopes: Mutex::new(HashMap::new()),
+            lm_calls: Mutex::new(HashMap::new()),
             registry: config.registry.clone(),
             forked,
         });
@@ -614,29 +660,7 @@ impl Worker {
 
     /// Write one encoded frame (see [`Worker::send`]).
     async fn write_frame(&self, codec: Codec, frame: Vec<u8>) -> Result<()> {
-        self.shared().frames.sent[codec.tag() as usize].fetch_add(1, Ordering::Relaxed);
-        let broken = |e: std::io::Error| {
-            self.shared()
-                .worker_error(ErrorKind::WorkerCrashed, format!("cannot write to worker {}: {e}", self.name()))
-                .with_retryable(true)
-        };
-        let mut w = self.shared().writer.clone().lock_owned().await;
-        let mut written = 0;
-        while written < frame.len() {
-            match w.try_write(&frame[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(broken(e)),
-            }
-        }
-        if written == frame.len() {
-            return Ok(());
-        }
-        let rest = tokio::spawn(async move { w.write_all(&frame[written..]).await });
-        match rest.await {
-            Ok(result) => result.map_err(broken),
-            Err(e) => Err(broken(std::io::Error::other(e.to_string()))),
-        }
+        self.shared().write_frame(codec, frame).await
     }
 
     fn register(&self, slot: Slot) -> Result<u64> {
@@ -680,6 +704,9 @@ impl Worker {
             return Err(s.worker_error(ErrorKind::Config, format!("worker {} cannot take Arrow frames: {why}", s.name)));
         }
         let mut msg = Self::request_message(id, op, args, opts, stream)?;
+        if let Some(scope) = &opts.lm_scope {
+            s.lm_scopes.lock().insert(id, scope.clone());
+        }
         if let Message::Request { reply_codec, .. } = &mut msg {
             *reply_codec = (choice == CodecChoice::Auto && s.arrow_ok).then(|| "auto".to_string());
         }
@@ -982,6 +1009,7 @@ async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, p
             match msg {
                 Message::Response { id, ok, error, spans } => {
                     spans.into_iter().for_each(dspex_core::trace::record);
+                    shared.lm_scopes.lock().remove(&id);
                     let slot = shared.pending.lock().remove(&id);
                     shared.completed.fetch_add(1, Ordering::Relaxed);
                     let result = match error {
@@ -1021,6 +1049,38 @@ async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, p
                 Message::Pong { seq, in_flight } => {
                     if let Some(tx) = shared.pings.lock().remove(&seq) {
                         let _ = tx.send(in_flight);
+                    }
+                }
+                Message::LmCall { id, request, url, headers, body, deadline_ms, max_retries, .. } => {
+                    let scope = request.and_then(|r| shared.lm_scopes.lock().get(&r).cloned());
+                    let call = lm::LmCall {
+                        url,
+                        headers,
+                        body,
+                        deadline: lm::deadline_in(deadline_ms),
+                        max_retries,
+                        scope,
+                        worker: shared.name.to_string(),
+                    };
+                    match shared.lm_gateway.clone() {
+                        Some(gateway) => {
+                            let task = tokio::spawn(lm::serve(shared.clone(), gateway, id, call));
+                            shared.lm_calls.lock().insert(id, task.abort_handle());
+                        }
+                        None => {
+                            let shared = shared.clone();
+                            tokio::spawn(async move {
+                                let error = lm::wire_error(&lm::no_gateway());
+                                if let Ok(frame) = encode_frame(Codec::MsgPack, &Message::LmError { id, error }) {
+                                    let _ = shared.write_frame(Codec::MsgPack, frame).await;
+                                }
+                            });
+                        }
+                    }
+                }
+                Message::LmCancel { id } => {
+                    if let Some(call) = shared.lm_calls.lock().remove(&id) {
+                        call.abort();
                     }
                 }
                 other => {

@@ -8,6 +8,8 @@
 - Model-catalog lookups are remembered (see ``_memoize_model_metadata``).
 - DSPy's short bookkeeping steps run in place on the worker's loop instead
   of on threads (see ``_inline_steps``).
+- In a pool that uses the runtime's LM gateway (``DSPEX_LM_GATEWAY=1``),
+  DSPy's HTTP transport sends chat completions to the runtime (``gateway``).
 
 Every module that calls DSPy's LMs imports this one first.
 """
@@ -128,6 +130,13 @@ def _inline_steps() -> dict:
         found[obj] = test
     return found
 
+
+from . import gateway  # noqa: E402
+
+if gateway.ENABLED or gateway.active():
+    # Before any LM is built: lm15 picks its transport class when a router
+    # first needs one (see ``gateway``).
+    gateway.patch_transports()
 
 _memoize_model_metadata()
 try:

@@ -22,7 +22,10 @@ import dspy
 from dspy.adapters.json_adapter import JSONAdapter
 from dspy.utils.callback import BaseCallback
 
-from . import dspy_patches  # noqa: F401 - the LMs built here call the patched DSPy
+from . import (
+    dspy_patches,  # noqa: F401 - the LMs built here call the patched DSPy
+    gateway,
+)
 from .lru import LruCache
 from .programs import adapter_for
 from .registry import InvalidArguments
@@ -90,7 +93,10 @@ def build_lm(spec: dict | None, ctx=None):
         raise InvalidArguments("LM spec needs `model`")
     if "/" not in model:
         model = f"openai/{model}"
-    kwargs = {"cache": bool(spec.get("cache", False)), "num_retries": int(spec.get("num_retries", 0))}
+    # Through the gateway, retries are the gateway's (with the spec's count):
+    # DSPy retrying too would multiply them.
+    retries = 0 if gateway.active() else int(spec.get("num_retries", 0))
+    kwargs = {"cache": bool(spec.get("cache", False)), "num_retries": retries}
     for key in ("temperature", "max_tokens"):
         if spec.get(key) is not None:
             kwargs[key] = spec[key]
@@ -115,6 +121,10 @@ def lm_context(ctx, lm_spec, adapter: str | None = None, **extra):
     on for their own run."""
     lm = build_lm(lm_spec, ctx)
     settings = {"lm": lm, "adapter": adapter_for(adapter), "track_usage": True, "disable_history": True, **extra}
+    if gateway.active():
+        # Travels with DSPy's settings into the threads it starts.
+        retries = int((lm_spec or {}).get("num_retries", 0)) if isinstance(lm_spec, dict) else 0
+        settings[gateway.SCOPE_KEY] = gateway.LmScope(ctx, retries)
     recorder = getattr(ctx, "spans", None)
     if recorder is not None:
         settings["callbacks"] = [*dspy.settings.get("callbacks", []), SpanCallback(recorder)]

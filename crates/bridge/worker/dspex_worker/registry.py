@@ -117,11 +117,27 @@ class Context:
             self._emit(self._seq, data)
 
 
+def _gateway_cause(exc: BaseException):
+    """The LM gateway's error among ``exc``'s causes, if any."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if hasattr(exc, "dspex_kind"):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
 def classify(exc: BaseException) -> dict:
     """The wire form of an exception: type, kind, message, traceback, retryable."""
     kind, retryable = "python", False
+    refused = _gateway_cause(exc)
     if isinstance(exc, CommandError):
         kind, retryable = exc.kind, exc.retryable
+    elif refused is not None:
+        # The runtime's LM gateway refused or failed the call (a rate limit,
+        # a budget, ...): its kind, through DSPy's wrapping of transport errors.
+        kind, retryable = refused.dspex_kind, refused.dspex_retryable
     else:
         name = type(exc).__name__
         mro = {c.__name__ for c in type(exc).__mro__}

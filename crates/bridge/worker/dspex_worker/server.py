@@ -15,7 +15,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
-from . import aio
+from . import aio, gateway
 from .protocol import (
     ARROW,
     AUTO,
@@ -67,13 +67,23 @@ def set_identity(worker_id: str) -> None:
 
 class Worker:
     def __init__(
-        self, req_fd: int, resp_fd: int, *, concurrency: int, max_frame: int, worker_id: str, spin_us: int = 0
+        self,
+        req_fd: int,
+        resp_fd: int,
+        *,
+        concurrency: int,
+        max_frame: int,
+        worker_id: str,
+        spin_us: int = 0,
+        lm_gateway: bool = gateway.ENABLED,
     ):
         self.reader = FrameReader(req_fd, max_frame=max_frame, spin_us=spin_us)
         self.writer = FrameWriter(resp_fd, threading.Lock())
         self.concurrency = concurrency
         self.worker_id = worker_id
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dspex-req")
+        #: Send DSPy's LM calls to the runtime's gateway (the pool's choice).
+        self.lm_gateway = lm_gateway
         self.in_flight: dict = {}
         self.lock = threading.Lock()
 
@@ -246,6 +256,9 @@ class Worker:
 
     def serve(self) -> int:
         self.writer.send(JSON, self.hello())
+        lm_channel = None
+        if self.lm_gateway:
+            lm_channel = gateway.install(lambda message: self.writer.send(MSGPACK, message))
         while True:
             try:
                 frame = self.reader.read()
@@ -271,6 +284,8 @@ class Worker:
                     ctx = self.in_flight.get(msg.get("id"))
                 if ctx is not None:
                     ctx.cancel()
+            elif kind in ("lm_head", "lm_data", "lm_end", "lm_error") and lm_channel is not None:
+                lm_channel.deliver(msg)
             elif kind == "shutdown":
                 self._drain(float(msg.get("grace_ms", 5000)) / 1000.0)
                 return 0

@@ -166,6 +166,7 @@ def test_best_of_n_and_refine_need_a_reward(worker):
 
 def test_rewards_by_metric_name_score_the_prediction_against_an_input():
     import dspy
+
     from dspex_worker.programs import metric_reward
     from dspex_worker.registry import InvalidArguments
 

@@ -5,6 +5,7 @@
 //! Every call carries one absolute deadline ([`LmRequest::deadline`]): retries,
 //! back-off sleeps and streaming reads all stop when it passes.
 
+pub mod gateway;
 pub mod offline;
 mod openai;
 pub mod server;
@@ -18,6 +19,7 @@ use futures_util::future::BoxFuture;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
+pub use gateway::{CallMeter, Gateway, GatewayEvent, HttpCall, HttpReply, MeterReading, ReplyBody};
 pub use openai::OpenAiClient;
 
 /// Who wrote a chat message.
@@ -68,6 +70,32 @@ pub struct LmRequest {
     pub deadline: Option<Instant>,
     /// Sent as `X-Request-Id` so server logs can be correlated.
     pub request_id: Option<String>,
+    /// Who the call is for, as the gateway sees it.
+    pub scope: LmScope,
+}
+
+/// Who an LM call is for, as the [`Gateway`] sees it: the tenant whose
+/// budget it counts against, the meter of the request it belongs to, and
+/// whether the shared response cache may answer it.
+#[derive(Debug, Clone, Default)]
+pub struct LmScope {
+    /// The tenant (`None`: no budget applies).
+    pub tenant: Option<String>,
+    /// Where the request sums its LM use.
+    pub meter: Option<std::sync::Arc<CallMeter>>,
+    /// Keep the call out of the shared response cache.
+    pub no_cache: bool,
+}
+
+impl PartialEq for LmScope {
+    fn eq(&self, other: &Self) -> bool {
+        let same_meter = match (&self.meter, &other.meter) {
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        self.tenant == other.tenant && same_meter && self.no_cache == other.no_cache
+    }
 }
 
 impl LmRequest {

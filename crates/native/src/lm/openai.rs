@@ -5,13 +5,14 @@
 //! needs no system certificate store and no C toolchain beyond what ring
 //! uses; without it, only `http://` endpoints (local servers) work.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dspex_core::{Error, ErrorKind, LmConfig, Map, Result, Usage, Value};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use tracing::{debug, warn};
+use tracing::warn;
 
+use super::gateway::{Gateway, HttpCall, HttpReply, ReplyBody};
 use super::sse::SseDecoder;
 use super::{LanguageModel, LmEvent, LmRequest, LmResponse, LmStream};
 
@@ -25,58 +26,27 @@ const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 /// request shape.
 const MAX_TOKENS_FIELD: &str = "max_completion_tokens";
 
-/// Retry timing: exponential back-off with jitter, capped.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    base: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn delay(&self, attempt: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.min(16)).min(self.max);
-        // "Equal jitter": half fixed, half random, so retries spread out but never collapse to zero.
-        let half = exp / 2;
-        half + Duration::from_micros(fastrand::u64(0..=half.as_micros() as u64))
-    }
-}
-
 /// A client for `POST {base_url}/chat/completions`.
 ///
-/// Retries 408, 429, 5xx and transport failures with exponential back-off
-/// and jitter, honouring `Retry-After`; never past the request's deadline.
+/// Its calls go through a [`Gateway`]: its own (no limits; retries of 408,
+/// 429, 5xx and transport failures with back-off and jitter, honouring
+/// `Retry-After`; never past the request's deadline), or the runtime's,
+/// shared with the Python workers' DSPy ([`OpenAiClient::with_gateway`]).
 #[derive(Debug, Clone)]
 pub struct OpenAiClient {
-    http: reqwest::Client,
+    gateway: Gateway,
     url: String,
     model: String,
     api_key: Option<String>,
     defaults: Map,
     max_retries: u32,
     attempt_timeout: Option<Duration>,
-    backoff: Backoff,
 }
 
-fn transport(e: reqwest::Error, url: &str) -> Error {
-    // The request's time limit can also run out while the body is read:
-    // reqwest then reports a body error, but it is the deadline.
-    if e.is_timeout() {
-        return Error::new(ErrorKind::Timeout, format!("LM call to {url} ran past its time limit"))
-            .with_retryable(true);
-    }
-    Error::new(ErrorKind::Transport, format!("request to {url} failed: {e}")).with_retryable(true)
-}
-
-fn status_error(status: reqwest::StatusCode, body: &str) -> Error {
-    let retryable = status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error();
+fn status_error(status: u16, body: &str) -> Error {
+    let retryable = status == 408 || status == 429 || status >= 500;
     let snippet: String = body.chars().take(500).collect();
     Error::new(ErrorKind::Lm, format!("LM service answered {status}: {snippet}")).with_retryable(retryable)
-}
-
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    let secs: f64 = v.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
 }
 
 fn parse_usage(v: &Value) -> Option<Usage> {
@@ -153,11 +123,6 @@ impl OpenAiClient {
         if base.starts_with("https://") && !cfg!(feature = "tls") {
             return Err(Error::new(ErrorKind::Config, "HTTPS LM endpoints need dspex-native's `tls` feature"));
         }
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Config, format!("cannot build HTTP client: {e}")))?;
         let mut defaults = Map::new();
         if let Some(t) = config.temperature {
             defaults.insert("temperature".into(), Value::from(t));
@@ -168,20 +133,26 @@ impl OpenAiClient {
         // LiteLLM's provider prefix is not part of the model's name at the service.
         let model = config.model.strip_prefix("openai/").unwrap_or(&config.model).to_string();
         Ok(OpenAiClient {
-            http,
+            gateway: Gateway::passthrough(),
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
             model,
             api_key: config.api_key.as_ref().map(|k| k.expose().to_string()),
             defaults,
             max_retries: config.max_retries,
             attempt_timeout: config.timeout(),
-            backoff: Backoff { base: Duration::from_millis(250), max: Duration::from_secs(8) },
         })
     }
 
-    /// Shorten the back-off (tests and benchmarks).
+    /// Send calls through `gateway` (the runtime's: its limits, budgets,
+    /// cache and accounting cover them).
+    pub fn with_gateway(mut self, gateway: Gateway) -> OpenAiClient {
+        self.gateway = gateway;
+        self
+    }
+
+    /// Shorten the retry back-off (tests and benchmarks).
     pub fn with_backoff(mut self, base: Duration, max: Duration) -> OpenAiClient {
-        self.backoff = Backoff { base, max };
+        self.gateway = self.gateway.with_backoff(base, max);
         self
     }
 
@@ -201,103 +172,62 @@ impl OpenAiClient {
         Value::Object(body)
     }
 
-    /// Send with retries; returns the first successful (2xx) response.
-    async fn send(&self, request: &LmRequest, body: &Value) -> Result<reqwest::Response> {
-        let payload = body.to_string();
-        let mut attempt = 0u32;
-        loop {
-            let started = Instant::now();
-            let remaining = match request.deadline {
-                Some(d) => match d.checked_duration_since(started) {
-                    Some(r) if !r.is_zero() => Some(r),
-                    _ => return Err(Error::new(ErrorKind::Timeout, "deadline passed before the LM call")),
-                },
-                None => None,
-            };
-            let timeout = match (self.attempt_timeout, remaining) {
-                (Some(a), Some(r)) => Some(a.min(r)),
-                (a, r) => a.or(r),
-            };
-            let mut req = self
-                .http
-                .post(&self.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(payload.clone());
-            if let Some(t) = timeout {
-                req = req.timeout(t);
-            }
-            if let Some(key) = &self.api_key {
-                req = req.bearer_auth(key);
-            }
-            if let Some(id) = &request.request_id {
-                req = req.header("x-request-id", id);
-            }
-            // W3C trace context of the runtime's LM-call span, when traced.
-            if let Some(cx) = dspex_core::trace::current().filter(|cx| cx.sampled) {
-                req = req.header("traceparent", cx.to_traceparent());
-            }
-            let (err, hint) = match req.send().await {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let hint = retry_after(resp.headers());
-                    let text = resp.text().await.unwrap_or_default();
-                    (status_error(status, &text), hint)
-                }
-                Err(e) if e.is_timeout() => {
-                    let deadline_hit = request.deadline.is_some_and(|d| Instant::now() >= d);
-                    if deadline_hit {
-                        return Err(Error::new(
-                            ErrorKind::Timeout,
-                            format!("LM call to {} ran past the deadline", self.url),
-                        ));
-                    }
-                    (
-                        Error::new(ErrorKind::Timeout, format!("LM attempt timed out after {:?}", started.elapsed()))
-                            .with_retryable(true),
-                        None,
-                    )
-                }
-                Err(e) => (transport(e, &self.url), None),
-            };
-            if !err.is_retryable() || attempt >= self.max_retries {
-                return Err(err);
-            }
-            let delay = hint.unwrap_or_else(|| self.backoff.delay(attempt));
-            if request.deadline.is_some_and(|d| Instant::now() + delay >= d) {
-                warn!(url = %self.url, attempt, "no time left to retry the LM call");
-                return Err(err);
-            }
-            debug!(url = %self.url, attempt, ?delay, error = %err, "retrying LM call");
-            tokio::time::sleep(delay).await;
-            attempt += 1;
+    /// Send through the gateway; a 2xx reply, or the classified failure.
+    async fn send(&self, request: &LmRequest, body: &Value) -> Result<HttpReply> {
+        let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+        if let Some(key) = &self.api_key {
+            headers.push(("Authorization".into(), format!("Bearer {key}")));
         }
+        if let Some(id) = &request.request_id {
+            headers.push(("x-request-id".into(), id.clone()));
+        }
+        // W3C trace context of the runtime's LM-call span, when traced.
+        if let Some(cx) = dspex_core::trace::current().filter(|cx| cx.sampled) {
+            headers.push(("traceparent".into(), cx.to_traceparent()));
+        }
+        let mut call = HttpCall::new(self.url.clone(), headers, body.to_string());
+        call.deadline = request.deadline;
+        call.tenant = request.scope.tenant.clone();
+        call.meter = request.scope.meter.clone();
+        call.cache = !request.scope.no_cache;
+        call.max_retries = self.max_retries;
+        call.attempt_timeout = self.attempt_timeout;
+        let reply = self.gateway.send(call).await?;
+        if (200..300).contains(&reply.status) {
+            return Ok(reply);
+        }
+        let status = reply.status;
+        let text = reply.bytes().await.unwrap_or_default();
+        Err(status_error(status, &String::from_utf8_lossy(&text)))
     }
 
     async fn complete_inner(&self, request: LmRequest) -> Result<LmResponse> {
         let body = self.body(&request, false);
-        let resp = self.send(&request, &body).await?;
-        let text = match request.deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), resp.text())
+        let reply = self.send(&request, &body).await?;
+        let bytes = match request.deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), reply.bytes())
                 .await
                 .map_err(|_| Error::new(ErrorKind::Timeout, "LM response body ran past the deadline"))?,
-            None => resp.text().await,
-        }
-        .map_err(|e| transport(e, &self.url))?;
-        let response = parse_response(&text)?;
+            None => reply.bytes().await,
+        }?;
+        let response = parse_response(&String::from_utf8_lossy(&bytes))?;
         warn_if_truncated(&response, &self.model, body.get(MAX_TOKENS_FIELD));
         Ok(response)
     }
 
     async fn stream_inner(&self, request: LmRequest) -> Result<LmStream> {
         let body = self.body(&request, true);
-        let resp = self.send(&request, &body).await?;
-        let url = self.url.clone();
+        let reply = self.send(&request, &body).await?;
+        let chunks: futures_util::stream::BoxStream<'static, Result<bytes::Bytes>> = match reply.body {
+            ReplyBody::Stream(s) => s,
+            // A cached stream comes back whole.
+            ReplyBody::Full(b) => futures_util::stream::iter([Ok(b)]).boxed(),
+        };
         let deadline = request.deadline;
         let model = self.model.clone();
         let max_tokens = body.get(MAX_TOKENS_FIELD).cloned();
         struct State {
-            bytes: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+            bytes: futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>,
             decoder: SseDecoder,
             pending: std::collections::VecDeque<Result<LmEvent>>,
             texts: Vec<String>,
@@ -307,7 +237,7 @@ impl OpenAiClient {
             done: bool,
         }
         let state = State {
-            bytes: resp.bytes_stream().boxed(),
+            bytes: chunks,
             decoder: SseDecoder::default(),
             pending: Default::default(),
             texts: Vec::new(),
@@ -351,7 +281,6 @@ impl OpenAiClient {
             }
         }
         let stream = futures_util::stream::unfold(Some(state), move |st| {
-            let url = url.clone();
             let model = model.clone();
             let max_tokens = max_tokens.clone();
             async move {
@@ -388,7 +317,7 @@ impl OpenAiClient {
                                 absorb(&mut st, &payload);
                             }
                         }
-                        Some(Err(e)) => return Some((Err(transport(e, &url)), None)),
+                        Some(Err(e)) => return Some((Err(e), None)),
                         None => {
                             if let Some(payload) = st.decoder.finish() {
                                 absorb(&mut st, &payload);
@@ -420,16 +349,6 @@ impl LanguageModel for OpenAiClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) };
-        for attempt in 0..8 {
-            let d = b.delay(attempt);
-            let exp = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(1));
-            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
-        }
-    }
 
     #[test]
     fn responses_parse() {

@@ -151,12 +151,31 @@ pub struct RequestTiming {
     pub first_byte: Option<Instant>,
 }
 
+/// A request's method, path and headers, as the server received them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestHead {
+    /// `POST`.
+    pub method: String,
+    /// `/v1/chat/completions`.
+    pub path: String,
+    /// Headers in arrival order, names lowercased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
 /// Requests and their timings, in arrival order. `first` is the sequence
 /// number of `timings[0]`, so a reply still being written when the record is
 /// cleared cannot mark a later request's timing.
 #[derive(Default)]
 struct Recorded {
     bodies: Vec<Value>,
+    heads: Vec<RequestHead>,
     timings: Vec<RequestTiming>,
     first: u64,
 }
@@ -226,6 +245,12 @@ impl LmServer {
         self.recorded.lock().bodies.clone()
     }
 
+    /// The method, path and headers of every request so far, in the order
+    /// of [`requests`](Self::requests).
+    pub fn heads(&self) -> Vec<RequestHead> {
+        self.recorded.lock().heads.clone()
+    }
+
     /// When each request so far arrived and got its first byte of content,
     /// in the order of [`requests`](Self::requests).
     pub fn timings(&self) -> Vec<RequestTiming> {
@@ -236,6 +261,7 @@ impl LmServer {
     pub fn clear_requests(&self) {
         let mut recorded = self.recorded.lock();
         recorded.bodies.clear();
+        recorded.heads.clear();
         recorded.first += recorded.timings.len() as u64;
         recorded.timings.clear();
     }
@@ -253,8 +279,10 @@ async fn serve(
         if reader.read_line(&mut line).await? == 0 {
             return Ok(());
         }
+        let method = line.split_whitespace().next().unwrap_or("").to_string();
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let mut length = 0usize;
+        let mut headers = Vec::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).await? == 0 {
@@ -268,6 +296,7 @@ async fn serve(
                 if k.eq_ignore_ascii_case("content-length") {
                     length = v.trim().parse().unwrap_or(0);
                 }
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
         let mut body = vec![0u8; length];
@@ -280,6 +309,7 @@ async fn serve(
         let seq = {
             let mut r = recorded.lock();
             r.bodies.push(request.clone());
+            r.heads.push(RequestHead { method, path: path.clone(), headers });
             r.timings.push(RequestTiming { received: Instant::now(), first_byte: None });
             r.first + r.timings.len() as u64 - 1
         };

@@ -1,0 +1,204 @@
+"""DSPy's LM calls through the runtime's gateway: the worker's side.
+
+The test plays the runtime: it answers the worker's ``lm_call`` messages
+itself, as the runtime's gateway would after calling the service.
+"""
+
+import json
+import os
+import threading
+
+import pytest
+
+from conftest import Client
+from dspex_worker import gateway, lm_transport
+from dspex_worker.registry import classify
+
+COMPLETION = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+}
+
+LM = {"model": "openai/gpt-4o-mini", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-test", "temperature": 0.0}
+
+
+@pytest.fixture
+def gw_worker():
+    """A worker whose LM calls go to the runtime, served in a thread of this
+    process (so coverage sees it); the test is the runtime."""
+    from dspex_worker import builtins, dspy_commands, sessions  # noqa: F401
+    from dspex_worker.server import Worker
+
+    req_r, req_w = os.pipe()
+    resp_r, resp_w = os.pipe()
+    w = Worker(req_r, resp_w, concurrency=4, max_frame=1 << 20, worker_id="worker:test:gw", lm_gateway=True)
+    t = threading.Thread(target=w.serve, daemon=True)
+    t.start()
+    client = Client(req_w, resp_r)
+    assert client.recv()["type"] == "hello"
+    yield client
+    for fd in (req_w, resp_r):
+        os.close(fd)
+    t.join(timeout=5)
+    gateway.uninstall()
+
+
+def run_predict(client, lm=LM, stream=False):
+    return client.request(
+        "dspy.stream" if stream else "dspy.run",
+        {
+            "program": {"module": "predict", "signature": "question -> answer"},
+            "inputs": {"question": "17 + 25?"},
+            "lm": lm,
+        },
+        stream=stream,
+        deadline_ms=20_000,
+    )
+
+
+def test_lm_calls_go_to_the_runtime_and_dspy_reads_its_answer(gw_worker):
+    rid = run_predict(gw_worker)
+    call = gw_worker.recv()
+    assert call["type"] == "lm_call" and call["request"] == rid
+    assert call["url"] == "http://127.0.0.1:9/v1/chat/completions"
+    headers = dict(call["headers"])
+    assert headers["Authorization"] == "Bearer sk-test"
+    body = json.loads(call["body"])
+    assert body["model"] == "gpt-4o-mini" and body["temperature"] == 0.0
+    assert body["messages"][-1]["content"].endswith(
+        "17 + 25?\n\nRespond with the corresponding output fields, starting with the field `[[ ## answer ## ]]`, and then ending with the marker for `[[ ## completed ## ]]`."
+    )
+    assert call["max_retries"] == 0 and call["stream"] is False
+    assert 0 < call["deadline_ms"] <= 20_000
+    gw_worker.send(
+        {"type": "lm_head", "id": call["id"], "status": 200, "headers": [["content-type", "application/json"]]}
+    )
+    gw_worker.send({"type": "lm_data", "id": call["id"], "data": json.dumps(COMPLETION)})
+    gw_worker.send({"type": "lm_end", "id": call["id"]})
+    resp = gw_worker.recv()
+    assert resp["id"] == rid and resp["ok"]["fields"] == {"answer": "42"}, resp
+    assert resp["ok"]["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+
+def test_a_refusal_keeps_its_kind(gw_worker):
+    rid = run_predict(gw_worker)
+    call = gw_worker.recv()
+    error = {"kind": "budget_exceeded", "message": "tenant `t` reached its request budget", "retryable": False}
+    gw_worker.send({"type": "lm_error", "id": call["id"], "error": error})
+    resp = gw_worker.recv()
+    assert resp["id"] == rid
+    assert resp["error"]["kind"] == "budget_exceeded", resp
+    assert "request budget" in resp["error"]["message"]
+    assert resp["error"]["retryable"] is False
+
+
+def test_an_http_error_reaches_dspy_as_the_service_sent_it(gw_worker):
+    rid = run_predict(gw_worker)
+    call = gw_worker.recv()
+    gw_worker.send(
+        {"type": "lm_head", "id": call["id"], "status": 400, "headers": [["content-type", "application/json"]]}
+    )
+    gw_worker.send({"type": "lm_data", "id": call["id"], "data": json.dumps({"error": {"message": "bad model"}})})
+    gw_worker.send({"type": "lm_end", "id": call["id"]})
+    resp = gw_worker.recv()
+    assert resp["id"] == rid and resp["error"]["kind"] == "lm", resp
+    assert "bad model" in resp["error"]["message"]
+
+
+def test_streams_arrive_in_pieces(gw_worker):
+    rid = run_predict(gw_worker, stream=True)
+    call = gw_worker.recv()
+    assert call["stream"] is True
+    gw_worker.send(
+        {"type": "lm_head", "id": call["id"], "status": 200, "headers": [["content-type", "text/event-stream"]]}
+    )
+    pieces = ["[[ ## answer ## ]]\n4", "2\n\n[[ ## completed ## ]]"]
+    for i, text in enumerate(pieces):
+        event = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None if i == 0 else "stop"}],
+        }
+        gw_worker.send({"type": "lm_data", "id": call["id"], "data": f"data: {json.dumps(event)}\n\n"})
+    usage = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+    gw_worker.send({"type": "lm_data", "id": call["id"], "data": f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n"})
+    gw_worker.send({"type": "lm_end", "id": call["id"]})
+    final, chunks = None, []
+    while final is None:
+        msg = gw_worker.recv()
+        if msg["type"] == "response":
+            final = msg
+        elif msg["type"] == "chunk":
+            chunks.append(msg["data"])
+    assert final["id"] == rid and final["ok"]["fields"] == {"answer": "42"}, final
+    assert "".join(c["text"] for c in chunks if c["field"] == "answer").strip() == "42", chunks
+
+
+def test_other_apis_stay_direct():
+    sent = []
+    gateway.install(sent.append)
+    try:
+        from dspy._vendor.lm15.transports import TransportRequest
+
+        transport = lm_transport.GatewayTransport(connect_timeout=0.2)
+        request = TransportRequest(method="POST", url="http://127.0.0.1:9/v1/messages", headers=[], body=b"{}")
+        with pytest.raises(Exception) as raised:
+            transport.stream(request)
+        assert not isinstance(raised.value, lm_transport.GatewayError), "tried the service itself"
+        assert sent == []
+    finally:
+        gateway.uninstall()
+
+
+def test_replies_are_routed_to_their_call_and_late_ones_dropped():
+    sent = []
+    ch = gateway.Channel(sent.append)
+
+    class Req:
+        url = "http://x/v1/chat/completions"
+        headers = [("A", "b")]
+        body = b"{}"
+
+    call_id, replies = ch.open(None, Req, False)
+    assert sent[0]["id"] == call_id and sent[0]["request"] is None and "deadline_ms" not in sent[0]
+    ch.deliver({"type": "lm_end", "id": call_id})
+    assert replies.get_nowait()["type"] == "lm_end"
+    ch.close(call_id, cancel=True)
+    assert sent[-1] == {"type": "lm_cancel", "id": call_id}
+    ch.deliver({"type": "lm_end", "id": call_id})  # late: dropped
+    assert ch.pending() == 0
+    # A send that fails leaves nothing open.
+    broken = gateway.Channel(lambda m: (_ for _ in ()).throw(OSError("pipe closed")))
+    with pytest.raises(OSError):
+        broken.open(None, Req, False)
+    assert broken.pending() == 0
+
+
+def test_classify_finds_the_gateway_error_under_dspy_wrapping():
+    try:
+        try:
+            raise lm_transport.GatewayError("rate_limited", "LM m is at its request-rate limit", True)
+        except lm_transport.GatewayError as inner:
+            raise RuntimeError("wrapped by DSPy") from inner
+    except RuntimeError as outer:
+        wire = classify(outer)
+    assert (wire["kind"], wire["retryable"]) == ("rate_limited", True)

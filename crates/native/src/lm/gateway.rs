@@ -1,0 +1,1324 @@
+//! One gateway for every LM call of a runtime: the native engine's and the
+//! Python workers' DSPy alike.
+//!
+//! A caller hands it one HTTP exchange with an OpenAI-compatible service
+//! ([`HttpCall`]: URL, headers, JSON body, deadline, tenant). The gateway
+//! then applies, in this order:
+//!
+//! 1. the tenant's **budget** — requests, tokens and money per period —
+//!    refusing the call with `BudgetExceeded` before anything is sent;
+//! 2. the shared **response cache**, for deterministic requests
+//!    (temperature 0, or a seed): the same request from either route is
+//!    answered by the service once;
+//! 3. the LM's **rate limits** — requests per second and tokens per minute,
+//!    token buckets shared by every caller — waiting within the request's
+//!    deadline, or failing with `RateLimited`;
+//! 4. the LM's **concurrency cap** (`Overloaded` when no slot frees up in
+//!    time);
+//! 5. the call, **retried** on 408, 429, 5xx and transport failures with
+//!    back-off and jitter, honouring `Retry-After` (seconds or an HTTP
+//!    date), optionally **hedged** (a second identical request when the
+//!    first is slow; the first answer wins);
+//! 6. a **fallback** LM on the configured error kinds;
+//!
+//! and it accounts what the call used — tokens in and out, and its **cost**
+//! from DSPy's price table or configured prices — per tenant and per LM
+//! ([`Gateway::stats`]), and per request ([`CallMeter`]).
+//!
+//! An LM is a model at a base URL (`gpt-4o-mini@https://api.openai.com/v1`).
+//! Bodies are forwarded as they are: what reaches the service is what the
+//! caller built (DSPy's own request, for Python calls).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dspex_core::{BudgetConfig, Error, ErrorKind, GatewayConfig, LmPolicy, Price, Result, Usage, Value};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use super::sse::SseDecoder;
+
+/// One HTTP exchange with an LM service, as a caller built it.
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    /// `POST` target, e.g. `http://127.0.0.1:8080/v1/chat/completions`.
+    pub url: String,
+    /// Request headers (`Authorization`, `Content-Type`, ...). Never logged.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body.
+    pub body: Bytes,
+    /// When the caller stops waiting: queueing, retries and reads share it.
+    pub deadline: Option<Instant>,
+    /// Whose budget the call counts against.
+    pub tenant: Option<String>,
+    /// Retries after the first attempt (the LM's policy wins when it sets them).
+    pub max_retries: u32,
+    /// Limit on one attempt (the deadline bounds it too).
+    pub attempt_timeout: Option<Duration>,
+    /// May be answered from (and stored in) the shared cache.
+    pub cache: bool,
+    /// Where the request this call belongs to sums its LM use.
+    pub meter: Option<Arc<CallMeter>>,
+}
+
+impl HttpCall {
+    /// A call of `body` to `url` with `headers`, nothing else set.
+    pub fn new(url: impl Into<String>, headers: Vec<(String, String)>, body: impl Into<Bytes>) -> HttpCall {
+        HttpCall {
+            url: url.into(),
+            headers,
+            body: body.into(),
+            deadline: None,
+            tenant: None,
+            max_retries: 0,
+            attempt_timeout: None,
+            cache: true,
+            meter: None,
+        }
+    }
+}
+
+/// A reply body: whole, or a stream of chunks as the service sends them.
+pub enum ReplyBody {
+    /// The whole body.
+    Full(Bytes),
+    /// Chunks (server-sent events for a streamed completion).
+    Stream(BoxStream<'static, Result<Bytes>>),
+}
+
+impl std::fmt::Debug for ReplyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            ReplyBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// The service's answer (any status: a 4xx that is not retried is passed
+/// on, for the caller to read as DSPy would).
+#[derive(Debug)]
+pub struct HttpReply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: ReplyBody,
+    /// Served from the shared cache.
+    pub cached: bool,
+}
+
+impl HttpReply {
+    /// The whole body (reading a stream to its end).
+    pub async fn bytes(self) -> Result<Bytes> {
+        match self.body {
+            ReplyBody::Full(b) => Ok(b),
+            ReplyBody::Stream(mut s) => {
+                let mut out = Vec::new();
+                while let Some(chunk) = s.next().await {
+                    out.extend_from_slice(&chunk?);
+                }
+                Ok(out.into())
+            }
+        }
+    }
+}
+
+/// What the LM calls of one request used: summed by the gateway as the
+/// calls finish (a stream when it ends), read into the result's metadata.
+#[derive(Debug, Default)]
+pub struct CallMeter {
+    calls: AtomicU64,
+    cached: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    /// Cost in billionths of a dollar (nano-USD), so it adds up atomically.
+    cost_nano_usd: AtomicU64,
+    priced: AtomicU64,
+}
+
+/// A [`CallMeter`]'s totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MeterReading {
+    /// LM calls made (cache hits included).
+    pub calls: u64,
+    /// Calls answered from the shared cache.
+    pub cached: u64,
+    /// Tokens in and out, as the services reported them.
+    pub usage: Usage,
+    /// Cost in US dollars of the calls whose model has a price; `None`
+    /// when none had.
+    pub cost_usd: Option<f64>,
+}
+
+impl CallMeter {
+    /// A new, empty meter.
+    pub fn new() -> Arc<CallMeter> {
+        Arc::new(CallMeter::default())
+    }
+
+    fn record(&self, usage: Option<Usage>, cost: Option<f64>, cached: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if cached {
+            self.cached.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(u) = usage {
+            self.prompt_tokens.fetch_add(u.prompt_tokens, Ordering::Relaxed);
+            self.completion_tokens.fetch_add(u.completion_tokens, Ordering::Relaxed);
+        }
+        if let Some(c) = cost {
+            self.cost_nano_usd.fetch_add((c * 1e9).round() as u64, Ordering::Relaxed);
+            self.priced.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The totals so far.
+    pub fn reading(&self) -> MeterReading {
+        let prompt = self.prompt_tokens.load(Ordering::Relaxed);
+        let completion = self.completion_tokens.load(Ordering::Relaxed);
+        MeterReading {
+            calls: self.calls.load(Ordering::Relaxed),
+            cached: self.cached.load(Ordering::Relaxed),
+            usage: Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion },
+            cost_usd: (self.priced.load(Ordering::Relaxed) > 0)
+                .then(|| self.cost_nano_usd.load(Ordering::Relaxed) as f64 / 1e9),
+        }
+    }
+}
+
+// ------------------------------------------------------------ rate limits
+
+/// A token bucket that lends: a caller reserves what it needs now and
+/// waits until the bucket would have refilled to it, so callers are served
+/// in arrival order and the rate never exceeds `rate` beyond one `burst`.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Bucket {
+        let burst = burst.max(1.0);
+        Bucket { rate: rate.max(1e-9), burst, state: Mutex::new((burst, Instant::now())) }
+    }
+
+    /// Reserve `n`: how long to wait before using them, or (nothing
+    /// reserved) how long it would take, when that is past `deadline`.
+    fn reserve(&self, n: f64, deadline: Option<Instant>) -> std::result::Result<Duration, Duration> {
+        let mut s = self.state.lock();
+        let now = Instant::now();
+        let refill = now.saturating_duration_since(s.1).as_secs_f64() * self.rate;
+        let available = (s.0 + refill).min(self.burst);
+        let after = available - n;
+        let wait = if after >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-after / self.rate) };
+        if deadline.is_some_and(|d| now + wait > d) {
+            s.0 = available;
+            s.1 = now;
+            return Err(wait);
+        }
+        *s = (after, now);
+        Ok(wait)
+    }
+
+    /// Put back (`n` > 0) or take more (`n` < 0) after the fact: a call's
+    /// token estimate corrected by what the service reported.
+    fn adjust(&self, n: f64) {
+        let mut s = self.state.lock();
+        s.0 = (s.0 + n).min(self.burst);
+    }
+}
+
+// ------------------------------------------------------------ prices
+
+/// DSPy 3.4.1's prices for OpenAI chat models (its bundled catalog, per
+/// token), generated by `python/prices/generate.py` and checked for drift
+/// in CI.
+const PRICE_TABLE: &str = include_str!("prices.json");
+
+fn builtin_prices() -> &'static BTreeMap<String, Price> {
+    static TABLE: std::sync::OnceLock<BTreeMap<String, Price>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let doc: Value = serde_json::from_str(PRICE_TABLE).unwrap_or(Value::Null);
+        doc.get("models")
+            .and_then(|m| serde_json::from_value::<BTreeMap<String, Price>>(m.clone()).ok())
+            .unwrap_or_default()
+    })
+}
+
+/// The cost of `usage` on `model` as DSPy estimates it for OpenAI chat
+/// models at the standard tier: uncached input, cached input and output
+/// tokens each at their rate. `None` when the model has no price.
+pub fn cost_usd(prices: &BTreeMap<String, Price>, model: &str, usage: &Usage, cached_tokens: u64) -> Option<f64> {
+    let bare = model.strip_prefix("openai/").unwrap_or(model);
+    let price = prices.get(bare).or_else(|| builtin_prices().get(bare))?;
+    let cached = cached_tokens.min(usage.prompt_tokens);
+    let cache_rate = price.cache_read_per_token.unwrap_or(price.input_per_token);
+    Some(
+        (usage.prompt_tokens - cached) as f64 * price.input_per_token
+            + cached as f64 * cache_rate
+            + usage.completion_tokens as f64 * price.output_per_token,
+    )
+}
+
+// ------------------------------------------------------------ budgets
+
+#[derive(Debug, Default)]
+struct Spent {
+    period: u64,
+    requests: u64,
+    tokens: u64,
+    usd: f64,
+}
+
+#[derive(Debug)]
+struct Tenant {
+    budget: Option<BudgetConfig>,
+    spent: Mutex<Spent>,
+    totals: Totals,
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Tenant {
+    /// Admit one request, or say which limit it reached.
+    fn admit(&self, name: &str) -> Result<()> {
+        let Some(b) = &self.budget else { return Ok(()) };
+        let now = unix_secs();
+        let period_len = b.period_secs.max(1);
+        let period = now / period_len;
+        let mut s = self.spent.lock();
+        if s.period != period {
+            *s = Spent { period, ..Spent::default() };
+        }
+        let resets = period_len - now % period_len;
+        let over = |what: &str, used: String, limit: String| {
+            Error::new(
+                ErrorKind::BudgetExceeded,
+                format!(
+                    "tenant `{name}` reached its {what} budget ({used} of {limit} per {period_len} s; resets in {resets} s)"
+                ),
+            )
+        };
+        if let Some(limit) = b.requests.filter(|l| s.requests >= *l) {
+            return Err(over("request", s.requests.to_string(), limit.to_string()));
+        }
+        if let Some(limit) = b.tokens.filter(|l| s.tokens >= *l) {
+            return Err(over("token", s.tokens.to_string(), limit.to_string()));
+        }
+        if let Some(limit) = b.usd.filter(|l| s.usd >= *l) {
+            return Err(over("cost", format!("${:.6}", s.usd), format!("${limit}")));
+        }
+        s.requests += 1;
+        Ok(())
+    }
+
+    fn spend(&self, tokens: u64, usd: f64) {
+        if self.budget.is_none() {
+            return;
+        }
+        let mut s = self.spent.lock();
+        s.tokens += tokens;
+        s.usd += usd;
+    }
+}
+
+// ------------------------------------------------------------ statistics
+
+/// Counters of one LM or one tenant.
+#[derive(Debug, Default)]
+struct Totals {
+    requests: AtomicU64,
+    cache_hits: AtomicU64,
+    retries: AtomicU64,
+    rate_limited: AtomicU64,
+    refused: AtomicU64,
+    fallbacks: AtomicU64,
+    errors: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    cost_nano_usd: AtomicU64,
+}
+
+impl Totals {
+    fn snapshot(&self) -> TotalsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TotalsSnapshot {
+            requests: l(&self.requests),
+            cache_hits: l(&self.cache_hits),
+            retries: l(&self.retries),
+            rate_limited: l(&self.rate_limited),
+            refused: l(&self.refused),
+            fallbacks: l(&self.fallbacks),
+            errors: l(&self.errors),
+            prompt_tokens: l(&self.prompt_tokens),
+            completion_tokens: l(&self.completion_tokens),
+            cost_usd: l(&self.cost_nano_usd) as f64 / 1e9,
+        }
+    }
+
+    fn used(&self, usage: &Usage, cost: Option<f64>) {
+        self.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+        self.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
+        if let Some(c) = cost {
+            self.cost_nano_usd.fetch_add((c * 1e9).round() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What went through the gateway for one LM or one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TotalsSnapshot {
+    /// Calls admitted (cache hits included).
+    pub requests: u64,
+    /// Calls answered from the shared cache.
+    pub cache_hits: u64,
+    /// Retried attempts.
+    pub retries: u64,
+    /// Calls refused (or delayed past their deadline) by a rate limit.
+    pub rate_limited: u64,
+    /// Calls refused by a budget.
+    pub refused: u64,
+    /// Calls answered by a fallback LM.
+    pub fallbacks: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Tokens in.
+    pub prompt_tokens: u64,
+    /// Tokens out.
+    pub completion_tokens: u64,
+    /// Cost of the priced calls, US dollars.
+    pub cost_usd: f64,
+}
+
+/// The gateway's state: per LM and per tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GatewayStats {
+    /// Per LM (`model@base_url`).
+    pub lms: BTreeMap<String, TotalsSnapshot>,
+    /// Per tenant (`-` for calls without one).
+    pub tenants: BTreeMap<String, TotalsSnapshot>,
+    /// Entries in the shared response cache.
+    pub cached_responses: usize,
+}
+
+/// A stream's bytes so far, and what to do with the whole once it ends
+/// (or its reader stops).
+struct StreamTally {
+    seen: Vec<u8>,
+    finish: Option<Finish>,
+}
+
+/// What to do with a stream's whole body once it ends.
+type Finish = Box<dyn FnOnce(&[u8]) + Send>;
+
+impl StreamTally {
+    fn end(&mut self) {
+        if let Some(f) = self.finish.take() {
+            f(&self.seen);
+        }
+    }
+}
+
+impl Drop for StreamTally {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+// ------------------------------------------------------------ the gateway
+
+#[derive(Debug)]
+struct Lm {
+    name: String,
+    policy: Option<LmPolicy>,
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+    slots: Option<tokio::sync::Semaphore>,
+    totals: Totals,
+}
+
+#[derive(Debug)]
+struct Cached {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+/// What the gateway reports to its observer ([`Gateway::with_observer`]),
+/// for metrics: each call as it ends, each refusal or failure.
+#[derive(Debug, Clone, Copy)]
+pub enum GatewayEvent<'a> {
+    /// A call was answered (by the service, or from the cache).
+    Called {
+        /// The LM (`model@base_url`).
+        lm: &'a str,
+        /// The tenant (`-` for none).
+        tenant: &'a str,
+        /// Tokens, when the service reported them.
+        usage: Option<Usage>,
+        /// Cost, when the model has a price.
+        cost_usd: Option<f64>,
+        /// From the shared cache.
+        cached: bool,
+    },
+    /// A call was refused (budget, rate limit) or failed.
+    Failed {
+        /// The LM, when the call got that far.
+        lm: Option<&'a str>,
+        /// The tenant (`-` for none).
+        tenant: &'a str,
+        /// Why.
+        kind: ErrorKind,
+    },
+}
+
+type Observer = Arc<dyn Fn(&GatewayEvent<'_>) + Send + Sync>;
+
+struct Inner {
+    observer: Option<Observer>,
+    http: reqwest::Client,
+    config: GatewayConfig,
+    lms: parking_lot::RwLock<BTreeMap<String, Arc<Lm>>>,
+    tenants: parking_lot::RwLock<BTreeMap<String, Arc<Tenant>>>,
+    cache: Option<Arc<quick_cache::sync::Cache<u64, Arc<Cached>>>>,
+    backoff: (Duration, Duration),
+}
+
+/// The LM gateway. Cheap to clone; one per runtime. See the [module docs](self).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("lms", &self.inner.config.lms.len()).finish()
+    }
+}
+
+/// The parts of a body the gateway reads.
+struct BodyFacts {
+    model: String,
+    deterministic: bool,
+    stream: bool,
+    /// Tokens the call may use, estimated before it: the messages' length
+    /// over four, plus the completion cap (256 when none is set).
+    estimate: u64,
+}
+
+fn body_facts(body: &[u8]) -> BodyFacts {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let model = v.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    let temperature_zero = v.get("temperature").and_then(Value::as_f64) == Some(0.0);
+    let seeded = v.get("seed").is_some_and(|s| !s.is_null());
+    let cap =
+        ["max_completion_tokens", "max_tokens"].iter().find_map(|k| v.get(*k).and_then(Value::as_u64)).unwrap_or(256);
+    let text_len = v.get("messages").map_or(body.len(), |m| m.to_string().len());
+    BodyFacts {
+        model,
+        deterministic: temperature_zero || seeded,
+        stream: v.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        estimate: (text_len / 4) as u64 + cap,
+    }
+}
+
+/// The base URL of a chat-completions URL (`…/v1/chat/completions` → `…/v1`).
+fn base_of(url: &str) -> &str {
+    url.strip_suffix("/chat/completions").unwrap_or(url).trim_end_matches('/')
+}
+
+/// JSON with every object's keys sorted: two routes' bodies for the same
+/// request compare equal however each serialised it.
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String((*k).clone()).to_string());
+                out.push(':');
+                canonical(&map[k.as_str()], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// The cache key: the URL, the credential (one tenant's answer is never
+/// another key's) and the body, canonically.
+fn cache_key(call: &HttpCall) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+    let mut text = String::with_capacity(call.body.len());
+    canonical(&body, &mut text);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    call.url.hash(&mut h);
+    header(&call.headers, "authorization").hash(&mut h);
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// `Retry-After`: seconds, or an HTTP date (RFC 9110 IMF-fixdate).
+pub fn retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)));
+    }
+    let at = parse_http_date(v)?;
+    let now = unix_secs();
+    Some(Duration::from_secs(at.saturating_sub(now).min(3600)))
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` → seconds since the epoch.
+fn parse_http_date(s: &str) -> Option<u64> {
+    let rest = s.split_once(", ")?.1;
+    let mut parts = rest.split(' ');
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if parts.next()? != "GMT" || day == 0 || day > 31 || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, mo) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * mo as i64 + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + (h * 3600 + m * 60 + sec) as i64).ok()
+}
+
+fn status_kind(status: u16) -> (ErrorKind, bool) {
+    match status {
+        408 => (ErrorKind::Timeout, true),
+        429 => (ErrorKind::RateLimited, true),
+        s if s >= 500 => (ErrorKind::Lm, true),
+        _ => (ErrorKind::Lm, false),
+    }
+}
+
+/// Tokens used and the cached share, from a completion's JSON (or the last
+/// chunk of a stream that carries `usage`).
+fn usage_of(v: &Value) -> Option<(Usage, u64)> {
+    let u = v.get("usage").filter(|u| !u.is_null())?;
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cached = u.pointer("/prompt_tokens_details/cached_tokens").and_then(Value::as_u64).unwrap_or(0);
+    Some((
+        Usage {
+            prompt_tokens: n("prompt_tokens"),
+            completion_tokens: n("completion_tokens"),
+            total_tokens: n("total_tokens"),
+        },
+        cached,
+    ))
+}
+
+/// One attempt's failure: the error, and the server's `Retry-After`.
+struct Failed {
+    error: Error,
+    hint: Option<Duration>,
+}
+
+impl Gateway {
+    /// A gateway with `config`'s policies (limits, budgets, cache, prices,
+    /// fallbacks).
+    pub fn new(config: GatewayConfig) -> Result<Gateway> {
+        let http =
+            reqwest::Client::builder().tcp_nodelay(true).pool_idle_timeout(Duration::from_secs(90)).build().map_err(
+                |e| Error::new(ErrorKind::Config, format!("cannot build the LM gateway's HTTP client: {e}")),
+            )?;
+        let cache = (config.cache.enabled && config.cache.capacity > 0)
+            .then(|| Arc::new(quick_cache::sync::Cache::new(config.cache.capacity)));
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                observer: None,
+                http,
+                config,
+                lms: Default::default(),
+                tenants: Default::default(),
+                cache,
+                backoff: (Duration::from_millis(250), Duration::from_secs(8)),
+            }),
+        })
+    }
+
+    /// A gateway with no policies: calls go straight through, retried as
+    /// each asks; usage and cost are still accounted.
+    pub fn passthrough() -> Gateway {
+        Gateway::new(GatewayConfig::default()).unwrap_or_else(|_| Gateway::fallback_client())
+    }
+
+    #[cold]
+    fn fallback_client() -> Gateway {
+        // `reqwest::Client::new` with default settings cannot fail in practice;
+        // this keeps `passthrough` infallible without a panic path.
+        Gateway {
+            inner: Arc::new(Inner {
+                observer: None,
+                http: reqwest::Client::new(),
+                config: GatewayConfig::default(),
+                lms: Default::default(),
+                tenants: Default::default(),
+                cache: None,
+                backoff: (Duration::from_millis(250), Duration::from_secs(8)),
+            }),
+        }
+    }
+
+    /// Shorten retry back-off (tests and benchmarks).
+    pub fn with_backoff(self, base: Duration, max: Duration) -> Gateway {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.backoff = (base, max);
+                inner
+            }
+            Err(shared) => return Gateway { inner: shared },
+        };
+        Gateway { inner: Arc::new(inner) }
+    }
+
+    /// Report every call and refusal to `observer` (metrics). Set before
+    /// the gateway is shared; on a shared one it is ignored.
+    pub fn with_observer(mut self, observer: impl Fn(&GatewayEvent<'_>) + Send + Sync + 'static) -> Gateway {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.observer = Some(Arc::new(observer));
+        }
+        self
+    }
+
+    fn observe(&self, event: GatewayEvent<'_>) {
+        if let Some(o) = &self.inner.observer {
+            o(&event);
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.config
+    }
+
+    fn lm(&self, model: &str, base: &str) -> Arc<Lm> {
+        let name = format!("{model}@{base}");
+        if let Some(lm) = self.inner.lms.read().get(&name) {
+            return lm.clone();
+        }
+        let policy = self
+            .inner
+            .config
+            .lms
+            .iter()
+            .find(|p| {
+                let bare = |m: &str| m.strip_prefix("openai/").unwrap_or(m).to_string();
+                bare(&p.model) == bare(model) && p.base_url.as_deref().is_none_or(|b| b.trim_end_matches('/') == base)
+            })
+            .cloned();
+        let requests = policy
+            .as_ref()
+            .and_then(|p| p.requests_per_sec.map(|r| Bucket::new(r, p.burst.map_or(r.ceil().max(1.0), f64::from))));
+        let tokens = policy.as_ref().and_then(|p| p.tokens_per_min.map(|t| Bucket::new(t as f64 / 60.0, t as f64)));
+        let slots = policy.as_ref().and_then(|p| p.max_concurrency).map(tokio::sync::Semaphore::new);
+        let lm = Arc::new(Lm { name: name.clone(), policy, requests, tokens, slots, totals: Totals::default() });
+        self.inner.lms.write().entry(name).or_insert(lm).clone()
+    }
+
+    fn tenant(&self, name: &str) -> Arc<Tenant> {
+        if let Some(t) = self.inner.tenants.read().get(name) {
+            return t.clone();
+        }
+        let budget = self.inner.config.budgets.get(name).cloned().or_else(|| self.inner.config.default_budget.clone());
+        let t = Arc::new(Tenant { budget, spent: Mutex::new(Spent::default()), totals: Totals::default() });
+        self.inner.tenants.write().entry(name.to_string()).or_insert(t).clone()
+    }
+
+    /// Send `call` through the gateway's policies (see the [module docs](self)).
+    pub async fn send(&self, call: HttpCall) -> Result<HttpReply> {
+        let facts = body_facts(&call.body);
+        let tenant_name = call.tenant.clone().unwrap_or_else(|| "-".into());
+        let tenant = self.tenant(&tenant_name);
+        tenant.totals.requests.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = tenant.admit(&tenant_name) {
+            tenant.totals.refused.fetch_add(1, Ordering::Relaxed);
+            self.observe(GatewayEvent::Failed { lm: None, tenant: &tenant_name, kind: e.kind() });
+            return Err(e.with_tenant(tenant_name));
+        }
+        let lm = self.lm(&facts.model, base_of(&call.url));
+        lm.totals.requests.fetch_add(1, Ordering::Relaxed);
+        // The shared cache: deterministic requests only.
+        let key = (call.cache && facts.deterministic).then(|| cache_key(&call));
+        if let (Some(cache), Some(key)) = (&self.inner.cache, key) {
+            if let Some(hit) = cache.get(&key) {
+                lm.totals.cache_hits.fetch_add(1, Ordering::Relaxed);
+                tenant.totals.cache_hits.fetch_add(1, Ordering::Relaxed);
+                let usage = body_usage(&hit.body, facts.stream);
+                let cost = usage.and_then(|(u, c)| self.cost(&facts.model, &u, c));
+                if let Some(m) = &call.meter {
+                    m.record(usage.map(|u| u.0), cost, true);
+                }
+                self.observe(GatewayEvent::Called {
+                    lm: &lm.name,
+                    tenant: &tenant_name,
+                    usage: usage.map(|u| u.0),
+                    cost_usd: cost,
+                    cached: true,
+                });
+                return Ok(HttpReply {
+                    status: hit.status,
+                    headers: hit.headers.clone(),
+                    body: ReplyBody::Full(hit.body.clone()),
+                    cached: true,
+                });
+            }
+        }
+        let outcome = self.send_to(&lm, &call, &facts).await;
+        let outcome = match outcome {
+            Err(e) if self.falls_back(&lm, &e) => {
+                let Some(target) = lm.policy.as_ref().and_then(|p| p.fallback.clone()) else { return Err(e) };
+                warn!(lm = %lm.name, error = %e, fallback = %target.model, "LM call falls back");
+                let call = fallback_call(&call, &target);
+                let facts = body_facts(&call.body);
+                let fb = self.lm(&facts.model, base_of(&call.url));
+                lm.totals.fallbacks.fetch_add(1, Ordering::Relaxed);
+                tenant.totals.fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.send_to(&fb, &call, &facts).await.map(|r| (r, fb, facts))
+            }
+            other => other.map(|r| (r, lm.clone(), facts)),
+        };
+        let (reply, used_lm, facts) = match outcome {
+            Ok(ok) => ok,
+            Err(e) => {
+                tenant.totals.errors.fetch_add(1, Ordering::Relaxed);
+                if e.kind() == ErrorKind::RateLimited {
+                    tenant.totals.rate_limited.fetch_add(1, Ordering::Relaxed);
+                }
+                self.observe(GatewayEvent::Failed { lm: Some(&lm.name), tenant: &tenant_name, kind: e.kind() });
+                let e = e.with_lm(lm.name.clone());
+                return Err(if tenant_name == "-" { e } else { e.with_tenant(tenant_name) });
+            }
+        };
+        Ok(self.account(reply, used_lm, tenant, &call, &facts, key))
+    }
+
+    fn falls_back(&self, lm: &Lm, e: &Error) -> bool {
+        lm.policy.as_ref().is_some_and(|p| p.fallback.is_some() && p.fallback_on.contains(&e.kind()))
+    }
+
+    fn cost(&self, model: &str, usage: &Usage, cached: u64) -> Option<f64> {
+        cost_usd(&self.inner.config.prices, model, usage, cached)
+    }
+
+    /// Account a reply's usage and cost (at the end of a stream), cache it,
+    /// correct the token bucket's estimate.
+    fn account(
+        &self,
+        reply: HttpReply,
+        lm: Arc<Lm>,
+        tenant: Arc<Tenant>,
+        call: &HttpCall,
+        facts: &BodyFacts,
+        key: Option<u64>,
+    ) -> HttpReply {
+        let ok = (200..300).contains(&reply.status);
+        let gateway = self.clone();
+        let tenant_name = call.tenant.clone().unwrap_or_else(|| "-".into());
+        let meter = call.meter.clone();
+        let model = facts.model.clone();
+        let estimate = facts.estimate;
+        let stream = facts.stream;
+        let finish = move |body: &[u8]| {
+            let usage = body_usage(body, stream);
+            let cost = usage.and_then(|(u, c)| gateway.cost(&model, &u, c));
+            if let Some((u, _)) = usage {
+                lm.totals.used(&u, cost);
+                tenant.totals.used(&u, cost);
+                tenant.spend(u.total_tokens.max(u.prompt_tokens + u.completion_tokens), cost.unwrap_or(0.0));
+                if let Some(b) = &lm.tokens {
+                    b.adjust(estimate as f64 - (u.prompt_tokens + u.completion_tokens) as f64);
+                }
+            }
+            if let Some(m) = &meter {
+                m.record(usage.map(|u| u.0), cost, false);
+            }
+            gateway.observe(GatewayEvent::Called {
+                lm: &lm.name,
+                tenant: &tenant_name,
+                usage: usage.map(|u| u.0),
+                cost_usd: cost,
+                cached: false,
+            });
+        };
+        let cache = key.filter(|_| ok).and_then(|k| self.inner.cache.clone().map(|c| (c, k)));
+        match reply.body {
+            ReplyBody::Full(body) => {
+                finish(&body);
+                if let Some((c, k)) = cache {
+                    c.insert(
+                        k,
+                        Arc::new(Cached { status: reply.status, headers: reply.headers.clone(), body: body.clone() }),
+                    );
+                }
+                HttpReply { status: reply.status, headers: reply.headers, body: ReplyBody::Full(body), cached: false }
+            }
+            ReplyBody::Stream(inner) => {
+                let headers = reply.headers.clone();
+                // Pass chunks through as they come; account (and cache) the
+                // whole when the stream ends, or when its reader stops (a
+                // client stops at `[DONE]`, before the connection closes).
+                let tally = StreamTally {
+                    seen: Vec::new(),
+                    finish: Some(Box::new(move |body: &[u8]| {
+                        finish(body);
+                        if let Some((c, k)) = cache {
+                            if memchr::memmem::find(body, b"data: [DONE]").is_some() {
+                                c.insert(
+                                    k,
+                                    Arc::new(Cached { status: reply.status, headers, body: body.to_vec().into() }),
+                                );
+                            }
+                        }
+                    })),
+                };
+                let headers_out = reply.headers.clone();
+                let s = futures_util::stream::unfold((inner, tally), |(mut inner, mut tally)| async move {
+                    match inner.next().await {
+                        Some(Ok(chunk)) => {
+                            tally.seen.extend_from_slice(&chunk);
+                            Some((Ok(chunk), (inner, tally)))
+                        }
+                        Some(Err(e)) => {
+                            tally.finish = None;
+                            Some((Err(e), (inner, tally)))
+                        }
+                        None => {
+                            tally.end();
+                            None
+                        }
+                    }
+                });
+                HttpReply {
+                    status: reply.status,
+                    headers: headers_out,
+                    body: ReplyBody::Stream(s.boxed()),
+                    cached: false,
+                }
+            }
+        }
+    }
+
+    /// The LM's limits, then attempts (retried, hedged) until one answers.
+    async fn send_to(&self, lm: &Arc<Lm>, call: &HttpCall, facts: &BodyFacts) -> Result<HttpReply> {
+        let limited = |what: &str, wait: Duration| {
+            lm.totals.rate_limited.fetch_add(1, Ordering::Relaxed);
+            Error::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "LM {} is at its {what} limit: the next slot is {:.0} ms away, past the request's deadline",
+                    lm.name,
+                    wait.as_secs_f64() * 1000.0
+                ),
+            )
+            .with_retryable(true)
+        };
+        let mut wait = Duration::ZERO;
+        if let Some(b) = &lm.requests {
+            wait = b.reserve(1.0, call.deadline).map_err(|w| limited("request-rate", w))?;
+        }
+        if let Some(b) = &lm.tokens {
+            match b.reserve(facts.estimate as f64, call.deadline) {
+                Ok(w) => wait = wait.max(w),
+                Err(w) => {
+                    if let Some(r) = &lm.requests {
+                        r.adjust(1.0);
+                    }
+                    return Err(limited("token-rate", w));
+                }
+            }
+        }
+        if !wait.is_zero() {
+            debug!(lm = %lm.name, ?wait, "LM call waits for its rate limit");
+            tokio::time::sleep(wait).await;
+        }
+        let _slot = match &lm.slots {
+            Some(sem) => {
+                let acquire = sem.acquire();
+                let permit = match call.deadline {
+                    Some(d) => tokio::time::timeout_at(d.into(), acquire).await.map_err(|_| {
+                        Error::new(
+                            ErrorKind::Overloaded,
+                            format!("LM {} is at its concurrency cap until past the request's deadline", lm.name),
+                        )
+                        .with_retryable(true)
+                    })?,
+                    None => acquire.await,
+                };
+                Some(permit.map_err(|_| Error::new(ErrorKind::Internal, "the LM's concurrency gate closed"))?)
+            }
+            None => None,
+        };
+        let policy = lm.policy.as_ref();
+        let max_retries = policy.and_then(|p| p.max_retries).unwrap_or(call.max_retries);
+        let hedge = policy.and_then(|p| p.hedge_after_ms).filter(|_| !facts.stream).map(Duration::from_millis);
+        let mut attempt = 0u32;
+        loop {
+            let result = match hedge {
+                Some(after) => self.hedged(lm, call, after).await,
+                None => self.attempt(call, facts.stream).await,
+            };
+            let failed = match result {
+                Ok(reply) => return Ok(reply),
+                Err(f) => f,
+            };
+            if !failed.error.is_retryable() || attempt >= max_retries {
+                lm.totals.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(failed.error);
+            }
+            let delay = failed.hint.unwrap_or_else(|| self.delay(attempt));
+            if call.deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                warn!(lm = %lm.name, attempt, "no time left to retry the LM call");
+                lm.totals.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(failed.error);
+            }
+            debug!(lm = %lm.name, attempt, ?delay, error = %failed.error, "retrying LM call");
+            lm.totals.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    fn delay(&self, attempt: u32) -> Duration {
+        let (base, max) = self.inner.backoff;
+        let exp = base.saturating_mul(1u32 << attempt.min(16)).min(max);
+        // Half fixed, half random: retries spread out but never collapse to zero.
+        let half = exp / 2;
+        half + Duration::from_micros(fastrand::u64(0..=half.as_micros() as u64))
+    }
+
+    /// The first of two identical attempts to answer, the second started
+    /// `after` the first if it has not answered by then.
+    async fn hedged(&self, lm: &Lm, call: &HttpCall, after: Duration) -> std::result::Result<HttpReply, Failed> {
+        let first = self.attempt(call, false);
+        tokio::pin!(first);
+        tokio::select! {
+            r = &mut first => return r,
+            _ = tokio::time::sleep(after) => {}
+        }
+        debug!(lm = %lm.name, ?after, "LM call hedged");
+        let second = self.attempt(call, false);
+        tokio::pin!(second);
+        tokio::select! {
+            r = &mut first => match r {
+                Ok(reply) => Ok(reply),
+                Err(_) => second.await,
+            },
+            r = &mut second => match r {
+                Ok(reply) => Ok(reply),
+                Err(_) => first.await,
+            },
+        }
+    }
+
+    /// One HTTP attempt: a reply to pass on, or a failure to retry or report.
+    async fn attempt(&self, call: &HttpCall, stream: bool) -> std::result::Result<HttpReply, Failed> {
+        let started = Instant::now();
+        let remaining = match call.deadline {
+            Some(d) => match d.checked_duration_since(started) {
+                Some(r) if !r.is_zero() => Some(r),
+                _ => {
+                    return Err(Failed {
+                        error: Error::new(ErrorKind::Timeout, "deadline passed before the LM call"),
+                        hint: None,
+                    })
+                }
+            },
+            None => None,
+        };
+        let timeout = match (call.attempt_timeout, remaining) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        };
+        let mut req = self.inner.http.post(&call.url).body(call.body.clone());
+        for (k, v) in &call.headers {
+            // The client sets its own framing headers.
+            if !(k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("host")) {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        if let (Some(t), false) = (timeout, stream) {
+            req = req.timeout(t);
+        }
+        let sent = match timeout.filter(|_| stream) {
+            // A stream's head must come within the time left; its body is
+            // read by the caller, cut at the deadline.
+            Some(t) => match tokio::time::timeout(t, req.send()).await {
+                Ok(r) => r.map_err(|e| transport_error(e, &call.url)),
+                Err(_) => Err(Error::new(ErrorKind::Timeout, "LM stream did not start in time").with_retryable(true)),
+            },
+            None => req.send().await.map_err(|e| transport_error(e, &call.url)),
+        };
+        let resp = match sent {
+            Ok(r) => r,
+            Err(error) => {
+                let deadline_hit = call.deadline.is_some_and(|d| Instant::now() >= d);
+                let error = if error.kind() == ErrorKind::Timeout && deadline_hit {
+                    Error::new(ErrorKind::Timeout, format!("LM call to {} ran past the deadline", call.url))
+                } else {
+                    error
+                };
+                return Err(Failed { error, hint: None });
+            }
+        };
+        let status = resp.status().as_u16();
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+            .collect();
+        if (200..300).contains(&status) {
+            let body = if stream {
+                let url = call.url.clone();
+                let deadline = call.deadline;
+                ReplyBody::Stream(
+                    resp.bytes_stream()
+                        .map(move |c| c.map_err(|e| transport_error(e, &url)))
+                        .take_until(async move {
+                            match deadline {
+                                Some(d) => tokio::time::sleep_until(d.into()).await,
+                                None => futures_util::future::pending::<()>().await,
+                            }
+                        })
+                        .boxed(),
+                )
+            } else {
+                let text =
+                    resp.bytes().await.map_err(|e| Failed { error: transport_error(e, &call.url), hint: None })?;
+                ReplyBody::Full(text)
+            };
+            return Ok(HttpReply { status, headers, body, cached: false });
+        }
+        let (kind, retryable) = status_kind(status);
+        let hint = header(&headers, "retry-after").and_then(retry_after);
+        let body = resp.bytes().await.unwrap_or_default();
+        if retryable {
+            let snippet: String = String::from_utf8_lossy(&body).chars().take(500).collect();
+            let error = Error::new(kind, format!("LM service answered {status}: {snippet}")).with_retryable(true);
+            return Err(Failed { error, hint });
+        }
+        // Not retried: passed on as the service sent it, for the caller
+        // (DSPy, or the native client) to read as it reads such answers.
+        Ok(HttpReply { status, headers, body: ReplyBody::Full(body), cached: false })
+    }
+
+    /// Per LM and per tenant: requests, cache hits, retries, refusals,
+    /// tokens and cost.
+    pub fn stats(&self) -> GatewayStats {
+        GatewayStats {
+            lms: self.inner.lms.read().iter().map(|(k, v)| (k.clone(), v.totals.snapshot())).collect(),
+            tenants: self.inner.tenants.read().iter().map(|(k, v)| (k.clone(), v.totals.snapshot())).collect(),
+            cached_responses: self.inner.cache.as_ref().map_or(0, |c| c.len()),
+        }
+    }
+}
+
+fn transport_error(e: reqwest::Error, url: &str) -> Error {
+    if e.is_timeout() {
+        return Error::new(ErrorKind::Timeout, format!("LM call to {url} ran past its time limit"))
+            .with_retryable(true);
+    }
+    Error::new(ErrorKind::Transport, format!("request to {url} failed: {e}")).with_retryable(true)
+}
+
+/// Usage from a reply body: a completion's JSON, or the last SSE event with
+/// a `usage` member.
+fn body_usage(body: &[u8], stream: bool) -> Option<(Usage, u64)> {
+    if !stream {
+        return serde_json::from_slice::<Value>(body).ok().as_ref().and_then(usage_of);
+    }
+    let mut d = SseDecoder::default();
+    let mut events = d.push(body);
+    events.extend(d.finish());
+    events.iter().rev().filter_map(|e| serde_json::from_str::<Value>(e).ok()).find_map(|v| usage_of(&v))
+}
+
+/// `call` aimed at the fallback LM: its URL, model and key.
+fn fallback_call(call: &HttpCall, target: &dspex_core::LmConfig) -> HttpCall {
+    let mut call = call.clone();
+    let path = call.url.strip_prefix(base_of(&call.url)).unwrap_or("/chat/completions").to_string();
+    if let Some(base) = &target.base_url {
+        call.url = format!("{}{path}", base.trim_end_matches('/'));
+    }
+    if let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&call.body) {
+        let model = target.model.strip_prefix("openai/").unwrap_or(&target.model);
+        body.insert("model".into(), Value::String(model.to_string()));
+        call.body = Value::Object(body).to_string().into();
+    }
+    call.headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+    if let Some(key) = &target.api_key {
+        call.headers.push(("Authorization".into(), format!("Bearer {}", key.expose())));
+    }
+    call
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let g = Gateway::passthrough().with_backoff(Duration::from_millis(100), Duration::from_secs(1));
+        for attempt in 0..8 {
+            let d = g.delay(attempt);
+            let exp = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(1));
+            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn buckets_lend_in_order_and_refuse_past_the_deadline() {
+        let b = Bucket::new(10.0, 2.0);
+        assert_eq!(b.reserve(1.0, None), Ok(Duration::ZERO));
+        assert_eq!(b.reserve(1.0, None), Ok(Duration::ZERO));
+        let third = b.reserve(1.0, None).unwrap();
+        assert!(third > Duration::from_millis(90) && third <= Duration::from_millis(100), "{third:?}");
+        let soon = Some(Instant::now() + Duration::from_millis(50));
+        let refused = b.reserve(1.0, soon).unwrap_err();
+        assert!(refused > Duration::from_millis(150), "{refused:?}");
+        b.adjust(10.0);
+        assert_eq!(b.reserve(1.0, None), Ok(Duration::ZERO), "refunds refill up to the burst");
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        assert_eq!(retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        let later = unix_secs() + 5;
+        let date = {
+            // Format `later` as an IMF-fixdate, the inverse of parse_http_date.
+            let days = (later / 86_400) as i64;
+            let secs = later % 86_400;
+            let z = days + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let d = doy - (153 * mp + 2) / 5 + 1;
+            let m = if mp < 10 { mp + 3 } else { mp - 9 };
+            let y = yoe + era * 400 + i64::from(m <= 2);
+            let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+            format!(
+                "Mon, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
+                month[(m - 1) as usize],
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60
+            )
+        };
+        let d = retry_after(&date).unwrap();
+        assert!(d >= Duration::from_secs(3) && d <= Duration::from_secs(5), "{date}: {d:?}");
+        assert_eq!(retry_after("soon"), None);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 25:49:37 GMT"), None);
+    }
+
+    #[test]
+    fn bodies_are_keyed_canonically() {
+        let a = HttpCall::new("http://x/v1/chat/completions", vec![], r#"{"model":"m","temperature":0,"messages":[]}"#);
+        let b = HttpCall::new(
+            "http://x/v1/chat/completions",
+            vec![],
+            r#"{"messages": [], "temperature": 0, "model": "m"}"#,
+        );
+        assert_eq!(cache_key(&a), cache_key(&b));
+        let other_key = HttpCall::new(
+            "http://x/v1/chat/completions",
+            vec![("Authorization".into(), "Bearer other".into())],
+            r#"{"model":"m","temperature":0,"messages":[]}"#,
+        );
+        assert_ne!(cache_key(&a), cache_key(&other_key), "a credential's answers are its own");
+        let f = body_facts(br#"{"model":"m","temperature":0.0,"max_completion_tokens":100,"messages":[{"role":"user","content":"abcdefgh"}]}"#);
+        assert!(f.deterministic && !f.stream);
+        assert!(f.estimate > 100 && f.estimate < 120, "{}", f.estimate);
+        assert!(body_facts(br#"{"model":"m","seed":7}"#).deterministic);
+        assert!(!body_facts(br#"{"model":"m","temperature":0.7}"#).deterministic);
+    }
+
+    #[test]
+    fn costs_follow_the_price_table() {
+        let usage = Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 };
+        let cost = cost_usd(&BTreeMap::new(), "openai/gpt-4o-mini", &usage, 0).unwrap();
+        assert!((cost - 4.5e-6).abs() < 1e-12, "DSPy prices this call at 4.5e-06: {cost}");
+        let mine = BTreeMap::from([(
+            "local".to_string(),
+            Price { input_per_token: 1e-6, output_per_token: 2e-6, cache_read_per_token: Some(5e-7) },
+        )]);
+        let cost = cost_usd(&mine, "local", &usage, 4).unwrap();
+        assert!((cost - (6e-6 + 2e-6 + 10e-6)).abs() < 1e-12, "{cost}");
+        assert_eq!(cost_usd(&mine, "unknown-model", &usage, 0), None);
+    }
+
+    #[test]
+    fn usage_is_read_from_bodies_and_streams() {
+        let body = br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"prompt_tokens_details":{"cached_tokens":1}}}"#;
+        assert_eq!(body_usage(body, false).map(|u| (u.0.total_tokens, u.1)), Some((5, 1)));
+        let sse = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1,\"total_tokens\":5}}\n\ndata: [DONE]\n\n";
+        assert_eq!(body_usage(sse, true).map(|u| u.0.prompt_tokens), Some(4));
+        assert_eq!(body_usage(b"not json", false), None);
+    }
+
+    #[test]
+    fn meters_sum_calls() {
+        let m = CallMeter::new();
+        m.record(Some(Usage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 }), Some(1.5e-6), false);
+        m.record(Some(Usage { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 }), None, true);
+        let r = m.reading();
+        assert_eq!((r.calls, r.cached, r.usage.total_tokens), (2, 1, 7));
+        assert!((r.cost_usd.unwrap() - 1.5e-6).abs() < 1e-12);
+        assert_eq!(CallMeter::new().reading().cost_usd, None);
+    }
+}
