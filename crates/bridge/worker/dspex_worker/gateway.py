@@ -43,6 +43,16 @@ SCOPE_KEY = "dspex_lm_scope"
 ENABLED = os.environ.get("DSPEX_LM_GATEWAY", "0") == "1"
 
 
+def lm_call_message(call_id, request_id, url, headers, body, deadline_ms, max_retries, stream) -> dict:
+    """An ``lm_call``, keys in the wire order of the golden frames."""
+    message = {"type": "lm_call", "id": call_id, "request": request_id, "url": url, "headers": headers, "body": body}
+    if deadline_ms is not None:
+        message["deadline_ms"] = deadline_ms
+    message["max_retries"] = max_retries
+    message["stream"] = stream
+    return message
+
+
 class LmScope:
     """What the runtime needs to know about a request's LM calls."""
 
@@ -74,19 +84,16 @@ class Channel:
         replies = asyncio.Queue() if loop is not None else queue.SimpleQueue()
         with self._lock:
             self._open[call_id] = (replies, loop)
-        message = {
-            "type": "lm_call",
-            "id": call_id,
-            "request": scope.request_id if scope is not None else None,
-            "url": request.url,
-            "headers": [[k, v] for k, v in request.headers],
-            "body": bytes(request.body).decode("utf-8", errors="replace"),
-            "max_retries": scope.max_retries if scope is not None else 0,
-            "stream": stream,
-        }
-        deadline = scope.deadline_ms() if scope is not None else None
-        if deadline is not None:
-            message["deadline_ms"] = deadline
+        message = lm_call_message(
+            call_id,
+            scope.request_id if scope is not None else None,
+            request.url,
+            [[k, v] for k, v in request.headers],
+            bytes(request.body).decode("utf-8", errors="replace"),
+            scope.deadline_ms() if scope is not None else None,
+            scope.max_retries if scope is not None else 0,
+            stream,
+        )
         try:
             self._send(message)
         except Exception:

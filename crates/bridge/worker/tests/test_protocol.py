@@ -11,6 +11,7 @@ import pytest
 
 from conftest import JSON, MSGPACK, spawn_worker, wait_exit
 from dspex_worker import columnar
+from dspex_worker.gateway import lm_call_message
 from dspex_worker.protocol import (
     ARROW,
     AUTO,
@@ -276,6 +277,16 @@ def test_the_message_builders_make_the_golden_frames():
         "end": end_message(3),
         "pong": pong_message(9, 2),
         "long-string": ok_response(4, "x" * 300),
+        "lm-call": lm_call_message(
+            1,
+            7,
+            message["lm-call"]["url"],
+            message["lm-call"]["headers"],
+            message["lm-call"]["body"],
+            30000,
+            2,
+            False,
+        ),
     }
     for name, msg in built.items():
         assert encode_frame(CODECS[golden[name]["codec"]], msg).hex() == golden[name]["hex"], name
