@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dspex_bridge::{LmAnswer, LmCall, LmGateway};
+use dspex_bridge::{LmAnswer, LmBody, LmCall, LmGateway};
 use dspex_core::{LmConfig, Map, Result, Value};
 use dspex_native::lm::{
     Gateway, HttpCall, LanguageModel, LmEvent, LmRequest, LmResponse, LmScope, LmStream, OpenAiClient, ReplyBody,
@@ -159,8 +159,8 @@ impl LmGateway for WorkerGateway {
             http.cache = !scope.no_cache;
             let reply = gateway.send(http).await.map_err(|e| e.with_worker(call.worker))?;
             let body = match reply.body {
-                ReplyBody::Full(b) => futures_util::stream::iter([Ok(b)]).boxed(),
-                ReplyBody::Stream(s) => s,
+                ReplyBody::Full(b) => LmBody::Whole(b),
+                ReplyBody::Stream(s) => LmBody::Stream(s),
             };
             Ok(LmAnswer { status: reply.status, headers: reply.headers, body })
         })

@@ -32,7 +32,7 @@ pub use process::{
 pub use protocol::{error_kind_from_wire, Codec, CodecChoice, Hello};
 pub use runs::{RunRegistry, SweepReport};
 pub use worker::{
-    CallOptions, CodecCounts, ExitInfo, LmAnswer, LmCall, LmGateway, LmScopeToken, StreamItem, Worker, WorkerConfig,
-    WorkerStream, DEFAULT_ENV_ALLOWLIST,
+    CallOptions, CodecCounts, ExitInfo, LmAnswer, LmBody, LmCall, LmGateway, LmScopeToken, StreamItem, Worker,
+    WorkerConfig, WorkerStream, DEFAULT_ENV_ALLOWLIST,
 };
 pub use zygote::Zygote;

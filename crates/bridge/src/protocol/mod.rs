@@ -340,7 +340,8 @@ pub enum Message {
         #[serde(default)]
         stream: bool,
     },
-    /// Runtime → worker: the service's status and headers for `id`.
+    /// Runtime → worker: the service's status and headers for `id`, and
+    /// its body when it came whole (then no `lm_data` or `lm_end` follow).
     LmHead {
         /// The call.
         id: u64,
@@ -348,6 +349,9 @@ pub enum Message {
         status: u16,
         /// Response headers.
         headers: Vec<(String, String)>,
+        /// The whole body (absent: it streams in `lm_data` until `lm_end`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
     },
     /// Runtime → worker: the body, whole or a piece of a stream.
     LmData {
@@ -516,6 +520,21 @@ struct Reply {
     in_flight: Option<u64>,
     #[serde(default)]
     spans: Vec<RemoteSpan>,
+    // An `lm_call`'s members.
+    #[serde(default)]
+    request: Option<u64>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    headers: Option<Vec<(String, String)>>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+    #[serde(default)]
+    max_retries: Option<u32>,
+    #[serde(default)]
+    stream: Option<bool>,
 }
 
 /// Decode a frame body from a worker: [`decode_frame`], fast for the hot
@@ -547,6 +566,19 @@ fn decode_reply_payload(codec: Codec, payload: &[u8]) -> Result<Message> {
             },
             "end" => Message::End { id: r.id.ok_or_else(|| missing("end"))? },
             "pong" => Message::Pong { seq: r.seq.ok_or_else(|| missing("pong"))?, in_flight: r.in_flight.unwrap_or(0) },
+            "lm_call" => match (r.id, r.url, r.headers, r.body) {
+                (Some(id), Some(url), Some(headers), Some(body)) => Message::LmCall {
+                    id,
+                    request: r.request,
+                    url,
+                    headers,
+                    body,
+                    deadline_ms: r.deadline_ms,
+                    max_retries: r.max_retries.unwrap_or(0),
+                    stream: r.stream.unwrap_or(false),
+                },
+                _ => return decode_message(codec, payload, false),
+            },
             _ => return decode_message(codec, payload, false),
         }),
         Err(_) => decode_message(codec, payload, false),

@@ -59,8 +59,25 @@ pub struct LmAnswer {
     pub status: u16,
     /// Response headers.
     pub headers: Vec<(String, String)>,
-    /// The body, whole or as it streams.
-    pub body: BoxStream<'static, Result<Bytes>>,
+    /// The body.
+    pub body: LmBody,
+}
+
+impl std::fmt::Debug for LmBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LmBody::Whole(b) => write!(f, "Whole({} bytes)", b.len()),
+            LmBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// An answer's body: whole (one message to the worker), or as it streams.
+pub enum LmBody {
+    /// All of it.
+    Whole(Bytes),
+    /// Chunks as the service sends them.
+    Stream(BoxStream<'static, Result<Bytes>>),
 }
 
 impl std::fmt::Debug for LmAnswer {
@@ -137,9 +154,12 @@ pub(super) async fn serve(shared: Arc<Shared>, gateway: Arc<dyn LmGateway>, id: 
     let result: Result<()> = async {
         match answer {
             Err(e) => send(Message::LmError { id, error: wire_error(&e) }).await,
-            Ok(answer) => {
-                send(Message::LmHead { id, status: answer.status, headers: answer.headers }).await?;
-                let mut body = answer.body;
+            Ok(LmAnswer { status, headers, body: LmBody::Whole(bytes) }) => {
+                let body = Some(String::from_utf8_lossy(&bytes).into_owned());
+                send(Message::LmHead { id, status, headers, body }).await
+            }
+            Ok(LmAnswer { status, headers, body: LmBody::Stream(mut body) }) => {
+                send(Message::LmHead { id, status, headers, body: None }).await?;
                 let mut text = Utf8Chunks::default();
                 while let Some(chunk) = body.next().await {
                     match chunk {

@@ -45,7 +45,7 @@ mod config;
 mod lm;
 
 pub use config::{CallOptions, ExitInfo, StreamItem, WorkerConfig, DEFAULT_ENV_ALLOWLIST};
-pub use lm::{LmAnswer, LmCall, LmGateway, LmScopeToken};
+pub use lm::{LmAnswer, LmBody, LmCall, LmGateway, LmScopeToken};
 
 enum Slot {
     Call(oneshot::Sender<Result<Value>>),

@@ -104,6 +104,9 @@ class GatewayTransport(StdlibTransport):
             _raise(head["error"])
 
         def chunks():
+            if "body" in head:  # the whole body came with the head
+                yield head["body"].encode()
+                return
             while True:
                 try:
                     msg = replies.get(timeout=wait)
@@ -160,6 +163,9 @@ class _GatewayStream:
         ch = self._ch
 
         async def chunks():
+            if "body" in head:  # the whole body came with the head
+                yield head["body"].encode()
+                return
             while True:
                 try:
                     msg = await asyncio.wait_for(replies.get(), wait)

@@ -90,6 +90,15 @@ def test_lm_calls_go_to_the_runtime_and_dspy_reads_its_answer(gw_worker):
     assert resp["ok"]["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 
 
+def test_a_whole_body_comes_with_the_head(gw_worker):
+    rid = run_predict(gw_worker)
+    call = gw_worker.recv()
+    head = {"type": "lm_head", "id": call["id"], "status": 200, "headers": [["content-type", "application/json"]]}
+    gw_worker.send({**head, "body": json.dumps(COMPLETION)})
+    resp = gw_worker.recv()
+    assert resp["id"] == rid and resp["ok"]["fields"] == {"answer": "42"}, resp
+
+
 def test_a_refusal_keeps_its_kind(gw_worker):
     rid = run_predict(gw_worker)
     call = gw_worker.recv()
@@ -202,3 +211,114 @@ def test_classify_finds_the_gateway_error_under_dspy_wrapping():
     except RuntimeError as outer:
         wire = classify(outer)
     assert (wire["kind"], wire["retryable"]) == ("rate_limited", True)
+
+
+class _Service:
+    """A local OpenAI-compatible service: one completion, or a stream of it."""
+
+    def __init__(self):
+        import http.server
+
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                service.seen.append((self.path, dict(self.headers), body))
+                if body.get("stream"):
+                    events = [
+                        {
+                            "id": "c",
+                            "object": "chat.completion.chunk",
+                            "created": 1,
+                            "model": "gpt-4o-mini",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "delta": {"content": COMPLETION["choices"][0]["message"]["content"]},
+                                    "finish_reason": "stop",
+                                }
+                            ],
+                        },
+                        {
+                            "id": "c",
+                            "object": "chat.completion.chunk",
+                            "created": 1,
+                            "model": "gpt-4o-mini",
+                            "choices": [],
+                            "usage": COMPLETION["usage"],
+                        },
+                    ]
+                    data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+                    kind = "text/event-stream"
+                else:
+                    data, kind = json.dumps(COMPLETION), "application/json"
+                raw = data.encode()
+                self.send_response(200)
+                self.send_header("content-type", kind)
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args):
+                pass
+
+        self.seen = []
+        self.forwarded = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.server.server_port}/v1"
+
+    def forward(self, ch, message):
+        """What the runtime does with an lm_call: send it, answer in pieces."""
+        import urllib.request
+
+        self.forwarded += 1
+
+        def run():
+            req = urllib.request.Request(message["url"], data=message["body"].encode(), method="POST")
+            for k, v in message["headers"]:
+                req.add_header(k, v)
+            with urllib.request.urlopen(req) as resp:
+                ch.deliver(
+                    {"type": "lm_head", "id": message["id"], "status": resp.status, "headers": list(resp.getheaders())}
+                )
+                ch.deliver({"type": "lm_data", "id": message["id"], "data": resp.read().decode()})
+                ch.deliver({"type": "lm_end", "id": message["id"]})
+
+        threading.Thread(target=run, daemon=True).start()
+
+
+def test_dspy_history_usage_and_cost_are_the_same_through_the_gateway():
+    import dspy
+
+    from dspex_worker import dspy_patches  # noqa: F401 - the worker's DSPy set-up
+    from dspex_worker.registry import Context
+
+    service = _Service()
+
+    def entry(lm):
+        with dspy.context(lm=lm, track_usage=True, **{gateway.SCOPE_KEY: gateway.LmScope(Context(1), 0)}):
+            pred = dspy.Predict("question -> answer")(question="17 + 25?")
+        return pred, lm.history[-1]
+
+    def comparable(h):
+        return {k: v for k, v in h.items() if k not in ("timestamp", "uuid", "response")}
+
+    settings = dict(api_base=service.base, api_key="sk-test", cache=False, temperature=0.0, max_tokens=64)
+    direct_pred, direct = entry(dspy.LM("openai/gpt-4o-mini", **settings))
+    sent_directly = service.seen.pop()
+    ch = gateway.install(lambda message: service.forward(ch, message))
+    try:
+        through_pred, through = entry(dspy.LM("openai/gpt-4o-mini", num_retries=0, **settings))
+    finally:
+        gateway.uninstall()
+    sent_through = service.seen.pop()
+    assert service.forwarded == 1, "the call went through the channel"
+    assert sent_through[0] == sent_directly[0] and sent_through[2] == sent_directly[2], "the same request"
+    for h in ("Content-Type", "Authorization"):
+        assert sent_through[1][h] == sent_directly[1][h]
+    assert through_pred.answer == direct_pred.answer == "42"
+    assert through_pred.get_lm_usage() == direct_pred.get_lm_usage()
+    assert comparable(through) == comparable(direct), set(comparable(through)) ^ set(comparable(direct))
+    assert through["cost"] == direct["cost"] and direct["cost"] is not None
