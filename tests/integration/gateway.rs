@@ -342,3 +342,119 @@ async fn streams_are_accounted_when_they_end() {
     assert!(last.is_some());
     rt.shutdown().await.unwrap();
 }
+
+/// Budgets and rate limits across the nodes of a cluster (NATS JetStream).
+#[cfg(feature = "cluster")]
+mod across_nodes {
+    use super::*;
+
+    /// A native-only runtime calling `server`'s LM through `gateway`, joined
+    /// to the cluster at `url` as `node`.
+    async fn node(
+        url: &str,
+        node: &str,
+        server: &LmServer,
+        gateway: &GatewayConfig,
+    ) -> (Runtime, dspex::cluster::ClusterNode) {
+        let rt = Runtime::builder().native_only().lm(lm(server)).gateway(gateway.clone()).start().await.unwrap();
+        let config = dspex::ClusterConfig::new(url, node).allow_insecure(true).lease_ms(1000);
+        let joined = dspex::cluster::ClusterNode::join(&rt, config).await.expect("join");
+        (rt, joined)
+    }
+
+    /// Wait until `rt`'s gateway sees `want` (a condition on its stats).
+    async fn until_gateway(rt: &Runtime, what: &str, want: impl Fn(&dspex::GatewayStats) -> bool) {
+        let t = Instant::now();
+        while !want(&rt.gateway_stats()) {
+            assert!(t.elapsed() < Duration::from_secs(10), "{what}: {:?}", rt.gateway_stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A tenant's budget holds across two nodes: what one node admitted
+    /// counts on the other, and a node that restarts takes its spend back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_budget_holds_across_the_nodes_of_a_cluster() {
+        let nats = crate::nats::NatsServer::start();
+        let server = LmServer::start(OfflineResponder::new()).await.unwrap();
+        let mut gateway = GatewayConfig::default();
+        gateway.budgets.insert("t".into(), BudgetConfig::per(3600).requests(4));
+        gateway.cache.enabled = false;
+        let (a, a_node) = node(&nats.url(), "a", &server, &gateway).await;
+        let (b, b_node) = node(&nats.url(), "b", &server, &gateway).await;
+        crate::cluster::until_nodes(&a, &["a", "b"]).await;
+        let program = Program::new(ProgramSpec::predict("question -> answer"));
+        let as_t = || RequestOptions::native().tenant("t").no_cache();
+        let spent = |n: u64| move |s: &dspex::GatewayStats| s.spend.get("t").is_some_and(|t| t.requests == n);
+        for i in 0..2 {
+            a.run(&program, q(&format!("a{i}?")), as_t()).await.unwrap();
+        }
+        until_gateway(&b, "b sees a's spend", spent(2)).await;
+        for i in 0..2 {
+            b.run(&program, q(&format!("b{i}?")), as_t()).await.unwrap();
+        }
+        let err = b.run(&program, q("b2?"), as_t()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BudgetExceeded, "{err}");
+        assert!(err.message().contains("4 of 4"), "{err}");
+        until_gateway(&a, "a sees b's spend", spent(4)).await;
+        assert_eq!(a.run(&program, q("a2?"), as_t()).await.unwrap_err().kind(), ErrorKind::BudgetExceeded);
+        a.run(&program, q("u?"), RequestOptions::native().tenant("u").no_cache()).await.unwrap();
+        assert_eq!(server.requests().len(), 5, "four for t, one for u");
+        // b restarts under its name: its two calls still count.
+        b_node.leave().await;
+        b.shutdown().await.unwrap();
+        let (b, b_node) = node(&nats.url(), "b", &server, &gateway).await;
+        assert_eq!(b.gateway_stats().spend["t"].requests, 2, "restored at join");
+        until_gateway(&b, "b sees a's spend again", spent(4)).await;
+        assert_eq!(b.run(&program, q("b3?"), as_t()).await.unwrap_err().kind(), ErrorKind::BudgetExceeded);
+        for (rt, joined) in [(a, a_node), (b, b_node)] {
+            joined.leave().await;
+            rt.shutdown().await.unwrap();
+        }
+    }
+
+    /// Two nodes calling one rate-limited LM split its rate: together they
+    /// never exceed it by more than one burst.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rate_limit_holds_across_the_nodes_of_a_cluster() {
+        let nats = crate::nats::NatsServer::start();
+        let server = LmServer::start(OfflineResponder::new()).await.unwrap();
+        let (rate, burst) = (10.0, 2u32);
+        let mut gateway = GatewayConfig::default();
+        gateway.lms.push(LmPolicy::new("gpt-4o-mini").requests_per_sec(rate, burst));
+        gateway.cache.enabled = false;
+        let (a, a_node) = node(&nats.url(), "a", &server, &gateway).await;
+        let (b, b_node) = node(&nats.url(), "b", &server, &gateway).await;
+        let program = Program::new(ProgramSpec::predict("question -> answer"));
+        // One call each: both now call the LM, and each learns the other does.
+        a.run(&program, q("warm a"), RequestOptions::native().no_cache()).await.unwrap();
+        b.run(&program, q("warm b"), RequestOptions::native().no_cache()).await.unwrap();
+        let shared = |s: &dspex::GatewayStats| s.lm_nodes.values().next() == Some(&2);
+        until_gateway(&a, "a shares the LM", shared).await;
+        until_gateway(&b, "b shares the LM", shared).await;
+        let warm = server.requests().len();
+        let calls = (0..30).map(|i| {
+            let rt = if i % 2 == 0 { &a } else { &b };
+            let program = &program;
+            async move { rt.run(program, q(&format!("What is {i} + 1?")), RequestOptions::native().no_cache()).await }
+        });
+        let results = futures_util::future::join_all(calls).await;
+        assert!(results.iter().all(|r| r.is_ok()), "{:?}", results.iter().find(|r| r.is_err()));
+        let mut arrivals: Vec<Instant> = server.timings().iter().skip(warm).map(|t| t.received).collect();
+        arrivals.sort();
+        assert_eq!(arrivals.len(), 30);
+        for i in 0..arrivals.len() {
+            for j in i + 1..arrivals.len() {
+                let span = arrivals[j].duration_since(arrivals[i]).as_secs_f64();
+                let allowed = burst as f64 + rate * (span + 0.05);
+                assert!(((j - i + 1) as f64) <= allowed, "{} requests in {span:.3} s", j - i + 1);
+            }
+        }
+        let total = arrivals[29].duration_since(arrivals[0]).as_secs_f64();
+        assert!(total >= (30.0 - burst as f64) / rate - 0.1, "30 calls took {total:.2} s");
+        for (rt, joined) in [(a, a_node), (b, b_node)] {
+            joined.leave().await;
+            rt.shutdown().await.unwrap();
+        }
+    }
+}

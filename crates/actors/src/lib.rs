@@ -37,7 +37,7 @@ pub use cluster::{Cluster, RemoteStream, StoredSession};
 pub use console::{ConsoleEndpoint, ConsoleServer};
 pub use dispatch::ProgressFn;
 pub use dspex_bridge::StreamItem;
-pub use dspex_native::lm::gateway::{GatewayStats, MeterReading, TotalsSnapshot};
+pub use dspex_native::lm::gateway::{Gateway, GatewayStats, MeterReading, TotalsSnapshot};
 pub use lms::python_lm_spec;
 pub use pipeline::{
     Condition, IntoPipeline, Pipeline, PipelineBuilder, PipelineResult, PipelineRun, PipelineRunInfo, PipelineSpec,

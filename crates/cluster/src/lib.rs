@@ -21,6 +21,9 @@
 //!   or when the local pool is saturated; idempotent calls whose node is lost
 //!   are sent again and land on another node.
 //!
+//! - **LM gateway** — tenant budgets and LM rate limits hold across the
+//!   nodes, within a documented bound (see `gateway`'s docs).
+//!
 //! The wire payloads and subjects are in one place, [`wire`](crate::wire)'s
 //! docs (MessagePack, named fields).
 //!
@@ -41,6 +44,7 @@
 #![forbid(unsafe_code)]
 
 mod connect;
+mod gateway;
 mod members;
 mod remote;
 mod serve;
@@ -74,6 +78,12 @@ struct Inner {
     store: kv::Store,
     /// The sessions bucket.
     sessions: kv::Store,
+    /// The gateway bucket: each node's LM spend and active LMs.
+    gateway_store: kv::Store,
+    /// The other nodes' gateway entries.
+    shares: DashMap<String, dspex_core::GatewayShare>,
+    /// The runtime's LM gateway.
+    gateway: dspex_actors::Gateway,
     members: Arc<Members>,
     /// Local pools (offered or not: membership reports them all).
     pools: Vec<PoolHandle>,
@@ -256,11 +266,23 @@ impl ClusterNode {
         let sessions =
             members::bucket(&js, &names.sessions, "dspex sessions", Duration::ZERO, config.kv_replicas, patience)
                 .await?;
+        let gateway_store = members::bucket(
+            &js,
+            &names.gateway,
+            "dspex LM spend and rate-limit shares",
+            gateway::KEEP,
+            config.kv_replicas,
+            patience,
+        )
+        .await?;
         let inner = Arc::new(Inner {
             names,
             client,
             store,
             sessions,
+            gateway_store,
+            shares: DashMap::new(),
+            gateway: runtime.gateway().clone(),
             members: Arc::new(Members::default()),
             pools: runtime.pools(),
             remote_in_flight: AtomicUsize::new(0),
@@ -308,6 +330,8 @@ impl ClusterNode {
             inner.config.node.clone(),
             lease,
         )));
+        inner.restore_share().await;
+        tasks.push(tokio::spawn(gateway::watch(inner.clone())));
         inner.publish_status().await?;
         tasks.push(tokio::spawn(refresh(inner.clone())));
         // Subscriptions reach the server before others are told to use them.
@@ -351,7 +375,9 @@ impl ClusterNode {
     }
 }
 
-/// Keep this node's entry fresh: every third of the lease.
+/// Keep this node's entries fresh: every third of the lease, its
+/// membership and its gateway share; and let peers that went quiet stop
+/// sharing LM limits.
 async fn refresh(node: Arc<Inner>) {
     let mut every = tokio::time::interval(node.lease() / 3);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -360,6 +386,10 @@ async fn refresh(node: Arc<Inner>) {
         if let Err(e) = node.publish_status().await {
             warn!(error = %e, "cannot refresh this node's membership entry");
         }
+        if let Err(e) = node.publish_share().await {
+            warn!(error = %e, "cannot refresh this node's gateway entry");
+        }
+        node.apply_shares();
     }
 }
 

@@ -110,14 +110,37 @@ pub(crate) async fn bucket(
     }
 }
 
-/// Follow the bucket: every put and delete, from the current entries on.
-/// Ends when the watch does (the connection is closing).
+/// Follow the membership bucket: every put and delete, from the current
+/// entries on. Ends when the watch does (the connection is closing).
 pub(crate) async fn watch(store: kv::Store, members: Arc<Members>, me: String, lease: Duration) {
+    follow(store, me, lease, "membership", move |key, value| match value {
+        Some(bytes) => match serde_json::from_slice::<NodeStatus>(bytes) {
+            Ok(status) if status.node == key => members.update(key, Some(status)),
+            Ok(status) => {
+                warn!(key, node = %status.node, "membership entry under another node's name; ignored")
+            }
+            Err(e) => warn!(key, error = %e, "malformed membership entry; ignored"),
+        },
+        None => members.update(key, None),
+    })
+    .await
+}
+
+/// Follow a bucket whose entries every live node refreshes three times a
+/// lease: `on` gets each other node's put (`Some(value)`) and delete
+/// (`None`), from the current entries on.
+pub(crate) async fn follow(
+    store: kv::Store,
+    me: String,
+    lease: Duration,
+    what: &'static str,
+    on: impl Fn(&str, Option<&[u8]>) + Send + 'static,
+) {
     loop {
         let mut entries = match store.watch_with_history(">").await {
             Ok(w) => w,
             Err(e) => {
-                warn!(error = %e, "cannot watch cluster membership; retrying in 1 s");
+                warn!(error = %e, bucket = what, "cannot watch a cluster bucket; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -130,12 +153,12 @@ pub(crate) async fn watch(store: kv::Store, members: Arc<Members>, me: String, l
             let entry = match tokio::time::timeout(lease, entries.next()).await {
                 Ok(Some(Ok(e))) => e,
                 Ok(Some(Err(e))) => {
-                    debug!(error = %e, "membership watch interrupted");
+                    debug!(error = %e, bucket = what, "bucket watch interrupted");
                     break;
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    debug!("membership watch silent for a lease; watching again");
+                    debug!(bucket = what, "bucket watch silent for a lease; watching again");
                     break;
                 }
             };
@@ -143,14 +166,8 @@ pub(crate) async fn watch(store: kv::Store, members: Arc<Members>, me: String, l
                 continue;
             }
             match entry.operation {
-                Operation::Put => match serde_json::from_slice::<NodeStatus>(&entry.value) {
-                    Ok(status) if status.node == entry.key => members.update(&entry.key, Some(status)),
-                    Ok(status) => {
-                        warn!(key = %entry.key, node = %status.node, "membership entry under another node's name; ignored")
-                    }
-                    Err(e) => warn!(key = %entry.key, error = %e, "malformed membership entry; ignored"),
-                },
-                Operation::Delete | Operation::Purge => members.update(&entry.key, None),
+                Operation::Put => on(&entry.key, Some(&entry.value)),
+                Operation::Delete | Operation::Purge => on(&entry.key, None),
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -20,6 +20,12 @@
 //! Bucket `dspex-CLUSTER-sessions`: one
 //! [`StoredSession`](dspex_actors::StoredSession) (JSON: owner and state)
 //! per session under its id; the entry's revision fences every write.
+//!
+//! Bucket `dspex-CLUSTER-gateway`: one
+//! [`GatewayShare`](dspex_core::GatewayShare) (JSON: each budgeted
+//! tenant's spend in its current period, the rate-limited LMs the node
+//! called lately) per node under its name, refreshed every third of the
+//! lease; entries stay 35 days, so a node's spend outlives it.
 
 use dspex_actors::{SessionAnswer, SessionCall};
 use dspex_core::{Error, ErrorKind, Result, Value};
@@ -118,6 +124,8 @@ pub(crate) struct Names {
     pub bucket: String,
     /// The sessions bucket.
     pub sessions: String,
+    /// The gateway bucket.
+    pub gateway: String,
 }
 
 impl Names {
@@ -126,6 +134,7 @@ impl Names {
             prefix: format!("dspex.{cluster}"),
             bucket: format!("dspex-{cluster}-nodes"),
             sessions: format!("dspex-{cluster}-sessions"),
+            gateway: format!("dspex-{cluster}-gateway"),
         }
     }
 
@@ -209,6 +218,7 @@ mod tests {
             (n.sessions.as_str(), n.node_session("a")),
             ("dspex-prod-sessions", "dspex.prod.node.a.session".into())
         );
+        assert_eq!(n.gateway, "dspex-prod-gateway");
         assert!(is_token("gpu_1") && !is_token("a.b") && !is_token(""));
     }
 }

@@ -269,6 +269,42 @@ pub enum LmCalls {
     Direct,
 }
 
+/// A node's part of its cluster's LM traffic, which the gateways of a
+/// cluster share through its key-value store: each node's spend per tenant
+/// and the rate-limited LMs it calls.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GatewayShare {
+    /// What each tenant with a budget spent on this node in its current period.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub spend: BTreeMap<String, TenantSpend>,
+    /// The LMs with rate limits this node called lately (`model@base_url`):
+    /// the nodes that call an LM share its limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_lms: Vec<String>,
+}
+
+/// What a tenant spent in one budget period.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct TenantSpend {
+    /// The period's length, seconds.
+    pub period_secs: u64,
+    /// Which period: seconds since the Unix epoch over `period_secs`.
+    pub period: u64,
+    /// LM calls admitted.
+    pub requests: u64,
+    /// Tokens used, prompt and completion.
+    pub tokens: u64,
+    /// US dollars, as priced by the gateway.
+    pub usd: f64,
+}
+
+impl TenantSpend {
+    /// Whether `other` counts the same period as this.
+    pub fn same_period(&self, other: &TenantSpend) -> bool {
+        self.period_secs == other.period_secs && self.period == other.period
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

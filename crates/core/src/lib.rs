@@ -26,7 +26,9 @@ pub use cluster::{ClusterConfig, NodeStatus, PoolStatus};
 pub use config::{LmConfig, LmSettings, Secret};
 pub use error::{Error, ErrorBody, ErrorContext, ErrorKind, ErrorReply, Result};
 pub use example::{Example, Map, Prediction, Usage};
-pub use gateway::{BudgetConfig, GatewayCacheConfig, GatewayConfig, LmCalls, LmPolicy, Price};
+pub use gateway::{
+    BudgetConfig, GatewayCacheConfig, GatewayConfig, GatewayShare, LmCalls, LmPolicy, Price, TenantSpend,
+};
 pub use program::{
     AdapterKind, ClassSignature, FieldDecl, ModuleKind, ProgramSpec, Reward, SignatureSpec, TemplateSpec,
 };

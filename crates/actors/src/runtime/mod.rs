@@ -339,6 +339,12 @@ impl Runtime {
         self.inner.dispatcher.lms().gateway().stats()
     }
 
+    /// The LM gateway every LM call of this runtime goes through (a cluster
+    /// shares its budgets and limits with the other nodes').
+    pub fn gateway(&self) -> &crate::Gateway {
+        self.inner.dispatcher.lms().gateway()
+    }
+
     /// The router (decisions, counters, breakers, settings).
     pub fn router(&self) -> &Router {
         self.inner.dispatcher.router()

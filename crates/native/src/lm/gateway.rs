@@ -35,7 +35,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use dspex_core::{BudgetConfig, Error, ErrorKind, GatewayConfig, LmPolicy, Price, Result, Usage, Value};
+use dspex_core::{
+    BudgetConfig, Error, ErrorKind, GatewayConfig, GatewayShare, LmPolicy, Price, Result, TenantSpend, Usage, Value,
+};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -198,17 +200,36 @@ impl CallMeter {
 /// A token bucket that lends: a caller reserves what it needs now and
 /// waits until the bucket would have refilled to it, so callers are served
 /// in arrival order and the rate never exceeds `rate` beyond one `burst`.
+///
+/// In a cluster the nodes calling an LM split its limits: each bucket runs
+/// at its share of the configured rate and burst ([`Bucket::share`]).
 #[derive(Debug)]
 struct Bucket {
+    /// The configured rate and burst (the whole cluster's).
+    full: (f64, f64),
+    state: Mutex<BucketState>,
+}
+
+#[derive(Debug)]
+struct BucketState {
+    level: f64,
+    at: Instant,
     rate: f64,
     burst: f64,
-    state: Mutex<(f64, Instant)>,
+}
+
+impl BucketState {
+    fn refill(&mut self, now: Instant) {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
+        self.level = (self.level + refill).min(self.burst);
+        self.at = now;
+    }
 }
 
 impl Bucket {
     fn new(rate: f64, burst: f64) -> Bucket {
-        let burst = burst.max(1.0);
-        Bucket { rate: rate.max(1e-9), burst, state: Mutex::new((burst, Instant::now())) }
+        let (rate, burst) = (rate.max(1e-9), burst.max(1.0));
+        Bucket { full: (rate, burst), state: Mutex::new(BucketState { level: burst, at: Instant::now(), rate, burst }) }
     }
 
     /// Reserve `n`: how long to wait before using them, or (nothing
@@ -216,16 +237,13 @@ impl Bucket {
     fn reserve(&self, n: f64, deadline: Option<Instant>) -> std::result::Result<Duration, Duration> {
         let mut s = self.state.lock();
         let now = Instant::now();
-        let refill = now.saturating_duration_since(s.1).as_secs_f64() * self.rate;
-        let available = (s.0 + refill).min(self.burst);
-        let after = available - n;
-        let wait = if after >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-after / self.rate) };
+        s.refill(now);
+        let after = s.level - n;
+        let wait = if after >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-after / s.rate) };
         if deadline.is_some_and(|d| now + wait > d) {
-            s.0 = available;
-            s.1 = now;
             return Err(wait);
         }
-        *s = (after, now);
+        s.level = after;
         Ok(wait)
     }
 
@@ -233,7 +251,24 @@ impl Bucket {
     /// token estimate corrected by what the service reported.
     fn adjust(&self, n: f64) {
         let mut s = self.state.lock();
-        s.0 = (s.0 + n).min(self.burst);
+        s.level = (s.level + n).min(s.burst);
+    }
+
+    /// Run at one `nodes`-th of the configured rate and burst (a burst of at
+    /// least one). What is already lent stays lent.
+    fn share(&self, nodes: usize) {
+        let n = nodes.max(1) as f64;
+        let mut s = self.state.lock();
+        s.refill(Instant::now());
+        s.rate = self.full.0 / n;
+        s.burst = (self.full.1 / n).max(1.0);
+        s.level = s.level.min(s.burst);
+    }
+
+    /// The rate it runs at.
+    #[cfg(test)]
+    fn rate(&self) -> f64 {
+        self.state.lock().rate
     }
 }
 
@@ -271,18 +306,13 @@ pub fn cost_usd(prices: &BTreeMap<String, Price>, model: &str, usage: &Usage, ca
 
 // ------------------------------------------------------------ budgets
 
-#[derive(Debug, Default)]
-struct Spent {
-    period: u64,
-    requests: u64,
-    tokens: u64,
-    usd: f64,
-}
-
 #[derive(Debug)]
 struct Tenant {
     budget: Option<BudgetConfig>,
-    spent: Mutex<Spent>,
+    /// What it spent here in the current period.
+    spent: Mutex<TenantSpend>,
+    /// What it spent on the cluster's other nodes, as they last said.
+    peers: Mutex<TenantSpend>,
     totals: Totals,
 }
 
@@ -291,45 +321,65 @@ fn unix_secs() -> u64 {
 }
 
 impl Tenant {
-    /// Admit one request, or say which limit it reached.
+    /// The current period of `budget` (a fresh, empty spend).
+    fn period(budget: &BudgetConfig, now: u64) -> TenantSpend {
+        let period_secs = budget.period_secs.max(1);
+        TenantSpend { period_secs, period: now / period_secs, ..TenantSpend::default() }
+    }
+
+    /// Admit one request, or say which limit it reached: the spend here
+    /// plus the cluster's other nodes'.
     fn admit(&self, name: &str) -> Result<()> {
         let Some(b) = &self.budget else { return Ok(()) };
         let now = unix_secs();
-        let period_len = b.period_secs.max(1);
-        let period = now / period_len;
+        let current = Tenant::period(b, now);
+        let peers = *self.peers.lock();
+        let peers = if peers.same_period(&current) { peers } else { current };
         let mut s = self.spent.lock();
-        if s.period != period {
-            *s = Spent { period, ..Spent::default() };
+        if !s.same_period(&current) {
+            *s = current;
         }
-        let resets = period_len - now % period_len;
+        let resets = current.period_secs - now % current.period_secs;
         let over = |what: &str, used: String, limit: String| {
             Error::new(
                 ErrorKind::BudgetExceeded,
                 format!(
-                    "tenant `{name}` reached its {what} budget ({used} of {limit} per {period_len} s; resets in {resets} s)"
+                    "tenant `{name}` reached its {what} budget ({used} of {limit} per {} s; resets in {resets} s)",
+                    current.period_secs
                 ),
             )
         };
-        if let Some(limit) = b.requests.filter(|l| s.requests >= *l) {
-            return Err(over("request", s.requests.to_string(), limit.to_string()));
+        let (requests, tokens, usd) = (s.requests + peers.requests, s.tokens + peers.tokens, s.usd + peers.usd);
+        if let Some(limit) = b.requests.filter(|l| requests >= *l) {
+            return Err(over("request", requests.to_string(), limit.to_string()));
         }
-        if let Some(limit) = b.tokens.filter(|l| s.tokens >= *l) {
-            return Err(over("token", s.tokens.to_string(), limit.to_string()));
+        if let Some(limit) = b.tokens.filter(|l| tokens >= *l) {
+            return Err(over("token", tokens.to_string(), limit.to_string()));
         }
-        if let Some(limit) = b.usd.filter(|l| s.usd >= *l) {
-            return Err(over("cost", format!("${:.6}", s.usd), format!("${limit}")));
+        if let Some(limit) = b.usd.filter(|l| usd >= *l) {
+            return Err(over("cost", format!("${usd:.6}"), format!("${limit}")));
         }
         s.requests += 1;
         Ok(())
     }
 
     fn spend(&self, tokens: u64, usd: f64) {
-        if self.budget.is_none() {
-            return;
-        }
+        let Some(b) = &self.budget else { return };
+        let current = Tenant::period(b, unix_secs());
         let mut s = self.spent.lock();
+        if !s.same_period(&current) {
+            // The call began in the last period; it counts in this one.
+            *s = current;
+        }
         s.tokens += tokens;
         s.usd += usd;
+    }
+
+    /// What it spent here in the current period, if it has a budget.
+    fn spent_now(&self) -> Option<TenantSpend> {
+        let b = self.budget.as_ref()?;
+        let s = *self.spent.lock();
+        s.same_period(&Tenant::period(b, unix_secs())).then_some(s)
     }
 }
 
@@ -410,6 +460,17 @@ pub struct GatewayStats {
     pub tenants: BTreeMap<String, TotalsSnapshot>,
     /// Entries in the shared response cache.
     pub cached_responses: usize,
+    /// Budgeted tenants' spend in their current period, the cluster's
+    /// other nodes' included.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub spend: BTreeMap<String, TenantSpend>,
+    /// Rate-limited LMs: how many nodes share their limits (1: this node alone).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub lm_nodes: BTreeMap<String, usize>,
+}
+
+fn add_spend(a: TenantSpend, b: TenantSpend) -> TenantSpend {
+    TenantSpend { requests: a.requests + b.requests, tokens: a.tokens + b.tokens, usd: a.usd + b.usd, ..a }
 }
 
 /// A stream's bytes so far, and what to do with the whole once it ends
@@ -446,6 +507,22 @@ struct Lm {
     tokens: Option<Bucket>,
     slots: Option<tokio::sync::Semaphore>,
     totals: Totals,
+    /// When it was last called, milliseconds after the gateway's epoch
+    /// plus one (zero: never).
+    last_call: AtomicU64,
+}
+
+impl Lm {
+    fn limited(&self) -> bool {
+        self.requests.is_some() || self.tokens.is_some()
+    }
+
+    /// Split its limits among `nodes` nodes.
+    fn share(&self, nodes: usize) {
+        for b in [&self.requests, &self.tokens].into_iter().flatten() {
+            b.share(nodes);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -493,6 +570,9 @@ struct Inner {
     tenants: parking_lot::RwLock<BTreeMap<String, Arc<Tenant>>>,
     cache: Option<Arc<quick_cache::sync::Cache<u64, Arc<Cached>>>>,
     backoff: (Duration, Duration),
+    epoch: Instant,
+    /// How many of the cluster's other live nodes call each rate-limited LM.
+    peer_lms: parking_lot::RwLock<BTreeMap<String, usize>>,
 }
 
 /// The LM gateway. Cheap to clone; one per runtime. See the [module docs](self).
@@ -721,6 +801,8 @@ impl Gateway {
                 tenants: Default::default(),
                 cache,
                 backoff: (Duration::from_millis(250), Duration::from_secs(8)),
+                epoch: Instant::now(),
+                peer_lms: Default::default(),
             }),
         })
     }
@@ -744,6 +826,8 @@ impl Gateway {
                 tenants: Default::default(),
                 cache: None,
                 backoff: (Duration::from_millis(250), Duration::from_secs(8)),
+                epoch: Instant::now(),
+                peer_lms: Default::default(),
             }),
         }
     }
@@ -800,7 +884,12 @@ impl Gateway {
             .and_then(|p| p.requests_per_sec.map(|r| Bucket::new(r, p.burst.map_or(r.ceil().max(1.0), f64::from))));
         let tokens = policy.as_ref().and_then(|p| p.tokens_per_min.map(|t| Bucket::new(t as f64 / 60.0, t as f64)));
         let slots = policy.as_ref().and_then(|p| p.max_concurrency).map(tokio::sync::Semaphore::new);
-        let lm = Arc::new(Lm { name: name.clone(), policy, requests, tokens, slots, totals: Totals::default() });
+        let lm =
+            Lm { name: name.clone(), policy, requests, tokens, slots, totals: Totals::default(), last_call: 0.into() };
+        if let Some(peers) = self.inner.peer_lms.read().get(&name) {
+            lm.share(peers + 1);
+        }
+        let lm = Arc::new(lm);
         self.inner.lms.write().entry(name).or_insert(lm).clone()
     }
 
@@ -809,7 +898,12 @@ impl Gateway {
             return t.clone();
         }
         let budget = self.inner.config.budgets.get(name).cloned().or_else(|| self.inner.config.default_budget.clone());
-        let t = Arc::new(Tenant { budget, spent: Mutex::new(Spent::default()), totals: Totals::default() });
+        let t = Arc::new(Tenant {
+            budget,
+            spent: Mutex::new(TenantSpend::default()),
+            peers: Mutex::new(TenantSpend::default()),
+            totals: Totals::default(),
+        });
         self.inner.tenants.write().entry(name.to_string()).or_insert(t).clone()
     }
 
@@ -1001,6 +1095,10 @@ impl Gateway {
             )
             .with_retryable(true)
         };
+        if lm.limited() {
+            let now = self.inner.epoch.elapsed().as_millis() as u64 + 1;
+            lm.last_call.store(now, Ordering::Relaxed);
+        }
         let mut wait = Duration::ZERO;
         if let Some(b) = &lm.requests {
             wait = b.reserve(1.0, call.deadline).map_err(|w| limited("request-rate", w))?;
@@ -1193,10 +1291,104 @@ impl Gateway {
     /// Per LM and per tenant: requests, cache hits, retries, refusals,
     /// tokens and cost.
     pub fn stats(&self) -> GatewayStats {
+        let lms = self.inner.lms.read();
+        let tenants = self.inner.tenants.read();
+        let peer_lms = self.inner.peer_lms.read();
         GatewayStats {
-            lms: self.inner.lms.read().iter().map(|(k, v)| (k.clone(), v.totals.snapshot())).collect(),
-            tenants: self.inner.tenants.read().iter().map(|(k, v)| (k.clone(), v.totals.snapshot())).collect(),
+            lms: lms.iter().map(|(k, v)| (k.clone(), v.totals.snapshot())).collect(),
+            tenants: tenants.iter().map(|(k, v)| (k.clone(), v.totals.snapshot())).collect(),
             cached_responses: self.inner.cache.as_ref().map_or(0, |c| c.len()),
+            spend: tenants
+                .iter()
+                .filter_map(|(k, t)| {
+                    let current = Tenant::period(t.budget.as_ref()?, unix_secs());
+                    let here = t.spent_now().unwrap_or(current);
+                    let peers = *t.peers.lock();
+                    Some((k.clone(), if peers.same_period(&here) { add_spend(here, peers) } else { here }))
+                })
+                .collect(),
+            lm_nodes: lms
+                .iter()
+                .filter(|(_, lm)| lm.limited())
+                .map(|(k, _)| (k.clone(), peer_lms.get(k).map_or(1, |n| n + 1)))
+                .collect(),
+        }
+    }
+
+    // -------------------------------------------------------- cluster
+
+    /// This node's part of its cluster's LM traffic: each budgeted tenant's
+    /// spend in its current period, and the rate-limited LMs called within
+    /// `active_within`. The cluster publishes it in its key-value store.
+    pub fn share(&self, active_within: Duration) -> GatewayShare {
+        let now = self.inner.epoch.elapsed();
+        let recent = |lm: &Lm| match lm.last_call.load(Ordering::Relaxed) {
+            0 => false,
+            at => now.saturating_sub(Duration::from_millis(at - 1)) < active_within,
+        };
+        GatewayShare {
+            spend: self.inner.tenants.read().iter().filter_map(|(k, t)| Some((k.clone(), t.spent_now()?))).collect(),
+            active_lms: self.inner.lms.read().values().filter(|lm| recent(lm)).map(|lm| lm.name.clone()).collect(),
+        }
+    }
+
+    /// What the cluster's other nodes published: their spend counts against
+    /// each tenant's budget here, and the limits of an LM are split evenly
+    /// among the live nodes calling it (pass a node that is gone with no
+    /// `active_lms`: its spend still counts until its period ends).
+    pub fn set_peers(&self, peers: &[GatewayShare]) {
+        let mut spend: BTreeMap<&str, TenantSpend> = BTreeMap::new();
+        let mut active: BTreeMap<String, usize> = BTreeMap::new();
+        for peer in peers {
+            for (tenant, s) in &peer.spend {
+                spend
+                    .entry(tenant.as_str())
+                    .and_modify(|sum| {
+                        if sum.same_period(s) {
+                            *sum = add_spend(*sum, *s);
+                        } else if (s.period + 1) * s.period_secs > (sum.period + 1) * sum.period_secs {
+                            // A later period than the sum's: it starts over.
+                            *sum = *s;
+                        }
+                    })
+                    .or_insert(*s);
+            }
+            for lm in &peer.active_lms {
+                *active.entry(lm.clone()).or_default() += 1;
+            }
+        }
+        for t in spend.keys() {
+            self.tenant(t);
+        }
+        let tenants: Vec<(String, Arc<Tenant>)> =
+            self.inner.tenants.read().iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+        for (name, tenant) in tenants {
+            *tenant.peers.lock() = spend.get(name.as_str()).copied().unwrap_or_default();
+        }
+        for (name, lm) in self.inner.lms.read().iter() {
+            lm.share(active.get(name).map_or(1, |n| n + 1));
+        }
+        *self.inner.peer_lms.write() = active;
+    }
+
+    /// Take back this node's own spend from the cluster's store (a node that
+    /// restarted, or joined again): per tenant, the larger of what it holds
+    /// and what the store says, within the current period.
+    pub fn restore(&self, own: &GatewayShare) {
+        for (name, saved) in &own.spend {
+            let tenant = self.tenant(name);
+            let Some(b) = &tenant.budget else { continue };
+            let current = Tenant::period(b, unix_secs());
+            if !saved.same_period(&current) {
+                continue;
+            }
+            let mut s = tenant.spent.lock();
+            if !s.same_period(&current) {
+                *s = current;
+            }
+            s.requests = s.requests.max(saved.requests);
+            s.tokens = s.tokens.max(saved.tokens);
+            s.usd = s.usd.max(saved.usd);
         }
     }
 }
@@ -1252,6 +1444,77 @@ mod tests {
             let exp = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(1));
             assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
         }
+    }
+
+    #[test]
+    fn a_shared_bucket_runs_at_its_part_of_the_rate() {
+        let b = Bucket::new(10.0, 4.0);
+        b.share(2);
+        assert_eq!(b.rate(), 5.0);
+        assert_eq!(b.reserve(2.0, None), Ok(Duration::ZERO), "half the burst");
+        let next = b.reserve(1.0, None).unwrap();
+        assert!(next > Duration::from_millis(180) && next <= Duration::from_millis(200), "{next:?}");
+        b.share(1);
+        assert_eq!(b.rate(), 10.0);
+    }
+
+    fn budgeted(requests: u64) -> Gateway {
+        let mut config = GatewayConfig::default();
+        config.budgets.insert("t".into(), BudgetConfig::per(3600).requests(requests));
+        config.lms.push(LmPolicy::new("m").requests_per_sec(10.0, 4));
+        Gateway::new(config).unwrap()
+    }
+
+    fn spend_now(requests: u64) -> TenantSpend {
+        TenantSpend { period_secs: 3600, period: unix_secs() / 3600, requests, tokens: 0, usd: 0.0 }
+    }
+
+    #[test]
+    fn peers_spend_counts_against_a_budget_in_the_same_period_only() {
+        let g = budgeted(3);
+        let peer = |s: TenantSpend| GatewayShare { spend: [("t".to_string(), s)].into(), active_lms: vec![] };
+        g.set_peers(&[peer(spend_now(1)), peer(spend_now(1))]);
+        g.tenant("t").admit("t").unwrap();
+        let err = g.tenant("t").admit("t").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BudgetExceeded);
+        assert!(err.message().contains("3 of 3"), "{err}");
+        assert_eq!(g.stats().spend["t"].requests, 3, "here and elsewhere");
+        assert_eq!(g.share(Duration::from_secs(1)).spend["t"].requests, 1, "only this node's own");
+        // Last period's spend is over.
+        let old = TenantSpend { period: spend_now(0).period - 1, ..spend_now(5) };
+        g.set_peers(&[peer(old)]);
+        g.tenant("t").admit("t").unwrap();
+        // A peer that went away no longer counts.
+        g.set_peers(&[]);
+        assert_eq!(g.stats().spend["t"].requests, 2);
+    }
+
+    #[test]
+    fn a_restarted_node_takes_back_its_own_spend() {
+        let g = budgeted(3);
+        let saved = GatewayShare { spend: [("t".to_string(), spend_now(3))].into(), active_lms: vec![] };
+        g.restore(&saved);
+        assert_eq!(g.tenant("t").admit("t").unwrap_err().kind(), ErrorKind::BudgetExceeded);
+        assert_eq!(g.share(Duration::from_secs(1)), saved);
+    }
+
+    #[test]
+    fn nodes_calling_a_limited_lm_split_its_rate() {
+        let g = budgeted(3);
+        let lm = g.lm("m", "http://lm");
+        let name = lm.name.clone();
+        assert!(g.share(Duration::from_secs(60)).active_lms.is_empty(), "not called yet");
+        lm.last_call.store(g.inner.epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+        assert_eq!(g.share(Duration::from_secs(60)).active_lms, vec![name.clone()]);
+        let active = GatewayShare { spend: BTreeMap::new(), active_lms: vec![name.clone()] };
+        g.set_peers(&[active.clone(), active.clone(), GatewayShare::default()]);
+        assert_eq!(lm.requests.as_ref().map(Bucket::rate), Some(10.0 / 3.0));
+        assert_eq!(g.stats().lm_nodes[&name], 3);
+        // An LM first called after the peers spoke starts at its share.
+        g.set_peers(&[GatewayShare { spend: BTreeMap::new(), active_lms: vec!["m@http://other".into()] }]);
+        assert_eq!(lm.requests.as_ref().map(Bucket::rate), Some(10.0));
+        let other = g.lm("m", "http://other");
+        assert_eq!(other.requests.as_ref().map(Bucket::rate), Some(5.0));
     }
 
     #[test]
