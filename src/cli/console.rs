@@ -210,12 +210,32 @@ fn render(cmd: &str, v: &Value) -> String {
             let cols = ["requests", "cache_hits", "retries", "rate_limited", "refused", "fallbacks", "errors"];
             let tokens = ["prompt_tokens", "completion_tokens", "cost_usd"];
             let with = |first: &'static str| [&[first][..], &cols[..], &tokens[..]].concat();
-            format!(
+            let mut out = format!(
                 "LMs:\n{}tenants:\n{}cached responses: {}\n",
                 table(&rows_of("lms", "lm"), &with("lm")),
                 table(&rows_of("tenants", "tenant"), &with("tenant")),
                 v["cached_responses"]
-            )
+            );
+            let spend = rows_of("spend", "tenant");
+            if !spend.is_empty() {
+                let spend: Vec<Value> = spend
+                    .into_iter()
+                    .map(|mut row| {
+                        row["usd"] = Value::String(format!("{:.6}", row["usd"].as_f64().unwrap_or(0.0)));
+                        row
+                    })
+                    .collect();
+                out.push_str("budget spend this period (cluster-wide):\n");
+                out.push_str(&table(&spend, &["tenant", "requests", "tokens", "usd", "period_secs"]));
+            }
+            if let Some(shared) = v["lm_nodes"].as_object().filter(|m| !m.is_empty()) {
+                out.push_str("rate limits shared by nodes:");
+                for (lm, n) in shared {
+                    out.push_str(&format!(" {lm}={n}"));
+                }
+                out.push('\n');
+            }
+            out
         }
         "routes" => {
             let mut out = String::new();
@@ -501,5 +521,26 @@ mod tests {
         assert!(line.contains("actor=worker:general:0 what=started detail=pid 7"), "{line}");
         let e = json!({"event": "cache_hit", "trace_id": "t-1", "op": "predict"});
         assert!(render_event(&e).contains("t-1"));
+    }
+
+    #[test]
+    fn the_gateway_renders_per_lm_tenant_spend_and_shares() {
+        let totals = json!({"requests": 3, "cache_hits": 1, "retries": 0, "rate_limited": 0, "refused": 2,
+            "fallbacks": 0, "errors": 0, "prompt_tokens": 30, "completion_tokens": 12, "cost_usd": 0.0000123});
+        let v = json!({
+            "lms": {"gpt-4o-mini@http://lm/v1": totals},
+            "tenants": {"acme": totals},
+            "cached_responses": 4,
+            "spend": {"acme": {"period_secs": 3600, "period": 9, "requests": 5, "tokens": 70, "usd": 0.25}},
+            "lm_nodes": {"gpt-4o-mini@http://lm/v1": 2},
+        });
+        let text = render("gateway", &v);
+        assert!(text.contains("gpt-4o-mini@http://lm/v1") && text.contains("0.000012"), "{text}");
+        assert!(text.contains("cached responses: 4"), "{text}");
+        assert!(text.contains("budget spend this period (cluster-wide):"), "{text}");
+        assert!(text.contains("0.250000") && text.contains("3600"), "{text}");
+        assert!(text.contains("rate limits shared by nodes: gpt-4o-mini@http://lm/v1=2"), "{text}");
+        let alone = render("gateway", &json!({"lms": {}, "tenants": {}, "cached_responses": 0}));
+        assert!(!alone.contains("budget spend") && !alone.contains("shared by nodes"), "{alone}");
     }
 }

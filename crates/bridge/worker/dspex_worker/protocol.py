@@ -174,12 +174,19 @@ class FrameReader:
         #: Poll this long for the next request before blocking: a sleeping
         #: process costs a cross-core wake-up per request (tens of µs).
         self.spin = spin_us / 1e6
+        self._calm = False
         self._poll = None
         if spin_us > 0:
             import select
 
             self._poll = select.poll()
             self._poll.register(fd, select.POLLIN)
+
+    def block_next(self) -> None:
+        """Block at once on the next read instead of polling first: another
+        thread was just handed work, and a polling reader holds the GIL it
+        needs (it would wait out the poll, or the switch interval)."""
+        self._calm = True
 
     def _wait_briefly(self) -> None:
         end = time.perf_counter() + self.spin
@@ -193,8 +200,9 @@ class FrameReader:
             if self.pos:
                 del self.buf[: self.pos]
                 self.pos = 0
-            if self._poll is not None:
+            if self._poll is not None and not self._calm:
                 self._wait_briefly()
+            self._calm = False
             data = os.read(self.fd, max(self.chunk, need - len(self.buf)))
             if not data:
                 return False

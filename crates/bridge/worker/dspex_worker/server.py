@@ -277,6 +277,7 @@ class Worker:
                     self._inline(tag, cmd, msg)
                 else:
                     self._request(tag, msg)
+                    self.reader.block_next()
             elif kind == "ping":
                 self.writer.send(tag, pong_message(msg.get("seq"), len(self.in_flight)))
             elif kind == "cancel":
@@ -286,6 +287,7 @@ class Worker:
                     ctx.cancel()
             elif kind in ("lm_head", "lm_data", "lm_end", "lm_error") and lm_channel is not None:
                 lm_channel.deliver(msg)
+                self.reader.block_next()
             elif kind == "shutdown":
                 self._drain(float(msg.get("grace_ms", 5000)) / 1000.0)
                 return 0

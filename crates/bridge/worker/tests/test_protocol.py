@@ -139,6 +139,29 @@ def test_codec_helpers_reject_garbage():
         FrameReader(r).read()
 
 
+def test_a_spinning_reader_polls_first_unless_told_to_block():
+    r, w = os.pipe()
+    reader = FrameReader(r, spin_us=50_000)
+    polls = []
+    real = reader._wait_briefly
+    reader._wait_briefly = lambda: (polls.append(1), real())
+    os.write(w, encode_frame(JSON, {"n": 1}))
+    assert reader.read() == (JSON, {"n": 1})
+    assert len(polls) == 1
+    # Work was just handed to another thread: the next read blocks at once
+    # (a poll would hold the GIL that thread needs), and only that one.
+    reader.block_next()
+    os.write(w, encode_frame(JSON, {"n": 2}) + encode_frame(JSON, {"n": 3}))
+    assert reader.read() == (JSON, {"n": 2})
+    assert reader.read() == (JSON, {"n": 3})
+    assert len(polls) == 1, "neither read polled: the second frame was buffered"
+    os.write(w, encode_frame(JSON, {"n": 4}))
+    assert reader.read() == (JSON, {"n": 4})
+    assert len(polls) == 2
+    os.close(w)
+    assert reader.read() is None
+
+
 def _golden_frames() -> list:
     path = os.path.join(
         os.path.dirname(__file__), "..", "..", "..", "..", "tests", "fixtures", "protocol", "golden.json"
