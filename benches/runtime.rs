@@ -245,10 +245,14 @@ async fn run() {
     // 4. Cache hits, and 5. streaming first chunk: a fresh runtime on a fast LM.
     let lm_server = LmServer::start(OfflineResponder::new()).await.expect("LM");
     let lm = LmConfig::new("offline").with_base_url(lm_server.base_url()).with_api_key("bench").with_temperature(0.0);
+    // A second pool whose DSPy calls the LM itself, for the streaming rows.
+    let mut direct = common::pool("direct").size(1).standby(0);
+    direct.lm_calls = dspex::LmCalls::Direct;
     let runtime = Runtime::builder()
         .python(py())
         .lm(lm.clone())
         .pool(common::pool("general").size(1))
+        .pool(direct)
         .start()
         .await
         .expect("runtime");
@@ -290,8 +294,9 @@ async fn run() {
             bare.push(t, first, lm_first_byte());
         }
     }
-    let mut routes = [FirstChunks::default(), FirstChunks::default()];
-    for (route, out) in [RequestOptions::native(), RequestOptions::python()].into_iter().zip(routes.iter_mut()) {
+    let mut routes = [FirstChunks::default(), FirstChunks::default(), FirstChunks::default()];
+    let route_opts = [RequestOptions::native(), RequestOptions::python(), RequestOptions::python().pool("direct")];
+    for (route, out) in route_opts.into_iter().zip(routes.iter_mut()) {
         for i in 0..80 {
             lm_server.clear_requests();
             let t = Instant::now();
@@ -319,24 +324,25 @@ async fn run() {
         }
     }
     let [in_process, in_process_async] = in_process;
-    let [native_route, python_route] = routes;
+    let [native_route, python_route, python_direct] = routes;
     let lm = bare.ttfc();
     let row = |name: &str, c: &FirstChunks| {
         let ttfc = c.ttfc();
         format!("{name} {} (+{}; {} after the LM's first byte)", fmt_ns(ttfc), fmt_ns(ttfc - lm), fmt_ns(c.after_lm()))
     };
     println!(
-        "streaming, time to first chunk (p50): LM first byte through the bare client {} ({} after the server wrote it); {}; {}; {}; {}",
+        "streaming, time to first chunk (p50): LM first byte through the bare client {} ({} after the server wrote it); {}; {}; {}; {}; {}",
         fmt_ns(lm),
         fmt_ns(bare.after_lm()),
         row("through Runtime native", &native_route),
-        row("Python", &python_route),
+        row("Python (LM calls through the gateway)", &python_route),
+        row("Python, lm_calls = direct", &python_direct),
         row("DSPy streamify in-process, no dspex", &in_process),
         row("same, async program", &in_process_async),
     );
     results.insert(
         "streaming_first_chunk".into(),
-        json!({"lm_first_byte_ns": lm, "native_ns": native_route.ttfc(), "python_ns": python_route.ttfc(),
+        json!({"lm_first_byte_ns": lm, "native_ns": native_route.ttfc(), "python_ns": python_route.ttfc(), "python_direct_ns": python_direct.ttfc(),
                "dspy_in_process_ns": in_process.ttfc(),
                "native_overhead_ns": native_route.ttfc() - lm, "python_overhead_ns": python_route.ttfc() - lm,
                "dspy_in_process_overhead_ns": in_process.ttfc() - lm,

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use dspex_core::{Error, ErrorKind, Result};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tracing::debug;
 
 use super::Shared;
@@ -161,15 +161,36 @@ pub(super) async fn serve(shared: Arc<Shared>, gateway: Arc<dyn LmGateway>, id: 
             Ok(LmAnswer { status, headers, body: LmBody::Stream(mut body) }) => {
                 send(Message::LmHead { id, status, headers, body: None }).await?;
                 let mut text = Utf8Chunks::default();
-                while let Some(chunk) = body.next().await {
-                    match chunk {
-                        Ok(bytes) => {
-                            let data = text.push(&bytes);
-                            if !data.is_empty() {
-                                send(Message::LmData { id, data }).await?;
+                let mut ended = false;
+                while !ended {
+                    let mut bytes = match body.next().await {
+                        Some(Ok(bytes)) => bytes.to_vec(),
+                        Some(Err(e)) => return send(Message::LmError { id, error: wire_error(&e) }).await,
+                        None => break,
+                    };
+                    // What else has already arrived goes in the same frame:
+                    // a model's tokens often come back to back, and each
+                    // frame costs the worker a wake-up.
+                    let mut failed = None;
+                    while let Some(next) = body.next().now_or_never() {
+                        match next {
+                            Some(Ok(more)) => bytes.extend_from_slice(&more),
+                            Some(Err(e)) => {
+                                failed = Some(e);
+                                break;
+                            }
+                            None => {
+                                ended = true;
+                                break;
                             }
                         }
-                        Err(e) => return send(Message::LmError { id, error: wire_error(&e) }).await,
+                    }
+                    let data = text.push(&bytes);
+                    if !data.is_empty() {
+                        send(Message::LmData { id, data }).await?;
+                    }
+                    if let Some(e) = failed {
+                        return send(Message::LmError { id, error: wire_error(&e) }).await;
                     }
                 }
                 let data = text.finish();

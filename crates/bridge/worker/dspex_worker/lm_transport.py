@@ -11,6 +11,7 @@ import asyncio
 import http
 import logging
 import queue
+import sys
 
 import dspy
 from dspy._vendor.lm15 import transports as lm15_transports
@@ -133,6 +134,21 @@ class GatewayTransport(StdlibTransport):
         )
 
 
+if sys.version_info >= (3, 11):
+
+    async def _next(replies: asyncio.Queue, wait: float | None):
+        """The next reply, within ``wait`` seconds. ``asyncio.timeout`` bounds
+        the wait without a task per message (``wait_for`` makes one), and this
+        runs once per streamed piece."""
+        async with asyncio.timeout(wait):
+            return await replies.get()
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _next(replies: asyncio.Queue, wait: float | None):
+        return await asyncio.wait_for(replies.get(), wait)
+
+
 class _GatewayStream:
     """``async with transport.stream(request) as response`` through the runtime."""
 
@@ -150,7 +166,7 @@ class _GatewayStream:
         call_id, replies = self._ch.open(scope, self._request, _is_stream(self._request), loop=loop)
         wait = _wait_time(scope)
         try:
-            head = await asyncio.wait_for(replies.get(), wait)
+            head = await _next(replies, wait)
         except asyncio.TimeoutError:
             self._ch.close(call_id, cancel=True)
             raise GatewayError("timeout", "the LM gateway did not answer in time", True) from None
@@ -168,7 +184,7 @@ class _GatewayStream:
                 return
             while True:
                 try:
-                    msg = await asyncio.wait_for(replies.get(), wait)
+                    msg = await _next(replies, wait)
                 except asyncio.TimeoutError:
                     raise GatewayError("timeout", "the LM gateway stopped answering", True) from None
                 kind = msg["type"]
