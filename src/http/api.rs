@@ -35,6 +35,8 @@ pub(crate) struct State {
     pub(crate) programs: BTreeMap<String, ServedProgram>,
     pub(crate) pipelines: BTreeMap<String, Pipeline>,
     pub(crate) token: Option<String>,
+    /// Wrong bearer tokens, per client address.
+    pub(crate) auth_throttle: dspex_actors::token::AuthThrottle,
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) max_timeout: Duration,
     pub(crate) max_body: usize,
@@ -387,13 +389,36 @@ pub(crate) async fn edge(
     if let Some(token) = state.token.as_deref().filter(|_| !is_public(req.uri().path())) {
         let given =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        // Wrong tokens are throttled per client address (behind a proxy,
+        // the proxy's: it should authenticate itself).
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "-".to_string(), |c| c.0.ip().to_string());
+        if given.is_some() {
+            if let Err(wait) = state.auth_throttle.check(&peer) {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let msg = format!("too many wrong bearer tokens from {peer}: try again in {secs} s");
+                let mut response =
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorKind::RateLimited, msg).into_response();
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                return echo(response);
+            }
+        }
         if !given.is_some_and(|g| dspex_actors::token::matches(g.trim(), token)) {
             let why = if given.is_some() {
+                tracing::warn!(target: "dspex::http", peer = %peer, "wrong bearer token");
+                state.auth_throttle.failed(&peer);
                 "the bearer token is wrong"
             } else {
                 "this API needs Authorization: Bearer <token>"
             };
             return echo(ApiError::new(StatusCode::UNAUTHORIZED, ErrorKind::InvalidRequest, why).into_response());
+        }
+        if given.is_some() {
+            state.auth_throttle.succeeded(&peer);
         }
     }
     let timeout = match timeout(headers, state.max_timeout) {

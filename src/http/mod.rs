@@ -17,8 +17,10 @@
 //! Every failure is one HTTP status and the same JSON body the CLI prints
 //! (`{"error": {"kind", "message", "retryable", "context"}}`, see
 //! [`ErrorReply`](crate::ErrorReply)). With a token, every request but the
-//! health checks needs `Authorization: Bearer <token>`; without one the API
-//! only listens on loopback. `X-Dspex-Timeout-Ms` sets a request's deadline
+//! health checks needs `Authorization: Bearer <token>` (after five wrong
+//! tokens a client address waits before each further try, 250 ms doubling
+//! to a minute, and is answered `429` with `Retry-After` meanwhile); without
+//! one the API only listens on loopback. `X-Dspex-Timeout-Ms` sets a request's deadline
 //! (capped by `max_timeout_ms`); `X-Request-Id` and `traceparent` are taken
 //! as the request's trace id and echoed. Past `max_in_flight` requests, or
 //! past `max_in_flight` requests are shed with `429`, and when a pool's
@@ -169,6 +171,7 @@ impl HttpApi {
             programs: self.programs.into_iter().map(|(k, p)| (k, api::ServedProgram::new(p))).collect(),
             pipelines: self.pipelines,
             token: token.clone(),
+            auth_throttle: dspex_actors::token::AuthThrottle::new(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(self.config.max_in_flight.max(1))),
             max_timeout: Duration::from_millis(self.config.max_timeout_ms.max(1)),
             max_body: self.config.max_body_bytes,

@@ -343,6 +343,15 @@ fn a_tcp_console_needs_its_token() {
     let (code, v) = run(Some("s3cret-token"));
     assert_eq!(code, 0, "{v}");
     assert_eq!(v[0]["name"], "general");
+    // Guessing is throttled per address, across connections.
+    for _ in 0..6 {
+        assert_eq!(run(Some("wrong-token!")).0, 2);
+    }
+    let (code, v) = run(Some("s3cret-token"));
+    assert_eq!(code, 2, "{v}");
+    assert_eq!(v["error"]["kind"], "rate_limited", "{v}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(run(Some("s3cret-token")).0, 0, "after the wait");
     assert_eq!(serve.stop(), 0);
 }
 

@@ -264,9 +264,21 @@ fn a_token_file_guards_everything_but_the_health_checks() {
         let r = send(post(&c, run.clone(), &question).bearer_auth("wrong-token-of-some-length")).await;
         assert_error(&r, 401, "invalid_request");
         assert_error(&send(c.get(format!("{base}/openapi.json"))).await, 401, "invalid_request");
-        let r = send(post(&c, run, &question).bearer_auth(&token)).await;
+        let r = send(post(&c, run.clone(), &question).bearer_auth(&token)).await;
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(send(c.get(format!("{base}/healthz"))).await.status, 200, "health checks need no token");
+        // Guessing is throttled: after five wrong tokens this address waits,
+        // even with the right one, and is told how long.
+        for _ in 0..6 {
+            let r = send(post(&c, run.clone(), &question).bearer_auth("wrong-token-of-some-length")).await;
+            assert_error(&r, 401, "invalid_request");
+        }
+        let r = send(post(&c, run.clone(), &question).bearer_auth(&token)).await;
+        assert_error(&r, 429, "rate_limited");
+        assert_eq!(r.headers["retry-after"], "1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = send(post(&c, run, &question).bearer_auth(&token)).await;
+        assert_eq!(r.status, 200, "after the wait: {}", r.text);
         assert_eq!(send(c.get(format!("{base}/readyz"))).await.status, 200);
         server.stop(Duration::from_secs(2)).await;
 

@@ -29,6 +29,7 @@ mod pipelines;
 mod real_lm;
 mod robustness;
 mod runtime;
+mod secrets;
 mod sessions;
 mod supervision;
 mod support;

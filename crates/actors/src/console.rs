@@ -18,8 +18,12 @@
 //! limits it to its owner; commands that change something (`kill`,
 //! `restart`, `scale`) always need the token. On a unix socket the token is
 //! in `<socket>.token` (mode 0600), which `dspex console` reads; on TCP it
-//! must be given, and every command needs it. A malformed request gets an
-//! error reply and the connection stays open.
+//! must be given, and every command needs it. Wrong tokens are throttled
+//! (per peer address on TCP, per connection on the socket): after five, each
+//! further attempt waits, from 250 ms doubling to a minute, and one sent
+//! sooner is refused with `rate_limited` unchecked
+//! ([`AuthThrottle`](crate::token::AuthThrottle)). A malformed request gets
+//! an error reply and the connection stays open.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -187,17 +191,35 @@ impl Listener {
     /// aborted. A failed accept (out of file descriptors, say) is logged and
     /// retried shortly rather than ending the console.
     fn serve(self, rt: WeakRuntime, token: String) -> tokio::task::JoinHandle<()> {
+        // Wrong tokens are throttled per TCP peer address, and per
+        // connection on the unix socket (whose peers are this machine's
+        // users with access to the socket file).
+        let throttle = Arc::new(crate::token::AuthThrottle::new());
         tokio::spawn(async move {
+            let mut connections = 0u64;
             loop {
+                connections += 1;
                 let accepted = match &self {
                     Listener::Unix(l) => l.accept().await.map(|(stream, _)| {
                         let (r, w) = stream.into_split();
-                        tokio::spawn(serve(rt.clone(), r, w, token.clone(), false));
+                        let auth = Auth {
+                            token: token.clone(),
+                            tcp: false,
+                            throttle: throttle.clone(),
+                            peer: format!("unix:{connections}"),
+                        };
+                        tokio::spawn(serve(rt.clone(), r, w, auth));
                     }),
-                    Listener::Tcp(l) => l.accept().await.map(|(stream, _)| {
+                    Listener::Tcp(l) => l.accept().await.map(|(stream, peer)| {
                         let _ = stream.set_nodelay(true);
                         let (r, w) = stream.into_split();
-                        tokio::spawn(serve(rt.clone(), r, w, token.clone(), true));
+                        let auth = Auth {
+                            token: token.clone(),
+                            tcp: true,
+                            throttle: throttle.clone(),
+                            peer: format!("tcp:{}", peer.ip()),
+                        };
+                        tokio::spawn(serve(rt.clone(), r, w, auth));
                     }),
                 };
                 if let Err(e) = accepted {
@@ -232,7 +254,40 @@ pub fn default_socket() -> PathBuf {
     dspex_bridge::runtime_dir().join("console.sock")
 }
 
-async fn serve<R, W>(rt: WeakRuntime, read: R, mut write: W, token: String, tcp: bool)
+/// What a connection needs to check tokens.
+struct Auth {
+    token: String,
+    /// Every command needs the token (TCP), not only the mutating ones.
+    tcp: bool,
+    throttle: Arc<crate::token::AuthThrottle>,
+    /// The key failures are counted under.
+    peer: String,
+}
+
+impl Auth {
+    /// Whether `given` is the token; a wrong one counts against the peer,
+    /// which is refused unchecked while it must wait.
+    fn check(&self, given: Option<&str>) -> std::result::Result<bool, Error> {
+        let Some(given) = given else { return Ok(false) };
+        if let Err(wait) = self.throttle.check(&self.peer) {
+            return Err(Error::new(
+                ErrorKind::RateLimited,
+                format!("too many wrong console tokens from here: try again in {} ms", wait.as_millis().max(1)),
+            )
+            .with_retryable(true));
+        }
+        if crate::token::matches(given, &self.token) {
+            self.throttle.succeeded(&self.peer);
+            Ok(true)
+        } else {
+            warn!(peer = %self.peer, "wrong console token");
+            self.throttle.failed(&self.peer);
+            Ok(false)
+        }
+    }
+}
+
+async fn serve<R, W>(rt: WeakRuntime, read: R, mut write: W, auth: Auth)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -273,12 +328,17 @@ where
                 continue;
             }
         };
-        let authorized = req.token.as_deref().is_some_and(|t| crate::token::matches(t, &token));
-        if (tcp || MUTATING.contains(&req.cmd.as_str())) && !authorized {
-            let err = Error::new(
+        let needs_token = auth.tcp || MUTATING.contains(&req.cmd.as_str());
+        let authorized = if needs_token { auth.check(req.token.as_deref()) } else { Ok(true) };
+        let refusal = match authorized {
+            Ok(true) => None,
+            Ok(false) => Some(Error::new(
                 ErrorKind::InvalidRequest,
                 format!("`{}` needs the console token (see the console docs)", req.cmd),
-            );
+            )),
+            Err(throttled) => Some(throttled),
+        };
+        if let Some(err) = refusal {
             if reply(&mut write, &req.id, Err(err)).await.is_err() {
                 return;
             }

@@ -437,7 +437,7 @@ impl Dispatcher {
     }
 
     /// The `dspy.run` / `dspy.stream` arguments of a request.
-    pub(crate) fn run_args(&self, req: &Request) -> Value {
+    pub(crate) fn run_args(&self, req: &Request) -> Result<Value> {
         let program = &req.program;
         let config = &req.ctx.options.config;
         let mut wire = program.wire().clone();
@@ -450,16 +450,16 @@ impl Dispatcher {
                 }
             }
         }
-        commands::to_args(&RunArgs {
+        Ok(commands::to_args(&RunArgs {
             program: wire,
             inputs: req.inputs.clone(),
-            lm: self.shared.lms.python_for(program),
-        })
+            lm: self.shared.lms.python_for(program)?,
+        }))
     }
 
     async fn run_pool(&self, req: &Request, pool: &str) -> Result<Output> {
         let reply =
-            self.pool_call(pool, commands::RUN, self.run_args(req), &PoolCallOptions::for_request(&req.ctx)).await?;
+            self.pool_call(pool, commands::RUN, self.run_args(req)?, &PoolCallOptions::for_request(&req.ctx)).await?;
         let (value, ran) = reply.into_parts();
         python_output(&req.ctx, Route::Python(pool.to_string()), value, ran)
     }
@@ -518,7 +518,7 @@ impl Dispatcher {
         let Route::Python(pool) = &route else { return Err(Error::internal("a stream plan with no route")) };
         let (telemetry, op) = (self.shared.telemetry.clone(), req.program.op());
         let opts = PoolCallOptions { idempotent: false, ..PoolCallOptions::for_request(&req.ctx) };
-        let placed = self.pool_stream(pool, commands::STREAM, self.run_args(&req), &opts).await?;
+        let placed = self.pool_stream(pool, commands::STREAM, self.run_args(&req)?, &opts).await?;
         let (worker, pid, queue, node) = (placed.worker, placed.pid, placed.queue, placed.node);
         let inner = placed.items;
         let sent = Instant::now();

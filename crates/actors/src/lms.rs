@@ -44,14 +44,16 @@ impl std::fmt::Debug for Lms {
     }
 }
 
-/// The LM as Python workers describe it.
+/// The LM as Python workers describe it (its API key in clear: the worker
+/// sends it). An API key only known here by its fingerprint sends none;
+/// [`Lms::python_for`] refuses such a program.
 pub fn python_lm_spec(lm: &LmConfig) -> Value {
     let mut m = Map::new();
     m.insert("model".into(), lm.model.clone().into());
     if let Some(u) = &lm.base_url {
         m.insert("base_url".into(), u.clone().into());
     }
-    if let Some(k) = &lm.api_key {
+    if let Some(k) = lm.api_key.as_ref().filter(|k| k.resolved()) {
         m.insert("api_key".into(), k.expose().into());
     }
     if let Some(t) = lm.temperature {
@@ -111,10 +113,15 @@ impl Lms {
     }
 
     /// What a Python worker gets as `lm` for `program`.
-    pub(crate) fn python_for(&self, program: &Program) -> Value {
+    pub(crate) fn python_for(&self, program: &Program) -> dspex_core::Result<Value> {
         match &program.spec().lm {
-            Some(cfg) => python_lm_spec(cfg),
-            None => self.python.clone().unwrap_or(Value::Null),
+            Some(cfg) => {
+                if let Some(key) = &cfg.api_key {
+                    key.require("the program's LM API key")?;
+                }
+                Ok(python_lm_spec(cfg))
+            }
+            None => Ok(self.python.clone().unwrap_or(Value::Null)),
         }
     }
 

@@ -15,10 +15,10 @@ pub(crate) async fn connect(config: &ClusterConfig) -> Result<async_nats::Client
         .name(format!("dspex:{}:{}", config.name, config.node))
         .connection_timeout(Duration::from_secs(5));
     if let Some(t) = &config.token {
-        opts = opts.token(t.expose().to_string());
+        opts = opts.token(t.require("[cluster] token")?.to_string());
     }
     if let (Some(u), Some(p)) = (&config.user, &config.password) {
-        opts = opts.user_and_password(u.clone(), p.expose().to_string());
+        opts = opts.user_and_password(u.clone(), p.require("[cluster] password")?.to_string());
     }
     if let Some(path) = &config.nkey_seed_file {
         let seed = std::fs::read_to_string(path).map_err(|e| {

@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod hash;
 pub mod program;
 pub mod runtime_config;
+pub mod secret;
 pub mod signature;
 pub mod telemetry;
 pub mod trace;

@@ -470,7 +470,7 @@ impl Runtime {
         let args = commands::to_args(&ParallelArgs {
             program: program.wire().clone(),
             inputs,
-            lm: d.lms().python_for(program),
+            lm: d.lms().python_for(program)?,
             num_threads: num_threads.max(1),
         });
         let out = d.call(&pool, commands::PARALLEL, args, &d.context(opts, false)).await?;
@@ -506,7 +506,7 @@ impl Runtime {
             program: req.program.wire().clone(),
             trainset: req.trainset,
             metric: req.metric,
-            lm: d.lms().python_for(&req.program),
+            lm: d.lms().python_for(&req.program)?,
             params: req.params,
             compile_params: req.compile_params,
             input_keys: req.input_keys,
@@ -536,7 +536,7 @@ impl Runtime {
         let pool = req.pool.clone().unwrap_or_else(|| d.default_pool());
         let args = commands::to_args(&EvaluateArgs {
             program: req.program.wire().clone(),
-            lm: d.lms().python_for(&req.program),
+            lm: d.lms().python_for(&req.program)?,
             devset: req.devset,
             metric: req.metric,
             input_keys: req.input_keys,

@@ -194,14 +194,17 @@ impl PinnedWorker<'_> {
             }
             let result = match failure {
                 Some(e) => Err(e),
-                None => {
-                    let args = commands::to_args(&SessionRunArgs {
-                        name: self.name.to_string(),
-                        inputs: req.inputs.clone(),
-                        lm: self.sessions.dispatcher.lms().python_for(&req.program),
-                    });
-                    pool.call(commands::SESSION_RUN, args, &popts).await
-                }
+                None => match self.sessions.dispatcher.lms().python_for(&req.program) {
+                    Ok(lm) => {
+                        let args = commands::to_args(&SessionRunArgs {
+                            name: self.name.to_string(),
+                            inputs: req.inputs.clone(),
+                            lm,
+                        });
+                        pool.call(commands::SESSION_RUN, args, &popts).await
+                    }
+                    Err(e) => Err(e),
+                },
             };
             match result {
                 Ok(reply) => {

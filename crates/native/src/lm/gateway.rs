@@ -1427,7 +1427,10 @@ fn fallback_call(call: &HttpCall, target: &dspex_core::LmConfig) -> HttpCall {
     }
     call.headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
     if let Some(key) = &target.api_key {
-        call.headers.push(("Authorization".into(), format!("Bearer {}", key.expose())));
+        // An unresolved key sends none: the fallback answers 401, classified.
+        if key.resolved() {
+            call.headers.push(("Authorization".into(), format!("Bearer {}", key.expose())));
+        }
     }
     call
 }

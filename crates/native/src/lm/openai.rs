@@ -136,7 +136,7 @@ impl OpenAiClient {
             gateway: Gateway::passthrough(),
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
             model,
-            api_key: config.api_key.as_ref().map(|k| k.expose().to_string()),
+            api_key: config.api_key.as_ref().map(|k| k.require("the LM's API key").map(str::to_string)).transpose()?,
             defaults,
             max_retries: config.max_retries,
             attempt_timeout: config.timeout(),
