@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dspex::actors::console::{default_socket, token_file, COMMANDS, MUTATING};
+use dspex::actors::console::{default_socket, token_file, ConsoleRequest, COMMANDS, MUTATING};
 use dspex::Value;
 use rustyline::completion::{Completer, Pair};
 use rustyline::highlight::Highlighter;
@@ -105,11 +105,9 @@ impl Client {
     fn send(&mut self, cmd: &str, args: &[String]) -> Result<u64, Failure> {
         let id = self.next_id;
         self.next_id += 1;
-        let mut req = json!({"id": id, "cmd": cmd, "args": args});
-        if let Some(t) = &self.token {
-            req["token"] = json!(t);
-        }
-        let line = format!("{req}\n");
+        let mut req = ConsoleRequest::new(id, cmd, args);
+        req.token = self.token.clone();
+        let line = req.to_line();
         self.writer.write_all(line.as_bytes()).map_err(|e| Failure::io(format!("console connection lost: {e}")))?;
         Ok(id)
     }

@@ -10,6 +10,8 @@ mod cluster_sessions;
 mod console;
 mod docs;
 mod dspy_parity;
+mod exhaustion;
+mod fuzz_corpus;
 mod gateway;
 mod http;
 mod lm_client;

@@ -160,10 +160,24 @@ impl ServeNode {
 
     /// Start `dspex serve` with these runtime settings (TOML).
     pub fn with_config(bin: &str, node: &str, toml: &str) -> ServeNode {
+        ServeNode::with_config_in(bin, node, toml, None)
+    }
+
+    /// [`ServeNode::with_config`] inside network namespace `netns`.
+    pub fn with_config_in(bin: &str, node: &str, toml: &str, netns: Option<&str>) -> ServeNode {
         let dir = temp_dir(&format!("node-{node}"));
         let config = dir.join("runtime.toml");
         std::fs::write(&config, toml).expect("write the node's config");
-        let mut child = Command::new(bin)
+        let mut command = match netns {
+            // `ip netns exec` execs the binary: the child's pid is the node's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .arg("serve")
             .arg(&config)
             .arg("--console-socket")

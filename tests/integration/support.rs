@@ -141,6 +141,11 @@ impl Serve {
         Serve { child, ready }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then its exit code.
     pub fn stop(mut self) -> i32 {
         // SAFETY: kill(2) on our own child.

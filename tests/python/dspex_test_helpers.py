@@ -39,3 +39,45 @@ def short_answer(args, pred) -> float:
 def floats(ctx, n: int):
     """A reply of `n` floats (i / 2): large and columnar."""
     return [i / 2 for i in range(n)]
+
+
+# Hostile commands for the resource-exhaustion tests (tests/integration/exhaustion.rs).
+
+
+@command("test.regex_spin")
+def regex_spin(ctx, n: int = 40):
+    """Spin in C with the GIL held (catastrophic backtracking): ignores
+    cancel, deadlines and heartbeats until the runtime kills the process."""
+    import re
+
+    return {"matched": re.match(r"(a+)+$", "a" * n + "b") is not None}
+
+
+@command("test.flood")
+def flood(ctx, megabytes: int = 64, newlines: bool = False):
+    """Write garbage to stdout and stderr as fast as the pipes take it."""
+    chunk = os.urandom(64 * 1024)
+    if not newlines:
+        chunk = chunk.replace(b"\n", b"x")
+    written = 0
+    while written < megabytes * 1024 * 1024:
+        os.write(1, chunk)
+        os.write(2, chunk)
+        written += len(chunk)
+    return {"written": written}
+
+
+@command("test.garbage_frames")
+def garbage_frames(ctx, megabytes: int = 4):
+    """Write garbage on the response pipe, where only frames belong."""
+    fd = int(os.environ["DSPEX_RESP_FD"])
+    junk = os.urandom(1024 * 1024)
+    for _ in range(megabytes):
+        os.write(fd, junk)
+    return {"unreachable": True}
+
+
+@command("test.big")
+def big(ctx, megabytes: int = 1):
+    """A result of `megabytes` MiB (frame-limit tests)."""
+    return {"text": "z" * (megabytes * 1024 * 1024)}

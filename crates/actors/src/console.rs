@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dspex_core::{Error, ErrorKind, Result, Value};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tracing::{debug, info, warn};
@@ -81,18 +81,68 @@ pub const COMMANDS: &[(&str, &str)] = &[
 /// must not send one again on its own after a lost connection (it may have
 /// run).
 pub const MUTATING: &[&str] = &["kill", "restart", "scale", "drain"];
-const MAX_LINE: usize = 64 * 1024;
+/// The longest request line the console reads (64 KiB, the newline aside).
+pub const MAX_LINE: usize = 64 * 1024;
 
-#[derive(Debug, Deserialize)]
+/// One console request line: the one definition both the endpoint and the
+/// `dspex console` client use.
+///
+/// ```
+/// use dspex_actors::console::ConsoleRequest;
+///
+/// let req = ConsoleRequest::new(7, "session", &["s1".to_string()]);
+/// let line = req.to_line();
+/// assert_eq!(ConsoleRequest::parse(line.as_bytes()).unwrap().unwrap().cmd, "session");
+/// assert!(ConsoleRequest::parse(b"{\"cmd\": 1}").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Request {
+pub struct ConsoleRequest {
+    /// Echoed in the reply; any JSON value.
     #[serde(default)]
-    id: Value,
-    cmd: String,
+    pub id: Value,
+    /// The command (`tree`, `session`, `kill`, …).
+    pub cmd: String,
+    /// Its arguments.
     #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    token: Option<String>,
+    pub args: Vec<String>,
+    /// The console token, for the commands that need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl ConsoleRequest {
+    /// A request for `cmd` with `args` and no token.
+    pub fn new(id: u64, cmd: &str, args: &[String]) -> ConsoleRequest {
+        ConsoleRequest { id: Value::from(id), cmd: cmd.to_string(), args: args.to_vec(), token: None }
+    }
+
+    /// The request as one line, newline included.
+    pub fn to_line(&self) -> String {
+        // A struct of strings and a JSON value always serializes.
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+
+    /// Read one request line (trailing newline optional). Invalid UTF-8 is
+    /// replaced, not refused, so the error can still name what was wrong.
+    /// `Ok(None)`: a blank line, which the console ignores.
+    pub fn parse(line: &[u8]) -> Result<Option<ConsoleRequest>> {
+        if line.len() > MAX_LINE + 1 {
+            return Err(Error::invalid_request("request line too long"));
+        }
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(text).map(Some).map_err(|e| {
+            Error::invalid_request(format!(
+                "malformed console request ({e}); send {{\"cmd\": \"help\"}} for the commands"
+            ))
+        })
+    }
 }
 
 /// A running console endpoint. Dropping it stops it and removes the socket.
@@ -312,16 +362,10 @@ where
             }
             continue;
         }
-        let text = String::from_utf8_lossy(&buf);
-        if text.trim().is_empty() {
-            continue;
-        }
-        let req: Request = match serde_json::from_str(text.trim()) {
-            Ok(r) => r,
-            Err(e) => {
-                let err = Error::invalid_request(format!(
-                    "malformed console request ({e}); send {{\"cmd\": \"help\"}} for the commands"
-                ));
+        let req = match ConsoleRequest::parse(&buf) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(err) => {
                 if reply(&mut write, &Value::Null, Err(err)).await.is_err() {
                     return;
                 }

@@ -541,16 +541,56 @@ impl DynamicSupervisor {
 
     /// Start `child` under this supervisor.
     pub(crate) async fn add(&self, child: ChildSpec) -> dspex_core::Result<()> {
-        let sup = self.get().await?;
-        Supervisor::add_child(&sup, child).await.map_err(dspex_core::Error::internal)
+        self.start(child, false).await
     }
 
     /// Start `child` in place of any child of the same name (one that was
     /// told to stop and is still stopping: waited for and removed first).
     pub(crate) async fn replace(&self, child: ChildSpec) -> dspex_core::Result<()> {
-        let sup = self.get().await?;
-        Supervisor::remove_child(&sup, &child.name).await.map_err(dspex_core::Error::internal)?;
-        Supervisor::add_child(&sup, child).await.map_err(dspex_core::Error::internal)
+        self.start(child, true).await
+    }
+
+    /// Start `child`; when the supervisor is being restarted by its parent
+    /// (it escalated), wait for the new one for up to a second, then fail
+    /// with a retryable `overloaded` error rather than an internal one.
+    async fn start(&self, child: ChildSpec, replace: bool) -> dspex_core::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let sup = match self.get().await {
+                Ok(sup) => Some(sup),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => None,
+            };
+            if let Some(sup) = sup {
+                let removed = if replace {
+                    ractor::call_t!(sup, SupervisorMsg::RemoveChild, 60_000, child.name.clone()).map(|_| ())
+                } else {
+                    Ok(())
+                };
+                let added = match removed {
+                    Ok(()) => ractor::call_t!(sup, SupervisorMsg::AddChild, 120_000, child.clone()),
+                    Err(e) => Err(e),
+                };
+                match added {
+                    Ok(started) => return started.map_err(dspex_core::Error::internal),
+                    // The supervisor stopped under the call: look it up again.
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(self.unavailable(&e.to_string()));
+                    }
+                    Err(_) => {}
+                }
+            }
+            *self.current.lock() = None;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn unavailable(&self, why: &str) -> dspex_core::Error {
+        dspex_core::Error::new(
+            dspex_core::ErrorKind::Overloaded,
+            format!("the {} supervisor is restarting ({why}); retry shortly", self.name),
+        )
+        .with_retryable(true)
     }
 
     async fn get(&self) -> dspex_core::Result<ActorRef<SupervisorMsg>> {
@@ -558,9 +598,8 @@ impl DynamicSupervisor {
         if let Some(r) = cached.filter(|r| r.get_status() == ractor::ActorStatus::Running) {
             return Ok(r);
         }
-        let found = Supervisor::child_supervisor(&self.root, self.name).await.ok_or_else(|| {
-            dspex_core::Error::internal(format!("the {} supervisor is not running", self.name)).with_retryable(true)
-        })?;
+        let found =
+            Supervisor::child_supervisor(&self.root, self.name).await.ok_or_else(|| self.unavailable("not running"))?;
         *self.current.lock() = Some(found.clone());
         Ok(found)
     }

@@ -51,6 +51,9 @@ mod serve;
 mod sessions;
 mod wire;
 
+#[doc(hidden)]
+pub use wire::decode_untrusted;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -113,7 +113,42 @@ pub(crate) fn encode<T: Serialize>(msg: &T) -> Result<bytes::Bytes> {
 
 /// Decode a payload; what a peer sent is never trusted to be well formed.
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
-    rmp_serde::from_slice(bytes).map_err(|e| Error::new(ErrorKind::Protocol, format!("malformed cluster message: {e}")))
+    dspex_core::wire::from_msgpack(bytes)
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("malformed cluster message: {e}")))
+}
+
+/// Read `bytes` as each payload a node takes from its peers — the four
+/// messages, a cancel, and the JSON entries of the membership, sessions and
+/// gateway buckets — as the node reads them, and encode again whatever was
+/// accepted. For the fuzzer (`fuzz/`), not an API; returns how many kinds
+/// accepted the bytes. An error is expected; a panic, a hang or an
+/// unbounded allocation is the bug the fuzzer looks for.
+#[doc(hidden)]
+pub fn decode_untrusted(bytes: &[u8]) -> usize {
+    fn again<T: Serialize>(msg: Result<T>) -> usize {
+        match msg {
+            Ok(msg) => {
+                // What a node decoded it must be able to send on.
+                let _ = encode(&msg);
+                1
+            }
+            Err(_) => 0,
+        }
+    }
+    fn json<T: for<'a> Deserialize<'a> + Serialize>(bytes: &[u8]) -> usize {
+        match serde_json::from_slice::<T>(bytes) {
+            Ok(entry) => usize::from(serde_json::to_vec(&entry).is_ok()),
+            Err(_) => 0,
+        }
+    }
+    again(decode::<CallRequest>(bytes))
+        + again(decode::<Reply>(bytes))
+        + again(decode::<SessionRequest>(bytes))
+        + again(decode::<SessionReply>(bytes))
+        + again(decode::<Cancel>(bytes))
+        + json::<dspex_core::NodeStatus>(bytes)
+        + json::<dspex_actors::StoredSession>(bytes)
+        + json::<dspex_core::GatewayShare>(bytes)
 }
 
 /// Subjects and buckets of one cluster.

@@ -176,6 +176,11 @@ pub struct PoolConfig {
     /// Address-space limit per worker, in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_mb: Option<u64>,
+    /// Largest message to or from a worker, in MiB (64 by default; at most
+    /// 4095). A request over it is refused with `invalid_request` before it
+    /// is sent, a result over it comes back as that error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame_mb: Option<u64>,
     /// CPU priority (`nice`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nice: Option<i32>,
@@ -295,6 +300,7 @@ impl PoolConfig {
             max_queue: default_max_queue(),
             queue_timeout_ms: default_queue_timeout(),
             memory_limit_mb: None,
+            max_frame_mb: None,
             nice: None,
             cpu_affinity: None,
             gpus: Vec::new(),

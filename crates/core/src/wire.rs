@@ -1,4 +1,5 @@
-//! Serde helpers for numbers that arrive as JSON from other programs.
+//! Serde helpers for what arrives from other programs: numbers in JSON,
+//! and MessagePack with bounded nesting.
 //!
 //! JSON has one number type: `30.0` is as whole as `30` (JSON Schema's
 //! `integer` accepts both), so a whole-number field takes either and
@@ -81,4 +82,25 @@ pub mod opt_millis {
         let ms = v.map(|d| d.as_millis().min(u64::MAX as u128) as u64);
         serde::Serialize::serialize(&ms, s)
     }
+}
+
+/// How deeply a MessagePack payload from another process (a worker, a
+/// cluster peer) may nest maps and arrays: serde_json's own limit. Decoding
+/// recurses, so a peer's `[[[[…` must be refused before it overflows the
+/// stack.
+pub const MAX_MSGPACK_DEPTH: usize = 128;
+
+/// Decode MessagePack from another process, nesting at most
+/// [`MAX_MSGPACK_DEPTH`] deep.
+///
+/// ```
+/// let deep = [vec![0x91u8; 1000], vec![0xc0]].concat(); // [[[…[nil]…]]]
+/// assert!(dspex_core::wire::from_msgpack::<serde_json::Value>(&deep).is_err());
+/// let v: serde_json::Value = dspex_core::wire::from_msgpack(&[0x92, 0x01, 0xc3]).unwrap();
+/// assert_eq!(v, serde_json::json!([1, true]));
+/// ```
+pub fn from_msgpack<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_MSGPACK_DEPTH);
+    T::deserialize(&mut de)
 }

@@ -88,6 +88,10 @@ pub(super) fn worker_config(shared: &PoolShared, name: &str, index: usize) -> Wo
         w.env.push((k.clone(), v.clone()));
     }
     w.concurrency = cfg.concurrency.max(1);
+    if let Some(mb) = cfg.max_frame_mb {
+        // The length prefix is 32 bits.
+        w.max_frame = usize::try_from(mb.clamp(1, 4095) * 1024 * 1024).unwrap_or(w.max_frame);
+    }
     w.limits = ChildLimits {
         address_space: cfg.memory_limit_mb.map(|mb| mb * 1024 * 1024),
         nice: cfg.nice,

@@ -234,6 +234,10 @@ pub struct SessionInfo {
     pub rebuilds: u64,
     /// Idle time so far, in milliseconds.
     pub idle_ms: u64,
+    /// Why the last snapshot write failed (a full disk, say), until one
+    /// succeeds again; the session goes on in memory meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_error: Option<String>,
 }
 
 /// What a runtime found in its snapshot directory at start.
@@ -263,6 +267,8 @@ struct SessionShared {
     /// The cluster store's revision of this node's last write (`None`: the
     /// session is not stored in a cluster).
     revision: Mutex<Option<u64>>,
+    /// The last snapshot write's failure, cleared by the next success.
+    snapshot_error: Mutex<Option<String>>,
 }
 
 impl SessionShared {
@@ -280,6 +286,7 @@ impl SessionShared {
             worker: self.pinned.lock().as_ref().map(|p| p.2.clone()),
             rebuilds: self.rebuilds.load(Ordering::Relaxed),
             idle_ms: self.last_active.lock().elapsed().as_millis() as u64,
+            snapshot_error: self.snapshot_error.lock().clone(),
         }
     }
 }
@@ -308,7 +315,7 @@ impl Shared {
     /// this one did — the session is then dropped here, it lives elsewhere).
     async fn persist(&self, session: &SessionShared) -> Result<()> {
         let state = session.state.lock().clone();
-        self.snapshot(&state);
+        self.snapshot(session, &state);
         let revision = *session.revision.lock();
         let (Some(revision), Some(cluster)) = (revision, self.dispatcher.cluster()) else { return Ok(()) };
         match cluster.session_store(cluster.node(), &state, Some(revision)).await {
@@ -345,10 +352,34 @@ impl Shared {
         Ok(())
     }
 
-    /// Write the snapshot file, when sessions have a snapshot directory.
-    fn snapshot(&self, state: &SessionState) {
-        if let Some(dir) = &self.config.snapshot_dir {
-            snapshot::persist(dir, state);
+    /// Write the snapshot file, when sessions have a snapshot directory. A
+    /// failure is reported (a warning, an `error` event, the session's
+    /// `snapshot_error`) but does not fail the request: its state is in
+    /// memory, and the next write that succeeds covers it.
+    fn snapshot(&self, session: &SessionShared, state: &SessionState) {
+        let Some(dir) = &self.config.snapshot_dir else { return };
+        let failed = snapshot::persist(dir, state).err();
+        let mut last = session.snapshot_error.lock();
+        match failed {
+            Some(e) => {
+                if last.is_none() {
+                    warn!(session = %state.id, error = %e, "cannot write the session snapshot");
+                }
+                self.dispatcher.telemetry().emit(
+                    None,
+                    EventKind::Error {
+                        op: format!("session.snapshot {}", state.id),
+                        kind: e.kind(),
+                        message: e.message().to_string(),
+                    },
+                );
+                *last = Some(e.message().to_string());
+            }
+            None => {
+                if last.take().is_some() {
+                    info!(session = %state.id, "session snapshots are written again");
+                }
+            }
         }
     }
 
@@ -373,7 +404,10 @@ impl Shared {
             EventKind::Lifecycle { actor: format!("session:{id}"), what: why.into(), detail: String::new() },
         );
         if let Some(actor) = session.actor.lock().clone() {
-            actor.stop(Some(why.into()));
+            // A normal stop: the session ended on purpose (the event above
+            // says why), so its supervisor neither restarts it nor counts
+            // it against the restart intensity.
+            actor.stop(None);
         }
     }
 }
@@ -507,6 +541,7 @@ impl Sessions {
             actor: Mutex::new(None),
             sessions: Arc::downgrade(&self.shared),
             revision: Mutex::new(revision),
+            snapshot_error: Mutex::new(None),
         });
         let start_session = session.clone();
         let start: crate::supervisor::StartFn = Arc::new(move |parent, _name| {
@@ -545,7 +580,8 @@ impl Sessions {
             .map_err(|e| Error::internal(format!("cannot start session {id}: {}", e.message())).with_session(&id))?;
         self.shared.entries.lock().insert(id.clone(), session.clone());
         if fresh {
-            self.shared.snapshot(&session.state.lock().clone());
+            let state = session.state.lock().clone();
+            self.shared.snapshot(&session, &state);
         }
         self.shared.dispatcher.telemetry().emit(
             None,

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 
 use dspex_core::{Error, ErrorKind, Result};
-use tracing::warn;
 
 use super::SessionState;
 
@@ -55,12 +54,15 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<SessionState> {
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
         f.write_all(bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        // A full disk leaves no partial file behind; the last snapshot stays.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
         let _ = dir.sync_all();
     }
@@ -72,17 +74,19 @@ pub(crate) fn snapshot_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.session"))
 }
 
-/// Write `state`'s snapshot under `dir`; a failure is logged, not fatal:
-/// the session goes on in memory.
-pub(crate) fn persist(dir: &Path, state: &SessionState) {
+/// Write `state`'s snapshot under `dir`, all or nothing (a new file
+/// renamed over the old one). A failure is the caller's to report, not
+/// fatal: the session goes on in memory, the previous snapshot stays.
+pub(crate) fn persist(dir: &Path, state: &SessionState) -> Result<()> {
     let path = snapshot_path(dir, &state.id);
-    let written = encode_snapshot(state).and_then(|bytes| {
-        std::fs::create_dir_all(dir).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
-        write_atomically(&path, &bytes).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))
-    });
-    if let Err(e) = written {
-        warn!(session = %state.id, error = %e, "cannot write the session snapshot");
-    }
+    let io = |e: std::io::Error| {
+        Error::new(ErrorKind::Io, format!("cannot write the session snapshot {}: {e}", path.display()))
+            .with_session(&state.id)
+            .with_retryable(true)
+    };
+    let bytes = encode_snapshot(state)?;
+    std::fs::create_dir_all(dir).map_err(io)?;
+    write_atomically(&path, &bytes).map_err(io)
 }
 
 #[cfg(test)]

@@ -487,9 +487,8 @@ fn decode_message(codec: Codec, payload: &[u8], fast: bool) -> Result<Message> {
         Codec::Json if !fast => {
             serde_json::from_slice(payload).map_err(|e| protocol_error(format!("undecodable JSON payload: {e}")))
         }
-        Codec::MsgPack if !fast => {
-            rmp_serde::from_slice(payload).map_err(|e| protocol_error(format!("undecodable MessagePack payload: {e}")))
-        }
+        Codec::MsgPack if !fast => dspex_core::wire::from_msgpack(payload)
+            .map_err(|e| protocol_error(format!("undecodable MessagePack payload: {e}"))),
         Codec::Json | Codec::MsgPack => decode_reply_payload(codec, payload),
         #[cfg(feature = "arrow")]
         Codec::Arrow => arrow::decode(payload, fast),
@@ -548,7 +547,7 @@ pub fn decode_reply(body: &[u8]) -> Result<(Codec, Message)> {
 fn decode_reply_payload(codec: Codec, payload: &[u8]) -> Result<Message> {
     let reply: std::result::Result<Reply, String> = match codec {
         Codec::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
-        _ => rmp_serde::from_slice(payload).map_err(|e| e.to_string()),
+        _ => dspex_core::wire::from_msgpack(payload).map_err(|e| e.to_string()),
     };
     let missing = |what: &str| protocol_error(format!("`{what}` without an id or seq"));
     match reply {

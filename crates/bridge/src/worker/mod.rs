@@ -134,6 +134,18 @@ impl Shared {
     /// meanwhile — otherwise the worker would read the next frame as the
     /// rest of this one.
     async fn write_frame(&self, codec: Codec, frame: Vec<u8>) -> Result<()> {
+        // The worker would refuse it and the whole process with it: a
+        // request over the limit is the caller's error, found here.
+        let body = frame.len().saturating_sub(4);
+        if body > self.max_frame {
+            return Err(self.worker_error(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "a request of {body} bytes is over the worker's frame limit of {} bytes (the pool's `max_frame_mb`)",
+                    self.max_frame
+                ),
+            ));
+        }
         self.frames.sent[codec.tag() as usize].fetch_add(1, Ordering::Relaxed);
         let broken = |e: std::io::Error| {
             self.worker_error(ErrorKind::WorkerCrashed, format!("cannot write to worker {}: {e}", self.name))
@@ -323,8 +335,9 @@ pub(crate) fn pump_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     is_stderr: bool,
 ) {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut reader = BufReader::new(reader);
+        let mut buf = Vec::new();
+        while let Ok(Some(line)) = next_output_line(&mut reader, &mut buf).await {
             let name = name.get();
             let worker = &*name;
             if is_stderr {
@@ -351,6 +364,49 @@ pub(crate) fn pump_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
             }
         }
     });
+}
+
+/// The longest output line kept; the rest of a longer one is dropped (and
+/// counted), so a process that writes without newlines costs bounded memory.
+const MAX_OUTPUT_LINE: usize = 16 * 1024;
+
+/// The next line of a process's output, at most [`MAX_OUTPUT_LINE`] bytes
+/// of it, decoded lossily (bytes that are not UTF-8 must not stop the pump:
+/// the process would block on a full pipe). `None` at the end of output.
+async fn next_output_line<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
+    buf.clear();
+    let mut dropped = 0usize;
+    let mut ended = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            ended = true;
+            break;
+        }
+        let (part, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (&chunk[..i], i + 1),
+            None => (chunk, chunk.len()),
+        };
+        let room = MAX_OUTPUT_LINE.saturating_sub(buf.len());
+        buf.extend_from_slice(&part[..part.len().min(room)]);
+        dropped += part.len().saturating_sub(room);
+        let newline = done > part.len();
+        reader.consume(done);
+        if newline {
+            break;
+        }
+    }
+    if ended && buf.is_empty() && dropped == 0 {
+        return Ok(None);
+    }
+    let mut line = String::from_utf8_lossy(buf).into_owned();
+    if dropped > 0 {
+        line.push_str(&format!(" … ({dropped} more bytes dropped)"));
+    }
+    Ok(Some(line))
 }
 
 /// How the runtime learns that a worker process ended: its own child's
@@ -1205,5 +1261,33 @@ impl Drop for WorkerStream {
             let (id, codec, op) = (self.id, self.codec, self.op.clone());
             self.worker.give_up(id, codec, &op);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_lines_are_bounded_and_never_stop_on_bad_bytes() {
+        let mut input = b"caf\xff\xfe\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 3 * MAX_OUTPUT_LINE));
+        input.extend_from_slice(b"\nok\nlast without newline");
+        let mut reader = BufReader::with_capacity(4096, &input[..]);
+        let mut buf = Vec::new();
+        let mut lines = Vec::new();
+        while let Some(line) = next_output_line(&mut reader, &mut buf).await.unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[0], "caf\u{fffd}\u{fffd}");
+        assert!(lines[1].starts_with(&"x".repeat(MAX_OUTPUT_LINE)), "kept the first part");
+        assert!(
+            lines[1].ends_with(&format!(" … ({} more bytes dropped)", 2 * MAX_OUTPUT_LINE)),
+            "{}",
+            &lines[1][MAX_OUTPUT_LINE..]
+        );
+        assert_eq!(lines[2..], ["ok", "last without newline"]);
+        assert!(buf.capacity() <= 2 * MAX_OUTPUT_LINE, "memory stays bounded");
     }
 }

@@ -39,6 +39,11 @@ class ProtocolError(Exception):
     """The peer broke the framing rules."""
 
 
+class FrameTooLarge(ValueError):
+    """A message over the frame limit: never written (the runtime would
+    drop the whole worker for it); the request gets an error instead."""
+
+
 # -- the messages a worker sends ---------------------------------------------
 # Keys in the order of the golden frames: MessagePack and JSON keep it, so
 # the bytes on the wire stay the same.
@@ -132,7 +137,9 @@ def decode_payload(tag: int, payload: bytes):
             return msgpack.unpackb(payload, raw=False, strict_map_key=False)
         if tag == JSON:
             return json.loads(payload)
-    except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
+    # TypeError: a map key that cannot be a dict key (a map or a list);
+    # RecursionError: nesting deeper than the interpreter's stack.
+    except (ValueError, TypeError, RecursionError, msgpack.UnpackException, msgpack.ExtraData) as exc:
         raise ProtocolError(f"undecodable {('JSON', 'MessagePack')[tag]} payload: {exc}") from exc
     if tag == ARROW:
         try:
@@ -233,12 +240,18 @@ class FrameReader:
 class FrameWriter:
     """Writes whole frames; one frame, one ``write`` call where the pipe allows."""
 
-    def __init__(self, fd: int, lock):
+    def __init__(self, fd: int, lock, max_frame: int = DEFAULT_MAX_FRAME):
         self.fd = fd
         self.lock = lock
+        self.max_frame = max_frame
 
     def send(self, tag: int, message) -> None:
         frame = encode_frame(tag, message)
+        if len(frame) - 4 > self.max_frame:
+            raise FrameTooLarge(
+                f"a reply of {len(frame) - 4} bytes is over the frame limit of {self.max_frame} bytes "
+                "(the pool's max_frame_mb)"
+            )
         with self.lock:
             n = os.write(self.fd, frame)
             if n < len(frame):

@@ -23,6 +23,7 @@ from .protocol import (
     JSON,
     MSGPACK,
     FrameReader,
+    FrameTooLarge,
     FrameWriter,
     ProtocolError,
     chunk_message,
@@ -78,7 +79,7 @@ class Worker:
         lm_gateway: bool = gateway.ENABLED,
     ):
         self.reader = FrameReader(req_fd, max_frame=max_frame, spin_us=spin_us)
-        self.writer = FrameWriter(resp_fd, threading.Lock())
+        self.writer = FrameWriter(resp_fd, threading.Lock(), max_frame=max_frame)
         self.concurrency = concurrency
         self.worker_id = worker_id
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dspex-req")
@@ -159,14 +160,18 @@ class Worker:
         spans = self._spans(ctx)
         if stream:
             self.writer.send(tag, end_message(ctx.request_id))
+        self._send_result(tag, ctx.request_id, ok_response(ctx.request_id, result, spans))
+
+    def _send_result(self, tag, rid, message) -> None:
+        """Send a result; one that cannot be encoded or is over the frame
+        limit becomes an error reply (the caller's error, not a hang)."""
         try:
-            self.writer.send(tag, ok_response(ctx.request_id, result, spans))
-        except Exception as exc:  # noqa: BLE001 - a result that cannot be encoded is the caller's error, not a hang
-            log.warning("cannot encode the result of request %s: %s: %s", ctx.request_id, type(exc).__name__, exc)
-            failure = CommandError(f"the command's result cannot be sent: {type(exc).__name__}: {exc}")
-            self.writer.send(
-                MSGPACK if tag in (AUTO, ARROW) else tag, error_response(ctx.request_id, classify(failure))
-            )
+            self.writer.send(tag, message)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cannot send the result of request %s: %s: %s", rid, type(exc).__name__, exc)
+            kind = "invalid_request" if isinstance(exc, FrameTooLarge) else None
+            failure = CommandError(f"the command's result cannot be sent: {type(exc).__name__}: {exc}", kind=kind)
+            self.writer.send(MSGPACK if tag in (AUTO, ARROW) else tag, error_response(rid, classify(failure)))
 
     def _fail(self, tag, cmd, ctx: Context, stream: bool, exc: BaseException) -> None:
         if not isinstance(exc, CommandError):
@@ -200,7 +205,7 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001
             self.writer.send(tag, error_response(rid, classify(exc), self._spans(ctx, exc)))
         else:
-            self.writer.send(tag, ok_response(rid, result, self._spans(ctx)))
+            self._send_result(tag, rid, ok_response(rid, result, self._spans(ctx)))
 
     def _request(self, tag: int, msg: dict) -> None:
         tag = reply_tag(tag, msg)
@@ -271,29 +276,47 @@ class Worker:
                 return 0
             tag, msg = frame
             kind = msg.get("type") if isinstance(msg, dict) else None
-            if kind == "request":
-                cmd = registry.lookup(msg.get("op"))
-                if cmd is not None and cmd.inline and not msg.get("stream"):
-                    self._inline(tag, cmd, msg)
-                else:
-                    self._request(tag, msg)
-                    self.reader.block_next()
-            elif kind == "ping":
-                self.writer.send(tag, pong_message(msg.get("seq"), len(self.in_flight)))
-            elif kind == "cancel":
+            try:
+                code = self._dispatch(tag, kind, msg, lm_channel)
+            except Exception as exc:  # noqa: BLE001 - a malformed message must not take the worker down unanswered
+                log.error("malformed %r message from the runtime: %s: %s", kind, type(exc).__name__, exc)
+                rid = msg.get("id") if kind == "request" else None
+                if not isinstance(rid, (int, str)):
+                    return 3
                 with self.lock:
-                    ctx = self.in_flight.get(msg.get("id"))
-                if ctx is not None:
-                    ctx.cancel()
-            elif kind in ("lm_head", "lm_data", "lm_end", "lm_error") and lm_channel is not None:
-                lm_channel.deliver(msg)
-                self.reader.block_next()
-            elif kind == "shutdown":
-                self._drain(float(msg.get("grace_ms", 5000)) / 1000.0)
-                return 0
+                    self.in_flight.pop(rid, None)
+                failure = CommandError(f"malformed request: {type(exc).__name__}: {exc}", kind="invalid_request")
+                self._send_error(reply_tag(tag, {}), rid, failure)
+                continue
+            if code is not None:
+                return code
+
+    def _dispatch(self, tag: int, kind, msg, lm_channel) -> int | None:
+        """Act on one message; an exit code when the worker must stop."""
+        if kind == "request":
+            cmd = registry.lookup(msg.get("op"))
+            if cmd is not None and cmd.inline and not msg.get("stream"):
+                self._inline(tag, cmd, msg)
             else:
-                log.error("unexpected message from the runtime: %r", kind)
-                return 3
+                self._request(tag, msg)
+                self.reader.block_next()
+        elif kind == "ping":
+            self.writer.send(tag, pong_message(msg.get("seq"), len(self.in_flight)))
+        elif kind == "cancel":
+            with self.lock:
+                ctx = self.in_flight.get(msg.get("id"))
+            if ctx is not None:
+                ctx.cancel()
+        elif kind in ("lm_head", "lm_data", "lm_end", "lm_error") and lm_channel is not None:
+            lm_channel.deliver(msg)
+            self.reader.block_next()
+        elif kind == "shutdown":
+            self._drain(float(msg.get("grace_ms", 5000)) / 1000.0)
+            return 0
+        else:
+            log.error("unexpected message from the runtime: %r", kind)
+            return 3
+        return None
 
     def _drain(self, grace: float) -> None:
         end = time.monotonic() + grace

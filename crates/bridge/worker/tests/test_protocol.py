@@ -506,3 +506,43 @@ def test_a_missing_required_argument_is_the_callers_error(worker):
     resp, _ = worker.call("dspy.run", {})
     assert resp["error"]["kind"] == "invalid_request", resp
     assert "program" in resp["error"]["message"]
+
+
+def test_a_malformed_request_is_answered_and_the_worker_carries_on(worker):
+    # A deadline that is not a number: the request gets an error, the loop goes on.
+    worker.send({"type": "request", "id": 7, "op": "sleep", "args": {}, "deadline_ms": "soon"})
+    resp = worker.recv()
+    assert resp["id"] == 7 and resp["error"]["kind"] == "invalid_request"
+    assert "malformed request" in resp["error"]["message"]
+    resp, _ = worker.call("echo", {"still": "here"})
+    assert resp["ok"] == {"still": "here"}
+
+
+def test_a_result_over_the_frame_limit_is_an_error_not_a_dead_worker():
+    from dspex_worker.protocol import FrameTooLarge, FrameWriter
+    from dspex_worker.registry import Context
+    from dspex_worker.server import Worker
+
+    r, wfd = os.pipe()
+    try:
+        writer = FrameWriter(wfd, __import__("threading").Lock(), max_frame=1024)
+        with pytest.raises(FrameTooLarge, match="frame limit of 1024 bytes"):
+            writer.send(MSGPACK, ok_response(1, "x" * 4096))
+        w = Worker.__new__(Worker)
+        w.writer = writer
+        w._succeed(MSGPACK, Context(3, None, None), False, "y" * 4096)
+        (length, tag) = struct.unpack(">IB", os.read(r, 5))
+        message = decode_payload(tag, os.read(r, length - 1))
+        assert message["id"] == 3 and message["error"]["kind"] == "invalid_request"
+        assert "frame limit" in message["error"]["message"]
+    finally:
+        os.close(r)
+        os.close(wfd)
+
+
+def test_payloads_python_cannot_hold_are_protocol_errors():
+    # A map key that is itself a map (legal MessagePack, not a dict key).
+    with pytest.raises(ProtocolError):
+        decode_payload(MSGPACK, bytes([0x81, 0x81, 0x01, 0x02, 0x03]))
+    with pytest.raises(ProtocolError):
+        decode_payload(JSON, b"[" * 100_000)

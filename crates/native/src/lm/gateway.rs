@@ -1398,7 +1398,19 @@ fn transport_error(e: reqwest::Error, url: &str) -> Error {
         return Error::new(ErrorKind::Timeout, format!("LM call to {url} ran past its time limit"))
             .with_retryable(true);
     }
-    Error::new(ErrorKind::Transport, format!("request to {url} failed: {e}")).with_retryable(true)
+    // reqwest's message is generic ("error sending request"); the cause
+    // (connection refused, too many open files, ...) is in its sources.
+    let mut message = format!("request to {url} failed: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    Error::new(ErrorKind::Transport, message).with_retryable(true)
 }
 
 /// Usage from a reply body: a completion's JSON, or the last SSE event with

@@ -27,14 +27,20 @@ struct Parser {
     s: Vec<char>,
     i: usize,
     ctx: Vec<Ctx>,
+    /// Objects and arrays open around the current position.
+    depth: usize,
 }
+
+/// How deep objects and arrays may nest; past it the rest of the text is
+/// not read (Python's json_repair stops at its recursion limit).
+const MAX_NESTING: usize = 500;
 
 /// `json_repair.loads(text)`; the empty string where nothing could be read.
 pub(crate) fn loads(text: &str) -> PyObj {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
         return PyObj::from_json(&v);
     }
-    let mut p = Parser { s: text.chars().collect(), i: 0, ctx: Vec::new() };
+    let mut p = Parser { s: text.chars().collect(), i: 0, ctx: Vec::new(), depth: 0 };
     p.top_level()
 }
 
@@ -75,6 +81,12 @@ fn same_shape(a: &PyObj, b: &PyObj) -> bool {
 }
 
 impl Parser {
+    /// The text from `from` on; empty past the end (the index may run over
+    /// it, as Python's slices allow).
+    fn rest(&self, from: usize) -> &[char] {
+        self.s.get(from..).unwrap_or_default()
+    }
+
     fn at(&self, k: isize) -> Option<char> {
         let idx = self.i as isize + k;
         if idx < 0 {
@@ -180,13 +192,24 @@ impl Parser {
             return true;
         }
         let mut k = self.i as isize - 1;
-        while k >= 0 && is_space(self.s[k as usize]) {
+        while k >= 0 && self.s.get(k as usize).is_none_or(|c| is_space(*c)) {
             k -= 1;
         }
-        k >= 0 && self.s[k as usize] == ','
+        k >= 0 && self.s.get(k as usize) == Some(&',')
     }
 
     fn parse_json(&mut self) -> PyObj {
+        if self.depth >= MAX_NESTING {
+            self.i = self.s.len();
+            return PyObj::Str(String::new());
+        }
+        self.depth += 1;
+        let v = crate::pyemu::with_stack(|| self.parse_json_here());
+        self.depth -= 1;
+        v
+    }
+
+    fn parse_json_here(&mut self) -> PyObj {
         loop {
             let Some(c) = self.cur() else {
                 return PyObj::Str(String::new());
@@ -231,7 +254,7 @@ impl Parser {
     fn paren_starts_top_level_value(&self) -> bool {
         let mut k = self.i as isize - 1;
         while k >= 0 {
-            let c = self.s[k as usize];
+            let c = self.s.get(k as usize).copied().unwrap_or(' ');
             if c == '\n' || c == '\r' {
                 break;
             }
@@ -333,7 +356,9 @@ impl Parser {
         }
         // `{1, 2}`: an empty object with content but no `:` is read as an array.
         if obj.is_empty() && self.i > start + 1 {
-            let body: String = self.s[start..self.i.saturating_sub(1)].iter().collect();
+            // Python's slice is forgiving: `i` may have run past the end.
+            let end = self.i.saturating_sub(1).min(self.s.len());
+            let body: String = self.s.get(start..end).unwrap_or_default().iter().collect();
             if !body.trim().is_empty() && !body.contains(':') {
                 self.i = start;
                 self.ctx.push(Ctx::Key);
@@ -497,7 +522,7 @@ impl Parser {
         let close = if c == '“' { '”' } else { c };
         self.i += 1;
         // ```json fences inside a string position
-        if self.s[self.i..].starts_with(&['`', '`', '`', 'j', 's', 'o', 'n']) {
+        if self.rest(self.i).starts_with(&['`', '`', '`', 'j', 's', 'o', 'n']) {
             self.i += 7;
             return self.parse_json();
         }
@@ -560,13 +585,13 @@ impl Parser {
                     }
                     None => true,
                 };
-                if ends || !self.s[k..].contains(&close) {
+                if ends || !self.rest(k).contains(&close) {
                     self.i += 1;
                     return PyObj::Str(out);
                 }
             }
             // A string missing its closing quote ends at the structure around it.
-            let unclosed = !self.s[self.i..].contains(&close);
+            let unclosed = !self.rest(self.i).contains(&close);
             let structural = match ctx {
                 Some(Ctx::Key) => ch == ':',
                 Some(Ctx::Value) => ch == '}' || ch == ',',

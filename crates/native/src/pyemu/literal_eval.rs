@@ -23,6 +23,9 @@ enum LiteralEvalError {
 /// Python's `ast.literal_eval` over `text`.
 fn literal_eval_expr(text: &str) -> std::result::Result<PyObj, LiteralEvalError> {
     fn convert(e: &Expr) -> std::result::Result<PyObj, LiteralEvalError> {
+        crate::pyemu::with_stack(|| convert_here(e))
+    }
+    fn convert_here(e: &Expr) -> std::result::Result<PyObj, LiteralEvalError> {
         Ok(match e {
             Expr::Constant(c) => match c {
                 Const::Int(i) => PyObj::Int(*i),

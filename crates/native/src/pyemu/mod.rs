@@ -28,6 +28,14 @@
 //! depend on.
 
 pub(crate) mod json_repair;
+
+/// Run one level of a recursive parser or evaluator with room on the stack:
+/// deeply nested input (an LM's `[[[[…`, a signature's `((((…`) grows the
+/// stack on the heap instead of overflowing it, which would abort the
+/// process. The nesting itself is bounded where it is read.
+pub(crate) fn with_stack<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(256 * 1024, 2 * 1024 * 1024, f)
+}
 pub(crate) mod literal_eval;
 pub(crate) mod object;
 pub(crate) mod pydantic;

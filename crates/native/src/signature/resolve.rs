@@ -399,6 +399,10 @@ fn type_repr(t: &FieldType) -> String {
 
 /// Evaluate an annotation expression as `_parse_type_node` does.
 pub(crate) fn resolve(expr: &Expr) -> Result<Py, ResolveError> {
+    crate::pyemu::with_stack(|| resolve_here(expr))
+}
+
+fn resolve_here(expr: &Expr) -> Result<Py, ResolveError> {
     match expr {
         Expr::Name(id) => resolve_name(id),
         Expr::Attribute(base, attr) => {

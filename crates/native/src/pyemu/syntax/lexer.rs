@@ -170,6 +170,11 @@ pub(crate) fn tokenize(src: &str) -> Vec<Token> {
                     return toks;
                 };
                 match *op {
+                    // CPython's tokenizer allows 200 open brackets (MAXLEVEL).
+                    "(" | "[" | "{" if brackets.len() >= 200 => {
+                        push(&mut toks, Tok::Error("too many nested parentheses".into()), line);
+                        return toks;
+                    }
                     "(" | "[" | "{" => brackets.push((c, line)),
                     ")" | "]" | "}" => {
                         let Some((open, open_line)) = brackets.pop() else {
@@ -471,6 +476,11 @@ mod tests {
         assert_eq!(err("a→b"), "invalid character '→' (U+2192)");
         assert_eq!(err("'abc"), "unterminated string literal (detected at line 1)");
         assert_eq!(err("(]"), "closing parenthesis ']' does not match opening parenthesis '('");
+        // CPython's MAXLEVEL: 200 open brackets are fine, 201 are not.
+        assert!(!tokenize(&format!("{}1{}", "(".repeat(200), ")".repeat(200)))
+            .iter()
+            .any(|t| matches!(t.tok, Tok::Error(_))));
+        assert_eq!(err(&format!("{}1", "[".repeat(201))), "too many nested parentheses");
         assert_eq!(err(")"), "unmatched ')'");
         assert_eq!(err("(a"), "'(' was never closed");
         assert_eq!(err("a $"), "invalid syntax");

@@ -63,19 +63,25 @@ type CallArgs = (Vec<Expr>, Vec<(Option<String>, Expr)>);
 struct Parser {
     toks: Vec<Token>,
     pos: usize,
+    /// Nested unary operators and conditional expressions (brackets are
+    /// bounded by the tokenizer).
+    depth: usize,
 }
+
+/// How deep unary operators and `if` expressions may nest.
+const MAX_DEPTH: usize = 1000;
 
 /// Parse `field_string` as DSPy does: `ast.parse(f"def f({field_string}): pass")`.
 pub(crate) fn parse_params(field_string: &str) -> Result<Params, SyntaxError> {
     let src = format!("def f({field_string}): pass");
-    let mut p = Parser { toks: tokenize(&src), pos: 0 };
+    let mut p = Parser { toks: tokenize(&src), pos: 0, depth: 0 };
     p.def()
 }
 
 /// Parse `src` as Python's `ast.parse(src, mode="eval")` does: one expression,
 /// or several separated by commas (a tuple).
 pub(crate) fn parse_expression(src: &str) -> Result<Expr, SyntaxError> {
-    let mut p = Parser { toks: tokenize(src), pos: 0 };
+    let mut p = Parser { toks: tokenize(src), pos: 0, depth: 0 };
     while p.eat_op(";") {}
     let first = p.star_or_expr().map_err(|f| match f {
         Fail::Error(e) => e,
@@ -319,7 +325,23 @@ impl Parser {
         Ok(e)
     }
 
+    /// One level deeper (an operand of a unary operator or an `if`
+    /// expression, a bracketed expression), on a stack with room for it.
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Parser) -> PResult<T>) -> PResult<T> {
+        if self.depth >= MAX_DEPTH {
+            return Err(Fail::Error(self.error_msg("too many nested expressions")));
+        }
+        self.depth += 1;
+        let r = crate::pyemu::with_stack(|| f(self));
+        self.depth -= 1;
+        r
+    }
+
     fn expression(&mut self) -> PResult<Expr> {
+        self.nested(Parser::expression_here)
+    }
+
+    fn expression_here(&mut self) -> PResult<Expr> {
         if self.is_name("lambda") {
             // Lambdas are valid Python but never a type; the resolver reports them.
             let mut e = self.error_msg("lambda expressions are not supported by the native signature parser");
@@ -376,7 +398,7 @@ impl Parser {
     fn inversion(&mut self) -> PResult<Expr> {
         if self.is_name("not") {
             self.bump();
-            let e = self.inversion().map_err(|f| self.hard(f))?;
+            let e = self.nested(Parser::inversion).map_err(|f| self.hard(f))?;
             return Ok(Expr::UnaryOp(UnaryOp::Not, Box::new(e)));
         }
         self.comparison()
@@ -471,7 +493,7 @@ impl Parser {
         };
         if let Some(op) = op {
             self.bump();
-            let e = self.factor().map_err(|f| self.hard(f))?;
+            let e = self.nested(Parser::factor).map_err(|f| self.hard(f))?;
             return Ok(Expr::UnaryOp(op, Box::new(e)));
         }
         self.power()
