@@ -84,6 +84,11 @@ struct Tally {
     lost: usize,
     /// Latest issue time (since the start) of a request that failed or was late.
     last_bad_ms: f64,
+    /// Issue time and latency of every answered request (ms).
+    answers: Vec<(f64, f64)>,
+    /// Failures by when they were issued (ms since the start), their kind
+    /// and whether they were idempotent.
+    failures: Vec<(f64, String, bool, String)>,
 }
 
 async fn client(url: &str, token: &str) -> (Runtime, ClusterNode) {
@@ -181,6 +186,7 @@ fn main() {
         }
         faults.push((at(28), "kill -9 node b"));
         let mut done_faults: Vec<(f64, String)> = Vec::new();
+        let gone: Arc<Mutex<Option<Duration>>> = Arc::default();
         let mut last_fault_ms = 0.0;
         let interval = Duration::from_secs_f64(1.0 / f64::from(RATE));
         let mut next_request = started;
@@ -201,6 +207,17 @@ fn main() {
                         }
                         _ => {
                             b.kill();
+                            // How long until this node's membership no longer lists b.
+                            let (rt, gone) = (rt.clone(), gone.clone());
+                            let killed = Instant::now();
+                            tokio::spawn(async move {
+                                while rt.nodes().iter().any(|n| n.node == "b")
+                                    && killed.elapsed() < Duration::from_secs(30)
+                                {
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                                *gone.lock() = Some(killed.elapsed());
+                            });
                             true
                         }
                     };
@@ -223,6 +240,7 @@ fn main() {
                     let took = t.elapsed();
                     let mut tl = tally.lock();
                     tl.answered += 1;
+                    tl.answers.push((issued_ms, took.as_secs_f64() * 1000.0));
                     let late = took > DEADLINE + Duration::from_millis(500);
                     if late {
                         tl.late += 1;
@@ -233,6 +251,12 @@ fn main() {
                     match r {
                         Ok(_) => tl.ok += 1,
                         Err(e) => {
+                            tl.failures.push((
+                                issued_ms,
+                                e.kind().as_str().to_string(),
+                                idempotent,
+                                e.message().to_string(),
+                            ));
                             *tl.failed.entry(e.kind().as_str().to_string()).or_default() += 1;
                             if idempotent {
                                 tl.lost += 1;
@@ -252,6 +276,19 @@ fn main() {
         let hung = outstanding.load(Ordering::Relaxed);
         let tl = std::mem::take(&mut *tally.lock());
         let bad_after = (tl.last_bad_ms - last_fault_ms).max(0.0);
+        // Requests issued within 2 s after the last fault: the slowest, against
+        // the slowest of the 2 s before the first fault.
+        let slowest = |from: f64, to: f64| {
+            tl.answers.iter().filter(|(at, _)| *at >= from && *at < to).map(|(_, ms)| *ms).fold(0.0, f64::max)
+        };
+        let first_fault_ms = done_faults.first().map_or(0.0, |f| f.0);
+        let slow_after = slowest(last_fault_ms, last_fault_ms + 2000.0);
+        let slow_before = slowest(first_fault_ms - 2000.0, first_fault_ms);
+        let gone_ms = gone.lock().map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+        println!(
+            "after the last fault: slowest answer {slow_after:.0} ms (before any fault: {slow_before:.0} ms); \
+             node b out of the membership after {gone_ms:.0} ms"
+        );
         println!(
             "requests {n}  succeeded {} ({:.2} %)  failed {:?}  late {}  hung {hung}  lost (idempotent failed) {}  \
              still failing {bad_after:.0} ms after the last fault",
@@ -261,6 +298,22 @@ fn main() {
             tl.late,
             tl.lost
         );
+        // Failures by the fault they followed.
+        let mut by_fault: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for (issued, _, idempotent, _) in &tl.failures {
+            // The last fault before it was issued, or while it ran (a second).
+            let after = done_faults.iter().rev().find(|(ms, _)| *ms <= *issued + 1000.0);
+            let key = after.map_or("before any fault".to_string(), |(ms, w)| format!("{ms:>6.0} ms {w}"));
+            let e = by_fault.entry(key).or_default();
+            e.0 += 1;
+            e.1 += usize::from(*idempotent);
+        }
+        for (fault, (n, idem)) in &by_fault {
+            println!("  failed after {fault}: {n} ({idem} idempotent)");
+        }
+        for (issued, kind, _, message) in tl.failures.iter().filter(|f| f.2).take(5) {
+            println!("  lost idempotent request issued at {issued:.0} ms: {kind}: {message}");
+        }
         common::write_results(
             "chaos",
             &json!({
@@ -268,6 +321,8 @@ fn main() {
                 "faults": done_faults.iter().map(|(ms, w)| json!({"at_ms": ms, "fault": w})).collect::<Vec<_>>(),
                 "requests": n, "succeeded": tl.ok, "failed": tl.failed, "late": tl.late, "hung": hung,
                 "lost_idempotent": tl.lost, "recovery_ms_after_last_fault": bad_after,
+                "slowest_ms_after_last_fault": slow_after, "slowest_ms_before_faults": slow_before,
+                "killed_node_gone_ms": gone_ms,
             }),
         );
         joined.leave().await;

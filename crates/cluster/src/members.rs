@@ -49,6 +49,24 @@ impl Members {
         })
     }
 
+    /// A live peer that offers `pool` and takes work, other than those in
+    /// `avoid`, picked at random; `None` when there is none.
+    pub(crate) fn pick(&self, pool: &str, lease: Duration, avoid: &[String]) -> Option<String> {
+        let candidates: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|e| {
+                let (status, seen) = e.value();
+                seen.elapsed() < lease
+                    && status.accepting
+                    && !avoid.contains(&status.node)
+                    && status.pools.iter().any(|p| p.name == pool && p.offered)
+            })
+            .map(|e| e.value().0.node.clone())
+            .collect();
+        (!candidates.is_empty()).then(|| candidates[fastrand::usize(..candidates.len())].clone())
+    }
+
     /// Whether peer `node` was heard of within `lease`.
     pub(crate) fn is_live(&self, node: &str, lease: Duration) -> bool {
         self.peers.get(node).is_some_and(|e| e.value().1.elapsed() < lease)

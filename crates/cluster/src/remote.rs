@@ -9,9 +9,12 @@
 //! answer; three keep-alive intervals of silence mean the node was lost
 //! (`worker_crashed`, naming the node), and the deadline always wins
 //! (`timeout`). A call a node refused (full, draining: it never ran), and an
-//! idempotent call whose node was lost, is sent again — NATS hands it to
-//! another subscribed node — while its deadline allows. A caller that stops
-//! waiting tells the serving node, which cancels the call.
+//! idempotent call whose node was lost, is sent again while its deadline
+//! allows — not to the pool's subject but to a live node that offers the
+//! pool, picked from the membership, other than those that lost it: a node
+//! cut off by the network keeps its subscriptions at the NATS server until
+//! the server notices (minutes), so NATS could hand it the call again. A
+//! caller that stops waiting tells the serving node, which cancels the call.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,23 +42,48 @@ pub(crate) async fn call(node: &Inner, pool: &str, op: &str, args: Value, opts: 
     let deadline = opts.deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(120));
     let mut attempt = 0;
     let started = Instant::now();
+    // Where this attempt goes (`None`: the pool's subject), and the nodes
+    // that lost or refused it so far.
+    let mut target = opts.node.clone();
+    let mut avoid: Vec<String> = Vec::new();
     loop {
         attempt += 1;
-        match call_once(node, pool, op, args.clone(), opts, deadline).await {
+        let this = PoolCallOptions { node: target.clone(), ..opts.clone() };
+        match call_once(node, pool, op, args.clone(), &this, deadline).await {
+            // A node this call picked for a retry has gone since: nobody
+            // got the call; another one is picked.
+            Err(e)
+                if e.kind() == ErrorKind::NotFound
+                    && opts.node.is_none()
+                    && target.is_some()
+                    && attempt < ATTEMPTS
+                    && Instant::now() < deadline =>
+            {
+                avoid.extend(target.take());
+                target = node.members.pick(pool, node.lease(), &avoid);
+            }
             // Nobody is subscribed, yet a live node offers the pool: it is
             // reconnecting (its NATS server died). Nobody got the call, so
             // any call may wait for it — briefly, within the deadline.
             Err(e)
                 if e.kind() == ErrorKind::NotFound
-                    && node.members.offers(pool, opts.node.as_deref(), node.lease())
+                    && node.members.offers(pool, this.node.as_deref(), node.lease())
                     && started.elapsed() < RECONNECT_GRACE
                     && Instant::now() + RECONNECT_POLL < deadline =>
             {
                 debug!(pool, op, "no responder, but a live node offers the pool; waiting for it to reconnect");
+                // Waiting is not an attempt.
+                attempt -= 1;
                 tokio::time::sleep(RECONNECT_POLL).await;
             }
             Err(e) if attempt < ATTEMPTS && Instant::now() < deadline && worth_retrying(&e, opts.idempotent) => {
                 warn!(pool, op, error = %e, attempt, "remote call lost; sending it again");
+                if opts.node.is_none() {
+                    if let Some(lost) = e.context().node.clone().or_else(|| target.clone()) {
+                        avoid.push(lost);
+                    }
+                    target = node.members.pick(pool, node.lease(), &avoid);
+                }
                 // A moment for the lost node's subscriptions to go.
                 tokio::time::sleep(Duration::from_millis(20 * attempt as u64)).await;
             }
