@@ -490,3 +490,61 @@ async fn a_restarted_node_defers_to_the_clusters_copy_of_its_restored_sessions()
     b.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// A session whose program carries its own LM key, stored, forwarded and
+/// taken over between two nodes: the NATS server's JetStream store — every
+/// key-value entry either node ever wrote, membership and gateway shares
+/// included — holds the key's fingerprint, never the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_api_key_reaches_the_cluster_store() {
+    const KEY: &str = "sk-canary-CLUSTERKV-5d2e9a71c4";
+    let nats = NatsServer::start();
+    let (_lm_server, lm) = offline_lm().await;
+    let lm = lm.with_api_key(KEY);
+    let (a, joined_a) = node(&nats.url(), "a", false, lm.clone()).await;
+    let (b, joined_b) = node(&nats.url(), "b", false, lm.clone()).await;
+    until_nodes(&b, &["a", "b"]).await;
+    let s = a.sessions().create(SessionOptions::default().id("keyed")).await.unwrap();
+    s.define("chat", ProgramSpec::predict(CHAT).with_lm(lm.clone())).await.unwrap();
+    s.run_with("chat", q("What is 17 + 25?"), native()).await.unwrap();
+    let on_b = b.sessions().open("keyed").await.unwrap();
+    on_b.run_with("chat", q("What is 2 + 3?"), native()).await.unwrap();
+    a.drain_cluster(Duration::from_millis(100)).await.unwrap();
+    let taken = b.sessions().open("keyed").await.unwrap();
+    let out = taken.run_with("chat", q("What is the capital of France?"), native()).await.unwrap();
+    assert_eq!(out.get_str("answer"), Some("Paris"), "b resolved the stored key's fingerprint and ran");
+    // Membership and gateway entries are refreshed every third of the lease.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let (mut stored, mut fingerprints) = (0, 0);
+    for path in files_under(nats.store_dir()) {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(KEY) && !text.contains(&KEY[KEY.len() - 10..]), "the key is in {}", path.display());
+        stored += bytes.len();
+        fingerprints += text.matches("secret:sha256:").count();
+    }
+    assert!(stored > 0 && fingerprints > 0, "the session's LM settings were stored, as a fingerprint");
+
+    joined_a.leave().await;
+    joined_b.leave().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

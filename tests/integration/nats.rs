@@ -123,6 +123,12 @@ impl NatsServer {
     pub fn url(&self) -> String {
         format!("nats://{}:{}", self.host, self.port)
     }
+
+    /// Where the server keeps its JetStream data (streams and key-value
+    /// buckets, as files).
+    pub fn store_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
 }
 
 impl Drop for NatsServer {
