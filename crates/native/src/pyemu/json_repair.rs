@@ -29,6 +29,10 @@ struct Parser {
     ctx: Vec<Ctx>,
     /// Objects and arrays open around the current position.
     depth: usize,
+    /// Values parsed so far: some repairs parse a stretch again (an object
+    /// without `:` is re-read as an array), which nesting can make
+    /// exponential; past [`Parser::budget`] the rest of the text is not read.
+    steps: usize,
 }
 
 /// How deep objects and arrays may nest; past it the rest of the text is
@@ -40,7 +44,7 @@ pub(crate) fn loads(text: &str) -> PyObj {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
         return PyObj::from_json(&v);
     }
-    let mut p = Parser { s: text.chars().collect(), i: 0, ctx: Vec::new(), depth: 0 };
+    let mut p = Parser { s: text.chars().collect(), i: 0, ctx: Vec::new(), depth: 0, steps: 0 };
     p.top_level()
 }
 
@@ -198,8 +202,14 @@ impl Parser {
         k >= 0 && self.s.get(k as usize) == Some(&',')
     }
 
+    /// How many values one text may cost: linear in its length.
+    fn budget(&self) -> usize {
+        64 * self.s.len() + 4096
+    }
+
     fn parse_json(&mut self) -> PyObj {
-        if self.depth >= MAX_NESTING {
+        self.steps += 1;
+        if self.depth >= MAX_NESTING || self.steps > self.budget() {
             self.i = self.s.len();
             return PyObj::Str(String::new());
         }
@@ -656,6 +666,19 @@ fn py_float(text: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reparsing_is_bounded() {
+        // Nested objects without `:` are each read twice (as an object, then
+        // as an array): exponential without the budget (the fuzzer's input).
+        let text = format!("{}1{}", "{".repeat(40), "}".repeat(40));
+        let t = std::time::Instant::now();
+        let _ = loads(&text);
+        let input =
+            include_bytes!("../../../../fuzz/regressions/value/timeout-79d2844f4c4fd106d5d7dda5a86fdc80089b5f83");
+        let _ = loads(&String::from_utf8_lossy(&input[1..]));
+        assert!(t.elapsed() < std::time::Duration::from_millis(750), "took {:?}", t.elapsed());
+    }
+
     use super::*;
 
     fn s(v: &str) -> PyObj {
