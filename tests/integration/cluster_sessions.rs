@@ -3,7 +3,7 @@
 //! over, and a partitioned owner that, healed, cannot write stale state.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use dspex::cluster::ClusterNode;
@@ -11,7 +11,7 @@ use dspex::{ClusterConfig, ErrorKind, LmConfig, Map, ProgramSpec, RequestOptions
 use serde_json::json;
 
 use crate::cluster::until_nodes;
-use crate::nats::{Link, NatsServer, Netns};
+use crate::nats::{command_in, Link, NatsServer, Netns};
 use crate::runtime::{builder, offline_lm};
 
 const CHAT: &str = "history: dspy.History, question -> answer";
@@ -88,15 +88,7 @@ struct OwnerProcess {
 impl OwnerProcess {
     fn start(spec: &OwnerSpec, netns: Option<&str>) -> OwnerProcess {
         let exe = std::env::current_exe().expect("the test binary");
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        };
-        let mut child = cmd
+        let mut child = command_in(netns, exe)
             .args(["cluster_sessions::session_owner_node", "--exact", "--ignored", "--nocapture"])
             .env(OWNER_ENV, serde_json::to_string(spec).expect("a spec"))
             .stdin(Stdio::piped())

@@ -174,16 +174,7 @@ impl ServeNode {
         let dir = temp_dir(&format!("node-{node}"));
         let config = dir.join("runtime.toml");
         std::fs::write(&config, toml).expect("write the node's config");
-        let mut command = match netns {
-            // `ip netns exec` execs the binary: the child's pid is the node's.
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        let mut child = command
+        let mut child = command_in(netns, bin)
             .arg("serve")
             .arg(&config)
             .arg("--console-socket")
@@ -246,6 +237,19 @@ impl Drop for ServeNode {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A command running `program`, inside network namespace `netns` if given
+/// (`ip netns exec` execs it: the child's pid is the program's).
+pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
