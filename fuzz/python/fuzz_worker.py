@@ -67,7 +67,7 @@ def serve(data: bytes) -> None:
     fd = _memfd(data)
     everything = registry._commands
     registry._commands = {name: cmd for name, cmd in everything.items() if name in _KEEP}
-    worker = server.Worker(fd, _DEVNULL, concurrency=2, max_frame=1 << 20, worker_id="worker:fuzz:0", lm_gateway=False)
+    worker = server.Worker(fd, _DEVNULL, concurrency=2, max_frame=1 << 20, worker_id="worker:fuzz:0", lm_connector=None)
     try:
         code = worker.serve()
     finally:

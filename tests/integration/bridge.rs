@@ -664,3 +664,107 @@ fn late_requests_stderr_and_exit_codes_are_reported() {
         assert_eq!((exit.code, exit.signal), (Some(7), None));
     });
 }
+
+/// A gateway for the tests: answers with a canned completion, or holds the
+/// call until it is dropped (and says so).
+#[derive(Clone)]
+struct TestGateway(std::sync::Arc<GatewayState>);
+
+struct GatewayState {
+    calls: std::sync::Mutex<Vec<dspex_bridge::LmCall>>,
+    hold: std::sync::atomic::AtomicBool,
+    held: tokio::sync::Notify,
+    dropped: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// Tells `dropped` when the call's future is dropped (the call was cancelled).
+struct DropSignal(std::sync::Arc<tokio::sync::Notify>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+impl dspex_bridge::LmGateway for TestGateway {
+    fn call(
+        &self,
+        call: dspex_bridge::LmCall,
+    ) -> futures_util::future::BoxFuture<'static, dspex_core::Result<dspex_bridge::LmAnswer>> {
+        let me = self.0.clone();
+        Box::pin(async move {
+            me.calls.lock().unwrap().push(call);
+            if me.hold.load(std::sync::atomic::Ordering::SeqCst) {
+                let _signal = DropSignal(me.dropped.clone());
+                me.held.notify_one();
+                futures_util::future::pending::<()>().await;
+            }
+            let body = json!({
+                "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            });
+            Ok(dspex_bridge::LmAnswer {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: dspex_bridge::LmBody::Whole(body.to_string().into()),
+            })
+        })
+    }
+}
+
+#[test]
+fn lm_calls_reach_the_gateway_on_connections_and_end_with_the_worker() {
+    runtime().block_on(async {
+        let state = std::sync::Arc::new(GatewayState {
+            calls: Default::default(),
+            hold: false.into(),
+            held: tokio::sync::Notify::new(),
+            dropped: Default::default(),
+        });
+        let gateway = &state;
+        let mut cfg = config("worker:test:lmconn", true);
+        cfg.lm_gateway = Some(std::sync::Arc::new(TestGateway(state.clone())));
+        let w = Worker::spawn(cfg).await.unwrap();
+        // Port 9 (discard) answers nothing: only the gateway can.
+        let lm = json!({"model": "openai/m", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-conn"});
+        let args = json!({"program": {"module": "predict", "signature": "question -> answer"},
+            "inputs": {"question": "6 * 7?"}, "lm": lm});
+        for i in 0..3 {
+            let out = w.call("dspy.run", args.clone(), &deadline(30_000)).await.unwrap();
+            assert_eq!(out["fields"]["answer"], "42");
+            assert_eq!(gateway.calls.lock().unwrap().len(), i + 1);
+        }
+        {
+            let calls = gateway.calls.lock().unwrap();
+            let call = &calls[0];
+            assert_eq!(call.url, "http://127.0.0.1:9/v1/chat/completions");
+            assert!(call.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("authorization") && v == "Bearer sk-conn"));
+            assert!(call.body.contains("6 * 7?"));
+            assert!(call.deadline.is_some(), "the request's deadline goes with the call");
+            assert_eq!(call.worker, "worker:test:lmconn");
+        }
+        // One connection served the three calls one after another: the
+        // worker holds the connector and one connection, no more.
+        let sockets = std::fs::read_dir(format!("/proc/{}/fd", w.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count();
+        assert_eq!(sockets, 2, "the LM connector and one LM connection");
+
+        // A call in flight when the worker dies is dropped with it.
+        gateway.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+        let pending = {
+            let (w, args) = (w.clone(), args.clone());
+            tokio::spawn(async move { w.call("dspy.run", args, &deadline(30_000)).await })
+        };
+        tokio::time::timeout(Duration::from_secs(20), gateway.held.notified()).await.expect("the call arrives");
+        let dropped = gateway.dropped.notified();
+        // SAFETY: kill -9 of the worker we started.
+        unsafe { libc::kill(w.pid() as i32, libc::SIGKILL) };
+        tokio::time::timeout(Duration::from_secs(2), dropped).await.expect("the gateway call is dropped");
+        assert_eq!(pending.await.unwrap().unwrap_err().kind(), ErrorKind::WorkerCrashed);
+    });
+}

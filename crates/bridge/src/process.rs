@@ -95,6 +95,49 @@ pub(crate) fn recv_message(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> 
     }
 }
 
+/// Take the descriptors attached to the next message on a `SOCK_SEQPACKET`
+/// socket, without blocking: `Ok(None)` when the peer closed the socket,
+/// `WouldBlock` when no message is waiting. A message may carry none.
+/// The descriptors arrive close-on-exec.
+pub(crate) fn recv_fds(sock: RawFd) -> io::Result<Option<Vec<OwnedFd>>> {
+    const MAX_FDS: usize = 8;
+    let mut data = [0u8; 64];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut fds = Vec::new();
+    // SAFETY: a zeroed msghdr is valid; `iov` and `control` outlive the
+    // recvmsg call and their sizes are the ones given. The kernel wrote
+    // every cmsg the CMSG_* walk visits inside `control`; each SCM_RIGHTS
+    // payload is whole descriptors, now ours (read unaligned: the payload
+    // has no alignment guarantee for `RawFd`).
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let first = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(first.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        n
+    };
+    Ok((n > 0 || !fds.is_empty()).then_some(fds))
+}
+
 /// Grow a pipe's buffer (large payloads need fewer wake-ups). Best effort.
 pub(crate) fn set_pipe_size(fd: &OwnedFd, bytes: usize) {
     // SAFETY: F_SETPIPE_SZ on a pipe we own; failure is harmless.

@@ -8,7 +8,9 @@
 //! interpreter, environment, limits — with a `SOCK_SEQPACKET` control
 //! socket instead of protocol pipes. For each [`Zygote::fork`] the runtime
 //! creates the worker's four pipes (requests, responses, stdout, stderr),
-//! sends the child's ends over the socket (`SCM_RIGHTS`) and gets the new
+//! sends the child's ends over the socket (`SCM_RIGHTS`; a fifth descriptor
+//! when the worker's LM calls go through the runtime: its LM connector,
+//! see `worker::lm`) and gets the new
 //! pid back; the child is then an ordinary worker on those pipes, in its own
 //! process group, with its own limits and heartbeats.
 //!
@@ -261,8 +263,9 @@ impl Zygote {
     }
 
     /// Fork a worker configured like `config` (its name, concurrency, frame
-    /// size and limits; the environment and modules are the zygote's).
-    pub(crate) async fn fork(&self, config: &WorkerConfig) -> Result<Forked> {
+    /// size and limits; the environment and modules are the zygote's), with
+    /// `lm_connector` as its LM connector when it has one.
+    pub(crate) async fn fork(&self, config: &WorkerConfig, lm_connector: Option<&OwnedFd>) -> Result<Forked> {
         let name = &config.name;
         if let Some(why) = &self.inner.refusal {
             return Err(zygote_error(name, ErrorKind::Unsupported, format!("zygote refuses to fork: {why}")));
@@ -299,7 +302,8 @@ impl Zygote {
         });
         let (tx, rx) = oneshot::channel();
         *self.inner.pending.lock() = Some(tx);
-        let fds: [RawFd; 4] = [req_r.as_raw_fd(), resp_w.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+        let mut fds: Vec<RawFd> = vec![req_r.as_raw_fd(), resp_w.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+        fds.extend(lm_connector.map(|fd| fd.as_raw_fd()));
         process::send_with_fds(&self.inner.control, msg.to_string().as_bytes(), &fds).map_err(|e| {
             zygote_error(name, ErrorKind::WorkerCrashed, format!("cannot ask zygote {} to fork: {e}", self.inner.name))
         })?;

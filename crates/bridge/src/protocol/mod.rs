@@ -316,8 +316,10 @@ pub enum Message {
         /// How long in-flight requests may take.
         grace_ms: u64,
     },
-    /// Worker → runtime: send this HTTP request of DSPy's to the LM service
-    /// through the runtime's gateway (`dspex_worker/gateway.py`).
+    /// Worker → runtime, on an LM connection (not the request pipes): send
+    /// this HTTP request of DSPy's to the LM service through the runtime's
+    /// gateway (`dspex_worker/gateway.py`). The answer comes back on the
+    /// same connection.
     LmCall {
         /// The call's id (the worker's own numbering).
         id: u64,
@@ -372,11 +374,6 @@ pub enum Message {
         id: u64,
         /// What went wrong; `kind` is the runtime's (`rate_limited`, ...).
         error: WireError,
-    },
-    /// Worker → runtime: the worker stopped reading `id`'s answer.
-    LmCancel {
-        /// The call.
-        id: u64,
     },
 }
 

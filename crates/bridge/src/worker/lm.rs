@@ -3,14 +3,22 @@
 //! In a pool whose workers call LMs through the runtime
 //! ([`WorkerConfig::lm_gateway`](super::WorkerConfig::lm_gateway)), DSPy's
 //! HTTP transport in the worker sends each chat-completions request as an
-//! `lm_call` message; the reader task hands it to the [`LmGateway`], on a
-//! task of its own, and answers with `lm_head`, `lm_data`… and `lm_end` (or
-//! `lm_error`). An `lm_cancel`, or the worker's end, aborts the call. The
-//! request the call belongs to is known by id; the caller's
+//! `lm_call` message and reads the answer as `lm_head`, `lm_data`… and
+//! `lm_end` (or `lm_error`) — not on the request pipes but on a connection
+//! of its own: a unix socket pair the worker makes and hands over on its
+//! *LM connector* (a `SOCK_SEQPACKET` socket given at start, `SCM_RIGHTS`),
+//! then keeps for later calls. One call at a time per connection, so the
+//! worker thread that makes a call reads its answer itself (no other thread
+//! wakes up for it, as with an HTTP connection of its own), and this side
+//! serves each connection on a task that does nothing else. A worker closes
+//! a connection to cancel its call.
+//!
+//! The request a call belongs to is known by id; the caller's
 //! [`CallOptions::lm_scope`](super::CallOptions::lm_scope) for it (a tenant,
 //! a meter: the bridge does not look inside) goes with the call.
 
 use std::any::Any;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,10 +27,17 @@ use dspex_core::{Error, ErrorKind, Result};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
-use tracing::debug;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::net::UnixStream;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
 
-use super::Shared;
-use crate::protocol::{Codec, Message, WireError};
+use super::{read_frame, Shared};
+use crate::process;
+use crate::protocol::{decode_frame, Codec, Message, WireError};
+
+/// The environment variable that gives a worker its LM connector's descriptor.
+pub(super) const CONNECTOR_ENV: &str = "DSPEX_LM_FD";
 
 /// What the runtime attached to a request for its LM calls; opaque here.
 pub type LmScopeToken = Arc<dyn Any + Send + Sync>;
@@ -137,83 +152,191 @@ pub(super) fn wire_error(e: &Error) -> WireError {
     }
 }
 
-/// Serve one `lm_call` of the worker: the gateway's answer back as messages.
-pub(super) async fn serve(shared: Arc<Shared>, gateway: Arc<dyn LmGateway>, id: u64, call: LmCall) {
-    let codec = Codec::MsgPack;
-    let send = |msg: Message| {
-        let shared = shared.clone();
-        async move {
-            match crate::protocol::encode_frame(codec, &msg) {
-                Ok(frame) => shared.write_frame(codec, frame).await,
-                Err(e) => Err(e),
+/// Serve the LM connections the worker hands over on `connector` (a unix
+/// stream socket; each connection comes as a descriptor), each on
+/// a task of its own, until the worker closes the connector (its end) or the
+/// returned task is aborted (the worker stopped: every connection with it).
+pub(super) fn serve_connector(
+    shared: Arc<Shared>,
+    gateway: Arc<dyn LmGateway>,
+    connector: OwnedFd,
+) -> Result<tokio::task::AbortHandle> {
+    let connector = connection(connector)
+        .map_err(|e| Error::internal(format!("cannot watch the LM connector of {}: {e}", shared.name)))?;
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            let ready = tokio::select! {
+                ready = connector.readable() => ready,
+                // Reap finished connections as they end.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            if ready.is_err() {
+                break;
             }
-        }
-    };
-    let started = Instant::now();
-    let answer = gateway.call(call).await;
-    let result: Result<()> = async {
-        match answer {
-            Err(e) => send(Message::LmError { id, error: wire_error(&e) }).await,
-            Ok(LmAnswer { status, headers, body: LmBody::Whole(bytes) }) => {
-                let body = Some(String::from_utf8_lossy(&bytes).into_owned());
-                send(Message::LmHead { id, status, headers, body }).await
-            }
-            Ok(LmAnswer { status, headers, body: LmBody::Stream(mut body) }) => {
-                send(Message::LmHead { id, status, headers, body: None }).await?;
-                let mut text = Utf8Chunks::default();
-                let mut ended = false;
-                while !ended {
-                    let mut bytes = match body.next().await {
-                        Some(Ok(bytes)) => bytes.to_vec(),
-                        Some(Err(e)) => return send(Message::LmError { id, error: wire_error(&e) }).await,
-                        None => break,
-                    };
-                    // What else has already arrived goes in the same frame:
-                    // a model's tokens often come back to back, and each
-                    // frame costs the worker a wake-up.
-                    let mut failed = None;
-                    while let Some(next) = body.next().now_or_never() {
-                        match next {
-                            Some(Ok(more)) => bytes.extend_from_slice(&more),
-                            Some(Err(e)) => {
-                                failed = Some(e);
-                                break;
+            match connector.try_io(Interest::READABLE, || process::recv_fds(connector.as_raw_fd())) {
+                Ok(Some(fds)) => {
+                    for fd in fds {
+                        match connection(fd) {
+                            Ok(stream) => {
+                                connections.spawn(serve_connection(shared.clone(), gateway.clone(), stream));
                             }
-                            None => {
-                                ended = true;
-                                break;
+                            Err(e) => {
+                                warn!(worker = %shared.name, error = %e, "the worker handed over a descriptor that is not an LM connection")
                             }
                         }
                     }
-                    let data = text.push(&bytes);
-                    if !data.is_empty() {
-                        send(Message::LmData { id, data }).await?;
-                    }
-                    if let Some(e) = failed {
-                        return send(Message::LmError { id, error: wire_error(&e) }).await;
+                }
+                Ok(None) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    debug!(worker = %shared.name, error = %e, "LM connector closed");
+                    break;
+                }
+            }
+        }
+        // The worker closed its end: its connections end with their calls.
+        while connections.join_next().await.is_some() {}
+    });
+    Ok(task.abort_handle())
+}
+
+/// A descriptor from the worker as a non-blocking unix stream.
+fn connection(fd: OwnedFd) -> std::io::Result<UnixStream> {
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    UnixStream::from_std(stream)
+}
+
+/// One LM connection: calls one after another, until the worker closes it.
+async fn serve_connection(shared: Arc<Shared>, gateway: Arc<dyn LmGateway>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::with_capacity(64 * 1024, read);
+    loop {
+        let body = match read_frame(&mut read, shared.max_frame).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(worker = %shared.name, error = %e, "broken LM connection from the worker");
+                return;
+            }
+        };
+        let (id, call) = match decode_frame(&body) {
+            Ok((_, Message::LmCall { id, request, url, headers, body, deadline_ms, max_retries, .. })) => {
+                let scope = request.and_then(|r| shared.lm_scopes.lock().get(&r).cloned());
+                let call = LmCall {
+                    url,
+                    headers,
+                    body,
+                    deadline: deadline_in(deadline_ms),
+                    max_retries,
+                    scope,
+                    worker: shared.name.to_string(),
+                };
+                (id, call)
+            }
+            Ok((_, other)) => {
+                warn!(worker = %shared.name, message = ?other, "unexpected message on an LM connection");
+                return;
+            }
+            Err(e) => {
+                warn!(worker = %shared.name, error = %e, "undecodable message on an LM connection");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let answered = tokio::select! {
+            r = answer(&mut write, gateway.call(call), id, shared.max_frame) => r,
+            // The worker closed the connection: it stopped waiting.
+            _ = peer_gone(&mut read) => {
+                debug!(worker = %shared.name, call = id, "LM call cancelled by the worker");
+                return;
+            }
+        };
+        if let Err(e) = answered {
+            // The worker is gone or stopped reading: nothing left to tell it.
+            debug!(worker = %shared.name, call = id, error = %e, "LM answer not delivered");
+            return;
+        }
+        debug!(worker = %shared.name, call = id, took = ?started.elapsed(), "LM call served");
+    }
+}
+
+/// Resolves when the worker closes its end, or breaks the rule of one call
+/// at a time (it sent more while a call is open).
+async fn peer_gone<R: tokio::io::AsyncBufRead + Unpin>(read: &mut R) {
+    let _ = read.fill_buf().await;
+}
+
+/// The gateway's answer to call `id`, written as messages.
+async fn answer<W: tokio::io::AsyncWrite + Unpin>(
+    write: &mut W,
+    answer: impl std::future::Future<Output = Result<LmAnswer>>,
+    id: u64,
+    max_frame: usize,
+) -> Result<()> {
+    let mut send = async |msg: Message| -> Result<()> {
+        let mut frame = crate::protocol::encode_frame(Codec::MsgPack, &msg)?;
+        if frame.len() - 4 > max_frame {
+            let error = Error::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "an LM answer of {} bytes is over the worker's frame limit of {max_frame} bytes (the pool's `max_frame_mb`)",
+                    frame.len() - 4
+                ),
+            );
+            frame = crate::protocol::encode_frame(Codec::MsgPack, &Message::LmError { id, error: wire_error(&error) })?;
+        }
+        write.write_all(&frame).await.map_err(Error::from)
+    };
+    match answer.await {
+        Err(e) => send(Message::LmError { id, error: wire_error(&e) }).await,
+        Ok(LmAnswer { status, headers, body: LmBody::Whole(bytes) }) => {
+            let body = Some(String::from_utf8_lossy(&bytes).into_owned());
+            send(Message::LmHead { id, status, headers, body }).await
+        }
+        Ok(LmAnswer { status, headers, body: LmBody::Stream(mut body) }) => {
+            send(Message::LmHead { id, status, headers, body: None }).await?;
+            let mut text = Utf8Chunks::default();
+            let mut ended = false;
+            while !ended {
+                let mut bytes = match body.next().await {
+                    Some(Ok(bytes)) => bytes.to_vec(),
+                    Some(Err(e)) => return send(Message::LmError { id, error: wire_error(&e) }).await,
+                    None => break,
+                };
+                // What else has already arrived goes in the same frame:
+                // a model's tokens often come back to back, and each
+                // frame costs the worker a wake-up.
+                let mut failed = None;
+                while let Some(next) = body.next().now_or_never() {
+                    match next {
+                        Some(Ok(more)) => bytes.extend_from_slice(&more),
+                        Some(Err(e)) => {
+                            failed = Some(e);
+                            break;
+                        }
+                        None => {
+                            ended = true;
+                            break;
+                        }
                     }
                 }
-                let data = text.finish();
+                let data = text.push(&bytes);
                 if !data.is_empty() {
                     send(Message::LmData { id, data }).await?;
                 }
-                send(Message::LmEnd { id }).await
+                if let Some(e) = failed {
+                    return send(Message::LmError { id, error: wire_error(&e) }).await;
+                }
             }
+            let data = text.finish();
+            if !data.is_empty() {
+                send(Message::LmData { id, data }).await?;
+            }
+            send(Message::LmEnd { id }).await
         }
     }
-    .await;
-    if let Err(e) = result {
-        // The worker is gone or stopped reading: nothing left to tell it.
-        debug!(worker = %shared.name, call = id, error = %e, "LM answer not delivered");
-    }
-    shared.lm_calls.lock().remove(&id);
-    debug!(worker = %shared.name, call = id, took = ?started.elapsed(), "LM call served");
-}
-
-/// The error a worker's call gets when its pool sends no LM calls through
-/// the runtime (a worker started with the gateway on by hand, say).
-pub(super) fn no_gateway() -> Error {
-    Error::new(ErrorKind::Config, "this worker's pool does not send LM calls through the runtime's gateway")
 }
 
 /// The deadline `deadline_ms` from now.

@@ -87,12 +87,10 @@ struct Shared {
     completed: AtomicU64,
     /// Frames written and read, by codec tag.
     frames: FrameCounts,
-    /// Where the worker's LM calls go, when they go through the runtime.
-    lm_gateway: Option<Arc<dyn LmGateway>>,
     /// The LM scope of each request that has one, by request id.
     lm_scopes: Mutex<HashMap<u64, LmScopeToken>>,
-    /// LM calls being served, by the worker's call id.
-    lm_calls: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    /// The task serving the worker's LM connections (see `lm`).
+    lm_connections: Mutex<Option<tokio::task::AbortHandle>>,
     registry: Option<Arc<RunRegistry>>,
     /// Forked from a zygote (not started cold).
     forked: bool,
@@ -192,8 +190,8 @@ impl Shared {
             self.closed.send_replace(Some(err.message().to_string()));
         }
         self.lm_scopes.lock().clear();
-        for (_, call) in self.lm_calls.lock().drain() {
-            call.abort();
+        if let Some(task) = self.lm_connections.lock().take() {
+            task.abort();
         }
         let drained: Vec<Slot> = self.pending.lock().drain().map(|(_, s)| s).collect();
         for slot in drained {
@@ -469,19 +467,25 @@ struct Launched {
     forked: bool,
 }
 
-/// `python -m dspex_worker` from scratch.
-async fn launch_cold(config: &WorkerConfig) -> Result<Launched> {
+/// `python -m dspex_worker` from scratch; `lm_connector` is the worker's
+/// end of its LM connector, when its LM calls go through the runtime.
+async fn launch_cold(config: &WorkerConfig, lm_connector: Option<&OwnedFd>) -> Result<Launched> {
     let (req_r, req_w) = process::pipe()?;
     let (resp_r, resp_w) = process::pipe()?;
     process::set_pipe_size(&req_w, config.pipe_size);
     process::set_pipe_size(&resp_w, config.pipe_size);
     use std::os::fd::AsRawFd;
     let (child_req, child_resp) = (req_r.as_raw_fd(), resp_w.as_raw_fd());
+    let child_lm = lm_connector.map(|fd| fd.as_raw_fd());
+    let mut env = config.environment(child_req, child_resp);
+    if let Some(fd) = child_lm {
+        env.push((lm::CONNECTOR_ENV.into(), fd.to_string().into()));
+    }
     let spec = SpawnSpec {
         program: config.python.clone(),
         args: config.args.clone(),
-        env: config.environment(child_req, child_resp),
-        inherit: vec![child_req, child_resp],
+        env,
+        inherit: [child_req, child_resp].into_iter().chain(child_lm).collect(),
         limits: config.limits.clone(),
     };
     let spawned = tokio::task::spawn_blocking(move || process::spawn(spec))
@@ -524,8 +528,17 @@ impl Worker {
 
     async fn start(config: WorkerConfig, cold_fallback: bool) -> Result<Worker> {
         let started = Instant::now();
+        // The LM connector: (the runtime's end, the worker's).
+        let lm_connector = match config.lm_gateway {
+            Some(_) => {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+                Some((OwnedFd::from(ours), OwnedFd::from(theirs)))
+            }
+            None => None,
+        };
+        let child_lm = lm_connector.as_ref().map(|(_, theirs)| theirs);
         let launched = match &config.zygote {
-            Some(z) => match z.fork(&config).await {
+            Some(z) => match z.fork(&config, child_lm).await {
                 Ok(f) => Launched {
                     pid: f.pid,
                     pgid: f.pid as i32,
@@ -539,11 +552,13 @@ impl Worker {
                 Err(e) if !cold_fallback => return Err(e),
                 Err(e) => {
                     warn!(worker = %config.name, zygote = %z.name(), error = %e, "fork failed; starting the worker cold");
-                    launch_cold(&config).await?
+                    launch_cold(&config, child_lm).await?
                 }
             },
-            None => launch_cold(&config).await?,
+            None => launch_cold(&config, child_lm).await?,
         };
+        // The worker has its end now.
+        let lm_connector = lm_connector.map(|(ours, _)| ours);
         let Launched { pid, pgid, requests, responses, stdout, stderr, process: proc_handle, forked } = launched;
         if let Some(reg) = &config.registry {
             if let Err(e) = reg.add_worker(pid, pgid) {
@@ -626,9 +641,8 @@ impl Worker {
             stderr_tail: OutputTail::default(),
             completed: AtomicU64::new(0),
             frames: FrameCounts::default(),
-            lm_gateway: config.lm_gateway.clone(),
             lm_scopes: Mutex::new(HashMap::new()),
-            lm_calls: Mutex::new(HashMap::new()),
+            lm_connections: Mutex::new(None),
             registry: config.registry.clone(),
             forked,
         });
@@ -637,6 +651,15 @@ impl Worker {
         }
         if let Some(Ok(r)) = stderr {
             pump_lines(r, shared.name.clone(), shared.stderr_tail.clone(), true);
+        }
+        if let (Some(gateway), Some(connector)) = (config.lm_gateway.clone(), lm_connector) {
+            match lm::serve_connector(shared.clone(), gateway, connector) {
+                Ok(task) => *shared.lm_connections.lock() = Some(task),
+                Err(e) => {
+                    proc_handle.reap(pgid, Duration::ZERO).await;
+                    return Err(e.with_worker(config.name.clone()));
+                }
+            }
         }
         tokio::spawn(read_loop(shared.clone(), reader, proc_handle));
         let worker = Worker { inner: Arc::new(Handle { shared }) };
@@ -1105,38 +1128,6 @@ async fn read_loop(shared: Arc<Shared>, mut reader: BufReader<pipe::Receiver>, p
                 Message::Pong { seq, in_flight } => {
                     if let Some(tx) = shared.pings.lock().remove(&seq) {
                         let _ = tx.send(in_flight);
-                    }
-                }
-                Message::LmCall { id, request, url, headers, body, deadline_ms, max_retries, .. } => {
-                    let scope = request.and_then(|r| shared.lm_scopes.lock().get(&r).cloned());
-                    let call = lm::LmCall {
-                        url,
-                        headers,
-                        body,
-                        deadline: lm::deadline_in(deadline_ms),
-                        max_retries,
-                        scope,
-                        worker: shared.name.to_string(),
-                    };
-                    match shared.lm_gateway.clone() {
-                        Some(gateway) => {
-                            let task = tokio::spawn(lm::serve(shared.clone(), gateway, id, call));
-                            shared.lm_calls.lock().insert(id, task.abort_handle());
-                        }
-                        None => {
-                            let shared = shared.clone();
-                            tokio::spawn(async move {
-                                let error = lm::wire_error(&lm::no_gateway());
-                                if let Ok(frame) = encode_frame(Codec::MsgPack, &Message::LmError { id, error }) {
-                                    let _ = shared.write_frame(Codec::MsgPack, frame).await;
-                                }
-                            });
-                        }
-                    }
-                }
-                Message::LmCancel { id } => {
-                    if let Some(call) = shared.lm_calls.lock().remove(&id) {
-                        call.abort();
                     }
                 }
                 other => {

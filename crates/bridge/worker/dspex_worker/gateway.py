@@ -4,8 +4,8 @@ DSPy 3.4.1 calls OpenAI-compatible services through its native (lm15) engine,
 which builds each HTTP request and reads each answer itself, and hands the
 bytes to an HTTP transport. In a pool whose workers use the gateway
 (``DSPEX_LM_GATEWAY=1``), that transport is replaced by one that sends every
-chat-completions request to the runtime over the worker's pipes and reads
-the runtime's answer (``lm_transport``); the runtime's gateway applies rate
+chat-completions request to the runtime and reads the runtime's answer
+(``lm_transport``); the runtime's gateway applies rate
 limits, budgets, its shared response cache, retries and fallbacks, and
 accounts tokens and cost, for native and Python calls alike.
 
@@ -13,14 +13,22 @@ Only the transport changes: DSPy still chooses its engine, builds the
 request (so the service sees exactly what DSPy's own engine sends), parses
 the answer, records usage, cost and history, and raises its own errors.
 
-The messages (worker → runtime, then runtime → worker)::
+Each call travels on a connection of its own to the runtime: a unix socket
+pair the worker makes, handing one end to the runtime over its *LM
+connector* (a unix socket the runtime gave it at start, ``DSPEX_LM_FD``;
+the end travels as ``SCM_RIGHTS``). Connections are kept and reused, one
+call at a time each, so the thread (or coroutine) that makes a call writes
+it and reads the answer itself — no other thread wakes up for it, as with
+an HTTP connection of DSPy's own. Closing a connection cancels its call.
+
+The messages, frames of the wire protocol in MessagePack (worker → runtime,
+then runtime → worker)::
 
     lm_call   {id, request, url, headers, body, deadline_ms?, max_retries, stream}
-    lm_head   {id, status, headers}
-    lm_data   {id, data}           (the body, whole or a piece of a stream)
+    lm_head   {id, status, headers, body?}   (body: the whole answer, when it came whole)
+    lm_data   {id, data}           (a piece of a streamed body)
     lm_end    {id}
     lm_error  {id, error}          (instead of an answer: the gateway refused or failed)
-    lm_cancel {id}                 (the worker stopped reading)
 
 This module holds the worker's side of the messages and imports nothing of
 DSPy (the frame loop uses it in every worker); ``lm_transport`` holds the
@@ -32,15 +40,33 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import queue
+import socket
 import sys
 import threading
+import weakref
+
+from .protocol import DEFAULT_MAX_FRAME, HEADER, MSGPACK, ProtocolError, decode_payload, encode_frame
 
 #: The ``dspy.context`` key a request's LM scope travels under: DSPy copies
 #: its settings into the threads of Evaluate, Parallel, BestOfN, ...
 SCOPE_KEY = "dspex_lm_scope"
 
+#: The pool sends its workers' LM calls through the runtime (its zygote
+#: patches DSPy's transports at import).
 ENABLED = os.environ.get("DSPEX_LM_GATEWAY", "0") == "1"
+
+#: Idle connections kept for reuse; one returned beyond that is closed.
+KEEP_IDLE = 64
+
+_ids = itertools.count(1)
+
+
+def connector_fd() -> int | None:
+    """The LM connector's descriptor the runtime gave this worker, if any."""
+    try:
+        return int(os.environ["DSPEX_LM_FD"])
+    except (KeyError, ValueError):
+        return None
 
 
 def lm_call_message(call_id, request_id, url, headers, body, deadline_ms, max_retries, stream) -> dict:
@@ -51,6 +77,20 @@ def lm_call_message(call_id, request_id, url, headers, body, deadline_ms, max_re
     message["max_retries"] = max_retries
     message["stream"] = stream
     return message
+
+
+def call_message(scope: LmScope | None, request, stream: bool) -> dict:
+    """The ``lm_call`` for one of lm15's transport requests."""
+    return lm_call_message(
+        next(_ids),
+        scope.request_id if scope is not None else None,
+        request.url,
+        [[k, v] for k, v in request.headers],
+        bytes(request.body).decode("utf-8", errors="replace"),
+        scope.deadline_ms() if scope is not None else None,
+        scope.max_retries if scope is not None else 0,
+        stream,
+    )
 
 
 class LmScope:
@@ -68,88 +108,184 @@ class LmScope:
         return None if left is None else max(int(left * 1000), 1)
 
 
-class Channel:
-    """The worker's side of the LM messages: sends calls, routes replies."""
+def _frame_length(header: bytes | bytearray, max_frame: int) -> tuple[int, int]:
+    length, tag = HEADER.unpack_from(header)
+    if length < 1 or length > max_frame:
+        raise ProtocolError(f"LM answer frame of {length} bytes is outside 1..{max_frame}")
+    return length, tag
 
-    def __init__(self, send):
-        self._send = send
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._open: dict = {}
 
-    def open(self, scope: LmScope | None, request, stream: bool, loop=None):
-        """Send an ``lm_call``; returns its id and the queue its replies arrive on
-        (an ``asyncio.Queue`` of ``loop`` for async callers)."""
-        call_id = next(self._ids)
-        replies = asyncio.Queue() if loop is not None else queue.SimpleQueue()
-        with self._lock:
-            self._open[call_id] = (replies, loop)
-        message = lm_call_message(
-            call_id,
-            scope.request_id if scope is not None else None,
-            request.url,
-            [[k, v] for k, v in request.headers],
-            bytes(request.body).decode("utf-8", errors="replace"),
-            scope.deadline_ms() if scope is not None else None,
-            scope.max_retries if scope is not None else 0,
-            stream,
-        )
+class Connection:
+    """One LM connection, for threads: a call's messages out, its answer in."""
+
+    __slots__ = ("sock", "buf", "max_frame")
+
+    def __init__(self, sock: socket.socket, max_frame: int):
+        self.sock = sock
+        self.buf = bytearray()
+        self.max_frame = max_frame
+
+    def send(self, message: dict) -> None:
+        self.sock.sendall(encode_frame(MSGPACK, message))
+
+    def recv(self, timeout: float | None) -> dict:
+        """The next message; ``TimeoutError`` after ``timeout`` seconds,
+        ``ConnectionError`` if the runtime closed the connection."""
+        self.sock.settimeout(timeout)
+        buf = self.buf
+        while True:
+            if len(buf) >= 5:
+                length, tag = _frame_length(buf, self.max_frame)
+                if len(buf) >= 4 + length:
+                    payload = bytes(buf[5 : 4 + length])
+                    del buf[: 4 + length]
+                    return decode_payload(tag, payload)
+            data = self.sock.recv(256 * 1024)
+            if not data:
+                raise ConnectionError("the runtime closed the LM connection")
+            buf += data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class AsyncConnection:
+    """One LM connection, for coroutines on one event loop."""
+
+    __slots__ = ("reader", "writer", "max_frame", "sock")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int, sock):
+        self.reader = reader
+        self.writer = writer
+        self.max_frame = max_frame
+        self.sock = sock
+
+    async def send(self, message: dict) -> None:
+        self.writer.write(encode_frame(MSGPACK, message))
+        await self.writer.drain()
+
+    async def recv(self) -> dict:
+        """The next message (the caller bounds the wait)."""
         try:
-            self._send(message)
-        except Exception:
-            self.close(call_id, cancel=False)
+            header = await self.reader.readexactly(5)
+            length, tag = _frame_length(header, self.max_frame)
+            payload = await self.reader.readexactly(length - 1)
+        except asyncio.IncompleteReadError:
+            raise ConnectionError("the runtime closed the LM connection") from None
+        return decode_payload(tag, payload)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Connector:
+    """The worker's side of the LM connector: makes connections, keeps idle ones."""
+
+    def __init__(self, fd: int, max_frame: int = DEFAULT_MAX_FRAME):
+        self._sock = socket.socket(fileno=fd)
+        self._max_frame = max_frame
+        self._lock = threading.Lock()
+        self._idle: list[Connection] = []
+        self._idle_async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _pair(self) -> socket.socket:
+        """A new connection: our end; the other is now the runtime's."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self._lock:
+                socket.send_fds(self._sock, [b"c"], [theirs.fileno()])
+        except BaseException:
+            ours.close()
             raise
-        return call_id, replies
+        finally:
+            theirs.close()
+        return ours
 
-    def deliver(self, message: dict) -> None:
-        """A reply from the runtime (called by the frame loop)."""
+    def take(self) -> Connection:
+        """An idle connection, or a new one."""
         with self._lock:
-            entry = self._open.get(message.get("id"))
-        if entry is None:
-            return  # a call this worker stopped reading
-        replies, loop = entry
-        if loop is None:
-            replies.put(message)
+            if self._idle:
+                return self._idle.pop()
+        return Connection(self._pair(), self._max_frame)
+
+    def give(self, conn: Connection) -> None:
+        """Return a connection whose call is over, for the next call."""
+        with self._lock:
+            if len(self._idle) < KEEP_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    async def take_async(self) -> AsyncConnection:
+        """An idle connection of the running loop, or a new one."""
+        loop = asyncio.get_running_loop()
+        idle = self._idle_async.get(loop)
+        if idle:
+            return idle.pop()
+        sock = self._pair()
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return AsyncConnection(reader, writer, self._max_frame, sock)
+
+    def give_async(self, conn: AsyncConnection) -> None:
+        """Return a coroutine's connection whose call is over (on its loop)."""
+        idle = self._idle_async.setdefault(asyncio.get_running_loop(), [])
+        if len(idle) < KEEP_IDLE:
+            idle.append(conn)
         else:
-            loop.call_soon_threadsafe(replies.put_nowait, message)
+            conn.close()
 
-    def close(self, call_id: int, cancel: bool) -> None:
+    def idle(self) -> int:
+        """Idle connections kept for threads."""
         with self._lock:
-            found = self._open.pop(call_id, None)
-        if found is not None and cancel:
-            try:
-                self._send({"type": "lm_cancel", "id": call_id})
-            except Exception:  # noqa: BLE001 - the runtime is gone; nothing to cancel
-                pass
+            return len(self._idle)
 
-    def pending(self) -> int:
+    def close(self) -> None:
+        """Close the connector and the idle connections (those of loops that
+        still run are closed on their loop)."""
         with self._lock:
-            return len(self._open)
+            idle, self._idle = self._idle, []
+            loops, self._idle_async = list(self._idle_async.items()), weakref.WeakKeyDictionary()
+        for conn in idle:
+            conn.close()
+        for loop, conns in loops:
+            for conn in conns:
+                if loop.is_closed():
+                    conn.sock.close()
+                else:
+                    loop.call_soon_threadsafe(conn.close)
+        self._sock.close()
 
 
-_channel: Channel | None = None
+_connector: Connector | None = None
 
 
-def install(send) -> Channel:
-    """Route LM calls through the runtime from now on (the frame loop calls
-    this when the pool uses the gateway). DSPy's transports are patched now
-    if DSPy is loaded, else when it is (``dspy_patches``)."""
-    global _channel
-    _channel = Channel(send)
+def install(fd: int, max_frame: int = DEFAULT_MAX_FRAME) -> Connector:
+    """Route LM calls through the runtime from now on, over the LM connector
+    ``fd`` (the frame loop calls this when the runtime gave it one). DSPy's
+    transports are patched now if DSPy is loaded, else when it is
+    (``dspy_patches``)."""
+    global _connector
+    _connector = Connector(fd, max_frame)
     if "dspex_worker.dspy_patches" in sys.modules:
         patch_transports()
-    return _channel
+    return _connector
 
 
 def uninstall() -> None:
     """Call LM services directly again."""
-    global _channel
-    _channel = None
+    global _connector
+    if _connector is not None:
+        _connector.close()
+    _connector = None
 
 
 def active() -> bool:
     """Whether LM calls go through the runtime."""
-    return _channel is not None
+    return _connector is not None
 
 
 def patch_transports() -> None:

@@ -2,7 +2,7 @@
 
 See ``gateway`` for the why and the messages. The transports subclass
 lm15's own, so a call that is not a chat completion, or made where no
-channel to the runtime is open, goes out directly as before.
+connector to the runtime is open, goes out directly as before.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import queue
 import sys
 
 import dspy
@@ -24,7 +23,7 @@ from dspy._vendor.lm15.transports import (
 )
 
 from . import gateway
-from .gateway import SCOPE_KEY, Channel, LmScope
+from .gateway import SCOPE_KEY, Connector, LmScope
 
 log = logging.getLogger("dspex_worker.gateway")
 
@@ -42,10 +41,10 @@ class GatewayError(TransportError):
         self.dspex_retryable = retryable
 
 
-def _gateway_for(request) -> Channel | None:
-    """The channel to send ``request`` on, or None to call the service directly."""
-    ch = gateway._channel
-    if ch is None:
+def _gateway_for(request) -> Connector | None:
+    """The connector to send ``request`` through, or None to call the service directly."""
+    connector = gateway._connector
+    if connector is None:
         return None
     path = request.url.split("?", 1)[0]
     if request.method.upper() != "POST" or not path.endswith("/chat/completions"):
@@ -54,7 +53,7 @@ def _gateway_for(request) -> Channel | None:
             _direct_logged.add(origin)
             log.info("LM calls to %s go directly, not through the gateway: not an OpenAI chat-completions API", origin)
         return None
-    return ch
+    return connector
 
 
 def _scope() -> LmScope | None:
@@ -74,6 +73,14 @@ def _raise(error: dict):
     )
 
 
+def _lost(exc: BaseException, started: bool) -> GatewayError:
+    """The error for a connection that failed mid-call."""
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        what = "stopped answering" if started else "did not answer in time"
+        return GatewayError("timeout", f"the LM gateway {what}", True)
+    return GatewayError("internal", f"the connection to the runtime's LM gateway broke: {exc}", True)
+
+
 def _reason(status: int) -> str:
     try:
         return http.HTTPStatus(status).phrase
@@ -85,49 +92,65 @@ def _is_stream(request) -> bool:
     return b'"stream": true' in request.body or b'"stream":true' in request.body
 
 
+def _headers(head: dict) -> list:
+    return [(k, v) for k, v in head["headers"]]
+
+
 class GatewayTransport(StdlibTransport):
     """lm15's transport, sending chat completions through the runtime."""
 
     def stream(self, request) -> TransportResponse:
-        ch = _gateway_for(request)
-        if ch is None:
+        connector = _gateway_for(request)
+        if connector is None:
             return super().stream(request)
         scope = _scope()
-        call_id, replies = ch.open(scope, request, _is_stream(request))
         wait = _wait_time(scope)
+        conn = connector.take()
         try:
-            head = replies.get(timeout=wait)
-        except queue.Empty:
-            ch.close(call_id, cancel=True)
-            raise GatewayError("timeout", "the LM gateway did not answer in time", True) from None
+            conn.send(gateway.call_message(scope, request, _is_stream(request)))
+            head = conn.recv(wait)
+        except BaseException as exc:
+            conn.close()  # the runtime drops the call with it
+            if isinstance(exc, OSError):
+                raise _lost(exc, False) from exc
+            raise
         if head["type"] == "lm_error":
-            ch.close(call_id, cancel=False)
+            connector.give(conn)
             _raise(head["error"])
+        # Whether the answer was read to its end (the connection is then
+        # ready for the next call; otherwise closing it cancels this one).
+        done = "body" in head
 
         def chunks():
+            nonlocal done
             if "body" in head:  # the whole body came with the head
                 yield head["body"].encode()
                 return
             while True:
                 try:
-                    msg = replies.get(timeout=wait)
-                except queue.Empty:
-                    raise GatewayError("timeout", "the LM gateway stopped answering", True) from None
+                    msg = conn.recv(wait)
+                except OSError as exc:
+                    raise _lost(exc, True) from exc
                 kind = msg["type"]
                 if kind == "lm_data":
                     yield msg["data"].encode()
                 elif kind == "lm_end":
+                    done = True
                     return
                 else:
+                    done = True
                     _raise(msg["error"])
 
         def release(body_consumed: bool) -> None:
-            ch.close(call_id, cancel=not body_consumed)
+            if done:
+                connector.give(conn)
+            else:
+                conn.close()
 
         return TransportResponse(
             status=head["status"],
             reason=_reason(head["status"]),
-            headers=[(k, v) for k, v in head["headers"]],
+            headers=_headers(head),
             http_version="HTTP/1.1",
             chunks=chunks(),
             release=release,
@@ -136,24 +159,24 @@ class GatewayTransport(StdlibTransport):
 
 if sys.version_info >= (3, 11):
 
-    async def _next(replies: asyncio.Queue, wait: float | None):
-        """The next reply, within ``wait`` seconds. ``asyncio.timeout`` bounds
-        the wait without a task per message (``wait_for`` makes one), and this
-        runs once per streamed piece."""
+    async def _recv(conn: gateway.AsyncConnection, wait: float | None) -> dict:
+        """The next message, within ``wait`` seconds. ``asyncio.timeout``
+        bounds the wait without a task per message (``wait_for`` makes
+        one), and this runs once per streamed piece."""
         async with asyncio.timeout(wait):
-            return await replies.get()
+            return await conn.recv()
 
 else:  # pragma: no cover - Python 3.10
 
-    async def _next(replies: asyncio.Queue, wait: float | None):
-        return await asyncio.wait_for(replies.get(), wait)
+    async def _recv(conn: gateway.AsyncConnection, wait: float | None) -> dict:
+        return await asyncio.wait_for(conn.recv(), wait)
 
 
 class _GatewayStream:
     """``async with transport.stream(request) as response`` through the runtime."""
 
-    def __init__(self, ch: Channel, request):
-        self._ch = ch
+    def __init__(self, connector: Connector, request):
+        self._connector = connector
         self._request = request
         self._response = None
 
@@ -162,46 +185,52 @@ class _GatewayStream:
 
     async def _open(self) -> AsyncTransportResponse:
         scope = _scope()
-        loop = asyncio.get_running_loop()
-        call_id, replies = self._ch.open(scope, self._request, _is_stream(self._request), loop=loop)
         wait = _wait_time(scope)
+        connector = self._connector
+        conn = await connector.take_async()
         try:
-            head = await _next(replies, wait)
-        except asyncio.TimeoutError:
-            self._ch.close(call_id, cancel=True)
-            raise GatewayError("timeout", "the LM gateway did not answer in time", True) from None
-        except BaseException:
-            self._ch.close(call_id, cancel=True)
+            await conn.send(gateway.call_message(scope, self._request, _is_stream(self._request)))
+            head = await _recv(conn, wait)
+        except BaseException as exc:
+            conn.close()  # the runtime drops the call with it
+            if isinstance(exc, (OSError, asyncio.TimeoutError)):
+                raise _lost(exc, False) from exc
             raise
         if head["type"] == "lm_error":
-            self._ch.close(call_id, cancel=False)
+            connector.give_async(conn)
             _raise(head["error"])
-        ch = self._ch
+        done = "body" in head
 
         async def chunks():
+            nonlocal done
             if "body" in head:  # the whole body came with the head
                 yield head["body"].encode()
                 return
             while True:
                 try:
-                    msg = await _next(replies, wait)
-                except asyncio.TimeoutError:
-                    raise GatewayError("timeout", "the LM gateway stopped answering", True) from None
+                    msg = await _recv(conn, wait)
+                except (OSError, asyncio.TimeoutError) as exc:
+                    raise _lost(exc, True) from exc
                 kind = msg["type"]
                 if kind == "lm_data":
                     yield msg["data"].encode()
                 elif kind == "lm_end":
+                    done = True
                     return
                 else:
+                    done = True
                     _raise(msg["error"])
 
         async def release(body_consumed: bool) -> None:
-            ch.close(call_id, cancel=not body_consumed)
+            if done:
+                connector.give_async(conn)
+            else:
+                conn.close()
 
         return AsyncTransportResponse(
             status=head["status"],
             reason=_reason(head["status"]),
-            headers=[(k, v) for k, v in head["headers"]],
+            headers=_headers(head),
             http_version="HTTP/1.1",
             chunks=chunks(),
             release=release,
@@ -220,10 +249,10 @@ class GatewayAsyncTransport(StdlibAsyncTransport):
     """lm15's async transport, sending chat completions through the runtime."""
 
     def stream(self, request):
-        ch = _gateway_for(request)
-        if ch is None:
+        connector = _gateway_for(request)
+        if connector is None:
             return super().stream(request)
-        return _GatewayStream(ch, request)
+        return _GatewayStream(connector, request)
 
 
 def patch() -> None:

@@ -76,15 +76,17 @@ class Worker:
         max_frame: int,
         worker_id: str,
         spin_us: int = 0,
-        lm_gateway: bool = gateway.ENABLED,
+        lm_connector: int | None = None,
     ):
         self.reader = FrameReader(req_fd, max_frame=max_frame, spin_us=spin_us)
         self.writer = FrameWriter(resp_fd, threading.Lock(), max_frame=max_frame)
         self.concurrency = concurrency
         self.worker_id = worker_id
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dspex-req")
-        #: Send DSPy's LM calls to the runtime's gateway (the pool's choice).
-        self.lm_gateway = lm_gateway
+        #: The LM connector's descriptor: DSPy's LM calls go to the
+        #: runtime's gateway through it (the pool's choice; see ``gateway``).
+        self.lm_connector = lm_connector
+        self.max_frame = max_frame
         self.in_flight: dict = {}
         self.lock = threading.Lock()
 
@@ -261,9 +263,8 @@ class Worker:
 
     def serve(self) -> int:
         self.writer.send(JSON, self.hello())
-        lm_channel = None
-        if self.lm_gateway:
-            lm_channel = gateway.install(lambda message: self.writer.send(MSGPACK, message))
+        if self.lm_connector is not None:
+            gateway.install(self.lm_connector, self.max_frame)
         while True:
             try:
                 frame = self.reader.read()
@@ -277,7 +278,7 @@ class Worker:
             tag, msg = frame
             kind = msg.get("type") if isinstance(msg, dict) else None
             try:
-                code = self._dispatch(tag, kind, msg, lm_channel)
+                code = self._dispatch(tag, kind, msg)
             except Exception as exc:  # noqa: BLE001 - a malformed message must not take the worker down unanswered
                 log.error("malformed %r message from the runtime: %s: %s", kind, type(exc).__name__, exc)
                 rid = msg.get("id") if kind == "request" else None
@@ -291,7 +292,7 @@ class Worker:
             if code is not None:
                 return code
 
-    def _dispatch(self, tag: int, kind, msg, lm_channel) -> int | None:
+    def _dispatch(self, tag: int, kind, msg) -> int | None:
         """Act on one message; an exit code when the worker must stop."""
         if kind == "request":
             cmd = registry.lookup(msg.get("op"))
@@ -307,9 +308,6 @@ class Worker:
                 ctx = self.in_flight.get(msg.get("id"))
             if ctx is not None:
                 ctx.cancel()
-        elif kind in ("lm_head", "lm_data", "lm_end", "lm_error") and lm_channel is not None:
-            lm_channel.deliver(msg)
-            self.reader.block_next()
         elif kind == "shutdown":
             self._drain(float(msg.get("grace_ms", 5000)) / 1000.0)
             return 0
@@ -363,6 +361,7 @@ def _serve_on_fds() -> int:
         max_frame=int(os.environ.get("DSPEX_MAX_FRAME", str(DEFAULT_MAX_FRAME))),
         worker_id=worker_id,
         spin_us=int(os.environ.get("DSPEX_WORKER_SPIN_US", "0")),
+        lm_connector=gateway.connector_fd(),
     )
     return worker.serve()
 

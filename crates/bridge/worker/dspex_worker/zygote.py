@@ -6,7 +6,8 @@ environment and modules, and a unix datagram socket (``DSPEX_ZYGOTE_FD``,
 pool's modules, warms what is safe to warm, freezes the heap (``gc.freeze``)
 and says ``ready``. Then, for each ``fork`` request — JSON, with four
 descriptors attached (``SCM_RIGHTS``): the worker's request pipe (read end),
-response pipe (write end), stdout and stderr — it forks a child that becomes
+response pipe (write end), stdout and stderr, and its LM connector when its
+LM calls go through the runtime (``gateway``) — it forks a child that becomes
 an ordinary worker on those descriptors, and answers with the child's pid.
 The zygote reaps its children and reports each exit (``exit``: pid, code,
 signal), so no zombie is left and the pool learns how its worker ended.
@@ -103,17 +104,21 @@ def _become_worker(msg: dict, fds: list[int], zygote_pid: int, control: socket.s
         signal.set_wakeup_fd(-1)
         for fd in wake:
             os.close(fd)
-        req_fd, resp_fd, out_fd, err_fd = fds
+        req_fd, resp_fd, out_fd, err_fd = fds[:4]
+        lm_fd = fds[4] if len(fds) > 4 else None
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         os.close(out_fd)
         os.close(err_fd)
-        for fd in (req_fd, resp_fd):
-            os.set_inheritable(fd, False)
+        for fd in (req_fd, resp_fd, lm_fd):
+            if fd is not None:
+                os.set_inheritable(fd, False)
         _apply_limits(msg.get("limits") or {})
         os.environ.update({str(k): str(v) for k, v in (msg.get("env") or {}).items()})
         os.environ["DSPEX_REQ_FD"] = str(req_fd)
         os.environ["DSPEX_RESP_FD"] = str(resp_fd)
+        if lm_fd is not None:
+            os.environ["DSPEX_LM_FD"] = str(lm_fd)
         # The frozen objects stay frozen: the collector never walks them, so
         # their pages stay shared with the zygote.
         from .server import serve_forked
@@ -167,7 +172,7 @@ def serve(control: socket.socket) -> int:
         msg, fds = _receive(control)
         if msg is None:
             return 0
-        if msg.get("op") != "fork" or len(fds) != 4:
+        if msg.get("op") != "fork" or len(fds) not in (4, 5):
             for fd in fds:
                 os.close(fd)
             _send(control, {"op": "error", "message": f"bad control message {msg.get('op')!r} with {len(fds)} fds"})
