@@ -105,7 +105,10 @@ class GatewayTransport(StdlibTransport):
             return super().stream(request)
         scope = _scope()
         wait = _wait_time(scope)
-        conn = connector.take()
+        try:
+            conn = connector.take()
+        except OSError as exc:  # the runtime is gone
+            raise _lost(exc, False) from exc
         try:
             conn.send(gateway.call_message(scope, request, _is_stream(request)))
             head = conn.recv(wait)
@@ -187,7 +190,10 @@ class _GatewayStream:
         scope = _scope()
         wait = _wait_time(scope)
         connector = self._connector
-        conn = await connector.take_async()
+        try:
+            conn = await connector.take_async()
+        except OSError as exc:  # the runtime is gone
+            raise _lost(exc, False) from exc
         try:
             await conn.send(gateway.call_message(scope, self._request, _is_stream(self._request)))
             head = await _recv(conn, wait)

@@ -305,6 +305,12 @@ def test_a_connection_that_breaks_or_stays_silent_is_a_classified_error(monkeypa
         t.join()
         assert (late.value.dspex_kind, late.value.dspex_retryable) == ("timeout", True)
         assert silent[0].recv()["type"] == "lm_call" and silent[0].recv() is None, "the silent call was dropped"
+
+        # The runtime is gone: no connection can be made.
+        runtime.sock.close()
+        with pytest.raises(lm_transport.GatewayError) as gone:
+            transport.stream(_chat())
+        assert (gone.value.dspex_kind, gone.value.dspex_retryable) == ("internal", True)
     finally:
         gateway.uninstall()
 
