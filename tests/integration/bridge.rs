@@ -754,6 +754,13 @@ fn lm_calls_reach_the_gateway_on_connections_and_end_with_the_worker() {
             .count();
         assert_eq!(sockets, 2, "the LM connector and one LM connection");
 
+        // A worker that keeps opening connections is refused past 512 (each
+        // holds a descriptor of the runtime's); then it can still call.
+        let flood = w.call("test.lm_connections", json!({"n": 600}), &deadline(30_000)).await.unwrap();
+        assert_eq!(flood["refused"], 600 - 512 + 1, "the connection already open counts: {flood}");
+        let out = w.call("dspy.run", args.clone(), &deadline(30_000)).await.unwrap();
+        assert_eq!(out["fields"]["answer"], "42");
+
         // A call in flight when the worker dies is dropped with it.
         gateway.hold.store(true, std::sync::atomic::Ordering::SeqCst);
         let pending = {

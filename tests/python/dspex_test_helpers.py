@@ -81,3 +81,29 @@ def garbage_frames(ctx, megabytes: int = 4):
 def big(ctx, megabytes: int = 1):
     """A result of `megabytes` MiB (frame-limit tests)."""
     return {"text": "z" * (megabytes * 1024 * 1024)}
+
+
+@command("test.lm_connections")
+def lm_connections(ctx, n: int):
+    """Open ``n`` LM connections to the runtime and keep them; how many the
+    runtime refused (closed at once)."""
+    import select
+    import time
+
+    from dspex_worker import gateway
+
+    held = [gateway._connector._pair() for _ in range(n)]
+    # A refused connection reads end of input; a served one has nothing to
+    # read. The runtime takes them in order: wait until the count settles.
+    refused, deadline = 0, time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select(held, [], [], 0.5)
+        if not ready:
+            break
+        for s in ready:
+            held.remove(s)
+            refused += s.recv(1) == b""
+            s.close()
+    for s in held:
+        s.close()
+    return {"refused": refused}

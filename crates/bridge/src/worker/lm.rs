@@ -152,6 +152,11 @@ pub(super) fn wire_error(e: &Error) -> WireError {
     }
 }
 
+/// LM connections one worker may hold open: its calls in flight plus the
+/// idle ones it keeps (at most 64); every one holds a descriptor of the
+/// runtime's, so a worker that keeps opening them is refused past this.
+const MAX_CONNECTIONS: usize = 512;
+
 /// Serve the LM connections the worker hands over on `connector` (a unix
 /// stream socket; each connection comes as a descriptor), each on
 /// a task of its own, until the worker closes the connector (its end) or the
@@ -177,6 +182,12 @@ pub(super) fn serve_connector(
             match connector.try_io(Interest::READABLE, || process::recv_fds(connector.as_raw_fd())) {
                 Ok(Some(fds)) => {
                     for fd in fds {
+                        if connections.len() >= MAX_CONNECTIONS {
+                            // Dropped: the worker reads end of input on it, a
+                            // classified error for that call.
+                            warn!(worker = %shared.name, open = connections.len(), "the worker opened too many LM connections; refusing one");
+                            continue;
+                        }
                         match connection(fd) {
                             Ok(stream) => {
                                 connections.spawn(serve_connection(shared.clone(), gateway.clone(), stream));
