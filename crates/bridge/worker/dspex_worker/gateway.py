@@ -45,7 +45,7 @@ import sys
 import threading
 import weakref
 
-from .protocol import DEFAULT_MAX_FRAME, HEADER, MSGPACK, ProtocolError, decode_payload, encode_frame
+from .protocol import DEFAULT_MAX_FRAME, MSGPACK, FrameReader, decode_payload, encode_frame, frame_length
 
 #: The ``dspy.context`` key a request's LM scope travels under: DSPy copies
 #: its settings into the threads of Evaluate, Parallel, BestOfN, ...
@@ -108,22 +108,14 @@ class LmScope:
         return None if left is None else max(int(left * 1000), 1)
 
 
-def _frame_length(header: bytes | bytearray, max_frame: int) -> tuple[int, int]:
-    length, tag = HEADER.unpack_from(header)
-    if length < 1 or length > max_frame:
-        raise ProtocolError(f"LM answer frame of {length} bytes is outside 1..{max_frame}")
-    return length, tag
-
-
 class Connection:
     """One LM connection, for threads: a call's messages out, its answer in."""
 
-    __slots__ = ("sock", "buf", "max_frame")
+    __slots__ = ("sock", "reader")
 
     def __init__(self, sock: socket.socket, max_frame: int):
         self.sock = sock
-        self.buf = bytearray()
-        self.max_frame = max_frame
+        self.reader = FrameReader(sock.fileno(), max_frame, chunk=64 * 1024, read=sock.recv)
 
     def send(self, message: dict) -> None:
         self.sock.sendall(encode_frame(MSGPACK, message))
@@ -132,18 +124,10 @@ class Connection:
         """The next message; ``TimeoutError`` after ``timeout`` seconds,
         ``ConnectionError`` if the runtime closed the connection."""
         self.sock.settimeout(timeout)
-        buf = self.buf
-        while True:
-            if len(buf) >= 5:
-                length, tag = _frame_length(buf, self.max_frame)
-                if len(buf) >= 4 + length:
-                    payload = bytes(buf[5 : 4 + length])
-                    del buf[: 4 + length]
-                    return decode_payload(tag, payload)
-            data = self.sock.recv(256 * 1024)
-            if not data:
-                raise ConnectionError("the runtime closed the LM connection")
-            buf += data
+        frame = self.reader.read()
+        if frame is None:
+            raise ConnectionError("the runtime closed the LM connection")
+        return frame[1]
 
     def close(self) -> None:
         self.sock.close()
@@ -168,7 +152,7 @@ class AsyncConnection:
         """The next message (the caller bounds the wait)."""
         try:
             header = await self.reader.readexactly(5)
-            length, tag = _frame_length(header, self.max_frame)
+            length, tag = frame_length(header, self.max_frame)
             payload = await self.reader.readexactly(length - 1)
         except asyncio.IncompleteReadError:
             raise ConnectionError("the runtime closed the LM connection") from None

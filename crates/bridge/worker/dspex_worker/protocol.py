@@ -11,6 +11,7 @@ re-encode.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -165,17 +166,36 @@ def encode_frame(tag: int, message) -> bytes:
     return HEADER.pack(len(payload) + 1, tag) + payload
 
 
+def frame_length(header, max_frame: int, pos: int = 0) -> tuple[int, int]:
+    """The length field and codec tag of the frame header at ``pos``, the
+    length checked against ``max_frame``."""
+    length, tag = HEADER.unpack_from(header, pos)
+    if length < 1 or length > max_frame:
+        raise ProtocolError(f"frame of {length} bytes is outside 1..{max_frame}")
+    return length, tag
+
+
 class FrameReader:
     """Reads whole frames from a descriptor with blocking, buffered reads.
 
     Frames already in the buffer are handed out without another system call;
-    consumed bytes are dropped in one go, not frame by frame.
+    consumed bytes are dropped in one go, not frame by frame. ``read``
+    replaces ``os.read`` on the descriptor (a socket's ``recv``, which keeps
+    the socket's timeout).
     """
 
-    def __init__(self, fd: int, max_frame: int = DEFAULT_MAX_FRAME, chunk: int = 256 * 1024, spin_us: int = 0):
+    def __init__(
+        self,
+        fd: int,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        chunk: int = 256 * 1024,
+        spin_us: int = 0,
+        read=None,
+    ):
         self.fd = fd
         self.max_frame = max_frame
         self.chunk = chunk
+        self._read = read if read is not None else functools.partial(os.read, fd)
         self.buf = bytearray()
         self.pos = 0
         #: Poll this long for the next request before blocking: a sleeping
@@ -210,7 +230,7 @@ class FrameReader:
             if self._poll is not None and not self._calm:
                 self._wait_briefly()
             self._calm = False
-            data = os.read(self.fd, max(self.chunk, need - len(self.buf)))
+            data = self._read(max(self.chunk, need - len(self.buf)))
             if not data:
                 return False
             self.buf += data
@@ -222,9 +242,7 @@ class FrameReader:
             if len(self.buf) > self.pos:
                 raise ProtocolError("input ended inside a frame header")
             return None
-        length, tag = HEADER.unpack_from(self.buf, self.pos)
-        if length < 1 or length > self.max_frame:
-            raise ProtocolError(f"frame of {length} bytes is outside 1..{self.max_frame}")
+        length, tag = frame_length(self.buf, self.max_frame, self.pos)
         if not self._fill(4 + length):
             raise ProtocolError("input ended inside a frame")
         start = self.pos + 5
