@@ -49,24 +49,10 @@ fn node_toml(url: &str, node: &str, token: &str) -> String {
     )
 }
 
-/// The direct children of process `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_string()))
-                .and_then(|rest| rest.split_whitespace().nth(1).and_then(|pp| pp.parse::<u32>().ok()))
-                == Some(pid)
-        })
-        .collect()
-}
-
 /// A node's zygote (its child process that has children of its own) and
 /// the workers forked from it.
 fn zygote_and_workers(node: u32) -> Option<(u32, Vec<u32>)> {
-    children(node).into_iter().map(|c| (c, children(c))).find(|(_, w)| !w.is_empty())
+    common::children(node).into_iter().map(|c| (c, common::children(c))).find(|(_, w)| !w.is_empty())
 }
 
 fn kill9(pid: u32) {

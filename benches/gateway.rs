@@ -4,9 +4,16 @@
 //! service itself (`lm_calls = "direct"`), against the same local LM server.
 //!
 //! 1. Latency: sequential calls to an instant LM, the two pools alternating
-//!    call by call; p50 and p99 of the whole request.
-//! 2. Throughput: 1000 concurrent calls to an LM answering in 100 ms, 2
-//!    workers × 50 per pool, the pools alternating round by round.
+//!    call by call; p50 and p99 of the whole request, and the median
+//!    difference within a pair; over HTTP and over HTTPS (every hosted LM
+//!    is HTTPS: DSPy's engine does TLS in each worker, the gateway once).
+//! 2. Throughput: 1000 concurrent calls to an LM answering in 100 ms, the
+//!    pools alternating round by round, with 2 workers × 50 per pool (CPU to
+//!    spare on 2 vCPU) and 2 × 100 (CPU-bound); and the CPU each call cost
+//!    the whole process tree, runtime and workers; 2 × 50 over HTTPS too.
+//!
+//! The LM server runs on a thread and Tokio runtime of its own, as an LM
+//! service is another machine.
 //!
 //! The gateway's cache is off (every call is sent), as are its limits.
 //!
@@ -18,11 +25,12 @@ mod common;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{fmt_ns, machine, percentile, python, sorted};
 use dspex::native::lm::offline::OfflineResponder;
-use dspex::native::lm::server::LmServer;
+use dspex::native::lm::server::TlsIdentity;
 use dspex::{LmCalls, LmConfig, Map, PoolConfig, Program, ProgramSpec, RequestOptions, Runtime, RuntimeConfig};
 use serde_json::json;
 
@@ -39,7 +47,7 @@ fn pools(concurrency: u32) -> Vec<PoolConfig> {
     vec![gw, direct]
 }
 
-async fn start(server: &LmServer, concurrency: u32) -> Runtime {
+async fn start(server: &common::LmThread, concurrency: u32) -> Runtime {
     let mut config = RuntimeConfig {
         lm: Some(LmConfig::new("gpt-4o-mini").with_base_url(server.base_url()).with_api_key("bench")),
         pools: pools(concurrency),
@@ -56,96 +64,144 @@ fn opts(pool: &str) -> RequestOptions {
 }
 
 fn main() {
+    // DSPy's own engine trusts the test CA of the HTTPS LM the way it trusts
+    // any CA, through SSL_CERT_FILE (the workers inherit it); the gateway
+    // trusts what DSPy trusts (the system's store, which SSL_CERT_FILE
+    // replaces). Set before any thread starts.
+    let tls = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    std::env::set_var("SSL_CERT_FILE", tls.join("ca.pem"));
+    let identity = TlsIdentity::from_pem(
+        std::fs::read(tls.join("server.pem")).expect("TLS fixture"),
+        std::fs::read(tls.join("server.key")).expect("TLS fixture"),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
         println!("DSPy Predict through the LM gateway vs DSPy's own engine — {}", machine());
         let program = Program::new(ProgramSpec::predict("question -> answer"));
         let mut results = serde_json::Map::new();
 
-        // 1. Latency, instant LM.
-        let server = LmServer::start(OfflineResponder::new()).await.expect("LM");
-        let runtime = start(&server, 4).await;
-        let mut lat = [Vec::new(), Vec::new()];
-        for i in 0..650 {
-            for (k, pool) in ["gateway", "direct"].iter().enumerate() {
-                let t = Instant::now();
-                runtime.run(&program, question(i), opts(pool)).await.expect("predict");
-                if i >= 50 {
-                    lat[k].push(t.elapsed().as_nanos() as f64);
-                }
-            }
+        // 1. Latency, instant LM, over HTTP and HTTPS.
+        for (key, server) in [
+            ("latency", common::LmThread::start(OfflineResponder::new(), None)),
+            ("latency_https", common::LmThread::start(OfflineResponder::new(), Some(identity.clone()))),
+        ] {
+            let runtime = start(&server, 4).await;
+            results.insert(key.into(), latency(&runtime, &program, &server.base_url()).await);
+            runtime.shutdown().await.expect("shutdown");
         }
-        let [gw, direct] = lat.map(sorted);
-        let (gp50, gp99, dp50, dp99) =
-            (percentile(&gw, 0.5), percentile(&gw, 0.99), percentile(&direct, 0.5), percentile(&direct, 0.99));
-        println!(
-            "one call at a time, instant LM ({} each): gateway p50 {} p99 {} | direct p50 {} p99 {} | gateway/direct p50 {:.2}×, p99 {:.2}×",
-            gw.len(),
-            fmt_ns(gp50),
-            fmt_ns(gp99),
-            fmt_ns(dp50),
-            fmt_ns(dp99),
-            gp50 / dp50,
-            gp99 / dp99
-        );
-        results.insert(
-            "latency".into(),
-            json!({"gateway_p50_ns": gp50, "gateway_p99_ns": gp99, "direct_p50_ns": dp50, "direct_p99_ns": dp99}),
-        );
-        runtime.shutdown().await.expect("shutdown");
-        drop(server);
 
-        // 2. 1000 concurrent calls, 100 ms LM, 2 workers × 50 per pool.
-        let server = LmServer::start(OfflineResponder::with_latency(Duration::from_millis(100))).await.expect("LM");
-        let runtime = start(&server, 50).await;
-        let burst = |pool: &'static str| {
-            let runtime = runtime.clone();
-            let program = program.clone();
-            async move {
-                let t = Instant::now();
-                let tasks: Vec<_> = (0..1000)
-                    .map(|i| {
-                        let (rt, program) = (runtime.clone(), program.clone());
-                        tokio::spawn(async move { rt.run(&program, question(i), opts(pool)).await.map(|_| ()) })
-                    })
-                    .collect();
-                let mut failed = 0;
-                for t in tasks {
-                    if t.await.map(|r| r.is_err()).unwrap_or(true) {
-                        failed += 1;
-                    }
-                }
-                (1000.0 / t.elapsed().as_secs_f64(), failed)
-            }
-        };
-        // Warm both up (DSPy builds its client on the first call).
-        let _ = burst("gateway").await;
-        let _ = burst("direct").await;
-        let mut rates = [Vec::new(), Vec::new()];
-        let mut failures = [0, 0];
-        for _ in 0..3 {
-            for (k, pool) in ["gateway", "direct"].into_iter().enumerate() {
-                let (rate, failed) = burst(pool).await;
-                rates[k].push(rate);
-                failures[k] += failed;
-            }
+        // 2. 1000 concurrent calls, 100 ms LM: 2 workers × 50 per pool (CPU to
+        // spare) over HTTP and HTTPS, then 2 × 100 (CPU-bound on 2 vCPU).
+        for (key, concurrency, tls) in
+            [("concurrent", 50, None), ("concurrent_https", 50, Some(identity.clone())), ("saturated", 100, None)]
+        {
+            let server = common::LmThread::start(OfflineResponder::with_latency(Duration::from_millis(100)), tls);
+            let runtime = start(&server, concurrency).await;
+            results.insert(key.into(), concurrent(&runtime, &program, concurrency, &server.base_url()).await);
+            runtime.shutdown().await.expect("shutdown");
         }
-        let median = |v: &Vec<f64>| percentile(&sorted(v.clone()), 0.5);
-        let (g, d) = (median(&rates[0]), median(&rates[1]));
-        println!(
-            "1000 concurrent calls, 100 ms LM, 2 workers × 50 (median of 3 rounds): gateway {g:.0}/s ({} failed), direct {d:.0}/s ({} failed); gateway/direct {:.2}× (rounds: gateway {:?}, direct {:?})",
-            failures[0],
-            failures[1],
-            g / d,
-            rates[0].iter().map(|r| r.round()).collect::<Vec<_>>(),
-            rates[1].iter().map(|r| r.round()).collect::<Vec<_>>(),
-        );
-        results.insert(
-            "concurrent".into(),
-            json!({"gateway_ops": g, "direct_ops": d, "gateway_rounds": rates[0], "direct_rounds": rates[1],
-                   "gateway_failed": failures[0], "direct_failed": failures[1]}),
-        );
-        runtime.shutdown().await.expect("shutdown");
         common::write_results("gateway", &json!({"machine": machine(), "results": results}));
     });
+}
+
+/// Sequential calls, the pools alternating call by call: p50 and p99 of
+/// each, and the median of the per-pair difference (gateway − direct).
+async fn latency(runtime: &Runtime, program: &Program, url: &str) -> serde_json::Value {
+    let mut lat = [Vec::new(), Vec::new()];
+    let mut diff = Vec::new();
+    for i in 0..650 {
+        let mut pair = [0.0; 2];
+        for (k, pool) in ["gateway", "direct"].iter().enumerate() {
+            let t = Instant::now();
+            runtime.run(program, question(i), opts(pool)).await.expect("predict");
+            pair[k] = t.elapsed().as_nanos() as f64;
+        }
+        if i >= 50 {
+            lat[0].push(pair[0]);
+            lat[1].push(pair[1]);
+            diff.push(pair[0] - pair[1]);
+        }
+    }
+    let [gw, direct] = lat.map(sorted);
+    let diff = sorted(diff);
+    let (gp50, gp99, dp50, dp99, d50) = (
+        percentile(&gw, 0.5),
+        percentile(&gw, 0.99),
+        percentile(&direct, 0.5),
+        percentile(&direct, 0.99),
+        percentile(&diff, 0.5),
+    );
+    println!(
+        "one call at a time, instant LM at {url} ({} each): gateway p50 {} p99 {} | direct p50 {} p99 {} | \
+         gateway/direct p50 {:.2}×, p99 {:.2}× | gateway − direct per pair, median {}{}",
+        gw.len(),
+        fmt_ns(gp50),
+        fmt_ns(gp99),
+        fmt_ns(dp50),
+        fmt_ns(dp99),
+        gp50 / dp50,
+        gp99 / dp99,
+        if d50 < 0.0 { "−" } else { "+" },
+        fmt_ns(d50.abs()),
+    );
+    json!({"url": url, "gateway_p50_ns": gp50, "gateway_p99_ns": gp99, "direct_p50_ns": dp50, "direct_p99_ns": dp99,
+           "median_pair_difference_ns": d50})
+}
+
+/// 1000 calls at once to each pool, alternating pools burst by burst: the
+/// median rate of 3 bursts each, and the CPU a call cost the whole process
+/// tree (runtime and Python workers).
+async fn concurrent(runtime: &Runtime, program: &Program, concurrency: u32, url: &str) -> serde_json::Value {
+    let burst = |pool: &'static str| {
+        let runtime = runtime.clone();
+        let program = program.clone();
+        async move {
+            let (t, cpu) = (Instant::now(), common::tree_cpu());
+            let tasks: Vec<_> = (0..1000)
+                .map(|i| {
+                    let (rt, program) = (runtime.clone(), program.clone());
+                    tokio::spawn(async move { rt.run(&program, question(i), opts(pool)).await.map(|_| ()) })
+                })
+                .collect();
+            let mut failed = 0;
+            for t in tasks {
+                if t.await.map(|r| r.is_err()).unwrap_or(true) {
+                    failed += 1;
+                }
+            }
+            let cpu_per_call = (common::tree_cpu().saturating_sub(cpu)).as_nanos() as f64 / 1000.0;
+            (1000.0 / t.elapsed().as_secs_f64(), cpu_per_call, failed)
+        }
+    };
+    // Warm both up (DSPy builds its client on the first call).
+    let _ = burst("gateway").await;
+    let _ = burst("direct").await;
+    let (mut rates, mut cpus, mut failures) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()], [0, 0]);
+    for _ in 0..3 {
+        for (k, pool) in ["gateway", "direct"].into_iter().enumerate() {
+            let (rate, cpu, failed) = burst(pool).await;
+            rates[k].push(rate);
+            cpus[k].push(cpu);
+            failures[k] += failed;
+        }
+    }
+    let median = |v: &Vec<f64>| percentile(&sorted(v.clone()), 0.5);
+    let (g, d, gc, dc) = (median(&rates[0]), median(&rates[1]), median(&cpus[0]), median(&cpus[1]));
+    println!(
+        "1000 concurrent calls, 100 ms LM at {url}, 2 workers × {concurrency} (median of 3 rounds): gateway {g:.0}/s ({} failed), \
+         direct {d:.0}/s ({} failed); gateway/direct {:.2}× (rounds: gateway {:?}, direct {:?}); \
+         CPU per call gateway {} direct {} ({:.2}×)",
+        failures[0],
+        failures[1],
+        g / d,
+        rates[0].iter().map(|r| r.round()).collect::<Vec<_>>(),
+        rates[1].iter().map(|r| r.round()).collect::<Vec<_>>(),
+        fmt_ns(gc),
+        fmt_ns(dc),
+        gc / dc,
+    );
+    json!({"url": url, "concurrency_per_worker": concurrency, "gateway_ops": g, "direct_ops": d,
+           "gateway_rounds": rates[0], "direct_rounds": rates[1],
+           "gateway_cpu_per_call_ns": gc, "direct_cpu_per_call_ns": dc,
+           "gateway_failed": failures[0], "direct_failed": failures[1]})
 }

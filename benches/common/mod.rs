@@ -89,9 +89,88 @@ pub fn write_results(name: &str, value: &serde_json::Value) {
     let _ = std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
+/// The direct children of process `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| stat_fields(*p).and_then(|f| f.get(1).and_then(|pp| pp.parse::<u32>().ok())) == Some(pid))
+        .collect()
+}
+
+/// The fields of `/proc/PID/stat` after the command name (`state` first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// CPU time (user + system) used so far by this process and every live
+/// process under it (the Python workers and their zygotes): what a
+/// benchmark phase cost in CPU is the difference of two readings.
+pub fn tree_cpu() -> std::time::Duration {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0u64;
+    let mut pending = vec![std::process::id()];
+    while let Some(pid) = pending.pop() {
+        // utime and stime: fields 14 and 15 of stat, indexes 11 and 12 here.
+        if let Some(f) = stat_fields(pid) {
+            total += [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<u64>().ok()).sum::<u64>();
+        }
+        pending.extend(children(pid));
+    }
+    std::time::Duration::from_secs_f64(total as f64 / ticks)
+}
+
 /// A pool for the benchmarks: forked from a zygote (the default) unless
 /// `DSPEX_BENCH_ZYGOTE=0`, to compare both in one session.
 #[allow(dead_code)]
 pub fn pool(name: &str) -> dspex::PoolConfig {
     dspex::PoolConfig::new(name).zygote(!std::env::var("DSPEX_BENCH_ZYGOTE").is_ok_and(|v| v == "0"))
+}
+
+/// An LM server on a thread and Tokio runtime of its own, as a real LM
+/// service is another machine: its work does not share the scheduler of
+/// the runtime under test. Stops when dropped.
+pub struct LmThread {
+    server: Option<dspex::native::lm::server::LmServer>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl LmThread {
+    /// Serve `responder` on 127.0.0.1, with HTTPS when given an identity.
+    pub fn start(
+        responder: impl dspex::native::lm::server::Responder,
+        tls: Option<dspex::native::lm::server::TlsIdentity>,
+    ) -> LmThread {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("LM runtime");
+            rt.block_on(async move {
+                use dspex::native::lm::server::LmServer;
+                let server = match tls {
+                    Some(identity) => LmServer::start_tls(responder, &identity).await,
+                    None => LmServer::start(responder).await,
+                };
+                let _ = tx.send(server.expect("LM server"));
+                let _ = stopped.await;
+            });
+        });
+        LmThread { server: Some(rx.recv().expect("LM server")), stop: Some(stop) }
+    }
+
+    /// `http://127.0.0.1:PORT/v1` (or `https://`).
+    pub fn base_url(&self) -> String {
+        self.server.as_ref().map(|s| s.base_url()).unwrap_or_default()
+    }
+}
+
+impl Drop for LmThread {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }

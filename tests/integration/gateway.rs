@@ -459,3 +459,57 @@ mod across_nodes {
         }
     }
 }
+
+/// An LM behind HTTPS with an internal CA. With `ca_file` the gateway
+/// trusts it, for native calls and DSPy's alike (the worker never sees
+/// TLS); without it a call fails at once, a transport error no retry can
+/// help that says how to fix it; a `ca_file` that is not one stops the
+/// runtime at start.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_lm_is_trusted_through_the_gateways_ca_file() {
+    use dspex::native::lm::server::TlsIdentity;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let read = |f: &str| std::fs::read(fixtures.join(f)).expect("TLS fixture");
+    let identity = TlsIdentity::from_pem(read("server.pem"), read("server.key"));
+    let server = LmServer::start_tls(OfflineResponder::new(), &identity).await.unwrap();
+    assert!(server.base_url().starts_with("https://127.0.0.1:"), "{}", server.base_url());
+    let config = |ca_file: Option<std::path::PathBuf>| {
+        let mut config =
+            RuntimeConfig { lm: Some(lm(&server)), pools: vec![pool("general", 1)], ..RuntimeConfig::default() };
+        config.gateway.ca_file = ca_file;
+        config.cache.enabled = false;
+        config
+    };
+    let program = Program::new(ProgramSpec::predict("question -> answer"));
+    let routes = [RequestOptions::native(), RequestOptions::python()];
+
+    let rt = start(config(Some(fixtures.join("ca.pem")))).await;
+    for opts in routes.clone() {
+        let out = rt.run(&program, q("What is 3 + 4?"), opts.no_cache()).await.unwrap();
+        assert_eq!(out.get_str("answer"), Some("7"), "{:?}", out.meta.route);
+        assert_eq!(out.meta.lm_calls, 1);
+    }
+    assert_eq!(server.requests().len(), 2, "both calls reached the LM over HTTPS");
+    rt.shutdown().await.unwrap();
+
+    let rt = start(config(None)).await;
+    for opts in routes {
+        let started = Instant::now();
+        let e = rt.run(&program, q("What is 3 + 4?"), opts.no_cache()).await.unwrap_err();
+        assert!(e.to_string().contains("gateway.ca_file"), "{e}");
+        assert!(!e.is_retryable(), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "not retried: {:?}", started.elapsed());
+    }
+    assert_eq!(server.requests().len(), 2, "no request got through");
+    rt.shutdown().await.unwrap();
+
+    let no_ca = Runtime::from_config(RuntimeConfig {
+        python: Some(support::python()),
+        ..config(Some(fixtures.join("server.key")))
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(no_ca.kind(), ErrorKind::Config, "{no_ca}");
+    assert!(no_ca.to_string().contains("server.key"), "{no_ca}");
+}

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! [gateway]
+//! ca_file = "/etc/ssl/internal-ca.pem"  # an internal CA, beside the system's roots
 //! default_budget = { requests = 10000, usd = 5.0, period_secs = 86400 }
 //!
 //! [[gateway.lms]]                      # one LM: a model, at a base URL (any when unset)
@@ -57,6 +58,10 @@ pub struct GatewayConfig {
     /// Prices by model name, over DSPy's price table.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub prices: BTreeMap<String, Price>,
+    /// A PEM file of root certificates the gateway trusts for HTTPS LMs
+    /// (an internal CA), beside Mozilla's roots and the system's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The policy of one LM: a model, at a base URL.

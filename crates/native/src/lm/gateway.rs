@@ -776,6 +776,30 @@ fn usage_of(json: &[u8]) -> Option<(Usage, u64)> {
     ))
 }
 
+/// The client trusting `ca_file`'s certificates too.
+#[cfg(feature = "tls")]
+fn trust(builder: reqwest::ClientBuilder, ca_file: Option<&std::path::Path>) -> Result<reqwest::ClientBuilder> {
+    let Some(path) = ca_file else { return Ok(builder) };
+    let bad = |what: String| Error::new(ErrorKind::Config, format!("gateway.ca_file {}: {what}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no certificate".into()));
+    }
+    Ok(certs.into_iter().fold(builder, |b, cert| b.add_root_certificate(cert)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn trust(builder: reqwest::ClientBuilder, ca_file: Option<&std::path::Path>) -> Result<reqwest::ClientBuilder> {
+    match ca_file {
+        None => Ok(builder),
+        Some(path) => Err(Error::new(
+            ErrorKind::Config,
+            format!("gateway.ca_file {}: this build has no TLS (the `tls` feature)", path.display()),
+        )),
+    }
+}
+
 /// One attempt's failure: the error, and the server's `Retry-After`.
 struct Failed {
     error: Error,
@@ -786,10 +810,10 @@ impl Gateway {
     /// A gateway with `config`'s policies (limits, budgets, cache, prices,
     /// fallbacks).
     pub fn new(config: GatewayConfig) -> Result<Gateway> {
-        let http =
-            reqwest::Client::builder().tcp_nodelay(true).pool_idle_timeout(Duration::from_secs(90)).build().map_err(
-                |e| Error::new(ErrorKind::Config, format!("cannot build the LM gateway's HTTP client: {e}")),
-            )?;
+        let builder = reqwest::Client::builder().tcp_nodelay(true).pool_idle_timeout(Duration::from_secs(90));
+        let http = trust(builder, config.ca_file.as_deref())?
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Config, format!("cannot build the LM gateway's HTTP client: {e}")))?;
         let cache = (config.cache.enabled && config.cache.capacity > 0)
             .then(|| Arc::new(quick_cache::sync::Cache::new(config.cache.capacity)));
         Ok(Gateway {
@@ -1410,7 +1434,42 @@ fn transport_error(e: reqwest::Error, url: &str) -> Error {
         }
         source = cause.source();
     }
+    if certificate_refused(&e) {
+        // No retry makes a certificate trusted.
+        message.push_str(" (the gateway does not trust the LM's certificate: add its CA with gateway.ca_file)");
+        return Error::new(ErrorKind::Transport, message).with_retryable(false);
+    }
     Error::new(ErrorKind::Transport, message).with_retryable(true)
+}
+
+/// Whether `e` is the LM's certificate failing verification.
+#[cfg(feature = "tls")]
+fn certificate_refused(e: &reqwest::Error) -> bool {
+    use tokio_rustls::rustls;
+    fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
+        if matches!(err.downcast_ref::<rustls::Error>(), Some(rustls::Error::InvalidCertificate(_))) {
+            return true;
+        }
+        // An io::Error's `source` skips the error it wraps (sometimes
+        // another io::Error): look inside.
+        match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => refused(inner),
+            None => false,
+        }
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if refused(cause) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+#[cfg(not(feature = "tls"))]
+fn certificate_refused(_: &reqwest::Error) -> bool {
+    false
 }
 
 /// Usage from a reply body: a completion's JSON, or the last SSE event with

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use dspex_core::{Error, ErrorKind, Result, Value};
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// What the server answers to one request.
@@ -180,9 +180,60 @@ struct Recorded {
     first: u64,
 }
 
+#[cfg(feature = "tls")]
+type Acceptor = tokio_rustls::TlsAcceptor;
+/// Without TLS there is no acceptor to have.
+#[cfg(not(feature = "tls"))]
+type Acceptor = std::convert::Infallible;
+
+/// A server's HTTPS identity: its certificate chain and private key (PEM).
+#[cfg(feature = "tls")]
+#[derive(Clone)]
+pub struct TlsIdentity {
+    chain: Vec<u8>,
+    key: Vec<u8>,
+}
+
+#[cfg(feature = "tls")]
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "tls")]
+impl TlsIdentity {
+    /// A certificate chain (the server's first) and its private key, in PEM.
+    pub fn from_pem(chain: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> TlsIdentity {
+        TlsIdentity { chain: chain.into(), key: key.into() }
+    }
+
+    fn acceptor(&self) -> Result<Acceptor> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            Error::new(ErrorKind::Config, format!("the LM server's TLS identity: {what}: {e}"))
+        };
+        let chain = CertificateDer::pem_slice_iter(&self.chain)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad("unreadable certificate", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| bad("unreadable private key", &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("protocol versions", &e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| bad("certificate and key", &e))?;
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
 /// A running server. Stops when dropped.
 pub struct LmServer {
     addr: SocketAddr,
+    scheme: &'static str,
     recorded: Arc<Mutex<Recorded>>,
     task: JoinHandle<()>,
 }
@@ -207,6 +258,20 @@ impl LmServer {
 
     /// Listen on `addr`.
     pub async fn start_on(addr: &str, responder: impl Responder) -> Result<LmServer> {
+        Self::listen(addr, responder, None).await
+    }
+
+    /// Listen on an ephemeral port of 127.0.0.1 with HTTPS: `identity` is
+    /// the server's certificate chain and private key, in PEM. The
+    /// certificate must name the IP address 127.0.0.1 (the
+    /// [`base_url`](Self::base_url)); clients trust its CA through the
+    /// gateway's `ca_file` (Rust) or `SSL_CERT_FILE` (Python).
+    #[cfg(feature = "tls")]
+    pub async fn start_tls(responder: impl Responder, identity: &TlsIdentity) -> Result<LmServer> {
+        Self::listen("127.0.0.1:0", responder, Some(identity.acceptor()?)).await
+    }
+
+    async fn listen(addr: &str, responder: impl Responder, tls: Option<Acceptor>) -> Result<LmServer> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| Error::new(ErrorKind::Io, format!("cannot listen on {addr}: {e}")))?;
@@ -214,6 +279,7 @@ impl LmServer {
         let recorded: Arc<Mutex<Recorded>> = Arc::default();
         let responder: Arc<dyn Responder> = Arc::new(responder);
         let shared = recorded.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -222,12 +288,26 @@ impl LmServer {
                 let _ = stream.set_nodelay(true);
                 let responder = responder.clone();
                 let recorded = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = serve(stream, responder, recorded).await;
+                    match tls {
+                        None => {
+                            let _ = serve(stream, responder, recorded).await;
+                        }
+                        #[cfg(feature = "tls")]
+                        Some(acceptor) => {
+                            // A failed handshake (an untrusting client) only ends this connection.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = serve(stream, responder, recorded).await;
+                            }
+                        }
+                        #[cfg(not(feature = "tls"))]
+                        Some(never) => match never {},
+                    }
                 });
             }
         });
-        Ok(LmServer { addr, recorded, task })
+        Ok(LmServer { addr, scheme, recorded, task })
     }
 
     /// The socket address.
@@ -235,9 +315,10 @@ impl LmServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT/v1`, for `base_url` / `api_base`.
+    /// `http://127.0.0.1:PORT/v1` (`https://` from
+    /// [`start_tls`](Self::start_tls)), for `base_url` / `api_base`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("{}://{}/v1", self.scheme, self.addr)
     }
 
     /// Every request body received so far.
@@ -267,12 +348,12 @@ impl LmServer {
     }
 }
 
-async fn serve(
-    stream: TcpStream,
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     responder: Arc<dyn Responder>,
     recorded: Arc<Mutex<Recorded>>,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut reader = BufReader::new(read);
     loop {
         let mut line = String::new();
@@ -376,8 +457,8 @@ fn completion_body(model: &str, choices: &[String], finish_reason: &str) -> Stri
     .to_string()
 }
 
-async fn respond_raw(
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
+async fn respond_raw<W: AsyncWrite + Unpin>(
+    w: &mut W,
     code: u16,
     content_type: &str,
     body: &[u8],
@@ -394,11 +475,12 @@ async fn respond_raw(
     head.push_str("\r\n");
     let mut out = head.into_bytes();
     out.extend_from_slice(body);
-    w.write_all(&out).await
+    w.write_all(&out).await?;
+    w.flush().await
 }
 
-async fn stream_reply(
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
+async fn stream_reply<W: AsyncWrite + Unpin>(
+    w: &mut W,
     model: &str,
     choices: &[String],
     finish_reason: &str,
@@ -406,7 +488,7 @@ async fn stream_reply(
     first_content: impl Fn(Instant),
 ) -> std::io::Result<()> {
     w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n").await?;
-    async fn chunk(w: &mut tokio::net::tcp::OwnedWriteHalf, data: &str) -> std::io::Result<()> {
+    async fn chunk<W: AsyncWrite + Unpin>(w: &mut W, data: &str) -> std::io::Result<()> {
         let payload = format!("data: {data}\n\n");
         w.write_all(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes()).await?;
         w.flush().await
