@@ -12,6 +12,10 @@
 //!    spare on 2 vCPU) and 2 × 100 (CPU-bound); and the CPU each call cost
 //!    the whole process tree, runtime and workers; 2 × 50 over HTTPS too.
 //!
+//! 3. The first call of a new worker (each recycled after one request), over
+//!    HTTPS: the cost of DSPy's engine opening its own connection, where
+//!    the gateway's pooled one is already open.
+//!
 //! The LM server runs on a thread and Tokio runtime of its own, as an LM
 //! service is another machine.
 //!
@@ -59,6 +63,75 @@ async fn start(server: &common::LmThread, concurrency: u32) -> Runtime {
     Runtime::from_config(config).await.expect("runtime")
 }
 
+/// Both pools with one worker that is recycled after each request.
+async fn start_recycling(server: &common::LmThread) -> Runtime {
+    let mut config = RuntimeConfig {
+        lm: Some(LmConfig::new("gpt-4o-mini").with_base_url(server.base_url()).with_api_key("bench")),
+        pools: pools(1)
+            .into_iter()
+            .map(|mut p| {
+                p.size = 1;
+                p.max_requests = Some(1);
+                p
+            })
+            .collect(),
+        python: python(),
+        ..RuntimeConfig::default()
+    };
+    config.gateway.cache.enabled = false;
+    config.cache.enabled = false;
+    Runtime::from_config(config).await.expect("runtime")
+}
+
+/// The pid of `pool`'s worker once it is ready.
+async fn ready_worker(runtime: &Runtime, pool: &str) -> Option<u32> {
+    let tree = runtime.tree().await.ok()?;
+    let name = format!("worker:{pool}:0");
+    tree.walk().into_iter().find(|n| n.name == name && n.status == "ready").and_then(|n| n.info.pid)
+}
+
+/// 20 rounds: a call to each pool (the order alternating), each served by
+/// a worker that has served nothing yet; then wait for both to be replaced.
+async fn first_calls(runtime: &Runtime, program: &Program, url: &str) -> serde_json::Value {
+    let mut lat = [Vec::new(), Vec::new()];
+    let mut served: [Option<u32>; 2] = [None, None];
+    // One call each first: the gateway's connection to the LM opens here.
+    for pool in ["gateway", "direct"] {
+        runtime.run(program, question(0), opts(pool)).await.expect("predict");
+    }
+    for round in 0..20 {
+        for (k, pool) in ["gateway", "direct"].iter().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let pid = ready_worker(runtime, pool).await;
+                if pid.is_some() && pid != served[k] {
+                    served[k] = pid;
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{pool}: no fresh worker");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let pool = ["gateway", "direct"][k];
+            let t = Instant::now();
+            runtime.run(program, question(round), opts(pool)).await.expect("predict");
+            lat[k].push(t.elapsed().as_nanos() as f64);
+        }
+    }
+    let [gw, direct] = lat.map(sorted);
+    let (g, d) = (percentile(&gw, 0.5), percentile(&direct, 0.5));
+    println!(
+        "first call of a new worker, instant LM at {url} ({} each): gateway p50 {} | direct p50 {} | gateway/direct {:.2}×",
+        gw.len(),
+        fmt_ns(g),
+        fmt_ns(d),
+        g / d
+    );
+    json!({"url": url, "gateway_p50_ns": g, "direct_p50_ns": d, "gateway_ns": gw, "direct_ns": direct})
+}
+
 fn opts(pool: &str) -> RequestOptions {
     RequestOptions::python().pool(pool).no_cache().timeout(Duration::from_secs(120))
 }
@@ -100,6 +173,13 @@ fn main() {
             results.insert(key.into(), concurrent(&runtime, &program, concurrency, &server.base_url()).await);
             runtime.shutdown().await.expect("shutdown");
         }
+        // 3. The first call of a new worker (recycled after every request),
+        // HTTPS LM: DSPy's engine opens its connection (TCP, TLS handshake),
+        // the gateway's pooled one is already open.
+        let server = common::LmThread::start(OfflineResponder::new(), Some(identity.clone()));
+        let runtime = start_recycling(&server).await;
+        results.insert("first_call_https".into(), first_calls(&runtime, &program, &server.base_url()).await);
+        runtime.shutdown().await.expect("shutdown");
         common::write_results("gateway", &json!({"machine": machine(), "results": results}));
     });
 }
