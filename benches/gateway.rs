@@ -6,7 +6,8 @@
 //! 1. Latency: sequential calls to an instant LM, the two pools alternating
 //!    call by call; p50 and p99 of the whole request, and the median
 //!    difference within a pair; over HTTP and over HTTPS (every hosted LM
-//!    is HTTPS: DSPy's engine does TLS in each worker, the gateway once).
+//!    is HTTPS: DSPy's engine does TLS in each worker, the gateway once);
+//!    over HTTPS once more with the gateway speaking HTTP/2 (`http2 = true`).
 //! 2. Throughput: 1000 concurrent calls to an LM answering in 100 ms, the
 //!    pools alternating round by round, with 2 workers × 50 per pool (CPU to
 //!    spare on 2 vCPU) and 2 × 100 (CPU-bound); and the CPU each call cost
@@ -52,6 +53,11 @@ fn pools(concurrency: u32) -> Vec<PoolConfig> {
 }
 
 async fn start(server: &common::LmThread, concurrency: u32) -> Runtime {
+    start_with(server, concurrency, false).await
+}
+
+/// As [`start`], the gateway offering HTTP/2 to HTTPS LMs when `http2`.
+async fn start_with(server: &common::LmThread, concurrency: u32, http2: bool) -> Runtime {
     let mut config = RuntimeConfig {
         lm: Some(LmConfig::new("gpt-4o-mini").with_base_url(server.base_url()).with_api_key("bench")),
         pools: pools(concurrency),
@@ -59,6 +65,7 @@ async fn start(server: &common::LmThread, concurrency: u32) -> Runtime {
         ..RuntimeConfig::default()
     };
     config.gateway.cache.enabled = false;
+    config.gateway.http2 = http2;
     config.cache.enabled = false;
     Runtime::from_config(config).await.expect("runtime")
 }
@@ -154,11 +161,15 @@ fn main() {
         let mut results = serde_json::Map::new();
 
         // 1. Latency, instant LM, over HTTP and HTTPS.
-        for (key, server) in [
-            ("latency", common::LmThread::start(OfflineResponder::new(), None)),
-            ("latency_https", common::LmThread::start(OfflineResponder::new(), Some(identity.clone()))),
+        for (key, server, http2) in [
+            ("latency", common::LmThread::start(OfflineResponder::new(), None), false),
+            ("latency_https", common::LmThread::start(OfflineResponder::new(), Some(identity.clone())), false),
+            ("latency_https_h2", common::LmThread::start(OfflineResponder::new(), Some(identity.clone())), true),
         ] {
-            let runtime = start(&server, 4).await;
+            if http2 {
+                println!("(the gateway offering HTTP/2:)");
+            }
+            let runtime = start_with(&server, 4, http2).await;
             results.insert(key.into(), latency(&runtime, &program, &server.base_url()).await);
             runtime.shutdown().await.expect("shutdown");
         }

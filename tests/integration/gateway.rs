@@ -490,7 +490,28 @@ async fn an_https_lm_is_trusted_through_the_gateways_ca_file() {
         assert_eq!(out.get_str("answer"), Some("7"), "{:?}", out.meta.route);
         assert_eq!(out.meta.lm_calls, 1);
     }
-    assert_eq!(server.requests().len(), 2, "both calls reached the LM over HTTPS");
+    // A stream, too: server-sent events in HTTP/2 data frames.
+    let stream = rt.stream(&program, q("What is 3 + 4?"), RequestOptions::python().no_cache()).await.unwrap();
+    let (chunks, out) = support::stream_to_end(stream).await;
+    assert!(!chunks.is_empty(), "chunks arrived");
+    assert_eq!(out.get_str("answer"), Some("7"));
+    assert_eq!(server.requests().len(), 3, "every call reached the LM over HTTPS");
+    assert!(server.heads().iter().all(|h| h.version == "HTTP/1.1"), "pooled HTTP/1.1 connections by default");
+    rt.shutdown().await.unwrap();
+
+    // HTTP/2 when asked for: one connection carries the calls.
+    let mut h2 = config(Some(fixtures.join("ca.pem")));
+    h2.gateway.http2 = true;
+    let rt = start(h2).await;
+    for opts in routes.clone() {
+        let out = rt.run(&program, q("What is 3 + 4?"), opts.no_cache()).await.unwrap();
+        assert_eq!(out.get_str("answer"), Some("7"), "{:?}", out.meta.route);
+    }
+    let stream = rt.stream(&program, q("What is 3 + 4?"), RequestOptions::python().no_cache()).await.unwrap();
+    assert_eq!(support::stream_to_end(stream).await.1.get_str("answer"), Some("7"));
+    let heads = server.heads();
+    assert_eq!(heads.len(), 6);
+    assert!(heads[3..].iter().all(|h| h.version == "HTTP/2"), "{heads:?}");
     rt.shutdown().await.unwrap();
 
     let rt = start(config(None)).await;
@@ -501,7 +522,7 @@ async fn an_https_lm_is_trusted_through_the_gateways_ca_file() {
         assert!(!e.is_retryable(), "{e}");
         assert!(started.elapsed() < Duration::from_secs(5), "not retried: {:?}", started.elapsed());
     }
-    assert_eq!(server.requests().len(), 2, "no request got through");
+    assert_eq!(server.requests().len(), 6, "no request got through");
     rt.shutdown().await.unwrap();
 
     let no_ca = Runtime::from_config(RuntimeConfig {

@@ -4,6 +4,7 @@
 //! ```toml
 //! [gateway]
 //! ca_file = "/etc/ssl/internal-ca.pem"  # an internal CA, beside the system's roots
+//! http2 = false                        # HTTP/1.1 connections, pooled (the default)
 //! default_budget = { requests = 10000, usd = 5.0, period_secs = 86400 }
 //!
 //! [[gateway.lms]]                      # one LM: a model, at a base URL (any when unset)
@@ -62,6 +63,11 @@ pub struct GatewayConfig {
     /// (an internal CA), beside Mozilla's roots and the system's store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Offer HTTP/2 to HTTPS LMs (one connection carries every call in
+    /// flight); off, the gateway keeps a pool of HTTP/1.1 connections, which
+    /// answer each call sooner.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
 }
 
 /// The policy of one LM: a model, at a base URL.

@@ -160,6 +160,8 @@ pub struct RequestHead {
     pub path: String,
     /// Headers in arrival order, names lowercased.
     pub headers: Vec<(String, String)>,
+    /// `HTTP/1.1`, or `HTTP/2` (HTTPS clients that offer it).
+    pub version: &'static str,
 }
 
 impl RequestHead {
@@ -220,12 +222,14 @@ impl TlsIdentity {
             .map_err(|e| bad("unreadable certificate", &e))?;
         let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| bad("unreadable private key", &e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| bad("protocol versions", &e))?
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(|e| bad("certificate and key", &e))?;
+        // As hosted LMs do: HTTP/2 for clients that offer it, else HTTP/1.1.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 }
@@ -298,7 +302,11 @@ impl LmServer {
                         Some(acceptor) => {
                             // A failed handshake (an untrusting client) only ends this connection.
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                let _ = serve(stream, responder, recorded).await;
+                                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                    let _ = serve_h2(stream, responder, recorded).await;
+                                } else {
+                                    let _ = serve(stream, responder, recorded).await;
+                                }
                             }
                         }
                         #[cfg(not(feature = "tls"))]
@@ -348,6 +356,89 @@ impl LmServer {
     }
 }
 
+/// One request, as read off either protocol.
+struct Incoming {
+    version: &'static str,
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// What to send back, decided once for HTTP/1.1 and HTTP/2.
+enum Answer {
+    /// Hold the request open without answering.
+    Hang,
+    /// Close without answering.
+    Drop,
+    /// A status and a whole body; `content` when it carries the model's text.
+    Whole { code: u16, body: Vec<u8>, extra: Vec<(String, String)>, content: bool },
+    /// Server-sent events (`data:` payloads), each marked when it carries text.
+    Events(Vec<(String, bool)>),
+}
+
+/// Marks when a request's first content went out (a no-op once the record
+/// was cleared: the timing is gone, and so is the interest in it).
+struct FirstByte {
+    recorded: Arc<Mutex<Recorded>>,
+    seq: u64,
+}
+
+impl FirstByte {
+    fn mark(&self) {
+        let mut r = self.recorded.lock();
+        let index = self.seq.checked_sub(r.first).and_then(|i| usize::try_from(i).ok());
+        if let Some(t) = index.and_then(|i| r.timings.get_mut(i)) {
+            t.first_byte.get_or_insert(Instant::now());
+        }
+    }
+}
+
+/// Record `incoming` and decide its answer (after the reply's delay).
+async fn answer(incoming: Incoming, responder: &dyn Responder, recorded: &Arc<Mutex<Recorded>>) -> (Answer, FirstByte) {
+    let Incoming { version, method, path, headers, body } = incoming;
+    if !path.ends_with("/chat/completions") {
+        let body = b"{\"error\": {\"message\": \"not found\"}}".to_vec();
+        let nothing = FirstByte { recorded: recorded.clone(), seq: u64::MAX };
+        return (Answer::Whole { code: 404, body, extra: Vec::new(), content: false }, nothing);
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let seq = {
+        let mut r = recorded.lock();
+        r.bodies.push(request.clone());
+        r.heads.push(RequestHead { method, path, headers, version });
+        r.timings.push(RequestTiming { received: Instant::now(), first_byte: None });
+        r.first + r.timings.len() as u64 - 1
+    };
+    let first_byte = FirstByte { recorded: recorded.clone(), seq };
+    let answer = match responder.respond(&request) {
+        Reply::Hang => Answer::Hang,
+        Reply::Drop => Answer::Drop,
+        Reply::Status { code, body, retry_after } => Answer::Whole {
+            code,
+            body: body.into_bytes(),
+            extra: retry_after.map(|s| vec![("retry-after".to_string(), s.to_string())]).unwrap_or_default(),
+            content: false,
+        },
+        Reply::Text { choices, delay, finish_reason } => {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let model = request.get("model").and_then(Value::as_str).unwrap_or("local");
+            if request.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+                // As OpenAI does: usage in a last chunk only when asked for.
+                let usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+                Answer::Events(events(model, &choices, finish_reason, usage))
+            } else {
+                let body = completion_body(model, &choices, finish_reason).into_bytes();
+                Answer::Whole { code: 200, body, extra: Vec::new(), content: true }
+            }
+        }
+    };
+    (answer, first_byte)
+}
+
+/// HTTP/1.1 on `stream`, request after request.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     responder: Arc<dyn Responder>,
@@ -382,55 +473,118 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body).await?;
-        if !path.ends_with("/chat/completions") {
-            respond_raw(&mut write, 404, "application/json", b"{\"error\": {\"message\": \"not found\"}}", &[]).await?;
-            continue;
-        }
-        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let seq = {
-            let mut r = recorded.lock();
-            r.bodies.push(request.clone());
-            r.heads.push(RequestHead { method, path: path.clone(), headers });
-            r.timings.push(RequestTiming { received: Instant::now(), first_byte: None });
-            r.first + r.timings.len() as u64 - 1
-        };
-        // Cleared meanwhile: the timing is gone, and so is the interest in it.
-        let mark_first_byte = |at: Instant| {
-            let mut r = recorded.lock();
-            let index = seq.checked_sub(r.first).and_then(|i| usize::try_from(i).ok());
-            if let Some(t) = index.and_then(|i| r.timings.get_mut(i)) {
-                t.first_byte.get_or_insert(at);
-            }
-        };
-        let stream_mode = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        let model = request.get("model").and_then(Value::as_str).unwrap_or("local").to_string();
-        match responder.respond(&request) {
-            Reply::Hang => {
+        let (answer, first_byte) =
+            answer(Incoming { version: "HTTP/1.1", method, path, headers, body }, &*responder, &recorded).await;
+        match answer {
+            Answer::Hang => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return Ok(());
             }
-            Reply::Drop => return Ok(()),
-            Reply::Status { code, body, retry_after } => {
-                let extra: Vec<(String, String)> =
-                    retry_after.map(|s| vec![("Retry-After".to_string(), s.to_string())]).unwrap_or_default();
-                respond_raw(&mut write, code, "application/json", body.as_bytes(), &extra).await?;
+            Answer::Drop => return Ok(()),
+            Answer::Whole { code, body, extra, content } => {
+                respond_raw(&mut write, code, "application/json", &body, &extra).await?;
+                if content {
+                    first_byte.mark();
+                }
             }
-            Reply::Text { choices, delay, finish_reason } => {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+            Answer::Events(events) => {
+                write
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    )
+                    .await?;
+                for (data, content) in events {
+                    let payload = format!("data: {data}\n\n");
+                    write.write_all(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes()).await?;
+                    write.flush().await?;
+                    if content {
+                        first_byte.mark();
+                    }
                 }
-                if stream_mode {
-                    // As OpenAI does: usage in a last chunk only when asked for.
-                    let usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
-                    stream_reply(&mut write, &model, &choices, finish_reason, usage, mark_first_byte).await?;
-                } else {
-                    let body = completion_body(&model, &choices, finish_reason);
-                    respond_raw(&mut write, 200, "application/json", body.as_bytes(), &[]).await?;
-                    mark_first_byte(Instant::now());
-                }
+                write.write_all(b"0\r\n\r\n").await?;
+                write.flush().await?;
             }
         }
     }
+}
+
+/// HTTP/2 on `stream` (a TLS connection that chose `h2`): each request on a
+/// task of its own, as streams are concurrent.
+#[cfg(feature = "tls")]
+async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    responder: Arc<dyn Responder>,
+    recorded: Arc<Mutex<Recorded>>,
+) -> std::result::Result<(), h2::Error> {
+    let mut connection = h2::server::handshake(stream).await?;
+    while let Some(next) = connection.accept().await {
+        let (request, respond) = next?;
+        let (responder, recorded) = (responder.clone(), recorded.clone());
+        tokio::spawn(async move {
+            let _ = serve_h2_stream(request, respond, responder, recorded).await;
+        });
+    }
+    Ok(())
+}
+
+#[cfg(feature = "tls")]
+async fn serve_h2_stream(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    responder: Arc<dyn Responder>,
+    recorded: Arc<Mutex<Recorded>>,
+) -> std::result::Result<(), h2::Error> {
+    let (head, mut received) = request.into_parts();
+    let mut body = Vec::new();
+    while let Some(chunk) = received.data().await {
+        let chunk = chunk?;
+        let _ = received.flow_control().release_capacity(chunk.len());
+        body.extend_from_slice(&chunk);
+    }
+    let headers = head
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let incoming = Incoming {
+        version: "HTTP/2",
+        method: head.method.to_string(),
+        path: head.uri.path().to_string(),
+        headers,
+        body,
+    };
+    let (answer, first_byte) = answer(incoming, &*responder, &recorded).await;
+    let response = |code: u16, content_type: &str, extra: &[(String, String)]| {
+        let mut r = http::Response::builder().status(code).header("content-type", content_type);
+        for (k, v) in extra {
+            r = r.header(k.as_str(), v.as_str());
+        }
+        r.body(())
+    };
+    match answer {
+        Answer::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
+        Answer::Drop => respond.send_reset(h2::Reason::INTERNAL_ERROR),
+        Answer::Whole { code, body, extra, content } => {
+            let Ok(head) = response(code, "application/json", &extra) else { return Ok(()) };
+            let mut out = respond.send_response(head, false)?;
+            out.send_data(body.into(), true)?;
+            if content {
+                first_byte.mark();
+            }
+        }
+        Answer::Events(events) => {
+            let Ok(head) = response(200, "text/event-stream", &[]) else { return Ok(()) };
+            let mut out = respond.send_response(head, false)?;
+            for (data, content) in events {
+                out.send_data(format!("data: {data}\n\n").into(), false)?;
+                if content {
+                    first_byte.mark();
+                }
+            }
+            out.send_data(bytes::Bytes::new(), true)?;
+        }
+    }
+    Ok(())
 }
 
 fn usage(choices: &[String]) -> Value {
@@ -479,53 +633,39 @@ async fn respond_raw<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
-async fn stream_reply<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    model: &str,
-    choices: &[String],
-    finish_reason: &str,
-    include_usage: bool,
-    first_content: impl Fn(Instant),
-) -> std::io::Result<()> {
-    w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n").await?;
-    async fn chunk<W: AsyncWrite + Unpin>(w: &mut W, data: &str) -> std::io::Result<()> {
-        let payload = format!("data: {data}\n\n");
-        w.write_all(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes()).await?;
-        w.flush().await
-    }
+/// The events of a streamed completion, each marked when it carries text:
+/// word-sized pieces (like a real model's tokens), each choice's end, the
+/// usage when asked for, `[DONE]`.
+fn events(model: &str, choices: &[String], finish_reason: &str, include_usage: bool) -> Vec<(String, bool)> {
+    let chunk = |choices: Value| serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model, "choices": choices});
+    let piece = |i: usize, text: &str| {
+        chunk(serde_json::json!([{"index": i, "delta": {"content": text}, "finish_reason": null}])).to_string()
+    };
+    let mut out = Vec::new();
     for (i, text) in choices.iter().enumerate() {
-        // Word-sized pieces, like a real model's tokens.
-        let mut piece = String::new();
+        let mut current = String::new();
         for ch in text.chars() {
-            piece.push(ch);
-            if ch.is_whitespace() && piece.len() >= 4 {
-                let ev = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
-                    "choices": [{"index": i, "delta": {"content": piece}, "finish_reason": null}]});
-                chunk(w, &ev.to_string()).await?;
-                first_content(Instant::now());
-                piece.clear();
+            current.push(ch);
+            if ch.is_whitespace() && current.len() >= 4 {
+                out.push((piece(i, &current), true));
+                current.clear();
             }
         }
-        if !piece.is_empty() {
-            let ev = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
-                "choices": [{"index": i, "delta": {"content": piece}, "finish_reason": null}]});
-            chunk(w, &ev.to_string()).await?;
-            first_content(Instant::now());
+        if !current.is_empty() {
+            out.push((piece(i, &current), true));
         }
     }
     for i in 0..choices.len().max(1) {
-        let end = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
-            "choices": [{"index": i, "delta": {}, "finish_reason": finish_reason}]});
-        chunk(w, &end.to_string()).await?;
+        let end = chunk(serde_json::json!([{"index": i, "delta": {}, "finish_reason": finish_reason}]));
+        out.push((end.to_string(), false));
     }
     if include_usage {
-        let last = serde_json::json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "model": model,
-            "choices": [], "usage": usage(choices)});
-        chunk(w, &last.to_string()).await?;
+        let mut last = chunk(serde_json::json!([]));
+        last["usage"] = usage(choices);
+        out.push((last.to_string(), false));
     }
-    chunk(w, "[DONE]").await?;
-    w.write_all(b"0\r\n\r\n").await?;
-    w.flush().await
+    out.push(("[DONE]".to_string(), false));
+    out
 }
 
 fn reason(code: u16) -> &'static str {
