@@ -417,7 +417,7 @@ async fn answer(incoming: Incoming, responder: &dyn Responder, recorded: &Arc<Mu
         Reply::Status { code, body, retry_after } => Answer::Whole {
             code,
             body: body.into_bytes(),
-            extra: retry_after.map(|s| vec![("retry-after".to_string(), s.to_string())]).unwrap_or_default(),
+            extra: retry_after.map(|s| vec![("Retry-After".to_string(), s.to_string())]).unwrap_or_default(),
             content: false,
         },
         Reply::Text { choices, delay, finish_reason } => {
