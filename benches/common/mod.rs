@@ -91,17 +91,23 @@ pub fn write_results(name: &str, value: &serde_json::Value) {
 
 /// The direct children of process `pid`.
 pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| stat_fields(*p).and_then(|f| f.get(1).and_then(|pp| pp.parse::<u32>().ok())) == Some(pid))
-        .collect()
+    processes().into_iter().filter(|(_, parent, _)| *parent == pid).map(|(p, _, _)| p).collect()
 }
 
-/// The fields of `/proc/PID/stat` after the command name (`state` first).
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(str::to_string).collect())
+/// Every process: (pid, parent pid, user + system CPU in clock ticks),
+/// from one pass over `/proc`.
+fn processes() -> Vec<(u32, u32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| {
+        let pid = e.ok()?.file_name().to_str()?.parse::<u32>().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name: state, ppid, ...; utime and stime are
+        // fields 14 and 15 of stat, indexes 11 and 12 here.
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let number = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok());
+        Some((pid, u32::try_from(number(1)?).ok()?, number(11)? + number(12)?))
+    })
+    .collect()
 }
 
 /// CPU time (user + system) used so far by this process and every live
@@ -110,14 +116,17 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 pub fn tree_cpu() -> std::time::Duration {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut total = 0u64;
-    let mut pending = vec![std::process::id()];
+    let all = processes();
+    let (mut total, mut pending) = (0u64, vec![std::process::id()]);
     while let Some(pid) = pending.pop() {
-        // utime and stime: fields 14 and 15 of stat, indexes 11 and 12 here.
-        if let Some(f) = stat_fields(pid) {
-            total += [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<u64>().ok()).sum::<u64>();
+        for &(p, parent, cpu) in &all {
+            if p == pid {
+                total += cpu;
+            }
+            if parent == pid {
+                pending.push(p);
+            }
         }
-        pending.extend(children(pid));
     }
     std::time::Duration::from_secs_f64(total as f64 / ticks)
 }
