@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 
 use super::{read_frame, Shared};
 use crate::process;
-use crate::protocol::{decode_frame, Codec, Message, WireError};
+use crate::protocol::{decode_reply, Codec, Message, WireError};
 
 /// The environment variable that gives a worker its LM connector's descriptor.
 pub(super) const CONNECTOR_ENV: &str = "DSPEX_LM_FD";
@@ -232,7 +232,7 @@ async fn serve_connection(shared: Arc<Shared>, gateway: Arc<dyn LmGateway>, stre
                 return;
             }
         };
-        let (id, call) = match decode_frame(&body) {
+        let (id, call) = match decode_reply(&body) {
             Ok((_, Message::LmCall { id, request, url, headers, body, deadline_ms, max_retries, .. })) => {
                 let scope = request.and_then(|r| shared.lm_scopes.lock().get(&r).cloned());
                 let call = LmCall {

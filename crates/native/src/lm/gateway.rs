@@ -565,6 +565,8 @@ type Observer = Arc<dyn Fn(&GatewayEvent<'_>) + Send + Sync>;
 struct Inner {
     observer: Option<Observer>,
     http: reqwest::Client,
+    /// The HTTP/1.1 client of its own, for the URLs it serves.
+    h1: Option<super::h1::Client>,
     config: GatewayConfig,
     lms: parking_lot::RwLock<BTreeMap<String, Arc<Lm>>>,
     tenants: parking_lot::RwLock<BTreeMap<String, Arc<Tenant>>>,
@@ -776,28 +778,81 @@ fn usage_of(json: &[u8]) -> Option<(Usage, u64)> {
     ))
 }
 
-/// The client trusting `ca_file`'s certificates too.
+/// The TLS settings the gateway's clients trust LMs with: the system's
+/// certificate store (which `SSL_CERT_FILE` / `SSL_CERT_DIR` replace, as
+/// for Python's `ssl`: what DSPy's own engine trusts), Mozilla's roots, and
+/// `ca_file`'s certificates. HTTP/1.1 only, over ALPN.
 #[cfg(feature = "tls")]
-fn trust(builder: reqwest::ClientBuilder, ca_file: Option<&std::path::Path>) -> Result<reqwest::ClientBuilder> {
-    let Some(path) = ca_file else { return Ok(builder) };
-    let bad = |what: String| Error::new(ErrorKind::Config, format!("gateway.ca_file {}: {what}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(format!("not PEM certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(bad("holds no certificate".into()));
+pub(super) fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<tokio_rustls::rustls::ClientConfig>> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // A store that cannot be read, or certificates in it that rustls
+    // cannot use, leave the others trusted (as reqwest and Python do).
+    let (_, unusable) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if unusable > 0 {
+        debug!(unusable, "certificates of the system's store that rustls cannot use were left out");
     }
-    Ok(certs.into_iter().fold(builder, |b, cert| b.add_root_certificate(cert)))
+    if let Some(path) = ca_file {
+        let bad = |what: String| Error::new(ErrorKind::Config, format!("gateway.ca_file {}: {what}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad("holds no certificate".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(format!("a certificate rustls cannot use: {e}")))?;
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot set up TLS for the LM gateway: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The gateway's clients: reqwest, and the HTTP/1.1 client of its own
+/// ([`super::h1`]) unless HTTP/2 is asked for or a proxy is configured.
+#[cfg(feature = "tls")]
+fn clients(
+    builder: reqwest::ClientBuilder,
+    config: &GatewayConfig,
+) -> Result<(reqwest::ClientBuilder, Option<super::h1::Client>)> {
+    let tls = tls_config(config.ca_file.as_deref())?;
+    let mut for_reqwest = (*tls).clone();
+    if config.http2 {
+        for_reqwest.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
+    let h1 = (!config.http2 && !proxied()).then(|| super::h1::Client::new(tls));
+    Ok((builder.use_preconfigured_tls(for_reqwest), h1))
 }
 
 #[cfg(not(feature = "tls"))]
-fn trust(builder: reqwest::ClientBuilder, ca_file: Option<&std::path::Path>) -> Result<reqwest::ClientBuilder> {
-    match ca_file {
-        None => Ok(builder),
-        Some(path) => Err(Error::new(
+fn clients(
+    builder: reqwest::ClientBuilder,
+    config: &GatewayConfig,
+) -> Result<(reqwest::ClientBuilder, Option<super::h1::Client>)> {
+    if let Some(path) = &config.ca_file {
+        return Err(Error::new(
             ErrorKind::Config,
             format!("gateway.ca_file {}: this build has no TLS (the `tls` feature)", path.display()),
-        )),
+        ));
     }
+    Ok((builder, (!config.http2 && !proxied()).then(super::h1::Client::new)))
+}
+
+/// Whether the environment names a proxy: reqwest honours them (as DSPy's
+/// engine does), so every call is reqwest's then.
+fn proxied() -> bool {
+    ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"].iter().any(|v| {
+        [v.to_string(), v.to_ascii_lowercase()].iter().any(|name| std::env::var_os(name).is_some_and(|x| !x.is_empty()))
+    })
 }
 
 /// One attempt's failure: the error, and the server's `Retry-After`.
@@ -817,7 +872,8 @@ impl Gateway {
             // `gateway` bench: ~0.1 ms per call over HTTPS).
             builder = builder.http1_only();
         }
-        let http = trust(builder, config.ca_file.as_deref())?
+        let (builder, h1) = clients(builder, &config)?;
+        let http = builder
             .build()
             .map_err(|e| Error::new(ErrorKind::Config, format!("cannot build the LM gateway's HTTP client: {e}")))?;
         let cache = (config.cache.enabled && config.cache.capacity > 0)
@@ -826,6 +882,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 observer: None,
                 http,
+                h1,
                 config,
                 lms: Default::default(),
                 tenants: Default::default(),
@@ -851,6 +908,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 observer: None,
                 http: reqwest::Client::new(),
+                h1: None,
                 config: GatewayConfig::default(),
                 lms: Default::default(),
                 tenants: Default::default(),
@@ -1171,7 +1229,9 @@ impl Gateway {
         let mut attempt = 0u32;
         loop {
             let result = match hedge {
-                Some(after) => self.hedged(lm, call, after).await,
+                // Boxed: two attempts' futures would double the size of
+                // every call's future, hedged or not.
+                Some(after) => Box::pin(self.hedged(lm, call, after)).await,
                 None => self.attempt(call, facts.stream).await,
             };
             let failed = match result {
@@ -1246,26 +1306,24 @@ impl Gateway {
             (Some(a), Some(r)) => Some(a.min(r)),
             (a, r) => a.or(r),
         };
-        let mut req = self.inner.http.post(&call.url).body(call.body.clone());
-        for (k, v) in &call.headers {
-            // The client sets its own framing headers.
-            if !(k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("host")) {
-                req = req.header(k.as_str(), v.as_str());
-            }
-        }
-        if let (Some(t), false) = (timeout, stream) {
-            req = req.timeout(t);
-        }
-        let sent = match timeout.filter(|_| stream) {
-            // A stream's head must come within the time left; its body is
-            // read by the caller, cut at the deadline.
-            Some(t) => match tokio::time::timeout(t, req.send()).await {
-                Ok(r) => r.map_err(|e| transport_error(e, &call.url)),
-                Err(_) => Err(Error::new(ErrorKind::Timeout, "LM stream did not start in time").with_retryable(true)),
+        let exchange = self.exchange(call, stream);
+        let sent = match timeout {
+            // A stream's head must come within the time left, its body is
+            // read by the caller, cut at the deadline; any other answer
+            // must come whole within it.
+            Some(t) => match tokio::time::timeout(t, exchange).await {
+                Ok(r) => r,
+                Err(_) if stream => {
+                    Err(Error::new(ErrorKind::Timeout, "LM stream did not start in time").with_retryable(true))
+                }
+                Err(_) => {
+                    Err(Error::new(ErrorKind::Timeout, format!("LM call to {} ran past its time limit", call.url))
+                        .with_retryable(true))
+                }
             },
-            None => req.send().await.map_err(|e| transport_error(e, &call.url)),
+            None => exchange.await,
         };
-        let resp = match sent {
+        let (status, headers, body) = match sent {
             Ok(r) => r,
             Err(error) => {
                 let deadline_hit = call.deadline.is_some_and(|d| Instant::now() >= d);
@@ -1277,45 +1335,84 @@ impl Gateway {
                 return Err(Failed { error, hint: None });
             }
         };
-        let status = resp.status().as_u16();
-        let headers: Vec<(String, String)> = resp
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
-            .collect();
         if (200..300).contains(&status) {
-            let body = if stream {
-                let url = call.url.clone();
-                let deadline = call.deadline;
-                ReplyBody::Stream(
-                    resp.bytes_stream()
-                        .map(move |c| c.map_err(|e| transport_error(e, &url)))
-                        .take_until(async move {
+            let body = match body {
+                ReplyBody::Stream(s) => {
+                    let deadline = call.deadline;
+                    ReplyBody::Stream(
+                        s.take_until(async move {
                             match deadline {
                                 Some(d) => tokio::time::sleep_until(d.into()).await,
                                 None => futures_util::future::pending::<()>().await,
                             }
                         })
                         .boxed(),
-                )
-            } else {
-                let text =
-                    resp.bytes().await.map_err(|e| Failed { error: transport_error(e, &call.url), hint: None })?;
-                ReplyBody::Full(text)
+                    )
+                }
+                whole => whole,
             };
             return Ok(HttpReply { status, headers, body, cached: false });
         }
         let (kind, retryable) = status_kind(status);
         let hint = header(&headers, "retry-after").and_then(retry_after);
-        let body = resp.bytes().await.unwrap_or_default();
         if retryable {
-            let snippet: String = String::from_utf8_lossy(&body).chars().take(500).collect();
-            let error = Error::new(kind, format!("LM service answered {status}: {snippet}")).with_retryable(true);
+            let text = match &body {
+                ReplyBody::Full(b) => String::from_utf8_lossy(b).chars().take(500).collect(),
+                ReplyBody::Stream(_) => String::new(),
+            };
+            let error = Error::new(kind, format!("LM service answered {status}: {text}")).with_retryable(true);
             return Err(Failed { error, hint });
         }
         // Not retried: passed on as the service sent it, for the caller
         // (DSPy, or the native client) to read as it reads such answers.
-        Ok(HttpReply { status, headers, body: ReplyBody::Full(body), cached: false })
+        Ok(HttpReply { status, headers, body, cached: false })
+    }
+
+    /// Send `call` and read its answer: its status, headers, and body —
+    /// streamed when `stream` and the status is 2xx, else whole (a body that
+    /// breaks off is empty then: the status says what happened).
+    async fn exchange(&self, call: &HttpCall, stream: bool) -> Result<(u16, Vec<(String, String)>, ReplyBody)> {
+        if let Some((h1, target)) = self.inner.h1.as_ref().and_then(|h1| Some((h1, h1.target(&call.url)?))) {
+            let (head, body) = h1.post(&target, &call.url, &call.headers, &call.body).await?;
+            let ok = (200..300).contains(&head.status);
+            let body = match (stream && ok, ok) {
+                (true, _) => ReplyBody::Stream(body.into_stream()),
+                (false, true) => ReplyBody::Full(body.bytes().await?),
+                (false, false) => ReplyBody::Full(body.bytes().await.unwrap_or_default()),
+            };
+            return Ok((head.status, head.headers, body));
+        }
+        // Boxed: the common path's future stays small (it is moved as a
+        // call's future is built).
+        Box::pin(self.exchange_reqwest(call, stream)).await
+    }
+
+    /// [`Gateway::exchange`] through reqwest.
+    async fn exchange_reqwest(&self, call: &HttpCall, stream: bool) -> Result<(u16, Vec<(String, String)>, ReplyBody)> {
+        let mut req = self.inner.http.post(&call.url).body(call.body.clone());
+        for (k, v) in &call.headers {
+            // The client sets its own framing headers.
+            if !(k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("host")) {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        let resp = req.send().await.map_err(|e| transport_error(e, &call.url))?;
+        let status = resp.status().as_u16();
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+            .collect();
+        let ok = (200..300).contains(&status);
+        let body = if stream && ok {
+            let url = call.url.clone();
+            ReplyBody::Stream(resp.bytes_stream().map(move |c| c.map_err(|e| transport_error(e, &url))).boxed())
+        } else if ok {
+            ReplyBody::Full(resp.bytes().await.map_err(|e| transport_error(e, &call.url))?)
+        } else {
+            ReplyBody::Full(resp.bytes().await.unwrap_or_default())
+        };
+        Ok((status, headers, body))
     }
 
     /// Per LM and per tenant: requests, cache hits, retries, refusals,
@@ -1440,41 +1537,43 @@ fn transport_error(e: reqwest::Error, url: &str) -> Error {
         }
         source = cause.source();
     }
-    if certificate_refused(&e) {
-        // No retry makes a certificate trusted.
+    connection_error(message, &e)
+}
+
+/// A failed connection to an LM: retryable (another attempt may find the
+/// service up), unless `cause` is the LM's certificate failing verification
+/// — no retry makes a certificate trusted.
+pub(super) fn connection_error(mut message: String, cause: &(dyn std::error::Error + 'static)) -> Error {
+    if certificate_refused(cause) {
         message.push_str(" (the gateway does not trust the LM's certificate: add its CA with gateway.ca_file)");
         return Error::new(ErrorKind::Transport, message).with_retryable(false);
     }
     Error::new(ErrorKind::Transport, message).with_retryable(true)
 }
 
-/// Whether `e` is the LM's certificate failing verification.
+/// Whether `e`, or an error it wraps, is a certificate refused.
 #[cfg(feature = "tls")]
-fn certificate_refused(e: &reqwest::Error) -> bool {
+fn certificate_refused(e: &(dyn std::error::Error + 'static)) -> bool {
     use tokio_rustls::rustls;
-    fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
         if matches!(err.downcast_ref::<rustls::Error>(), Some(rustls::Error::InvalidCertificate(_))) {
             return true;
         }
         // An io::Error's `source` skips the error it wraps (sometimes
         // another io::Error): look inside.
-        match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            Some(inner) => refused(inner),
-            None => false,
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            if certificate_refused(inner) {
+                return true;
+            }
         }
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if refused(cause) {
-            return true;
-        }
-        source = cause.source();
+        next = err.source();
     }
     false
 }
 
 #[cfg(not(feature = "tls"))]
-fn certificate_refused(_: &reqwest::Error) -> bool {
+fn certificate_refused(_: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 

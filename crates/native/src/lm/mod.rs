@@ -6,6 +6,7 @@
 //! back-off sleeps and streaming reads all stop when it passes.
 
 pub mod gateway;
+mod h1;
 pub mod offline;
 mod openai;
 pub mod server;
