@@ -120,6 +120,25 @@ def main() -> None:
         json.dumps({"node": "n1", "version": "0.1.0", "pools": [], "remote_in_flight": 0, "accepting": True}).encode(),
     )
 
+    completion = json.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "[[ ## answer ## ]]\n4"}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+        }
+    ).encode()
+    event = b"data: " + completion + b"\n\n"
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in [event, b"data: [DONE]\n\n"]) + b"0\r\n\r\n"
+    for piece, answer in [
+        (0, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(completion), completion)),
+        (7, b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" + chunked),
+        (1, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}"),
+        (3, b"HTTP/1.0 500 Internal Server Error\r\nconnection: close\r\n\r\nupstream failed"),
+        (2, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\ntrailer: x\r\n\r\n"),
+    ]:
+        put("lm_answer", bytes([piece]) + answer)
+
     bodies = [
         (0, {"inputs": {"question": "What is 2+2?"}}),
         (0, {"inputs": {"question": "q"}, "options": {"route": "native", "cache": False}}),

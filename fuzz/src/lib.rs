@@ -26,6 +26,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("value", value),
     ("pipeline", pipeline),
     ("console_line", console_line),
+    ("lm_answer", lm_answer),
     #[cfg(feature = "cluster")]
     ("cluster_message", cluster_message),
     #[cfg(feature = "http")]
@@ -83,6 +84,21 @@ pub fn completion(data: &[u8]) {
     let sig = &sigs[usize::from(pick >> 1) % sigs.len()];
     let kind = if pick & 1 == 0 { AdapterKind::Chat } else { AdapterKind::Json };
     let _ = adapter::parse(kind, sig, &text(rest));
+}
+
+/// An LM service's answer as the gateway's HTTP/1.1 client reads it off a
+/// connection: byte 0 is how many bytes arrive at a time (0: all at once),
+/// the rest is the answer, then the connection closes. Read whole, the same
+/// bytes must give the same answer.
+pub fn lm_answer(data: &[u8]) {
+    let Some((&piece, rest)) = data.split_first() else { return };
+    let pieces = dspex::native::lm::read_answer(rest, usize::from(piece));
+    let whole = dspex::native::lm::read_answer(rest, 0);
+    assert_eq!(pieces, whole, "an answer read in pieces of {piece} differs from the whole");
+    if let Ok((status, body)) = whole {
+        assert!(status == 101 || (200..1000).contains(&status), "status {status}");
+        assert!(body.len() <= rest.len(), "a body longer than its answer");
+    }
 }
 
 const VALUE_TYPES: &[&str] = &[

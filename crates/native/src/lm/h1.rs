@@ -175,81 +175,106 @@ pub(super) struct Body {
     url: Arc<str>,
 }
 
-impl Body {
-    /// The next piece of the body, `None` at its end.
-    pub(super) async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
-        let Some(conn) = self.conn.as_mut() else { return Ok(None) };
-        let url = &self.url;
-        let cut = |what: &str| broken(url, what);
+/// What a framing makes of the bytes read so far.
+enum Step {
+    Data(Bytes),
+    /// More must be read.
+    More,
+    End,
+}
+
+impl Framing {
+    /// The next piece of the body, taken from `buf`; an error says what is
+    /// wrong with the answer. Sans I/O: the caller reads on `More`.
+    fn step(&mut self, buf: &mut BytesMut) -> std::result::Result<Step, &'static str> {
         loop {
-            match &mut self.framing {
-                Framing::Done => break,
-                Framing::Length(0) => self.framing = Framing::Done,
+            match self {
+                Framing::Done => return Ok(Step::End),
+                Framing::Length(0) => *self = Framing::Done,
                 Framing::Length(left) => {
-                    if conn.buf.is_empty() && !conn.fill().await.map_err(|e| io_error(url, e))? {
-                        return Err(cut("the LM closed the connection before the end of its answer"));
+                    if buf.is_empty() {
+                        return Ok(Step::More);
                     }
-                    let n = (*left).min(conn.buf.len() as u64) as usize;
+                    let n = (*left).min(buf.len() as u64) as usize;
                     *left -= n as u64;
-                    return Ok(Some(conn.buf.split_to(n).freeze()));
+                    return Ok(Step::Data(buf.split_to(n).freeze()));
                 }
-                Framing::Close => {
-                    if conn.buf.is_empty() && !conn.fill().await.map_err(|e| io_error(url, e))? {
-                        self.keep_alive = false;
-                        self.framing = Framing::Done;
-                        continue;
-                    }
-                    return Ok(Some(conn.buf.split().freeze()));
-                }
+                Framing::Close if buf.is_empty() => return Ok(Step::More),
+                Framing::Close => return Ok(Step::Data(buf.split().freeze())),
                 Framing::Chunked(state) => match state {
                     Chunk::Size | Chunk::Trailers => {
-                        let Some(end) = memchr::memmem::find(&conn.buf, b"\r\n") else {
-                            if conn.buf.len() > MAX_LINE {
-                                return Err(cut("a chunk-size line of the LM's answer is too long"));
+                        let Some(end) = memchr::memmem::find(buf, b"\r\n") else {
+                            if buf.len() > MAX_LINE {
+                                return Err("a chunk-size or trailer line of the LM's answer is too long");
                             }
-                            if !conn.fill().await.map_err(|e| io_error(url, e))? {
-                                return Err(cut("the LM closed the connection before the end of its answer"));
-                            }
-                            continue;
+                            return Ok(Step::More);
                         };
-                        let line = conn.buf.split_to(end + 2);
+                        let line = buf.split_to(end + 2);
                         if matches!(state, Chunk::Trailers) {
                             if end == 0 {
-                                self.framing = Framing::Done;
+                                *self = Framing::Done;
                             }
                             continue;
                         }
                         let size = std::str::from_utf8(&line[..end])
                             .ok()
                             .and_then(|l| u64::from_str_radix(l.split(';').next().unwrap_or("").trim(), 16).ok())
-                            .ok_or_else(|| cut("the LM's answer has a malformed chunk size"))?;
+                            .ok_or("the LM's answer has a malformed chunk size")?;
                         *state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
                     }
                     Chunk::Data(left) => {
-                        if conn.buf.is_empty() && !conn.fill().await.map_err(|e| io_error(url, e))? {
-                            return Err(cut("the LM closed the connection before the end of its answer"));
+                        if buf.is_empty() {
+                            return Ok(Step::More);
                         }
-                        let n = (*left).min(conn.buf.len() as u64) as usize;
+                        let n = (*left).min(buf.len() as u64) as usize;
                         *left -= n as u64;
                         if *left == 0 {
                             *state = Chunk::DataEnd;
                         }
-                        return Ok(Some(conn.buf.split_to(n).freeze()));
+                        return Ok(Step::Data(buf.split_to(n).freeze()));
                     }
                     Chunk::DataEnd => {
-                        if conn.buf.len() < 2 {
-                            if !conn.fill().await.map_err(|e| io_error(url, e))? {
-                                return Err(cut("the LM closed the connection before the end of its answer"));
-                            }
-                            continue;
+                        if buf.len() < 2 {
+                            return Ok(Step::More);
                         }
-                        if &conn.buf[..2] != b"\r\n" {
-                            return Err(cut("a chunk of the LM's answer does not end where its size says"));
+                        if &buf[..2] != b"\r\n" {
+                            return Err("a chunk of the LM's answer does not end where its size says");
                         }
-                        let _ = conn.buf.split_to(2);
+                        let _ = buf.split_to(2);
                         *state = Chunk::Size;
                     }
                 },
+            }
+        }
+    }
+
+    /// The input ended: the body with it (`Close`), or an answer cut short.
+    fn at_end_of_input(&mut self) -> std::result::Result<(), &'static str> {
+        match self {
+            Framing::Close => {
+                *self = Framing::Done;
+                Ok(())
+            }
+            _ => Err("the LM closed the connection before the end of its answer"),
+        }
+    }
+}
+
+impl Body {
+    /// The next piece of the body, `None` at its end.
+    pub(super) async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        let Some(conn) = self.conn.as_mut() else { return Ok(None) };
+        let url = &self.url;
+        loop {
+            match self.framing.step(&mut conn.buf).map_err(|what| broken(url, what))? {
+                Step::Data(chunk) => return Ok(Some(chunk)),
+                Step::End => break,
+                Step::More => {
+                    if !conn.fill().await.map_err(|e| io_error(url, e))? {
+                        self.keep_alive = false;
+                        self.framing.at_end_of_input().map_err(|what| broken(url, what))?;
+                    }
+                }
             }
         }
         // The whole answer is read: the connection may carry the next call.
@@ -480,7 +505,7 @@ impl Client {
 /// framed, and whether the connection stays open after it.
 async fn read_head(conn: &mut Conn, url: &str) -> Result<(Head, Framing, bool)> {
     loop {
-        if let Some(head) = parse_head(conn, url)? {
+        if let Some(head) = parse_head(&mut conn.buf, url)? {
             return Ok(head);
         }
         if conn.buf.len() > MAX_HEAD {
@@ -495,16 +520,18 @@ async fn read_head(conn: &mut Conn, url: &str) -> Result<(Head, Framing, bool)> 
 /// A complete final head at the start of the buffer, taken from it; `None`
 /// while more must be read. (Not async: the parser's header slots must not
 /// live in the call's future, which is moved as it is built.)
-fn parse_head(conn: &mut Conn, url: &str) -> Result<Option<(Head, Framing, bool)>> {
+fn parse_head(buf: &mut BytesMut, url: &str) -> Result<Option<(Head, Framing, bool)>> {
     loop {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut slots);
-        let parsed =
-            response.parse(&conn.buf).map_err(|e| broken(url, &format!("the LM's answer is not HTTP/1.1: {e}")))?;
+        let parsed = response.parse(buf).map_err(|e| broken(url, &format!("the LM's answer is not HTTP/1.1: {e}")))?;
         let httparse::Status::Complete(len) = parsed else { return Ok(None) };
         let status = response.code.unwrap_or(0);
+        if !(100..1000).contains(&status) {
+            return Err(broken(url, &format!("the LM's answer has status {status}, not an HTTP status")));
+        }
         if (100..200).contains(&status) && status != 101 {
-            let _ = conn.buf.split_to(len);
+            let _ = buf.split_to(len);
             continue;
         }
         let mut keep_alive = response.version == Some(1);
@@ -537,8 +564,44 @@ fn parse_head(conn: &mut Conn, url: &str) -> Result<Option<(Head, Framing, bool)
             keep_alive = false;
             Framing::Close
         };
-        let _ = conn.buf.split_to(len);
+        let _ = buf.split_to(len);
         return Ok(Some((Head { status, headers }, framing, keep_alive)));
+    }
+}
+
+/// An LM's answer read as this client reads one off a connection: `bytes`
+/// arrive `piece` bytes at a time (all at once if 0), then the connection
+/// closes. The status and the body, or what is wrong with the answer. For
+/// the fuzz target `lm_answer` and tests; not a stable API.
+#[doc(hidden)]
+pub fn read_answer(bytes: &[u8], piece: usize) -> std::result::Result<(u16, Vec<u8>), String> {
+    let piece = if piece == 0 { bytes.len().max(1) } else { piece };
+    let mut pieces = bytes.chunks(piece);
+    let mut buf = BytesMut::new();
+    let mut more = |buf: &mut BytesMut| pieces.next().map(|p| buf.extend_from_slice(p)).is_some();
+    let head = loop {
+        if let Some(head) = parse_head(&mut buf, "lm").map_err(|e| e.message().to_string())? {
+            break head;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err("the LM's answer head is over 64 KiB".into());
+        }
+        if !more(&mut buf) {
+            return Err("the LM closed the connection before answering".into());
+        }
+    };
+    let (Head { status, .. }, mut framing, _) = head;
+    let mut body = Vec::new();
+    loop {
+        match framing.step(&mut buf)? {
+            Step::Data(chunk) => body.extend_from_slice(&chunk),
+            Step::End => return Ok((status, body)),
+            Step::More => {
+                if !more(&mut buf) {
+                    framing.at_end_of_input()?;
+                }
+            }
+        }
     }
 }
 
@@ -657,6 +720,35 @@ mod tests {
             assert_eq!((err.kind(), err.is_retryable()), (ErrorKind::Transport, true), "{err}");
             assert!(err.message().contains(what), "{what}: {err}");
         }
+    }
+
+    /// However the bytes arrive, an answer reads the same.
+    #[test]
+    fn answers_read_the_same_in_any_pieces() {
+        let cases: [(&[u8], std::result::Result<(u16, &[u8]), &str>); 7] = [
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", Ok((200, b"hello"))),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                Ok((200, b"abc")),
+            ),
+            (b"HTTP/1.0 404 Not Found\r\n\r\nuntil the end", Ok((404, b"until the end"))),
+            (b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n", Ok((204, b""))),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", Err("before the end")),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", Err("bad content-length")),
+            (b"HTTP/1.1 099 Continue\r\n\r\n", Err("not an HTTP status")),
+        ];
+        for (bytes, want) in cases {
+            for piece in 0..8 {
+                let got = read_answer(bytes, piece);
+                match (&got, want) {
+                    (Ok((status, body)), Ok((s, b))) => assert_eq!((*status, &body[..]), (s, b), "piece {piece}"),
+                    (Err(e), Err(what)) => assert!(e.contains(what), "piece {piece}: {e}"),
+                    _ => panic!("piece {piece}: {got:?}, want {want:?}"),
+                }
+            }
+        }
+        let long = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
+        assert!(read_answer(long.as_bytes(), 1000).is_err_and(|e| e.contains("64 KiB")));
     }
 
     #[tokio::test]

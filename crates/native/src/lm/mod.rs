@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 pub use gateway::{CallMeter, Gateway, GatewayEvent, HttpCall, HttpReply, MeterReading, ReplyBody};
 pub use openai::OpenAiClient;
 
+#[doc(hidden)]
+pub use h1::read_answer;
+
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
