@@ -8,6 +8,9 @@
 //!    difference within a pair; over HTTP and over HTTPS (every hosted LM
 //!    is HTTPS: DSPy's engine does TLS in each worker, the gateway once);
 //!    over HTTPS once more with the gateway speaking HTTP/2 (`http2 = true`).
+//!    Then in blocks: 8 blocks of 250 sequential calls per pool, the pools
+//!    alternating block by block (HTTP): a caller that keeps calling one
+//!    pool, without the other pool's call in between.
 //! 2. Throughput: 1000 concurrent calls to an LM answering in 100 ms, the
 //!    pools alternating round by round, with 2 workers × 50 per pool (CPU to
 //!    spare on 2 vCPU) and 2 × 100 (CPU-bound); and the CPU each call cost
@@ -165,6 +168,9 @@ fn main() {
             }
             let runtime = start_with(&server, pools(4), http2).await;
             results.insert(key.into(), latency(&runtime, &program, &server.base_url()).await);
+            if key == "latency" {
+                results.insert("latency_blocks".into(), blocks(&runtime, &program, &server.base_url()).await);
+            }
             runtime.shutdown().await.expect("shutdown");
         }
 
@@ -231,6 +237,36 @@ async fn latency(runtime: &Runtime, program: &Program, url: &str) -> serde_json:
     );
     json!({"url": url, "gateway_p50_ns": gp50, "gateway_p99_ns": gp99, "direct_p50_ns": dp50, "direct_p99_ns": dp99,
            "median_pair_difference_ns": d50})
+}
+
+/// Sequential calls in blocks of 250 per pool, the pools alternating block
+/// by block (8 blocks each): p50 and p99 of each.
+async fn blocks(runtime: &Runtime, program: &Program, url: &str) -> serde_json::Value {
+    let mut lat = [Vec::new(), Vec::new()];
+    for block in 0..16 {
+        let k = matches!(block % 4, 1 | 2) as usize; // gateway, direct, direct, gateway, ...
+        let pool = ["gateway", "direct"][k];
+        for i in 0..250 {
+            let t = Instant::now();
+            runtime.run(program, question(i), opts(pool)).await.expect("predict");
+            lat[k].push(t.elapsed().as_nanos() as f64);
+        }
+    }
+    let [gw, direct] = lat.map(sorted);
+    let (gp50, gp99, dp50, dp99) =
+        (percentile(&gw, 0.5), percentile(&gw, 0.99), percentile(&direct, 0.5), percentile(&direct, 0.99));
+    println!(
+        "in blocks of 250 calls, instant LM at {url} ({} each): gateway p50 {} p99 {} | direct p50 {} p99 {} | \
+         gateway/direct p50 {:.2}×, p99 {:.2}×",
+        gw.len(),
+        fmt_ns(gp50),
+        fmt_ns(gp99),
+        fmt_ns(dp50),
+        fmt_ns(dp99),
+        gp50 / dp50,
+        gp99 / dp99,
+    );
+    json!({"url": url, "gateway_p50_ns": gp50, "gateway_p99_ns": gp99, "direct_p50_ns": dp50, "direct_p99_ns": dp99})
 }
 
 /// 1000 calls at once to each pool, alternating pools burst by burst: the
