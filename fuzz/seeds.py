@@ -131,9 +131,16 @@ def main() -> None:
     event = b"data: " + completion + b"\n\n"
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in [event, b"data: [DONE]\n\n"]) + b"0\r\n\r\n"
     for piece, answer in [
-        (0, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(completion), completion)),
+        (
+            0,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(completion), completion),
+        ),
         (7, b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" + chunked),
-        (1, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}"),
+        (
+            1,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}",
+        ),
         (3, b"HTTP/1.0 500 Internal Server Error\r\nconnection: close\r\n\r\nupstream failed"),
         (2, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\ntrailer: x\r\n\r\n"),
     ]:
