@@ -214,17 +214,24 @@ async fn latency(runtime: &Runtime, program: &Program, url: &str) -> serde_json:
         }
     }
     let [gw, direct] = lat.map(sorted);
-    let diff = sorted(diff);
-    let (gp50, gp99, dp50, dp99, d50) = (
-        percentile(&gw, 0.5),
-        percentile(&gw, 0.99),
-        percentile(&direct, 0.5),
-        percentile(&direct, 0.99),
-        percentile(&diff, 0.5),
-    );
+    let d50 = percentile(&sorted(diff), 0.5);
+    let (line, mut result) = compared(&gw, &direct, url);
     println!(
-        "one call at a time, instant LM at {url} ({} each): gateway p50 {} p99 {} | direct p50 {} p99 {} | \
-         gateway/direct p50 {:.2}×, p99 {:.2}× | gateway − direct per pair, median {}{}",
+        "one call at a time, instant LM at {line} | gateway − direct per pair, median {}{}",
+        if d50 < 0.0 { "−" } else { "+" },
+        fmt_ns(d50.abs()),
+    );
+    result["median_pair_difference_ns"] = json!(d50);
+    result
+}
+
+/// p50 and p99 of each pool's sorted latencies, side by side: a line to
+/// print and the JSON result.
+fn compared(gw: &[f64], direct: &[f64], url: &str) -> (String, serde_json::Value) {
+    let (gp50, gp99, dp50, dp99) =
+        (percentile(gw, 0.5), percentile(gw, 0.99), percentile(direct, 0.5), percentile(direct, 0.99));
+    let line = format!(
+        "{url} ({} each): gateway p50 {} p99 {} | direct p50 {} p99 {} | gateway/direct p50 {:.2}×, p99 {:.2}×",
         gw.len(),
         fmt_ns(gp50),
         fmt_ns(gp99),
@@ -232,11 +239,10 @@ async fn latency(runtime: &Runtime, program: &Program, url: &str) -> serde_json:
         fmt_ns(dp99),
         gp50 / dp50,
         gp99 / dp99,
-        if d50 < 0.0 { "−" } else { "+" },
-        fmt_ns(d50.abs()),
     );
-    json!({"url": url, "gateway_p50_ns": gp50, "gateway_p99_ns": gp99, "direct_p50_ns": dp50, "direct_p99_ns": dp99,
-           "median_pair_difference_ns": d50})
+    let result = json!({"url": url, "gateway_p50_ns": gp50, "gateway_p99_ns": gp99, "direct_p50_ns": dp50,
+                        "direct_p99_ns": dp99});
+    (line, result)
 }
 
 /// Sequential calls in blocks of 250 per pool, the pools alternating block
@@ -253,20 +259,9 @@ async fn blocks(runtime: &Runtime, program: &Program, url: &str) -> serde_json::
         }
     }
     let [gw, direct] = lat.map(sorted);
-    let (gp50, gp99, dp50, dp99) =
-        (percentile(&gw, 0.5), percentile(&gw, 0.99), percentile(&direct, 0.5), percentile(&direct, 0.99));
-    println!(
-        "in blocks of 250 calls, instant LM at {url} ({} each): gateway p50 {} p99 {} | direct p50 {} p99 {} | \
-         gateway/direct p50 {:.2}×, p99 {:.2}×",
-        gw.len(),
-        fmt_ns(gp50),
-        fmt_ns(gp99),
-        fmt_ns(dp50),
-        fmt_ns(dp99),
-        gp50 / dp50,
-        gp99 / dp99,
-    );
-    json!({"url": url, "gateway_p50_ns": gp50, "gateway_p99_ns": gp99, "direct_p50_ns": dp50, "direct_p99_ns": dp99})
+    let (line, result) = compared(&gw, &direct, url);
+    println!("in blocks of 250 calls, instant LM at {line}");
+    result
 }
 
 /// 1000 calls at once to each pool, alternating pools burst by burst: the

@@ -782,8 +782,25 @@ fn usage_of(json: &[u8]) -> Option<(Usage, u64)> {
 /// certificate store (which `SSL_CERT_FILE` / `SSL_CERT_DIR` replace, as
 /// for Python's `ssl`: what DSPy's own engine trusts), Mozilla's roots, and
 /// `ca_file`'s certificates. HTTP/1.1 only, over ALPN.
+///
+/// Reading and parsing the system's store takes milliseconds, and every
+/// gateway needs it (each `OpenAiClient` builds one): the configuration
+/// without a `ca_file` is built once per process and shared.
 #[cfg(feature = "tls")]
 pub(super) fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<tokio_rustls::rustls::ClientConfig>> {
+    static SHARED: std::sync::OnceLock<Arc<tokio_rustls::rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if ca_file.is_some() {
+        return build_tls_config(ca_file);
+    }
+    if let Some(config) = SHARED.get() {
+        return Ok(config.clone());
+    }
+    let config = build_tls_config(None)?;
+    Ok(SHARED.get_or_init(|| config).clone())
+}
+
+#[cfg(feature = "tls")]
+fn build_tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<tokio_rustls::rustls::ClientConfig>> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::CertificateDer;

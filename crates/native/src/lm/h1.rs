@@ -508,9 +508,6 @@ async fn read_head(conn: &mut Conn, url: &str) -> Result<(Head, Framing, bool)> 
         if let Some(head) = parse_head(&mut conn.buf, url)? {
             return Ok(head);
         }
-        if conn.buf.len() > MAX_HEAD {
-            return Err(broken(url, "the LM's answer head is over 64 KiB"));
-        }
         if !conn.fill().await.map_err(|e| io_error(url, e))? {
             return Err(broken(url, "the LM closed the connection before answering"));
         }
@@ -518,14 +515,20 @@ async fn read_head(conn: &mut Conn, url: &str) -> Result<(Head, Framing, bool)> 
 }
 
 /// A complete final head at the start of the buffer, taken from it; `None`
-/// while more must be read. (Not async: the parser's header slots must not
-/// live in the call's future, which is moved as it is built.)
+/// while more must be read (an error once over 64 KiB without one). Not
+/// async: the parser's header slots must not live in the call's future,
+/// which is moved as it is built.
 fn parse_head(buf: &mut BytesMut, url: &str) -> Result<Option<(Head, Framing, bool)>> {
     loop {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut slots);
         let parsed = response.parse(buf).map_err(|e| broken(url, &format!("the LM's answer is not HTTP/1.1: {e}")))?;
-        let httparse::Status::Complete(len) = parsed else { return Ok(None) };
+        let httparse::Status::Complete(len) = parsed else {
+            if buf.len() > MAX_HEAD {
+                return Err(broken(url, "the LM's answer head is over 64 KiB"));
+            }
+            return Ok(None);
+        };
         let status = response.code.unwrap_or(0);
         if !(100..1000).contains(&status) {
             return Err(broken(url, &format!("the LM's answer has status {status}, not an HTTP status")));
@@ -582,9 +585,6 @@ pub fn read_answer(bytes: &[u8], piece: usize) -> std::result::Result<(u16, Vec<
     let head = loop {
         if let Some(head) = parse_head(&mut buf, "lm").map_err(|e| e.message().to_string())? {
             break head;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err("the LM's answer head is over 64 KiB".into());
         }
         if !more(&mut buf) {
             return Err("the LM closed the connection before answering".into());
