@@ -9,8 +9,8 @@
 //!    is HTTPS: DSPy's engine does TLS in each worker, the gateway once);
 //!    over HTTPS once more with the gateway speaking HTTP/2 (`http2 = true`).
 //!    Then in blocks: 8 blocks of 250 sequential calls per pool, the pools
-//!    alternating block by block (HTTP): a caller that keeps calling one
-//!    pool, without the other pool's call in between.
+//!    alternating block by block (HTTP, then HTTPS): a caller that keeps
+//!    calling one pool, without the other pool's call in between.
 //! 2. Throughput: 1000 concurrent calls to an LM answering in 100 ms, the
 //!    pools alternating round by round, with 2 workers × 50 per pool (CPU to
 //!    spare on 2 vCPU) and 2 × 100 (CPU-bound); and the CPU each call cost
@@ -168,8 +168,9 @@ fn main() {
             }
             let runtime = start_with(&server, pools(4), http2).await;
             results.insert(key.into(), latency(&runtime, &program, &server.base_url()).await);
-            if key == "latency" {
-                results.insert("latency_blocks".into(), blocks(&runtime, &program, &server.base_url()).await);
+            if !http2 {
+                let blocks_key = if key == "latency" { "latency_blocks" } else { "latency_blocks_https" };
+                results.insert(blocks_key.into(), blocks(&runtime, &program, &server.base_url()).await);
             }
             runtime.shutdown().await.expect("shutdown");
         }
