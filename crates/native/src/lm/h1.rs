@@ -18,13 +18,17 @@
 //! (see [`Client::target`]).
 //!
 //! A connection found closed or holding unasked-for bytes when taken from
-//! the pool is dropped, not used. A call is never sent twice by this layer:
+//! the pool is dropped, not used. Idle connections are also swept every
+//! 30 s by a task of the pool's (started with its first kept connection,
+//! ended with the client): those idle for 90 s, or that the service closed,
+//! are closed, so an origin no longer called keeps no sockets open. A call is never sent twice by this layer:
 //! a connection the service closes as the call is written fails that call
 //! with a retryable transport error, for the gateway's retry policy.
 
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,6 +46,8 @@ const MAX_IDLE_PER_ORIGIN: usize = 1024;
 /// A connection idle this long is closed rather than reused (services
 /// close theirs after a while; reqwest's default too).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often the pool's sweeper looks for connections to close.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest chunk-size or trailer line accepted.
@@ -129,8 +135,8 @@ impl Conn {
 
     /// Whether an idle connection can carry another call: nothing to read
     /// on it (end of input, an error or stray bytes mean it cannot).
-    fn reusable(&mut self) -> bool {
-        if self.idle_since.elapsed() >= IDLE_TIMEOUT || !self.buf.is_empty() {
+    fn reusable(&mut self, idle_timeout: Duration) -> bool {
+        if self.idle_since.elapsed() >= idle_timeout || !self.buf.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
@@ -315,28 +321,87 @@ impl Body {
 /// Idle connections by origin.
 struct Pool {
     idle: Mutex<HashMap<Origin, Vec<Conn>>>,
+    idle_timeout: Duration,
+    sweep_every: Duration,
+    /// Whether the sweeper task runs.
+    sweeping: AtomicBool,
 }
 
 impl Pool {
+    fn new(idle_timeout: Duration, sweep_every: Duration) -> Arc<Pool> {
+        Arc::new(Pool { idle: Mutex::default(), idle_timeout, sweep_every, sweeping: AtomicBool::new(false) })
+    }
+
     fn take(&self, origin: &Origin) -> Option<Conn> {
         let mut idle = self.idle.lock();
         let conns = idle.get_mut(origin)?;
         while let Some(mut conn) = conns.pop() {
-            if conn.reusable() {
+            if conn.reusable(self.idle_timeout) {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn put(&self, conn: Conn) {
+    fn put(self: &Arc<Self>, conn: Conn) {
         let mut idle = self.idle.lock();
         let conns = idle.entry(conn.origin.clone()).or_default();
         // The oldest come first: close those idle too long.
-        let expired = conns.iter().take_while(|c| c.idle_since.elapsed() >= IDLE_TIMEOUT).count();
+        let expired = conns.iter().take_while(|c| c.idle_since.elapsed() >= self.idle_timeout).count();
         conns.drain(..expired);
         if conns.len() < MAX_IDLE_PER_ORIGIN {
             conns.push(conn);
+        }
+        drop(idle);
+        if !self.sweeping.load(Ordering::Relaxed) {
+            self.start_sweeping();
+        }
+    }
+
+    /// The sweeper: a task that holds the pool weakly, so it ends with the
+    /// client (or with the Tokio runtime it was started on; the next kept
+    /// connection then starts another).
+    fn start_sweeping(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        let every = self.sweep_every;
+        runtime.spawn(async move {
+            let _stopped = Stopped(pool.clone());
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep();
+            }
+        });
+    }
+
+    /// Close the idle connections that have been idle too long or that the
+    /// service closed (or wrote to unasked).
+    fn sweep(&self) {
+        let mut idle = self.idle.lock();
+        idle.retain(|_, conns| {
+            conns.retain_mut(|c| c.reusable(self.idle_timeout));
+            !conns.is_empty()
+        });
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.idle.lock().values().map(Vec::len).sum()
+    }
+}
+
+/// Marks the sweeper stopped when its task ends or is dropped (its runtime
+/// shut down), so a later kept connection starts it again.
+struct Stopped(std::sync::Weak<Pool>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.sweeping.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -378,12 +443,12 @@ fn writable(s: &str) -> bool {
 impl Client {
     #[cfg(feature = "tls")]
     pub(super) fn new(tls: Arc<tokio_rustls::rustls::ClientConfig>) -> Client {
-        Client { pool: Arc::new(Pool { idle: Mutex::default() }), tls: tokio_rustls::TlsConnector::from(tls) }
+        Client { pool: Pool::new(IDLE_TIMEOUT, SWEEP_EVERY), tls: tokio_rustls::TlsConnector::from(tls) }
     }
 
     #[cfg(not(feature = "tls"))]
     pub(super) fn new() -> Client {
-        Client { pool: Arc::new(Pool { idle: Mutex::default() }) }
+        Client { pool: Pool::new(IDLE_TIMEOUT, SWEEP_EVERY) }
     }
 
     /// Where `url` goes, if this client can send there: `http://` (and
@@ -644,6 +709,68 @@ mod tests {
         ] {
             assert!(c.target(other).is_none(), "{other}");
         }
+    }
+
+    /// Idle connections are closed in the background: those idle past the
+    /// timeout, and those the service closed, with no further call to
+    /// their origin.
+    #[tokio::test]
+    async fn idle_connections_are_swept() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        // Two connections: the first kept open by the service until the
+        // client closes it (reported), the second closed by the service.
+        let server = tokio::spawn(async move {
+            let mut closed_by_client = None;
+            for keep_open in [true, false] {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await.expect("read");
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.expect("write");
+                if keep_open {
+                    let started = Instant::now();
+                    assert_eq!(s.read(&mut buf).await.expect("read"), 0, "closed, not written to");
+                    closed_by_client = Some(started.elapsed());
+                }
+            }
+            closed_by_client
+        });
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        let call = async |c: &Client| {
+            let t = c.target(&url).expect("target");
+            let (head, body) = c.post(&t, &url, &[], b"{}").await.expect("call");
+            assert_eq!((head.status, &body.bytes().await.expect("body")[..]), (200, &b"ok"[..]));
+        };
+        // Polls until the pool holds `n` idle connections (5 s at most).
+        let settles = async |pool: &Pool, n: usize| {
+            let started = Instant::now();
+            while pool.idle_count() != n && started.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            pool.idle_count() == n
+        };
+        let mut c = client();
+        c.pool = Pool::new(Duration::from_secs(1), Duration::from_millis(50));
+        call(&c).await;
+        let kept = Instant::now();
+        assert_eq!(c.pool.idle_count(), 1, "kept for the next call");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if kept.elapsed() < Duration::from_millis(900) {
+            assert_eq!(c.pool.idle_count(), 1, "not idle long enough yet");
+        }
+        assert!(settles(&c.pool, 0).await, "idle too long: closed");
+        assert!(kept.elapsed() >= Duration::from_secs(1), "{:?}", kept.elapsed());
+        assert!(c.pool.idle.lock().is_empty(), "the origin is forgotten");
+        // The service closes the next one at once: swept before its timeout.
+        c.pool = Pool::new(Duration::from_secs(90), Duration::from_millis(50));
+        call(&c).await;
+        let closed = server.await.expect("server").expect("the first connection closed");
+        assert!(closed >= Duration::from_millis(900) && closed < Duration::from_secs(10), "{closed:?}");
+        assert!(settles(&c.pool, 0).await, "closed by the service: dropped");
+        // The sweeper holds the pool weakly: it ends with the client.
+        let pool = Arc::downgrade(&c.pool);
+        drop(c);
+        assert!(pool.upgrade().is_none());
     }
 
     /// One answer, then the next on the same connection, each framed its

@@ -292,6 +292,8 @@ impl LmServer {
                 let _ = stream.set_nodelay(true);
                 let responder = responder.clone();
                 let recorded = shared.clone();
+                // (Without the `tls` feature the acceptor is uninhabited, and Copy.)
+                #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     match tls {
