@@ -4,7 +4,7 @@
 //! service itself (`lm_calls = "direct"`), against the same local LM server.
 //!
 //! 1. Latency: sequential calls to an instant LM, the two pools alternating
-//!    call by call; p50 and p99 of the whole request, and the median
+//!    call by call (ABBA); p50 and p99 of the whole request, and the median
 //!    difference within a pair; over HTTP and over HTTPS (every hosted LM
 //!    is HTTPS: DSPy's engine does TLS in each worker, the gateway once);
 //!    over HTTPS once more with the gateway speaking HTTP/2 (`http2 = true`).
@@ -196,16 +196,19 @@ fn main() {
     });
 }
 
-/// Sequential calls, the pools alternating call by call: p50 and p99 of
-/// each, and the median of the per-pair difference (gateway − direct).
+/// Sequential calls, the pools alternating call by call (which goes first
+/// alternating too): p50 and p99 of each, and the median of the per-pair
+/// difference (gateway − direct).
 async fn latency(runtime: &Runtime, program: &Program, url: &str) -> serde_json::Value {
     let mut lat = [Vec::new(), Vec::new()];
     let mut diff = Vec::new();
     for i in 0..650 {
         let mut pair = [0.0; 2];
-        for (k, pool) in ["gateway", "direct"].iter().enumerate() {
+        // Which pool goes first alternates pair by pair: the call right after
+        // the other pool's shares the CPU with that worker's last work.
+        for k in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
             let t = Instant::now();
-            runtime.run(program, question(i), opts(pool)).await.expect("predict");
+            runtime.run(program, question(i), opts(["gateway", "direct"][k])).await.expect("predict");
             pair[k] = t.elapsed().as_nanos() as f64;
         }
         if i >= 50 {
