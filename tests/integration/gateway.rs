@@ -628,6 +628,11 @@ async fn an_lm_behind_a_proxy_is_called_through_it() {
             std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["--ignored", "--exact", "gateway::proxied_runtime_child", "--nocapture", "--test-threads=1"])
                 .env("DSPEX_PROXIED_CHILD_LM", base_url)
+                // Only the proxy settings of this test, whatever the machine's are.
+                .env_remove("http_proxy")
+                .env_remove("no_proxy")
+                .env_remove("ALL_PROXY")
+                .env_remove("all_proxy")
                 .env("HTTP_PROXY", proxy_url)
                 .env("NO_PROXY", no_proxy)
                 .output()

@@ -20,10 +20,12 @@
 //! A connection found closed or holding unasked-for bytes when taken from
 //! the pool is dropped, not used. Idle connections are also swept every
 //! 30 s by a task of the pool's (started with its first kept connection,
-//! ended with the client): those idle for 90 s, or that the service closed,
-//! are closed, so an origin no longer called keeps no sockets open. A call is never sent twice by this layer:
-//! a connection the service closes as the call is written fails that call
-//! with a retryable transport error, for the gateway's retry policy.
+//! ended with the client): those idle for 90 s, or that the service
+//! closed, are closed, so an origin no longer called keeps no sockets open.
+//!
+//! A call is never sent twice by this layer: a connection the service
+//! closes as the call is written fails that call with a retryable transport
+//! error, for the gateway's retry policy.
 
 use std::collections::HashMap;
 use std::io;
