@@ -584,9 +584,10 @@ impl Proxy {
                 if header.is_empty() {
                     break;
                 }
-                let name = header.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+                let (name, value) = header.split_once(':').ok_or_else(|| bad("not a header"))?;
+                let name = name.trim().to_ascii_lowercase();
                 if name == "content-length" {
-                    length = header[header.find(':').unwrap_or(0) + 1..].trim().parse().map_err(|_| bad("length"))?;
+                    length = value.trim().parse().map_err(|_| bad("length"))?;
                 }
                 if name != "connection" && name != "proxy-connection" {
                     head.push_str(header);
