@@ -310,6 +310,8 @@ async fn an_in_process_node_serves_calls_and_streams_refuses_past_its_limit_and_
     c.keepalive_ms = 100;
     let joined = ClusterNode::join(&rt, c).await.expect("join");
     until_nodes(&rt, &["cli", "srv"]).await;
+    // Each node learns of the other on its own heartbeat: wait for both views.
+    until_nodes(&server, &["cli", "srv"]).await;
     assert_eq!(serving.nodes().len(), 2);
 
     // A call, and a stream, served by the in-process node.
